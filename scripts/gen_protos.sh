@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Generates Python code for protos/memoryd/v1 into OUT/memoryd/v1.
+# Usage: scripts/gen_protos.sh PYTHON OUT
+set -euo pipefail
+py=$1; out=$2
+googleapis=$("$py" -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))))')
+mkdir -p "$out/memoryd/v1"
+"$py" -m grpc_tools.protoc -Iprotos -I"$googleapis" \
+  --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+  protos/memoryd/v1/*.proto
+touch "$out/memoryd/v1/__init__.py"
