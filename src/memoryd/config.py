@@ -1,0 +1,242 @@
+"""Settings: the one place that reads the environment.
+
+Every setting is a field of the frozen `Settings` dataclass, readable from an
+environment variable `MEMORYD_<NAME>` and a command-line option `--<name>`.
+Values are validated at start-up; a bad one raises `ConfigError` naming the
+variable and saying what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value. The message names the variable."""
+
+
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
+    return field(
+        default=default, metadata={"help": help, "choices": choices, "secret": secret}
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server. See `memoryd serve --help`."""
+
+    # --- network ---------------------------------------------------------------
+    host: str = _setting("127.0.0.1", "Address to listen on (0.0.0.0 for all interfaces).")
+    port: int = _setting(50051, "gRPC port (0 picks a free one).")
+    grace_period_s: float = _setting(
+        10.0, "On SIGTERM/SIGINT: seconds in-flight calls get to finish before they are cancelled."
+    )
+    max_message_bytes: int = _setting(16 * 1024 * 1024, "Largest request or response message.")
+    max_concurrent_streams: int = _setting(256, "Concurrent HTTP/2 streams per connection.")
+    keepalive_time_s: float = _setting(30.0, "Send a keepalive ping after this much idle time.")
+    keepalive_timeout_s: float = _setting(10.0, "Close a connection whose ping is not answered in time.")
+    max_connection_age_s: float = _setting(
+        0.0, "Close connections after this age so load balancers rebalance (0: never)."
+    )
+    max_connection_age_grace_s: float = _setting(
+        30.0, "Time in-flight calls get after max_connection_age."
+    )
+    tls_cert: str = _setting("", "PEM server certificate chain; with tls_key enables TLS.")
+    tls_key: str = _setting("", "PEM private key of tls_cert.", secret=True)
+    tls_client_ca: str = _setting("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).")
+
+    # --- storage -----------------------------------------------------------------
+    data_dir: str = _setting("data", "Directory of the embedded stores (SQLite file, Qdrant Edge shard).")
+    database_url: str = _setting(
+        "",
+        "Control-plane database, SQLAlchemy URL: sqlite+aiosqlite:///path or "
+        "postgresql+asyncpg://user:pass@host/db. Empty: SQLite in data_dir.",
+        secret=True,
+    )
+    qdrant_url: str = _setting(
+        "", "Qdrant server or cluster URL (http[s]://host:6333). Empty: embedded Qdrant Edge in data_dir."
+    )
+    qdrant_api_key: str = _setting("", "API key of the Qdrant server.", secret=True)
+    redis_url: str = _setting(
+        "",
+        "Redis for rate limits, usage and key-revocation fan-out (redis://host:6379/0). "
+        "Empty: in-process (one replica only).",
+        secret=True,
+    )
+    redis_timeout_ms: float = _setting(50.0, "Timeout of one Redis rate-limit check.")
+    rate_limit_failure_policy: str = _setting(
+        "fail-open",
+        "When Redis is unreachable: fail-open (limit locally) or fail-closed (UNAVAILABLE).",
+        choices=("fail-open", "fail-closed"),
+    )
+
+    # --- embeddings ------------------------------------------------------------------
+    embedding_provider: str = _setting(
+        "fastembed",
+        "fastembed (local model), openai (any OpenAI-compatible /v1/embeddings), "
+        "none (clients send vectors) or hashing (tests only).",
+        choices=("fastembed", "openai", "none", "hashing"),
+    )
+    embedding_model_dir: str = _setting(
+        "models/all-MiniLM-L6-v2", "Directory of the local model (made by `make models`)."
+    )
+    embedding_dimension: int = _setting(384, "Vector dimension (must match the model).")
+    embedding_threads: int = _setting(2, "Threads of the local model.")
+    embedding_timeout_s: float = _setting(10.0, "Timeout of one remote embedding call.")
+    openai_base_url: str = _setting("https://api.openai.com/v1", "Base URL of the embeddings endpoint.")
+    openai_api_key: str = _setting("", "API key of the embeddings endpoint.", secret=True)
+    openai_model: str = _setting("text-embedding-3-small", "Model name sent to the endpoint.")
+
+    # --- auth ----------------------------------------------------------------------
+    key_cache_ttl_s: float = _setting(
+        30.0, "How long a verified key stays cached; bounds staleness if a revocation message is lost."
+    )
+    key_cache_size: int = _setting(10_000, "Most verified keys cached.")
+    auth_failures_per_minute: int = _setting(
+        30, "Failed authentications allowed per client address and per key id per minute."
+    )
+
+    # --- limits and quotas -----------------------------------------------------------
+    key_requests_per_second: float = _setting(100.0, "Default sustained rate per API key.")
+    key_burst: int = _setting(200, "Default burst per API key.")
+    project_requests_per_second: float = _setting(500.0, "Default sustained rate per project.")
+    project_burst: int = _setting(1000, "Default burst per project.")
+    max_memories_per_environment: int = _setting(1_000_000, "Default quota of memories per environment.")
+    max_content_bytes: int = _setting(32_768, "Default quota of bytes of one memory's content.")
+    max_metadata_bytes: int = _setting(16_384, "Default quota of bytes of one memory's metadata (JSON).")
+    sweep_interval_s: float = _setting(60.0, "Seconds between sweeps of expired memories.")
+
+    # --- observability -------------------------------------------------------------
+    log_level: str = _setting(
+        "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    log_format: str = _setting("json", "json (one object per line) or text.", choices=("json", "text"))
+    audit_log: str = _setting("", "Also append audit events as JSON lines to this file (for a SIEM).")
+    metrics_port: int = _setting(0, "Prometheus metrics on this HTTP port (0: off).")
+    metrics_host: str = _setting("127.0.0.1", "Address of the metrics endpoint.")
+
+    # --- derived -----------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'memoryd.db'}"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings with secrets masked, for logs."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            out[f.name] = value
+        return out
+
+    # --- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Settings from `MEMORYD_*` variables, then `overrides` (CLI options).
+        Raises ConfigError naming the first bad value."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = env_name(f.name)
+            if var in env:
+                values[f.name] = _parse(f, env[var], var)
+        for name, raw in (overrides or {}).items():
+            if raw is None:
+                continue
+            f = _FIELDS[name]
+            values[name] = _parse(f, raw, f"--{name.replace('_', '-')}") if isinstance(raw, str) else raw
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"{env_name(name)}: {why}")
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise bad(f.name, f"must be one of {', '.join(choices)}, not {value!r}")
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise bad(f.name, f"must not be negative, got {value}")
+        if not 0 <= self.port <= 65535:
+            raise bad("port", f"must be a port number 0..65535, got {self.port}")
+        if self.metrics_port > 65535:
+            raise bad("metrics_port", f"must be a port number 0..65535, got {self.metrics_port}")
+        for name in ("embedding_dimension", "max_message_bytes", "key_cache_size", "key_burst",
+                     "project_burst", "max_content_bytes", "max_metadata_bytes",
+                     "max_memories_per_environment", "embedding_threads"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be positive")
+        for name in ("key_requests_per_second", "project_requests_per_second", "sweep_interval_s",
+                     "redis_timeout_ms", "embedding_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise bad("tls_key" if self.tls_cert else "tls_cert", "tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise bad("tls_client_ca", "mTLS needs TLS: set tls_cert and tls_key too")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise bad(name, f"no such file: {path}")
+        url = self.database_url
+        if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise bad(
+                "database_url",
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg://",
+            )
+        if self.qdrant_url and not self.qdrant_url.startswith(("http://", "https://")):
+            raise bad("qdrant_url", "must start with http:// or https://")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def env_name(field_name: str) -> str:
+    return "MEMORYD_" + field_name.upper()
+
+
+def setting_fields() -> list[dataclasses.Field[Any]]:
+    """The settings, in declaration order (for `--help`)."""
+    return list(dataclasses.fields(Settings))
+
+
+def _parse(f: dataclasses.Field[Any], raw: str, where: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw.strip().replace("_", ""))
+        if kind is float:
+            return float(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{where}: expected {kind.__name__}, got {raw!r}"
+        ) from None
+    return raw

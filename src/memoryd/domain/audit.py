@@ -1,0 +1,88 @@
+"""The audit log: every mutating admin or key call leaves an event, whatever
+its outcome. Events go to the control store and, optionally, as JSON lines
+to a file for a SIEM. Events never hold a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from memoryd.domain.clock import Clock
+from memoryd.domain.control import AuditEvent, ControlStore
+from memoryd.domain.errors import DomainError
+from memoryd.domain.ids import new_audit_id
+from memoryd.domain.tenancy import Caller
+
+log = logging.getLogger("memoryd.audit")
+
+
+@dataclass
+class PendingEvent:
+    """What an audited action fills in while it runs."""
+
+    target: str = ""
+    project_id: str = ""
+    environment_id: str = ""
+
+
+class Auditor:
+    def __init__(self, store: ControlStore, clock: Clock, jsonl_path: str = "") -> None:
+        self._store = store
+        self._clock = clock
+        self._path = Path(jsonl_path) if jsonl_path else None
+        self._file_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def action(
+        self, caller: Caller, action: str, *, target: str = "", project_id: str = "",
+        environment_id: str = "",
+    ) -> AsyncIterator[PendingEvent]:
+        """Records `action` when the block ends: outcome OK, or the error's
+        code when it raised a DomainError (or INTERNAL for anything else)."""
+        pending = PendingEvent(target, project_id, environment_id)
+        outcome = "OK"
+        try:
+            yield pending
+        except DomainError as err:
+            outcome = err.code
+            raise
+        except BaseException:
+            outcome = "INTERNAL"
+            raise
+        finally:
+            await self._write(caller, action, pending, outcome)
+
+    async def _write(self, caller: Caller, action: str, p: PendingEvent, outcome: str) -> None:
+        event = AuditEvent(
+            id=new_audit_id(),
+            time=self._clock.now(),
+            org_id=caller.principal.org_id,
+            actor_key_id=caller.principal.key_id,
+            action=action,
+            target=p.target,
+            outcome=outcome,
+            project_id=p.project_id,
+            environment_id=p.environment_id,
+            request_id=caller.request_id,
+            peer=caller.peer,
+        )
+        try:
+            await self._store.append_audit(event)
+        except DomainError:
+            log.exception("could not store audit event %s (%s)", event.id, action)
+        if self._path is not None:
+            line = json.dumps(
+                {**vars(event), "time": event.time.isoformat()}, separators=(",", ":")
+            )
+            async with self._file_lock:
+                await asyncio.to_thread(self._append_line, line)
+
+    def _append_line(self, line: str) -> None:
+        assert self._path is not None
+        with self._path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")

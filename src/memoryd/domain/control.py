@@ -1,0 +1,215 @@
+"""The control plane's values and its storage port: organizations, projects,
+environments, API keys and audit events. `memoryd.storage.sql` implements
+`ControlStore` on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+from memoryd.domain.tenancy import EnvironmentKind, KeyKind
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: str
+    name: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    require_end_user_id: bool = False
+    dedupe_threshold: float = 0.0
+    default_ttl: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Overrides; 0 means the server default."""
+
+    project_requests_per_second: float = 0.0
+    project_burst: int = 0
+    key_requests_per_second: float = 0.0
+    key_burst: int = 0
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Overrides; 0 means the server default."""
+
+    max_memories_per_environment: int = 0
+    max_content_bytes: int = 0
+    max_metadata_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Environment:
+    id: str
+    org_id: str
+    project_id: str
+    name: str
+    kind: EnvironmentKind
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Project:
+    id: str
+    org_id: str
+    name: str
+    display_name: str
+    settings: ProjectSettings
+    rate_limits: RateLimits
+    quotas: Quotas
+    create_time: datetime
+    update_time: datetime
+    environments: tuple[Environment, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """A stored key. Holds hashes only, never a plaintext secret."""
+
+    id: str
+    org_id: str
+    kind: KeyKind
+    name: str
+    scopes: tuple[str, ...]
+    secret_hash: str
+    create_time: datetime
+    created_by: str
+    project_id: str = ""
+    environment_id: str = ""
+    environment_kind: EnvironmentKind | None = None
+    expire_time: datetime | None = None
+    last_used_time: datetime | None = None
+    revoke_time: datetime | None = None
+    rotate_time: datetime | None = None
+    previous_secret_hash: str = ""
+    previous_secret_expire_time: datetime | None = None
+
+    @property
+    def prefix_kind(self) -> str:
+        if self.kind is KeyKind.ORG or self.environment_kind is None:
+            return "org"
+        return self.environment_kind.value
+
+    def __repr__(self) -> str:
+        return f"ApiKeyRecord(id={self.id!r}, org_id={self.org_id!r}, kind={self.kind.value})"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: str
+    time: datetime
+    org_id: str
+    actor_key_id: str
+    action: str
+    target: str
+    outcome: str
+    project_id: str = ""
+    environment_id: str = ""
+    request_id: str = ""
+    peer: str = ""
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    org_id: str
+    project_id: str = ""
+    environment_id: str = ""
+    actor_key_id: str = ""
+    action: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KeyQuery:
+    org_id: str
+    project_id: str = ""
+    environment_id: str = ""
+    show_revoked: bool = False
+
+
+@dataclass(frozen=True)
+class ListPage(Generic[T]):
+    items: list[T] = field(default_factory=list)
+    # The sort key of the last item when more may follow, else None.
+    next_after: tuple[str, str] | None = None
+
+
+class ControlStore(Protocol):
+    """Durable control-plane state. Every lookup that a client drives takes
+    the caller's `org_id` and finds nothing outside that organization.
+
+    Raises `AlreadyExists` on a duplicate name, `NotFound` for a missing row
+    in `update_*`, `Unavailable` when the database cannot be reached.
+    """
+
+    async def open(self) -> None:
+        """Connects and creates or migrates the schema."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    # organizations
+    async def create_org(self, org: Organization) -> None: ...
+    async def get_org(self, org_id: str) -> Organization | None: ...
+    async def count_orgs(self) -> int: ...
+
+    # projects and environments
+    async def create_project(self, project: Project, environments: Sequence[Environment]) -> None:
+        """Creates the project with its first environments, atomically."""
+        ...
+
+    async def get_project(self, org_id: str, project_id: str) -> Project | None: ...
+    async def list_projects(
+        self, org_id: str, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[Project]: ...
+    async def update_project(self, project: Project) -> None: ...
+    async def delete_project(self, org_id: str, project_id: str) -> None:
+        """Deletes the project, its environments and its keys."""
+        ...
+
+    async def create_environment(self, env: Environment) -> None: ...
+    async def get_environment(self, org_id: str, environment_id: str) -> Environment | None: ...
+    async def list_environments(
+        self, org_id: str, project_id: str, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[Environment]: ...
+    async def list_environments_of_kind(
+        self, org_id: str, kind: EnvironmentKind
+    ) -> list[Environment]: ...
+    async def delete_environment(self, org_id: str, environment_id: str) -> None:
+        """Deletes the environment and its keys."""
+        ...
+
+    # keys
+    async def create_key(self, key: ApiKeyRecord) -> None: ...
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        """By id alone: for authentication only. Client-driven reads use
+        `get_org_key`."""
+        ...
+
+    async def get_org_key(self, org_id: str, key_id: str) -> ApiKeyRecord | None: ...
+    async def list_keys(
+        self, query: KeyQuery, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[ApiKeyRecord]: ...
+    async def update_key(self, key: ApiKeyRecord) -> None: ...
+    async def touch_key(self, key_id: str, when: datetime) -> None:
+        """Records the last use of a key."""
+        ...
+
+    # audit
+    async def append_audit(self, event: AuditEvent) -> None: ...
+    async def list_audit(
+        self, query: AuditQuery, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[AuditEvent]: ...

@@ -1,0 +1,39 @@
+"""Identifiers. Random, URL-safe, with a type prefix for people."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def new_org_id() -> str:
+    return "org_" + _random(16)
+
+
+def new_project_id() -> str:
+    return "prj_" + _random(16)
+
+
+def new_environment_id() -> str:
+    return "env_" + _random(16)
+
+
+def new_audit_id() -> str:
+    return "aud_" + _random(20)
+
+
+def new_memory_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False

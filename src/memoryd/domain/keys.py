@@ -1,0 +1,263 @@
+"""API keys: create, list, get, revoke, rotate, and who-am-i.
+
+Rules: only org keys administer keys, and only within their organization; a
+caller cannot grant a scope it does not hold; data keys cannot hold admin
+scopes; the plaintext is returned once and only a hash is stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from memoryd.auth.hashing import SecretHasher
+from memoryd.auth.keys import format_key, new_key_id, new_secret
+from memoryd.domain import paging
+from memoryd.domain.audit import Auditor
+from memoryd.domain.clock import Clock
+from memoryd.domain.control import ApiKeyRecord, ControlStore, KeyQuery
+from memoryd.domain.errors import InvalidArgument, NotFound, PermissionDenied, Violations
+from memoryd.domain.tenancy import (
+    ALL_SCOPES,
+    DEFAULT_DATA_SCOPES,
+    DEFAULT_ORG_SCOPES,
+    ORG_ONLY_SCOPES,
+    Caller,
+    KeyKind,
+    Principal,
+    Scope,
+    scope_grants,
+)
+
+MAX_GRACE = timedelta(days=30)
+MAX_KEY_NAME = 100
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+# Called with a key id whenever a key stops being valid as cached (revoke,
+# rotate, delete): evicts it here and on every replica.
+KeyInvalidator = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    record: ApiKeyRecord
+    plaintext: str
+
+    def __repr__(self) -> str:
+        return f"IssuedKey(record={self.record!r}, plaintext=***)"
+
+
+@dataclass(frozen=True)
+class KeyList:
+    keys: list[ApiKeyRecord]
+    next_page_token: str
+
+
+def key_state(record: ApiKeyRecord, now: datetime) -> str:
+    if record.revoke_time is not None:
+        return "revoked"
+    if record.expire_time is not None and record.expire_time <= now:
+        return "expired"
+    return "active"
+
+
+class KeyManager:
+    def __init__(
+        self,
+        store: ControlStore,
+        hasher: SecretHasher,
+        auditor: Auditor,
+        clock: Clock,
+        invalidate: KeyInvalidator,
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._audit = auditor
+        self._clock = clock
+        self._invalidate = invalidate
+        self._org_names: dict[str, str] = {}
+
+    async def create(
+        self,
+        caller: Caller,
+        *,
+        project_id: str,
+        environment_id: str,
+        name: str,
+        scopes: Sequence[str],
+        expire_time: datetime | None,
+    ) -> IssuedKey:
+        p = _admin(caller, Scope.KEYS_WRITE)
+        async with self._audit.action(
+            caller, "api_key.create", project_id=project_id, environment_id=environment_id
+        ) as ev:
+            now = self._clock.now()
+            v = Violations()
+            _check_name(v, "name", name)
+            if bool(project_id) != bool(environment_id):
+                v.add(
+                    "environment_id" if project_id else "project_id",
+                    "a data key needs both project_id and environment_id; an org key neither",
+                )
+            kind = KeyKind.DATA if project_id else KeyKind.ORG
+            chosen = tuple(dict.fromkeys(scopes)) or (
+                DEFAULT_DATA_SCOPES if kind is KeyKind.DATA else DEFAULT_ORG_SCOPES
+            )
+            for i, scope in enumerate(chosen):
+                if scope not in ALL_SCOPES:
+                    v.add(f"scopes[{i}]", f"unknown scope {scope!r}; known: {', '.join(sorted(ALL_SCOPES))}")
+                elif kind is KeyKind.DATA and (scope in ORG_ONLY_SCOPES or scope == Scope.ALL):
+                    v.add(f"scopes[{i}]", f"a data key cannot hold {scope!r}; use an org key")
+            if expire_time is not None and expire_time <= now:
+                v.add("expire_time", "must be in the future")
+            v.raise_if_any()
+            for scope in chosen:
+                if not _holds_all(p, scope):
+                    raise PermissionDenied(
+                        f"cannot grant the scope '{scope}': the calling key does not hold it",
+                        reason="SCOPE_ESCALATION",
+                    )
+            env_kind = None
+            if kind is KeyKind.DATA:
+                env = await self._store.get_environment(p.org_id, environment_id)
+                if env is None or env.project_id != project_id:
+                    raise NotFound(
+                        f"environment {environment_id!r} of project {project_id!r} not found"
+                    )
+                env_kind = env.kind
+            key_id = new_key_id()
+            secret = new_secret()
+            record = ApiKeyRecord(
+                id=key_id,
+                org_id=p.org_id,
+                kind=kind,
+                name=name,
+                scopes=chosen,
+                secret_hash=await self._hasher.hash(secret),
+                create_time=now,
+                created_by=p.key_id,
+                project_id=project_id,
+                environment_id=environment_id,
+                environment_kind=env_kind,
+                expire_time=expire_time,
+            )
+            ev.target = key_id
+            await self._store.create_key(record)
+            return IssuedKey(record, format_key(record.prefix_kind, key_id, secret))
+
+    async def list(
+        self,
+        caller: Caller,
+        *,
+        project_id: str,
+        environment_id: str,
+        show_revoked: bool,
+        page_size: int,
+        page_token: str,
+    ) -> KeyList:
+        p = _admin(caller, Scope.KEYS_READ)
+        size = paging.page_size(page_size)
+        query = KeyQuery(p.org_id, project_id, environment_id, show_revoked)
+        fp = paging.fingerprint("keys", p.org_id, project_id, environment_id, show_revoked)
+        after = _position(paging.decode_token(page_token, fp))
+        page = await self._store.list_keys(query, size, after)
+        token = paging.encode_token(fp, list(page.next_after)) if page.next_after else ""
+        return KeyList(page.items, token)
+
+    async def get(self, caller: Caller, key_id: str) -> ApiKeyRecord:
+        p = _admin(caller, Scope.KEYS_READ)
+        return await self._get(p, key_id)
+
+    async def revoke(self, caller: Caller, key_id: str) -> ApiKeyRecord:
+        p = _admin(caller, Scope.KEYS_WRITE)
+        async with self._audit.action(caller, "api_key.revoke", target=key_id) as ev:
+            record = await self._get(p, key_id)
+            ev.project_id, ev.environment_id = record.project_id, record.environment_id
+            if record.revoke_time is None:
+                record = replace(record, revoke_time=self._clock.now())
+                await self._store.update_key(record)
+            await self._invalidate(key_id)
+            return record
+
+    async def rotate(
+        self, caller: Caller, key_id: str, grace: timedelta | None
+    ) -> IssuedKey:
+        p = _admin(caller, Scope.KEYS_WRITE)
+        async with self._audit.action(caller, "api_key.rotate", target=key_id) as ev:
+            if grace is not None and (grace < timedelta(0) or grace > MAX_GRACE):
+                raise InvalidArgument.field("grace_period", "must be between 0 and 30 days")
+            record = await self._get(p, key_id)
+            ev.project_id, ev.environment_id = record.project_id, record.environment_id
+            now = self._clock.now()
+            state = key_state(record, now)
+            if state != "active":
+                raise InvalidArgument.field("id", f"the key is {state}; only an active key rotates")
+            secret = new_secret()
+            grace_end = now + grace if grace else None
+            record = replace(
+                record,
+                secret_hash=await self._hasher.hash(secret),
+                previous_secret_hash=record.secret_hash if grace_end else "",
+                previous_secret_expire_time=grace_end,
+                rotate_time=now,
+            )
+            await self._store.update_key(record)
+            await self._invalidate(key_id)
+            return IssuedKey(record, format_key(record.prefix_kind, key_id, secret))
+
+    async def org_name(self, org_id: str) -> str:
+        name = self._org_names.get(org_id)
+        if name is None:
+            org = await self._store.get_org(org_id)
+            name = org.name if org else ""
+            self._org_names[org_id] = name
+        return name
+
+    async def _get(self, p: Principal, key_id: str) -> ApiKeyRecord:
+        record = await self._store.get_org_key(p.org_id, key_id) if key_id else None
+        if record is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        return record
+
+
+def _admin(caller: Caller, scope: str) -> Principal:
+    p = caller.principal
+    p.require_org_key()
+    p.require(scope)
+    return p
+
+
+def _holds_all(p: Principal, scope: str) -> bool:
+    if scope == Scope.ALL:
+        return Scope.ALL in p.scopes
+    if scope == Scope.MEMORY_ALL:
+        return Scope.ALL in p.scopes or Scope.MEMORY_ALL in p.scopes
+    return scope_grants(p.scopes, scope)
+
+
+def _check_name(v: Violations, field: str, name: str) -> None:
+    if not name.strip():
+        v.add(field, "is required")
+    elif len(name) > MAX_KEY_NAME:
+        v.add(field, f"must be at most {MAX_KEY_NAME} characters")
+    elif _CONTROL_CHARS.search(name):
+        v.add(field, "must not contain control characters")
+
+
+def _position(raw: object) -> tuple[str, str] | None:
+    if raw is None:
+        return None
+    if (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and all(isinstance(x, str) for x in raw)
+    ):
+        try:
+            datetime.fromisoformat(raw[0])
+        except ValueError:
+            pass
+        else:
+            return (raw[0], raw[1])
+    raise InvalidArgument.field("page_token", "is not a token this server issued")

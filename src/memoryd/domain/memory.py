@@ -1,0 +1,217 @@
+"""Memories: the values, the structured filter, and the ports behind them.
+
+The `VectorStore` port is implemented by `memoryd.storage.edge` (Qdrant Edge,
+embedded) and `memoryd.storage.qdrant` (a Qdrant server through
+qdrant-client). Both pass `tests/integration/test_vector_store_contract.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from memoryd.domain.tenancy import Tenant
+
+JSON = Any
+
+# Fields a filter may name, besides `metadata.<key>`. Tenant fields
+# (org, project, environment, tenant) are never among them.
+FILTER_KEYWORD_FIELDS = frozenset({"agent_id", "thread_id", "source", "tags", "end_user_id"})
+FILTER_TIME_FIELDS = frozenset({"create_time", "update_time"})
+METADATA_PREFIX = "metadata."
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A past state of a memory, kept when it is updated."""
+
+    revision: int
+    content: str
+    metadata: Mapping[str, JSON]
+    tags: tuple[str, ...]
+    agent_id: str
+    thread_id: str
+    source: str
+    update_time: datetime
+    replace_time: datetime
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """One memory as stored. `vector` is None when not read."""
+
+    id: str
+    tenant: Tenant
+    content: str
+    metadata: Mapping[str, JSON]
+    agent_id: str
+    thread_id: str
+    source: str
+    tags: tuple[str, ...]
+    create_time: datetime
+    update_time: datetime
+    expire_time: datetime | None
+    revision: int
+    vector: tuple[float, ...] | None = None
+    revisions: tuple[Revision, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoredRecord:
+    record: MemoryRecord
+    score: float
+
+
+# --- the structured filter -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """`field` equals `value` (for `tags`: the memory has the tag)."""
+
+    field: str
+    value: str | int | float | bool
+
+
+@dataclass(frozen=True)
+class MatchAny:
+    """`field` equals any of `values`."""
+
+    field: str
+    values: tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    field: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """`start <= field < end`; None bounds are open."""
+
+    field: str
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """All `must` hold, at least one `should` holds (if any), no `must_not` holds."""
+
+    must: tuple[Condition, ...] = ()
+    should: tuple[Condition, ...] = ()
+    must_not: tuple[Condition, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.must or self.should or self.must_not)
+
+
+Condition = Match | MatchAny | NumberRange | TimeRange | Filter
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position in a newest-first listing: strictly after (create_time, id)."""
+
+    create_time: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[MemoryRecord] = field(default_factory=list)
+    next_cursor: Cursor | None = None
+
+
+class VectorStore(Protocol):
+    """Stores memory points. Every method takes the tenant(s) and confines
+    itself to them: a point of another tenant is never read, counted, changed
+    or deleted, even by id. Expired points (expire_time <= now) are invisible
+    to every read. End user: a tenant with `end_user_id` sees only that end
+    user's points; one without sees all of the tenant's.
+
+    Raises `memoryd.domain.errors.Unavailable` when the engine cannot be
+    reached, `FailedPrecondition` from `open` on a model mismatch.
+    """
+
+    async def open(self, model_id: str, dimension: int) -> None:
+        """Creates the collection or checks that it was made for this model."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def upsert(self, tenant: Tenant, records: Sequence[MemoryRecord]) -> None:
+        """Writes whole records (with vectors) of `tenant`. Records must carry
+        `tenant` as their tenant (end user included)."""
+        ...
+
+    async def get(
+        self, tenant: Tenant, ids: Sequence[str], now: datetime, *, with_vectors: bool = False
+    ) -> list[MemoryRecord]:
+        """The records among `ids` visible to `tenant`, in no given order."""
+        ...
+
+    async def delete(self, tenant: Tenant, ids: Sequence[str]) -> None:
+        """Deletes the records among `ids` that belong to `tenant`."""
+        ...
+
+    async def search(
+        self,
+        tenants: Sequence[Tenant],
+        vector: Sequence[float],
+        flt: Filter,
+        limit: int,
+        now: datetime,
+        min_score: float | None = None,
+    ) -> list[ScoredRecord]:
+        """Nearest records by cosine similarity among the given tenants
+        (one, or several of one organization for a cross-project search)."""
+        ...
+
+    async def scroll(
+        self, tenant: Tenant, flt: Filter, limit: int, now: datetime, after: Cursor | None = None
+    ) -> Page:
+        """Records newest first (create_time desc, id desc), strictly after `after`."""
+        ...
+
+    async def count(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
+        """The exact number of visible records matching `flt`."""
+        ...
+
+    async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
+        """Deletes the visible records matching `flt`; answers how many."""
+        ...
+
+    async def delete_scope(
+        self, org_id: str, project_id: str, environment_id: str | None = None
+    ) -> None:
+        """Deletes every record of a project (or one of its environments)."""
+        ...
+
+    async def sweep_expired(self, now: datetime, limit: int = 10_000) -> int:
+        """Deletes up to `limit` expired records of any tenant; answers how many."""
+        ...
+
+
+class Embedder(Protocol):
+    """Turns text into vectors. Raises `Unavailable` when a remote provider fails."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit-norm vector of `dimension` floats per text, in order."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,136 @@
+"""Who is calling and whose data a call may touch.
+
+A `Principal` is what an API key resolves to. A `Tenant` is the data boundary
+of a memory call: (organization, project, environment), optionally narrowed
+to one end user. Storage adapters receive a `Tenant` and add its conditions
+to every query themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from memoryd.domain.errors import PermissionDenied
+
+
+class EnvironmentKind(enum.Enum):
+    LIVE = "live"
+    TEST = "test"
+    DEV = "dev"
+
+
+class KeyKind(enum.Enum):
+    DATA = "data"
+    ORG = "org"
+
+
+class Scope:
+    """Every scope a key may hold. `memory:*` implies all memory scopes; `*` all."""
+
+    MEMORY_READ = "memory:read"
+    MEMORY_ADD = "memory:add"
+    MEMORY_UPDATE = "memory:update"
+    MEMORY_DELETE = "memory:delete"
+    MEMORY_ALL = "memory:*"
+    KEYS_READ = "keys:read"
+    KEYS_WRITE = "keys:write"
+    ADMIN_READ = "admin:read"
+    ADMIN_WRITE = "admin:write"
+    AUDIT_READ = "audit:read"
+    USAGE_READ = "usage:read"
+    ORG_CROSS_PROJECT_READ = "org:cross_project_read"
+    ALL = "*"
+
+
+ALL_SCOPES: frozenset[str] = frozenset(
+    v for k, v in vars(Scope).items() if k.isupper() and isinstance(v, str)
+)
+MEMORY_SCOPES: frozenset[str] = frozenset(
+    {Scope.MEMORY_READ, Scope.MEMORY_ADD, Scope.MEMORY_UPDATE, Scope.MEMORY_DELETE}
+)
+# Scopes only an org key may hold: a data key administers nothing.
+ORG_ONLY_SCOPES: frozenset[str] = frozenset(
+    {
+        Scope.KEYS_READ,
+        Scope.KEYS_WRITE,
+        Scope.ADMIN_READ,
+        Scope.ADMIN_WRITE,
+        Scope.AUDIT_READ,
+        Scope.USAGE_READ,
+    }
+)
+DEFAULT_DATA_SCOPES: tuple[str, ...] = (Scope.MEMORY_READ, Scope.MEMORY_ADD)
+DEFAULT_ORG_SCOPES: tuple[str, ...] = (Scope.KEYS_READ, Scope.ADMIN_READ)
+
+
+def scope_grants(held: frozenset[str], needed: str) -> bool:
+    """Whether a set of held scopes grants `needed`."""
+    if needed in held or Scope.ALL in held:
+        return True
+    return needed in MEMORY_SCOPES and Scope.MEMORY_ALL in held
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """The data boundary of a memory call. `end_user_id` is "" for none."""
+
+    org_id: str
+    project_id: str
+    environment_id: str
+    end_user_id: str = ""
+
+    @property
+    def key(self) -> str:
+        """The composite tenant keyword stored on every memory point."""
+        return f"{self.org_id}/{self.project_id}/{self.environment_id}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified caller of one request."""
+
+    key_id: str
+    kind: KeyKind
+    org_id: str
+    scopes: frozenset[str]
+    project_id: str = ""
+    environment_id: str = ""
+    environment_kind: EnvironmentKind | None = None
+    end_user_id: str = ""
+
+    def require(self, scope: str) -> None:
+        """Raises PermissionDenied naming the scope when it is not held."""
+        if not scope_grants(self.scopes, scope):
+            raise PermissionDenied(
+                f"this API key lacks the scope '{scope}'; "
+                "create a key that has it (KeyService.CreateApiKey)",
+                reason="SCOPE_MISSING",
+            )
+
+    def require_org_key(self) -> None:
+        if self.kind is not KeyKind.ORG:
+            raise PermissionDenied(
+                "this method needs an org key (ms_org_…); data keys may only use "
+                "MemoryService and WhoAmI",
+                reason="ORG_KEY_REQUIRED",
+            )
+
+    def tenant(self) -> Tenant:
+        """The tenant of a data key's memory call."""
+        if self.kind is not KeyKind.DATA:
+            raise PermissionDenied(
+                "memories belong to an environment: use a data key "
+                "(ms_live_/ms_test_/ms_dev_), not an org key",
+                reason="DATA_KEY_REQUIRED",
+            )
+        return Tenant(self.org_id, self.project_id, self.environment_id, self.end_user_id)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A principal plus what identifies its call, for audit and logs."""
+
+    principal: Principal
+    request_id: str = ""
+    peer: str = ""

@@ -1,0 +1,594 @@
+"""The control plane on SQL: SQLAlchemy Core, async, one code path for SQLite
+(aiosqlite, the embedded default) and PostgreSQL (asyncpg).
+
+The schema is created on `open()`; `schema_version` records what was applied,
+so later versions can migrate in place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from memoryd.domain.control import (
+    ApiKeyRecord,
+    AuditEvent,
+    AuditQuery,
+    Environment,
+    KeyQuery,
+    ListPage,
+    Organization,
+    Project,
+    ProjectSettings,
+    Quotas,
+    RateLimits,
+)
+from memoryd.domain.errors import AlreadyExists, Unavailable
+from memoryd.domain.tenancy import EnvironmentKind, KeyKind
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("settings", sa.Text, nullable=False),
+    sa.Column("rate_limits", sa.Text, nullable=False),
+    sa.Column("quotas", sa.Text, nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("update_time", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("org_id", "name", name="uq_projects_org_name"),
+)
+
+environments = sa.Table(
+    "environments",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), nullable=False),
+    sa.Column(
+        "project_id", sa.String(40), sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_environments_project_name"),
+    sa.Index("ix_environments_org_kind", "org_id", "kind"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("secret_hash", sa.String(200), nullable=False),
+    sa.Column("previous_secret_hash", sa.String(200), nullable=False, default=""),
+    sa.Column("previous_secret_expire_time", UTCDateTime),
+    sa.Column("project_id", sa.String(40), nullable=False, default=""),
+    sa.Column("environment_id", sa.String(40), nullable=False, default=""),
+    sa.Column("environment_kind", sa.String(8), nullable=False, default=""),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("expire_time", UTCDateTime),
+    sa.Column("last_used_time", UTCDateTime),
+    sa.Column("revoke_time", UTCDateTime),
+    sa.Column("rotate_time", UTCDateTime),
+    sa.Column("created_by", sa.String(40), nullable=False),
+    sa.Index("ix_api_keys_org_time", "org_id", "create_time"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("org_id", sa.String(40), nullable=False),
+    sa.Column("project_id", sa.String(40), nullable=False),
+    sa.Column("environment_id", sa.String(40), nullable=False),
+    sa.Column("actor_key_id", sa.String(40), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("request_id", sa.String(100), nullable=False),
+    sa.Column("peer", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(40), nullable=False),
+    sa.Index("ix_audit_org_time", "org_id", "time"),
+)
+
+
+def _json_dump(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _settings_to_json(s: ProjectSettings) -> str:
+    ttl = s.default_ttl.total_seconds() if s.default_ttl is not None else None
+    return _json_dump(
+        {"require_end_user_id": s.require_end_user_id, "dedupe_threshold": s.dedupe_threshold,
+         "default_ttl_s": ttl}
+    )
+
+
+def _settings_from_json(raw: str) -> ProjectSettings:
+    d = json.loads(raw)
+    ttl = d.get("default_ttl_s")
+    return ProjectSettings(
+        require_end_user_id=bool(d.get("require_end_user_id", False)),
+        dedupe_threshold=float(d.get("dedupe_threshold", 0.0)),
+        default_ttl=timedelta(seconds=ttl) if ttl is not None else None,
+    )
+
+
+def _after_clause(
+    time_col: sa.ColumnElement[Any], id_col: sa.ColumnElement[Any],
+    after: tuple[str, str] | None, descending: bool,
+) -> sa.ColumnElement[bool] | None:
+    if after is None:
+        return None
+    t = datetime.fromisoformat(after[0])
+    if descending:
+        return sa.or_(time_col < t, sa.and_(time_col == t, id_col < after[1]))
+    return sa.or_(time_col > t, sa.and_(time_col == t, id_col > after[1]))
+
+
+class SqlControlStore:
+    """`ControlStore` on SQLAlchemy Core async. See `memoryd.domain.control`."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self._url = url
+        self._echo = echo
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("SqlControlStore.open() was not called")
+        return self._engine
+
+    async def open(self) -> None:
+        kwargs: dict[str, Any] = {"echo": self._echo}
+        if self._url.startswith("sqlite"):
+            path = self._url.split(":///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        self._engine = create_async_engine(self._url, **kwargs)
+        if self._url.startswith("sqlite"):
+            @sa.event.listens_for(self._engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=5000")
+                cur.close()
+
+        async with self._begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            version = (await conn.execute(sa.select(schema_version.c.version))).scalar()
+            if version is None:
+                await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif version > SCHEMA_VERSION:
+                raise Unavailable(
+                    f"the database schema is version {version}, newer than this server "
+                    f"understands ({SCHEMA_VERSION}); upgrade memoryd"
+                )
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            return True
+        except (OSError, DBAPIError):
+            return False
+
+    def _begin(self) -> Any:
+        return _Tx(self.engine)
+
+    # --- organizations ---------------------------------------------------------
+
+    async def create_org(self, org: Organization) -> None:
+        async with self._begin() as conn:
+            await conn.execute(
+                organizations.insert().values(id=org.id, name=org.name, create_time=org.create_time)
+            )
+
+    async def get_org(self, org_id: str) -> Organization | None:
+        async with self._begin() as conn:
+            row = (
+                await conn.execute(sa.select(organizations).where(organizations.c.id == org_id))
+            ).first()
+        return Organization(row.id, row.name, row.create_time) if row else None
+
+    async def count_orgs(self) -> int:
+        async with self._begin() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(organizations))).scalar_one())
+
+    # --- projects ---------------------------------------------------------------
+
+    async def create_project(self, project: Project, envs: Sequence[Environment]) -> None:
+        async with self._begin() as conn:
+            await conn.execute(projects.insert().values(**self._project_row(project)))
+            for env in envs:
+                await conn.execute(environments.insert().values(**self._env_row(env)))
+
+    @staticmethod
+    def _project_row(p: Project) -> dict[str, Any]:
+        return {
+            "id": p.id,
+            "org_id": p.org_id,
+            "name": p.name,
+            "display_name": p.display_name,
+            "settings": _settings_to_json(p.settings),
+            "rate_limits": _json_dump(vars(p.rate_limits)),
+            "quotas": _json_dump(vars(p.quotas)),
+            "create_time": p.create_time,
+            "update_time": p.update_time,
+        }
+
+    @staticmethod
+    def _env_row(e: Environment) -> dict[str, Any]:
+        return {
+            "id": e.id,
+            "org_id": e.org_id,
+            "project_id": e.project_id,
+            "name": e.name,
+            "kind": e.kind.value,
+            "create_time": e.create_time,
+        }
+
+    @staticmethod
+    def _project(row: Any, envs: Sequence[Environment] = ()) -> Project:
+        return Project(
+            id=row.id,
+            org_id=row.org_id,
+            name=row.name,
+            display_name=row.display_name,
+            settings=_settings_from_json(row.settings),
+            rate_limits=RateLimits(**json.loads(row.rate_limits)),
+            quotas=Quotas(**json.loads(row.quotas)),
+            create_time=row.create_time,
+            update_time=row.update_time,
+            environments=tuple(envs),
+        )
+
+    @staticmethod
+    def _env(row: Any) -> Environment:
+        return Environment(
+            id=row.id,
+            org_id=row.org_id,
+            project_id=row.project_id,
+            name=row.name,
+            kind=EnvironmentKind(row.kind),
+            create_time=row.create_time,
+        )
+
+    async def _envs_of(self, conn: AsyncConnection, project_ids: Sequence[str]) -> dict[str, list[Environment]]:
+        out: dict[str, list[Environment]] = {pid: [] for pid in project_ids}
+        if not project_ids:
+            return out
+        rows = await conn.execute(
+            sa.select(environments)
+            .where(environments.c.project_id.in_(project_ids))
+            .order_by(environments.c.create_time, environments.c.id)
+        )
+        for row in rows:
+            out[row.project_id].append(self._env(row))
+        return out
+
+    async def get_project(self, org_id: str, project_id: str) -> Project | None:
+        async with self._begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(projects).where(projects.c.id == project_id, projects.c.org_id == org_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            envs = await self._envs_of(conn, [row.id])
+        return self._project(row, envs[row.id])
+
+    async def list_projects(
+        self, org_id: str, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[Project]:
+        q = sa.select(projects).where(projects.c.org_id == org_id)
+        cond = _after_clause(projects.c.create_time, projects.c.id, after, descending=False)
+        if cond is not None:
+            q = q.where(cond)
+        q = q.order_by(projects.c.create_time, projects.c.id).limit(limit + 1)
+        async with self._begin() as conn:
+            rows = list(await conn.execute(q))
+            envs = await self._envs_of(conn, [r.id for r in rows[:limit]])
+        items = [self._project(r, envs[r.id]) for r in rows[:limit]]
+        return ListPage(items, _next_after(items, limit, len(rows), lambda p: (p.create_time, p.id)))
+
+    async def update_project(self, project: Project) -> None:
+        row = self._project_row(project)
+        async with self._begin() as conn:
+            await conn.execute(
+                projects.update()
+                .where(projects.c.id == project.id, projects.c.org_id == project.org_id)
+                .values(**{k: v for k, v in row.items() if k not in ("id", "org_id", "create_time")})
+            )
+
+    async def delete_project(self, org_id: str, project_id: str) -> None:
+        async with self._begin() as conn:
+            await conn.execute(
+                api_keys.delete().where(api_keys.c.org_id == org_id, api_keys.c.project_id == project_id)
+            )
+            await conn.execute(
+                environments.delete().where(
+                    environments.c.org_id == org_id, environments.c.project_id == project_id
+                )
+            )
+            await conn.execute(
+                projects.delete().where(projects.c.org_id == org_id, projects.c.id == project_id)
+            )
+
+    # --- environments -------------------------------------------------------------
+
+    async def create_environment(self, env: Environment) -> None:
+        async with self._begin() as conn:
+            await conn.execute(environments.insert().values(**self._env_row(env)))
+
+    async def get_environment(self, org_id: str, environment_id: str) -> Environment | None:
+        async with self._begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(environments).where(
+                        environments.c.id == environment_id, environments.c.org_id == org_id
+                    )
+                )
+            ).first()
+        return self._env(row) if row else None
+
+    async def list_environments(
+        self, org_id: str, project_id: str, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[Environment]:
+        q = sa.select(environments).where(
+            environments.c.org_id == org_id, environments.c.project_id == project_id
+        )
+        cond = _after_clause(environments.c.create_time, environments.c.id, after, descending=False)
+        if cond is not None:
+            q = q.where(cond)
+        q = q.order_by(environments.c.create_time, environments.c.id).limit(limit + 1)
+        async with self._begin() as conn:
+            rows = list(await conn.execute(q))
+        items = [self._env(r) for r in rows[:limit]]
+        return ListPage(items, _next_after(items, limit, len(rows), lambda e: (e.create_time, e.id)))
+
+    async def list_environments_of_kind(self, org_id: str, kind: EnvironmentKind) -> list[Environment]:
+        async with self._begin() as conn:
+            rows = await conn.execute(
+                sa.select(environments).where(
+                    environments.c.org_id == org_id, environments.c.kind == kind.value
+                )
+            )
+            return [self._env(r) for r in rows]
+
+    async def delete_environment(self, org_id: str, environment_id: str) -> None:
+        async with self._begin() as conn:
+            await conn.execute(
+                api_keys.delete().where(
+                    api_keys.c.org_id == org_id, api_keys.c.environment_id == environment_id
+                )
+            )
+            await conn.execute(
+                environments.delete().where(
+                    environments.c.org_id == org_id, environments.c.id == environment_id
+                )
+            )
+
+    # --- keys ------------------------------------------------------------------------
+
+    @staticmethod
+    def _key_row(k: ApiKeyRecord) -> dict[str, Any]:
+        return {
+            "id": k.id,
+            "org_id": k.org_id,
+            "kind": k.kind.value,
+            "name": k.name,
+            "scopes": json.dumps(list(k.scopes)),
+            "secret_hash": k.secret_hash,
+            "previous_secret_hash": k.previous_secret_hash,
+            "previous_secret_expire_time": k.previous_secret_expire_time,
+            "project_id": k.project_id,
+            "environment_id": k.environment_id,
+            "environment_kind": k.environment_kind.value if k.environment_kind else "",
+            "create_time": k.create_time,
+            "expire_time": k.expire_time,
+            "last_used_time": k.last_used_time,
+            "revoke_time": k.revoke_time,
+            "rotate_time": k.rotate_time,
+            "created_by": k.created_by,
+        }
+
+    @staticmethod
+    def _key(row: Any) -> ApiKeyRecord:
+        return ApiKeyRecord(
+            id=row.id,
+            org_id=row.org_id,
+            kind=KeyKind(row.kind),
+            name=row.name,
+            scopes=tuple(json.loads(row.scopes)),
+            secret_hash=row.secret_hash,
+            previous_secret_hash=row.previous_secret_hash,
+            previous_secret_expire_time=row.previous_secret_expire_time,
+            project_id=row.project_id,
+            environment_id=row.environment_id,
+            environment_kind=EnvironmentKind(row.environment_kind) if row.environment_kind else None,
+            create_time=row.create_time,
+            expire_time=row.expire_time,
+            last_used_time=row.last_used_time,
+            revoke_time=row.revoke_time,
+            rotate_time=row.rotate_time,
+            created_by=row.created_by,
+        )
+
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        async with self._begin() as conn:
+            await conn.execute(api_keys.insert().values(**self._key_row(key)))
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        async with self._begin() as conn:
+            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
+        return self._key(row) if row else None
+
+    async def get_org_key(self, org_id: str, key_id: str) -> ApiKeyRecord | None:
+        async with self._begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(api_keys).where(api_keys.c.id == key_id, api_keys.c.org_id == org_id)
+                )
+            ).first()
+        return self._key(row) if row else None
+
+    async def list_keys(
+        self, query: KeyQuery, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[ApiKeyRecord]:
+        q = sa.select(api_keys).where(api_keys.c.org_id == query.org_id)
+        if query.project_id:
+            q = q.where(api_keys.c.project_id == query.project_id)
+        if query.environment_id:
+            q = q.where(api_keys.c.environment_id == query.environment_id)
+        if not query.show_revoked:
+            q = q.where(api_keys.c.revoke_time.is_(None))
+        cond = _after_clause(api_keys.c.create_time, api_keys.c.id, after, descending=True)
+        if cond is not None:
+            q = q.where(cond)
+        q = q.order_by(api_keys.c.create_time.desc(), api_keys.c.id.desc()).limit(limit + 1)
+        async with self._begin() as conn:
+            rows = list(await conn.execute(q))
+        items = [self._key(r) for r in rows[:limit]]
+        return ListPage(items, _next_after(items, limit, len(rows), lambda k: (k.create_time, k.id)))
+
+    async def update_key(self, key: ApiKeyRecord) -> None:
+        row = self._key_row(key)
+        async with self._begin() as conn:
+            await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key.id, api_keys.c.org_id == key.org_id)
+                .values(**{k: v for k, v in row.items() if k not in ("id", "org_id")})
+            )
+
+    async def touch_key(self, key_id: str, when: datetime) -> None:
+        async with self._begin() as conn:
+            await conn.execute(
+                api_keys.update().where(api_keys.c.id == key_id).values(last_used_time=when)
+            )
+
+    # --- audit -----------------------------------------------------------------------
+
+    async def append_audit(self, event: AuditEvent) -> None:
+        async with self._begin() as conn:
+            await conn.execute(audit_events.insert().values(**vars(event)))
+
+    async def list_audit(
+        self, query: AuditQuery, limit: int, after: tuple[str, str] | None
+    ) -> ListPage[AuditEvent]:
+        c = audit_events.c
+        q = sa.select(audit_events).where(c.org_id == query.org_id)
+        for col, value in (
+            (c.project_id, query.project_id),
+            (c.environment_id, query.environment_id),
+            (c.actor_key_id, query.actor_key_id),
+            (c.action, query.action),
+        ):
+            if value:
+                q = q.where(col == value)
+        if query.start_time is not None:
+            q = q.where(c.time >= query.start_time)
+        if query.end_time is not None:
+            q = q.where(c.time < query.end_time)
+        cond = _after_clause(c.time, c.id, after, descending=True)
+        if cond is not None:
+            q = q.where(cond)
+        q = q.order_by(c.time.desc(), c.id.desc()).limit(limit + 1)
+        async with self._begin() as conn:
+            rows = list(await conn.execute(q))
+        items = [AuditEvent(**{k: getattr(r, k) for k in r._fields}) for r in rows[:limit]]
+        return ListPage(items, _next_after(items, limit, len(rows), lambda e: (e.time, e.id)))
+
+
+def _next_after(items: Sequence[Any], limit: int, fetched: int, key: Any) -> tuple[str, str] | None:
+    if fetched <= limit or not items:
+        return None
+    t, ident = key(items[-1])
+    return (t.isoformat(), ident)
+
+
+class _Tx:
+    """`async with` a transaction; integrity errors become `AlreadyExists`,
+    connection errors `Unavailable`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._cm = engine.begin()
+
+    async def __aenter__(self) -> AsyncConnection:
+        try:
+            return await self._cm.__aenter__()
+        except (OSError, OperationalError) as exc:
+            raise Unavailable("the control-plane database is unreachable; retry shortly") from exc
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
+        try:
+            await self._cm.__aexit__(et, exc, tb)
+        except IntegrityError as err:
+            raise AlreadyExists("that name is already taken", reason="ALREADY_EXISTS") from err
+        except (OSError, OperationalError) as err:
+            raise Unavailable("the control-plane database is unreachable; retry shortly") from err
+        if isinstance(exc, IntegrityError):
+            raise AlreadyExists("that name is already taken", reason="ALREADY_EXISTS") from exc
+        if isinstance(exc, OSError | OperationalError):
+            raise Unavailable("the control-plane database is unreachable; retry shortly") from exc
+        return False
