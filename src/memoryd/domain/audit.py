@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memoryd.domain.clock import Clock
-from memoryd.domain.control import AuditEvent, ControlStore
+from memoryd.domain import paging
+from memoryd.domain.control import AuditEvent, AuditQuery, ControlStore, ListPage
 from memoryd.domain.errors import DomainError
 from memoryd.domain.ids import new_audit_id
-from memoryd.domain.tenancy import Caller
+from memoryd.domain.errors import InvalidArgument
+from memoryd.domain.tenancy import Caller, Scope
 
 log = logging.getLogger("memoryd.audit")
 
@@ -56,6 +58,24 @@ class Auditor:
             raise
         finally:
             await self._write(caller, action, pending, outcome)
+
+    async def list(
+        self, caller: Caller, query: AuditQuery, page_size: int, page_token: str
+    ) -> tuple[ListPage[AuditEvent], str]:
+        """Events of the caller's organization, newest first, and the next token."""
+        p = caller.principal
+        p.require_org_key()
+        p.require(Scope.AUDIT_READ)
+        if query.start_time and query.end_time and query.start_time >= query.end_time:
+            raise InvalidArgument.field("end_time", "must be after start_time")
+        query = AuditQuery(
+            p.org_id, query.project_id, query.environment_id, query.actor_key_id,
+            query.action, query.start_time, query.end_time,
+        )
+        size = paging.page_size(page_size)
+        fp = paging.fingerprint("audit", vars(query))
+        page = await self._store.list_audit(query, size, paging.decode_keyset(page_token, fp))
+        return page, paging.encode_keyset(fp, page.next_after)
 
     async def _write(self, caller: Caller, action: str, p: PendingEvent, outcome: str) -> None:
         event = AuditEvent(

@@ -161,9 +161,9 @@ class KeyManager:
         size = paging.page_size(page_size)
         query = KeyQuery(p.org_id, project_id, environment_id, show_revoked)
         fp = paging.fingerprint("keys", p.org_id, project_id, environment_id, show_revoked)
-        after = _position(paging.decode_token(page_token, fp))
+        after = paging.decode_keyset(page_token, fp)
         page = await self._store.list_keys(query, size, after)
-        token = paging.encode_token(fp, list(page.next_after)) if page.next_after else ""
+        token = paging.encode_keyset(fp, page.next_after)
         return KeyList(page.items, token)
 
     async def get(self, caller: Caller, key_id: str) -> ApiKeyRecord:
@@ -244,20 +244,3 @@ def _check_name(v: Violations, field: str, name: str) -> None:
         v.add(field, f"must be at most {MAX_KEY_NAME} characters")
     elif _CONTROL_CHARS.search(name):
         v.add(field, "must not contain control characters")
-
-
-def _position(raw: object) -> tuple[str, str] | None:
-    if raw is None:
-        return None
-    if (
-        isinstance(raw, list)
-        and len(raw) == 2
-        and all(isinstance(x, str) for x in raw)
-    ):
-        try:
-            datetime.fromisoformat(raw[0])
-        except ValueError:
-            pass
-        else:
-            return (raw[0], raw[1])
-    raise InvalidArgument.field("page_token", "is not a token this server issued")

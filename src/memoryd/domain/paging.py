@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
 from memoryd.domain.errors import InvalidArgument
@@ -57,3 +58,22 @@ def page_size(value: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MA
     if value == 0:
         return default
     return min(value, maximum)
+
+
+def decode_keyset(token: str, query_fp: str) -> tuple[str, str] | None:
+    """A (ISO time, id) keyset position from `token`, or None when empty."""
+    raw = decode_token(token, query_fp)
+    if raw is None:
+        return None
+    if isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw):
+        try:
+            datetime.fromisoformat(raw[0])
+        except ValueError:
+            pass
+        else:
+            return (raw[0], raw[1])
+    raise InvalidArgument.field("page_token", "is not a token this server issued")
+
+
+def encode_keyset(query_fp: str, position: tuple[str, str] | None) -> str:
+    return encode_token(query_fp, list(position)) if position else ""

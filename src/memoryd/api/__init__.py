@@ -1,0 +1,1 @@
+"""Servicers: protobuf ⇄ domain, domain errors → gRPC status. Nothing else."""

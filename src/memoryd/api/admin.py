@@ -1,0 +1,125 @@
+"""AdminService servicer."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Protocol
+
+from google.protobuf import empty_pb2
+
+from memoryd.api import convert
+from memoryd.api.interceptor import current_caller
+from memoryd.domain.audit import Auditor
+from memoryd.domain.control import AuditQuery
+from memoryd.domain.errors import InvalidArgument
+from memoryd.domain.projects import ProjectManager
+from memoryd.domain.tenancy import Caller
+from memoryd.v1 import admin_pb2, admin_pb2_grpc
+
+
+class UsageReport(Protocol):
+    """Reads usage for GetUsage (see `memoryd.domain.usage`)."""
+
+    async def report(
+        self, caller: Caller, project_id: str, environment_id: str, start: date | None, end: date | None
+    ) -> list[Any]: ...
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, projects: ProjectManager, auditor: Auditor, usage: UsageReport) -> None:
+        self._projects = projects
+        self._audit = auditor
+        self._usage = usage
+
+    async def CreateProject(self, request: admin_pb2.CreateProjectRequest, context: Any) -> admin_pb2.Project:
+        draft = convert.project_from_pb(request.project)
+        return convert.project(await self._projects.create_project(current_caller(), draft))
+
+    async def GetProject(self, request: admin_pb2.GetProjectRequest, context: Any) -> admin_pb2.Project:
+        return convert.project(await self._projects.get_project(current_caller(), request.id))
+
+    async def ListProjects(self, request: admin_pb2.ListProjectsRequest, context: Any) -> admin_pb2.ListProjectsResponse:
+        result = await self._projects.list_projects(current_caller(), request.page_size, request.page_token)
+        return admin_pb2.ListProjectsResponse(
+            projects=[convert.project(p) for p in result.projects],
+            next_page_token=result.next_page_token,
+        )
+
+    async def UpdateProject(self, request: admin_pb2.UpdateProjectRequest, context: Any) -> admin_pb2.Project:
+        changes = convert.project_from_pb(request.project)
+        updated = await self._projects.update_project(
+            current_caller(), changes, list(request.update_mask.paths)
+        )
+        return convert.project(updated)
+
+    async def DeleteProject(self, request: admin_pb2.DeleteProjectRequest, context: Any) -> empty_pb2.Empty:
+        await self._projects.delete_project(current_caller(), request.id)
+        return empty_pb2.Empty()
+
+    async def CreateEnvironment(self, request: admin_pb2.CreateEnvironmentRequest, context: Any) -> admin_pb2.Environment:
+        env = await self._projects.create_environment(
+            current_caller(),
+            request.project_id,
+            request.environment.name,
+            convert.env_kind_from_pb(request.environment.kind),
+        )
+        return convert.environment(env)
+
+    async def ListEnvironments(self, request: admin_pb2.ListEnvironmentsRequest, context: Any) -> admin_pb2.ListEnvironmentsResponse:
+        result = await self._projects.list_environments(
+            current_caller(), request.project_id, request.page_size, request.page_token
+        )
+        return admin_pb2.ListEnvironmentsResponse(
+            environments=[convert.environment(e) for e in result.environments],
+            next_page_token=result.next_page_token,
+        )
+
+    async def DeleteEnvironment(self, request: admin_pb2.DeleteEnvironmentRequest, context: Any) -> empty_pb2.Empty:
+        await self._projects.delete_environment(current_caller(), request.id)
+        return empty_pb2.Empty()
+
+    async def GetUsage(self, request: admin_pb2.GetUsageRequest, context: Any) -> admin_pb2.GetUsageResponse:
+        start = _date(request.start_date, "start_date")
+        end = _date(request.end_date, "end_date")
+        records = await self._usage.report(
+            current_caller(), request.project_id, request.environment_id, start, end
+        )
+        return admin_pb2.GetUsageResponse(
+            records=[
+                admin_pb2.UsageRecord(
+                    project_id=r.project_id,
+                    environment_id=r.environment_id,
+                    date=r.date.isoformat() if isinstance(r.date, date) else str(r.date),
+                    calls=r.calls,
+                    calls_by_method=dict(r.calls_by_method),
+                    memories_written=r.memories_written,
+                    bytes_stored=r.bytes_stored,
+                    rate_limited_calls=r.rate_limited_calls,
+                )
+                for r in records
+            ]
+        )
+
+    async def ListAuditEvents(self, request: admin_pb2.ListAuditEventsRequest, context: Any) -> admin_pb2.ListAuditEventsResponse:
+        query = AuditQuery(
+            org_id="",
+            project_id=request.project_id,
+            environment_id=request.environment_id,
+            actor_key_id=request.actor_key_id,
+            action=request.action,
+            start_time=convert.opt_ts(request, "start_time", "start_time"),
+            end_time=convert.opt_ts(request, "end_time", "end_time"),
+        )
+        page, token = await self._audit.list(current_caller(), query, request.page_size, request.page_token)
+        return admin_pb2.ListAuditEventsResponse(
+            events=[convert.audit_event(e) for e in page.items], next_page_token=token
+        )
+
+
+def _date(value: str, field: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument.field(field, "must be a date YYYY-MM-DD") from None

@@ -1,0 +1,104 @@
+"""Domain errors → `google.rpc.Status` with rich details, via grpcio-status.
+
+Details: `ErrorInfo` (reason, domain `memoryd`) always; `BadRequest` field
+violations for INVALID_ARGUMENT; `QuotaFailure` and `RetryInfo` for
+RESOURCE_EXHAUSTED. Unknown exceptions become INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from memoryd.domain.errors import DomainError, InvalidArgument, ResourceExhausted
+
+ERROR_DOMAIN = "memoryd"
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def status_proto(err: DomainError) -> status_pb2.Status:
+    """The `google.rpc.Status` of a domain error (also used per batch item)."""
+    details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN))]
+    if isinstance(err, InvalidArgument) and err.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in err.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(err, ResourceExhausted):
+        if err.violations:
+            details.append(
+                _pack(
+                    error_details_pb2.QuotaFailure(
+                        violations=[
+                            error_details_pb2.QuotaFailure.Violation(
+                                subject=v.subject, description=v.description
+                            )
+                            for v in err.violations
+                        ]
+                    )
+                )
+            )
+        if err.retry_after is not None:
+            seconds = max(err.retry_after, 0.0)
+            whole = math.floor(seconds)
+            details.append(
+                _pack(
+                    error_details_pb2.RetryInfo(
+                        retry_delay=duration_pb2.Duration(
+                            seconds=whole, nanos=int((seconds - whole) * 1e9)
+                        )
+                    )
+                )
+            )
+    return status_pb2.Status(
+        code=getattr(code_pb2, err.code), message=err.message, details=details
+    )
+
+
+def to_grpc_status(err: DomainError, trailers: Metadata = ()) -> grpc.Status:
+    """The status to abort a call with; `trailers` are merged in, since
+    `abort_with_status` drops trailing metadata set earlier."""
+    status = rpc_status.to_status(status_proto(err))
+    extra = list(trailers)
+    if isinstance(err, ResourceExhausted):
+        extra.extend(err.trailers.items())
+    if not extra:
+        return status
+    return _Status(status.code, status.details, tuple(extra) + tuple(status.trailing_metadata))
+
+
+def internal_status(request_id: str, trailers: Metadata = ()) -> grpc.Status:
+    proto = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"internal error; it was logged with request id {request_id}",
+        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
+    )
+    status = rpc_status.to_status(proto)
+    return _Status(status.code, status.details, tuple(trailers) + tuple(status.trailing_metadata))
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata

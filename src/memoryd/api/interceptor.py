@@ -1,0 +1,261 @@
+"""The call pipeline every method runs through, except health and reflection.
+
+For each call, in order: request id (taken from `x-request-id` or made),
+authentication (`x-api-key` or `authorization: Bearer`, → `Principal`), then
+admission (the rate limiter, when one is configured), then the servicer.
+Domain errors raised anywhere become a rich `google.rpc.Status`; anything
+else becomes INTERNAL, logged with the request id. Trailing metadata always
+carries `x-request-id` and whatever admission added (`x-ratelimit-*`).
+
+The state of the call is in a contextvar (`current_call()`), read by the
+servicers; the domain gets it as an explicit `Caller` argument.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from grpc import aio
+
+from memoryd.api.errors import internal_status, to_grpc_status
+from memoryd.auth.authenticator import Authenticator
+from memoryd.domain.errors import DomainError
+from memoryd.domain.tenancy import Caller, Principal
+
+log = logging.getLogger("memoryd.call")
+
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+MAX_REQUEST_ID = 128
+
+
+@dataclass
+class CallState:
+    method: str
+    request_id: str
+    peer: str
+    principal: Principal | None = None
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    code: str = "OK"
+
+    def caller(self) -> Caller:
+        assert self.principal is not None, "the call was not authenticated"
+        return Caller(self.principal, self.request_id, self.peer)
+
+
+_CALL: contextvars.ContextVar[CallState] = contextvars.ContextVar("memoryd_call")
+
+
+def current_call() -> CallState:
+    return _CALL.get()
+
+
+def current_caller() -> Caller:
+    return _CALL.get().caller()
+
+
+class Admission(Protocol):
+    """Decides whether an authenticated call may run (the rate limiter).
+
+    Returns trailing metadata to attach; raises ResourceExhausted (with its
+    own trailers) to refuse, or Unavailable."""
+
+    async def admit(self, principal: Principal, method: str, cost: int) -> Sequence[tuple[str, str]]: ...
+
+    def refused(self, principal: Principal, method: str) -> None:
+        """Notes a refused call (for usage metering)."""
+        ...
+
+
+class CallObserver(Protocol):
+    """Sees the end of every call: for logs, metrics and usage."""
+
+    def call_finished(self, call: CallState, duration_s: float) -> None: ...
+
+
+# How many units of rate limit a call costs, from its request.
+CostFn = Callable[[Any], int]
+
+
+class CallInterceptor(aio.ServerInterceptor):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        admission: Admission | None = None,
+        observers: Sequence[CallObserver] = (),
+        costs: dict[str, CostFn] | None = None,
+    ) -> None:
+        self._auth = authenticator
+        self._admission = admission
+        self._observers = list(observers)
+        self._costs = costs or {}
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = details.method  # type: ignore[attr-defined]
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        wrapped = self._wrap(handler, method)
+        self._handlers[method] = wrapped
+        return wrapped
+
+    # --- the pipeline -------------------------------------------------------------
+
+    async def _begin(self, context: aio.ServicerContext[Any, Any], method: str, request: Any) -> CallState:
+        md = _metadata(context)
+        rid = md.get("x-request-id", "")
+        if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+            rid = uuid.uuid4().hex
+        call = CallState(method=method, request_id=rid, peer=_peer_host(context.peer()))
+        _CALL.set(call)
+        raw = md.get("x-api-key") or _bearer(md.get("authorization", ""))
+        call.principal = await self._auth.authenticate(
+            raw, end_user_id=md.get("x-end-user-id", ""), peer=call.peer
+        )
+        if self._admission is not None:
+            cost_fn = self._costs.get(method)
+            cost = cost_fn(request) if cost_fn is not None and request is not None else 1
+            try:
+                call.trailers.extend(await self._admission.admit(call.principal, method, max(cost, 1)))
+            except DomainError:
+                self._admission.refused(call.principal, method)
+                raise
+        return call
+
+    async def _fail(self, context: aio.ServicerContext[Any, Any], call: CallState, exc: Exception) -> None:
+        trailers = [("x-request-id", call.request_id), *call.trailers]
+        if isinstance(exc, DomainError):
+            call.code = exc.code
+            await context.abort_with_status(to_grpc_status(exc, trailers))
+        call.code = "INTERNAL"
+        log.error(
+            "unhandled error in %s (request id %s)", call.method, call.request_id, exc_info=exc
+        )
+        await context.abort_with_status(internal_status(call.request_id, trailers))
+
+    def _succeed(self, context: aio.ServicerContext[Any, Any], call: CallState) -> None:
+        context.set_trailing_metadata((("x-request-id", call.request_id), *call.trailers))
+
+    def _finish(self, call: CallState | None, started: float) -> None:
+        if call is None or not self._observers:
+            return
+        duration = time.perf_counter() - started
+        for observer in self._observers:
+            observer.call_finished(call, duration)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary_unary(handler.unary_unary, method), **kwargs
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(handler.unary_stream, method), **kwargs
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._stream_unary(handler.stream_unary, method), **kwargs
+            )
+        return handler  # stream-stream: none in the v1 contract
+
+    def _unary_unary(self, behavior: Any, method: str) -> Any:
+        async def run(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            call: CallState | None = None
+            try:
+                call = await self._begin(context, method, request)
+                response = await behavior(request, context)
+                self._succeed(context, call)
+                return response
+            except aio.AbortError:
+                raise
+            except Exception as exc:
+                call = call or _CALL.get(None) or _anonymous(method, context)
+                await self._fail(context, call, exc)
+            finally:
+                self._finish(call or _CALL.get(None), started)
+
+        return run
+
+    def _unary_stream(self, behavior: Any, method: str) -> Any:
+        async def run(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            call: CallState | None = None
+            try:
+                call = await self._begin(context, method, request)
+                async for item in behavior(request, context):
+                    yield item
+                self._succeed(context, call)
+            except aio.AbortError:
+                raise
+            except Exception as exc:
+                call = call or _CALL.get(None) or _anonymous(method, context)
+                await self._fail(context, call, exc)
+            finally:
+                self._finish(call or _CALL.get(None), started)
+
+        return run
+
+    def _stream_unary(self, behavior: Any, method: str) -> Any:
+        async def run(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            call: CallState | None = None
+            try:
+                call = await self._begin(context, method, None)
+                response = await behavior(requests, context)
+                self._succeed(context, call)
+                return response
+            except aio.AbortError:
+                raise
+            except Exception as exc:
+                call = call or _CALL.get(None) or _anonymous(method, context)
+                await self._fail(context, call, exc)
+            finally:
+                self._finish(call or _CALL.get(None), started)
+
+        return run
+
+
+def _metadata(context: aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def _bearer(value: str) -> str:
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _peer_host(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` → `127.0.0.1` (the port changes per connection)."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, _, _port = rest.rpartition(":")
+        return host.strip("[]") or rest
+    return peer
+
+
+def _anonymous(method: str, context: aio.ServicerContext[Any, Any]) -> CallState:
+    return CallState(method=method, request_id=uuid.uuid4().hex, peer=_peer_host(context.peer()))

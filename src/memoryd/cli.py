@@ -1,0 +1,184 @@
+"""`memoryd serve | bootstrap | bench`.
+
+Every setting is an option here and an environment variable `MEMORYD_<NAME>`
+(the option wins). See `memoryd serve --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from memoryd import __version__
+from memoryd.config import ConfigError, Settings, env_name, setting_fields
+
+_BANNER = "=" * 72
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "settings", "each option is also read from the environment variable shown"
+    )
+    for f in setting_fields():
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        default = f.default if not meta.get("secret") or not f.default else "***"
+        help_text = f"{meta['help']} [env {env_name(f.name)}; default: {default!r}]"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        group.add_argument(flag, **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memoryd",
+        description="memoryd: a self-hostable, multi-tenant memory server for AI agents (gRPC).",
+    )
+    parser.add_argument("--version", action="version", version=f"memoryd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server. On first start with an empty control store it "
+        "creates an organization and prints its owner key once.",
+    )
+    _add_settings(serve)
+
+    boot = sub.add_parser(
+        "bootstrap",
+        help="create an organization and print its owner key once",
+        description="Create an organization with an owner key holding every scope ('*'), and "
+        "print the key once. Run it once per organization; store the key in a secret manager.",
+    )
+    boot.add_argument("--org-name", default="default", help="name of the new organization")
+    _add_settings(boot)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure a started server (or start one) and print throughput and latency",
+        description="Start an in-process server with the given settings on a free port and "
+        "measure health Check against authenticated calls. See docs/performance.md.",
+    )
+    bench.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    bench.add_argument("--concurrency", type=int, default=32, help="calls in flight")
+    bench.add_argument(
+        "--suite", default="auth", help="comma-separated suites: auth, memory (default: auth)"
+    )
+    bench.add_argument("--memories", type=int, default=100_000, help="memory suite: corpus size")
+    bench.add_argument("--tenants", type=int, default=1_000, help="memory suite: tenants")
+    _add_settings(bench)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {f.name: getattr(args, f.name, None) for f in setting_fields()}
+    return Settings.load(overrides=overrides)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra={"fields": {...}}` adds fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+async def _serve(settings: Settings) -> int:
+    from memoryd.app import build_app
+
+    app = await build_app(settings)
+    if app.bootstrapped is not None:
+        _print_owner_key(app.bootstrapped.org.name, app.bootstrapped.org.id, app.bootstrapped.plaintext)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    print(f"memoryd listening on {settings.host}:{app.port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    logging.getLogger("memoryd").info("signal received: draining for up to %.0f s", settings.grace_period_s)
+    await app.stop()
+    return 0
+
+
+async def _bootstrap(settings: Settings, org_name: str) -> int:
+    from memoryd.auth.hashing import SecretHasher
+    from memoryd.domain.bootstrap import bootstrap_org
+    from memoryd.domain.clock import SystemClock
+    from memoryd.storage.sql import SqlControlStore
+
+    store = SqlControlStore(settings.resolved_database_url)
+    await store.open()
+    hasher = SecretHasher()
+    try:
+        result = await bootstrap_org(store, hasher, SystemClock(), org_name)
+    finally:
+        hasher.close()
+        await store.close()
+    _print_owner_key(result.org.name, result.org.id, result.plaintext)
+    return 0
+
+
+def _print_owner_key(name: str, org_id: str, plaintext: str) -> None:
+    # Deliberately printed, never logged: this is the one time the key is shown.
+    print(
+        f"{_BANNER}\n"
+        f"  memoryd: organization '{name}' ({org_id}) created.\n"
+        f"  Its OWNER KEY (every scope) is shown ONCE; store it in a secret manager:\n\n"
+        f"    {plaintext}\n\n"
+        f"  Use it as: grpcurl -H 'x-api-key: <key>' ...\n"
+        f"{_BANNER}",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as err:
+        print(f"memoryd: configuration error: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    if args.command == "serve":
+        return asyncio.run(_serve(settings))
+    if args.command == "bootstrap":
+        return asyncio.run(_bootstrap(settings, args.org_name))
+    if args.command == "bench":
+        from memoryd.bench import run_bench
+
+        return asyncio.run(run_bench(settings, args))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Projects and environments of an organization.
+
+Only org keys administer, and only their own organization: a project or
+environment of another organization answers NOT_FOUND. A new project starts
+with a `production` environment of kind live. Deleting a project or an
+environment deletes its keys (evicted on every replica) and its memories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from memoryd.domain import paging
+from memoryd.domain.audit import Auditor
+from memoryd.domain.clock import Clock
+from memoryd.domain.control import (
+    ControlStore,
+    Environment,
+    KeyQuery,
+    Project,
+    ProjectSettings,
+    Quotas,
+    RateLimits,
+)
+from memoryd.domain.errors import InvalidArgument, NotFound, Violations
+from memoryd.domain.ids import new_environment_id, new_project_id
+from memoryd.domain.keys import KeyInvalidator
+from memoryd.domain.tenancy import Caller, EnvironmentKind, Principal, Scope
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NAME_RULE = "must be 1 to 63 lowercase letters, digits or '-', starting with a letter"
+MAX_DISPLAY_NAME = 200
+MAX_TTL = timedelta(days=3650)
+
+# Deletes the memories of a project, or of one of its environments.
+MemoryScopeDeleter = Callable[[str, str, str | None], Awaitable[None]]
+
+# The paths UpdateProject accepts, and the sub-fields of each group.
+_GROUPS: dict[str, type] = {
+    "settings": ProjectSettings,
+    "rate_limits": RateLimits,
+    "quotas": Quotas,
+}
+UPDATABLE_PATHS: frozenset[str] = frozenset(
+    {"display_name", *_GROUPS}
+    | {f"{g}.{f.name}" for g, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+)
+
+
+@dataclass(frozen=True)
+class ProjectList:
+    projects: list[Project]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class EnvironmentList:
+    environments: list[Environment]
+    next_page_token: str
+
+
+class ProjectManager:
+    def __init__(
+        self,
+        store: ControlStore,
+        auditor: Auditor,
+        clock: Clock,
+        invalidate_key: KeyInvalidator,
+        delete_memories: MemoryScopeDeleter | None = None,
+    ) -> None:
+        self._store = store
+        self._audit = auditor
+        self._clock = clock
+        self._invalidate_key = invalidate_key
+        self._delete_memories = delete_memories
+
+    # --- projects -----------------------------------------------------------------
+
+    async def create_project(self, caller: Caller, draft: Project) -> Project:
+        p = _admin(caller, Scope.ADMIN_WRITE)
+        async with self._audit.action(caller, "project.create", target=draft.name) as ev:
+            v = Violations()
+            _check_name(v, "project.name", draft.name)
+            _check_project_values(v, draft, "project.")
+            v.raise_if_any()
+            now = self._clock.now()
+            project = replace(
+                draft, id=new_project_id(), org_id=p.org_id, create_time=now, update_time=now
+            )
+            production = Environment(
+                id=new_environment_id(),
+                org_id=p.org_id,
+                project_id=project.id,
+                name="production",
+                kind=EnvironmentKind.LIVE,
+                create_time=now,
+            )
+            await self._store.create_project(project, [production])
+            ev.target, ev.project_id = project.id, project.id
+            return replace(project, environments=(production,))
+
+    async def get_project(self, caller: Caller, project_id: str) -> Project:
+        p = _admin(caller, Scope.ADMIN_READ)
+        return await self._project(p, project_id)
+
+    async def list_projects(self, caller: Caller, page_size: int, page_token: str) -> ProjectList:
+        p = _admin(caller, Scope.ADMIN_READ)
+        size = paging.page_size(page_size)
+        fp = paging.fingerprint("projects", p.org_id)
+        after = paging.decode_keyset(page_token, fp)
+        page = await self._store.list_projects(p.org_id, size, after)
+        token = paging.encode_keyset(fp, page.next_after)
+        return ProjectList(page.items, token)
+
+    async def update_project(
+        self, caller: Caller, changes: Project, paths: Sequence[str]
+    ) -> Project:
+        p = _admin(caller, Scope.ADMIN_WRITE)
+        async with self._audit.action(
+            caller, "project.update", target=changes.id, project_id=changes.id
+        ):
+            v = Violations()
+            if not paths:
+                v.add("update_mask", f"is required; allowed paths: {', '.join(sorted(UPDATABLE_PATHS))}")
+            for i, path in enumerate(paths):
+                if path not in UPDATABLE_PATHS:
+                    v.add(f"update_mask.paths[{i}]", f"{path!r} cannot be updated; allowed: "
+                          f"{', '.join(sorted(UPDATABLE_PATHS))}")
+            _check_project_values(v, changes, "project.")
+            v.raise_if_any()
+            current = await self._project(p, changes.id)
+            updated = current
+            for path in paths:
+                updated = _apply_path(updated, changes, path)
+            updated = replace(updated, update_time=self._clock.now())
+            await self._store.update_project(updated)
+            return updated
+
+    async def delete_project(self, caller: Caller, project_id: str) -> None:
+        p = _admin(caller, Scope.ADMIN_WRITE)
+        async with self._audit.action(
+            caller, "project.delete", target=project_id, project_id=project_id
+        ):
+            await self._project(p, project_id)
+            key_ids = await self._key_ids(p.org_id, project_id, "")
+            await self._store.delete_project(p.org_id, project_id)
+            for key_id in key_ids:
+                await self._invalidate_key(key_id)
+            if self._delete_memories is not None:
+                await self._delete_memories(p.org_id, project_id, None)
+
+    # --- environments -------------------------------------------------------------
+
+    async def create_environment(
+        self, caller: Caller, project_id: str, name: str, kind: EnvironmentKind | None
+    ) -> Environment:
+        p = _admin(caller, Scope.ADMIN_WRITE)
+        async with self._audit.action(
+            caller, "environment.create", target=name, project_id=project_id
+        ) as ev:
+            v = Violations()
+            _check_name(v, "environment.name", name)
+            if kind is None:
+                v.add("environment.kind", "is required: LIVE, TEST or DEV")
+            v.raise_if_any()
+            assert kind is not None
+            await self._project(p, project_id)
+            env = Environment(
+                id=new_environment_id(),
+                org_id=p.org_id,
+                project_id=project_id,
+                name=name,
+                kind=kind,
+                create_time=self._clock.now(),
+            )
+            await self._store.create_environment(env)
+            ev.target, ev.environment_id = env.id, env.id
+            return env
+
+    async def list_environments(
+        self, caller: Caller, project_id: str, page_size: int, page_token: str
+    ) -> EnvironmentList:
+        p = _admin(caller, Scope.ADMIN_READ)
+        size = paging.page_size(page_size)
+        await self._project(p, project_id)
+        fp = paging.fingerprint("environments", p.org_id, project_id)
+        after = paging.decode_keyset(page_token, fp)
+        page = await self._store.list_environments(p.org_id, project_id, size, after)
+        token = paging.encode_keyset(fp, page.next_after)
+        return EnvironmentList(page.items, token)
+
+    async def delete_environment(self, caller: Caller, environment_id: str) -> None:
+        p = _admin(caller, Scope.ADMIN_WRITE)
+        async with self._audit.action(
+            caller, "environment.delete", target=environment_id, environment_id=environment_id
+        ) as ev:
+            env = await self._store.get_environment(p.org_id, environment_id) if environment_id else None
+            if env is None:
+                raise NotFound(f"environment {environment_id!r} not found")
+            ev.project_id = env.project_id
+            key_ids = await self._key_ids(p.org_id, env.project_id, env.id)
+            await self._store.delete_environment(p.org_id, env.id)
+            for key_id in key_ids:
+                await self._invalidate_key(key_id)
+            if self._delete_memories is not None:
+                await self._delete_memories(p.org_id, env.project_id, env.id)
+
+    # --- helpers --------------------------------------------------------------------
+
+    async def _project(self, p: Principal, project_id: str) -> Project:
+        project = await self._store.get_project(p.org_id, project_id) if project_id else None
+        if project is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return project
+
+    async def _key_ids(self, org_id: str, project_id: str, environment_id: str) -> list[str]:
+        out: list[str] = []
+        after = None
+        while True:
+            page = await self._store.list_keys(
+                KeyQuery(org_id, project_id, environment_id, show_revoked=True), 1000, after
+            )
+            out.extend(k.id for k in page.items)
+            if page.next_after is None:
+                return out
+            after = page.next_after
+
+
+def _admin(caller: Caller, scope: str) -> Principal:
+    p = caller.principal
+    p.require_org_key()
+    p.require(scope)
+    return p
+
+
+def _check_name(v: Violations, field: str, name: str) -> None:
+    if not name:
+        v.add(field, "is required")
+    elif not NAME_RE.match(name):
+        v.add(field, NAME_RULE)
+
+
+def _check_project_values(v: Violations, project: Project, prefix: str) -> None:
+    if len(project.display_name) > MAX_DISPLAY_NAME:
+        v.add(f"{prefix}display_name", f"must be at most {MAX_DISPLAY_NAME} characters")
+    s = project.settings
+    if not (0.0 <= s.dedupe_threshold <= 1.0) or math.isnan(s.dedupe_threshold):
+        v.add(f"{prefix}settings.dedupe_threshold", "must be between 0 and 1")
+    if s.default_ttl is not None and not (timedelta(0) < s.default_ttl <= MAX_TTL):
+        v.add(f"{prefix}settings.default_ttl", "must be positive and at most 3650 days")
+    for group in ("rate_limits", "quotas"):
+        values = getattr(project, group)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+                v.add(f"{prefix}{group}.{f.name}", "must be 0 (server default) or positive")
+
+
+def _apply_path(current: Project, changes: Project, path: str) -> Project:
+    if "." not in path:
+        return replace(current, **{path: getattr(changes, path)})
+    group, field = path.split(".", 1)
+    merged = replace(getattr(current, group), **{field: getattr(getattr(changes, group), field)})
+    return replace(current, **{group: merged})
