@@ -1,0 +1,82 @@
+"""Text → vector providers implementing `memoryd.domain.memory.Embedder`.
+
+| provider    | class               | model_id                                        |
+|-------------|---------------------|-------------------------------------------------|
+| `fastembed` | `FastEmbedEmbedder` | `fastembed:sentence-transformers/all-MiniLM-L6-v2` |
+| `openai`    | `OpenAIEmbedder`    | `openai:<model>`                                |
+| `none`      | `NoEmbedder`        | `none:<dimension>`                              |
+| `hashing`   | `HashingEmbedder`   | `hashing:<dimension>` (tests only)              |
+
+`build_embedder` is the one way the composition root makes one. Importing
+this package loads no model and opens no connection.
+"""
+
+from __future__ import annotations
+
+from memoryd.domain.memory import Embedder
+from memoryd.embeddings.batcher import MicroBatcher
+from memoryd.embeddings.fastembed_local import (
+    DEFAULT_DIMENSION,
+    DEFAULT_MODEL,
+    FastEmbedEmbedder,
+)
+from memoryd.embeddings.hashing import HashingEmbedder
+from memoryd.embeddings.none import NoEmbedder
+from memoryd.embeddings.openai import OpenAIEmbedder
+
+PROVIDERS = ("fastembed", "openai", "none", "hashing")
+
+__all__ = [
+    "DEFAULT_DIMENSION",
+    "DEFAULT_MODEL",
+    "PROVIDERS",
+    "FastEmbedEmbedder",
+    "HashingEmbedder",
+    "MicroBatcher",
+    "NoEmbedder",
+    "OpenAIEmbedder",
+    "build_embedder",
+]
+
+
+def build_embedder(
+    provider: str,
+    *,
+    model_dir: str,
+    dimension: int,
+    openai_base_url: str,
+    openai_api_key: str,
+    openai_model: str,
+    timeout_s: float,
+    threads: int,
+) -> Embedder:
+    """The embedder for `provider` (one of `PROVIDERS`).
+
+    Arguments that a provider does not use are ignored: `model_dir` and
+    `threads` are for `fastembed`; the `openai_*` ones and `timeout_s` for
+    `openai`; `dimension` is checked against the fastembed model and is the
+    vector size for the others.
+
+    Raises `ValueError` with a message for a person: an unknown provider, a
+    missing or incomplete model directory ("run `make models`"), a
+    dimension that the model does not make, or a bad setting.
+    `fastembed` loads its model here, so call this at start-up.
+    """
+    name = provider.strip().lower()
+    if name == "fastembed":
+        return FastEmbedEmbedder(model_dir, dimension=dimension, threads=threads)
+    if name == "openai":
+        return OpenAIEmbedder(
+            base_url=openai_base_url,
+            api_key=openai_api_key,
+            model=openai_model,
+            dimension=dimension,
+            timeout_s=timeout_s,
+        )
+    if name == "none":
+        return NoEmbedder(dimension)
+    if name == "hashing":
+        return HashingEmbedder(dimension)
+    raise ValueError(
+        f"unknown embedding provider {provider!r}: choose one of {', '.join(PROVIDERS)}"
+    )

@@ -1,0 +1,149 @@
+"""all-MiniLM-L6-v2 (or another fastembed model) run locally with onnxruntime."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from memoryd.domain.errors import Unavailable
+from memoryd.embeddings.batcher import MicroBatcher
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_DIMENSION = 384
+# What `make models` puts in the directory and fastembed reads from it.
+MODEL_FILES = (
+    "model.onnx",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "config.json",
+)
+
+
+def check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
+    """`model_dir` as a Path; raises `ValueError` naming what is missing."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ValueError(
+            f"the embedding model directory {str(path)!r} does not exist: "
+            "run `make models` (or point the model directory setting at one it made)"
+        )
+    missing = [name for name in MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"the embedding model directory {str(path)!r} lacks {', '.join(missing)}: "
+            "run `make models` to assemble it"
+        )
+    return path
+
+
+class FastEmbedEmbedder:
+    """A fastembed `TextEmbedding` loaded from a local directory, never the network.
+
+    Contract:
+    - The constructor loads the model (a fraction of a second; blocking, so
+      call it at start-up) and raises `ValueError` when `model_dir` is missing
+      or incomplete (the message says to run `make models`).
+    - `embed` runs inference in one dedicated thread, never on the event loop,
+      and answers unit-norm vectors of `dimension` floats. Calls that arrive
+      while the model is busy are micro-batched into its next call (see
+      `MicroBatcher`; `batch_wait_s` adds a gathering window when idle, and
+      None turns batching off so that calls run one by one).
+
+    Measured on a 2-core box (int8 model, threads=2): one short text takes
+    ~3.8 ms; 4 concurrent single-text callers get ~1.4x the throughput and
+    ~30% lower median latency with batching (no window) than without, while a
+    2 ms window is slower than none (it only adds latency), hence the default
+    `batch_wait_s=0.0`.
+    - onnxruntime uses `threads` threads (intra- and inter-op) for one call;
+      texts are sorted by length into model batches of `model_batch_size`
+      (2.5x faster on mixed lengths than padding short texts to long ones).
+    - Inputs longer than 512 tokens are truncated (fastembed takes the limit
+      from tokenizer_config.json; sentence-transformers would cut at 256).
+    - After `close`, `embed` raises `Unavailable`.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        model_name: str = DEFAULT_MODEL,
+        dimension: int = DEFAULT_DIMENSION,
+        threads: int = 2,
+        batch_wait_s: float | None = 0.0,
+        max_batch_texts: int = 64,
+        model_batch_size: int = 32,
+    ) -> None:
+        path = check_model_dir(model_dir)
+        if threads < 1:
+            raise ValueError(f"the embedding model needs threads >= 1, got {threads}")
+        # Belt and braces: with `specific_model_path` fastembed does not ask the
+        # hub, and this keeps huggingface_hub from trying should that change.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from fastembed import TextEmbedding  # heavy import: only when this provider is used
+
+        self._model: Any = TextEmbedding(
+            model_name=model_name,
+            cache_dir=str(path),
+            threads=threads,
+            specific_model_path=str(path),
+            local_files_only=True,
+            providers=["CPUExecutionProvider"],
+        )
+        actual = int(self._model.embedding_size)
+        if actual != dimension:
+            raise ValueError(
+                f"the model {model_name} makes {actual}-d vectors, "
+                f"but the configured dimension is {dimension}"
+            )
+        self._model_name = model_name
+        self._dimension = dimension
+        self._model_batch_size = model_batch_size
+        # One thread: model calls never overlap, so `threads` bounds the CPU use.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memoryd-embed")
+        self._batcher = MicroBatcher(
+            self._embed_sync,
+            self._executor,
+            max_wait_s=batch_wait_s or 0.0,
+            max_texts=max_batch_texts if batch_wait_s is not None else 1,
+        )
+        self._closed = False
+
+    @property
+    def model_id(self) -> str:
+        return f"fastembed:{self._model_name}"
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit-norm vector per text, in order."""
+        if self._closed:
+            raise Unavailable("the embedding model is shut down", reason="EMBEDDER_CLOSED")
+        return await self._batcher.submit(texts)
+
+    def _embed_sync(self, texts: list[str]) -> list[list[float]]:
+        """Blocking inference; texts are sorted by length so that a model batch
+        pads little, then the vectors are put back in order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        sorted_vectors = self._model.embed(
+            [texts[i] for i in order], batch_size=self._model_batch_size
+        )
+        vectors: list[list[float]] = [[] for _ in texts]
+        for i, vector in zip(order, sorted_vectors, strict=True):
+            vectors[i] = vector.tolist()
+        return vectors
+
+    def embed_sync(self, texts: Sequence[str]) -> list[list[float]]:
+        """Blocking `embed` for scripts and benchmarks (not for the event loop)."""
+        return self._embed_sync(list(texts))
+
+    async def close(self) -> None:
+        """Stops batching and releases the inference thread. Idempotent."""
+        self._closed = True
+        await self._batcher.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
