@@ -7,5 +7,6 @@ googleapis=$("$py" -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirn
 mkdir -p "$out/memoryd/v1"
 "$py" -m grpc_tools.protoc -Iprotos -I"$googleapis" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+  --plugin=protoc-gen-mypy_grpc="$(dirname "$py")/protoc-gen-mypy_grpc" --mypy_grpc_out="$out" \
   protos/memoryd/v1/*.proto
 touch "$out/memoryd/v1/__init__.py"

@@ -80,7 +80,9 @@ class App:
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set_health(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
         await self.health.set("", status)
         for name in SERVICE_NAMES:
             await self.health.set(name, status)
@@ -95,7 +97,7 @@ async def build_app(
 ) -> App:
     clock = clock or SystemClock()
     hasher = hasher or SecretHasher()
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
 
     store = SqlControlStore(settings.resolved_database_url)
     await store.open()

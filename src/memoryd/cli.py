@@ -117,7 +117,9 @@ async def _serve(settings: Settings) -> int:
 
     app = await build_app(settings)
     if app.bootstrapped is not None:
-        _print_owner_key(app.bootstrapped.org.name, app.bootstrapped.org.id, app.bootstrapped.plaintext)
+        _print_owner_key(
+            app.bootstrapped.org.name, app.bootstrapped.org.id, app.bootstrapped.plaintext
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,7 +127,9 @@ async def _serve(settings: Settings) -> int:
     await app.start()
     print(f"memoryd listening on {settings.host}:{app.port}", file=sys.stderr, flush=True)
     await stop.wait()
-    logging.getLogger("memoryd").info("signal received: draining for up to %.0f s", settings.grace_period_s)
+    logging.getLogger("memoryd").info(
+        "signal received: draining for up to %.0f s", settings.grace_period_s
+    )
     await app.stop()
     return 0
 

@@ -20,10 +20,10 @@ class ConfigError(ValueError):
     """A setting has a bad value. The message names the variable."""
 
 
-def _setting(default: Any, help: str, *, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
-    return field(
-        default=default, metadata={"help": help, "choices": choices, "secret": secret}
-    )
+def _setting(
+    default: Any, help: str, *, choices: tuple[str, ...] = (), secret: bool = False
+) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class Settings:
     max_message_bytes: int = _setting(16 * 1024 * 1024, "Largest request or response message.")
     max_concurrent_streams: int = _setting(256, "Concurrent HTTP/2 streams per connection.")
     keepalive_time_s: float = _setting(30.0, "Send a keepalive ping after this much idle time.")
-    keepalive_timeout_s: float = _setting(10.0, "Close a connection whose ping is not answered in time.")
+    keepalive_timeout_s: float = _setting(
+        10.0, "Close a connection whose ping is not answered in time."
+    )
     max_connection_age_s: float = _setting(
         0.0, "Close connections after this age so load balancers rebalance (0: never)."
     )
@@ -48,10 +50,14 @@ class Settings:
     )
     tls_cert: str = _setting("", "PEM server certificate chain; with tls_key enables TLS.")
     tls_key: str = _setting("", "PEM private key of tls_cert.", secret=True)
-    tls_client_ca: str = _setting("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).")
+    tls_client_ca: str = _setting(
+        "", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
+    )
 
     # --- storage -----------------------------------------------------------------
-    data_dir: str = _setting("data", "Directory of the embedded stores (SQLite file, Qdrant Edge shard).")
+    data_dir: str = _setting(
+        "data", "Directory of the embedded stores (SQLite file, Qdrant Edge shard)."
+    )
     database_url: str = _setting(
         "",
         "Control-plane database, SQLAlchemy URL: sqlite+aiosqlite:///path or "
@@ -59,7 +65,9 @@ class Settings:
         secret=True,
     )
     qdrant_url: str = _setting(
-        "", "Qdrant server or cluster URL (http[s]://host:6333). Empty: embedded Qdrant Edge in data_dir."
+        "",
+        "Qdrant server or cluster URL (http[s]://host:6333). "
+        "Empty: embedded Qdrant Edge in data_dir.",
     )
     qdrant_api_key: str = _setting("", "API key of the Qdrant server.", secret=True)
     redis_url: str = _setting(
@@ -88,13 +96,16 @@ class Settings:
     embedding_dimension: int = _setting(384, "Vector dimension (must match the model).")
     embedding_threads: int = _setting(2, "Threads of the local model.")
     embedding_timeout_s: float = _setting(10.0, "Timeout of one remote embedding call.")
-    openai_base_url: str = _setting("https://api.openai.com/v1", "Base URL of the embeddings endpoint.")
+    openai_base_url: str = _setting(
+        "https://api.openai.com/v1", "Base URL of the embeddings endpoint."
+    )
     openai_api_key: str = _setting("", "API key of the embeddings endpoint.", secret=True)
     openai_model: str = _setting("text-embedding-3-small", "Model name sent to the endpoint.")
 
     # --- auth ----------------------------------------------------------------------
     key_cache_ttl_s: float = _setting(
-        30.0, "How long a verified key stays cached; bounds staleness if a revocation message is lost."
+        30.0,
+        "How long a verified key stays cached; bounds staleness if a revocation message is lost.",
     )
     key_cache_size: int = _setting(10_000, "Most verified keys cached.")
     auth_failures_per_minute: int = _setting(
@@ -106,17 +117,23 @@ class Settings:
     key_burst: int = _setting(200, "Default burst per API key.")
     project_requests_per_second: float = _setting(500.0, "Default sustained rate per project.")
     project_burst: int = _setting(1000, "Default burst per project.")
-    max_memories_per_environment: int = _setting(1_000_000, "Default quota of memories per environment.")
+    max_memories_per_environment: int = _setting(
+        1_000_000, "Default quota of memories per environment."
+    )
     max_content_bytes: int = _setting(32_768, "Default quota of bytes of one memory's content.")
-    max_metadata_bytes: int = _setting(16_384, "Default quota of bytes of one memory's metadata (JSON).")
+    max_metadata_bytes: int = _setting(
+        16_384, "Default quota of bytes of one memory's metadata (JSON)."
+    )
     sweep_interval_s: float = _setting(60.0, "Seconds between sweeps of expired memories.")
 
     # --- observability -------------------------------------------------------------
-    log_level: str = _setting(
-        "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    log_level: str = _setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _setting(
+        "json", "json (one object per line) or text.", choices=("json", "text")
     )
-    log_format: str = _setting("json", "json (one object per line) or text.", choices=("json", "text"))
-    audit_log: str = _setting("", "Also append audit events as JSON lines to this file (for a SIEM).")
+    audit_log: str = _setting(
+        "", "Also append audit events as JSON lines to this file (for a SIEM)."
+    )
     metrics_port: int = _setting(0, "Prometheus metrics on this HTTP port (0: off).")
     metrics_host: str = _setting("127.0.0.1", "Address of the metrics endpoint.")
 
@@ -160,7 +177,9 @@ class Settings:
             if raw is None:
                 continue
             f = _FIELDS[name]
-            values[name] = _parse(f, raw, f"--{name.replace('_', '-')}") if isinstance(raw, str) else raw
+            values[name] = (
+                _parse(f, raw, f"--{name.replace('_', '-')}") if isinstance(raw, str) else raw
+            )
         settings = cls(**values)
         settings.validate()
         return settings
@@ -180,17 +199,32 @@ class Settings:
             raise bad("port", f"must be a port number 0..65535, got {self.port}")
         if self.metrics_port > 65535:
             raise bad("metrics_port", f"must be a port number 0..65535, got {self.metrics_port}")
-        for name in ("embedding_dimension", "max_message_bytes", "key_cache_size", "key_burst",
-                     "project_burst", "max_content_bytes", "max_metadata_bytes",
-                     "max_memories_per_environment", "embedding_threads"):
+        for name in (
+            "embedding_dimension",
+            "max_message_bytes",
+            "key_cache_size",
+            "key_burst",
+            "project_burst",
+            "max_content_bytes",
+            "max_metadata_bytes",
+            "max_memories_per_environment",
+            "embedding_threads",
+        ):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
-        for name in ("key_requests_per_second", "project_requests_per_second", "sweep_interval_s",
-                     "redis_timeout_ms", "embedding_timeout_s"):
+        for name in (
+            "key_requests_per_second",
+            "project_requests_per_second",
+            "sweep_interval_s",
+            "redis_timeout_ms",
+            "embedding_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise bad("tls_key" if self.tls_cert else "tls_cert", "tls_cert and tls_key go together")
+            raise bad(
+                "tls_key" if self.tls_cert else "tls_cert", "tls_cert and tls_key go together"
+            )
         if self.tls_client_ca and not self.tls_cert:
             raise bad("tls_client_ca", "mTLS needs TLS: set tls_cert and tls_key too")
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
@@ -222,7 +256,7 @@ def setting_fields() -> list[dataclasses.Field[Any]]:
 
 
 def _parse(f: dataclasses.Field[Any], raw: str, where: str) -> Any:
-    kind = type(f.default)
+    kind: type = type(f.default)
     try:
         if kind is bool:
             lowered = raw.strip().lower()
@@ -236,7 +270,5 @@ def _parse(f: dataclasses.Field[Any], raw: str, where: str) -> Any:
         if kind is float:
             return float(raw.strip())
     except ValueError:
-        raise ConfigError(
-            f"{where}: expected {kind.__name__}, got {raw!r}"
-        ) from None
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {raw!r}") from None
     return raw

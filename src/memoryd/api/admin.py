@@ -21,7 +21,12 @@ class UsageReport(Protocol):
     """Reads usage for GetUsage (see `memoryd.domain.usage`)."""
 
     async def report(
-        self, caller: Caller, project_id: str, environment_id: str, start: date | None, end: date | None
+        self,
+        caller: Caller,
+        project_id: str,
+        environment_id: str,
+        start: date | None,
+        end: date | None,
     ) -> list[Any]: ...
 
 
@@ -31,32 +36,46 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._audit = auditor
         self._usage = usage
 
-    async def CreateProject(self, request: admin_pb2.CreateProjectRequest, context: Any) -> admin_pb2.Project:
+    async def CreateProject(
+        self, request: admin_pb2.CreateProjectRequest, context: Any
+    ) -> admin_pb2.Project:
         draft = convert.project_from_pb(request.project)
         return convert.project(await self._projects.create_project(current_caller(), draft))
 
-    async def GetProject(self, request: admin_pb2.GetProjectRequest, context: Any) -> admin_pb2.Project:
+    async def GetProject(
+        self, request: admin_pb2.GetProjectRequest, context: Any
+    ) -> admin_pb2.Project:
         return convert.project(await self._projects.get_project(current_caller(), request.id))
 
-    async def ListProjects(self, request: admin_pb2.ListProjectsRequest, context: Any) -> admin_pb2.ListProjectsResponse:
-        result = await self._projects.list_projects(current_caller(), request.page_size, request.page_token)
+    async def ListProjects(
+        self, request: admin_pb2.ListProjectsRequest, context: Any
+    ) -> admin_pb2.ListProjectsResponse:
+        result = await self._projects.list_projects(
+            current_caller(), request.page_size, request.page_token
+        )
         return admin_pb2.ListProjectsResponse(
             projects=[convert.project(p) for p in result.projects],
             next_page_token=result.next_page_token,
         )
 
-    async def UpdateProject(self, request: admin_pb2.UpdateProjectRequest, context: Any) -> admin_pb2.Project:
+    async def UpdateProject(
+        self, request: admin_pb2.UpdateProjectRequest, context: Any
+    ) -> admin_pb2.Project:
         changes = convert.project_from_pb(request.project)
         updated = await self._projects.update_project(
             current_caller(), changes, list(request.update_mask.paths)
         )
         return convert.project(updated)
 
-    async def DeleteProject(self, request: admin_pb2.DeleteProjectRequest, context: Any) -> empty_pb2.Empty:
+    async def DeleteProject(
+        self, request: admin_pb2.DeleteProjectRequest, context: Any
+    ) -> empty_pb2.Empty:
         await self._projects.delete_project(current_caller(), request.id)
         return empty_pb2.Empty()
 
-    async def CreateEnvironment(self, request: admin_pb2.CreateEnvironmentRequest, context: Any) -> admin_pb2.Environment:
+    async def CreateEnvironment(
+        self, request: admin_pb2.CreateEnvironmentRequest, context: Any
+    ) -> admin_pb2.Environment:
         env = await self._projects.create_environment(
             current_caller(),
             request.project_id,
@@ -65,7 +84,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         return convert.environment(env)
 
-    async def ListEnvironments(self, request: admin_pb2.ListEnvironmentsRequest, context: Any) -> admin_pb2.ListEnvironmentsResponse:
+    async def ListEnvironments(
+        self, request: admin_pb2.ListEnvironmentsRequest, context: Any
+    ) -> admin_pb2.ListEnvironmentsResponse:
         result = await self._projects.list_environments(
             current_caller(), request.project_id, request.page_size, request.page_token
         )
@@ -74,11 +95,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             next_page_token=result.next_page_token,
         )
 
-    async def DeleteEnvironment(self, request: admin_pb2.DeleteEnvironmentRequest, context: Any) -> empty_pb2.Empty:
+    async def DeleteEnvironment(
+        self, request: admin_pb2.DeleteEnvironmentRequest, context: Any
+    ) -> empty_pb2.Empty:
         await self._projects.delete_environment(current_caller(), request.id)
         return empty_pb2.Empty()
 
-    async def GetUsage(self, request: admin_pb2.GetUsageRequest, context: Any) -> admin_pb2.GetUsageResponse:
+    async def GetUsage(
+        self, request: admin_pb2.GetUsageRequest, context: Any
+    ) -> admin_pb2.GetUsageResponse:
         start = _date(request.start_date, "start_date")
         end = _date(request.end_date, "end_date")
         records = await self._usage.report(
@@ -100,7 +125,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             ]
         )
 
-    async def ListAuditEvents(self, request: admin_pb2.ListAuditEventsRequest, context: Any) -> admin_pb2.ListAuditEventsResponse:
+    async def ListAuditEvents(
+        self, request: admin_pb2.ListAuditEventsRequest, context: Any
+    ) -> admin_pb2.ListAuditEventsResponse:
         query = AuditQuery(
             org_id="",
             project_id=request.project_id,
@@ -110,7 +137,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             start_time=convert.opt_ts(request, "start_time", "start_time"),
             end_time=convert.opt_ts(request, "end_time", "end_time"),
         )
-        page, token = await self._audit.list(current_caller(), query, request.page_size, request.page_token)
+        page, token = await self._audit.list(
+            current_caller(), query, request.page_size, request.page_token
+        )
         return admin_pb2.ListAuditEventsResponse(
             events=[convert.audit_event(e) for e in page.items], next_page_token=token
         )

@@ -81,7 +81,7 @@ def env_kind_to_pb(kind: EnvironmentKind | None) -> int:
 
 
 def env_kind_from_pb(value: int) -> EnvironmentKind | None:
-    return _ENV_KIND_FROM_PB.get(value)  # type: ignore[call-overload]
+    return _ENV_KIND_FROM_PB.get(value)  # type: ignore[call-overload,no-any-return]
 
 
 def api_key(record: ApiKeyRecord, now: datetime) -> keys_pb2.ApiKey:
@@ -137,7 +137,11 @@ def project(p: Project) -> admin_pb2.Project:
 def project_from_pb(msg: admin_pb2.Project) -> Project:
     """A draft or a set of changes; server-owned fields are left empty."""
     s = msg.settings
-    ttl = from_duration(s.default_ttl, "project.settings.default_ttl") if s.HasField("default_ttl") else None
+    ttl = (
+        from_duration(s.default_ttl, "project.settings.default_ttl")
+        if s.HasField("default_ttl")
+        else None
+    )
     r, q = msg.rate_limits, msg.quotas
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     return Project(

@@ -70,9 +70,7 @@ def status_proto(err: DomainError) -> status_pb2.Status:
                     )
                 )
             )
-    return status_pb2.Status(
-        code=getattr(code_pb2, err.code), message=err.message, details=details
-    )
+    return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
 
 
 def to_grpc_status(err: DomainError, trailers: Metadata = ()) -> grpc.Status:
@@ -84,7 +82,7 @@ def to_grpc_status(err: DomainError, trailers: Metadata = ()) -> grpc.Status:
         extra.extend(err.trailers.items())
     if not extra:
         return status
-    return _Status(status.code, status.details, tuple(extra) + tuple(status.trailing_metadata))
+    return _Status(status.code, status.details, (*extra, *status.trailing_metadata))
 
 
 def internal_status(request_id: str, trailers: Metadata = ()) -> grpc.Status:
@@ -101,4 +99,4 @@ class _Status(grpc.Status):
     def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Metadata) -> None:
         self.code = code
         self.details = details
-        self.trailing_metadata = trailing_metadata
+        self.trailing_metadata = tuple(trailing_metadata)

@@ -66,7 +66,9 @@ class Admission(Protocol):
     Returns trailing metadata to attach; raises ResourceExhausted (with its
     own trailers) to refuse, or Unavailable."""
 
-    async def admit(self, principal: Principal, method: str, cost: int) -> Sequence[tuple[str, str]]: ...
+    async def admit(
+        self, principal: Principal, method: str, cost: int
+    ) -> Sequence[tuple[str, str]]: ...
 
     def refused(self, principal: Principal, method: str) -> None:
         """Notes a refused call (for usage metering)."""
@@ -83,7 +85,7 @@ class CallObserver(Protocol):
 CostFn = Callable[[Any], int]
 
 
-class CallInterceptor(aio.ServerInterceptor):
+class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
         authenticator: Authenticator,
@@ -96,14 +98,16 @@ class CallInterceptor(aio.ServerInterceptor):
         self._admission = admission
         self._observers = list(observers)
         self._costs = costs or {}
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = details.method  # type: ignore[attr-defined]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method: str = details.method
         cached = self._handlers.get(method)
         if cached is not None:
             return cached
@@ -116,7 +120,9 @@ class CallInterceptor(aio.ServerInterceptor):
 
     # --- the pipeline -------------------------------------------------------------
 
-    async def _begin(self, context: aio.ServicerContext[Any, Any], method: str, request: Any) -> CallState:
+    async def _begin(
+        self, context: aio.ServicerContext[Any, Any], method: str, request: Any
+    ) -> CallState:
         md = _metadata(context)
         rid = md.get("x-request-id", "")
         if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
@@ -131,22 +137,30 @@ class CallInterceptor(aio.ServerInterceptor):
             cost_fn = self._costs.get(method)
             cost = cost_fn(request) if cost_fn is not None and request is not None else 1
             try:
-                call.trailers.extend(await self._admission.admit(call.principal, method, max(cost, 1)))
+                call.trailers.extend(
+                    await self._admission.admit(call.principal, method, max(cost, 1))
+                )
             except DomainError:
                 self._admission.refused(call.principal, method)
                 raise
         return call
 
-    async def _fail(self, context: aio.ServicerContext[Any, Any], call: CallState, exc: Exception) -> None:
+    async def _fail(
+        self, context: aio.ServicerContext[Any, Any], call: CallState, exc: Exception
+    ) -> None:
         trailers = [("x-request-id", call.request_id), *call.trailers]
         if isinstance(exc, DomainError):
             call.code = exc.code
-            await context.abort_with_status(to_grpc_status(exc, trailers))
+            await context.abort_with_status(  # type: ignore[attr-defined]
+                to_grpc_status(exc, trailers)
+            )
         call.code = "INTERNAL"
         log.error(
             "unhandled error in %s (request id %s)", call.method, call.request_id, exc_info=exc
         )
-        await context.abort_with_status(internal_status(call.request_id, trailers))
+        await context.abort_with_status(  # type: ignore[attr-defined]
+            internal_status(call.request_id, trailers)
+        )
 
     def _succeed(self, context: aio.ServicerContext[Any, Any], call: CallState) -> None:
         context.set_trailing_metadata((("x-request-id", call.request_id), *call.trailers))
@@ -158,7 +172,9 @@ class CallInterceptor(aio.ServerInterceptor):
         for observer in self._observers:
             observer.call_finished(call, duration)
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

@@ -16,7 +16,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self._keys = keys
         self._clock = clock
 
-    async def CreateApiKey(self, request: keys_pb2.CreateApiKeyRequest, context: Any) -> keys_pb2.CreateApiKeyResponse:
+    async def CreateApiKey(
+        self, request: keys_pb2.CreateApiKeyRequest, context: Any
+    ) -> keys_pb2.CreateApiKeyResponse:
         issued = await self._keys.create(
             current_caller(),
             project_id=request.project_id,
@@ -29,7 +31,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             api_key=convert.api_key(issued.record, self._clock.now()), secret=issued.plaintext
         )
 
-    async def ListApiKeys(self, request: keys_pb2.ListApiKeysRequest, context: Any) -> keys_pb2.ListApiKeysResponse:
+    async def ListApiKeys(
+        self, request: keys_pb2.ListApiKeysRequest, context: Any
+    ) -> keys_pb2.ListApiKeysResponse:
         result = await self._keys.list(
             current_caller(),
             project_id=request.project_id,
@@ -48,11 +52,15 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         record = await self._keys.get(current_caller(), request.id)
         return convert.api_key(record, self._clock.now())
 
-    async def RevokeApiKey(self, request: keys_pb2.RevokeApiKeyRequest, context: Any) -> keys_pb2.ApiKey:
+    async def RevokeApiKey(
+        self, request: keys_pb2.RevokeApiKeyRequest, context: Any
+    ) -> keys_pb2.ApiKey:
         record = await self._keys.revoke(current_caller(), request.id)
         return convert.api_key(record, self._clock.now())
 
-    async def RotateApiKey(self, request: keys_pb2.RotateApiKeyRequest, context: Any) -> keys_pb2.RotateApiKeyResponse:
+    async def RotateApiKey(
+        self, request: keys_pb2.RotateApiKeyRequest, context: Any
+    ) -> keys_pb2.RotateApiKeyResponse:
         grace = (
             convert.from_duration(request.grace_period, "grace_period")
             if request.HasField("grace_period")
@@ -63,7 +71,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             api_key=convert.api_key(issued.record, self._clock.now()), secret=issued.plaintext
         )
 
-    async def WhoAmI(self, request: keys_pb2.WhoAmIRequest, context: Any) -> keys_pb2.WhoAmIResponse:
+    async def WhoAmI(
+        self, request: keys_pb2.WhoAmIRequest, context: Any
+    ) -> keys_pb2.WhoAmIResponse:
         p = current_caller().principal
         return keys_pb2.WhoAmIResponse(
             key_id=p.key_id,

@@ -25,7 +25,12 @@ from memoryd.auth.hashing import SecretHasher
 from memoryd.auth.keys import parse_key
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import ApiKeyRecord, ControlStore
-from memoryd.domain.errors import InvalidArgument, QuotaViolation, ResourceExhausted, Unauthenticated
+from memoryd.domain.errors import (
+    InvalidArgument,
+    QuotaViolation,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from memoryd.domain.tenancy import Principal
 
 log = logging.getLogger("memoryd.auth")
@@ -101,11 +106,12 @@ class Authenticator:
         self.cache_hits = 0
         self.cache_misses = 0
 
-    async def authenticate(self, raw: str | None, *, end_user_id: str = "", peer: str = "") -> Principal:
+    async def authenticate(
+        self, raw: str | None, *, end_user_id: str = "", peer: str = ""
+    ) -> Principal:
         if not raw:
             raise Unauthenticated(
-                "missing API key: send it in the x-api-key header "
-                "(or authorization: Bearer <key>)",
+                "missing API key: send it in the x-api-key header (or authorization: Bearer <key>)",
                 reason="API_KEY_MISSING",
             )
         if end_user_id and (
@@ -199,7 +205,9 @@ class Authenticator:
             and record.previous_secret_expire_time > now
             and await self._hasher.verify(parsed.secret, record.previous_secret_hash)
         ):
-            valid_until = min(valid_until, (record.previous_secret_expire_time - now).total_seconds())
+            valid_until = min(
+                valid_until, (record.previous_secret_expire_time - now).total_seconds()
+            )
         else:
             self._remember_refusal(digest)
             self._fail(parsed.key_id, peer)

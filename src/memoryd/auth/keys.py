@@ -86,7 +86,8 @@ def parse_key(raw: str) -> ParsedKey:
     parts = raw.split("_", 2)
     if len(parts) != 3 or parts[0] != "ms" or parts[1] not in KINDS:
         raise Unauthenticated(
-            f"malformed API key: it must start with ms_live_, ms_test_, ms_dev_ or ms_org_; {_HELP}",
+            "malformed API key: it must start with ms_live_, ms_test_, ms_dev_ or ms_org_; "
+            + _HELP,
             reason="API_KEY_MALFORMED",
         )
     body = parts[2]
@@ -100,7 +101,7 @@ def parse_key(raw: str) -> ParsedKey:
             f"malformed API key: wrong length or characters (was it cut off?); {_HELP}",
             reason="API_KEY_MALFORMED",
         )
-    if not secrets.compare_digest(_checksum(raw[: -CHECKSUM_LEN]), body[-CHECKSUM_LEN:]):
+    if not secrets.compare_digest(_checksum(raw[:-CHECKSUM_LEN]), body[-CHECKSUM_LEN:]):
         raise Unauthenticated(
             f"malformed API key: checksum mismatch (mistyped or truncated?); {_HELP}",
             reason="API_KEY_CHECKSUM",

@@ -12,12 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from memoryd.domain.clock import Clock
 from memoryd.domain import paging
+from memoryd.domain.clock import Clock
 from memoryd.domain.control import AuditEvent, AuditQuery, ControlStore, ListPage
-from memoryd.domain.errors import DomainError
+from memoryd.domain.errors import DomainError, InvalidArgument
 from memoryd.domain.ids import new_audit_id
-from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.tenancy import Caller, Scope
 
 log = logging.getLogger("memoryd.audit")
@@ -41,7 +40,12 @@ class Auditor:
 
     @asynccontextmanager
     async def action(
-        self, caller: Caller, action: str, *, target: str = "", project_id: str = "",
+        self,
+        caller: Caller,
+        action: str,
+        *,
+        target: str = "",
+        project_id: str = "",
         environment_id: str = "",
     ) -> AsyncIterator[PendingEvent]:
         """Records `action` when the block ends: outcome OK, or the error's
@@ -69,8 +73,13 @@ class Auditor:
         if query.start_time and query.end_time and query.start_time >= query.end_time:
             raise InvalidArgument.field("end_time", "must be after start_time")
         query = AuditQuery(
-            p.org_id, query.project_id, query.environment_id, query.actor_key_id,
-            query.action, query.start_time, query.end_time,
+            p.org_id,
+            query.project_id,
+            query.environment_id,
+            query.actor_key_id,
+            query.action,
+            query.start_time,
+            query.end_time,
         )
         size = paging.page_size(page_size)
         fp = paging.fingerprint("audit", vars(query))

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
-T = TypeVar("T")
-
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,10 @@ class KeyManager:
             )
             for i, scope in enumerate(chosen):
                 if scope not in ALL_SCOPES:
-                    v.add(f"scopes[{i}]", f"unknown scope {scope!r}; known: {', '.join(sorted(ALL_SCOPES))}")
+                    v.add(
+                        f"scopes[{i}]",
+                        f"unknown scope {scope!r}; known: {', '.join(sorted(ALL_SCOPES))}",
+                    )
                 elif kind is KeyKind.DATA and (scope in ORG_ONLY_SCOPES or scope == Scope.ALL):
                     v.add(f"scopes[{i}]", f"a data key cannot hold {scope!r}; use an org key")
             if expire_time is not None and expire_time <= now:
@@ -181,9 +184,7 @@ class KeyManager:
             await self._invalidate(key_id)
             return record
 
-    async def rotate(
-        self, caller: Caller, key_id: str, grace: timedelta | None
-    ) -> IssuedKey:
+    async def rotate(self, caller: Caller, key_id: str, grace: timedelta | None) -> IssuedKey:
         p = _admin(caller, Scope.KEYS_WRITE)
         async with self._audit.action(caller, "api_key.rotate", target=key_id) as ev:
             if grace is not None and (grace < timedelta(0) or grace > MAX_GRACE):

@@ -27,7 +27,7 @@ from memoryd.domain.control import (
     Quotas,
     RateLimits,
 )
-from memoryd.domain.errors import InvalidArgument, NotFound, Violations
+from memoryd.domain.errors import NotFound, Violations
 from memoryd.domain.ids import new_environment_id, new_project_id
 from memoryd.domain.keys import KeyInvalidator
 from memoryd.domain.tenancy import Caller, EnvironmentKind, Principal, Scope
@@ -126,11 +126,17 @@ class ProjectManager:
         ):
             v = Violations()
             if not paths:
-                v.add("update_mask", f"is required; allowed paths: {', '.join(sorted(UPDATABLE_PATHS))}")
+                v.add(
+                    "update_mask",
+                    f"is required; allowed paths: {', '.join(sorted(UPDATABLE_PATHS))}",
+                )
             for i, path in enumerate(paths):
                 if path not in UPDATABLE_PATHS:
-                    v.add(f"update_mask.paths[{i}]", f"{path!r} cannot be updated; allowed: "
-                          f"{', '.join(sorted(UPDATABLE_PATHS))}")
+                    v.add(
+                        f"update_mask.paths[{i}]",
+                        f"{path!r} cannot be updated; allowed: "
+                        f"{', '.join(sorted(UPDATABLE_PATHS))}",
+                    )
             _check_project_values(v, changes, "project.")
             v.raise_if_any()
             current = await self._project(p, changes.id)
@@ -199,7 +205,11 @@ class ProjectManager:
         async with self._audit.action(
             caller, "environment.delete", target=environment_id, environment_id=environment_id
         ) as ev:
-            env = await self._store.get_environment(p.org_id, environment_id) if environment_id else None
+            env = (
+                await self._store.get_environment(p.org_id, environment_id)
+                if environment_id
+                else None
+            )
             if env is None:
                 raise NotFound(f"environment {environment_id!r} not found")
             ev.project_id = env.project_id

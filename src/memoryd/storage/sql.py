@@ -56,7 +56,9 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 
 metadata = sa.MetaData()
 
-schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+schema_version = sa.Table(
+    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
 
 organizations = sa.Table(
     "organizations",
@@ -87,7 +89,10 @@ environments = sa.Table(
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), nullable=False),
     sa.Column(
-        "project_id", sa.String(40), sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+        "project_id",
+        sa.String(40),
+        sa.ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
     ),
     sa.Column("name", sa.String(63), nullable=False),
     sa.Column("kind", sa.String(8), nullable=False),
@@ -144,8 +149,11 @@ def _json_dump(value: dict[str, Any]) -> str:
 def _settings_to_json(s: ProjectSettings) -> str:
     ttl = s.default_ttl.total_seconds() if s.default_ttl is not None else None
     return _json_dump(
-        {"require_end_user_id": s.require_end_user_id, "dedupe_threshold": s.dedupe_threshold,
-         "default_ttl_s": ttl}
+        {
+            "require_end_user_id": s.require_end_user_id,
+            "dedupe_threshold": s.dedupe_threshold,
+            "default_ttl_s": ttl,
+        }
     )
 
 
@@ -160,8 +168,10 @@ def _settings_from_json(raw: str) -> ProjectSettings:
 
 
 def _after_clause(
-    time_col: sa.ColumnElement[Any], id_col: sa.ColumnElement[Any],
-    after: tuple[str, str] | None, descending: bool,
+    time_col: sa.ColumnElement[Any],
+    id_col: sa.ColumnElement[Any],
+    after: tuple[str, str] | None,
+    descending: bool,
 ) -> sa.ColumnElement[bool] | None:
     if after is None:
         return None
@@ -199,6 +209,7 @@ class SqlControlStore:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self._engine = create_async_engine(self._url, **kwargs)
         if self._url.startswith("sqlite"):
+
             @sa.event.listens_for(self._engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
                 cur = dbapi_conn.cursor()
@@ -252,7 +263,11 @@ class SqlControlStore:
 
     async def count_orgs(self) -> int:
         async with self._begin() as conn:
-            return int((await conn.execute(sa.select(sa.func.count()).select_from(organizations))).scalar_one())
+            return int(
+                (
+                    await conn.execute(sa.select(sa.func.count()).select_from(organizations))
+                ).scalar_one()
+            )
 
     # --- projects ---------------------------------------------------------------
 
@@ -313,7 +328,9 @@ class SqlControlStore:
             create_time=row.create_time,
         )
 
-    async def _envs_of(self, conn: AsyncConnection, project_ids: Sequence[str]) -> dict[str, list[Environment]]:
+    async def _envs_of(
+        self, conn: AsyncConnection, project_ids: Sequence[str]
+    ) -> dict[str, list[Environment]]:
         out: dict[str, list[Environment]] = {pid: [] for pid in project_ids}
         if not project_ids:
             return out
@@ -330,7 +347,9 @@ class SqlControlStore:
         async with self._begin() as conn:
             row = (
                 await conn.execute(
-                    sa.select(projects).where(projects.c.id == project_id, projects.c.org_id == org_id)
+                    sa.select(projects).where(
+                        projects.c.id == project_id, projects.c.org_id == org_id
+                    )
                 )
             ).first()
             if row is None:
@@ -350,7 +369,9 @@ class SqlControlStore:
             rows = list(await conn.execute(q))
             envs = await self._envs_of(conn, [r.id for r in rows[:limit]])
         items = [self._project(r, envs[r.id]) for r in rows[:limit]]
-        return ListPage(items, _next_after(items, limit, len(rows), lambda p: (p.create_time, p.id)))
+        return ListPage(
+            items, _next_after(items, limit, len(rows), lambda p: (p.create_time, p.id))
+        )
 
     async def update_project(self, project: Project) -> None:
         row = self._project_row(project)
@@ -358,13 +379,17 @@ class SqlControlStore:
             await conn.execute(
                 projects.update()
                 .where(projects.c.id == project.id, projects.c.org_id == project.org_id)
-                .values(**{k: v for k, v in row.items() if k not in ("id", "org_id", "create_time")})
+                .values(
+                    **{k: v for k, v in row.items() if k not in ("id", "org_id", "create_time")}
+                )
             )
 
     async def delete_project(self, org_id: str, project_id: str) -> None:
         async with self._begin() as conn:
             await conn.execute(
-                api_keys.delete().where(api_keys.c.org_id == org_id, api_keys.c.project_id == project_id)
+                api_keys.delete().where(
+                    api_keys.c.org_id == org_id, api_keys.c.project_id == project_id
+                )
             )
             await conn.execute(
                 environments.delete().where(
@@ -405,9 +430,13 @@ class SqlControlStore:
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
         items = [self._env(r) for r in rows[:limit]]
-        return ListPage(items, _next_after(items, limit, len(rows), lambda e: (e.create_time, e.id)))
+        return ListPage(
+            items, _next_after(items, limit, len(rows), lambda e: (e.create_time, e.id))
+        )
 
-    async def list_environments_of_kind(self, org_id: str, kind: EnvironmentKind) -> list[Environment]:
+    async def list_environments_of_kind(
+        self, org_id: str, kind: EnvironmentKind
+    ) -> list[Environment]:
         async with self._begin() as conn:
             rows = await conn.execute(
                 sa.select(environments).where(
@@ -466,7 +495,9 @@ class SqlControlStore:
             previous_secret_expire_time=row.previous_secret_expire_time,
             project_id=row.project_id,
             environment_id=row.environment_id,
-            environment_kind=EnvironmentKind(row.environment_kind) if row.environment_kind else None,
+            environment_kind=EnvironmentKind(row.environment_kind)
+            if row.environment_kind
+            else None,
             create_time=row.create_time,
             expire_time=row.expire_time,
             last_used_time=row.last_used_time,
@@ -510,7 +541,9 @@ class SqlControlStore:
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
         items = [self._key(r) for r in rows[:limit]]
-        return ListPage(items, _next_after(items, limit, len(rows), lambda k: (k.create_time, k.id)))
+        return ListPage(
+            items, _next_after(items, limit, len(rows), lambda k: (k.create_time, k.id))
+        )
 
     async def update_key(self, key: ApiKeyRecord) -> None:
         row = self._key_row(key)

@@ -1,0 +1,344 @@
+"""MemoryService servicer, and the memory protobuf ⇄ domain conversions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import empty_pb2, json_format
+
+from memoryd.api import convert
+from memoryd.api.errors import status_proto
+from memoryd.api.interceptor import current_caller
+from memoryd.domain.errors import DomainError, InvalidArgument, Violations
+from memoryd.domain.memories import MemoryService, NewMemory, validate_filter
+from memoryd.domain.memory import (
+    Condition,
+    Filter,
+    Match,
+    MatchAny,
+    MemoryRecord,
+    NumberRange,
+    Revision,
+    TimeRange,
+)
+from memoryd.v1 import memory_pb2, memory_pb2_grpc
+
+CROSS_PROJECT_HEADER = "x-allow-cross-project"
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(self, memories: MemoryService) -> None:
+        self._m = memories
+
+    async def CreateMemory(
+        self, request: memory_pb2.CreateMemoryRequest, context: Any
+    ) -> memory_pb2.CreateMemoryResponse:
+        created = await self._m.create(current_caller(), new_memory(request, ""))
+        return memory_pb2.CreateMemoryResponse(
+            memory=memory(created.record), deduplicated=created.deduplicated
+        )
+
+    async def BatchCreateMemories(
+        self, request: memory_pb2.BatchCreateMemoriesRequest, context: Any
+    ) -> memory_pb2.BatchCreateMemoriesResponse:
+        items: list[NewMemory] = []
+        failures: dict[int, DomainError] = {}
+        for i, item in enumerate(request.requests):
+            try:
+                items.append(new_memory(item, f"requests[{i}]."))
+            except DomainError as err:
+                failures[i] = err
+                items.append(NewMemory(content=""))
+        # A request item that does not even convert stays in place (so indexes
+        # line up) as a blank item, and its conversion error is reported.
+        results = await self._m.batch_create(current_caller(), items)
+        out = memory_pb2.BatchCreateMemoriesResponse()
+        for i, result in enumerate(results):
+            entry = out.results.add(index=i)
+            outcome = failures.get(i, result)
+            if isinstance(outcome, DomainError):
+                entry.error.CopyFrom(status_proto(outcome))
+                out.failed_count += 1
+            else:
+                entry.memory.CopyFrom(memory(outcome.record))
+                entry.deduplicated = outcome.deduplicated
+                out.succeeded_count += 1
+        return out
+
+    async def GetMemory(
+        self, request: memory_pb2.GetMemoryRequest, context: Any
+    ) -> memory_pb2.Memory:
+        record = await self._m.get(current_caller(), request.id, request.include_embedding)
+        return memory(record, with_vector=request.include_embedding)
+
+    async def UpdateMemory(
+        self, request: memory_pb2.UpdateMemoryRequest, context: Any
+    ) -> memory_pb2.Memory:
+        changes = new_memory(
+            memory_pb2.CreateMemoryRequest(memory=request.memory), "", for_update=True
+        )
+        updated = await self._m.update(
+            current_caller(), request.memory.id, changes, list(request.update_mask.paths)
+        )
+        return memory(updated)
+
+    async def DeleteMemory(
+        self, request: memory_pb2.DeleteMemoryRequest, context: Any
+    ) -> empty_pb2.Empty:
+        await self._m.delete(current_caller(), request.id)
+        return empty_pb2.Empty()
+
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: Any
+    ) -> memory_pb2.ListMemoriesResponse:
+        page = await self._m.list_memories(
+            current_caller(), to_filter(request.filter), request.page_size, request.page_token
+        )
+        return memory_pb2.ListMemoriesResponse(
+            memories=[memory(r) for r in page.records], next_page_token=page.next_page_token
+        )
+
+    async def SearchMemories(
+        self, request: memory_pb2.SearchMemoriesRequest, context: Any
+    ) -> memory_pb2.SearchMemoriesResponse:
+        cross = _header(context, CROSS_PROJECT_HEADER).lower() == "true"
+        hits = await self._m.search(
+            current_caller(),
+            query=request.query,
+            vector=list(request.query_embedding),
+            flt=to_filter(request.filter),
+            top_k=request.top_k,
+            min_score=request.min_score,
+            cross_project=cross,
+        )
+        return memory_pb2.SearchMemoriesResponse(
+            results=[
+                memory_pb2.SearchResult(
+                    memory=memory(h.record), score=h.score, project_id=h.record.tenant.project_id
+                )
+                for h in hits
+            ]
+        )
+
+    async def PurgeMemories(
+        self, request: memory_pb2.PurgeMemoriesRequest, context: Any
+    ) -> memory_pb2.PurgeMemoriesResponse:
+        count = await self._m.purge(
+            current_caller(),
+            to_filter(request.filter),
+            dry_run=request.dry_run,
+            everything=request.all,
+        )
+        return memory_pb2.PurgeMemoriesResponse(purged_count=count, dry_run=request.dry_run)
+
+    async def ListMemoryRevisions(
+        self, request: memory_pb2.ListMemoryRevisionsRequest, context: Any
+    ) -> memory_pb2.ListMemoryRevisionsResponse:
+        revisions, token = await self._m.revisions(
+            current_caller(), request.id, request.page_size, request.page_token
+        )
+        return memory_pb2.ListMemoryRevisionsResponse(
+            revisions=[revision(request.id, r) for r in revisions], next_page_token=token
+        )
+
+    async def ExportMemories(
+        self, request: memory_pb2.ExportMemoriesRequest, context: Any
+    ) -> AsyncIterator[memory_pb2.Memory]:
+        async for record in self._m.export(
+            current_caller(), to_filter(request.filter), request.include_embeddings
+        ):
+            yield memory(record, with_vector=request.include_embeddings)
+
+    async def ImportMemories(
+        self, request_iterator: AsyncIterator[memory_pb2.ImportMemoriesRequest], context: Any
+    ) -> memory_pb2.ImportMemoriesResponse:
+        async def items() -> AsyncIterator[NewMemory | DomainError]:
+            async for req in request_iterator:
+                try:
+                    yield new_memory(memory_pb2.CreateMemoryRequest(memory=req.memory), "")
+                except DomainError as err:
+                    yield err
+
+        summary = await self._m.import_stream(current_caller(), items())
+        return memory_pb2.ImportMemoriesResponse(
+            imported_count=summary.imported,
+            failed_count=summary.failed,
+            errors=[
+                memory_pb2.ImportError(index=i, error=status_proto(err))
+                for i, err in summary.errors
+            ],
+        )
+
+
+def _header(context: Any, name: str) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return ""
+
+
+# --- conversions ------------------------------------------------------------------------
+
+
+def _normalize(value: Any) -> Any:
+    """Struct numbers are doubles: integral ones become ints, so that
+    `equals: 3` matches a stored 3."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _normalize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalize(v) for v in value]
+    return value
+
+
+def new_memory(
+    req: memory_pb2.CreateMemoryRequest, prefix: str, *, for_update: bool = False
+) -> NewMemory:
+    m = req.memory
+    v = Violations()
+    metadata: dict[str, Any] = {}
+    if m.HasField("metadata"):
+        metadata = _normalize(json_format.MessageToDict(m.metadata))
+        if _has_non_finite(metadata):
+            v.add(f"{prefix}memory.metadata", "numbers must be finite")
+    v.raise_if_any()
+    return NewMemory(
+        content=m.content,
+        metadata=metadata,
+        agent_id=m.agent_id,
+        thread_id=m.thread_id,
+        source=m.source,
+        tags=tuple(m.tags),
+        embedding=tuple(m.embedding),
+        expire_time=convert.opt_ts(m, "expire_time", f"{prefix}memory.expire_time"),
+        ttl=convert.from_duration(req.ttl, f"{prefix}ttl") if req.HasField("ttl") else None,
+        dedupe=req.dedupe,
+        dedupe_threshold=req.dedupe_threshold,
+    )
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def memory(r: MemoryRecord, *, with_vector: bool = False) -> memory_pb2.Memory:
+    out = memory_pb2.Memory(
+        id=r.id,
+        content=r.content,
+        agent_id=r.agent_id,
+        thread_id=r.thread_id,
+        source=r.source,
+        tags=list(r.tags),
+        end_user_id=r.tenant.end_user_id,
+        project_id=r.tenant.project_id,
+        environment_id=r.tenant.environment_id,
+        create_time=convert.ts(r.create_time),
+        update_time=convert.ts(r.update_time),
+        expire_time=convert.ts(r.expire_time),
+        revision=r.revision,
+    )
+    if r.metadata:
+        out.metadata.update(dict(r.metadata))
+    if with_vector and r.vector is not None:
+        out.embedding.extend(r.vector)
+    return out
+
+
+def revision(memory_id: str, r: Revision) -> memory_pb2.MemoryRevision:
+    out = memory_pb2.MemoryRevision(
+        memory_id=memory_id,
+        revision=r.revision,
+        content=r.content,
+        tags=list(r.tags),
+        agent_id=r.agent_id,
+        thread_id=r.thread_id,
+        source=r.source,
+        update_time=convert.ts(r.update_time),
+        replace_time=convert.ts(r.replace_time),
+    )
+    if r.metadata:
+        out.metadata.update(dict(r.metadata))
+    return out
+
+
+def to_filter(msg: memory_pb2.MemoryFilter, name: str = "filter") -> Filter:
+    """Proto filter → domain filter, validated (InvalidArgument on any bad part)."""
+    v = Violations()
+    flt = _filter(msg, name, v, 1)
+    v.raise_if_any("the filter is invalid")
+    validate_filter(flt, name)
+    return flt
+
+
+def _filter(msg: memory_pb2.MemoryFilter, name: str, v: Violations, depth: int) -> Filter:
+    if depth > 5:
+        v.add(name, "nests too deep")
+        return Filter()
+    groups: dict[str, tuple[Condition, ...]] = {}
+    for group in ("must", "should", "must_not"):
+        conds: list[Condition] = []
+        for i, c in enumerate(getattr(msg, group)):
+            cond = _condition(c, f"{name}.{group}[{i}]", v, depth)
+            if cond is not None:
+                conds.append(cond)
+        groups[group] = tuple(conds)
+    return Filter(**groups)
+
+
+def _condition(c: memory_pb2.Condition, name: str, v: Violations, depth: int) -> Condition | None:
+    which = c.WhichOneof("test")
+    if which is None:
+        v.add(name, "needs a test: equals, any_of, range, time_range or filter")
+        return None
+    if which == "filter":
+        return _filter(c.filter, f"{name}.filter", v, depth + 1)
+    if not c.field:
+        v.add(f"{name}.field", "is required")
+        return None
+    if which == "equals":
+        kind = c.equals.WhichOneof("kind")
+        if kind not in ("string_value", "number_value", "bool_value"):
+            v.add(f"{name}.equals", "must be a string, number or bool")
+            return None
+        value = _normalize(getattr(c.equals, kind))
+        return Match(c.field, value)
+    if which == "any_of":
+        values: list[str | int] = []
+        for item in c.any_of.values:
+            kind = item.WhichOneof("kind")
+            raw = _normalize(getattr(item, kind)) if kind else None
+            if isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool)):
+                values.append(raw)
+            else:
+                v.add(f"{name}.any_of", "values must be strings or whole numbers")
+                return None
+        return MatchAny(c.field, tuple(values))
+    if which == "range":
+        r = c.range
+        return NumberRange(
+            c.field,
+            gt=r.gt if r.HasField("gt") else None,
+            gte=r.gte if r.HasField("gte") else None,
+            lt=r.lt if r.HasField("lt") else None,
+            lte=r.lte if r.HasField("lte") else None,
+        )
+    t = c.time_range
+    try:
+        return TimeRange(
+            c.field,
+            start=convert.opt_ts(t, "start_time", f"{name}.time_range.start_time"),
+            end=convert.opt_ts(t, "end_time", f"{name}.time_range.end_time"),
+        )
+    except InvalidArgument as err:
+        for violation in err.violations:
+            v.add(violation.field, violation.description)
+        return None

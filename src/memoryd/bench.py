@@ -1,0 +1,289 @@
+"""`memoryd bench`: measures a real `memoryd serve` process from outside.
+
+The server runs as its own process (a temporary data dir unless `--data-dir`
+is given), so the load generator does not share its interpreter. Two drivers:
+
+- h2load (Debian's nghttp2-client), when installed: unary gRPC at the wire
+  level, far faster than a Python client, so it finds the server's ceiling.
+  Each run is checked for gRPC errors by replaying one request with grpcio.
+- a grpc.aio client with `--concurrency` calls in flight: p50/p99 latency.
+
+Suites: `auth` (health Check against authenticated WhoAmI) and `memory`
+(see `memoryd.bench_memory`). Every figure of one suite comes from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from memoryd.config import Settings
+from memoryd.v1 import keys_pb2, keys_pb2_grpc
+
+_KEY_RE = re.compile(r"ms_org_[A-Za-z0-9]+")
+_PORT_RE = re.compile(r"listening on [^:]+:(\d+)")
+
+
+@dataclass
+class Result:
+    name: str
+    calls: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int = 0
+
+    @property
+    def rps(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<38} {self.rps:>9.0f} req/s   p50 {self.pct(0.5):7.2f} ms   "
+            f"p99 {self.pct(0.99):7.2f} ms   errors {self.errors}"
+        )
+
+
+class ServerProcess:
+    """`memoryd serve` in a subprocess, on a free port."""
+
+    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+        self._settings = settings
+        self._env = extra_env or {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.owner_key = ""
+
+    async def __aenter__(self) -> ServerProcess:
+        data_dir = self._settings.data_dir
+        if data_dir == "data":
+            self._tmp = tempfile.TemporaryDirectory(prefix="memoryd-bench-")
+            data_dir = self._tmp.name
+        env = {
+            **os.environ,
+            **self._env,
+            "MEMORYD_DATA_DIR": data_dir,
+            "MEMORYD_PORT": "0",
+            "MEMORYD_LOG_LEVEL": "WARNING",
+        }
+        for name, value in self._settings.redacted().items():
+            if name not in ("data_dir", "port", "log_level") and not str(value).startswith("***"):
+                env.setdefault(f"MEMORYD_{name.upper()}", str(value))
+        exe = Path(sys.executable).with_name("memoryd")
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not per call
+            [str(exe), "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = await asyncio.to_thread(self.proc.stdout.readline)
+            if not line:
+                raise RuntimeError("memoryd serve exited during start-up")
+            if m := _KEY_RE.search(line):
+                self.owner_key = m.group(0)
+            if m := _PORT_RE.search(line):
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            raise RuntimeError("memoryd serve did not start in time")
+        # Keep draining the pipe so the server never blocks on a full one.
+        asyncio.get_running_loop().run_in_executor(None, self._drain)
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for _ in self.proc.stdout:
+            pass
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.proc.wait, 30)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+async def drive(
+    name: str, call: Callable[[], Awaitable[Any]], seconds: float, concurrency: int
+) -> Result:
+    """Runs `call` from `concurrency` workers for `seconds`; latency per call."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                await call()
+            except grpc.RpcError:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    # Warm-up: connections, caches, the first (slow) key verification.
+    for _ in range(20):
+        with contextlib.suppress(grpc.RpcError):
+            await call()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Result(name, len(latencies), time.perf_counter() - started, latencies, errors)
+
+
+def h2load(
+    address: str, method: str, body: bytes, headers: dict[str, str], seconds: float
+) -> float | None:
+    """Requests/s from h2load, or None when h2load is not installed."""
+    exe = shutil.which("h2load")
+    if exe is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as fh:
+        fh.write(b"\x00" + len(body).to_bytes(4, "big") + body)
+        path = fh.name
+    args = [
+        exe,
+        "-D",
+        str(seconds),
+        "-c",
+        "4",
+        "-m",
+        "32",
+        "-t",
+        "1",
+        "-d",
+        path,
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    args.append(f"http://{address}{method}")
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(path)
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    return float(m.group(1)) if m else None
+
+
+async def auth_suite(server: ServerProcess, seconds: float, concurrency: int) -> list[str]:
+    lines: list[str] = []
+    channel = aio.insecure_channel(server.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    keys = keys_pb2_grpc.KeyServiceStub(channel)
+    md = (("x-api-key", server.owner_key),)
+    me = await keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=md)  # fails loudly if auth is broken
+    assert me.key_id
+
+    check = await drive(
+        "health Check (python client)",
+        lambda: health.Check(health_pb2.HealthCheckRequest()),
+        seconds,
+        concurrency,
+    )
+    whoami = await drive(
+        "WhoAmI authenticated (python client)",
+        lambda: keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=md),
+        seconds,
+        concurrency,
+    )
+    await channel.close(None)
+    lines += [
+        check.line(),
+        whoami.line(),
+        f"ratio WhoAmI/Check (python client): {whoami.rps / check.rps:.2f}",
+    ]
+    if whoami.errors or check.errors:
+        lines.append("WARNING: errors during the run; the figures are not valid")
+
+    h_check = h2load(
+        server.address,
+        "/grpc.health.v1.Health/Check",
+        health_pb2.HealthCheckRequest().SerializeToString(),
+        {},
+        seconds,
+    )
+    h_who = h2load(
+        server.address,
+        "/memoryd.v1.KeyService/WhoAmI",
+        keys_pb2.WhoAmIRequest().SerializeToString(),
+        {"x-api-key": server.owner_key},
+        seconds,
+    )
+    if h_check and h_who:
+        lines += [
+            f"{'health Check (h2load, 4 conns x 32 streams)':<44} {h_check:>9.0f} req/s",
+            f"{'WhoAmI authenticated (h2load)':<44} {h_who:>9.0f} req/s",
+            f"ratio WhoAmI/Check (h2load): {h_who / h_check:.2f}",
+        ]
+    else:
+        lines.append(
+            "h2load not installed (apt-get install nghttp2-client): wire-level figures skipped"
+        )
+    return lines
+
+
+async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    print(
+        f"memoryd bench: suites {', '.join(suites)}; {args.seconds:.0f} s per measurement; "
+        f"python client concurrency {args.concurrency}; cores {os.cpu_count()}",
+        flush=True,
+    )
+    for suite in suites:
+        if suite == "auth":
+            auth_settings = Settings(
+                **{**vars_of(settings), "embedding_provider": "hashing", "embedding_dimension": 64}
+            )
+            async with ServerProcess(auth_settings) as server:
+                for line in await auth_suite(server, args.seconds, args.concurrency):
+                    print(line, flush=True)
+        elif suite == "memory":
+            from memoryd.bench_memory import memory_suite
+
+            for line in await memory_suite(settings, args):
+                print(line, flush=True)
+        else:
+            print(f"unknown suite {suite!r}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def vars_of(settings: Settings) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
