@@ -1,0 +1,159 @@
+"""RedisRateLimiter against the real Redis (MEMORYD_TEST_REDIS_URL).
+
+These tests fail, never skip, when Redis is unreachable. Keys live under a
+prefix unique to the run and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from memoryd.ratelimit import Limit, RedisRateLimiter, api_key_bucket, project_bucket
+from memoryd.storage.redis import make_redis
+
+pytestmark = pytest.mark.redis
+
+REDIS_URL = os.environ.get("MEMORYD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TIMEOUT_S = 1.0  # generous: these tests are about the algorithm, not about latency
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = make_redis(REDIS_URL, TIMEOUT_S)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        pytest.fail(f"Redis at {REDIS_URL} is unreachable ({exc!r}); start redis-server")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def prefix(redis: Redis) -> AsyncIterator[str]:
+    value = f"memoryd-test:{uuid.uuid4().hex}:"
+    yield value
+    keys = [key async for key in redis.scan_iter(match=value + "*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+async def test_concurrent_clients_get_the_configured_rate_in_real_time(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    limit = Limit(rate_per_s=200.0, burst=10)
+    check = [(api_key_bucket("p", "k"), limit), (project_bucket("p"), Limit(1e5, 10**5))]
+    clients, window_s, admitted = 20, 1.0, 0
+    # Open every client's connection before the window starts.
+    await asyncio.gather(
+        *(limiter.check([(project_bucket("warm-up"), Limit(1e5, 10**5))]) for _ in range(clients))
+    )
+    first_sent = time.perf_counter()
+    last_sent = first_done = 0.0
+
+    async def client() -> None:
+        nonlocal admitted, last_sent, first_done
+        while (sent := time.perf_counter()) < first_sent + window_s:
+            last_sent = max(last_sent, sent)
+            decision = await limiter.check(check)
+            first_done = first_done or time.perf_counter()
+            admitted += decision.allowed
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    last_done = time.perf_counter()
+
+    # Exact bounds from when the checks ran, then the ±1% promise itself.
+    assert admitted >= limit.burst + limit.rate_per_s * (last_sent - first_done) - 1
+    assert admitted <= limit.burst + limit.rate_per_s * (last_done - first_sent) + 1
+    nominal = limit.burst + limit.rate_per_s * window_s
+    assert abs(admitted - nominal) <= 0.01 * nominal
+
+
+async def test_two_replicas_enforce_one_shared_limit(redis: Redis, prefix: str) -> None:
+    other = make_redis(REDIS_URL, TIMEOUT_S)  # a second pool, as another replica has
+    try:
+        replicas = [
+            RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix),
+            RedisRateLimiter(other, timeout_s=TIMEOUT_S, key_prefix=prefix),
+        ]
+        limit = Limit(rate_per_s=0.01, burst=50)  # refills nothing during the test
+        keys = [api_key_bucket("p", f"k{i}") for i in range(4)]
+
+        in_flight = asyncio.Semaphore(16)  # interleaved, without a connection storm
+
+        async def call(i: int) -> tuple[int, bool]:
+            replica = i % 2
+            check = [(keys[i % 4], Limit(100.0, 100)), (project_bucket("p"), limit)]
+            async with in_flight:
+                return replica, (await replicas[replica].check(check)).allowed
+
+        results = await asyncio.gather(*(call(i) for i in range(120)))
+    finally:
+        await other.aclose()
+
+    admitted = [replica for replica, allowed in results if allowed]
+    assert len(admitted) == 50
+    assert set(admitted) == {0, 1}
+
+
+async def test_retry_after_is_exact(redis: Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    check = [(project_bucket("p"), Limit(rate_per_s=2.0, burst=1))]
+
+    started = time.perf_counter()
+    assert (await limiter.check(check)).allowed
+    denied = await limiter.check(check)
+    elapsed = time.perf_counter() - started
+    assert not denied.allowed
+    assert 0.5 - elapsed <= denied.retry_after_s <= 0.5
+
+    await asyncio.sleep(denied.retry_after_s - 0.05)
+    early = await limiter.check(check)
+    assert not early.allowed
+    assert 0 < early.retry_after_s <= 0.05
+
+    await asyncio.sleep(early.retry_after_s)
+    assert (await limiter.check(check)).allowed
+
+
+async def test_buckets_expire_once_full_again(redis: Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    bucket = project_bucket("p")
+    decision = await limiter.check([(bucket, Limit(rate_per_s=10.0, burst=5))], cost=3)
+
+    ttl_ms = await redis.pttl(prefix + bucket)
+    assert decision.reset_after_s == pytest.approx(0.3, abs=0.01)
+    assert 250 <= ttl_ms <= 302
+
+
+async def test_refusals_charge_no_bucket(redis: Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    key, project = api_key_bucket("p", "k"), project_bucket("p")
+    both = [(key, Limit(0.01, 10)), (project, Limit(0.01, 2))]
+
+    results = [await limiter.check(both) for _ in range(4)]
+
+    assert [r.allowed for r in results] == [True, True, False, False]
+    assert results[-1].limit == 2
+    alone = await limiter.check([(key, Limit(0.01, 10))])
+    assert alone.remaining == 7  # 10 - 2 admitted - this one
+
+
+async def test_cost_is_charged_by_the_script(redis: Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    check = [(project_bucket("p"), Limit(rate_per_s=1.0, burst=10))]
+
+    assert (await limiter.check(check, cost=7)).remaining == 3
+    denied = await limiter.check(check, cost=5)
+    assert not denied.allowed
+    assert denied.remaining == 3
+    assert denied.retry_after_s == pytest.approx(2.0, abs=0.05)
