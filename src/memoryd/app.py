@@ -5,9 +5,11 @@ passes dependencies in constructors. Nothing here runs at import time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -17,20 +19,56 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from memoryd.api.admin import AdminServicer
-from memoryd.api.interceptor import CallInterceptor
+from memoryd.api.interceptor import CallInterceptor, CallObserver
 from memoryd.api.keys import KeyServicer
+from memoryd.api.memory import MemoryServicer
+from memoryd.api.observe import CallbackCounters, CallLogger, Metrics
 from memoryd.auth.authenticator import Authenticator
 from memoryd.auth.hashing import SecretHasher
 from memoryd.config import Settings
 from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
 from memoryd.domain.clock import Clock, SystemClock
+from memoryd.domain.control import ControlStore
 from memoryd.domain.keys import KeyManager
+from memoryd.domain.memories import Defaults, MemoryService
+from memoryd.domain.memory import Embedder, Filter, VectorStore
+from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.projects import ProjectManager
+from memoryd.domain.tenancy import Tenant
+from memoryd.domain.usage import UsageReporter
+from memoryd.embeddings import build_embedder
+from memoryd.ratelimit import (
+    FailoverRateLimiter,
+    Limit,
+    LocalRateLimiter,
+    LocalRevocationBus,
+    LocalUsageMeter,
+    RateLimiter,
+    RedisRateLimiter,
+    RedisRevocationBus,
+    RedisUsageMeter,
+    RevocationBus,
+    UsageMeter,
+)
+from memoryd.ratelimit.admission import COSTS, RateLimitAdmission, UsageRecorder
+from memoryd.storage.edge import EdgeVectorStore
+from memoryd.storage.qdrant import QdrantVectorStore
+from memoryd.storage.redis import make_redis
 from memoryd.storage.sql import SqlControlStore
-from memoryd.v1 import admin_pb2, admin_pb2_grpc, keys_pb2, keys_pb2_grpc, memory_pb2
+from memoryd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+)
 
 log = logging.getLogger("memoryd")
+
+_HEALTH_TENANT = Tenant("_health", "_health", "_health")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SERVICE_NAMES = (
     memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
@@ -48,6 +86,9 @@ class App:
     health: HealthServicer
     store: SqlControlStore
     authenticator: Authenticator
+    metrics: Metrics
+    memories: MemoryService
+    vectors: VectorStore
     port: int = 0
     bootstrapped: Bootstrapped | None = None
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -56,7 +97,8 @@ class App:
 
     async def start(self) -> None:
         await self.server.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(await self._probe())
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_health()))
         log.info("memoryd serving on %s:%d", self.settings.host, self.port)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -80,6 +122,32 @@ class App:
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
+    async def _probe(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        """SERVING only when the control store and the vector store answer."""
+        try:
+            sql_ok = await asyncio.wait_for(self.store.ping(), 2.0)
+            await asyncio.wait_for(self.vectors.count(_HEALTH_TENANT, Filter(), _EPOCH), 2.0)
+        except Exception:
+            log.warning("health probe failed", exc_info=True)
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        if not sql_ok:
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse.SERVING
+
+    async def _watch_health(self) -> None:
+        last = None
+        while not self._stopped.is_set():
+            status = await self._probe()
+            if status != last and not self._stopped.is_set():
+                await self._set_health(status)
+                if last is not None:
+                    log.warning(
+                        "health changed to %s",
+                        health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                    )
+                last = status
+            await asyncio.sleep(5.0)
+
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
     ) -> None:
@@ -94,21 +162,70 @@ async def build_app(
     clock: Clock | None = None,
     hasher: SecretHasher | None = None,
     bootstrap_if_empty: bool = True,
+    embedder: Embedder | None = None,
 ) -> App:
+    """Builds the whole server from settings. Tests may inject a clock, a
+    faster hasher or an embedder; everything else comes from `settings`."""
     clock = clock or SystemClock()
     hasher = hasher or SecretHasher()
     await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    closers: list[Callable[[], Awaitable[None]]] = [_run_sync(hasher.close)]
+    metrics = Metrics()
 
+    try:
+        return await _build(settings, clock, hasher, bootstrap_if_empty, embedder, metrics, closers)
+    except BaseException:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
+
+
+async def _build(
+    settings: Settings,
+    clock: Clock,
+    hasher: SecretHasher,
+    bootstrap_if_empty: bool,
+    embedder: Embedder | None,
+    metrics: Metrics,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> App:
+    # --- control plane ----------------------------------------------------------
     store = SqlControlStore(settings.resolved_database_url)
     await store.open()
-    closers: list[Callable[[], Awaitable[None]]] = [store.close]
-
+    closers.append(store.close)
     bootstrapped = None
     if bootstrap_if_empty and await store.count_orgs() == 0:
         bootstrapped = await bootstrap_org(store, hasher, clock)
+    control: ControlStore = metrics.timed("sql", store)
+
+    # --- Redis or in-process: limits, usage, revocation fan-out ------------------------
+    redis = None
+    limiter: RateLimiter
+    meter: UsageMeter
+    bus: RevocationBus
+    if settings.redis_url:
+        timeout = settings.redis_timeout_ms / 1000
+        redis = make_redis(settings.redis_url, timeout)
+        closers.append(redis.aclose)
+        limiter = FailoverRateLimiter(
+            RedisRateLimiter(redis, timeout_s=timeout),
+            LocalRateLimiter(clock),
+            clock=clock,
+            policy=settings.rate_limit_failure_policy,
+        )
+        meter = RedisUsageMeter(make_redis(settings.redis_url, 2.0), clock)
+        bus = RedisRevocationBus(make_redis(settings.redis_url, 2.0))
+        log.info("rate limits, usage and key revocation: Redis (%s)", limiter.backend_name)
+    else:
+        limiter = LocalRateLimiter(clock)
+        meter = LocalUsageMeter(clock)
+        bus = LocalRevocationBus()
+        log.info("rate limits, usage and key revocation: in-process (one replica only)")
+    closers.append(meter.close)
 
     authenticator = Authenticator(
-        store,
+        control,
         hasher,
         clock,
         cache_ttl_s=settings.key_cache_ttl_s,
@@ -116,23 +233,81 @@ async def build_app(
         failures_per_minute=settings.auth_failures_per_minute,
     )
     closers.append(authenticator.close)
+    await bus.start(authenticator.evict, on_resubscribed=authenticator.clear)
+    closers.append(bus.close)
 
-    async def invalidate_key(key_id: str) -> None:
-        authenticator.evict(key_id)
+    # --- memories -------------------------------------------------------------------
+    if embedder is None:
+        embedder = await asyncio.to_thread(
+            build_embedder,
+            settings.embedding_provider,
+            model_dir=settings.embedding_model_dir,
+            dimension=settings.embedding_dimension,
+            openai_base_url=settings.openai_base_url,
+            openai_api_key=settings.openai_api_key,
+            openai_model=settings.openai_model,
+            timeout_s=settings.embedding_timeout_s,
+            threads=settings.embedding_threads,
+        )
+    closers.append(embedder.close)
+    vectors = _vector_store(settings)
+    await vectors.open(embedder.model_id, embedder.dimension)
+    closers.append(vectors.close)
 
-    auditor = Auditor(store, clock, settings.audit_log)
-    keys = KeyManager(store, hasher, auditor, clock, invalidate_key)
-    projects = ProjectManager(store, auditor, clock, invalidate_key)
+    projects_cache = ProjectCache(control, clock)
+    memories = MemoryService(
+        metrics.timed("qdrant", vectors),
+        metrics.timed("embedder", embedder),
+        projects_cache,
+        clock,
+        Defaults(
+            max_memories_per_environment=settings.max_memories_per_environment,
+            max_content_bytes=settings.max_content_bytes,
+            max_metadata_bytes=settings.max_metadata_bytes,
+        ),
+        meter=_WriteMeter(meter),
+    )
 
-    interceptor = CallInterceptor(authenticator)
+    # --- control-plane services ---------------------------------------------------------
+    auditor = Auditor(control, clock, settings.audit_log)
+    keys = KeyManager(control, hasher, auditor, clock, bus.publish)
+
+    async def delete_memories(org_id: str, project_id: str, environment_id: str | None) -> None:
+        projects_cache.forget(org_id, project_id)
+        await memories.delete_scope(org_id, project_id, environment_id)
+
+    projects = ProjectManager(
+        control,
+        auditor,
+        clock,
+        bus.publish,
+        delete_memories,
+        on_change=_forgetter(projects_cache, memories),
+    )
+
+    # --- the gRPC server ------------------------------------------------------------------
+    admission = RateLimitAdmission(
+        limiter,
+        projects_cache,
+        key_limit=Limit(settings.key_requests_per_second, settings.key_burst),
+        project_limit=Limit(settings.project_requests_per_second, settings.project_burst),
+    )
+    observers: list[CallObserver] = [metrics, CallLogger()]
+    interceptor = CallInterceptor(
+        authenticator,
+        admission=admission,
+        observers=observers,
+        costs=COSTS,
+        usage=UsageRecorder(meter),
+    )
     server = aio.server(
         interceptors=[interceptor],
         options=_server_options(settings),
-        maximum_concurrent_rpcs=None,
     )
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(memories), server)
     keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys, clock), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(projects, auditor, _NoUsage()), server
+        AdminServicer(projects, auditor, UsageReporter(meter, clock)), server
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -146,7 +321,24 @@ async def build_app(
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    closers.append(_run_sync(hasher.close))
+
+    metrics.add_collector(
+        CallbackCounters(
+            {
+                "memoryd_key_cache_hits": (
+                    "verified-key cache hits",
+                    lambda: authenticator.cache_hits,
+                ),
+                "memoryd_key_cache_misses": (
+                    "verified-key cache misses",
+                    lambda: authenticator.cache_misses,
+                ),
+            }
+        )
+    )
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+        closers.append(_run_sync(metrics.stop))
 
     app = App(
         settings=settings,
@@ -156,14 +348,62 @@ async def build_app(
         authenticator=authenticator,
         port=port,
         bootstrapped=bootstrapped,
+        metrics=metrics,
+        memories=memories,
+        vectors=vectors,
     )
     app._closers = closers
+    app._tasks.append(
+        asyncio.get_running_loop().create_task(_sweeper(memories, settings.sweep_interval_s))
+    )
     return app
 
 
-class _NoUsage:
-    async def report(self, *args: object) -> list[object]:
-        return []
+def _vector_store(settings: Settings) -> VectorStore:
+    if settings.qdrant_url:
+        from qdrant_client import AsyncQdrantClient
+
+        client = AsyncQdrantClient(
+            url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=10
+        )
+        return QdrantVectorStore(client)
+    return EdgeVectorStore(
+        Path(settings.data_dir) / "vectors", sync_writes=settings.vector_sync_writes
+    )
+
+
+def _forgetter(cache: ProjectCache, memories: MemoryService) -> Callable[[str, str], None]:
+    def forget(org_id: str, project_id: str) -> None:
+        cache.forget(org_id, project_id)
+        memories.forget_project(org_id, project_id)
+
+    return forget
+
+
+async def _sweeper(memories: MemoryService, interval_s: float) -> None:
+    """Removes expired memories in the background (they are invisible already)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            removed = await memories.sweep_expired()
+            if removed:
+                log.info("swept %d expired memories", removed)
+        except Exception:
+            log.exception("sweep of expired memories failed")
+
+
+class _WriteMeter:
+    def __init__(self, meter: UsageMeter) -> None:
+        self._meter = meter
+
+    async def memories_written(self, tenant: Tenant, count: int, content_bytes: int) -> None:
+        await self._meter.record(
+            tenant.org_id,
+            tenant.project_id,
+            tenant.environment_id,
+            memories_written=count,
+            bytes_stored=content_bytes,
+        )
 
 
 def _run_sync(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:

@@ -70,6 +70,11 @@ class Settings:
         "Empty: embedded Qdrant Edge in data_dir.",
     )
     qdrant_api_key: str = _setting("", "API key of the Qdrant server.", secret=True)
+    vector_sync_writes: bool = _setting(
+        True,
+        "Embedded Qdrant Edge: flush every write before answering, so acknowledged writes "
+        "survive a crash (kill -9, power loss of the process).",
+    )
     redis_url: str = _setting(
         "",
         "Redis for rate limits, usage and key-revocation fan-out (redis://host:6379/0). "

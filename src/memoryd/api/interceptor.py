@@ -43,6 +43,7 @@ class CallState:
     principal: Principal | None = None
     trailers: list[tuple[str, str]] = field(default_factory=list)
     code: str = "OK"
+    reason: str = ""
 
     def caller(self) -> Caller:
         assert self.principal is not None, "the call was not authenticated"
@@ -75,6 +76,12 @@ class Admission(Protocol):
         ...
 
 
+class UsageRecorder(Protocol):
+    """Counts authenticated calls (and rate-limit refusals) for usage reports."""
+
+    async def record_call(self, principal: Principal, method: str, rate_limited: bool) -> None: ...
+
+
 class CallObserver(Protocol):
     """Sees the end of every call: for logs, metrics and usage."""
 
@@ -93,11 +100,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         admission: Admission | None = None,
         observers: Sequence[CallObserver] = (),
         costs: dict[str, CostFn] | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self._auth = authenticator
         self._admission = admission
         self._observers = list(observers)
         self._costs = costs or {}
+        self._usage = usage
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -151,6 +160,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         trailers = [("x-request-id", call.request_id), *call.trailers]
         if isinstance(exc, DomainError):
             call.code = exc.code
+            call.reason = exc.reason
             await context.abort_with_status(  # type: ignore[attr-defined]
                 to_grpc_status(exc, trailers)
             )
@@ -165,9 +175,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def _succeed(self, context: aio.ServicerContext[Any, Any], call: CallState) -> None:
         context.set_trailing_metadata((("x-request-id", call.request_id), *call.trailers))
 
-    def _finish(self, call: CallState | None, started: float) -> None:
-        if call is None or not self._observers:
+    async def _finish(self, call: CallState | None, started: float) -> None:
+        if call is None:
             return
+        if self._usage is not None and call.principal is not None:
+            await self._usage.record_call(
+                call.principal, call.method, rate_limited=call.reason == "RATE_LIMITED"
+            )
         duration = time.perf_counter() - started
         for observer in self._observers:
             observer.call_finished(call, duration)
@@ -208,7 +222,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 call = call or _CALL.get(None) or _anonymous(method, context)
                 await self._fail(context, call, exc)
             finally:
-                self._finish(call or _CALL.get(None), started)
+                await self._finish(call or _CALL.get(None), started)
 
         return run
 
@@ -227,7 +241,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 call = call or _CALL.get(None) or _anonymous(method, context)
                 await self._fail(context, call, exc)
             finally:
-                self._finish(call or _CALL.get(None), started)
+                await self._finish(call or _CALL.get(None), started)
 
         return run
 
@@ -246,7 +260,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 call = call or _CALL.get(None) or _anonymous(method, context)
                 await self._fail(context, call, exc)
             finally:
-                self._finish(call or _CALL.get(None), started)
+                await self._finish(call or _CALL.get(None), started)
 
         return run
 

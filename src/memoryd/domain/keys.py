@@ -18,7 +18,13 @@ from memoryd.domain import paging
 from memoryd.domain.audit import Auditor
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import ApiKeyRecord, ControlStore, KeyQuery
-from memoryd.domain.errors import InvalidArgument, NotFound, PermissionDenied, Violations
+from memoryd.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Violations,
+)
 from memoryd.domain.tenancy import (
     ALL_SCOPES,
     DEFAULT_DATA_SCOPES,
@@ -191,10 +197,21 @@ class KeyManager:
                 raise InvalidArgument.field("grace_period", "must be between 0 and 30 days")
             record = await self._get(p, key_id)
             ev.project_id, ev.environment_id = record.project_id, record.environment_id
+            # The new secret goes to the caller: it must hold everything the key holds.
+            for scope in record.scopes:
+                if not _holds_all(p, scope):
+                    raise PermissionDenied(
+                        f"cannot rotate a key holding the scope '{scope}': "
+                        "the calling key does not hold it",
+                        reason="SCOPE_ESCALATION",
+                    )
             now = self._clock.now()
             state = key_state(record, now)
             if state != "active":
-                raise InvalidArgument.field("id", f"the key is {state}; only an active key rotates")
+                raise FailedPrecondition(
+                    f"the key is {state}; only an active key rotates (create a new key instead)",
+                    reason=f"API_KEY_{state.upper()}",
+                )
             secret = new_secret()
             grace_end = now + grace if grace else None
             record = replace(

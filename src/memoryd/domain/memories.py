@@ -124,11 +124,11 @@ class ProjectSource(Protocol):
 class WriteMeter(Protocol):
     """Counts memories written and bytes stored (usage metering)."""
 
-    def memories_written(self, tenant: Tenant, count: int, content_bytes: int) -> None: ...
+    async def memories_written(self, tenant: Tenant, count: int, content_bytes: int) -> None: ...
 
 
 class _NoMeter:
-    def memories_written(self, tenant: Tenant, count: int, content_bytes: int) -> None:
+    async def memories_written(self, tenant: Tenant, count: int, content_bytes: int) -> None:
         return None
 
 
@@ -254,7 +254,7 @@ class MemoryService:
         if records:
             await self._reserve(tenant, project, len(records))
             await self._store.upsert(tenant, records)
-            self._meter.memories_written(
+            await self._meter.memories_written(
                 tenant, len(records), sum(len(r.content.encode()) for r in records)
             )
         created = iter(records)
@@ -569,7 +569,7 @@ class MemoryService:
             revisions=(past, *current.revisions)[:MAX_REVISIONS],
         )
         await self._store.upsert(current.tenant, [updated])
-        self._meter.memories_written(tenant, 1, len(new_content.encode()))
+        await self._meter.memories_written(tenant, 1, len(new_content.encode()))
         return replace(updated, vector=None)
 
     async def delete(self, caller: Caller, memory_id: str) -> None:

@@ -72,12 +72,14 @@ class ProjectManager:
         clock: Clock,
         invalidate_key: KeyInvalidator,
         delete_memories: MemoryScopeDeleter | None = None,
+        on_change: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
         self._audit = auditor
         self._clock = clock
         self._invalidate_key = invalidate_key
         self._delete_memories = delete_memories
+        self._on_change = on_change or (lambda org_id, project_id: None)
 
     # --- projects -----------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class ProjectManager:
                 updated = _apply_path(updated, changes, path)
             updated = replace(updated, update_time=self._clock.now())
             await self._store.update_project(updated)
+            self._on_change(p.org_id, updated.id)
             return updated
 
     async def delete_project(self, caller: Caller, project_id: str) -> None:
@@ -155,6 +158,7 @@ class ProjectManager:
             await self._project(p, project_id)
             key_ids = await self._key_ids(p.org_id, project_id, "")
             await self._store.delete_project(p.org_id, project_id)
+            self._on_change(p.org_id, project_id)
             for key_id in key_ids:
                 await self._invalidate_key(key_id)
             if self._delete_memories is not None:

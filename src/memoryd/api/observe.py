@@ -1,0 +1,180 @@
+"""What operators see: one structured log line per call, and Prometheus
+metrics on a side HTTP port.
+
+Log lines carry method, code, duration, request id, key id, project and
+environment; never a secret nor memory content. Metrics have bounded label
+sets: service, method, code, reason, backend, operation; no tenant labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from memoryd.api.interceptor import CallState
+
+call_log = logging.getLogger("memoryd.access")
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class CallLogger:
+    """One JSON line per call (with the JSON log format) at INFO."""
+
+    def call_finished(self, call: CallState, duration_s: float) -> None:
+        if not call_log.isEnabledFor(logging.INFO):
+            return
+        p = call.principal
+        call_log.info(
+            "%s %s",
+            call.method,
+            call.code,
+            extra={
+                "fields": {
+                    "method": call.method,
+                    "code": call.code,
+                    "duration_ms": round(duration_s * 1000, 3),
+                    "request_id": call.request_id,
+                    "peer": call.peer,
+                    "key_id": p.key_id if p else "",
+                    "project_id": p.project_id if p else "",
+                    "environment_id": p.environment_id if p else "",
+                    **({"reason": call.reason} if call.reason else {}),
+                }
+            },
+        )
+
+
+class Metrics:
+    """The metric families of one server, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "memoryd_requests",
+            "gRPC calls by service, method and status code",
+            ["service", "method", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "memoryd_request_duration_seconds",
+            "gRPC call latency",
+            ["service", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "memoryd_auth_failures", "refused authentications by reason", ["reason"], registry=r
+        )
+        self.rate_limited = Counter(
+            "memoryd_rate_limit_decisions", "rate-limit decisions", ["decision"], registry=r
+        )
+        self.backend_latency = Histogram(
+            "memoryd_backend_duration_seconds",
+            "latency of backend operations",
+            ["backend", "operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "memoryd_backend_errors",
+            "failed backend operations",
+            ["backend", "operation"],
+            registry=r,
+        )
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> None:
+        self._server = start_http_server(port, addr=host, registry=self.registry)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            server, thread = self._server
+            server.shutdown()
+            thread.join(timeout=5)
+            self._server = None
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def call_finished(self, call: CallState, duration_s: float) -> None:
+        service, _, method = call.method.lstrip("/").rpartition("/")
+        service = service.rsplit(".", 1)[-1]
+        self.requests.labels(service, method, call.code).inc()
+        self.latency.labels(service, method).observe(duration_s)
+        if call.code == "UNAUTHENTICATED":
+            self.auth_failures.labels(call.reason or "UNKNOWN").inc()
+        if call.reason == "RATE_LIMITED":
+            self.rate_limited.labels("denied").inc()
+        elif call.principal is not None and call.trailers:
+            self.rate_limited.labels("allowed").inc()
+
+    def timed(self, backend: str, target: Any) -> Any:
+        """A proxy of `target` whose coroutine methods are timed."""
+        return _Timed(self, backend, target)
+
+
+class _Timed:
+    def __init__(self, metrics: Metrics, backend: str, target: Any) -> None:
+        self._metrics = metrics
+        self._backend = backend
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+        hist = self._metrics.backend_latency.labels(self._backend, name)
+        errors = self._metrics.backend_errors.labels(self._backend, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if not isinstance(result, Awaitable):
+                return result
+            return _time(result, hist, errors)
+
+        return wrapper
+
+
+async def _time(aw: Awaitable[Any], hist: Any, errors: Any) -> Any:
+    started = time.perf_counter()
+    try:
+        return await aw
+    except Exception:
+        errors.inc()
+        raise
+    finally:
+        hist.observe(time.perf_counter() - started)
+
+
+class CallbackCounters(Collector):
+    """Counters read from callables at scrape time (cache hits, ...)."""
+
+    def __init__(self, counters: dict[str, tuple[str, Callable[[], float]]]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, (help_text, read) in self._counters.items():
+            yield CounterMetricFamily(name, help_text, value=read())
