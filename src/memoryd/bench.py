@@ -76,12 +76,14 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.owner_key = ""
+        self.data_dir = ""
 
     async def __aenter__(self) -> ServerProcess:
         data_dir = self._settings.data_dir
         if data_dir == "data":
             self._tmp = tempfile.TemporaryDirectory(prefix="memoryd-bench-")
             data_dir = self._tmp.name
+        self.data_dir = data_dir
         env = {
             **os.environ,
             **self._env,

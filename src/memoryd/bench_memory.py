@@ -1,0 +1,418 @@
+"""`memoryd bench --suite memory`: a seeded memory workload against a real
+`memoryd serve` process with the real embedding model.
+
+Workload: `--memories` short sentences (default 100,000) over `--tenants`
+tenants (default 1,000 = 100 environments of 10 projects x 10 end users),
+each sentence a fact about a person with a paraphrased question whose right
+answer is that fact, unique within its tenant. Measured, in one run:
+
+- BatchCreate throughput with server-side embedding (first 5% of the corpus,
+  at least 2,000) and with client vectors (the rest; vectors computed by the
+  bench process beforehand, with the same model);
+- SearchMemories with 4 concurrent clients: server-embedded query p50/p99,
+  client-vector p50/p99 and throughput (and h2load's ceiling for it);
+- recall@1 and recall@5 of the paraphrase questions;
+- server RSS and data-dir size; cold start to SERVING with the corpus on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from memoryd.bench import Result, ServerProcess, drive, h2load
+from memoryd.config import Settings
+from memoryd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    tenancy_pb2,
+)
+
+_NAMES = [
+    "Ana",
+    "Ben",
+    "Carla",
+    "Dev",
+    "Elif",
+    "Farah",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "Jia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Xena",
+    "Yusuf",
+    "Zoe",
+    "Aiko",
+    "Bruno",
+    "Chen",
+    "Dara",
+    "Emil",
+    "Fatima",
+    "Goran",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kira",
+    "Liam",
+    "Mina",
+    "Noor",
+    "Olga",
+    "Pablo",
+    "Rhea",
+    "Sven",
+    "Tomas",
+    "Ugo",
+    "Vera",
+    "Will",
+    "Yara",
+    "Zane",
+]
+_FACTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "{n} prefers {x} over everything else to drink",
+        "what does {n} like to drink",
+        ("green tea", "black coffee", "orange juice", "sparkling water", "hot chocolate"),
+    ),
+    (
+        "{n} lives in {x}",
+        "where is {n}'s home",
+        ("Lisbon", "Nairobi", "Osaka", "Toronto", "Krakow"),
+    ),
+    ("{n} works as a {x}", "what is {n}'s job", ("nurse", "carpenter", "pilot", "teacher", "chef")),
+    (
+        "{n} is allergic to {x}",
+        "which food must {n} avoid",
+        ("peanuts", "shellfish", "gluten", "eggs", "milk"),
+    ),
+    (
+        "{n} plays {x} every weekend",
+        "which sport does {n} practise",
+        ("tennis", "football", "chess", "golf", "rugby"),
+    ),
+    (
+        "{n} was born in {x}",
+        "when is {n}'s birthday",
+        ("March", "July", "October", "January", "May"),
+    ),
+    (
+        "{n} drives a {x} car",
+        "what vehicle does {n} own",
+        ("red", "blue", "silver", "green", "black"),
+    ),
+    (
+        "{n} speaks {x} fluently",
+        "which language does {n} know",
+        ("Spanish", "Japanese", "Swahili", "Polish", "Hindi"),
+    ),
+    (
+        "{n} has a pet {x}",
+        "what animal does {n} keep at home",
+        ("cat", "parrot", "dog", "rabbit", "turtle"),
+    ),
+    (
+        "{n} is reading a book about {x}",
+        "what is {n} reading",
+        ("astronomy", "cooking", "history", "gardening", "poetry"),
+    ),
+)
+_HIGH_LIMITS = {
+    "MEMORYD_KEY_REQUESTS_PER_SECOND": "1000000",
+    "MEMORYD_KEY_BURST": "1000000",
+    "MEMORYD_PROJECT_REQUESTS_PER_SECOND": "1000000",
+    "MEMORYD_PROJECT_BURST": "1000000",
+    "MEMORYD_MAX_MEMORIES_PER_ENVIRONMENT": "100000000",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+    tenant: int
+    content: str
+    question: str
+
+
+def corpus(n: int, tenants: int, seed: int = 7) -> list[Fact]:
+    """`n` facts spread evenly over `tenants`; (name, fact kind) unique per tenant."""
+    rng = random.Random(seed)
+    per = max(1, n // tenants)
+    if per > len(_NAMES) * len(_FACTS):
+        raise ValueError("too many memories per tenant for the templates")
+    out: list[Fact] = []
+    for t in range(tenants):
+        pairs = rng.sample([(a, b) for a in range(len(_NAMES)) for b in range(len(_FACTS))], per)
+        for name_i, fact_i in pairs:
+            template, question, values = _FACTS[fact_i]
+            name = _NAMES[name_i]
+            out.append(
+                Fact(t, template.format(n=name, x=rng.choice(values)), question.format(n=name))
+            )
+    return out[:n]
+
+
+async def memory_suite(settings: Settings, args: argparse.Namespace) -> list[str]:
+    from memoryd.embeddings import build_embedder
+
+    lines: list[str] = []
+    facts = corpus(args.memories, args.tenants)
+    n_envs = max(1, args.tenants // 10)
+    server_part = max(2000, len(facts) // 20)
+    lines.append(
+        f"corpus: {len(facts)} memories over {args.tenants} tenants "
+        f"({n_envs} environments x 10 end users), model dir {settings.embedding_model_dir}"
+    )
+
+    embedder = build_embedder(
+        "fastembed",
+        model_dir=settings.embedding_model_dir,
+        dimension=384,
+        openai_base_url="",
+        openai_api_key="",
+        openai_model="",
+        timeout_s=10,
+        threads=settings.embedding_threads,
+    )
+    t0 = time.perf_counter()
+    client_texts = [f.content for f in facts[server_part:]]
+    client_vectors: list[list[float]] = []
+    for i in range(0, len(client_texts), 512):
+        client_vectors.extend(await embedder.embed(client_texts[i : i + 512]))
+    questions = [f.question for f in facts[:: max(1, len(facts) // 400)]][:400]
+    q_facts = facts[:: max(1, len(facts) // 400)][:400]
+    q_vectors = await embedder.embed(questions)
+    await embedder.close()
+    lines.append(
+        f"bench process embedded {len(client_texts) + len(questions)} texts in "
+        f"{time.perf_counter() - t0:.0f} s (not part of the server's figures)"
+    )
+
+    async with ServerProcess(settings, extra_env=_HIGH_LIMITS) as server:
+        channel = aio.insecure_channel(
+            server.address, options=[("grpc.max_send_message_length", 64 << 20)]
+        )
+        keys_stub = keys_pb2_grpc.KeyServiceStub(channel)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        mem = memory_pb2_grpc.MemoryServiceStub(channel)
+        owner = (("x-api-key", server.owner_key),)
+
+        env_keys: list[str] = []
+        for p in range(max(1, n_envs // 10)):
+            project = await admin.CreateProject(
+                admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name=f"bench-{p}")),
+                metadata=owner,
+            )
+            env_ids = [project.environments[0].id]
+            for e in range(9):
+                env = await admin.CreateEnvironment(
+                    admin_pb2.CreateEnvironmentRequest(
+                        project_id=project.id,
+                        environment=admin_pb2.Environment(
+                            name=f"env-{e}", kind=tenancy_pb2.ENVIRONMENT_KIND_TEST
+                        ),
+                    ),
+                    metadata=owner,
+                )
+                env_ids.append(env.id)
+            for env_id in env_ids:
+                created = await keys_stub.CreateApiKey(
+                    keys_pb2.CreateApiKeyRequest(
+                        project_id=project.id,
+                        environment_id=env_id,
+                        name="bench",
+                        scopes=["memory:*"],
+                    ),
+                    metadata=owner,
+                )
+                env_keys.append(created.secret)
+
+        def md(tenant: int) -> tuple[tuple[str, str], ...]:
+            return (
+                ("x-api-key", env_keys[(tenant // 10) % len(env_keys)]),
+                ("x-end-user-id", f"user-{tenant % 10}"),
+            )
+
+        # --- writes ------------------------------------------------------------------
+        async def load(items: list[tuple[Fact, list[float] | None]], concurrency: int) -> float:
+            by_tenant: dict[int, list[tuple[Fact, list[float] | None]]] = {}
+            for item in items:
+                by_tenant.setdefault(item[0].tenant, []).append(item)
+            batches = [
+                (t, chunk[i : i + 100])
+                for t, chunk in by_tenant.items()
+                for i in range(0, len(chunk), 100)
+            ]
+            queue = list(batches)
+            started = time.perf_counter()
+
+            async def worker() -> None:
+                while queue:
+                    t, batch = queue.pop()
+                    req = memory_pb2.BatchCreateMemoriesRequest(
+                        requests=[
+                            memory_pb2.CreateMemoryRequest(
+                                memory=memory_pb2.Memory(content=f.content, embedding=v or [])
+                            )
+                            for f, v in batch
+                        ]
+                    )
+                    resp = await mem.BatchCreateMemories(req, metadata=md(t), timeout=300)
+                    if resp.failed_count:
+                        raise RuntimeError(f"batch had {resp.failed_count} failures")
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return len(items) / (time.perf_counter() - started)
+
+        server_rate = await load([(f, None) for f in facts[:server_part]], 4)
+        lines.append(
+            f"BatchCreate, server-side embedding ({server_part} memories, batches of 100, "
+            f"4 clients): {server_rate:.0f} memories/s"
+        )
+        client_rate = await load(list(zip(facts[server_part:], client_vectors, strict=True)), 4)
+        lines.append(
+            f"BatchCreate, client vectors ({len(client_vectors)} memories): "
+            f"{client_rate:.0f} memories/s"
+        )
+
+        # --- recall -------------------------------------------------------------------
+        hits1 = hits5 = 0
+        for fact, vec in zip(q_facts, q_vectors, strict=True):
+            resp = await mem.SearchMemories(
+                memory_pb2.SearchMemoriesRequest(query_embedding=vec, top_k=5),
+                metadata=md(fact.tenant),
+            )
+            found = [r.memory.content for r in resp.results]
+            hits1 += bool(found) and found[0] == fact.content
+            hits5 += fact.content in found
+        lines.append(
+            f"recall@1 {hits1 / len(q_facts):.3f}   recall@5 {hits5 / len(q_facts):.3f}   "
+            f"({len(q_facts)} paraphrase questions, each within its tenant)"
+        )
+
+        # --- search latency ---------------------------------------------------------------
+        rng = random.Random(3)
+
+        async def by_text() -> Any:
+            i = rng.randrange(len(q_facts))
+            return await mem.SearchMemories(
+                memory_pb2.SearchMemoriesRequest(query=questions[i], top_k=5),
+                metadata=md(q_facts[i].tenant),
+            )
+
+        async def by_vector() -> Any:
+            i = rng.randrange(len(q_facts))
+            return await mem.SearchMemories(
+                memory_pb2.SearchMemoriesRequest(query_embedding=q_vectors[i], top_k=5),
+                metadata=md(q_facts[i].tenant),
+            )
+
+        text: Result = await drive(
+            "Search, server-embedded query, 4 clients", by_text, args.seconds, 4
+        )
+        vector: Result = await drive("Search, client vector, 4 clients", by_vector, args.seconds, 4)
+        lines += [text.line(), vector.line()]
+        body = memory_pb2.SearchMemoriesRequest(
+            query_embedding=q_vectors[0], top_k=5
+        ).SerializeToString()
+        ceiling = h2load(
+            server.address,
+            "/memoryd.v1.MemoryService/SearchMemories",
+            body,
+            dict(md(q_facts[0].tenant)),
+            args.seconds,
+        )
+        if ceiling:
+            lines.append(
+                f"Search, client vector, h2load (4 conns x 32 streams): {ceiling:.0f} req/s"
+            )
+
+        assert server.proc is not None
+        rss_kb = _rss_kb(server.proc.pid)
+        data_dir = _data_dir(server)
+        lines.append(
+            f"server RSS {rss_kb / 1024:.0f} MiB; data dir {_du_mb(data_dir):.0f} MiB "
+            f"({len(facts)} memories)"
+        )
+        await channel.close(None)
+
+        # --- cold start -----------------------------------------------------------------
+        server.proc.send_signal(15)
+        await asyncio.to_thread(server.proc.wait, 120)
+        child_env = {
+            **os.environ,
+            **_HIGH_LIMITS,
+            "MEMORYD_DATA_DIR": str(data_dir),
+            "MEMORYD_PORT": str(server.port),
+            "MEMORYD_LOG_LEVEL": "WARNING",
+            "MEMORYD_EMBEDDING_MODEL_DIR": settings.embedding_model_dir,
+        }
+        started = time.perf_counter()
+        proc = subprocess.Popen(  # noqa: ASYNC220 - measuring the start itself
+            [str(Path(sys.executable).with_name("memoryd")), "serve"],
+            env=child_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            cold = await _until_serving(server.address, started)
+        finally:
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 60)
+        lines.append(f"cold start to SERVING with {len(facts)} memories on disk: {cold:.2f} s")
+    return lines
+
+
+async def _until_serving(address: str, started: float) -> float:
+    async with aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.perf_counter() - started < 120:
+            try:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.perf_counter() - started
+            except grpc.RpcError:
+                pass
+            await asyncio.sleep(0.02)
+    raise RuntimeError("the server did not become SERVING within 120 s")
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _data_dir(server: ServerProcess) -> Path:
+    return Path(server.data_dir)
+
+
+def _du_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / (1 << 20)
