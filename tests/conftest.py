@@ -124,7 +124,10 @@ async def make_server(tmp_path: Any) -> AsyncIterator[MakeServer]:
     started: list[RunningServer] = []
 
     async def make(
-        clock: Any = None, data_dir: str | None = None, **overrides: Any
+        clock: Any = None,
+        data_dir: str | None = None,
+        bootstrap_if_empty: bool = True,
+        **overrides: Any,
     ) -> RunningServer:
         values: dict[str, Any] = {
             "host": "127.0.0.1",
@@ -140,7 +143,9 @@ async def make_server(tmp_path: Any) -> AsyncIterator[MakeServer]:
         settings = Settings(**values)
         settings.validate()
         clock = clock or SystemClock()
-        app = await build_app(settings, clock=clock, hasher=fast_hasher())
+        app = await build_app(
+            settings, clock=clock, hasher=fast_hasher(), bootstrap_if_empty=bootstrap_if_empty
+        )
         await app.start()
         address = f"127.0.0.1:{app.port}"
         channel = aio.insecure_channel(address)

@@ -91,8 +91,8 @@ class ServerProcess:
             "MEMORYD_PORT": "0",
             "MEMORYD_LOG_LEVEL": "WARNING",
         }
-        for name, value in self._settings.redacted().items():
-            if name not in ("data_dir", "port", "log_level") and not str(value).startswith("***"):
+        for name, value in vars_of(self._settings).items():
+            if name not in ("data_dir", "port", "log_level"):
                 env.setdefault(f"MEMORYD_{name.upper()}", str(value))
         exe = Path(sys.executable).with_name("memoryd")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not per call

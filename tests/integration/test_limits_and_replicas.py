@@ -1,0 +1,259 @@
+"""Rate limits, usage and revocation as clients of real servers see them:
+real Redis (the shared one, or a private redis-server this test kills),
+real PostgreSQL shared by replicas, real gRPC servers on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import REDIS_URL, Client, MakeServer, RunningServer
+from google.rpc import error_details_pb2
+from grpc import aio
+from grpc_status import rpc_status
+from redis_server import RedisServer
+
+from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2
+
+pytestmark = pytest.mark.redis
+
+
+def trailers(call_error: aio.AioRpcError | None = None, md: object = None) -> dict[str, str]:
+    source = call_error.trailing_metadata() if call_error is not None else md
+    return {k: v for k, v in (source or ()) if isinstance(v, str)}
+
+
+async def limit_project(
+    server: RunningServer, project: admin_pb2.Project, rps: float, burst: int
+) -> None:
+    await server.owner.admin.UpdateProject(
+        admin_pb2.UpdateProjectRequest(
+            project=admin_pb2.Project(
+                id=project.id,
+                rate_limits=admin_pb2.RateLimits(key_requests_per_second=rps, key_burst=burst),
+            ),
+            update_mask={"paths": ["rate_limits.key_requests_per_second", "rate_limits.key_burst"]},
+        ),
+        metadata=server.owner.md(),
+    )
+
+
+async def whoami(client: Client) -> tuple[keys_pb2.WhoAmIResponse, dict[str, str]]:
+    call = client.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=client.md())
+    response = await call
+    return response, trailers(md=await call.trailing_metadata())
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_successful_calls_carry_rate_limit_trailers(
+    make_server: MakeServer, backend: str
+) -> None:
+    server = await make_server(redis_url=REDIS_URL if backend == "redis" else "")
+    project = await server.project()
+    await limit_project(server, project, rps=1.0, burst=5)
+    client = server.client(await server.data_key(project))
+    _, first = await whoami(client)
+    _, second = await whoami(client)
+    assert first["x-ratelimit-limit"] == "5"
+    assert int(first["x-ratelimit-remaining"]) == 4
+    assert int(second["x-ratelimit-remaining"]) == 3
+    assert "x-ratelimit-reset" in first and "x-request-id" in first
+    assert "retry-after" not in first
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_over_the_limit_is_resource_exhausted_with_retry_info(
+    make_server: MakeServer, backend: str
+) -> None:
+    server = await make_server(redis_url=REDIS_URL if backend == "redis" else "")
+    project = await server.project()
+    await limit_project(server, project, rps=2.0, burst=2)
+    client = server.client(await server.data_key(project))
+    await whoami(client)
+    await whoami(client)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await whoami(client)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    t = trailers(err)
+    assert t["x-ratelimit-remaining"] == "0"
+    assert t["retry-after"] == "1"
+    assert 300 <= int(t["grpc-retry-pushback-ms"]) <= 500  # 1 unit at 2/s: ≤ 500 ms
+    status = rpc_status.from_call(err)
+    assert status is not None
+    kinds = {d.type_url.rsplit(".", 1)[-1]: d for d in status.details}
+    retry = error_details_pb2.RetryInfo()
+    kinds["RetryInfo"].Unpack(retry)
+    assert 0.3 <= retry.retry_delay.ToTimedelta().total_seconds() <= 0.5
+    assert "QuotaFailure" in kinds
+    # the refusal is metered as a rate-limited call
+    usage = await server.owner.admin.GetUsage(
+        admin_pb2.GetUsageRequest(project_id=project.id), metadata=server.owner.md()
+    )
+    (record,) = usage.records
+    assert record.rate_limited_calls == 1
+    assert record.calls_by_method["/memoryd.v1.KeyService/WhoAmI"] == 2
+
+
+async def test_grpc_retry_policy_backs_off_by_the_pushback(make_server: MakeServer) -> None:
+    server = await make_server()
+    project = await server.project()
+    await limit_project(server, project, rps=4.0, burst=1)
+    key = await server.data_key(project)
+    config = {
+        "methodConfig": [
+            {
+                "name": [{"service": "memoryd.v1.KeyService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.02s",
+                    "backoffMultiplier": 1,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+                },
+            }
+        ]
+    }
+    async with aio.insecure_channel(
+        server.address,
+        options=[("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))],
+    ) as channel:
+        client = Client(channel, key)
+        await whoami(client)
+        started = time.perf_counter()
+        response, _ = await whoami(client)  # refused once, retried after the pushback
+        elapsed = time.perf_counter() - started
+    assert response.key_id
+    # The bucket refills one unit in 250 ms; the client's own backoff is ≤ 20 ms.
+    assert 0.2 <= elapsed < 1.5, elapsed
+
+
+async def test_two_server_processes_share_one_limit(
+    tmp_path: Path, pg_url: str, make_server: MakeServer
+) -> None:
+    """Two `memoryd serve` processes on one PostgreSQL and one Redis."""
+    from memoryd.bench import ServerProcess
+    from memoryd.config import Settings
+
+    admin = await make_server(database_url=pg_url, redis_url=REDIS_URL)
+    project = await admin.project()
+    await limit_project(admin, project, rps=0.01, burst=20)  # no refill during the test
+    key = await admin.data_key(project)
+    settings = Settings(
+        database_url=pg_url,
+        redis_url=REDIS_URL,
+        embedding_provider="hashing",
+        embedding_dimension=64,
+        log_level="WARNING",
+    )
+    async with (
+        ServerProcess(settings) as a,
+        ServerProcess(settings) as b,
+        aio.insecure_channel(a.address) as ca,
+        aio.insecure_channel(b.address) as cb,
+    ):
+        clients = [Client(ca, key), Client(cb, key)]
+        ok = refused = 0
+        for i in range(40):
+            try:
+                await whoami(clients[i % 2])
+                ok += 1
+            except aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused += 1
+    assert ok == 20, (ok, refused)  # one shared burst of 20, not 20 per replica
+    assert refused == 20
+
+
+async def test_revocation_on_one_replica_is_refused_on_another_within_100ms(
+    make_server: MakeServer, pg_url: str
+) -> None:
+    a = await make_server(database_url=pg_url, redis_url=REDIS_URL, key_cache_ttl_s=300.0)
+    b = await make_server(
+        database_url=pg_url, redis_url=REDIS_URL, key_cache_ttl_s=300.0, bootstrap_if_empty=False
+    )
+    project = await a.project()
+    created = await a.owner.keys.CreateApiKey(
+        keys_pb2.CreateApiKeyRequest(
+            project_id=project.id,
+            environment_id=project.environments[0].id,
+            name="victim",
+        ),
+        metadata=a.owner.md(),
+    )
+    on_b = b.client(created.secret)
+    await whoami(on_b)  # verified and cached on B (for 300 s)
+    await a.owner.keys.RevokeApiKey(
+        keys_pb2.RevokeApiKeyRequest(id=created.api_key.id), metadata=a.owner.md()
+    )
+    revoked_at = time.perf_counter()
+    while True:
+        try:
+            await whoami(on_b)
+        except aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+            break
+        assert time.perf_counter() - revoked_at < 1.0, "B still accepts the revoked key"
+        await asyncio.sleep(0.005)
+    assert time.perf_counter() - revoked_at < 0.1
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    instance = RedisServer(tmp_path)
+    instance.start()
+    yield instance
+    instance.kill()
+
+
+async def test_fail_open_keeps_serving_when_redis_dies_and_recovers(
+    make_server: MakeServer, private_redis: RedisServer
+) -> None:
+    server = await make_server(redis_url=private_redis.url, redis_timeout_ms=50.0)
+    project = await server.project()
+    # a slow refill keeps each bucket's key in Redis for the whole test
+    await limit_project(server, project, rps=0.01, burst=1000)
+    client = server.client(await server.data_key(project))
+    await client.memory.CreateMemory(
+        memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="before")),
+        metadata=client.md(),
+    )
+    private_redis.kill()
+    for _ in range(5):
+        started = time.perf_counter()
+        _, t = await whoami(client)  # served by the local limiter
+        assert time.perf_counter() - started < 0.5
+        assert "x-ratelimit-limit" in t
+    private_redis.start()
+    # the Redis limiter takes over again by itself: its buckets appear in Redis
+    import redis.asyncio as aioredis
+
+    direct = aioredis.from_url(private_redis.url)
+    try:
+        deadline = time.monotonic() + 10
+        while not await direct.keys("memoryd:rl:*"):
+            assert time.monotonic() < deadline, "the Redis limiter did not come back"
+            await whoami(client)
+            await asyncio.sleep(0.1)
+    finally:
+        await direct.aclose()
+
+
+async def test_fail_closed_answers_unavailable_when_redis_is_down(
+    make_server: MakeServer, private_redis: RedisServer
+) -> None:
+    server = await make_server(redis_url=private_redis.url, rate_limit_failure_policy="fail-closed")
+    project = await server.project()
+    client = server.client(await server.data_key(project))
+    await whoami(client)
+    private_redis.kill()
+    started = time.perf_counter()
+    with pytest.raises(aio.AioRpcError) as caught:
+        await whoami(client)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.perf_counter() - started < 0.5
