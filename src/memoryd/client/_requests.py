@@ -1,0 +1,154 @@
+"""Request builders shared by the sync and the asyncio client."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
+
+from memoryd.v1 import keys_pb2, memory_pb2
+
+
+def where(conditions: Mapping[str, Any]) -> memory_pb2.MemoryFilter:
+    """A filter whose conditions must all hold: field → value to equal, or a
+    list of values of which any may match. Fields: `agent_id`, `thread_id`,
+    `source`, `tags`, `end_user_id`, `metadata.<key>`.
+
+    >>> where({"tags": "drinks", "metadata.lang": ["en", "fr"]})
+    """
+    must: list[memory_pb2.Condition] = []
+    for name, value in conditions.items():
+        if isinstance(value, list | tuple):
+            any_of = struct_pb2.ListValue()
+            any_of.extend(list(value))
+            must.append(memory_pb2.Condition(field=name, any_of=any_of))
+        else:
+            must.append(memory_pb2.Condition(field=name, equals=_value(value)))
+    return memory_pb2.MemoryFilter(must=must)
+
+
+def _value(value: Any) -> struct_pb2.Value:
+    holder = struct_pb2.ListValue()
+    holder.append(value)
+    return holder.values[0]
+
+
+def _struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(dict(data))
+    return out
+
+
+def _duration(value: float | dt.timedelta) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    if isinstance(value, dt.timedelta):
+        out.FromTimedelta(value)
+    else:
+        out.FromNanoseconds(round(value * 1e9))
+    return out
+
+
+def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    if value.tzinfo is None:
+        raise ValueError("use an aware datetime (e.g. datetime.now(UTC))")
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def create_memory(
+    content: str,
+    *,
+    metadata: Mapping[str, Any] | None,
+    tags: Sequence[str],
+    agent_id: str,
+    thread_id: str,
+    source: str,
+    ttl: float | dt.timedelta | None,
+    embedding: Sequence[float] | None,
+    dedupe: bool,
+) -> memory_pb2.CreateMemoryRequest:
+    memory = memory_pb2.Memory(
+        content=content,
+        tags=list(tags),
+        agent_id=agent_id,
+        thread_id=thread_id,
+        source=source,
+        embedding=list(embedding or ()),
+    )
+    if metadata is not None:
+        memory.metadata.CopyFrom(_struct(metadata))
+    request = memory_pb2.CreateMemoryRequest(memory=memory, dedupe=dedupe)
+    if ttl is not None:
+        request.ttl.CopyFrom(_duration(ttl))
+    return request
+
+
+def search_memories(
+    query: str,
+    *,
+    embedding: Sequence[float] | None,
+    filter: memory_pb2.MemoryFilter | None,
+    top_k: int,
+    min_score: float,
+) -> memory_pb2.SearchMemoriesRequest:
+    return memory_pb2.SearchMemoriesRequest(
+        query=query,
+        query_embedding=list(embedding or ()),
+        filter=filter,
+        top_k=top_k,
+        min_score=min_score,
+    )
+
+
+def list_memories(
+    filter: memory_pb2.MemoryFilter | None, page_size: int, page_token: str
+) -> memory_pb2.ListMemoriesRequest:
+    return memory_pb2.ListMemoriesRequest(filter=filter, page_size=page_size, page_token=page_token)
+
+
+def update_memory(memory_id: str, changes: Mapping[str, Any]) -> memory_pb2.UpdateMemoryRequest:
+    """An UpdateMemory request changing exactly the fields given (not None)."""
+    memory = memory_pb2.Memory(id=memory_id)
+    paths: list[str] = []
+    for name, value in changes.items():
+        if value is None:
+            continue
+        paths.append(name)
+        if name == "metadata":
+            memory.metadata.CopyFrom(_struct(value))
+        elif name == "expire_time":
+            memory.expire_time.CopyFrom(_timestamp(value))
+        elif name in ("tags", "embedding"):
+            getattr(memory, name).extend(value)
+        else:
+            setattr(memory, name, value)
+    if not paths:
+        raise ValueError("update_memory needs at least one field to change")
+    return memory_pb2.UpdateMemoryRequest(
+        memory=memory, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+
+
+def purge_memories(
+    filter: memory_pb2.MemoryFilter | None, everything: bool, dry_run: bool
+) -> memory_pb2.PurgeMemoriesRequest:
+    return memory_pb2.PurgeMemoriesRequest(filter=filter, all=everything, dry_run=dry_run)
+
+
+def create_api_key(
+    name: str,
+    *,
+    project_id: str,
+    environment_id: str,
+    scopes: Iterable[str],
+    expire_time: dt.datetime | None,
+) -> keys_pb2.CreateApiKeyRequest:
+    request = keys_pb2.CreateApiKeyRequest(
+        name=name, project_id=project_id, environment_id=environment_id, scopes=list(scopes)
+    )
+    if expire_time is not None:
+        request.expire_time.CopyFrom(_timestamp(expire_time))
+    return request
