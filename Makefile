@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 PROTO_SRC := $(wildcard protos/memoryd/v1/*.proto)
 
-.PHONY: install run test test-fast lint proto proto-check models services bench clean
+.PHONY: install run test lint proto proto-check models services deps deploy-check bench bench-deps clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ run: install models
 	MEMORYD_EMBEDDING_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/memoryd serve
 
 ## The whole test suite, against real SQLite, PostgreSQL, Redis and Qdrant engines.
-test: install models services
+test: install models services deps
 	MEMORYD_TEST_MODEL_DIR=$(MODEL_DIR) $(PY) -m pytest -q -p no:cacheprovider
 
 lint: install
@@ -47,7 +47,20 @@ models: install
 services:
 	scripts/services.sh
 
-bench: install models
+## System tools the tests need (Debian): docker-compose 1.29 (`config` needs no engine), Node.js + npm.
+deps:
+	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq docker-compose; }
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+
+## Validate deploy/ offline: compose, Kubernetes schemas, Envoy, Dockerfile.
+deploy-check: install deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_deploy_manifests.py
+
+## h2load (Debian's nghttp2-client) finds the server's ceiling; the bench works without it.
+bench-deps:
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } || true
+
+bench: install models bench-deps
 	MEMORYD_EMBEDDING_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/memoryd bench
 
 clean:
