@@ -80,6 +80,10 @@ def to_grpc_status(err: DomainError, trailers: Metadata = ()) -> grpc.Status:
     extra = list(trailers)
     if isinstance(err, ResourceExhausted):
         extra.extend(err.trailers.items())
+        if err.retry_after is None:
+            # A quota, not a rate: retrying cannot help, and a negative
+            # pushback tells gRPC's retry policy not to.
+            extra.append(("grpc-retry-pushback-ms", "-1"))
     if not extra:
         return status
     return _Status(status.code, status.details, (*extra, *status.trailing_metadata))
