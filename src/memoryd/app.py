@@ -67,6 +67,7 @@ from memoryd.v1 import (
 
 log = logging.getLogger("memoryd")
 
+LIVENESS_SERVICE = "liveness"
 _HEALTH_TENANT = Tenant("_health", "_health", "_health")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -151,6 +152,9 @@ class App:
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
     ) -> None:
+        # `liveness` stays SERVING while the process runs: a liveness probe on
+        # it does not restart pods because a backend is down.
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", status)
         for name in SERVICE_NAMES:
             await self.health.set(name, status)

@@ -115,7 +115,7 @@ class JsonFormatter(logging.Formatter):
 async def _serve(settings: Settings) -> int:
     from memoryd.app import build_app
 
-    app = await build_app(settings)
+    app = await build_app(settings, bootstrap_if_empty=settings.bootstrap)
     if app.bootstrapped is not None:
         _print_owner_key(
             app.bootstrapped.org.name, app.bootstrapped.org.id, app.bootstrapped.plaintext

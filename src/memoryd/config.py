@@ -9,6 +9,7 @@ variable and saying what is expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,12 @@ class Settings:
     openai_api_key: str = _setting("", "API key of the embeddings endpoint.", secret=True)
     openai_model: str = _setting("text-embedding-3-small", "Model name sent to the endpoint.")
 
+    bootstrap: bool = _setting(
+        True,
+        "On start with an empty control store, create an organization and print its owner key "
+        "once. Set false on replicas (use `memoryd bootstrap` once instead).",
+    )
+
     # --- auth ----------------------------------------------------------------------
     key_cache_ttl_s: float = _setting(
         30.0,
@@ -198,6 +205,8 @@ class Settings:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise bad(f.name, f"must be one of {', '.join(choices)}, not {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise bad(f.name, f"must be a finite number, got {value}")
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise bad(f.name, f"must not be negative, got {value}")
         if not 0 <= self.port <= 65535:

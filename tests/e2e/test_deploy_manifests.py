@@ -227,8 +227,10 @@ def test_kubernetes_deployment_is_probed_secured_and_drains() -> None:
         }
     )
     assert settings.host == settings.metrics_host == "0.0.0.0"
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["grpc"] == {"port": 50051}, probe
+    # liveness asks the entry that stays SERVING while the process runs
+    assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
     assert settings.max_connection_age_s > 0
 
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
