@@ -136,6 +136,7 @@ async def make_server(tmp_path: Any) -> AsyncIterator[MakeServer]:
             "embedding_provider": "hashing",
             "embedding_dimension": 64,
             "grace_period_s": 1.0,
+            "shutdown_delay_s": 0.0,
             "log_level": "WARNING",
             "sweep_interval_s": 3600.0,
         }

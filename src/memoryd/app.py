@@ -103,12 +103,15 @@ class App:
         log.info("memoryd serving on %s:%d", self.settings.host, self.port)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health goes NOT_SERVING first, then in-flight calls get `grace`
-        seconds, then the stores close."""
+        """Health goes NOT_SERVING first (calls are still served for
+        `shutdown_delay_s`), then new calls are refused and in-flight ones get
+        `grace` seconds, then the stores close."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
+        if self.settings.shutdown_delay_s > 0:
+            await asyncio.sleep(self.settings.shutdown_delay_s)
         grace = self.settings.grace_period_s if grace is None else grace
         await self.server.stop(grace)
         for task in self._tasks:

@@ -37,6 +37,11 @@ class Settings:
     grace_period_s: float = _setting(
         10.0, "On SIGTERM/SIGINT: seconds in-flight calls get to finish before they are cancelled."
     )
+    shutdown_delay_s: float = _setting(
+        2.0,
+        "On SIGTERM/SIGINT: seconds health reports NOT_SERVING while calls are still served, "
+        "so load balancers and probes stop sending new ones before the drain.",
+    )
     max_message_bytes: int = _setting(16 * 1024 * 1024, "Largest request or response message.")
     max_concurrent_streams: int = _setting(256, "Concurrent HTTP/2 streams per connection.")
     keepalive_time_s: float = _setting(30.0, "Send a keepalive ping after this much idle time.")

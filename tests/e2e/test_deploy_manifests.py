@@ -234,7 +234,10 @@ def test_kubernetes_deployment_is_probed_secured_and_drains() -> None:
     assert settings.max_connection_age_s > 0
 
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.grace_period_s
+    assert (
+        pod["terminationGracePeriodSeconds"]
+        > pre_stop + settings.shutdown_delay_s + settings.grace_period_s
+    )
 
     assert pod["securityContext"]["runAsNonRoot"] is True
     sc = container["securityContext"]

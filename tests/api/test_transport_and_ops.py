@@ -1,0 +1,246 @@
+"""Mesh citizenship: TLS and mTLS, metrics, graceful drain on stop, deadlines
+that stop backend work, and the liveness health entry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from certs import make_pki
+from conftest import Client, MakeServer, wait_for
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from memoryd.v1 import keys_pb2, memory_pb2
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+# --- TLS and mTLS -------------------------------------------------------------------------
+
+
+async def _whoami(channel: aio.Channel, key: str) -> keys_pb2.WhoAmIResponse:
+    return await Client(channel, key).keys.WhoAmI(
+        keys_pb2.WhoAmIRequest(), metadata=(("x-api-key", key),), timeout=5
+    )
+
+
+async def test_tls_serves_tls_clients_and_refuses_plaintext(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    server = await make_server(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    target = f"localhost:{server.app.port}"
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    async with aio.secure_channel(target, creds) as channel:
+        me = await _whoami(channel, server.owner_key)
+    assert me.organization_id == server.org_id
+
+    async with aio.insecure_channel(target) as plain:
+        with pytest.raises(aio.AioRpcError) as caught:
+            await _whoami(plain, server.owner_key)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mtls_requires_a_client_certificate_from_the_configured_ca(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    server = await make_server(
+        tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_client_ca=str(pki.ca)
+    )
+    target = f"localhost:{server.app.port}"
+    ca = pki.ca.read_bytes()
+
+    good = grpc.ssl_channel_credentials(
+        ca, pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+    )
+    async with aio.secure_channel(target, good) as channel:
+        assert (await _whoami(channel, server.owner_key)).key_id
+
+    for creds in (
+        grpc.ssl_channel_credentials(ca),  # no client certificate
+        grpc.ssl_channel_credentials(ca, pki.rogue_key.read_bytes(), pki.rogue_cert.read_bytes()),
+    ):
+        async with aio.secure_channel(target, creds) as channel:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await _whoami(channel, server.owner_key)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_metrics_endpoint_exposes_the_named_series_after_traffic(
+    make_server: MakeServer,
+) -> None:
+    port = _free_port()
+    server = await make_server(metrics_port=port)
+    project = await server.project()
+    client = server.client(await server.data_key(project))
+    await client.memory.CreateMemory(
+        memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="tea")),
+        metadata=client.md(),
+    )
+    with pytest.raises(aio.AioRpcError):
+        await server.client("ms_live_nope").keys.WhoAmI(
+            keys_pb2.WhoAmIRequest(), metadata=(("x-api-key", "ms_live_nope"),)
+        )
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    )
+    text = body.decode()
+    assert (
+        'memoryd_requests_total{code="OK",method="CreateMemory",service="MemoryService"} 1.0'
+        in text
+    )
+    assert 'memoryd_request_duration_seconds_bucket{le="0.0005",method="CreateMemory"' in text
+    assert 'memoryd_auth_failures_total{reason="API_KEY_MALFORMED"} 1.0' in text
+    assert 'memoryd_backend_duration_seconds_count{backend="qdrant",operation="upsert"}' in text
+    assert 'memoryd_backend_duration_seconds_count{backend="embedder",operation="embed"}' in text
+    assert 'memoryd_backend_duration_seconds_count{backend="sql",operation="get_key"}' in text
+    assert "memoryd_key_cache_hits_total" in text
+    assert 'memoryd_rate_limit_decisions_total{decision="allowed"}' in text
+    # no tenant labels, no secrets
+    assert project.id not in text and server.owner_key not in text
+
+
+# --- a slow embeddings endpoint: drain and deadlines -----------------------------------------
+
+
+@dataclass
+class SlowEmbeddings:
+    """An OpenAI-compatible endpoint that answers after `delay` seconds, and
+    records requests whose client hung up before the answer."""
+
+    delay: float
+    url: str = ""
+    answered: int = 0
+    abandoned: int = 0
+    events: list[asyncio.Event] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.decode().split("\r\n"):
+            if line.lower().startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        body = json.loads(await reader.readexactly(length))
+        try:
+            gone = await asyncio.wait_for(reader.read(1), self.delay)
+        except TimeoutError:
+            gone = None
+        if gone == b"":
+            self.abandoned += 1
+            writer.close()
+            return
+        data = [{"index": i, "embedding": [1.0] + [0.0] * 63} for i, _ in enumerate(body["input"])]
+        payload = json.dumps({"data": data}).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+        self.answered += 1
+        writer.close()
+
+
+@pytest.fixture
+async def slow_embeddings() -> AsyncIterator[SlowEmbeddings]:
+    stub = SlowEmbeddings(delay=1.0)
+    server = await asyncio.start_server(stub.handle, "127.0.0.1", 0)
+    stub.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    async with server:
+        yield stub
+
+
+async def test_a_passed_deadline_stops_the_backend_work(
+    make_server: MakeServer, slow_embeddings: SlowEmbeddings
+) -> None:
+    server = await make_server(
+        embedding_provider="openai",
+        openai_base_url=slow_embeddings.url,
+        openai_model="stub",
+        embedding_dimension=64,
+    )
+    project = await server.project()
+    client = server.client(await server.data_key(project))
+    with pytest.raises(aio.AioRpcError) as caught:
+        await client.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="slow")),
+            metadata=client.md(),
+            timeout=0.2,
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await wait_for(lambda: _true(slow_embeddings.abandoned > 0), within=3.0)
+    assert slow_embeddings.abandoned == 1, "the embedding request went on after the deadline"
+    assert slow_embeddings.answered == 0
+    listed = await client.memory.ListMemories(
+        memory_pb2.ListMemoriesRequest(), metadata=client.md()
+    )
+    assert list(listed.memories) == []  # nothing half-written
+
+
+async def test_stop_flips_health_first_then_drains_in_flight_calls_and_refuses_new_ones(
+    make_server: MakeServer, slow_embeddings: SlowEmbeddings
+) -> None:
+    server = await make_server(
+        embedding_provider="openai",
+        openai_base_url=slow_embeddings.url,
+        openai_model="stub",
+        embedding_dimension=64,
+        shutdown_delay_s=0.5,
+    )
+    project = await server.project()
+    client = server.client(await server.data_key(project))
+    health = health_pb2_grpc.HealthStub(server.channel)
+
+    in_flight = asyncio.ensure_future(
+        client.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="in flight")),
+            metadata=client.md(),
+        )
+    )
+    await asyncio.sleep(0.2)  # the call is waiting on the slow embedder
+    stopping = asyncio.ensure_future(server.app.stop(grace=3.0))
+    await asyncio.sleep(0.05)
+    status = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    # still served while the load balancers catch up...
+    assert (await _whoami(server.channel, server.owner_key)).key_id
+    await asyncio.sleep(0.6)  # ...then new calls are refused
+
+    async with aio.insecure_channel(server.address) as fresh:
+        with pytest.raises(aio.AioRpcError) as caught:
+            await Client(fresh, server.owner_key).keys.WhoAmI(
+                keys_pb2.WhoAmIRequest(), metadata=(("x-api-key", server.owner_key),), timeout=2
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    created = await in_flight  # completes within the grace
+    assert created.memory.content == "in flight"
+    await stopping
+
+
+async def test_liveness_entry_is_serving(make_server: MakeServer) -> None:
+    server = await make_server()
+    health = health_pb2_grpc.HealthStub(server.channel)
+    for service in ("", "liveness", "memoryd.v1.MemoryService"):
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING, service
