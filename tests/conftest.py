@@ -127,6 +127,7 @@ async def make_server(tmp_path: Any) -> AsyncIterator[MakeServer]:
         clock: Any = None,
         data_dir: str | None = None,
         bootstrap_if_empty: bool = True,
+        tracer_provider: Any = None,
         **overrides: Any,
     ) -> RunningServer:
         values: dict[str, Any] = {
@@ -145,7 +146,11 @@ async def make_server(tmp_path: Any) -> AsyncIterator[MakeServer]:
         settings.validate()
         clock = clock or SystemClock()
         app = await build_app(
-            settings, clock=clock, hasher=fast_hasher(), bootstrap_if_empty=bootstrap_if_empty
+            settings,
+            clock=clock,
+            hasher=fast_hasher(),
+            bootstrap_if_empty=bootstrap_if_empty,
+            tracer_provider=tracer_provider,
         )
         await app.start()
         address = f"127.0.0.1:{app.port}"

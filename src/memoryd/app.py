@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
 from memoryd.api.interceptor import CallInterceptor, CallObserver
 from memoryd.api.keys import KeyServicer
@@ -170,9 +172,11 @@ async def build_app(
     hasher: SecretHasher | None = None,
     bootstrap_if_empty: bool = True,
     embedder: Embedder | None = None,
+    tracer_provider: Any = None,
 ) -> App:
     """Builds the whole server from settings. Tests may inject a clock, a
-    faster hasher or an embedder; everything else comes from `settings`."""
+    faster hasher, an embedder or a tracer provider; everything else comes
+    from `settings`."""
     clock = clock or SystemClock()
     hasher = hasher or SecretHasher()
     await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
@@ -180,7 +184,9 @@ async def build_app(
     metrics = Metrics()
 
     try:
-        return await _build(settings, clock, hasher, bootstrap_if_empty, embedder, metrics, closers)
+        return await _build(
+            settings, clock, hasher, bootstrap_if_empty, embedder, metrics, closers, tracer_provider
+        )
     except BaseException:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
@@ -196,6 +202,7 @@ async def _build(
     embedder: Embedder | None,
     metrics: Metrics,
     closers: list[Callable[[], Awaitable[None]]],
+    tracer_provider: Any,
 ) -> App:
     # --- control plane ----------------------------------------------------------
     store = SqlControlStore(settings.resolved_database_url)
@@ -307,8 +314,15 @@ async def _build(
         costs=COSTS,
         usage=UsageRecorder(meter),
     )
+    interceptors: list[Any] = [interceptor]
+    if tracer_provider is None and settings.otel_tracing:
+        tracer_provider = tracing.tracer_provider()
+        closers.append(_run_sync(tracer_provider.shutdown))
+    if tracer_provider is not None:
+        # outermost, so that a span covers authentication and limits too
+        interceptors.insert(0, tracing.server_interceptor(tracer_provider))
     server = aio.server(
-        interceptors=[interceptor],
+        interceptors=interceptors,
         options=_server_options(settings),
     )
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(memories), server)

@@ -151,6 +151,11 @@ class Settings:
     audit_log: str = _setting(
         "", "Also append audit events as JSON lines to this file (for a SIEM)."
     )
+    otel_tracing: bool = _setting(
+        False,
+        "Export OpenTelemetry traces of every call over OTLP/gRPC (endpoint and options from "
+        "the standard OTEL_EXPORTER_OTLP_* variables). Needs: pip install 'memoryd[otel]'.",
+    )
     metrics_port: int = _setting(0, "Prometheus metrics on this HTTP port (0: off).")
     metrics_host: str = _setting("127.0.0.1", "Address of the metrics endpoint.")
 

@@ -244,3 +244,20 @@ async def test_liveness_entry_is_serving(make_server: MakeServer) -> None:
     for service in ("", "liveness", "memoryd.v1.MemoryService"):
         resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_tracing_records_a_span_per_call(make_server: MakeServer) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = await make_server(tracer_provider=provider)
+    await _whoami(server.channel, server.owner_key)
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert "/memoryd.v1.KeyService/WhoAmI" in names
+    # no secret in any attribute
+    for span in exporter.get_finished_spans():
+        assert server.owner_key not in repr(dict(span.attributes or {}))
