@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +11,7 @@ from memoryd.api import convert
 from memoryd.api.errors import status_proto
 from memoryd.api.interceptor import current_caller
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
-from memoryd.domain.memories import MemoryService, NewMemory, validate_filter
+from memoryd.domain.memories import MemoryService, NewMemory, bounded, validate_filter
 from memoryd.domain.memory import (
     Condition,
     Filter,
@@ -201,10 +200,11 @@ def new_memory(
     v = Violations()
     metadata: dict[str, Any] = {}
     if m.HasField("metadata"):
-        metadata = _normalize(json_format.MessageToDict(m.metadata))
-        if _has_non_finite(metadata):
-            v.add(f"{prefix}memory.metadata", "numbers must be finite")
-    v.raise_if_any()
+        try:
+            metadata = _normalize(json_format.MessageToDict(m.metadata))
+        except ValueError:  # NaN or infinity: JSON has no such numbers
+            v.add(f"{prefix}memory.metadata", "numbers must be finite (no NaN or infinity)")
+    bounded(v).raise_if_any()
     return NewMemory(
         content=m.content,
         metadata=metadata,
@@ -218,16 +218,6 @@ def new_memory(
         dedupe=req.dedupe,
         dedupe_threshold=req.dedupe_threshold,
     )
-
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
 
 
 def memory(r: MemoryRecord, *, with_vector: bool = False) -> memory_pb2.Memory:
@@ -274,7 +264,7 @@ def to_filter(msg: memory_pb2.MemoryFilter, name: str = "filter") -> Filter:
     """Proto filter → domain filter, validated (InvalidArgument on any bad part)."""
     v = Violations()
     flt = _filter(msg, name, v, 1)
-    v.raise_if_any("the filter is invalid")
+    bounded(v).raise_if_any("the filter is invalid")
     validate_filter(flt, name)
     return flt
 

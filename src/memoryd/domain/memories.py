@@ -19,6 +19,7 @@ from memoryd.domain.clock import Clock
 from memoryd.domain.control import Environment, Project
 from memoryd.domain.errors import (
     DomainError,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -61,6 +62,11 @@ IMPORT_CHUNK = 64
 MAX_IMPORT_ERRORS = 100
 _POLICY_TTL_S = 5.0
 _COUNT_TTL_S = 5.0
+# An error's details travel in trailing metadata, which clients refuse past
+# 16 KiB by default: client strings echoed in one are clipped, and at most
+# this many field violations are reported.
+MAX_VIOLATIONS = 8
+MAX_ECHO = 64
 
 UPDATABLE_FIELDS = frozenset(
     {"content", "metadata", "tags", "agent_id", "thread_id", "source", "expire_time", "embedding"}
@@ -231,6 +237,9 @@ class MemoryService:
         for (i, item, expire), vector in zip(pending, vectors, strict=True):
             if item.dedupe:
                 existing = await self._near_duplicate(tenant, project, item, vector, now)
+                if existing is None:
+                    # An earlier item of this same call is not stored yet.
+                    existing = _closest(records, vector, _dedupe_threshold(project, item))
                 if existing is not None:
                     dedupe_hits[i] = existing
                     continue
@@ -289,7 +298,9 @@ class MemoryService:
             expire = now + project.settings.default_ttl
         if item.expire_time is not None and item.expire_time <= now:
             v.add(f"{prefix}memory.expire_time", "must be in the future")
-        v.raise_if_any()
+        elif item.expire_time is not None and item.expire_time > now + MAX_TTL:
+            v.add(f"{prefix}memory.expire_time", "must be at most 3650 days ahead")
+        bounded(v).raise_if_any()
         self._check_sizes(project, item.content, item.metadata)
         return expire
 
@@ -337,9 +348,7 @@ class MemoryService:
         vector: Sequence[float],
         now: datetime,
     ) -> MemoryRecord | None:
-        threshold = (
-            item.dedupe_threshold or project.settings.dedupe_threshold or DEFAULT_DEDUPE_THRESHOLD
-        )
+        threshold = _dedupe_threshold(project, item)
         # Without an end user, compare only with memories that have none either.
         flt = Filter() if tenant.end_user_id else Filter(must=(Match("end_user_id", ""),))
         hits = await self._store.search([tenant], vector, flt, 1, now, min_score=threshold)
@@ -389,12 +398,12 @@ class MemoryService:
         if not memory_id:
             raise InvalidArgument.field("id", "is required")
         if not is_uuid(memory_id):
-            raise NotFound(f"memory {memory_id!r} not found")
+            raise NotFound(f"memory {_clip(memory_id)!r} not found")
         found = await self._store.get(
             tenant, [memory_id], self._clock.now(), with_vectors=with_vector
         )
         if not found:
-            raise NotFound(f"memory {memory_id!r} not found")
+            raise NotFound(f"memory {_clip(memory_id)!r} not found")
         return found[0]
 
     async def list_memories(
@@ -436,7 +445,7 @@ class MemoryService:
             v.add("top_k", f"must be between 1 and {MAX_TOP_K} (0: {DEFAULT_TOP_K})")
         if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
             v.add("min_score", "must be between -1 and 1")
-        v.raise_if_any()
+        bounded(v).raise_if_any()
         tenants = [tenant]
         if cross_project:
             tenants = await self._cross_project_tenants(caller.principal, tenant)
@@ -478,12 +487,40 @@ class MemoryService:
     async def export(
         self, caller: Caller, flt: Filter, with_vectors: bool
     ) -> AsyncIterator[MemoryRecord]:
+        """Every memory of the tenant matching `flt`, oldest first.
+
+        The store pages newest first, so a first pass notes where each page
+        ends (one cursor per EXPORT_PAGE memories, never the memories), then
+        the pages are read again from the oldest, each reversed. The export
+        holds the memories that existed when it started: none twice, none
+        written after it started.
+        """
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
-        after: Cursor | None = None
         now = self._clock.now()
+        newest: Cursor | None = None
+        ends: list[Cursor] = []
+        after: Cursor | None = None
         while True:
             page = await self._store.scroll(tenant, flt, EXPORT_PAGE, now, after)
-            records = page.records
+            if newest is None and page.records:
+                newest = Cursor(page.records[0].create_time, page.records[0].id)
+            if page.next_cursor is None:
+                break
+            ends.append(page.next_cursor)
+            after = page.next_cursor
+        if newest is None:
+            return
+        # Page k: the memories older than ends[k - 1] (page 0: from `newest`)
+        # down to ends[k] included (the last page: to the oldest).
+        for k in reversed(range(len(ends) + 1)):
+            records = await self._segment(
+                tenant,
+                flt,
+                now,
+                start=ends[k - 1] if k else None,
+                floor=ends[k] if k < len(ends) else None,
+                newest=newest,
+            )
             if with_vectors and records:
                 by_id = {
                     r.id: r
@@ -492,10 +529,33 @@ class MemoryService:
                     )
                 }
                 records = [by_id.get(r.id, r) for r in records]
-            for record in records:
+            for record in reversed(records):
                 yield record
+
+    async def _segment(
+        self,
+        tenant: Tenant,
+        flt: Filter,
+        now: datetime,
+        *,
+        start: Cursor | None,
+        floor: Cursor | None,
+        newest: Cursor,
+    ) -> list[MemoryRecord]:
+        """Newest first: the memories strictly older than `start` (from the
+        newest when None) down to `floor` included (to the oldest when None),
+        leaving out any newer than `newest`."""
+        out: list[MemoryRecord] = []
+        after = start
+        while True:
+            page = await self._store.scroll(tenant, flt, EXPORT_PAGE, now, after)
+            for r in page.records:
+                if floor is not None and _key(r) < _key(floor):
+                    return out
+                if _key(r) <= _key(newest):
+                    out.append(r)
             if page.next_cursor is None:
-                return
+                return out
             after = page.next_cursor
 
     # --- change ---------------------------------------------------------------------
@@ -511,9 +571,10 @@ class MemoryService:
             if path not in UPDATABLE_FIELDS:
                 v.add(
                     f"update_mask.paths[{i}]",
-                    f"{path!r} cannot be updated; allowed: {', '.join(sorted(UPDATABLE_FIELDS))}",
+                    f"{_clip(path)!r} cannot be updated; "
+                    f"allowed: {', '.join(sorted(UPDATABLE_FIELDS))}",
                 )
-        v.raise_if_any()
+        bounded(v).raise_if_any()
         now = self._clock.now()
         if "content" in paths and not changes.content.strip():
             v.add("memory.content", "must not be blank")
@@ -523,13 +584,12 @@ class MemoryService:
         _check_metadata(v, "memory.metadata", changes.metadata)
         if "embedding" in paths:
             self._check_vector(v, "memory.embedding", changes.embedding)
-        if (
-            "expire_time" in paths
-            and changes.expire_time is not None
-            and changes.expire_time <= now
-        ):
-            v.add("memory.expire_time", "must be in the future (or unset to never expire)")
-        v.raise_if_any()
+        if "expire_time" in paths and changes.expire_time is not None:
+            if changes.expire_time <= now:
+                v.add("memory.expire_time", "must be in the future (or unset to never expire)")
+            elif changes.expire_time > now + MAX_TTL:
+                v.add("memory.expire_time", "must be at most 3650 days ahead")
+        bounded(v).raise_if_any()
 
         current = await self._one(tenant, memory_id, with_vector=True)
         new_content = changes.content if "content" in paths else current.content
@@ -599,13 +659,17 @@ class MemoryService:
         tenant, project = await self._tenant(caller, Scope.MEMORY_ADD)
         imported, failed = 0, 0
         errors: list[tuple[int, DomainError]] = []
-        chunk: list[tuple[int, NewMemory]] = []
+        # Items that did not even convert stay in the chunk, so that failures
+        # are recorded in stream order and `errors` holds the first ones.
+        chunk: list[tuple[int, NewMemory | DomainError]] = []
         index = 0
 
         async def flush() -> None:
             nonlocal imported, failed
-            results = await self._create_many(tenant, project, [it for _, it in chunk], "")
-            for (i, _), result in zip(chunk, results, strict=True):
+            news = [it for _, it in chunk if not isinstance(it, DomainError)]
+            created = iter(await self._create_many(tenant, project, news, "") if news else [])
+            for i, item in chunk:
+                result = item if isinstance(item, DomainError) else next(created)
                 if isinstance(result, DomainError):
                     failed += 1
                     if len(errors) < MAX_IMPORT_ERRORS:
@@ -615,14 +679,9 @@ class MemoryService:
             chunk.clear()
 
         async for item in items:
-            if isinstance(item, DomainError):
-                failed += 1
-                if len(errors) < MAX_IMPORT_ERRORS:
-                    errors.append((index, item))
-            else:
-                chunk.append((index, item))
-                if len(chunk) >= IMPORT_CHUNK:
-                    await flush()
+            chunk.append((index, item))
+            if len(chunk) >= IMPORT_CHUNK:
+                await flush()
             index += 1
         if chunk:
             await flush()
@@ -654,7 +713,49 @@ def _check_fields(
 def _check_metadata(v: Violations, name: str, metadata: Mapping[str, Any]) -> None:
     for key in metadata:
         if not key or "." in key or len(key) > 128:
-            v.add(f"{name}.{key}", "keys must be 1 to 128 characters without '.'")
+            v.add(f"{name}.{_clip(key)}", "keys must be 1 to 128 characters without '.'")
+
+
+def _dedupe_threshold(project: Project, item: NewMemory) -> float:
+    return item.dedupe_threshold or project.settings.dedupe_threshold or DEFAULT_DEDUPE_THRESHOLD
+
+
+def _closest(
+    records: Sequence[MemoryRecord], vector: Sequence[float], threshold: float
+) -> MemoryRecord | None:
+    """The record most similar to `vector`, if at least `threshold` (cosine)."""
+    best, best_score = None, threshold
+    norm = math.sqrt(sum(x * x for x in vector))
+    for r in records:
+        if not r.vector or len(r.vector) != len(vector):
+            continue
+        scale = norm * math.sqrt(sum(x * x for x in r.vector))
+        score = sum(a * b for a, b in zip(vector, r.vector, strict=True)) / scale if scale else 0.0
+        if score >= best_score:
+            best, best_score = r, score
+    return best
+
+
+def _key(at: MemoryRecord | Cursor) -> tuple[datetime, str]:
+    """The position of a memory in the store's (create_time, id) order."""
+    return (at.create_time, at.id)
+
+
+def _clip(text: str) -> str:
+    """A client string as echoed in an error: at most MAX_ECHO characters."""
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 1] + "…"
+
+
+def bounded(v: Violations) -> Violations:
+    """`v` with at most MAX_VIOLATIONS violations (and a last one saying how
+    many more there were), so that the error fits in a call's trailers."""
+    if len(v.items) > MAX_VIOLATIONS:
+        extra = len(v.items) - MAX_VIOLATIONS
+        first = v.items[0].field
+        v.items[MAX_VIOLATIONS:] = [
+            FieldViolation(first, f"and {extra} more violations, not listed")
+        ]
+    return v
 
 
 # --- filters ---------------------------------------------------------------------------
@@ -666,8 +767,10 @@ def validate_filter(flt: Filter, name: str = "filter") -> None:
     v = Violations()
     count = _walk(flt, name, 1, v)
     if count > MAX_FILTER_CONDITIONS:
-        v.add(name, f"has {count} conditions; at most {MAX_FILTER_CONDITIONS}")
-    v.raise_if_any("the filter is invalid")
+        v.items.insert(
+            0, FieldViolation(name, f"has {count} conditions; at most {MAX_FILTER_CONDITIONS}")
+        )
+    bounded(v).raise_if_any("the filter is invalid")
 
 
 def _walk(flt: Filter, name: str, depth: int, v: Violations) -> int:
@@ -698,7 +801,7 @@ def _check_condition(
     f = cond.field
     is_meta = f.startswith(METADATA_PREFIX) and len(f) > len(METADATA_PREFIX)
     if f not in FILTER_KEYWORD_FIELDS and f not in FILTER_TIME_FIELDS and not is_meta:
-        v.add(f"{name}.field", f"{f!r} cannot be filtered on; {_FIELD_HELP}")
+        v.add(f"{name}.field", f"{_clip(f)!r} cannot be filtered on; {_FIELD_HELP}")
         return
     if isinstance(cond, TimeRange):
         if f not in FILTER_TIME_FIELDS:
