@@ -95,10 +95,10 @@ class KeyManager:
         scopes: Sequence[str],
         expire_time: datetime | None,
     ) -> IssuedKey:
-        p = _admin(caller, Scope.KEYS_WRITE)
         async with self._audit.action(
             caller, "api_key.create", project_id=project_id, environment_id=environment_id
         ) as ev:
+            p = _admin(caller, Scope.KEYS_WRITE)  # inside: refusals are audited too
             now = self._clock.now()
             v = Violations()
             _check_name(v, "name", name)
@@ -115,7 +115,7 @@ class KeyManager:
                 if scope not in ALL_SCOPES:
                     v.add(
                         f"scopes[{i}]",
-                        f"unknown scope {scope!r}; known: {', '.join(sorted(ALL_SCOPES))}",
+                        f"unknown scope {shown(scope)}; known: {', '.join(sorted(ALL_SCOPES))}",
                     )
                 elif kind is KeyKind.DATA and (scope in ORG_ONLY_SCOPES or scope == Scope.ALL):
                     v.add(f"scopes[{i}]", f"a data key cannot hold {scope!r}; use an org key")
@@ -133,7 +133,8 @@ class KeyManager:
                 env = await self._store.get_environment(p.org_id, environment_id)
                 if env is None or env.project_id != project_id:
                     raise NotFound(
-                        f"environment {environment_id!r} of project {project_id!r} not found"
+                        f"environment {shown(environment_id)} "
+                        f"of project {shown(project_id)} not found"
                     )
                 env_kind = env.kind
             key_id = new_key_id()
@@ -180,8 +181,8 @@ class KeyManager:
         return await self._get(p, key_id)
 
     async def revoke(self, caller: Caller, key_id: str) -> ApiKeyRecord:
-        p = _admin(caller, Scope.KEYS_WRITE)
         async with self._audit.action(caller, "api_key.revoke", target=key_id) as ev:
+            p = _admin(caller, Scope.KEYS_WRITE)  # inside: refusals are audited too
             record = await self._get(p, key_id)
             ev.project_id, ev.environment_id = record.project_id, record.environment_id
             if record.revoke_time is None:
@@ -191,8 +192,8 @@ class KeyManager:
             return record
 
     async def rotate(self, caller: Caller, key_id: str, grace: timedelta | None) -> IssuedKey:
-        p = _admin(caller, Scope.KEYS_WRITE)
         async with self._audit.action(caller, "api_key.rotate", target=key_id) as ev:
+            p = _admin(caller, Scope.KEYS_WRITE)  # inside: refusals are audited too
             if grace is not None and (grace < timedelta(0) or grace > MAX_GRACE):
                 raise InvalidArgument.field("grace_period", "must be between 0 and 30 days")
             record = await self._get(p, key_id)
@@ -236,8 +237,14 @@ class KeyManager:
     async def _get(self, p: Principal, key_id: str) -> ApiKeyRecord:
         record = await self._store.get_org_key(p.org_id, key_id) if key_id else None
         if record is None:
-            raise NotFound(f"API key {key_id!r} not found")
+            raise NotFound(f"API key {shown(key_id)} not found")
         return record
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A client-sent value quoted for an error message, cut short: a status
+    travels in trailers, which clients cap (8 KiB by default)."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
 def _admin(caller: Caller, scope: str) -> Principal:

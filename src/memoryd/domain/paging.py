@@ -19,6 +19,7 @@ from memoryd.domain.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_LEN = 2048
 
 
 def fingerprint(*parts: Any) -> str:
@@ -36,11 +37,13 @@ def decode_token(token: str, query_fp: str) -> Any:
     if not token:
         return None
     try:
+        if len(token) > MAX_TOKEN_LEN:  # ours are a few hundred characters
+            raise ValueError
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         if not isinstance(data, dict) or "p" not in data:
             raise ValueError
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise InvalidArgument.field(
             "page_token", "is not a token this server issued; pass next_page_token unchanged"
         ) from None

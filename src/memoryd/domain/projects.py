@@ -29,7 +29,7 @@ from memoryd.domain.control import (
 )
 from memoryd.domain.errors import NotFound, Violations
 from memoryd.domain.ids import new_environment_id, new_project_id
-from memoryd.domain.keys import KeyInvalidator
+from memoryd.domain.keys import KeyInvalidator, shown
 from memoryd.domain.tenancy import Caller, EnvironmentKind, Principal, Scope
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -84,8 +84,8 @@ class ProjectManager:
     # --- projects -----------------------------------------------------------------
 
     async def create_project(self, caller: Caller, draft: Project) -> Project:
-        p = _admin(caller, Scope.ADMIN_WRITE)
         async with self._audit.action(caller, "project.create", target=draft.name) as ev:
+            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
             v = Violations()
             _check_name(v, "project.name", draft.name)
             _check_project_values(v, draft, "project.")
@@ -122,10 +122,10 @@ class ProjectManager:
     async def update_project(
         self, caller: Caller, changes: Project, paths: Sequence[str]
     ) -> Project:
-        p = _admin(caller, Scope.ADMIN_WRITE)
         async with self._audit.action(
             caller, "project.update", target=changes.id, project_id=changes.id
         ):
+            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
             v = Violations()
             if not paths:
                 v.add(
@@ -136,7 +136,7 @@ class ProjectManager:
                 if path not in UPDATABLE_PATHS:
                     v.add(
                         f"update_mask.paths[{i}]",
-                        f"{path!r} cannot be updated; allowed: "
+                        f"{shown(path)} cannot be updated; allowed: "
                         f"{', '.join(sorted(UPDATABLE_PATHS))}",
                     )
             _check_project_values(v, changes, "project.")
@@ -151,10 +151,10 @@ class ProjectManager:
             return updated
 
     async def delete_project(self, caller: Caller, project_id: str) -> None:
-        p = _admin(caller, Scope.ADMIN_WRITE)
         async with self._audit.action(
             caller, "project.delete", target=project_id, project_id=project_id
         ):
+            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
             await self._project(p, project_id)
             key_ids = await self._key_ids(p.org_id, project_id, "")
             await self._store.delete_project(p.org_id, project_id)
@@ -169,10 +169,10 @@ class ProjectManager:
     async def create_environment(
         self, caller: Caller, project_id: str, name: str, kind: EnvironmentKind | None
     ) -> Environment:
-        p = _admin(caller, Scope.ADMIN_WRITE)
         async with self._audit.action(
             caller, "environment.create", target=name, project_id=project_id
         ) as ev:
+            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
             v = Violations()
             _check_name(v, "environment.name", name)
             if kind is None:
@@ -205,17 +205,17 @@ class ProjectManager:
         return EnvironmentList(page.items, token)
 
     async def delete_environment(self, caller: Caller, environment_id: str) -> None:
-        p = _admin(caller, Scope.ADMIN_WRITE)
         async with self._audit.action(
             caller, "environment.delete", target=environment_id, environment_id=environment_id
         ) as ev:
+            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
             env = (
                 await self._store.get_environment(p.org_id, environment_id)
                 if environment_id
                 else None
             )
             if env is None:
-                raise NotFound(f"environment {environment_id!r} not found")
+                raise NotFound(f"environment {shown(environment_id)} not found")
             ev.project_id = env.project_id
             key_ids = await self._key_ids(p.org_id, env.project_id, env.id)
             await self._store.delete_environment(p.org_id, env.id)
@@ -229,7 +229,7 @@ class ProjectManager:
     async def _project(self, p: Principal, project_id: str) -> Project:
         project = await self._store.get_project(p.org_id, project_id) if project_id else None
         if project is None:
-            raise NotFound(f"project {project_id!r} not found")
+            raise NotFound(f"project {shown(project_id)} not found")
         return project
 
     async def _key_ids(self, org_id: str, project_id: str, environment_id: str) -> list[str]:

@@ -54,6 +54,28 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class SafeString(sa.types.TypeDecorator[str]):
+    """A string column both backends accept alike. PostgreSQL refuses NUL
+    characters (SQLite stores them): a NUL becomes U+FFFD on the way in, so a
+    client-sent id holding one matches nothing instead of failing the call."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        if isinstance(value, str) and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+
+def _fit(column: sa.Column[Any], value: Any) -> Any:
+    """`value` cut to the column's length (PostgreSQL refuses longer strings)."""
+    length = getattr(column.type, "length", None)
+    if isinstance(value, str) and length and len(value) > length:
+        return value[:length]
+    return value
+
+
 metadata = sa.MetaData()
 
 schema_version = sa.Table(
@@ -63,18 +85,18 @@ schema_version = sa.Table(
 organizations = sa.Table(
     "organizations",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("id", SafeString(40), primary_key=True),
+    sa.Column("name", SafeString(200), nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
 )
 
 projects = sa.Table(
     "projects",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("org_id", sa.String(40), sa.ForeignKey("organizations.id"), nullable=False),
-    sa.Column("name", sa.String(63), nullable=False),
-    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("id", SafeString(40), primary_key=True),
+    sa.Column("org_id", SafeString(40), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", SafeString(63), nullable=False),
+    sa.Column("display_name", SafeString(200), nullable=False),
     sa.Column("settings", sa.Text, nullable=False),
     sa.Column("rate_limits", sa.Text, nullable=False),
     sa.Column("quotas", sa.Text, nullable=False),
@@ -86,16 +108,16 @@ projects = sa.Table(
 environments = sa.Table(
     "environments",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("org_id", sa.String(40), nullable=False),
+    sa.Column("id", SafeString(40), primary_key=True),
+    sa.Column("org_id", SafeString(40), nullable=False),
     sa.Column(
         "project_id",
-        sa.String(40),
+        SafeString(40),
         sa.ForeignKey("projects.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    sa.Column("name", sa.String(63), nullable=False),
-    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("name", SafeString(63), nullable=False),
+    sa.Column("kind", SafeString(8), nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.UniqueConstraint("project_id", "name", name="uq_environments_project_name"),
     sa.Index("ix_environments_org_kind", "org_id", "kind"),
@@ -104,40 +126,40 @@ environments = sa.Table(
 api_keys = sa.Table(
     "api_keys",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("org_id", sa.String(40), nullable=False),
-    sa.Column("kind", sa.String(8), nullable=False),
-    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("id", SafeString(40), primary_key=True),
+    sa.Column("org_id", SafeString(40), nullable=False),
+    sa.Column("kind", SafeString(8), nullable=False),
+    sa.Column("name", SafeString(100), nullable=False),
     sa.Column("scopes", sa.Text, nullable=False),
-    sa.Column("secret_hash", sa.String(200), nullable=False),
-    sa.Column("previous_secret_hash", sa.String(200), nullable=False, default=""),
+    sa.Column("secret_hash", SafeString(200), nullable=False),
+    sa.Column("previous_secret_hash", SafeString(200), nullable=False, default=""),
     sa.Column("previous_secret_expire_time", UTCDateTime),
-    sa.Column("project_id", sa.String(40), nullable=False, default=""),
-    sa.Column("environment_id", sa.String(40), nullable=False, default=""),
-    sa.Column("environment_kind", sa.String(8), nullable=False, default=""),
+    sa.Column("project_id", SafeString(40), nullable=False, default=""),
+    sa.Column("environment_id", SafeString(40), nullable=False, default=""),
+    sa.Column("environment_kind", SafeString(8), nullable=False, default=""),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("expire_time", UTCDateTime),
     sa.Column("last_used_time", UTCDateTime),
     sa.Column("revoke_time", UTCDateTime),
     sa.Column("rotate_time", UTCDateTime),
-    sa.Column("created_by", sa.String(40), nullable=False),
+    sa.Column("created_by", SafeString(40), nullable=False),
     sa.Index("ix_api_keys_org_time", "org_id", "create_time"),
 )
 
 audit_events = sa.Table(
     "audit_events",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("id", SafeString(40), primary_key=True),
     sa.Column("time", UTCDateTime, nullable=False),
-    sa.Column("org_id", sa.String(40), nullable=False),
-    sa.Column("project_id", sa.String(40), nullable=False),
-    sa.Column("environment_id", sa.String(40), nullable=False),
-    sa.Column("actor_key_id", sa.String(40), nullable=False),
-    sa.Column("action", sa.String(64), nullable=False),
-    sa.Column("target", sa.String(200), nullable=False),
-    sa.Column("request_id", sa.String(100), nullable=False),
-    sa.Column("peer", sa.String(200), nullable=False),
-    sa.Column("outcome", sa.String(40), nullable=False),
+    sa.Column("org_id", SafeString(40), nullable=False),
+    sa.Column("project_id", SafeString(40), nullable=False),
+    sa.Column("environment_id", SafeString(40), nullable=False),
+    sa.Column("actor_key_id", SafeString(40), nullable=False),
+    sa.Column("action", SafeString(64), nullable=False),
+    sa.Column("target", SafeString(200), nullable=False),
+    sa.Column("request_id", SafeString(100), nullable=False),
+    sa.Column("peer", SafeString(200), nullable=False),
+    sa.Column("outcome", SafeString(40), nullable=False),
     sa.Index("ix_audit_org_time", "org_id", "time"),
 )
 
@@ -564,7 +586,10 @@ class SqlControlStore:
 
     async def append_audit(self, event: AuditEvent) -> None:
         async with self._begin() as conn:
-            await conn.execute(audit_events.insert().values(**vars(event)))
+            # An event records what a client sent (a target name, a request id),
+            # valid or not: cut it to fit rather than lose the event.
+            row = {k: _fit(audit_events.c[k], v) for k, v in vars(event).items()}
+            await conn.execute(audit_events.insert().values(**row))
 
     async def list_audit(
         self, query: AuditQuery, limit: int, after: tuple[str, str] | None

@@ -1,0 +1,268 @@
+"""Bad input to AdminService and KeyService, on SQLite and on PostgreSQL:
+INVALID_ARGUMENT with `google.rpc.BadRequest` field violations naming the
+field, and nothing half-written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from conftest import Client, RunningServer
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc import aio
+from grpc_status import rpc_status
+
+from memoryd.v1 import admin_pb2, keys_pb2, tenancy_pb2
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings for the control store: SQLite in the data dir, or a fresh
+    PostgreSQL database (the test fails when PostgreSQL is unreachable)."""
+    if request.param == "postgresql":
+        return {"database_url": request.getfixturevalue("pg_url")}
+    return {}
+
+
+@pytest.fixture
+async def backend(make_server: Any, database: dict[str, str]) -> RunningServer:
+    return await make_server(**database)
+
+
+def violations(err: aio.AioRpcError) -> dict[str, str]:
+    status = rpc_status.from_call(err)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.description for v in bad.field_violations}
+    raise AssertionError("no BadRequest detail")
+
+
+async def invalid(call: Any, field: str) -> str:
+    with pytest.raises(aio.AioRpcError) as info:
+        await call
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, err.code(), err.details())
+    found = violations(err)
+    assert field in found, (field, found)
+    assert found[field]  # a description saying what is expected
+    assert field in (err.details() or "")
+    return found[field]
+
+
+BAD_NAMES = [
+    "",
+    "A",
+    "Upper",
+    "1starts-with-digit",
+    "-dash-first",
+    "has space",
+    "under_score",
+    "dot.ted",
+    "ümlaut",
+    "emoji-\U0001f600",
+    "a" * 64,
+    "x" * 5000,
+    "nul\x00byte",
+    "tab\there",
+    "'; drop table projects; --",
+]
+
+
+async def test_bad_project_names(backend: RunningServer) -> None:
+    o = backend.owner
+    for name in BAD_NAMES:
+        await invalid(
+            o.admin.CreateProject(
+                admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name=name)),
+                metadata=o.md(),
+            ),
+            "project.name",
+        )
+    await invalid(
+        o.admin.CreateProject(admin_pb2.CreateProjectRequest(), metadata=o.md()), "project.name"
+    )
+    await invalid(
+        o.admin.CreateProject(
+            admin_pb2.CreateProjectRequest(
+                project=admin_pb2.Project(name="ok", display_name="d" * 201)
+            ),
+            metadata=o.md(),
+        ),
+        "project.display_name",
+    )
+    listed = await o.admin.ListProjects(admin_pb2.ListProjectsRequest(), metadata=o.md())
+    assert list(listed.projects) == []
+    # the longest and shortest good names are fine
+    for name in ("a", "a" * 63, "a-1-b"):
+        await backend.project(name)
+
+
+async def test_several_bad_fields_are_reported_together(backend: RunningServer) -> None:
+    o = backend.owner
+    with pytest.raises(aio.AioRpcError) as info:
+        await o.admin.CreateProject(
+            admin_pb2.CreateProjectRequest(
+                project=admin_pb2.Project(
+                    name="Bad",
+                    settings=admin_pb2.ProjectSettings(dedupe_threshold=-0.1),
+                    quotas=admin_pb2.Quotas(max_memories_per_environment=-1),
+                    rate_limits=admin_pb2.RateLimits(key_burst=-3),
+                )
+            ),
+            metadata=o.md(),
+        )
+    assert set(violations(info.value)) == {
+        "project.name",
+        "project.settings.dedupe_threshold",
+        "project.quotas.max_memories_per_environment",
+        "project.rate_limits.key_burst",
+    }
+
+
+async def test_bad_environments(backend: RunningServer) -> None:
+    o = backend.owner
+    project = await backend.project()
+    for name in BAD_NAMES:
+        await invalid(
+            o.admin.CreateEnvironment(
+                admin_pb2.CreateEnvironmentRequest(
+                    project_id=project.id,
+                    environment=admin_pb2.Environment(
+                        name=name, kind=tenancy_pb2.ENVIRONMENT_KIND_TEST
+                    ),
+                ),
+                metadata=o.md(),
+            ),
+            "environment.name",
+        )
+    for kind in (tenancy_pb2.ENVIRONMENT_KIND_UNSPECIFIED, 42):
+        await invalid(
+            o.admin.CreateEnvironment(
+                admin_pb2.CreateEnvironmentRequest(
+                    project_id=project.id, environment=admin_pb2.Environment(name="ok", kind=kind)
+                ),
+                metadata=o.md(),
+            ),
+            "environment.kind",
+        )
+    envs = await o.admin.ListEnvironments(
+        admin_pb2.ListEnvironmentsRequest(project_id=project.id), metadata=o.md()
+    )
+    assert [e.name for e in envs.environments] == ["production"]
+
+
+async def test_bad_keys(backend: RunningServer) -> None:
+    o = backend.owner
+    project = await backend.project()
+    env_id = project.environments[0].id
+    past = timestamp_pb2.Timestamp(seconds=1_000_000_000)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"name": ""}, "name"),
+        ({"name": "   "}, "name"),
+        ({"name": "n" * 101}, "name"),
+        ({"name": "line\nbreak"}, "name"),
+        ({"name": "nul\x00"}, "name"),
+        ({"name": "k", "scopes": ["memory:rwx"]}, "scopes[0]"),
+        ({"name": "k", "scopes": ["keys:read", "admin"]}, "scopes[1]"),
+        ({"name": "k", "scopes": [""]}, "scopes[0]"),
+        ({"name": "k", "scopes": ["MEMORY:READ"]}, "scopes[0]"),
+        ({"name": "k", "expire_time": past}, "expire_time"),
+        ({"name": "k", "project_id": project.id}, "environment_id"),
+        ({"name": "k", "environment_id": env_id}, "project_id"),
+        (
+            {
+                "name": "k",
+                "project_id": project.id,
+                "environment_id": env_id,
+                "scopes": ["admin:read"],
+            },
+            "scopes[0]",
+        ),
+    ]
+    for fields, field in cases:
+        await invalid(
+            o.keys.CreateApiKey(keys_pb2.CreateApiKeyRequest(**fields), metadata=o.md()), field
+        )
+    # a name of exactly 100 characters, any script, is fine
+    made = await o.keys.CreateApiKey(
+        keys_pb2.CreateApiKeyRequest(name="ключ " + "k" * 95), metadata=o.md()
+    )
+    listed = await o.keys.ListApiKeys(
+        keys_pb2.ListApiKeysRequest(show_revoked=True), metadata=o.md()
+    )
+    assert sorted(k.name for k in listed.api_keys) == sorted(["owner", made.api_key.name])
+
+    for seconds in (30 * 86400 + 1, -60):
+        await invalid(
+            o.keys.RotateApiKey(
+                keys_pb2.RotateApiKeyRequest(
+                    id=made.api_key.id, grace_period=duration_pb2.Duration(seconds=seconds)
+                ),
+                metadata=o.md(),
+            ),
+            "grace_period",
+        )
+    got = await o.keys.GetApiKey(keys_pb2.GetApiKeyRequest(id=made.api_key.id), metadata=o.md())
+    assert not got.HasField("rotate_time")
+
+
+async def test_bad_page_tokens_and_sizes(backend: RunningServer) -> None:
+    o = backend.owner
+    project = await backend.project()
+    garbage = ["x", "!!!!", "eyJxIjoiYSJ9", "e30", "W10", "bnVsbA", "\x00", "é" * 10, "[" * 5000]
+    lists: list[tuple[str, Any, Any]] = [
+        ("keys", o.keys.ListApiKeys, keys_pb2.ListApiKeysRequest),
+        ("projects", o.admin.ListProjects, admin_pb2.ListProjectsRequest),
+        ("environments", o.admin.ListEnvironments, admin_pb2.ListEnvironmentsRequest),
+        ("audit", o.admin.ListAuditEvents, admin_pb2.ListAuditEventsRequest),
+    ]
+    for name, method, request in lists:
+        extra = {"project_id": project.id} if name == "environments" else {}
+        for token in garbage:
+            await invalid(method(request(page_token=token, **extra), metadata=o.md()), "page_token")
+        await invalid(method(request(page_size=-5, **extra), metadata=o.md()), "page_size")
+        huge = await method(request(page_size=2_000_000_000, **extra), metadata=o.md())
+        assert huge.next_page_token == ""
+
+
+async def test_bad_usage_dates(backend: RunningServer) -> None:
+    o = backend.owner
+    for field, value in (("start_date", "yesterday"), ("end_date", "2026-13-01")):
+        await invalid(
+            o.admin.GetUsage(admin_pb2.GetUsageRequest(**{field: value}), metadata=o.md()), field
+        )
+
+
+async def test_lookups_with_odd_ids_are_not_found(backend: RunningServer) -> None:
+    o = backend.owner
+    for odd in ("x" * 5000, "nul\x00id", "é", "' or 1=1 --"):
+        for call in (
+            o.admin.GetProject(admin_pb2.GetProjectRequest(id=odd), metadata=o.md()),
+            o.admin.DeleteEnvironment(admin_pb2.DeleteEnvironmentRequest(id=odd), metadata=o.md()),
+            o.keys.GetApiKey(keys_pb2.GetApiKeyRequest(id=odd), metadata=o.md()),
+            o.keys.RevokeApiKey(keys_pb2.RevokeApiKeyRequest(id=odd), metadata=o.md()),
+        ):
+            with pytest.raises(aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND, (odd[:20], info.value.details())
+
+
+async def test_a_long_request_id_never_fails_the_audit(backend: RunningServer) -> None:
+    o: Client = backend.owner
+    lengths = (100, 101, 128, 129, 4000)
+    for n in lengths:
+        call = o.admin.CreateProject(
+            admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name=f"p{n}")),
+            metadata=(*o.md(), ("x-request-id", "r" * n)),
+        )
+        await call
+        echoed = dict(await call.trailing_metadata())["x-request-id"]
+        assert echoed == "r" * n if n <= 128 else len(echoed) <= 128
+    events = await o.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(), metadata=o.md())
+    assert [e.outcome for e in events.events] == ["OK"] * len(lengths)
+    assert events.events[-1].request_id.startswith("r" * 100)

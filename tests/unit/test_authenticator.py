@@ -1,0 +1,345 @@
+"""The authenticator on an injected clock, a fake store and a counting hasher:
+what touches storage, what costs a slow hash, what is cached and for how long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from memoryd.auth.authenticator import Authenticator
+from memoryd.auth.hashing import SecretHasher
+from memoryd.auth.keys import format_key, new_key_id, new_secret
+from memoryd.domain.clock import ManualClock
+from memoryd.domain.control import ApiKeyRecord
+from memoryd.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unauthenticated
+from memoryd.domain.tenancy import EnvironmentKind, KeyKind
+
+
+class CountingHasher(SecretHasher):
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost_kib=1024)
+        self.verifies = 0
+
+    async def verify(self, secret: str, hashed: str) -> bool:
+        self.verifies += 1
+        return await super().verify(secret, hashed)
+
+
+class FailingStore:
+    """Any storage access fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the store was called ({name}) for a key refused by its format")
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKeyRecord] = {}
+        self.reads = 0
+        self.touched: list[str] = []
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return self.keys.get(key_id)
+
+    async def touch_key(self, key_id: str, when: Any) -> None:
+        self.touched.append(key_id)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def hasher() -> Any:
+    h = CountingHasher()
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+def _auth(store: Any, hasher: SecretHasher, clock: ManualClock, **kw: Any) -> Authenticator:
+    kw.setdefault("cache_ttl_s", 30.0)
+    kw.setdefault("failures_per_minute", 30)
+    return Authenticator(store, hasher, clock, **kw)
+
+
+async def _add_key(
+    store: FakeStore, hasher: SecretHasher, clock: ManualClock, **fields: Any
+) -> tuple[ApiKeyRecord, str, str]:
+    key_id, secret = new_key_id(), new_secret()
+    record = ApiKeyRecord(
+        id=key_id,
+        org_id="org_1",
+        kind=KeyKind.DATA,
+        name="k",
+        scopes=("memory:read",),
+        secret_hash=await hasher.hash(secret),
+        create_time=clock.now(),
+        created_by="test",
+        project_id="prj_1",
+        environment_id="env_1",
+        environment_kind=EnvironmentKind.LIVE,
+    )
+    record = replace(record, **fields)
+    store.keys[key_id] = record
+    return record, format_key(record.prefix_kind, key_id, secret), secret
+
+
+def _wrong_secret(raw: str, secret: str) -> str:
+    record_kind, key_id = raw.split("_")[1], raw.split("_")[2][:12]
+    other = ("A" if secret[0] != "A" else "B") + secret[1:]
+    return format_key(record_kind, key_id, other)
+
+
+# --- refused without storage --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not-a-key",
+        "ms_live_short",
+        "ms_live_" + "a" * 50,  # right shape, wrong checksum
+        format_key("live", "abc123def456", "x" * 32)[:-1] + "0",
+    ],
+)
+async def test_malformed_keys_are_refused_without_touching_storage(
+    raw: str, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    auth = _auth(FailingStore(), hasher, clock)
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(raw, peer="1.2.3.4")
+    assert info.value.reason in ("API_KEY_MALFORMED", "API_KEY_CHECKSUM")
+    assert hasher.verifies == 0
+
+
+async def test_a_missing_key_is_refused_without_touching_storage(
+    hasher: CountingHasher, clock: ManualClock
+) -> None:
+    auth = _auth(FailingStore(), hasher, clock)
+    for raw in (None, ""):
+        with pytest.raises(Unauthenticated) as info:
+            await auth.authenticate(raw)
+        assert info.value.reason == "API_KEY_MISSING"
+        assert "x-api-key" in info.value.message
+
+
+async def test_a_bad_end_user_id_is_invalid_argument(
+    hasher: CountingHasher, clock: ManualClock
+) -> None:
+    auth = _auth(FailingStore(), hasher, clock)
+    for bad in ("u" * 129, "a\nb"):
+        with pytest.raises(InvalidArgument) as info:
+            await auth.authenticate(format_key("live", new_key_id(), new_secret()), end_user_id=bad)
+        assert info.value.violations[0].field == "x-end-user-id"
+
+
+# --- the happy path and its cache ---------------------------------------------------------
+
+
+async def test_a_valid_key_resolves_to_its_principal_and_is_cached(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    p = await auth.authenticate(raw, end_user_id="user-7")
+    assert (p.key_id, p.org_id, p.project_id, p.environment_id) == (
+        record.id,
+        "org_1",
+        "prj_1",
+        "env_1",
+    )
+    assert p.scopes == frozenset({"memory:read"})
+    assert p.end_user_id == "user-7"
+    for _ in range(20):
+        again = await auth.authenticate(raw)
+        assert again.end_user_id == ""
+    assert (store.reads, hasher.verifies) == (1, 1)
+    assert auth.cache_hits == 20
+    await asyncio.sleep(0)
+    assert store.touched == [record.id]  # last use recorded once, not per call
+
+
+async def test_the_cache_expires_after_its_ttl(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, cache_ttl_s=10)
+    await auth.authenticate(raw)
+    clock.advance(9)
+    await auth.authenticate(raw)
+    assert hasher.verifies == 1
+    clock.advance(2)
+    await auth.authenticate(raw)
+    assert hasher.verifies == 2
+
+
+async def test_evict_forces_a_fresh_lookup(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    await auth.authenticate(raw)
+    store.keys[record.id] = replace(record, revoke_time=clock.now())
+    await auth.authenticate(raw)  # still cached: revocation must evict
+    auth.evict(record.id)
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(raw)
+    assert info.value.reason == "API_KEY_REVOKED"
+
+
+async def test_the_cache_is_bounded(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    keys = [(await _add_key(store, hasher, clock))[1] for _ in range(3)]
+    auth = _auth(store, hasher, clock, cache_size=2)
+    for raw in keys:
+        await auth.authenticate(raw)
+    assert hasher.verifies == 3
+    await auth.authenticate(keys[0])  # the oldest entry was dropped
+    assert hasher.verifies == 4
+
+
+async def test_concurrent_first_uses_share_one_verification(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    results = await asyncio.gather(*(auth.authenticate(raw) for _ in range(10)))
+    assert len({r.key_id for r in results}) == 1
+    assert hasher.verifies == 1
+
+
+async def test_a_cached_key_stops_working_at_its_expire_time(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock, expire_time=clock.now() + timedelta(seconds=5))
+    auth = _auth(store, hasher, clock, cache_ttl_s=30)
+    await auth.authenticate(raw)
+    clock.advance(4)
+    await auth.authenticate(raw)
+    clock.advance(2)
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(raw)
+    assert info.value.reason == "API_KEY_EXPIRED"
+    assert "expired" in info.value.message
+
+
+async def test_an_old_secret_works_only_during_its_grace(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, old_raw, _ = await _add_key(store, hasher, clock)
+    new_secret_part = new_secret()
+    store.keys[record.id] = replace(
+        record,
+        secret_hash=await hasher.hash(new_secret_part),
+        previous_secret_hash=record.secret_hash,
+        previous_secret_expire_time=clock.now() + timedelta(seconds=60),
+    )
+    new_raw = format_key("live", record.id, new_secret_part)
+    auth = _auth(store, hasher, clock, cache_ttl_s=600)
+    await auth.authenticate(old_raw)
+    await auth.authenticate(new_raw)
+    clock.advance(61)  # the grace ends long before the cache TTL would
+    await auth.authenticate(new_raw)
+    with pytest.raises(Unauthenticated):
+        await auth.authenticate(old_raw)
+
+
+# --- wrong secrets: no hash per request, then refused outright ----------------------------
+
+
+async def test_a_wrong_secret_costs_one_hash_then_none(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, secret = await _add_key(store, hasher, clock)
+    wrong = _wrong_secret(raw, secret)
+    auth = _auth(store, hasher, clock, failures_per_minute=1000)
+    for _ in range(10):
+        with pytest.raises(Unauthenticated) as info:
+            await auth.authenticate(wrong, peer="9.9.9.9")
+        assert info.value.reason == "API_KEY_INVALID"
+    assert hasher.verifies == 1
+    # the right secret still works: the negative cache is per secret
+    await auth.authenticate(raw, peer="9.9.9.9")
+
+
+async def test_repeated_failures_per_key_id_are_limited(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, failures_per_minute=5)
+    # different wrong secrets from different addresses: only the key id is shared
+    for i in range(5):
+        wrong = format_key("live", raw[8:20], f"{i:0>32}")
+        with pytest.raises(Unauthenticated):
+            await auth.authenticate(wrong, peer=f"10.0.0.{i}")
+    with pytest.raises(ResourceExhausted) as info:
+        await auth.authenticate(raw, peer="10.0.1.1")
+    assert info.value.retry_after is not None and 0 < info.value.retry_after <= 60
+    assert "retry" in info.value.message
+    verifies = hasher.verifies
+    clock.advance(61)
+    await auth.authenticate(raw, peer="10.0.1.1")  # the window has passed
+    assert hasher.verifies == verifies + 1
+
+
+async def test_repeated_failures_per_address_are_limited(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, failures_per_minute=3)
+    for _ in range(3):  # unknown key ids: one store read each, no hash
+        with pytest.raises(Unauthenticated):
+            await auth.authenticate(format_key("live", new_key_id(), new_secret()), peer="6.6.6.6")
+    reads = store.reads
+    with pytest.raises(ResourceExhausted):
+        await auth.authenticate(format_key("live", new_key_id(), new_secret()), peer="6.6.6.6")
+    assert store.reads == reads  # refused before any lookup
+    assert hasher.verifies == 0
+    await auth.authenticate(raw, peer="7.7.7.7")  # another address is unaffected
+
+
+async def test_a_key_of_the_wrong_kind_prefix_is_unknown(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, _, secret = await _add_key(store, hasher, clock)
+    as_test = format_key("test", record.id, secret)
+    auth = _auth(store, hasher, clock)
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(as_test)
+    assert info.value.reason == "API_KEY_INVALID"
+    assert hasher.verifies == 0
+
+
+async def test_no_error_message_contains_the_secret(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, secret = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, failures_per_minute=1000)
+    wrong = _wrong_secret(raw, secret)
+    errors: list[DomainError] = []
+    for attempt in (wrong, raw[:-1] + ("x" if raw[-1] != "x" else "y"), raw[:30]):
+        with pytest.raises(DomainError) as info:
+            await auth.authenticate(attempt)
+        errors.append(info.value)
+    store.keys[record.id] = replace(record, revoke_time=clock.now())
+    with pytest.raises(DomainError) as info:
+        await auth.authenticate(raw)
+    errors.append(info.value)
+    for err in errors:
+        assert err.code == "UNAUTHENTICATED"
+        assert secret not in str(err) and secret[:16] not in str(err)
+        assert wrong[20:] not in str(err)
