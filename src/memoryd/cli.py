@@ -115,7 +115,15 @@ class JsonFormatter(logging.Formatter):
 async def _serve(settings: Settings) -> int:
     from memoryd.app import build_app
 
-    app = await build_app(settings, bootstrap_if_empty=settings.bootstrap)
+    from memoryd.domain.errors import DomainError
+
+    try:
+        app = await build_app(settings, bootstrap_if_empty=settings.bootstrap)
+    except (DomainError, ValueError, OSError) as err:
+        # ConfigError is a ValueError; a locked data dir or a model mismatch a
+        # DomainError; a port in use an OSError: a message, not a traceback.
+        print(f"memoryd: cannot start: {err}", file=sys.stderr)
+        return 1
     if app.bootstrapped is not None:
         _print_owner_key(
             app.bootstrapped.org.name, app.bootstrapped.org.id, app.bootstrapped.plaintext

@@ -28,8 +28,20 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+MAX_MESSAGE = 1024
+MAX_DETAIL = 256
+MAX_VIOLATIONS = 20
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def status_proto(err: DomainError) -> status_pb2.Status:
-    """The `google.rpc.Status` of a domain error (also used per batch item)."""
+    """The `google.rpc.Status` of a domain error (also used per batch item).
+
+    Sizes are capped (message, each description, number of violations) so
+    that an error always fits in a client's trailer limit."""
     details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN))]
     if isinstance(err, InvalidArgument) and err.violations:
         details.append(
@@ -37,9 +49,10 @@ def status_proto(err: DomainError) -> status_pb2.Status:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=_clip(v.field, MAX_DETAIL),
+                            description=_clip(v.description, MAX_DETAIL),
                         )
-                        for v in err.violations
+                        for v in err.violations[:MAX_VIOLATIONS]
                     ]
                 )
             )
@@ -70,7 +83,9 @@ def status_proto(err: DomainError) -> status_pb2.Status:
                     )
                 )
             )
-    return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
+    return status_pb2.Status(
+        code=getattr(code_pb2, err.code), message=_clip(err.message, MAX_MESSAGE), details=details
+    )
 
 
 def to_grpc_status(err: DomainError, trailers: Metadata = ()) -> grpc.Status:

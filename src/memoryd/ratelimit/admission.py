@@ -21,9 +21,11 @@ from memoryd.ratelimit.usage import UsageMeter
 
 _MEMORY = "/memoryd.v1.MemoryService/"
 
-# Units of rate limit a call costs, from its request (default 1).
+# Units of rate limit a call costs, from its request (default 1). A batch
+# costs one unit per ten items (at least one), so that batching stays the
+# cheap way to write many memories while a 1,000-item batch still weighs 100.
 COSTS: dict[str, Any] = {
-    _MEMORY + "BatchCreateMemories": lambda req: len(req.requests),
+    _MEMORY + "BatchCreateMemories": lambda req: max(1, len(req.requests) // 10),
     _MEMORY + "SearchMemories": lambda req: 2,
     _MEMORY + "ExportMemories": lambda req: 10,
     _MEMORY + "ImportMemories": lambda req: 10,
