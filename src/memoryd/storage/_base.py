@@ -1,0 +1,320 @@
+"""The `VectorStore` behaviour both Qdrant adapters share, written once over a
+handful of engine primitives each adapter supplies.
+
+Every primitive takes an engine filter, and every filter of a tenant's call
+is built here from the `Tenant` through `memoryd.storage._payload`: the
+adapters never see a domain filter or a tenant. The one unfiltered read
+(`_owners`) serves the cross-tenant id check of `upsert` and returns only
+the owner of each id, never to a caller.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Generic
+
+from memoryd.domain.errors import AlreadyExists, InvalidArgument, Unavailable
+from memoryd.domain.memory import Cursor, Filter, MemoryRecord, Page, ScoredRecord
+from memoryd.domain.tenancy import Tenant
+from memoryd.storage import _payload as p
+from memoryd.storage._payload import C, F, Hit, Point
+
+# Points per engine call when reading or deleting in batches: small enough
+# that one call never holds an embedded engine for long.
+BATCH = 256
+
+
+class PointStore(abc.ABC, Generic[C, F]):
+    """A `VectorStore` over one Qdrant collection (or Edge shard)."""
+
+    # Whether `upsert` reads the owners again after writing: needed where
+    # other processes write to the same collection (no lock spans them).
+    _recheck_owners = False
+
+    def __init__(self) -> None:
+        self._dimension: int | None = None
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self, model_id: str, dimension: int) -> None:
+        """Creates the collection or checks that it was made for this model;
+        raises FailedPrecondition when it was not."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Releases the engine; later calls raise Unavailable. Idempotent."""
+
+    # --- engine primitives ------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def _c(self) -> p.Conditions[C, F]:
+        """The engine's condition builder."""
+
+    @abc.abstractmethod
+    async def _upsert(self, points: list[Point], guard: F) -> None:
+        """Writes `points`; an existing point not matching `guard` stays as it is."""
+
+    @abc.abstractmethod
+    async def _owners(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """(tenant key, end user) of each of `ids` that exists, of any tenant."""
+
+    @abc.abstractmethod
+    async def _scroll(
+        self,
+        flt: F,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        offset: str | None = None,
+        with_payload: bool = True,
+        with_vectors: bool = False,
+    ) -> tuple[list[Hit], str | None]:
+        """Up to `limit` points matching `flt`: by create_time descending when
+        `newest_first` (then no next offset), else by id from `offset`."""
+
+    @abc.abstractmethod
+    async def _query(
+        self, flt: F, vector: list[float], limit: int, min_score: float | None
+    ) -> list[Hit]:
+        """Nearest points by cosine similarity, best first."""
+
+    @abc.abstractmethod
+    async def _count(self, flt: F) -> int:
+        """The exact number of points matching `flt`."""
+
+    @abc.abstractmethod
+    async def _delete(self, flt: F) -> None:
+        """Deletes the points matching `flt`."""
+
+    async def _purge(self, flt: F) -> None:
+        """Deletes every point matching `flt`, however many. By default in
+        batches, so that no single engine call is long."""
+        while await self._delete_batch(flt, BATCH):
+            pass
+
+    def _write_lock(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Held around a check-then-write sequence. Adapters whose engine can
+        be shared with other writers rely on conditional writes instead."""
+        return contextlib.nullcontext()
+
+    # --- VectorStore --------------------------------------------------------
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            raise Unavailable("the vector store is not open", reason="VECTOR_STORE_CLOSED")
+        return self._dimension
+
+    async def upsert(self, tenant: Tenant, records: Sequence[MemoryRecord]) -> None:
+        """Writes whole records of `tenant` (which may be one end user's, or
+        the whole tenant's with records of any of its end users).
+
+        Raises InvalidArgument for a record outside `tenant`, without a
+        vector of the store's dimension, or with an id that is not a UUID;
+        AlreadyExists when an id is taken by a point `tenant` cannot see
+        (ids are global in the collection). Nothing is written then, except
+        where a concurrent writer took an id between the check and the write
+        (found by the re-check of adapters without a lock): then the other
+        records of the batch are written, and that one is not.
+        """
+        if not records:
+            return
+        # The guard repeats the owner check inside the write itself, so a point
+        # of another tenant that appears between the check and the write is
+        # still not overwritten.
+        guard = self._c.filter(must=p.tenant_conditions(self._c, [tenant]))
+        points: list[Point] = []
+        for r in records:
+            if not p.can_see(tenant, r.tenant.key, r.tenant.end_user_id):
+                raise InvalidArgument.field("tenant", "a record of another tenant was given")
+            pid = p.point_id(r.id)
+            if pid is None:
+                raise InvalidArgument.field("id", f"memory ids are UUIDs, got {r.id!r}")
+            if r.vector is None or len(r.vector) != self.dimension:
+                got = "none" if r.vector is None else f"{len(r.vector)} dimensions"
+                raise InvalidArgument.field(
+                    "vector", f"this store holds {self.dimension}-d vectors, got {got}"
+                )
+            points.append(Point(pid, [float(x) for x in r.vector], p.to_payload(r)))
+        async with self._write_lock():
+            owners = await self._owners([pt.id for pt in points])
+            if any(not p.can_see(tenant, *owner) for owner in owners.values()):
+                raise _taken()
+            await self._upsert(points, guard)
+            if self._recheck_owners:
+                # The guard skips, silently, a point another writer created
+                # between the check and the write: find out, and say so.
+                owners = await self._owners([pt.id for pt in points])
+                if any(not p.can_see(tenant, *owner) for owner in owners.values()):
+                    raise _taken()
+
+    async def get(
+        self, tenant: Tenant, ids: Sequence[str], now: datetime, *, with_vectors: bool = False
+    ) -> list[MemoryRecord]:
+        """The records among `ids` visible to `tenant`, in no given order."""
+        wanted = _point_ids(ids)
+        out: list[MemoryRecord] = []
+        for i in range(0, len(wanted), BATCH):
+            chunk = wanted[i : i + BATCH]
+            flt = p.read_filter(self._c, [tenant], now, extra=[self._c.has_id(chunk)])
+            hits, _ = await self._scroll(flt, len(chunk), with_vectors=with_vectors)
+            out.extend(_record(h, with_vectors) for h in hits)
+        return out
+
+    async def delete(self, tenant: Tenant, ids: Sequence[str]) -> None:
+        """Deletes the records among `ids` that belong to `tenant` (expired or not)."""
+        wanted = _point_ids(ids)
+        for i in range(0, len(wanted), BATCH):
+            chunk = wanted[i : i + BATCH]
+            must = [*p.tenant_conditions(self._c, [tenant]), self._c.has_id(chunk)]
+            async with self._write_lock():
+                await self._delete(self._c.filter(must=must))
+
+    async def search(
+        self,
+        tenants: Sequence[Tenant],
+        vector: Sequence[float],
+        flt: Filter,
+        limit: int,
+        now: datetime,
+        min_score: float | None = None,
+    ) -> list[ScoredRecord]:
+        """Nearest visible records by cosine similarity among `tenants`, best
+        first; `min_score` drops those below it."""
+        if not tenants or limit <= 0:
+            return []
+        if len(vector) != self.dimension:
+            raise InvalidArgument.field(
+                "vector", f"this store holds {self.dimension}-d vectors, got {len(vector)}"
+            )
+        engine_filter = p.read_filter(self._c, tenants, now, flt)
+        hits = await self._query(engine_filter, [float(x) for x in vector], limit, min_score)
+        return [ScoredRecord(_record(h, False), h.score) for h in hits]
+
+    async def scroll(
+        self, tenant: Tenant, flt: Filter, limit: int, now: datetime, after: Cursor | None = None
+    ) -> Page:
+        """Visible records newest first (create_time desc, id desc), strictly
+        after `after`. `next_cursor` is None on the last page.
+
+        Both engines order by one payload field only, and ties on create_time
+        (a batch written at one instant) are common, so the keyset is walked
+        in two steps: first the rest of the cursor's create_time group (read
+        whole, sorted by id here), then older points ordered by the engine;
+        when that read is cut inside a create_time group, the group is read
+        whole so the page ends on an exact (create_time, id) position. So a
+        page that starts or ends inside a group of records created at one
+        instant costs reading that whole group: fine for batches, slow for
+        an import of many thousands stamped alike.
+        """
+        if limit <= 0:
+            return Page()
+        base = [*p.tenant_conditions(self._c, [tenant]), p.alive(self._c, now)]
+        if not flt.empty:
+            base.append(self._c.nest(p.translate(self._c, flt)))
+        rows: list[tuple[int, str, Hit]] = []
+        older: list[C] = []
+        if after is not None:
+            at = p.to_micros(after.create_time)
+            after_id = p.point_id(after.id)
+            if after_id is None:
+                raise InvalidArgument.field("page_token", "the page token is not valid")
+            group = await self._scroll_all(self._c.filter(must=[*base, p.created_at(self._c, at)]))
+            rows = [(at, h.id, h) for h in group if h.id < after_id]
+            older = [p.created_before(self._c, at)]
+        need = limit + 1 - len(rows)
+        if need > 0:
+            hits, _ = await self._scroll(
+                self._c.filter(must=[*base, *older]), need, newest_first=True
+            )
+            if len(hits) == need:
+                # The last create_time group may continue past the cut: read it whole.
+                last = hits[-1].payload[p.CREATE_TIME]
+                hits = [h for h in hits if h.payload[p.CREATE_TIME] != last]
+                hits += await self._scroll_all(
+                    self._c.filter(must=[*base, p.created_at(self._c, last)])
+                )
+            rows += [(h.payload[p.CREATE_TIME], h.id, h) for h in hits]
+        rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
+        records = [_record(h, False) for _, _, h in rows[:limit]]
+        more = len(rows) > limit
+        return Page(
+            records=records,
+            next_cursor=Cursor(records[-1].create_time, records[-1].id) if more else None,
+        )
+
+    async def count(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
+        """The exact number of visible records of `tenant` matching `flt`."""
+        return await self._count(p.read_filter(self._c, [tenant], now, flt))
+
+    async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
+        """Deletes the visible records matching `flt`; answers how many. Works
+        in batches: each batch deletes exactly the points it read, re-checked
+        against the filter, so a point changed meanwhile is not deleted."""
+        engine_filter = p.read_filter(self._c, [tenant], now, flt)
+        deleted = 0
+        while n := await self._delete_batch(engine_filter, BATCH):
+            deleted += n
+        return deleted
+
+    async def delete_scope(
+        self, org_id: str, project_id: str, environment_id: str | None = None
+    ) -> None:
+        """Deletes every record of a project, or of one of its environments."""
+        must = [self._c.match(p.ORG_ID, org_id), self._c.match(p.PROJECT_ID, project_id)]
+        if environment_id is not None:
+            must.append(self._c.match(p.ENVIRONMENT_ID, environment_id))
+        await self._purge(self._c.filter(must=must))
+
+    async def sweep_expired(self, now: datetime, limit: int = 10_000) -> int:
+        """Deletes up to `limit` expired records of any tenant; answers how many."""
+        engine_filter = self._c.filter(must=[p.expired(self._c, now)])
+        deleted = 0
+        while deleted < limit:
+            n = await self._delete_batch(engine_filter, min(BATCH, limit - deleted))
+            if not n:
+                break
+            deleted += n
+        return deleted
+
+    # --- helpers ------------------------------------------------------------
+
+    async def _delete_batch(self, flt: F, limit: int) -> int:
+        """Deletes up to `limit` points matching `flt`; answers how many."""
+        async with self._write_lock():
+            hits, _ = await self._scroll(flt, limit, with_payload=False)
+            if hits:
+                ids = [h.id for h in hits]
+                await self._delete(self._c.filter(must=[self._c.nest(flt), self._c.has_id(ids)]))
+            return len(hits)
+
+    async def _scroll_all(self, flt: F) -> list[Hit]:
+        """Every point matching `flt`, read in batches."""
+        out: list[Hit] = []
+        offset: str | None = None
+        while True:
+            hits, offset = await self._scroll(flt, BATCH, offset=offset)
+            out.extend(hits)
+            if offset is None:
+                return out
+
+
+def _taken() -> AlreadyExists:
+    return AlreadyExists(
+        "a memory with this id already exists; omit the id to have one assigned",
+        reason="MEMORY_ID_TAKEN",
+    )
+
+
+def _point_ids(ids: Sequence[str]) -> list[str]:
+    """The distinct UUIDs among `ids`; anything else names no point."""
+    return list(dict.fromkeys(pid for i in ids if (pid := p.point_id(i)) is not None))
+
+
+def _record(hit: Hit, with_vectors: bool) -> MemoryRecord:
+    return p.from_payload(hit.id, hit.payload, hit.vector if with_vectors else None)

@@ -1,0 +1,861 @@
+"""The `VectorStore` contract, run against both adapters on real engines:
+Qdrant Edge in a temporary directory, and qdrant-client's local mode (the
+same API as a Qdrant server) driven from a worker thread.
+
+Besides every method, it pins down what tenancy promises: a record of one
+tenant is invisible, by id or otherwise, to every other tenant (another
+organization, project, environment or end user), and cannot be changed or
+deleted by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qdrant_client import AsyncQdrantClient, QdrantClient
+
+from memoryd.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from memoryd.domain.memory import (
+    Condition,
+    Cursor,
+    Filter,
+    Match,
+    MatchAny,
+    MemoryRecord,
+    NumberRange,
+    Revision,
+    TimeRange,
+)
+from memoryd.domain.tenancy import Tenant
+from memoryd.storage._base import PointStore
+from memoryd.storage.edge import EdgeVectorStore
+from memoryd.storage.qdrant import QdrantVectorStore, collection_name
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+
+DIM = 8
+MODEL = "test/model-8"
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+A = Tenant("org_a", "prj_a", "env_a")
+A_USER1 = Tenant("org_a", "prj_a", "env_a", "user1")
+A_USER2 = Tenant("org_a", "prj_a", "env_a", "user2")
+OTHER_ORG = Tenant("org_b", "prj_a", "env_a")
+OTHER_PROJECT = Tenant("org_a", "prj_b", "env_a")
+OTHER_ENV = Tenant("org_a", "prj_a", "env_b")
+STRANGERS = {
+    "other org": OTHER_ORG,
+    "other project": OTHER_PROJECT,
+    "other environment": OTHER_ENV,
+    "other end user": A_USER2,
+}
+
+Store = PointStore[Any, Any]
+
+
+def unit(values: Sequence[float]) -> tuple[float, ...]:
+    norm = math.sqrt(sum(v * v for v in values))
+    return tuple(v / norm for v in values)
+
+
+def axis(i: int, tilt: float = 0.0) -> tuple[float, ...]:
+    """A unit vector close to axis `i` (tilted toward the next axis)."""
+    v = [0.0] * DIM
+    v[i % DIM] = 1.0
+    v[(i + 1) % DIM] = tilt
+    return unit(v)
+
+
+def rand_vector(rng: random.Random) -> tuple[float, ...]:
+    return unit([rng.gauss(0, 1) for _ in range(DIM)])
+
+
+def record(tenant: Tenant, **changes: Any) -> MemoryRecord:
+    base = MemoryRecord(
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        content="the user prefers tea",
+        metadata={},
+        agent_id="agent-1",
+        thread_id="thread-1",
+        source="chat",
+        tags=(),
+        create_time=NOW - timedelta(hours=1),
+        update_time=NOW - timedelta(hours=1),
+        expire_time=None,
+        revision=1,
+        vector=axis(0),
+    )
+    return replace(base, **changes)
+
+
+def ids(records: Sequence[MemoryRecord]) -> set[str]:
+    return {r.id for r in records}
+
+
+async def open_edge(path: Path, **kwargs: Any) -> EdgeVectorStore:
+    store = EdgeVectorStore(path, **kwargs)
+    await store.open(MODEL, DIM)
+    return store
+
+
+@pytest.fixture(params=["edge", "qdrant"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store
+    if request.param == "edge":
+        s = EdgeVectorStore(tmp_path / "vectors")
+    else:
+        s = QdrantVectorStore(QdrantClient(":memory:"))
+    await s.open(MODEL, DIM)
+    yield s
+    await s.close()
+
+
+async def all_pages(store: Store, tenant: Tenant, flt: Filter, size: int) -> list[MemoryRecord]:
+    out: list[MemoryRecord] = []
+    cursor: Cursor | None = None
+    for _ in range(10_000):
+        page = await store.scroll(tenant, flt, size, NOW, cursor)
+        out.extend(page.records)
+        if page.next_cursor is None:
+            return out
+        assert len(page.records) == size
+        cursor = page.next_cursor
+    raise AssertionError("scroll never ended")
+
+
+# --- writing and reading back --------------------------------------------------
+
+
+async def test_a_record_reads_back_exactly(store: Store) -> None:
+    rec = record(
+        A_USER1,
+        content="likes green tea, not coffee",
+        metadata={
+            "lang": "en",
+            "n": 3,
+            "ratio": 0.25,
+            "vip": True,
+            "muted": False,
+            "nested": {"a": [1, "two", None]},
+        },
+        tags=("pref", "drink"),
+        expire_time=NOW + timedelta(days=7, microseconds=123),
+        create_time=datetime(2026, 2, 1, 8, 30, 15, 654321, tzinfo=UTC),
+        update_time=datetime(2026, 2, 2, 9, 0, tzinfo=UTC),
+        revision=2,
+        revisions=(
+            Revision(
+                revision=1,
+                content="likes tea",
+                metadata={"vip": False},
+                tags=("pref",),
+                agent_id="agent-0",
+                thread_id="thread-0",
+                source="import",
+                update_time=datetime(2026, 2, 1, 8, 30, 15, 654321, tzinfo=UTC),
+                replace_time=datetime(2026, 2, 2, 9, 0, tzinfo=UTC),
+            ),
+        ),
+        vector=rand_vector(random.Random(1)),
+    )
+    await store.upsert(A_USER1, [rec])
+
+    [got] = await store.get(A_USER1, [rec.id], NOW, with_vectors=True)
+    assert got.vector is not None
+    assert got.vector == pytest.approx(rec.vector, abs=1e-6)
+    assert replace(got, vector=None) == replace(rec, vector=None)
+
+    [plain] = await store.get(A_USER1, [rec.id], NOW)
+    assert plain.vector is None
+
+
+async def test_get_answers_only_existing_ids(store: Store) -> None:
+    recs = [record(A) for _ in range(3)]
+    await store.upsert(A, recs)
+    missing = str(uuid.uuid4())
+    got = await store.get(A, [recs[0].id, missing, "not-a-uuid", recs[2].id.upper()], NOW)
+    assert ids(got) == {recs[0].id, recs[2].id}
+    assert await store.get(A, [], NOW) == []
+
+
+async def test_upsert_replaces_the_whole_record(store: Store) -> None:
+    rec = record(A, metadata={"old": True}, tags=("a",))
+    await store.upsert(A, [rec])
+    new = replace(rec, content="changed", metadata={"new": 1}, tags=(), revision=2)
+    await store.upsert(A, [new])
+    [got] = await store.get(A, [rec.id], NOW)
+    assert got == replace(new, vector=None)
+    assert await store.count(A, Filter(must=(Match("metadata.old", True),)), NOW) == 0
+
+
+async def test_upsert_refuses_records_it_cannot_take(store: Store) -> None:
+    with pytest.raises(InvalidArgument):
+        await store.upsert(A, [record(OTHER_PROJECT)])
+    with pytest.raises(InvalidArgument):
+        await store.upsert(A_USER1, [record(A_USER2)])
+    with pytest.raises(InvalidArgument):
+        await store.upsert(A_USER1, [record(A)])  # an end user writes as itself only
+    with pytest.raises(InvalidArgument):
+        await store.upsert(A, [record(A, vector=(1.0, 0.0))])
+    with pytest.raises(InvalidArgument):
+        await store.upsert(A, [record(A, vector=None)])
+    with pytest.raises(InvalidArgument):
+        await store.upsert(A, [record(A, id="memory-1")])
+    assert await store.count(A, Filter(), NOW) == 0
+
+
+async def test_a_tenant_may_write_records_of_its_end_users(store: Store) -> None:
+    rec = record(A_USER1)
+    await store.upsert(A, [rec])
+    assert ids(await store.get(A_USER1, [rec.id], NOW)) == {rec.id}
+
+
+# --- tenancy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stranger", list(STRANGERS.values()), ids=list(STRANGERS))
+async def test_another_tenant_can_neither_see_nor_touch_a_record(
+    store: Store, stranger: Tenant
+) -> None:
+    owner = A_USER1
+    rec = record(owner, metadata={"k": "v"}, tags=("t",))
+    await store.upsert(owner, [rec])
+    everything = Filter()
+
+    assert await store.get(stranger, [rec.id], NOW) == []
+    assert await store.search([stranger], rec.vector or (), everything, 10, NOW) == []
+    assert (await store.scroll(stranger, everything, 10, NOW)).records == []
+    assert await store.count(stranger, everything, NOW) == 0
+    assert await store.count(stranger, Filter(must=(Match("metadata.k", "v"),)), NOW) == 0
+
+    await store.delete(stranger, [rec.id])
+    assert await store.delete_matching(stranger, everything, NOW) == 0
+    assert await store.delete_matching(stranger, Filter(must=(Match("tags", "t"),)), NOW) == 0
+    with pytest.raises(AlreadyExists):
+        await store.upsert(stranger, [replace(rec, tenant=stranger, content="hijacked")])
+
+    [still] = await store.get(owner, [rec.id], NOW)
+    assert still.content == rec.content
+    assert still.tenant == owner
+
+
+async def test_an_end_user_sees_only_its_own_records(store: Store) -> None:
+    mine, theirs, shared = record(A_USER1), record(A_USER2), record(A)
+    await store.upsert(A, [mine, theirs, shared])
+    every_id = [mine.id, theirs.id, shared.id]
+
+    assert ids(await store.get(A_USER1, every_id, NOW)) == {mine.id}
+    assert ids(await store.get(A, every_id, NOW)) == set(every_id)
+    assert await store.count(A_USER1, Filter(), NOW) == 1
+    assert await store.count(A, Filter(), NOW) == 3
+    assert ids((await store.scroll(A_USER2, Filter(), 10, NOW)).records) == {theirs.id}
+    found = await store.search([A_USER1], axis(0), Filter(), 10, NOW)
+    assert [s.record.id for s in found] == [mine.id]
+    # The whole tenant can narrow to one end user, or to records without one.
+    assert await store.count(A, Filter(must=(Match("end_user_id", "user2"),)), NOW) == 1
+    assert await store.count(A, Filter(must=(Match("end_user_id", ""),)), NOW) == 1
+    [got] = await store.get(A, [theirs.id], NOW)
+    assert got.tenant == A_USER2
+
+
+async def test_an_end_user_cannot_take_over_another_end_users_id(store: Store) -> None:
+    rec = record(A_USER1)
+    await store.upsert(A_USER1, [rec])
+    with pytest.raises(AlreadyExists):
+        await store.upsert(A_USER2, [replace(rec, tenant=A_USER2)])
+    await store.delete(A_USER2, [rec.id])
+    assert await store.delete_matching(A_USER2, Filter(), NOW) == 0
+    assert ids(await store.get(A_USER1, [rec.id], NOW)) == {rec.id}
+
+
+async def test_a_refused_batch_writes_nothing(store: Store) -> None:
+    taken = record(OTHER_ORG)
+    await store.upsert(OTHER_ORG, [taken])
+    fresh = record(A)
+    with pytest.raises(AlreadyExists):
+        await store.upsert(A, [fresh, replace(taken, tenant=A)])
+    assert await store.get(A, [fresh.id, taken.id], NOW) == []
+
+
+async def test_cross_project_search_spans_exactly_the_given_tenants(store: Store) -> None:
+    a, b, c = (
+        record(A, vector=axis(0)),
+        record(OTHER_PROJECT, vector=axis(0, 0.1)),
+        record(Tenant("org_a", "prj_c", "env_a"), vector=axis(0, 0.05)),
+    )
+    for r in (a, b, c):
+        await store.upsert(r.tenant, [r])
+    found = await store.search([A, OTHER_PROJECT], axis(0), Filter(), 10, NOW)
+    assert [s.record.id for s in found] == [a.id, b.id]
+    assert {s.record.tenant for s in found} == {A, OTHER_PROJECT}
+    assert await store.search([], axis(0), Filter(), 10, NOW) == []
+
+
+async def test_a_tenant_whose_key_would_be_ambiguous_is_refused(store: Store) -> None:
+    # Org "o/p" + project "q" and org "o" + project "p/q" share the key "o/p/q/e".
+    for odd in (Tenant("o/p", "q", "e"), Tenant("o", "", "e")):
+        with pytest.raises(InvalidArgument):
+            await store.count(odd, Filter(), NOW)
+        with pytest.raises(InvalidArgument):
+            await store.upsert(odd, [record(odd)])
+
+
+async def test_racing_tenants_never_share_an_id(store: Store) -> None:
+    for _ in range(20):
+        rec = record(A, content="mine")
+        outcomes = await asyncio.gather(
+            store.upsert(A, [rec]),
+            store.upsert(OTHER_ORG, [replace(rec, tenant=OTHER_ORG, content="theirs")]),
+            return_exceptions=True,
+        )
+        winners = [t for t, o in zip((A, OTHER_ORG), outcomes, strict=True) if o is None]
+        losers = [o for o in outcomes if o is not None]
+        assert len(winners) == 1, outcomes
+        assert len(losers) == 1 and isinstance(losers[0], AlreadyExists)
+        [got] = await store.get(winners[0], [rec.id], NOW)
+        assert got.content == ("mine" if winners[0] == A else "theirs")
+        loser = OTHER_ORG if winners[0] == A else A
+        assert await store.get(loser, [rec.id], NOW) == []
+
+
+async def test_concurrent_calls_all_complete_and_add_up(store: Store) -> None:
+    tenants = [A, A_USER1, OTHER_ORG, OTHER_PROJECT, OTHER_ENV]
+    batches = [[record(t) for _ in range(5)] for t in tenants for _ in range(8)]
+    writes = [store.upsert(b[0].tenant, b) for b in batches]
+    reads = [store.search([t], axis(0), Filter(), 3, NOW) for t in tenants * 4]
+    counts = [store.count(t, Filter(), NOW) for t in tenants * 4]
+    await asyncio.gather(*writes, *reads, *counts)
+    assert await store.count(A, Filter(), NOW) == 80  # A sees its end user's too
+    for t in tenants[1:]:
+        assert await store.count(t, Filter(), NOW) == 40
+
+
+# --- expiry -------------------------------------------------------------------
+
+
+async def test_expired_records_are_invisible_to_every_read(store: Store) -> None:
+    gone = record(A, expire_time=NOW)  # expire_time <= now: expired
+    soon = record(A, expire_time=NOW + timedelta(microseconds=1))
+    never = record(A)
+    await store.upsert(A, [gone, soon, never])
+    every_id = [gone.id, soon.id, never.id]
+
+    assert ids(await store.get(A, every_id, NOW)) == {soon.id, never.id}
+    assert await store.count(A, Filter(), NOW) == 2
+    assert ids((await store.scroll(A, Filter(), 10, NOW)).records) == {soon.id, never.id}
+    assert {s.record.id for s in await store.search([A], axis(0), Filter(), 10, NOW)} == {
+        soon.id,
+        never.id,
+    }
+    later = NOW + timedelta(seconds=1)
+    assert ids(await store.get(A, every_id, later)) == {never.id}
+    earlier = NOW - timedelta(seconds=1)
+    assert ids(await store.get(A, every_id, earlier)) == set(every_id)
+    # delete_matching counts only what the caller could see.
+    assert await store.delete_matching(A, Filter(), later) == 1
+    assert ids(await store.get(A, every_id, earlier)) == {gone.id, soon.id}
+
+
+async def test_sweep_deletes_expired_records_of_every_tenant_up_to_the_limit(
+    store: Store,
+) -> None:
+    expired = [
+        record(t, expire_time=NOW - timedelta(minutes=i)) for i, t in enumerate(STRANGERS.values())
+    ]
+    alive = [record(A, expire_time=NOW + timedelta(minutes=1)), record(A)]
+    for r in expired + alive:
+        await store.upsert(r.tenant, [r])
+    assert await store.sweep_expired(NOW, limit=3) == 3
+    assert await store.sweep_expired(NOW) == 1
+    assert await store.sweep_expired(NOW) == 0
+    before = NOW - timedelta(days=1)
+    for r in expired:
+        assert await store.get(r.tenant, [r.id], before) == []
+    assert ids(await store.get(A, [r.id for r in alive], NOW)) == ids(alive)
+
+
+# --- filters ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def catalog(store: Store) -> dict[str, MemoryRecord]:
+    """Five records of A that differ in every filterable field."""
+    t0 = NOW - timedelta(days=10)
+    recs = {
+        "tea": record(
+            A_USER1,
+            agent_id="planner",
+            thread_id="t1",
+            source="chat",
+            tags=("pref", "drink"),
+            metadata={"lang": "en", "n": 1, "score": 0.5, "vip": True, "deep": {"x": "y"}},
+            create_time=t0,
+            update_time=t0 + timedelta(days=5),
+        ),
+        "coffee": record(
+            A_USER2,
+            agent_id="planner",
+            thread_id="t2",
+            source="email",
+            tags=("drink",),
+            metadata={"lang": "fr", "n": 2, "score": 1.5, "vip": False},
+            create_time=t0 + timedelta(days=1),
+            update_time=t0 + timedelta(days=1),
+        ),
+        "city": record(
+            A,
+            agent_id="travel",
+            thread_id="t1",
+            source="chat",
+            tags=("place",),
+            metadata={"lang": "en", "n": 3.0, "vip": "true"},
+            create_time=t0 + timedelta(days=2),
+            update_time=t0 + timedelta(days=8),
+        ),
+        "dog": record(
+            A,
+            agent_id="travel",
+            thread_id="t3",
+            source="import",
+            tags=(),
+            metadata={"n": 4, "vip": 1, "flags": [True, "x"]},
+            create_time=t0 + timedelta(days=3),
+            update_time=t0 + timedelta(days=3),
+        ),
+        "plain": record(
+            A,
+            agent_id="",
+            thread_id="",
+            source="",
+            metadata={},
+            create_time=t0 + timedelta(days=4),
+            update_time=t0 + timedelta(days=4),
+        ),
+    }
+    await store.upsert(A, list(recs.values()))
+    return recs
+
+
+FILTER_CASES: dict[str, tuple[Condition | Filter, set[str]]] = {
+    "agent": (Match("agent_id", "planner"), {"tea", "coffee"}),
+    "thread": (Match("thread_id", "t1"), {"tea", "city"}),
+    "source": (Match("source", "email"), {"coffee"}),
+    "empty source": (Match("source", ""), {"plain"}),
+    "tag": (Match("tags", "drink"), {"tea", "coffee"}),
+    "end user": (Match("end_user_id", "user1"), {"tea"}),
+    "any tag": (MatchAny("tags", ("pref", "place")), {"tea", "city"}),
+    "any agent": (MatchAny("agent_id", ("travel", "nobody")), {"city", "dog"}),
+    "no values": (MatchAny("agent_id", ()), set()),
+    "metadata string": (Match("metadata.lang", "en"), {"tea", "city"}),
+    "metadata int": (Match("metadata.n", 3), {"city"}),  # stored as 3.0
+    "metadata float": (Match("metadata.score", 1.5), {"coffee"}),
+    "metadata true": (Match("metadata.vip", True), {"tea"}),
+    "metadata false": (Match("metadata.vip", False), {"coffee"}),
+    "metadata 'true' string": (Match("metadata.vip", "true"), {"city"}),
+    "metadata 1": (Match("metadata.vip", 1), {"dog"}),
+    "metadata bool in list": (Match("metadata.flags", True), {"dog"}),
+    "metadata nested": (Match("metadata.deep.x", "y"), {"tea"}),
+    "metadata any": (MatchAny("metadata.lang", ("fr", "de")), {"coffee"}),
+    "metadata any mixed": (MatchAny("metadata.n", (1, 4, "en")), {"tea", "dog"}),
+    "metadata range": (NumberRange("metadata.n", gt=1, lte=3), {"coffee", "city"}),
+    "metadata range open": (NumberRange("metadata.score", gte=1.0), {"coffee"}),
+    "created in": (
+        TimeRange("create_time", NOW - timedelta(days=9), NOW - timedelta(days=7)),
+        {"coffee", "city"},
+    ),
+    "created from": (TimeRange("create_time", start=NOW - timedelta(days=7)), {"dog", "plain"}),
+    "updated before": (TimeRange("update_time", end=NOW - timedelta(days=6)), {"coffee", "dog"}),
+    "should": (
+        Filter(should=(Match("source", "email"), Match("tags", "place"))),
+        {"coffee", "city"},
+    ),
+    "must_not": (Filter(must_not=(Match("agent_id", "travel"),)), {"tea", "coffee", "plain"}),
+    "nested": (
+        Filter(
+            must=(Match("thread_id", "t1"),),
+            should=(
+                Filter(must=(Match("metadata.vip", True), Match("source", "chat"))),
+                Filter(must_not=(MatchAny("tags", ("pref", "drink")),)),
+            ),
+        ),
+        {"tea", "city"},
+    ),
+    "must_not bool": (
+        Filter(must_not=(Match("metadata.vip", True),)),
+        {"coffee", "city", "dog", "plain"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES))
+async def test_filters_select_exactly_the_matching_records(
+    store: Store, catalog: dict[str, MemoryRecord], case: str
+) -> None:
+    condition, expected_names = FILTER_CASES[case]
+    flt = condition if isinstance(condition, Filter) else Filter(must=(condition,))
+    expected = {catalog[n].id for n in expected_names}
+
+    assert await store.count(A, flt, NOW) == len(expected)
+    assert ids(await all_pages(store, A, flt, 2)) == expected
+    found = await store.search([A], axis(0), flt, 10, NOW)
+    assert {s.record.id for s in found} == expected
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        Match("org_id", "org_a"),
+        Match("tenant", "org_a/prj_a/env_a"),
+        Match("project_id", "prj_a"),
+        Match("environment_id", "env_a"),
+        Match("content", "tea"),
+        Match("metadata.", "x"),
+        Match("metadata..x", "x"),
+        Match("agent_id", 3),
+        Match("create_time", "2026"),
+        MatchAny("thread_id", ("t1", 2)),
+        NumberRange("agent_id", gt=1),
+        NumberRange("create_time", gt=1),
+        TimeRange("metadata.when", NOW),
+        Match("metadata.n", math.nan),
+        Filter(should=(Match("org_id", "org_b"),)),
+    ],
+    ids=repr,
+)
+async def test_filters_on_other_fields_are_refused(store: Store, condition: Condition) -> None:
+    flt = condition if isinstance(condition, Filter) else Filter(must=(condition,))
+    with pytest.raises(InvalidArgument):
+        await store.count(A, flt, NOW)
+    with pytest.raises(InvalidArgument):
+        await store.search([A], axis(0), flt, 10, NOW)
+    with pytest.raises(InvalidArgument):
+        await store.scroll(A, flt, 10, NOW)
+    with pytest.raises(InvalidArgument):
+        await store.delete_matching(A, flt, NOW)
+
+
+async def test_metadata_keys_with_odd_characters_are_literal(store: Store) -> None:
+    rec = record(A, metadata={"a b": "x", "c[0]": "y", "d": {"e": "z"}})
+    await store.upsert(A, [rec])
+    for key, value in (("a b", "x"), ("c[0]", "y"), ("d.e", "z")):
+        assert await store.count(A, Filter(must=(Match(f"metadata.{key}", value),)), NOW) == 1
+
+
+# --- search ---------------------------------------------------------------------
+
+
+async def test_search_ranks_by_cosine_similarity(store: Store) -> None:
+    near, middle, far, opposite = (
+        record(A, vector=axis(0, 0.1)),
+        record(A, vector=axis(0, 1.0)),
+        record(A, vector=axis(1)),
+        record(A, vector=unit([-1.0] + [0.0] * (DIM - 1))),
+    )
+    await store.upsert(A, [far, opposite, near, middle])
+    found = await store.search([A], axis(0), Filter(), 10, NOW)
+    assert [s.record.id for s in found] == [near.id, middle.id, far.id, opposite.id]
+    assert [s.score for s in found] == pytest.approx(
+        [1 / math.sqrt(1.01), 1 / math.sqrt(2), 0.0, -1.0], abs=1e-5
+    )
+    assert found[0].record == replace(near, vector=None)
+
+    top2 = await store.search([A], axis(0), Filter(), 2, NOW)
+    assert [s.record.id for s in top2] == [near.id, middle.id]
+    above = await store.search([A], axis(0), Filter(), 10, NOW, min_score=0.5)
+    assert [s.record.id for s in above] == [near.id, middle.id]
+    assert await store.search([A], axis(0), Filter(), 0, NOW) == []
+    with pytest.raises(InvalidArgument):
+        await store.search([A], (1.0, 0.0), Filter(), 10, NOW)
+
+
+# --- scroll -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 3, 7, 50])
+async def test_scroll_pages_newest_first_without_gaps_or_repeats(
+    store: Store, page_size: int
+) -> None:
+    rng = random.Random(page_size)
+    # Many records share a create_time (a batch written at one instant).
+    times = [NOW - timedelta(minutes=rng.choice([1, 2, 2, 3, 5])) for _ in range(23)]
+    recs = [record(A, create_time=t, tags=("odd",) if i % 2 else ()) for i, t in enumerate(times)]
+    await store.upsert(A, recs[:10])
+    await store.upsert(A, recs[10:])
+    await store.upsert(OTHER_ENV, [record(OTHER_ENV, create_time=t) for t in times[:5]])
+
+    def newest_first(rs: Sequence[MemoryRecord]) -> list[str]:
+        return [r.id for r in sorted(rs, key=lambda r: (r.create_time, r.id), reverse=True)]
+
+    got = await all_pages(store, A, Filter(), page_size)
+    assert [r.id for r in got] == newest_first(recs)
+    odd = Filter(must=(Match("tags", "odd"),))
+    got_odd = await all_pages(store, A, odd, page_size)
+    assert [r.id for r in got_odd] == newest_first([r for i, r in enumerate(recs) if i % 2])
+
+
+async def test_scroll_continues_after_a_deleted_cursor_record(store: Store) -> None:
+    recs = [record(A, create_time=NOW - timedelta(seconds=i // 2)) for i in range(6)]
+    await store.upsert(A, recs)
+    first = await store.scroll(A, Filter(), 3, NOW)
+    assert first.next_cursor is not None
+    await store.delete(A, [first.records[-1].id])
+    rest = await store.scroll(A, Filter(), 10, NOW, first.next_cursor)
+    assert rest.next_cursor is None
+    assert ids(first.records) | ids(rest.records) == ids(recs)
+    assert not ids(first.records) & ids(rest.records)
+
+
+async def test_scroll_refuses_a_cursor_with_a_bad_id(store: Store) -> None:
+    with pytest.raises(InvalidArgument):
+        await store.scroll(A, Filter(), 10, NOW, Cursor(NOW, "nope"))
+
+
+async def test_an_empty_scroll_has_no_cursor(store: Store) -> None:
+    page = await store.scroll(A, Filter(), 10, NOW)
+    assert page.records == [] and page.next_cursor is None
+    await store.upsert(A, [record(A)])
+    page = await store.scroll(A, Filter(), 1, NOW)
+    assert len(page.records) == 1 and page.next_cursor is None
+
+
+# --- counting and deleting ------------------------------------------------------
+
+
+async def test_delete_removes_only_the_tenants_records(store: Store) -> None:
+    mine, other = record(A), record(OTHER_PROJECT)
+    await store.upsert(A, [mine])
+    await store.upsert(OTHER_PROJECT, [other])
+    await store.delete(A, [mine.id, other.id, "junk"])
+    assert await store.get(A, [mine.id], NOW) == []
+    assert ids(await store.get(OTHER_PROJECT, [other.id], NOW)) == {other.id}
+
+
+async def test_delete_matching_answers_the_exact_number_deleted(store: Store) -> None:
+    recs = [record(A, tags=("x",) if i % 3 == 0 else ()) for i in range(600)]
+    for i in range(0, len(recs), 100):
+        await store.upsert(A, recs[i : i + 100])
+    await store.upsert(OTHER_ORG, [record(OTHER_ORG, tags=("x",)) for _ in range(5)])
+    x = Filter(must=(Match("tags", "x"),))
+    assert await store.count(A, x, NOW) == 200
+    assert await store.delete_matching(A, x, NOW) == 200
+    assert await store.count(A, x, NOW) == 0
+    assert await store.count(A, Filter(), NOW) == 400
+    assert await store.count(OTHER_ORG, x, NOW) == 5
+    assert await store.delete_matching(A, Filter(), NOW) == 400
+    assert await store.delete_matching(A, Filter(), NOW) == 0
+
+
+async def test_delete_scope_removes_a_project_or_one_environment(store: Store) -> None:
+    envs = {
+        t: record(t)
+        for t in (
+            A,
+            A_USER1,
+            OTHER_ENV,
+            OTHER_PROJECT,
+            OTHER_ORG,
+            Tenant("org_a", "prj_a2", "env_a"),
+        )
+    }
+    for t, r in envs.items():
+        await store.upsert(t, [r])
+
+    await store.delete_scope("org_a", "prj_a", "env_b")
+    assert await store.count(OTHER_ENV, Filter(), NOW) == 0
+    assert await store.count(A, Filter(), NOW) == 2
+
+    await store.delete_scope("org_a", "prj_a")
+    assert await store.count(A, Filter(), NOW) == 0
+    for t in (OTHER_PROJECT, OTHER_ORG, Tenant("org_a", "prj_a2", "env_a")):
+        assert await store.count(t, Filter(), NOW) == 1
+
+
+# --- lifecycle ------------------------------------------------------------------
+
+
+async def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
+    for s in (EdgeVectorStore(tmp_path / "v"), QdrantVectorStore(QdrantClient(":memory:"))):
+        with pytest.raises(Unavailable):
+            await s.count(A, Filter(), NOW)
+        await s.open(MODEL, DIM)
+        await s.close()
+        with pytest.raises(Unavailable):
+            await s.get(A, [str(uuid.uuid4())], NOW)
+        await s.close()  # idempotent
+
+
+async def test_qdrant_adapter_drives_the_async_client() -> None:
+    """Production passes an `AsyncQdrantClient`; its local mode takes the
+    same calls (and blocks the loop, which does not matter here)."""
+    client = AsyncQdrantClient(":memory:")
+    s = QdrantVectorStore(client)
+    await s.open(MODEL, DIM)
+    rec = record(A_USER1, metadata={"vip": True})
+    await s.upsert(A_USER1, [rec])
+    assert await s.count(A, Filter(must=(Match("metadata.vip", True),)), NOW) == 1
+    assert [x.record.id for x in await s.search([A], axis(0), Filter(), 5, NOW)] == [rec.id]
+    assert ids((await s.scroll(A_USER1, Filter(), 5, NOW)).records) == {rec.id}
+    with pytest.raises(AlreadyExists):
+        await s.upsert(OTHER_ENV, [replace(rec, tenant=OTHER_ENV)])
+    assert await s.delete_matching(A_USER2, Filter(), NOW) == 0
+    assert await s.delete_matching(A, Filter(), NOW) == 1
+    await s.close()
+    await client.close()
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+async def test_an_unreachable_qdrant_server_is_unavailable(grpc: bool) -> None:
+    # Port 9 (discard) has no Qdrant behind it: the connection is refused.
+    client = AsyncQdrantClient(
+        url="http://127.0.0.1:9",
+        grpc_port=9,
+        prefer_grpc=grpc,
+        timeout=2,
+        check_compatibility=False,  # that check is a blocking request of its own
+    )
+    with pytest.raises(Unavailable, match="Qdrant server is unavailable"):
+        await QdrantVectorStore(client).open(MODEL, DIM)
+    await client.close()
+
+
+async def test_edge_refuses_another_model_or_dimension(tmp_path: Path) -> None:
+    path = tmp_path / "v"
+    s = await open_edge(path)
+    await s.upsert(A, [record(A)])
+    await s.close()
+    for model, dim in (("other/model", DIM), (MODEL, 16)):
+        with pytest.raises(FailedPrecondition, match=f"created for model {MODEL} \\({DIM}-d\\)"):
+            await EdgeVectorStore(path).open(model, dim)
+    s = await open_edge(path)  # still opens for its own model
+    assert await s.count(A, Filter(), NOW) == 1
+    await s.close()
+
+
+async def test_qdrant_refuses_another_model_or_dimension() -> None:
+    client = QdrantClient(":memory:")
+    s = QdrantVectorStore(client)
+    await s.open("org/model-a", DIM)
+    assert s.collection == collection_name("org/model-a") == "memoryd_org_model_a"
+    await s.upsert(A, [record(A)])
+    await s.close()
+    # "org_model_a" maps to the same collection name: the marker tells them apart.
+    with pytest.raises(FailedPrecondition, match="created for model org/model-a"):
+        await QdrantVectorStore(client).open("org_model_a", DIM)
+    with pytest.raises(FailedPrecondition, match="created for model org/model-a"):
+        await QdrantVectorStore(client, collection="memoryd_org_model_a").open("org/model-a", 4)
+    # A collection memoryd did not make is not taken over.
+    from qdrant_client import models
+
+    client.create_collection(
+        "foreign", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+    )
+    with pytest.raises(FailedPrecondition, match="not created by memoryd"):
+        await QdrantVectorStore(client, collection="foreign").open(MODEL, DIM)
+    again = QdrantVectorStore(client)
+    await again.open("org/model-a", DIM)
+    assert await again.count(A, Filter(), NOW) == 1
+    await again.close()
+
+
+async def test_edge_keeps_everything_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "v"
+    rng = random.Random(7)
+    recs = [record(A, vector=rand_vector(rng), tags=(str(i),)) for i in range(300)]
+    s = await open_edge(path)
+    await s.upsert(A, recs)
+    await s.delete(A, [r.id for r in recs[:50]])
+    await s.close()
+
+    s = await open_edge(path)
+    assert await s.count(A, Filter(), NOW) == 250
+    got = await s.get(A, [r.id for r in recs], NOW, with_vectors=True)
+    assert ids(got) == ids(recs[50:])
+    by_id = {r.id: r for r in recs}
+    for g in got:
+        assert replace(g, vector=None) == replace(by_id[g.id], vector=None)
+        assert g.vector == pytest.approx(by_id[g.id].vector, abs=1e-6)
+    await s.close()
+
+
+async def test_edge_is_open_in_one_process_only(tmp_path: Path) -> None:
+    path = tmp_path / "v"
+    first = await open_edge(path)
+    with pytest.raises(FailedPrecondition, match="open in another process"):
+        await EdgeVectorStore(path).open(MODEL, DIM)
+    await first.close()
+    second = await open_edge(path)
+    await second.close()
+
+
+_WRITER = """
+import asyncio, sys, uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from memoryd.domain.memory import MemoryRecord
+from memoryd.domain.tenancy import Tenant
+from memoryd.storage.edge import EdgeVectorStore
+
+async def main(path: str, sync: bool) -> None:
+    store = EdgeVectorStore(path, sync_writes=sync)
+    await store.open({model!r}, {dim})
+    tenant = Tenant("org_a", "prj_a", "env_a")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    i = 0
+    while True:
+        rec = MemoryRecord(str(uuid.uuid4()), tenant, f"memory {{i}}", {{"i": i}}, "", "", "",
+                           (), now, now, None, 1, tuple([1.0] + [0.0] * ({dim} - 1)))
+        await store.upsert(tenant, [rec])
+        if i % 10 == 9:
+            await store.delete(tenant, [rec.id])
+            print("deleted " + rec.id, flush=True)
+        else:
+            print("ok " + rec.id, flush=True)
+        i += 1
+
+asyncio.run(main(sys.argv[1], sys.argv[2] == "sync"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "sync"])
+async def test_edge_acknowledged_writes_survive_kill_9(tmp_path: Path, mode: str) -> None:
+    """A writer process prints each write once the store has acknowledged it,
+    and is killed (SIGKILL) while writing the next: every acknowledged upsert
+    and delete is there after reopening."""
+    path = tmp_path / "v"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WRITER.format(model=MODEL, dim=DIM),
+        str(path),
+        mode,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(lines) < 60 and (line := await proc.stdout.readline()):
+                lines.append(line.decode().strip())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+    written = [ln.split()[1] for ln in lines if ln.startswith("ok ")]
+    deleted = [ln.split()[1] for ln in lines if ln.startswith("deleted ")]
+    assert len(written) >= 50 and len(deleted) >= 5
+    s = await open_edge(path)
+    assert ids(await s.get(A, written, NOW)) == set(written)
+    assert await s.get(A, deleted, NOW) == []
+    await s.close()
