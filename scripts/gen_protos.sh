@@ -7,6 +7,7 @@ googleapis=$("$py" -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirn
 mkdir -p "$out/memoryd/v1"
 "$py" -m grpc_tools.protoc -Iprotos -I"$googleapis" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+  --include_source_info --include_imports --descriptor_set_out="$out/memoryd/v1/descriptor_set.binpb" \
   --plugin=protoc-gen-mypy_grpc="$(dirname "$py")/protoc-gen-mypy_grpc" --mypy_grpc_out="$out" \
   protos/memoryd/v1/*.proto
 touch "$out/memoryd/v1/__init__.py"

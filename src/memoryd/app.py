@@ -17,8 +17,8 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
+from memoryd.api import reflection as api_reflection
 from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
 from memoryd.api.interceptor import CallInterceptor, CallObserver
@@ -332,9 +332,7 @@ async def _build(
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
-    )
+    api_reflection.enable(server, SERVICE_NAMES)
     address = f"{settings.host}:{settings.port}"
     if settings.tls_enabled:
         port = server.add_secure_port(address, _credentials(settings))
@@ -385,7 +383,11 @@ def _vector_store(settings: Settings) -> VectorStore:
         from qdrant_client import AsyncQdrantClient
 
         client = AsyncQdrantClient(
-            url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=10
+            url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key or None,
+            timeout=10,
+            # the version check is a blocking request at construction
+            check_compatibility=False,
         )
         return QdrantVectorStore(client)
     return EdgeVectorStore(

@@ -146,11 +146,6 @@ def test_describe_shows_the_methods_and_messages(served: Served) -> None:
     assert "previous_secret_expire_time" in message.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reflection serves descriptors without source info: the generated *_pb2 modules "
-    "drop the proto comments (see the report of issue 2's tests)",
-)
 def test_describe_shows_the_proto_comments(served: Served) -> None:
     service = grpcurl(served.address, "describe", "memoryd.v1.KeyService")
     assert "// KeyService manages API keys." in service.stdout

@@ -32,7 +32,7 @@ from memoryd.domain.tenancy import Caller, Principal
 log = logging.getLogger("memoryd.call")
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-MAX_REQUEST_ID = 128
+MAX_REQUEST_ID = 100
 
 
 @dataclass

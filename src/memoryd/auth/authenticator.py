@@ -98,7 +98,7 @@ class Authenticator:
         self._size = cache_size
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
         self._by_key_id: dict[str, set[bytes]] = {}
-        self._negative: OrderedDict[bytes, float] = OrderedDict()
+        self._negative: OrderedDict[bytes, tuple[float, Unauthenticated]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
         self._failures = _FailureLimiter(clock, failures_per_minute)
         self._touched: dict[str, float] = {}
@@ -176,27 +176,19 @@ class Authenticator:
                     retry_after=wait,
                     reason="AUTH_FAILURES_EXCEEDED",
                 )
-        neg = self._negative.get(digest)
-        if neg is not None and neg > self._clock.monotonic():
-            self._fail(parsed.key_id, peer)
-            raise _unknown_key()
+        refused = self._negative.get(digest)
+        if refused is not None and refused[0] > self._clock.monotonic():
+            if refused[1].reason == "API_KEY_INVALID":
+                self._fail(parsed.key_id, peer)
+            raise refused[1]
 
         record = await self._store.get_key(parsed.key_id)
         if record is None or record.prefix_kind != parsed.kind:
             self._fail(parsed.key_id, peer)
             raise _unknown_key()
         now = self._clock.now()
-        if record.revoke_time is not None:
-            raise Unauthenticated(
-                "this API key was revoked; use another key or create one (KeyService.CreateApiKey)",
-                reason="API_KEY_REVOKED",
-            )
-        if record.expire_time is not None and record.expire_time <= now:
-            raise Unauthenticated(
-                "this API key has expired; create a new one (KeyService.CreateApiKey)",
-                reason="API_KEY_EXPIRED",
-            )
-        valid_until = self._valid_until(record, now)
+        # The secret first: a key's state is told only to who holds its secret.
+        valid_until = self._ttl
         if await self._hasher.verify(parsed.secret, record.secret_hash):
             pass
         elif (
@@ -205,13 +197,28 @@ class Authenticator:
             and record.previous_secret_expire_time > now
             and await self._hasher.verify(parsed.secret, record.previous_secret_hash)
         ):
-            valid_until = min(
-                valid_until, (record.previous_secret_expire_time - now).total_seconds()
-            )
+            valid_until = (record.previous_secret_expire_time - now).total_seconds()
         else:
-            self._remember_refusal(digest)
             self._fail(parsed.key_id, peer)
-            raise _unknown_key()
+            raise self._remember_refusal(digest, _unknown_key())
+        if record.revoke_time is not None:
+            raise self._remember_refusal(
+                digest,
+                Unauthenticated(
+                    "this API key was revoked; use another key or create one "
+                    "(KeyService.CreateApiKey)",
+                    reason="API_KEY_REVOKED",
+                ),
+            )
+        if record.expire_time is not None and record.expire_time <= now:
+            raise self._remember_refusal(
+                digest,
+                Unauthenticated(
+                    "this API key has expired; create a new one (KeyService.CreateApiKey)",
+                    reason="API_KEY_EXPIRED",
+                ),
+            )
+        valid_until = min(valid_until, self._valid_until(record, now))
 
         principal = Principal(
             key_id=record.id,
@@ -244,10 +251,12 @@ class Authenticator:
                 if not digests:
                     del self._by_key_id[old.principal.key_id]
 
-    def _remember_refusal(self, digest: bytes) -> None:
-        self._negative[digest] = self._clock.monotonic() + _NEGATIVE_TTL_S
+    def _remember_refusal(self, digest: bytes, error: Unauthenticated) -> Unauthenticated:
+        """Refuses the same key+secret again for a minute without a hash."""
+        self._negative[digest] = (self._clock.monotonic() + _NEGATIVE_TTL_S, error)
         while len(self._negative) > self._size:
             self._negative.popitem(last=False)
+        return error
 
     def _fail(self, key_id: str, peer: str) -> None:
         self._failures.failed(f"peer:{peer}")

@@ -102,7 +102,7 @@ class Auditor:
         )
         try:
             await self._store.append_audit(event)
-        except DomainError:
+        except Exception:  # the change is made: a lost event must not fail the call
             log.exception("could not store audit event %s (%s)", event.id, action)
         if self._path is not None:
             line = json.dumps(
