@@ -118,6 +118,8 @@ class App:
         await self.server.stop(grace)
         for task in self._tasks:
             task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
         for close in reversed(self._closers):
             try:
                 await close()

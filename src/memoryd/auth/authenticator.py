@@ -142,8 +142,13 @@ class Authenticator:
         self._by_key_id.clear()
 
     async def close(self) -> None:
-        for task in list(self._background):
+        """Stops the background last-used writes, before the store closes (a
+        write cancelled mid-way must not be left awaiting a closed database)."""
+        tasks = list(self._background)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
 
     # --- slow path --------------------------------------------------------------
 
