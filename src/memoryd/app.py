@@ -354,6 +354,14 @@ async def _build(
                     "verified-key cache misses",
                     lambda: authenticator.cache_misses,
                 ),
+                "memoryd_rate_limit_backend_failures": (
+                    "rate-limit checks that Redis failed (answered by the fallback or refused)",
+                    lambda: getattr(limiter, "primary_failures", 0),
+                ),
+                "memoryd_rate_limit_fallback_checks": (
+                    "rate-limit checks answered by the in-process limiter while Redis was down",
+                    lambda: getattr(limiter, "fallback_checks", 0),
+                ),
             }
         )
     )
