@@ -114,7 +114,6 @@ class JsonFormatter(logging.Formatter):
 
 async def _serve(settings: Settings) -> int:
     from memoryd.app import build_app
-
     from memoryd.domain.errors import DomainError
 
     try:
