@@ -316,21 +316,26 @@ async def _build(
         costs=COSTS,
         usage=UsageRecorder(meter),
     )
-    interceptors: list[Any] = [interceptor]
+    interceptors: list[Any] = []
     if tracer_provider is None and settings.otel_tracing:
         tracer_provider = tracing.tracer_provider()
         closers.append(_run_sync(tracer_provider.shutdown))
     if tracer_provider is not None:
-        # outermost, so that a span covers authentication and limits too
-        interceptors.insert(0, tracing.server_interceptor(tracer_provider))
-    server = aio.server(
-        interceptors=interceptors,
-        options=_server_options(settings),
+        # an interceptor runs before the handlers, so a span covers the whole pipeline
+        interceptors.append(tracing.server_interceptor(tracer_provider))
+    server = aio.server(interceptors=interceptors or None, options=_server_options(settings))
+    # The pipeline (request id, auth, limits, errors, usage, metrics) wraps
+    # every method of the three services; health and reflection stay open.
+    interceptor.register(
+        memory_pb2_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(memories), server
     )
-    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(memories), server)
-    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys, clock), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(projects, auditor, UsageReporter(meter, clock)), server
+    interceptor.register(
+        keys_pb2_grpc.add_KeyServiceServicer_to_server, KeyServicer(keys, clock), server
+    )
+    interceptor.register(
+        admin_pb2_grpc.add_AdminServiceServicer_to_server,
+        AdminServicer(projects, auditor, UsageReporter(meter, clock)),
+        server,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

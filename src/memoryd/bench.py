@@ -21,10 +21,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +86,10 @@ class ServerProcess:
             self._tmp = tempfile.TemporaryDirectory(prefix="memoryd-bench-")
             data_dir = self._tmp.name
         self.data_dir = data_dir
+        self.metrics_port = _free_port()
         env = {
             **os.environ,
+            "MEMORYD_METRICS_PORT": str(self.metrics_port),
             **self._env,
             "MEMORYD_DATA_DIR": data_dir,
             "MEMORYD_PORT": "0",
@@ -135,6 +139,24 @@ class ServerProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def calls(self, method: str) -> dict[str, float]:
+        """Calls of `method` so far by status code, from the server's metrics."""
+        service, name = method.strip("/").rsplit("/", 1)
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        out: dict[str, float] = {}
+        pattern = re.compile(
+            r'^memoryd_requests_total\{code="(\w+)",method="'
+            + re.escape(name)
+            + r'",service="'
+            + re.escape(service.rsplit(".", 1)[-1])
+            + r'"\} ([\d.e+]+)$',
+            re.M,
+        )
+        for code, value in pattern.findall(text):
+            out[code] = float(value)
+        return out
+
 
 async def drive(
     name: str, call: Callable[[], Awaitable[Any]], seconds: float, concurrency: int
@@ -164,6 +186,26 @@ async def drive(
     return Result(name, len(latencies), time.perf_counter() - started, latencies, errors)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def h2load_checked(
+    server: ServerProcess, method: str, body: bytes, headers: dict[str, str], seconds: float
+) -> tuple[float, int] | None:
+    """h2load's requests/s and the calls that did not answer OK (h2load counts
+    any HTTP 200 as a success; the server's own metrics tell the gRPC codes)."""
+    before = server.calls(method)
+    rps = h2load(server.address, method, body, headers, seconds)
+    if rps is None:
+        return None
+    after = server.calls(method)
+    errors = sum(v - before.get(k, 0.0) for k, v in after.items() if k != "OK")
+    return rps, int(errors)
+
+
 def h2load(
     address: str, method: str, body: bytes, headers: dict[str, str], seconds: float
 ) -> float | None:
@@ -177,7 +219,7 @@ def h2load(
     args = [
         exe,
         "-D",
-        str(seconds),
+        str(max(1, round(seconds))),
         "-c",
         "4",
         "-m",
@@ -232,15 +274,15 @@ async def auth_suite(server: ServerProcess, seconds: float, concurrency: int) ->
     if whoami.errors or check.errors:
         lines.append("WARNING: errors during the run; the figures are not valid")
 
-    h_check = h2load(
-        server.address,
+    h_check = h2load_checked(
+        server,
         "/grpc.health.v1.Health/Check",
         health_pb2.HealthCheckRequest().SerializeToString(),
         {},
         seconds,
     )
-    h_who = h2load(
-        server.address,
+    h_who = h2load_checked(
+        server,
         "/memoryd.v1.KeyService/WhoAmI",
         keys_pb2.WhoAmIRequest().SerializeToString(),
         {"x-api-key": server.owner_key},
@@ -248,9 +290,10 @@ async def auth_suite(server: ServerProcess, seconds: float, concurrency: int) ->
     )
     if h_check and h_who:
         lines += [
-            f"{'health Check (h2load, 4 conns x 32 streams)':<44} {h_check:>9.0f} req/s",
-            f"{'WhoAmI authenticated (h2load)':<44} {h_who:>9.0f} req/s",
-            f"ratio WhoAmI/Check (h2load): {h_who / h_check:.2f}",
+            f"{'health Check (h2load, 4 conns x 32 streams)':<44} {h_check[0]:>9.0f} req/s",
+            f"{'WhoAmI authenticated (h2load)':<44} {h_who[0]:>9.0f} req/s   "
+            f"non-OK answers {h_who[1]}",
+            f"ratio WhoAmI/Check (h2load): {h_who[0] / h_check[0]:.2f}",
         ]
     else:
         lines.append(
@@ -267,10 +310,28 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         flush=True,
     )
     for suite in suites:
-        if suite == "auth":
+        if suite in ("auth", "auth-redis"):
+            redis_url = ""
+            if suite == "auth-redis":
+                redis_url = settings.redis_url or "redis://127.0.0.1:6379/0"
+                print(
+                    f"one Redis rate-limit check: {await redis_check_us(redis_url):.0f} us "
+                    "(median of 5,000, sequential, from this process)",
+                    flush=True,
+                )
             auth_settings = Settings(
-                **{**vars_of(settings), "embedding_provider": "hashing", "embedding_dimension": 64}
+                **{
+                    **vars_of(settings),
+                    "embedding_provider": "hashing",
+                    "embedding_dimension": 64,
+                    "redis_url": redis_url,
+                    # every call is checked by the limiter, none is refused
+                    "key_requests_per_second": 1e9,
+                    "key_burst": 1_000_000_000,
+                }
             )
+            backend = "Redis" if redis_url else "in-process"
+            print(f"-- auth suite, rate limiter: {backend}", flush=True)
             async with ServerProcess(auth_settings) as server:
                 for line in await auth_suite(server, args.seconds, args.concurrency):
                     print(line, flush=True)
@@ -283,6 +344,28 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
             print(f"unknown suite {suite!r}", file=sys.stderr)
             return 2
     return 0
+
+
+async def redis_check_us(url: str) -> float:
+    """Median microseconds of one RedisRateLimiter check (two buckets)."""
+    from memoryd.ratelimit import Limit, RedisRateLimiter, api_key_bucket, project_bucket
+    from memoryd.storage.redis import make_redis
+
+    redis = make_redis(url, 0.5)
+    limiter = RedisRateLimiter(redis, timeout_s=0.5)
+    checks = [
+        (api_key_bucket("bench", "k"), Limit(1e9, 1_000_000_000)),
+        (project_bucket("bench"), Limit(1e9, 1_000_000_000)),
+    ]
+    try:
+        samples = []
+        for _ in range(5000):
+            t0 = time.perf_counter()
+            await limiter.check(checks, 1)
+            samples.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        await redis.aclose()
+    return sorted(samples)[len(samples) // 2]
 
 
 def vars_of(settings: Settings) -> dict[str, Any]:

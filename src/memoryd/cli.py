@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     bench.add_argument("--concurrency", type=int, default=32, help="calls in flight")
     bench.add_argument(
-        "--suite", default="auth", help="comma-separated suites: auth, memory (default: auth)"
+        "--suite",
+        default="auth,auth-redis,memory",
+        help="comma-separated suites: auth (in-process limiter), auth-redis, memory (default: all)",
     )
     bench.add_argument("--memories", type=int, default=100_000, help="memory suite: corpus size")
     bench.add_argument("--tenants", type=int, default=1_000, help="memory suite: tenants")

@@ -92,6 +92,22 @@ class CallObserver(Protocol):
 CostFn = Callable[[Any], int]
 
 
+class _Capture:
+    """Stands in for a server to capture what a generated
+    `add_*Servicer_to_server` function registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        return None
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.services[service] = handlers
+
+
 class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
@@ -108,6 +124,25 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._costs = costs or {}
         self._usage = usage
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def register(
+        self, add_to_server: Callable[[Any, Any], None], servicer: Any, server: aio.Server
+    ) -> None:
+        """Registers `servicer` on `server` with every method already wrapped
+        in the pipeline. Same behaviour as installing this as an interceptor,
+        without the per-call interceptor dispatch (a measurable share of a
+        cheap call's cost in grpc.aio)."""
+        capture = _Capture()
+        add_to_server(servicer, capture)
+        for service, handlers in capture.services.items():
+            wrapped = {
+                name: self._wrap(handler, f"/{service}/{name}")
+                for name, handler in handlers.items()
+            }
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, wrapped),)
+            )
+            server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
 
     async def intercept_service(
         self,
@@ -265,12 +300,16 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return run
 
 
+_WANTED = frozenset({"x-request-id", "x-api-key", "authorization", "x-end-user-id"})
+
+
 def _metadata(context: aio.ServicerContext[Any, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
-            out[key] = value
-    return out
+    """The request headers the pipeline reads (binary headers are skipped)."""
+    return {
+        key: value
+        for key, value in context.invocation_metadata() or ()
+        if key in _WANTED and isinstance(value, str)
+    }
 
 
 def _bearer(value: str) -> str:

@@ -105,6 +105,8 @@ class Metrics:
             registry=r,
         )
         self._server: Any = None
+        # labelled children by (method, code): `labels()` takes a lock per call
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def serve(self, host: str, port: int) -> None:
         self._server = start_http_server(port, addr=host, registry=self.registry)
@@ -120,10 +122,17 @@ class Metrics:
         self.registry.register(collector)
 
     def call_finished(self, call: CallState, duration_s: float) -> None:
-        service, _, method = call.method.lstrip("/").rpartition("/")
-        service = service.rsplit(".", 1)[-1]
-        self.requests.labels(service, method, call.code).inc()
-        self.latency.labels(service, method).observe(duration_s)
+        children = self._children.get((call.method, call.code))
+        if children is None:
+            service, _, method = call.method.lstrip("/").rpartition("/")
+            service = service.rsplit(".", 1)[-1]
+            children = (
+                self.requests.labels(service, method, call.code),
+                self.latency.labels(service, method),
+            )
+            self._children[(call.method, call.code)] = children
+        children[0].inc()
+        children[1].observe(duration_s)
         if call.code == "UNAUTHENTICATED":
             self.auth_failures.labels(call.reason or "UNKNOWN").inc()
         if call.reason == "RATE_LIMITED":
