@@ -55,7 +55,6 @@ from memoryd.ratelimit import (
 )
 from memoryd.ratelimit.admission import COSTS, RateLimitAdmission, UsageRecorder
 from memoryd.storage.edge import EdgeVectorStore
-from memoryd.storage.qdrant import QdrantVectorStore
 from memoryd.storage.redis import make_redis
 from memoryd.storage.sql import SqlControlStore
 from memoryd.v1 import (
@@ -395,7 +394,11 @@ async def _build(
 
 def _vector_store(settings: Settings) -> VectorStore:
     if settings.qdrant_url:
+        # imported here: qdrant-client takes most of a second to import, and
+        # the embedded default does not need it
         from qdrant_client import AsyncQdrantClient
+
+        from memoryd.storage.qdrant import QdrantVectorStore
 
         client = AsyncQdrantClient(
             url=settings.qdrant_url,
