@@ -164,6 +164,8 @@ class _Timed:
                 return result
             return _time(result, hist, errors)
 
+        # found once per name: later look-ups find the attribute directly
+        setattr(self, name, wrapper)
         return wrapper
 
 
