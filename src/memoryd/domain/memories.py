@@ -326,7 +326,7 @@ class MemoryService:
         dim = self._embedder.dimension
         if len(vector) != dim:
             v.add(name, f"has {len(vector)} values; this server's model has dimension {dim}")
-        elif not all(math.isfinite(x) for x in vector):
+        elif not all(map(math.isfinite, vector)):
             v.add(name, "must hold finite numbers (no NaN or infinity)")
         elif not any(vector):
             v.add(name, "must not be all zeros")

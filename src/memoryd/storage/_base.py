@@ -140,7 +140,7 @@ class PointStore(abc.ABC, Generic[C, F]):
                 raise InvalidArgument.field(
                     "vector", f"this store holds {self.dimension}-d vectors, got {got}"
                 )
-            points.append(Point(pid, [float(x) for x in r.vector], p.to_payload(r)))
+            points.append(Point(pid, list(map(float, r.vector)), p.to_payload(r)))
         async with self._write_lock():
             owners = await self._owners([pt.id for pt in points])
             if any(not p.can_see(tenant, *owner) for owner in owners.values()):
