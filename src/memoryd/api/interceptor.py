@@ -230,7 +230,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary_unary(handler.unary_unary, method), **kwargs
+                self._unary_response(handler.unary_unary, method, request_stream=False), **kwargs
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
@@ -238,16 +238,19 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._stream_unary(handler.stream_unary, method), **kwargs
+                self._unary_response(handler.stream_unary, method, request_stream=True), **kwargs
             )
         return handler  # stream-stream: none in the v1 contract
 
-    def _unary_unary(self, behavior: Any, method: str) -> Any:
+    def _unary_response(self, behavior: Any, method: str, *, request_stream: bool) -> Any:
+        """Unary-unary and stream-unary: one response, returned."""
+
         async def run(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             call: CallState | None = None
             try:
-                call = await self._begin(context, method, request)
+                # a request stream is not read here: its cost is known only later
+                call = await self._begin(context, method, None if request_stream else request)
                 response = await behavior(request, context)
                 self._succeed(context, call)
                 return response
@@ -270,25 +273,6 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 async for item in behavior(request, context):
                     yield item
                 self._succeed(context, call)
-            except aio.AbortError:
-                raise
-            except Exception as exc:
-                call = call or _CALL.get(None) or _anonymous(method, context)
-                await self._fail(context, call, exc)
-            finally:
-                await self._finish(call or _CALL.get(None), started)
-
-        return run
-
-    def _stream_unary(self, behavior: Any, method: str) -> Any:
-        async def run(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            call: CallState | None = None
-            try:
-                call = await self._begin(context, method, None)
-                response = await behavior(requests, context)
-                self._succeed(context, call)
-                return response
             except aio.AbortError:
                 raise
             except Exception as exc:
