@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -448,3 +448,11 @@ class Hit:
     payload: Mapping[str, Any]
     vector: list[float] | None = None
     score: float = 0.0
+
+
+def owners(found: Iterable[Any]) -> dict[str, tuple[str, str]]:
+    """Point id → (tenant key, end user id), from engine records with payloads."""
+    return {
+        str(r.id): ((r.payload or {}).get(TENANT, ""), (r.payload or {}).get(END_USER_ID, ""))
+        for r in found
+    }

@@ -289,13 +289,7 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
 
     async def _owners(self, ids: list[str]) -> dict[str, tuple[str, str]]:
         found = await self._call(lambda s: s.retrieve(list(ids), [p.TENANT, p.END_USER_ID], False))
-        return {
-            str(r.id): (
-                (r.payload or {}).get(p.TENANT, ""),
-                (r.payload or {}).get(p.END_USER_ID, ""),
-            )
-            for r in found
-        }
+        return p.owners(found)
 
     async def _scroll(
         self,

@@ -435,13 +435,7 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
                 with_payload=[p.TENANT, p.END_USER_ID],
                 with_vectors=False,
             )
-        return {
-            str(r.id): (
-                (r.payload or {}).get(p.TENANT, ""),
-                (r.payload or {}).get(p.END_USER_ID, ""),
-            )
-            for r in found
-        }
+        return p.owners(found)
 
     async def _scroll(
         self,
