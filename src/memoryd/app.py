@@ -281,6 +281,7 @@ async def _build(
             max_metadata_bytes=settings.max_metadata_bytes,
         ),
         meter=_WriteMeter(meter),
+        on_environment_count=metrics.environment_memories.observe,
     )
 
     # --- control-plane services ---------------------------------------------------------

@@ -115,6 +115,7 @@ async def test_metrics_endpoint_exposes_the_named_series_after_traffic(
     assert 'memoryd_backend_duration_seconds_count{backend="embedder",operation="embed"}' in text
     assert 'memoryd_backend_duration_seconds_count{backend="sql",operation="get_key"}' in text
     assert "memoryd_key_cache_hits_total" in text
+    assert 'memoryd_environment_memories_bucket{le="10.0"} 1.0' in text  # 0 before the write
     assert 'memoryd_rate_limit_decisions_total{decision="allowed"}' in text
     # no tenant labels, no secrets
     assert project.id not in text and server.owner_key not in text

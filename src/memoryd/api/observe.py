@@ -104,6 +104,13 @@ class Metrics:
             ["backend", "operation"],
             registry=r,
         )
+        self.environment_memories = Histogram(
+            "memoryd_environment_memories",
+            "memories per environment, observed when a write refreshes the quota count "
+            "(a distribution, not per-tenant labels)",
+            buckets=(10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000),
+            registry=r,
+        )
         self._server: Any = None
         # labelled children by (method, code): `labels()` takes a lock per call
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}

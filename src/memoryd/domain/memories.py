@@ -147,13 +147,17 @@ class MemoryService:
         clock: Clock,
         defaults: Defaults = Defaults(),
         meter: WriteMeter | None = None,
+        on_environment_count: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_environment_count` sees each exact count of an environment's
+        memories as the quota check refreshes it (for a metric)."""
         self._store = store
         self._embedder = embedder
         self._projects = projects
         self._clock = clock
         self._defaults = defaults
         self._meter = meter or _NoMeter()
+        self._on_count = on_environment_count or (lambda n: None)
         self._policies: dict[tuple[str, str], tuple[float, Project]] = {}
         self._counts: dict[str, tuple[float, int]] = {}
         self._count_lock = asyncio.Lock()
@@ -366,6 +370,7 @@ class MemoryService:
             mono = time.monotonic()
             if cached is None or cached[0] < mono:
                 count = await self._store.count(env_tenant, Filter(), self._clock.now())
+                self._on_count(count)
             else:
                 count = cached[1]
             if count + n > limit:
