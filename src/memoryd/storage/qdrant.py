@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -193,133 +193,15 @@ class _InThread:
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, True)
 
-    async def collection_exists(self, collection_name: str) -> bool:
-        return await self._run(lambda: self._client.collection_exists(collection_name))
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        """Each `_Api` method: the client's method of that name, run on the
+        worker thread with the same arguments."""
+        method = getattr(self._client, name)
 
-    async def create_collection(
-        self,
-        collection_name: str,
-        *,
-        vectors_config: models.VectorParams,
-        hnsw_config: models.HnswConfigDiff,
-        metadata: dict[str, Any],
-    ) -> bool:
-        return await self._run(
-            lambda: self._client.create_collection(
-                collection_name,
-                vectors_config=vectors_config,
-                hnsw_config=hnsw_config,
-                metadata=metadata,
-            )
-        )
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self._run(lambda: method(*args, **kwargs))
 
-    async def get_collection(self, collection_name: str) -> models.CollectionInfo:
-        return await self._run(lambda: self._client.get_collection(collection_name))
-
-    async def create_payload_index(
-        self,
-        collection_name: str,
-        *,
-        field_name: str,
-        field_schema: models.KeywordIndexParams | models.IntegerIndexParams,
-        wait: bool,
-    ) -> models.UpdateResult:
-        return await self._run(
-            lambda: self._client.create_payload_index(
-                collection_name, field_name=field_name, field_schema=field_schema, wait=wait
-            )
-        )
-
-    async def upsert(
-        self,
-        collection_name: str,
-        *,
-        points: list[models.PointStruct],
-        update_filter: models.Filter,
-        wait: bool,
-    ) -> models.UpdateResult:
-        return await self._run(
-            lambda: self._client.upsert(
-                collection_name, points=points, update_filter=update_filter, wait=wait
-            )
-        )
-
-    async def retrieve(
-        self,
-        collection_name: str,
-        *,
-        ids: list[str],
-        with_payload: list[str],
-        with_vectors: bool,
-    ) -> list[models.Record]:
-        return await self._run(
-            lambda: self._client.retrieve(
-                collection_name,
-                ids=ids,
-                with_payload=with_payload,
-                with_vectors=with_vectors,
-            )
-        )
-
-    async def scroll(
-        self,
-        collection_name: str,
-        *,
-        scroll_filter: models.Filter,
-        limit: int,
-        order_by: models.OrderBy | None,
-        offset: str | None,
-        with_payload: bool,
-        with_vectors: bool,
-    ) -> tuple[list[models.Record], Any]:
-        return await self._run(
-            lambda: self._client.scroll(
-                collection_name,
-                scroll_filter=scroll_filter,
-                limit=limit,
-                order_by=order_by,
-                offset=offset,
-                with_payload=with_payload,
-                with_vectors=with_vectors,
-            )
-        )
-
-    async def query_points(
-        self,
-        collection_name: str,
-        *,
-        query: list[float],
-        query_filter: models.Filter,
-        limit: int,
-        score_threshold: float | None,
-        with_payload: bool,
-        with_vectors: bool,
-    ) -> models.QueryResponse:
-        return await self._run(
-            lambda: self._client.query_points(
-                collection_name,
-                query=query,
-                query_filter=query_filter,
-                limit=limit,
-                score_threshold=score_threshold,
-                with_payload=with_payload,
-                with_vectors=with_vectors,
-            )
-        )
-
-    async def count(
-        self, collection_name: str, *, count_filter: models.Filter, exact: bool
-    ) -> models.CountResult:
-        return await self._run(
-            lambda: self._client.count(collection_name, count_filter=count_filter, exact=exact)
-        )
-
-    async def delete(
-        self, collection_name: str, *, points_selector: models.FilterSelector, wait: bool
-    ) -> models.UpdateResult:
-        return await self._run(
-            lambda: self._client.delete(collection_name, points_selector=points_selector, wait=wait)
-        )
+        return call
 
 
 class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
@@ -342,7 +224,9 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
         collection_prefix: str = "memoryd",
     ) -> None:
         super().__init__()
-        self._api: _Api = _InThread(client) if isinstance(client, QdrantClient) else client
+        self._api: _Api = (
+            cast(_Api, _InThread(client)) if isinstance(client, QdrantClient) else client
+        )
         self._fixed_collection = collection
         self._prefix = collection_prefix
         self._collection: str | None = None
