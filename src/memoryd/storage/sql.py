@@ -189,18 +189,25 @@ def _settings_from_json(raw: str) -> ProjectSettings:
     )
 
 
-def _after_clause(
+def _keyset(
+    q: sa.Select[Any],
     time_col: sa.ColumnElement[Any],
     id_col: sa.ColumnElement[Any],
     after: tuple[str, str] | None,
+    limit: int,
+    *,
     descending: bool,
-) -> sa.ColumnElement[bool] | None:
-    if after is None:
-        return None
-    t = datetime.fromisoformat(after[0])
-    if descending:
-        return sa.or_(time_col < t, sa.and_(time_col == t, id_col < after[1]))
-    return sa.or_(time_col > t, sa.and_(time_col == t, id_col > after[1]))
+) -> sa.Select[Any]:
+    """`q` ordered by (time, id), strictly after the keyset position `after`,
+    one row beyond `limit` so that `_next_after` can tell whether more follow."""
+    if after is not None:
+        t = datetime.fromisoformat(after[0])
+        if descending:
+            q = q.where(sa.or_(time_col < t, sa.and_(time_col == t, id_col < after[1])))
+        else:
+            q = q.where(sa.or_(time_col > t, sa.and_(time_col == t, id_col > after[1])))
+    order = (time_col.desc(), id_col.desc()) if descending else (time_col, id_col)
+    return q.order_by(*order).limit(limit + 1)
 
 
 class SqlControlStore:
@@ -383,10 +390,7 @@ class SqlControlStore:
         self, org_id: str, limit: int, after: tuple[str, str] | None
     ) -> ListPage[Project]:
         q = sa.select(projects).where(projects.c.org_id == org_id)
-        cond = _after_clause(projects.c.create_time, projects.c.id, after, descending=False)
-        if cond is not None:
-            q = q.where(cond)
-        q = q.order_by(projects.c.create_time, projects.c.id).limit(limit + 1)
+        q = _keyset(q, projects.c.create_time, projects.c.id, after, limit, descending=False)
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
             envs = await self._envs_of(conn, [r.id for r in rows[:limit]])
@@ -445,10 +449,9 @@ class SqlControlStore:
         q = sa.select(environments).where(
             environments.c.org_id == org_id, environments.c.project_id == project_id
         )
-        cond = _after_clause(environments.c.create_time, environments.c.id, after, descending=False)
-        if cond is not None:
-            q = q.where(cond)
-        q = q.order_by(environments.c.create_time, environments.c.id).limit(limit + 1)
+        q = _keyset(
+            q, environments.c.create_time, environments.c.id, after, limit, descending=False
+        )
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
         items = [self._env(r) for r in rows[:limit]]
@@ -556,10 +559,7 @@ class SqlControlStore:
             q = q.where(api_keys.c.environment_id == query.environment_id)
         if not query.show_revoked:
             q = q.where(api_keys.c.revoke_time.is_(None))
-        cond = _after_clause(api_keys.c.create_time, api_keys.c.id, after, descending=True)
-        if cond is not None:
-            q = q.where(cond)
-        q = q.order_by(api_keys.c.create_time.desc(), api_keys.c.id.desc()).limit(limit + 1)
+        q = _keyset(q, api_keys.c.create_time, api_keys.c.id, after, limit, descending=True)
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
         items = [self._key(r) for r in rows[:limit]]
@@ -608,10 +608,7 @@ class SqlControlStore:
             q = q.where(c.time >= query.start_time)
         if query.end_time is not None:
             q = q.where(c.time < query.end_time)
-        cond = _after_clause(c.time, c.id, after, descending=True)
-        if cond is not None:
-            q = q.where(cond)
-        q = q.order_by(c.time.desc(), c.id.desc()).limit(limit + 1)
+        q = _keyset(q, c.time, c.id, after, limit, descending=True)
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
         items = [AuditEvent(**{k: getattr(r, k) for k in r._fields}) for r in rows[:limit]]
