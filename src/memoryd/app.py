@@ -288,17 +288,13 @@ async def _build(
     auditor = Auditor(control, clock, settings.audit_log)
     keys = KeyManager(control, hasher, auditor, clock, bus.publish)
 
-    async def delete_memories(org_id: str, project_id: str, environment_id: str | None) -> None:
-        projects_cache.forget(org_id, project_id)
-        await memories.delete_scope(org_id, project_id, environment_id)
-
     projects = ProjectManager(
         control,
         auditor,
         clock,
         bus.publish,
-        delete_memories,
-        on_change=_forgetter(projects_cache, memories),
+        memories.delete_scope,
+        on_change=projects_cache.forget,
     )
 
     # --- the gRPC server ------------------------------------------------------------------
@@ -412,14 +408,6 @@ def _vector_store(settings: Settings) -> VectorStore:
     return EdgeVectorStore(
         Path(settings.data_dir) / "vectors", sync_writes=settings.vector_sync_writes
     )
-
-
-def _forgetter(cache: ProjectCache, memories: MemoryService) -> Callable[[str, str], None]:
-    def forget(org_id: str, project_id: str) -> None:
-        cache.forget(org_id, project_id)
-        memories.forget_project(org_id, project_id)
-
-    return forget
 
 
 async def _sweeper(memories: MemoryService, interval_s: float) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -60,7 +60,6 @@ MAX_TTL = timedelta(days=3650)
 EXPORT_PAGE = 256
 IMPORT_CHUNK = 64
 MAX_IMPORT_ERRORS = 100
-_POLICY_TTL_S = 5.0
 _COUNT_TTL_S = 5.0
 # An error's details travel in trailing metadata, which clients refuse past
 # 16 KiB by default: client strings echoed in one are clipped, and at most
@@ -158,7 +157,6 @@ class MemoryService:
         self._defaults = defaults
         self._meter = meter or _NoMeter()
         self._on_count = on_environment_count or (lambda n: None)
-        self._policies: dict[tuple[str, str], tuple[float, Project]] = {}
         self._counts: dict[str, tuple[float, int]] = {}
         self._count_lock = asyncio.Lock()
 
@@ -169,20 +167,11 @@ class MemoryService:
     # --- policy -------------------------------------------------------------------
 
     async def _project(self, p: Principal) -> Project:
-        key = (p.org_id, p.project_id)
-        cached = self._policies.get(key)
-        mono = time.monotonic()
-        if cached is not None and cached[0] > mono:
-            return cached[1]
+        # `projects` is a short-lived cache (ProjectCache): no second one here
         project = await self._projects.get_project(p.org_id, p.project_id)
         if project is None:
             raise NotFound("the project of this API key no longer exists")
-        self._policies[key] = (mono + _POLICY_TTL_S, project)
         return project
-
-    def forget_project(self, org_id: str, project_id: str) -> None:
-        """Drops cached settings after UpdateProject/DeleteProject."""
-        self._policies.pop((org_id, project_id), None)
 
     async def _tenant(self, caller: Caller, scope: str) -> tuple[Tenant, Project]:
         p = caller.principal
@@ -699,7 +688,6 @@ class MemoryService:
 
     async def delete_scope(self, org_id: str, project_id: str, environment_id: str | None) -> None:
         await self._store.delete_scope(org_id, project_id, environment_id)
-        self.forget_project(org_id, project_id)
 
 
 def _check_fields(
@@ -836,7 +824,3 @@ def _check_condition(
         v.add(f"{name}.any_of", "needs at least one value")
     elif not is_meta and not all(isinstance(x, str) for x in cond.values):
         v.add(f"{name}.any_of", f"{f} is a string field")
-
-
-# Deletes the memories of a project (environment None) or an environment.
-ScopeDeleter = Callable[[str, str, str | None], Awaitable[None]]
