@@ -67,9 +67,7 @@ class Auditor:
         self, caller: Caller, query: AuditQuery, page_size: int, page_token: str
     ) -> tuple[ListPage[AuditEvent], str]:
         """Events of the caller's organization, newest first, and the next token."""
-        p = caller.principal
-        p.require_org_key()
-        p.require(Scope.AUDIT_READ)
+        p = caller.admin(Scope.AUDIT_READ)
         if query.start_time and query.end_time and query.start_time >= query.end_time:
             raise InvalidArgument.field("end_time", "must be after start_time")
         query = AuditQuery(

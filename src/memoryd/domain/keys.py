@@ -98,7 +98,7 @@ class KeyManager:
         async with self._audit.action(
             caller, "api_key.create", project_id=project_id, environment_id=environment_id
         ) as ev:
-            p = _admin(caller, Scope.KEYS_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.KEYS_WRITE)  # inside: refusals are audited too
             now = self._clock.now()
             v = Violations()
             _check_name(v, "name", name)
@@ -167,7 +167,7 @@ class KeyManager:
         page_size: int,
         page_token: str,
     ) -> KeyList:
-        p = _admin(caller, Scope.KEYS_READ)
+        p = caller.admin(Scope.KEYS_READ)
         size = paging.page_size(page_size)
         query = KeyQuery(p.org_id, project_id, environment_id, show_revoked)
         fp = paging.fingerprint("keys", p.org_id, project_id, environment_id, show_revoked)
@@ -177,12 +177,12 @@ class KeyManager:
         return KeyList(page.items, token)
 
     async def get(self, caller: Caller, key_id: str) -> ApiKeyRecord:
-        p = _admin(caller, Scope.KEYS_READ)
+        p = caller.admin(Scope.KEYS_READ)
         return await self._get(p, key_id)
 
     async def revoke(self, caller: Caller, key_id: str) -> ApiKeyRecord:
         async with self._audit.action(caller, "api_key.revoke", target=key_id) as ev:
-            p = _admin(caller, Scope.KEYS_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.KEYS_WRITE)  # inside: refusals are audited too
             record = await self._get(p, key_id)
             ev.project_id, ev.environment_id = record.project_id, record.environment_id
             if record.revoke_time is None:
@@ -193,7 +193,7 @@ class KeyManager:
 
     async def rotate(self, caller: Caller, key_id: str, grace: timedelta | None) -> IssuedKey:
         async with self._audit.action(caller, "api_key.rotate", target=key_id) as ev:
-            p = _admin(caller, Scope.KEYS_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.KEYS_WRITE)  # inside: refusals are audited too
             if grace is not None and (grace < timedelta(0) or grace > MAX_GRACE):
                 raise InvalidArgument.field("grace_period", "must be between 0 and 30 days")
             record = await self._get(p, key_id)
@@ -245,13 +245,6 @@ def shown(value: str, limit: int = 64) -> str:
     """A client-sent value quoted for an error message, cut short: a status
     travels in trailers, which clients cap (8 KiB by default)."""
     return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
-def _admin(caller: Caller, scope: str) -> Principal:
-    p = caller.principal
-    p.require_org_key()
-    p.require(scope)
-    return p
 
 
 def _holds_all(p: Principal, scope: str) -> bool:

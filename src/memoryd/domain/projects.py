@@ -85,7 +85,7 @@ class ProjectManager:
 
     async def create_project(self, caller: Caller, draft: Project) -> Project:
         async with self._audit.action(caller, "project.create", target=draft.name) as ev:
-            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
             v = Violations()
             _check_name(v, "project.name", draft.name)
             _check_project_values(v, draft, "project.")
@@ -107,11 +107,11 @@ class ProjectManager:
             return replace(project, environments=(production,))
 
     async def get_project(self, caller: Caller, project_id: str) -> Project:
-        p = _admin(caller, Scope.ADMIN_READ)
+        p = caller.admin(Scope.ADMIN_READ)
         return await self._project(p, project_id)
 
     async def list_projects(self, caller: Caller, page_size: int, page_token: str) -> ProjectList:
-        p = _admin(caller, Scope.ADMIN_READ)
+        p = caller.admin(Scope.ADMIN_READ)
         size = paging.page_size(page_size)
         fp = paging.fingerprint("projects", p.org_id)
         after = paging.decode_keyset(page_token, fp)
@@ -125,7 +125,7 @@ class ProjectManager:
         async with self._audit.action(
             caller, "project.update", target=changes.id, project_id=changes.id
         ):
-            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
             v = Violations()
             if not paths:
                 v.add(
@@ -154,7 +154,7 @@ class ProjectManager:
         async with self._audit.action(
             caller, "project.delete", target=project_id, project_id=project_id
         ):
-            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
             await self._project(p, project_id)
             key_ids = await self._key_ids(p.org_id, project_id, "")
             await self._store.delete_project(p.org_id, project_id)
@@ -172,7 +172,7 @@ class ProjectManager:
         async with self._audit.action(
             caller, "environment.create", target=name, project_id=project_id
         ) as ev:
-            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
             v = Violations()
             _check_name(v, "environment.name", name)
             if kind is None:
@@ -195,7 +195,7 @@ class ProjectManager:
     async def list_environments(
         self, caller: Caller, project_id: str, page_size: int, page_token: str
     ) -> EnvironmentList:
-        p = _admin(caller, Scope.ADMIN_READ)
+        p = caller.admin(Scope.ADMIN_READ)
         size = paging.page_size(page_size)
         await self._project(p, project_id)
         fp = paging.fingerprint("environments", p.org_id, project_id)
@@ -208,7 +208,7 @@ class ProjectManager:
         async with self._audit.action(
             caller, "environment.delete", target=environment_id, environment_id=environment_id
         ) as ev:
-            p = _admin(caller, Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
             env = (
                 await self._store.get_environment(p.org_id, environment_id)
                 if environment_id
@@ -243,13 +243,6 @@ class ProjectManager:
             if page.next_after is None:
                 return out
             after = page.next_after
-
-
-def _admin(caller: Caller, scope: str) -> Principal:
-    p = caller.principal
-    p.require_org_key()
-    p.require(scope)
-    return p
 
 
 def _check_name(v: Violations, field: str, name: str) -> None:

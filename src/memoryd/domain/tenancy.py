@@ -134,3 +134,9 @@ class Caller:
     principal: Principal
     request_id: str = ""
     peer: str = ""
+
+    def admin(self, scope: str) -> Principal:
+        """The principal of an org key holding `scope`, else PermissionDenied."""
+        self.principal.require_org_key()
+        self.principal.require(scope)
+        return self.principal

@@ -39,9 +39,7 @@ class UsageReporter:
         start: date | None,
         end: date | None,
     ) -> list[Any]:
-        p = caller.principal
-        p.require_org_key()
-        p.require(Scope.USAGE_READ)
+        p = caller.admin(Scope.USAGE_READ)
         today = self._clock.now().astimezone(UTC).date()
         end = end or today
         start = start or end - timedelta(days=DEFAULT_DAYS - 1)
