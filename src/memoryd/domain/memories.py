@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from memoryd.domain import paging
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import Environment, Project
+from memoryd.domain.dedupe import first_near_duplicates
 from memoryd.domain.errors import (
     DomainError,
     FieldViolation,
@@ -225,17 +226,30 @@ class MemoryService:
                 pending.append((i, item, expire))
 
         vectors = await self._vectors_for([item for _, item, _ in pending])
+        stored_hits = [
+            await self._near_duplicate(tenant, project, item, vector, now) if item.dedupe else None
+            for (_, item, _), vector in zip(pending, vectors, strict=True)
+        ]
+        # An earlier item of this same call is not stored yet: compare with those too.
+        batch_hits = first_near_duplicates(
+            vectors,
+            [
+                _dedupe_threshold(project, item) if item.dedupe and hit is None else None
+                for (_, item, _), hit in zip(pending, stored_hits, strict=True)
+            ],
+            excluded=[hit is not None for hit in stored_hits],
+        )
         records: list[MemoryRecord] = []
+        record_of: dict[int, MemoryRecord] = {}  # position in `pending` -> its new record
         dedupe_hits: dict[int, MemoryRecord] = {}
-        for (i, item, expire), vector in zip(pending, vectors, strict=True):
-            if item.dedupe:
-                existing = await self._near_duplicate(tenant, project, item, vector, now)
-                if existing is None:
-                    # An earlier item of this same call is not stored yet.
-                    existing = _closest(records, vector, _dedupe_threshold(project, item))
-                if existing is not None:
-                    dedupe_hits[i] = existing
-                    continue
+        for k, ((i, item, expire), vector) in enumerate(zip(pending, vectors, strict=True)):
+            existing = stored_hits[k]
+            earlier = batch_hits[k]
+            if existing is None and earlier is not None:
+                existing = record_of[earlier]
+            if existing is not None:
+                dedupe_hits[i] = existing
+                continue
             records.append(
                 MemoryRecord(
                     id=new_memory_id(),
@@ -253,6 +267,7 @@ class MemoryService:
                     vector=tuple(vector),
                 )
             )
+            record_of[k] = records[-1]
         if records:
             await self._reserve(tenant, project, len(records))
             await self._store.upsert(tenant, records)
@@ -711,22 +726,6 @@ def _check_metadata(v: Violations, name: str, metadata: Mapping[str, Any]) -> No
 
 def _dedupe_threshold(project: Project, item: NewMemory) -> float:
     return item.dedupe_threshold or project.settings.dedupe_threshold or DEFAULT_DEDUPE_THRESHOLD
-
-
-def _closest(
-    records: Sequence[MemoryRecord], vector: Sequence[float], threshold: float
-) -> MemoryRecord | None:
-    """The record most similar to `vector`, if at least `threshold` (cosine)."""
-    best, best_score = None, threshold
-    norm = math.sqrt(sum(x * x for x in vector))
-    for r in records:
-        if not r.vector or len(r.vector) != len(vector):
-            continue
-        scale = norm * math.sqrt(sum(x * x for x in r.vector))
-        score = sum(a * b for a, b in zip(vector, r.vector, strict=True)) / scale if scale else 0.0
-        if score >= best_score:
-            best, best_score = r, score
-    return best
 
 
 def _key(at: MemoryRecord | Cursor) -> tuple[datetime, str]:
