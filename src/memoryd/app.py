@@ -263,6 +263,9 @@ async def _build(
             openai_model=settings.openai_model,
             timeout_s=settings.embedding_timeout_s,
             threads=settings.embedding_threads,
+            batch_texts=settings.embedding_batch_texts,
+            batch_chars=settings.embedding_batch_chars,
+            queued_texts=settings.embedding_queue_texts,
         )
     closers.append(embedder.close)
     vectors = _vector_store(settings)
@@ -282,6 +285,7 @@ async def _build(
         ),
         meter=_WriteMeter(meter),
         on_environment_count=metrics.environment_memories.observe,
+        max_query_chars=settings.max_query_chars,
     )
 
     # --- control-plane services ---------------------------------------------------------

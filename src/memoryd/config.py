@@ -113,6 +113,26 @@ class Settings:
     )
     openai_api_key: str = _setting("", "API key of the embeddings endpoint.", secret=True)
     openai_model: str = _setting("text-embedding-3-small", "Model name sent to the endpoint.")
+    # fair share of the local model, and the bound of embedded free text
+    embedding_batch_texts: int = _setting(
+        32,
+        "Local model: most texts in one model call. Calls are filled from the organizations "
+        "waiting in turn, so one organization's large batch delays another's search by at "
+        "most one model call.",
+    )
+    embedding_batch_chars: int = _setting(
+        4096, "Local model: most characters in one model call (one longer text goes alone)."
+    )
+    embedding_queue_texts: int = _setting(
+        4096,
+        "Local model: most texts one organization may have waiting; more is refused with "
+        "RESOURCE_EXHAUSTED (reason EMBEDDING_QUEUE_FULL) and a retry delay.",
+    )
+    max_query_chars: int = _setting(
+        4096,
+        "Longest SearchMemories query text, in characters (the model reads at most 512 word "
+        "pieces of it anyway); longer is refused with INVALID_ARGUMENT.",
+    )
 
     bootstrap: bool = _setting(
         True,
@@ -234,6 +254,10 @@ class Settings:
             "max_metadata_bytes",
             "max_memories_per_environment",
             "embedding_threads",
+            "embedding_batch_texts",
+            "embedding_batch_chars",
+            "embedding_queue_texts",
+            "max_query_chars",
         ):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")

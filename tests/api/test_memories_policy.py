@@ -445,3 +445,28 @@ async def test_a_project_can_require_the_end_user_header(
 
     await update_project(srv, project, settings={"require_end_user_id": False})
     assert set(await list_ids(client)) == {existing.id, made.id}
+
+
+async def test_dedupe_in_a_batch_of_a_thousand_keeps_the_first_of_each_duplicate(
+    client: Client,
+) -> None:
+    # 500 distinct texts (8 words of their own each, so no two are near
+    # duplicates under the test embedder), then the same 500 again.
+    texts = [
+        " ".join(f"{w}{i}" for w in ("item", "al", "be", "ga", "de", "ep", "ze", "et"))
+        for i in range(500)
+    ]
+    resp = await client.memory.BatchCreateMemories(
+        memory_pb2.BatchCreateMemoriesRequest(
+            requests=[
+                memory_pb2.CreateMemoryRequest(memory=memory(t), dedupe=True) for t in texts * 2
+            ]
+        ),
+        metadata=client.md(),
+    )
+    assert resp.succeeded_count == 1000
+    firsts, seconds = resp.results[:500], resp.results[500:]
+    assert not any(r.deduplicated for r in firsts)
+    assert all(r.deduplicated for r in seconds)
+    assert [r.memory.id for r in seconds] == [r.memory.id for r in firsts]
+    assert sorted(await list_ids(client)) == sorted(r.memory.id for r in firsts)

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from gated_model import GatedModel
 
-from memoryd.domain.errors import InvalidArgument, Unavailable
+from memoryd.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
 from memoryd.domain.memory import Embedder
 from memoryd.embeddings import (
     FastEmbedEmbedder,
@@ -218,15 +219,34 @@ async def test_batcher_batches_callers_that_arrive_while_the_model_runs(
     await batcher.close()
 
 
-async def test_batcher_respects_max_texts_without_splitting_a_request(
+async def test_batcher_splits_requests_into_calls_of_at_most_max_texts(
     executor: ThreadPoolExecutor,
 ) -> None:
     model = FakeModel()
     batcher = MicroBatcher(model, executor, max_texts=3)
-    await asyncio.gather(
+    results = await asyncio.gather(
         batcher.submit(["a", "b"]), batcher.submit(["c", "d"]), batcher.submit(["e" * 5] * 4)
     )
-    assert [len(c) for c in model.calls] == [2, 2, 4]
+    assert [len(c) for c in model.calls] == [3, 3, 2]
+    assert results[2] == [[5.0, 1.0]] * 4
+    await batcher.close()
+
+
+async def test_batcher_bounds_the_characters_of_one_model_call(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, executor, max_texts=32, max_chars=10)
+    long = "x" * 50
+    assert await batcher.submit(["aaaa", "bbbb", "cccc", long, "d"]) == [
+        [4.0, 1.0],
+        [4.0, 1.0],
+        [4.0, 1.0],
+        [50.0, 1.0],
+        [1.0, 1.0],
+    ]
+    # a text longer than the budget goes alone
+    assert model.calls == [["aaaa", "bbbb"], ["cccc"], [long], ["d"]]
     await batcher.close()
 
 
@@ -288,3 +308,115 @@ def test_batcher_rejects_bad_settings(executor: ThreadPoolExecutor) -> None:
         MicroBatcher(FakeModel(), executor, max_texts=0)
     with pytest.raises(ValueError):
         MicroBatcher(FakeModel(), executor, max_wait_s=-1)
+    with pytest.raises(ValueError):
+        MicroBatcher(FakeModel(), executor, max_chars=0)
+    with pytest.raises(ValueError):
+        MicroBatcher(FakeModel(), executor, max_queued_texts=0)
+
+
+# --- fairness, cancellation and shutdown (a model gated by the test) ------------
+
+
+def texts_of(key: str, n: int) -> list[str]:
+    return [f"{key}{i}" for i in range(n)]
+
+
+async def test_batcher_serves_another_key_before_the_rest_of_a_large_request(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, executor, max_texts=4)
+    big = asyncio.ensure_future(batcher.submit(texts_of("a", 20), "org-a"))
+    await model.entered()  # the model is busy with a's first chunk
+    query = asyncio.ensure_future(batcher.submit(["b-query"], "org-b"))
+    await asyncio.sleep(0)
+    model.open()
+    assert len(await query) == 1
+    assert len(await big) == 20
+    # b's query shares the very next call with a's next texts; the rest of a follows
+    assert model.calls[0] == ["a0", "a1", "a2", "a3"]
+    assert model.calls[1] == ["a4", "b-query", "a5", "a6"]
+    assert [t for call in model.calls[2:] for t in call] == texts_of("a", 20)[7:]
+    await batcher.close()
+
+
+async def test_batcher_takes_keys_in_turn_when_both_have_much_waiting(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, executor, max_texts=4)
+    blocker = asyncio.ensure_future(batcher.submit(["first"], "org-c"))
+    await model.entered()
+    a = asyncio.ensure_future(batcher.submit(texts_of("a", 6), "org-a"))
+    b = asyncio.ensure_future(batcher.submit(texts_of("b", 6), "org-b"))
+    await asyncio.sleep(0)
+    model.open()
+    await asyncio.gather(blocker, a, b)
+    assert model.calls[1:] == [
+        ["a0", "b0", "a1", "b1"],
+        ["a2", "b2", "a3", "b3"],
+        ["a4", "b4", "a5", "b5"],
+    ]
+    await batcher.close()
+
+
+async def test_a_cancelled_request_sends_no_further_chunk_to_the_model(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, executor, max_texts=4)
+    big = asyncio.ensure_future(batcher.submit(texts_of("a", 1000), "org-a"))
+    await model.entered()  # blocked inside chunk 1
+    big.cancel()
+    await asyncio.sleep(0)
+    assert batcher.queued_texts("org-a") == 0  # its place in the queue is free at once
+    model.open()
+    assert await batcher.submit(["after"], "org-a") == [model(["after"])[0]]
+    # chunk 1 and the later request: nothing more of the cancelled one
+    assert model.calls[:2] == [["a0", "a1", "a2", "a3"], ["after"]]
+    with pytest.raises(asyncio.CancelledError):
+        await big
+    await batcher.close()
+
+
+async def test_close_drops_pending_chunks_without_waiting_for_the_model(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, executor, max_texts=4)
+    big = asyncio.ensure_future(batcher.submit(texts_of("a", 1000), "org-a"))
+    other = asyncio.ensure_future(batcher.submit(["b"], "org-b"))
+    await model.entered()
+    # the model is still blocked: close returns anyway
+    await asyncio.wait_for(batcher.close(), 5.0)
+    for call in (big, other):
+        with pytest.raises(Unavailable):
+            await call
+    model.open()
+    executor.shutdown(wait=True)
+    assert len(model.calls) == 1
+
+
+async def test_a_key_with_too_much_waiting_is_refused_with_a_retry_delay(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, executor, max_texts=4, max_queued_texts=10)
+    blocker = asyncio.ensure_future(batcher.submit(["first"], "org-c"))
+    await model.entered()
+    first = asyncio.ensure_future(batcher.submit(texts_of("a", 8), "org-a"))
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted) as info:
+        await batcher.submit(texts_of("x", 3), "org-a")
+    assert info.value.reason == "EMBEDDING_QUEUE_FULL"
+    assert info.value.retry_after is not None and info.value.retry_after > 0
+    fits = asyncio.ensure_future(batcher.submit(texts_of("y", 2), "org-a"))
+    # another key, and a key with nothing waiting, are admitted however large
+    large = asyncio.ensure_future(batcher.submit(texts_of("b", 30), "org-b"))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    again = asyncio.ensure_future(batcher.submit(texts_of("z", 8), "org-a"))
+    model.open()
+    await asyncio.gather(blocker, fits, large, again)
+    await batcher.close()

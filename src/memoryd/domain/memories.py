@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from memoryd.domain import paging
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import Environment, Project
+from memoryd.domain.dedupe import first_near_duplicates
 from memoryd.domain.errors import (
     DomainError,
     FieldViolation,
@@ -56,6 +57,7 @@ MAX_REVISIONS = 100
 MAX_FILTER_CONDITIONS = 64
 MAX_FILTER_DEPTH = 4
 DEFAULT_DEDUPE_THRESHOLD = 0.95
+DEFAULT_MAX_QUERY_CHARS = 4096
 MAX_TTL = timedelta(days=3650)
 EXPORT_PAGE = 256
 IMPORT_CHUNK = 64
@@ -147,9 +149,11 @@ class MemoryService:
         defaults: Defaults = Defaults(),
         meter: WriteMeter | None = None,
         on_environment_count: Callable[[int], None] | None = None,
+        max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
     ) -> None:
         """`on_environment_count` sees each exact count of an environment's
-        memories as the quota check refreshes it (for a metric)."""
+        memories as the quota check refreshes it (for a metric);
+        `max_query_chars` bounds a search's query text (it is embedded)."""
         self._store = store
         self._embedder = embedder
         self._projects = projects
@@ -157,6 +161,7 @@ class MemoryService:
         self._defaults = defaults
         self._meter = meter or _NoMeter()
         self._on_count = on_environment_count or (lambda n: None)
+        self._max_query_chars = max_query_chars
         self._counts: dict[str, tuple[float, int]] = {}
         self._count_lock = asyncio.Lock()
 
@@ -224,18 +229,33 @@ class MemoryService:
             else:
                 pending.append((i, item, expire))
 
-        vectors = await self._vectors_for([item for _, item, _ in pending])
+        vectors = await self._vectors_for(
+            [item for _, item, _ in pending], fairness_key=tenant.org_id
+        )
+        stored_hits = [
+            await self._near_duplicate(tenant, project, item, vector, now) if item.dedupe else None
+            for (_, item, _), vector in zip(pending, vectors, strict=True)
+        ]
+        # An earlier item of this same call is not stored yet: compare with those too.
+        batch_hits = first_near_duplicates(
+            vectors,
+            [
+                _dedupe_threshold(project, item) if item.dedupe and hit is None else None
+                for (_, item, _), hit in zip(pending, stored_hits, strict=True)
+            ],
+            excluded=[hit is not None for hit in stored_hits],
+        )
         records: list[MemoryRecord] = []
+        record_of: dict[int, MemoryRecord] = {}  # position in `pending` -> its new record
         dedupe_hits: dict[int, MemoryRecord] = {}
-        for (i, item, expire), vector in zip(pending, vectors, strict=True):
-            if item.dedupe:
-                existing = await self._near_duplicate(tenant, project, item, vector, now)
-                if existing is None:
-                    # An earlier item of this same call is not stored yet.
-                    existing = _closest(records, vector, _dedupe_threshold(project, item))
-                if existing is not None:
-                    dedupe_hits[i] = existing
-                    continue
+        for k, ((i, item, expire), vector) in enumerate(zip(pending, vectors, strict=True)):
+            existing = stored_hits[k]
+            earlier = batch_hits[k]
+            if existing is None and earlier is not None:
+                existing = record_of[earlier]
+            if existing is not None:
+                dedupe_hits[i] = existing
+                continue
             records.append(
                 MemoryRecord(
                     id=new_memory_id(),
@@ -253,6 +273,7 @@ class MemoryService:
                     vector=tuple(vector),
                 )
             )
+            record_of[k] = records[-1]
         if records:
             await self._reserve(tenant, project, len(records))
             await self._store.upsert(tenant, records)
@@ -324,11 +345,13 @@ class MemoryService:
         elif not any(vector):
             v.add(name, "must not be all zeros")
 
-    async def _vectors_for(self, items: Sequence[NewMemory]) -> list[list[float]]:
+    async def _vectors_for(
+        self, items: Sequence[NewMemory], *, fairness_key: str
+    ) -> list[list[float]]:
         texts = [(i, it.content) for i, it in enumerate(items) if not it.embedding]
         out: list[list[float]] = [list(it.embedding) for it in items]
         if texts:
-            embedded = await self._embedder.embed([t for _, t in texts])
+            embedded = await self._embedder.embed([t for _, t in texts], fairness_key=fairness_key)
             for (i, _), vec in zip(texts, embedded, strict=True):
                 out[i] = vec
         return out
@@ -428,6 +451,7 @@ class MemoryService:
         cross_project: bool,
     ) -> list[ScoredRecord]:
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
+        self._check_query(query)
         v = Violations()
         if query and vector:
             v.add("query_embedding", "give query or query_embedding, not both")
@@ -444,7 +468,7 @@ class MemoryService:
         if cross_project:
             tenants = await self._cross_project_tenants(caller.principal, tenant)
         if not vector:
-            vector = (await self._embedder.embed([query]))[0]
+            vector = (await self._embedder.embed([query], fairness_key=tenant.org_id))[0]
         return await self._store.search(
             tenants,
             vector,
@@ -453,6 +477,21 @@ class MemoryService:
             self._clock.now(),
             min_score=min_score if min_score else None,
         )
+
+    def _check_query(self, query: str) -> None:
+        """Refuses a query text longer than `max_query_chars` before it
+        reaches the model (which reads only its first few hundred word
+        pieces anyway), so no search can hold the model for long."""
+        if len(query) > self._max_query_chars:
+            description = (
+                f"is {len(query)} characters; at most {self._max_query_chars} "
+                "(the model reads only the start of a longer text)"
+            )
+            raise InvalidArgument(
+                f"query: {description}",
+                [FieldViolation("query", description)],
+                reason="QUERY_TOO_LONG",
+            )
 
     async def _cross_project_tenants(self, p: Principal, tenant: Tenant) -> list[Tenant]:
         if not (Scope.ORG_CROSS_PROJECT_READ in p.scopes or Scope.ALL in p.scopes):
@@ -592,7 +631,8 @@ class MemoryService:
         if "embedding" in paths:
             vector: tuple[float, ...] | None = tuple(changes.embedding)
         elif "content" in paths and new_content != current.content:
-            vector = tuple((await self._embedder.embed([new_content]))[0])
+            embedded = await self._embedder.embed([new_content], fairness_key=tenant.org_id)
+            vector = tuple(embedded[0])
         else:
             vector = current.vector
         past = Revision(
@@ -711,22 +751,6 @@ def _check_metadata(v: Violations, name: str, metadata: Mapping[str, Any]) -> No
 
 def _dedupe_threshold(project: Project, item: NewMemory) -> float:
     return item.dedupe_threshold or project.settings.dedupe_threshold or DEFAULT_DEDUPE_THRESHOLD
-
-
-def _closest(
-    records: Sequence[MemoryRecord], vector: Sequence[float], threshold: float
-) -> MemoryRecord | None:
-    """The record most similar to `vector`, if at least `threshold` (cosine)."""
-    best, best_score = None, threshold
-    norm = math.sqrt(sum(x * x for x in vector))
-    for r in records:
-        if not r.vector or len(r.vector) != len(vector):
-            continue
-        scale = norm * math.sqrt(sum(x * x for x in r.vector))
-        score = sum(a * b for a, b in zip(vector, r.vector, strict=True)) / scale if scale else 0.0
-        if score >= best_score:
-            best, best_score = r, score
-    return best
 
 
 def _key(at: MemoryRecord | Cursor) -> tuple[datetime, str]:

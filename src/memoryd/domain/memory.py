@@ -210,8 +210,15 @@ class Embedder(Protocol):
     @property
     def dimension(self) -> int: ...
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One unit-norm vector of `dimension` floats per text, in order."""
+    async def embed(self, texts: Sequence[str], *, fairness_key: str = "") -> list[list[float]]:
+        """One unit-norm vector of `dimension` floats per text, in order.
+
+        `fairness_key` names who the work is for (the organization): an
+        embedder that shares a model between callers serves the keys in turn,
+        so that one key's large call does not hold up the others. It may
+        refuse with `ResourceExhausted` when one key has too much waiting.
+        Cancelling the call stops its remaining work.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -49,11 +49,16 @@ def build_embedder(
     openai_model: str,
     timeout_s: float,
     threads: int,
+    batch_texts: int = 32,
+    batch_chars: int = 4096,
+    queued_texts: int = 4096,
 ) -> Embedder:
     """The embedder for `provider` (one of `PROVIDERS`).
 
     Arguments that a provider does not use are ignored: `model_dir` and
-    `threads` are for `fastembed`; the `openai_*` ones and `timeout_s` for
+    `threads` are for `fastembed`, and so are `batch_texts`, `batch_chars`
+    (the bounds of one model call) and `queued_texts` (the most texts one
+    fairness key may have waiting); the `openai_*` ones and `timeout_s` for
     `openai`; `dimension` is checked against the fastembed model and is the
     vector size for the others.
 
@@ -64,7 +69,14 @@ def build_embedder(
     """
     name = provider.strip().lower()
     if name == "fastembed":
-        return FastEmbedEmbedder(model_dir, dimension=dimension, threads=threads)
+        return FastEmbedEmbedder(
+            model_dir,
+            dimension=dimension,
+            threads=threads,
+            max_batch_texts=batch_texts,
+            max_batch_chars=batch_chars,
+            max_queued_texts=queued_texts,
+        )
     if name == "openai":
         return OpenAIEmbedder(
             base_url=openai_base_url,

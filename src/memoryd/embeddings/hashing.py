@@ -38,7 +38,7 @@ class HashingEmbedder:
     def dimension(self) -> int:
         return self._dimension
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, fairness_key: str = "") -> list[list[float]]:
         """One unit-norm vector per text, in order."""
         return [self.embed_one(text) for text in texts]
 

@@ -28,7 +28,7 @@ class NoEmbedder:
     def dimension(self) -> int:
         return self._dimension
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, fairness_key: str = "") -> list[list[float]]:
         """Raises `InvalidArgument`: this server has no embedding model."""
         raise InvalidArgument(
             "this server does not embed text: send `embedding` "

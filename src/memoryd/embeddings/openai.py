@@ -76,7 +76,7 @@ class OpenAIEmbedder:
     def dimension(self) -> int:
         return self._dimension
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, fairness_key: str = "") -> list[list[float]]:
         """One unit-norm vector per text, in order; raises `Unavailable`."""
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self._max_batch):
