@@ -32,6 +32,7 @@ from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
 from memoryd.domain.clock import Clock, SystemClock
 from memoryd.domain.control import ControlStore
+from memoryd.domain.errors import DomainError
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import Embedder, Filter, VectorStore
@@ -54,6 +55,7 @@ from memoryd.ratelimit import (
     UsageMeter,
 )
 from memoryd.ratelimit.admission import COSTS, RateLimitAdmission, UsageRecorder
+from memoryd.storage.disk import MIB, check_free_space
 from memoryd.storage.edge import EdgeVectorStore
 from memoryd.storage.redis import make_redis
 from memoryd.storage.sql import SqlControlStore
@@ -96,6 +98,8 @@ class App:
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    # set to probe health now rather than at the next interval
+    _recheck: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         await self.server.start()
@@ -130,10 +134,19 @@ class App:
         await self.server.wait_for_termination()
 
     async def _probe(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
-        """SERVING only when the control store and the vector store answer."""
+        """SERVING only when the control store and the vector store answer,
+        and the data directory's disk has room for writes."""
         try:
+            if _uses_data_dir(self.settings):
+                await asyncio.to_thread(
+                    check_free_space, self.settings.data_dir, _min_free_bytes(self.settings)
+                )
             sql_ok = await asyncio.wait_for(self.store.ping(), 2.0)
             await asyncio.wait_for(self.vectors.count(_HEALTH_TENANT, Filter(), _EPOCH), 2.0)
+        except DomainError as err:
+            # a full or hung disk: said once by the state change, no traceback
+            log.debug("health probe: %s", err)
+            return health_pb2.HealthCheckResponse.NOT_SERVING
         except Exception:
             log.warning("health probe failed", exc_info=True)
             return health_pb2.HealthCheckResponse.NOT_SERVING
@@ -153,7 +166,14 @@ class App:
                         health_pb2.HealthCheckResponse.ServingStatus.Name(status),
                     )
                 last = status
-            await asyncio.sleep(5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), 5.0)
+            self._recheck.clear()
+
+    def recheck_health(self) -> None:
+        """Probes health now instead of at the next interval (a store saw
+        its state change)."""
+        self._recheck.set()
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -181,6 +201,11 @@ async def build_app(
     clock = clock or SystemClock()
     hasher = hasher or SecretHasher()
     await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    if _uses_data_dir(settings):
+        # before anything writes there: a full disk is one clear error
+        await asyncio.to_thread(
+            check_free_space, settings.data_dir, _min_free_bytes(settings), what="start-up"
+        )
     closers: list[Callable[[], Awaitable[None]]] = [_run_sync(hasher.close)]
     metrics = Metrics()
 
@@ -268,7 +293,14 @@ async def _build(
             queued_texts=settings.embedding_queue_texts,
         )
     closers.append(embedder.close)
-    vectors = _vector_store(settings)
+    # the App does not exist yet: the store tells it through this hook
+    recheck: list[Callable[[], None]] = []
+
+    def vectors_changed() -> None:
+        for f in recheck:
+            f()
+
+    vectors = _vector_store(settings, on_change=vectors_changed)
     await vectors.open(embedder.model_id, embedder.dimension)
     closers.append(vectors.close)
 
@@ -387,13 +419,14 @@ async def _build(
         vectors=vectors,
     )
     app._closers = closers
+    recheck.append(app.recheck_health)
     app._tasks.append(
         asyncio.get_running_loop().create_task(_sweeper(memories, settings.sweep_interval_s))
     )
     return app
 
 
-def _vector_store(settings: Settings) -> VectorStore:
+def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorStore:
     if settings.qdrant_url:
         # imported here: qdrant-client takes most of a second to import, and
         # the embedded default does not need it
@@ -410,8 +443,21 @@ def _vector_store(settings: Settings) -> VectorStore:
         )
         return QdrantVectorStore(client)
     return EdgeVectorStore(
-        Path(settings.data_dir) / "vectors", sync_writes=settings.vector_sync_writes
+        Path(settings.data_dir) / "vectors",
+        sync_writes=settings.vector_sync_writes,
+        min_free_bytes=_min_free_bytes(settings),
+        timeout_s=settings.storage_timeout_s,
+        on_change=on_change,
     )
+
+
+def _uses_data_dir(settings: Settings) -> bool:
+    """Whether an embedded store (Qdrant Edge, SQLite) keeps its files there."""
+    return not settings.qdrant_url or not settings.database_url
+
+
+def _min_free_bytes(settings: Settings) -> int:
+    return settings.min_free_disk_mb * MIB
 
 
 async def _sweeper(memories: MemoryService, interval_s: float) -> None:
@@ -422,6 +468,8 @@ async def _sweeper(memories: MemoryService, interval_s: float) -> None:
             removed = await memories.sweep_expired()
             if removed:
                 log.info("swept %d expired memories", removed)
+        except DomainError as err:  # a full or hung disk: said, not a traceback
+            log.warning("sweep of expired memories failed: %s", err)
         except Exception:
             log.exception("sweep of expired memories failed")
 

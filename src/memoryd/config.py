@@ -82,6 +82,20 @@ class Settings:
         "writes survive a power loss too (about 20 ms per write). Without it they survive a "
         "crash of the process (kill -9), not of the machine.",
     )
+    min_free_disk_mb: int = _setting(
+        256,
+        "Embedded stores: writes are refused (RESOURCE_EXHAUSTED, reason DISK_FULL) and health "
+        "is NOT_SERVING while less than this many MiB are free on the data directory's file "
+        "system; start-up fails below it. The engine's memory-mapped files die with SIGBUS "
+        "on a full disk, so keep it above one write (max_message_bytes) plus SQLite's growth. "
+        "0: no floor.",
+    )
+    storage_timeout_s: float = _setting(
+        10.0,
+        "A vector-store call that takes longer answers UNAVAILABLE (reason STORAGE_TIMEOUT); "
+        "while one is stuck, further calls are refused at once and health is NOT_SERVING "
+        "(liveness stays SERVING).",
+    )
     redis_url: str = _setting(
         "",
         "Redis for rate limits, usage and key-revocation fan-out (redis://host:6379/0). "
@@ -270,6 +284,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
+        if self.storage_timeout_s <= 0:
+            raise bad("storage_timeout_s", "must be positive")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise bad(
                 "tls_key" if self.tls_cert else "tls_cert", "tls_cert and tls_key go together"

@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from certs import make_pki
 from conftest import Client, MakeServer, wait_for
+from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from memoryd.v1 import keys_pb2, memory_pb2
 
@@ -245,6 +249,94 @@ async def test_liveness_entry_is_serving(make_server: MakeServer) -> None:
     for service in ("", "liveness", "memoryd.v1.MemoryService"):
         resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+class _HangingShard:
+    """Fault injection at the engine boundary: once `hang` is set, the next
+    engine call blocks on the engine thread until `release` is set (a disk
+    that stops answering). Real hangs cannot be made here: no device-mapper
+    in this kernel, no FUSE library; and a real one inside Qdrant Edge holds
+    the GIL, which this wait (like any Python wait) releases."""
+
+    def __init__(self, shard: Any) -> None:
+        self._shard = shard
+        self.hang = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._shard, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.hang.is_set() and not self.entered.is_set():
+                self.entered.set()
+                self.release.wait(60)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+async def test_a_hung_vector_store_times_out_while_health_and_liveness_keep_answering(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(storage_timeout_s=1.0)
+    client = server.client(await server.data_key(await server.project()))
+    health = health_pb2_grpc.HealthStub(server.channel)
+    vectors = server.app.vectors
+    shard = _HangingShard(vectors._shard)  # type: ignore[attr-defined]
+    vectors._shard = shard  # type: ignore[attr-defined]
+
+    async def status(service: str = "") -> int:
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return resp.status
+
+    async def create(content: str) -> memory_pb2.CreateMemoryResponse:
+        return await client.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=content)),
+            metadata=client.md(),
+            timeout=20,
+        )
+
+    shard.hang.set()
+    try:
+        hung = asyncio.ensure_future(create("into a hung disk"))
+        assert await asyncio.to_thread(shard.entered.wait, 10), "the engine call did not start"
+        # the process answers while an engine call is blocked
+        assert await status("liveness") == health_pb2.HealthCheckResponse.SERVING
+        await status()
+        with pytest.raises(aio.AioRpcError) as timed_out:
+            await hung
+        assert timed_out.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(timed_out.value) == "STORAGE_TIMEOUT"
+
+        async def not_serving() -> bool:
+            return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await wait_for(not_serving, within=10)
+        assert await status("liveness") == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(aio.AioRpcError) as refused:
+            await create("while stuck")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(refused.value) == "STORAGE_STUCK"
+    finally:
+        shard.release.set()
+
+    async def serving() -> bool:
+        return await status() == health_pb2.HealthCheckResponse.SERVING
+
+    await wait_for(serving, within=10)
+    assert (await create("after the disk came back")).memory.content == "after the disk came back"
+
+
+def error_reason(err: aio.AioRpcError) -> str:
+    found = rpc_status.from_call(err)
+    assert found is not None, err
+    for detail in found.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    raise AssertionError(f"no ErrorInfo in {err}")
 
 
 async def test_tracing_records_a_span_per_call(make_server: MakeServer) -> None:

@@ -25,7 +25,13 @@ from typing import Any
 import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient
 
-from memoryd.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from memoryd.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from memoryd.domain.memory import (
     Condition,
     Cursor,
@@ -858,4 +864,48 @@ async def test_edge_acknowledged_writes_survive_kill_9(tmp_path: Path, mode: str
     s = await open_edge(path)
     assert ids(await s.get(A, written, NOW)) == set(written)
     assert await s.get(A, deleted, NOW) == []
+    await s.close()
+
+
+async def test_edge_refuses_writes_below_the_free_space_floor_and_keeps_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The free space is faked at the statvfs boundary, so this runs anywhere;
+    # tests/e2e/test_disk_faults.py fills a real file system.
+    from memoryd.storage import disk
+
+    floor = 64 * disk.MIB
+    free = {"bytes": 10 * floor}
+
+    def fake_space(path: Any) -> disk.DiskSpace:
+        return disk.DiskSpace(Path(path), free["bytes"], 100 * floor)
+
+    monkeypatch.setattr(disk, "disk_space", fake_space)
+    path = tmp_path / "v"
+    s = await open_edge(path, min_free_bytes=floor)
+    kept = record(A)
+    await s.upsert(A, [kept])
+
+    free["bytes"] = floor - 1
+    for write in (
+        s.upsert(A, [record(A)]),
+        s.delete(A, [kept.id]),
+        s.delete_matching(A, Filter(), NOW),
+    ):
+        with pytest.raises(ResourceExhausted) as refused:
+            await write
+        assert refused.value.reason == "DISK_FULL"
+        assert str(path) in refused.value.message and "MiB free" in refused.value.message
+    assert ids(await s.get(A, [kept.id], NOW)) == {kept.id}
+    assert await s.count(A, Filter(), NOW) == 1
+    assert [h.record.id for h in await s.search([A], axis(0), Filter(), 5, NOW)] == [kept.id]
+    await s.close()  # no optimization without room for it; no error either
+    with pytest.raises(ResourceExhausted, match="is full"):
+        await open_edge(path, min_free_bytes=floor)
+
+    free["bytes"] = 10 * floor
+    s = await open_edge(path, min_free_bytes=floor)
+    later = record(A)
+    await s.upsert(A, [later])
+    assert await s.count(A, Filter(), NOW) == 2
     await s.close()

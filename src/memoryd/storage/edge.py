@@ -27,6 +27,21 @@ How the engine is used, and why:
   single-record upserts/s without, 40/s with), hence off by default.
 - Segments are optimized (deleted points vacuumed, small segments merged)
   only when asked (`optimize`) and on `close`, never behind a call.
+- Full disk: the engine's files are sparse and memory-mapped, so a write
+  into a full file system kills the process with SIGBUS instead of failing.
+  Every write (and `open`, which may replay the WAL) first checks that at
+  least `min_free_bytes` are free (`memoryd.storage.disk`) and is refused
+  with ResourceExhausted (DISK_FULL) otherwise; an optimization, which
+  rewrites segments, runs only with room for a copy of the shard.
+- Hung disk: an engine call blocked on I/O is waited for `timeout_s` at
+  most; the caller then gets Unavailable (STORAGE_TIMEOUT), and while that
+  engine call is still running every further call is refused at once
+  (STORAGE_STUCK) instead of queueing behind it, so health reports
+  NOT_SERVING. `on_change` is called when a call gets stuck and when it
+  comes back. This keeps the server answering only while the event loop
+  can run: the engine holds the GIL for the whole of a call (measured:
+  `flush` let another thread run once in 180 ms), so a call blocked inside
+  the engine stops every Python thread; see the README.
 """
 
 from __future__ import annotations
@@ -35,7 +50,9 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,10 +60,13 @@ from typing import IO, Any, TypeVar
 
 import qdrant_edge as qe
 
-from memoryd.domain.errors import FailedPrecondition, Unavailable
+from memoryd.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from memoryd.storage import _payload as p
 from memoryd.storage._base import PointStore
 from memoryd.storage._payload import Hit, Point
+from memoryd.storage.disk import check_free_space
+
+log = logging.getLogger("memoryd.storage.edge")
 
 T = TypeVar("T")
 
@@ -105,6 +125,10 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
     `sync_writes` flushes the shard after every write (see the module
     docstring); `optimize_on_close` vacuums and merges segments on `close`.
     `search_threads` sizes the engine's search pool (None: from the CPUs).
+    `min_free_bytes`: writes are refused (ResourceExhausted, DISK_FULL) while
+    less is free on the store's file system (0: no floor). `timeout_s`
+    bounds the wait for one engine call and `on_change` is told when a call
+    gets stuck or comes back (see the module docstring).
     """
 
     def __init__(
@@ -114,9 +138,17 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         sync_writes: bool = False,
         optimize_on_close: bool = True,
         search_threads: int | None = None,
+        min_free_bytes: int = 0,
+        timeout_s: float | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self._path = Path(path)
+        self._min_free_bytes = min_free_bytes
+        self._timeout_s = timeout_s
+        self._on_change = on_change
+        # monotonic start of the engine call that overran timeout_s, if it still runs
+        self._stuck_since: float | None = None
         self._sync_writes = sync_writes
         self._optimize_on_close = optimize_on_close
         self._search_threads = search_threads
@@ -156,6 +188,15 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         executor = self._executor
         if executor is None:
             return
+        if self._stuck_since is not None:
+            # Waiting would hang shutdown for as long as the disk does; the
+            # WAL holds every acknowledged write, and the flock goes with
+            # the process.
+            log.error("closing the vector store at %s without a flush: it is stuck", self._path)
+            executor.shutdown(wait=False)
+            self._executor = None
+            self._dimension = None
+            return
         async with self._writes:
             await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         executor.shutdown(wait=True)
@@ -167,10 +208,21 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         engine (and, holding the GIL, the process) while it runs: call it at
         quiet times. Answers whether anything was optimized."""
         async with self._writes:
-            return await self._call(lambda s: s.optimize())
+            return await self._call(self._optimize_sync)
+
+    def _optimize_sync(self, shard: qe.EdgeShard) -> bool:
+        """Optimizes when there is room for a rewritten copy of the shard
+        above the floor; raises ResourceExhausted (DISK_FULL) otherwise."""
+        check_free_space(
+            self._path, self._min_free_bytes + _allocated_bytes(self._path), what="optimizations"
+        )
+        return shard.optimize()
 
     def _open_sync(self, model_id: str, dimension: int) -> None:
         self._path.mkdir(parents=True, exist_ok=True)
+        # Loading replays the WAL and creating makes the sparse files: both
+        # touch mapped pages, so not on a full disk.
+        check_free_space(self._path, self._min_free_bytes, what="start-up and writes")
         lock_file = open(self._path / LOCK, "a+")  # noqa: SIM115 - held until close
         try:
             try:
@@ -243,7 +295,10 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
             if shard is not None:
                 try:
                     if self._optimize_on_close:
-                        shard.optimize()
+                        try:
+                            self._optimize_sync(shard)
+                        except ResourceExhausted as err:
+                            log.warning("not optimizing the vector store on close: %s", err)
                     shard.flush()
                 finally:
                     shard.close()
@@ -263,10 +318,17 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         return self._writes
 
     async def _call(self, fn: Callable[[qe.EdgeShard], T]) -> T:
-        """Runs `fn(shard)` on the engine thread."""
+        """Runs `fn(shard)` on the engine thread, waiting `timeout_s` at most.
+
+        Raises Unavailable: STORAGE_STUCK at once while an earlier call
+        overran its timeout and still runs, STORAGE_TIMEOUT when this one
+        overruns (it goes on running on the engine thread; a write may
+        still land)."""
         executor = self._executor
         if executor is None:
             raise _closed()
+        if self._stuck_since is not None:
+            raise _stuck(time.monotonic() - self._stuck_since)
 
         def run() -> T:
             shard = self._shard
@@ -274,9 +336,52 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
                 raise _closed()
             return fn(shard)
 
-        return await asyncio.get_running_loop().run_in_executor(executor, run)
+        started = time.monotonic()
+        future = asyncio.get_running_loop().run_in_executor(executor, run)
+        if self._timeout_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+        except TimeoutError:
+            self._got_stuck(future, started)
+            raise Unavailable(
+                f"the vector store did not answer within {self._timeout_s:g} s "
+                f"(the disk of {self._path} may be hung); retry later",
+                reason="STORAGE_TIMEOUT",
+            ) from None
+
+    def _got_stuck(self, future: asyncio.Future[Any], started: float) -> None:
+        # The engine thread runs calls one at a time, so the stuck call is
+        # the one running or one queued behind it: either way, nothing
+        # answers until `future` is done.
+        if self._stuck_since is not None:
+            return
+        self._stuck_since = started
+        log.error(
+            "the vector store at %s has not answered for %.0f s: refusing its calls until it does",
+            self._path,
+            time.monotonic() - started,
+        )
+        future.add_done_callback(self._unstuck)
+        if self._on_change is not None:
+            self._on_change()
+
+    def _unstuck(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: its caller has gone
+        since, self._stuck_since = self._stuck_since, None
+        log.warning(
+            "the vector store at %s answers again (after %.0f s)",
+            self._path,
+            time.monotonic() - (since or time.monotonic()),
+        )
+        if self._on_change is not None:
+            self._on_change()
 
     def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
+        # Checked on the engine thread right before the write: writes are
+        # serialized there, so no other write can slip in between.
+        check_free_space(self._path, self._min_free_bytes)
         shard.update(op)
         if self._sync_writes:
             shard.flush()
@@ -351,6 +456,16 @@ def _ensure_indexes(shard: qe.EdgeShard) -> None:
             shard.update(qe.UpdateOperation.create_field_index(key, params))
 
 
+def _allocated_bytes(path: Path) -> int:
+    """Bytes the files under `path` occupy on disk (not their sparse length)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
 def _vector(v: qe.Vector | None) -> list[float] | None:
     """The default (unnamed) dense vector of a read point."""
     if v is None:
@@ -360,6 +475,14 @@ def _vector(v: qe.Vector | None) -> list[float] | None:
         if v is None:
             return None
     return [float(x) for x in v]  # type: ignore[arg-type]
+
+
+def _stuck(seconds: float) -> Unavailable:
+    return Unavailable(
+        f"a vector store call has been running for {seconds:.0f} s (the disk may be hung); "
+        "calls are refused until it answers; retry later",
+        reason="STORAGE_STUCK",
+    )
 
 
 def _closed() -> Unavailable:

@@ -1,0 +1,69 @@
+"""Free space on the data directory's file system, and the floor below which
+memoryd stops writing to it.
+
+Why a floor: Qdrant Edge writes through memory-mapped files that are sparse
+(WAL segments, payload and vector pages of 32 MiB each are created at full
+length and backed by blocks only when a page is first touched). When the
+file system is full, touching such a page does not fail with ENOSPC: the
+kernel raises SIGBUS and the process dies, without a log line. So memoryd
+never lets the engine write while less than the floor is free; a write is
+refused instead, and the floor leaves room for the pages one write touches
+(a write is at most one gRPC message, 16 MiB by default) and for SQLite.
+
+`os.statvfs` is one cheap system call, so it is asked before every write:
+no cache can go stale while another process fills the disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from memoryd.domain.errors import QuotaViolation, ResourceExhausted
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    """Free space of the file system holding `path`, as seen by an
+    unprivileged writer (`f_bavail`: blocks reserved for root not counted)."""
+
+    path: Path
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def free_mb(self) -> float:
+        return self.free_bytes / MIB
+
+
+def disk_space(path: str | os.PathLike[str]) -> DiskSpace:
+    """Free and total bytes of the file system that holds `path`."""
+    st = os.statvfs(path)
+    return DiskSpace(Path(path), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
+
+
+def disk_full(space: DiskSpace, floor_bytes: int, *, what: str = "writes") -> ResourceExhausted:
+    """The error of a refused write: names the directory, the free space and
+    the floor. No retry hint: freeing space is an operator's job."""
+    return ResourceExhausted(
+        f"the disk of the data directory {space.path} is full: {space.free_mb:.1f} MiB free, "
+        f"memoryd keeps at least {floor_bytes / MIB:.0f} MiB free "
+        f"(MEMORYD_MIN_FREE_DISK_MB); {what} are refused until space is freed. "
+        "Reads keep working",
+        [QuotaViolation("disk", f"{space.path}: {space.free_mb:.1f} MiB free")],
+        reason="DISK_FULL",
+    )
+
+
+def check_free_space(
+    path: str | os.PathLike[str], floor_bytes: int, *, what: str = "writes"
+) -> DiskSpace:
+    """Raises ResourceExhausted (reason DISK_FULL) when less than
+    `floor_bytes` are free on `path`'s file system; answers the space."""
+    space = disk_space(path)
+    if space.free_bytes < floor_bytes:
+        raise disk_full(space, floor_bytes, what=what)
+    return space
