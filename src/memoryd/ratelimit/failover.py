@@ -156,7 +156,8 @@ class FailoverRateLimiter:
         if local.allowed:
             return decision
         self.mirror_refusals += 1
-        return local
+        # Report the configured burst, not the mirror's slack-widened one.
+        return Decision(False, decision.limit, 0, local.reset_after_s, local.retry_after_s)
 
     def _with_slack(self, limit: Limit) -> Limit:
         slack = 1 + math.ceil(limit.rate_per_s * self._skew_tolerance_s)
