@@ -53,6 +53,7 @@ from memoryd.ratelimit import (
     RedisUsageMeter,
     RevocationBus,
     UsageMeter,
+    is_org_key_bucket,
 )
 from memoryd.ratelimit.admission import COSTS, RateLimitAdmission, UsageRecorder
 from memoryd.storage.disk import MIB, check_free_space
@@ -253,6 +254,11 @@ async def _build(
             LocalRateLimiter(clock),
             clock=clock,
             policy=settings.rate_limit_failure_policy,
+            failure_threshold=settings.rate_limit_failure_threshold,
+            max_probe_interval_s=settings.rate_limit_max_probe_interval_s,
+            skew_tolerance_s=timeout,
+            # org keys stay usable under fail-closed, so a leaked key can be revoked
+            local_when_down=is_org_key_bucket,
         )
         meter = RedisUsageMeter(make_redis(settings.redis_url, 2.0), clock)
         bus = RedisRevocationBus(make_redis(settings.redis_url, 2.0))

@@ -10,6 +10,10 @@ Limiter (`RateLimiter` port; GCRA, see `gcra.py`)::
         LocalRateLimiter(clock),
         clock=clock,
         policy=settings.rate_limit_failure_policy,  # "fail-open" | "fail-closed"
+        failure_threshold=settings.rate_limit_failure_threshold,
+        max_probe_interval_s=settings.rate_limit_max_probe_interval_s,
+        skew_tolerance_s=settings.redis_timeout_ms / 1000,
+        local_when_down=is_org_key_bucket,  # key management survives an outage
     )
     # or, with no Redis URL (one replica): limiter = LocalRateLimiter(clock)
 
@@ -51,6 +55,7 @@ from memoryd.ratelimit.gcra import (
     api_key_bucket,
     auth_failure_key_bucket,
     auth_failure_peer_bucket,
+    is_org_key_bucket,
     org_key_bucket,
     project_bucket,
 )
@@ -82,6 +87,7 @@ __all__ = [
     "api_key_bucket",
     "auth_failure_key_bucket",
     "auth_failure_peer_bucket",
+    "is_org_key_bucket",
     "org_key_bucket",
     "project_bucket",
 ]

@@ -160,6 +160,11 @@ def org_key_bucket(org_id: str, key_id: str) -> str:
     return f"{{o:{_checked(org_id)}}}key:{key_id}"
 
 
+def is_org_key_bucket(bucket: str) -> bool:
+    """True for a name made by `org_key_bucket`."""
+    return bucket.startswith("{o:")
+
+
 def auth_failure_peer_bucket(peer: str) -> str:
     """Failed authentications from one client address.
 
