@@ -94,6 +94,11 @@ class Settings:
         "When Redis is unreachable: fail-open (limit locally) or fail-closed (UNAVAILABLE).",
         choices=("fail-open", "fail-closed"),
     )
+    project_cache_stale_s: float = _setting(
+        300.0,
+        "While the control-plane database is unreachable, memory calls keep using a project's "
+        "last known settings if they were read at most this many seconds ago (0: never).",
+    )
 
     # --- embeddings ------------------------------------------------------------------
     embedding_provider: str = _setting(
