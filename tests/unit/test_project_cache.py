@@ -62,9 +62,7 @@ async def test_a_project_is_read_again_after_its_ttl() -> None:
     assert store.reads == 2
 
 
-async def test_while_the_store_is_unavailable_the_last_known_project_is_served_within_the_window() -> (
-    None
-):
+async def test_an_unavailable_store_serves_the_last_known_project_within_the_window() -> None:
     store, clock = _Store(), ManualClock()
     cache = _cache(store, clock, stale_s=300.0)
     await cache.get_project("org_1", "prj_1")  # read at t=0
