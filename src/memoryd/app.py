@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +78,11 @@ LIVENESS_SERVICE = "liveness"
 _HEALTH_TENANT = Tenant("_health", "_health", "_health")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message names the cause in one line."""
+
+
 SERVICE_NAMES = (
     memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
@@ -103,6 +111,8 @@ class App:
     _recheck: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
+        # health follows the database at once, not at the next 5 s probe
+        self.store.on_reachability_change(lambda _reachable: self._recheck.set())
         await self.server.start()
         await self._set_health(await self._probe())
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_health()))
@@ -158,6 +168,7 @@ class App:
     async def _watch_health(self) -> None:
         last = None
         while not self._stopped.is_set():
+            self._recheck.clear()
             status = await self._probe()
             if status != last and not self._stopped.is_set():
                 await self._set_health(status)
@@ -169,7 +180,6 @@ class App:
                 last = status
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._recheck.wait(), 5.0)
-            self._recheck.clear()
 
     def recheck_health(self) -> None:
         """Probes health now instead of at the next interval (a store saw
@@ -201,7 +211,7 @@ async def build_app(
     from `settings`."""
     clock = clock or SystemClock()
     hasher = hasher or SecretHasher()
-    await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(_check_data_dir, Path(settings.data_dir))
     if _uses_data_dir(settings):
         # before anything writes there: a full disk is one clear error
         await asyncio.to_thread(
@@ -235,9 +245,6 @@ async def _build(
     store = SqlControlStore(settings.resolved_database_url)
     await store.open()
     closers.append(store.close)
-    bootstrapped = None
-    if bootstrap_if_empty and await store.count_orgs() == 0:
-        bootstrapped = await bootstrap_org(store, hasher, clock)
     control: ControlStore = metrics.timed("sql", store)
 
     # --- Redis or in-process: limits, usage, revocation fan-out ------------------------
@@ -310,7 +317,7 @@ async def _build(
     await vectors.open(embedder.model_id, embedder.dimension)
     closers.append(vectors.close)
 
-    projects_cache = ProjectCache(control, clock)
+    projects_cache = ProjectCache(control, clock, stale_s=settings.project_cache_stale_s)
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -378,13 +385,7 @@ async def _build(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     api_reflection.enable(server, SERVICE_NAMES)
-    address = f"{settings.host}:{settings.port}"
-    if settings.tls_enabled:
-        port = server.add_secure_port(address, _credentials(settings))
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port = _listen(server, settings)
 
     metrics.add_collector(
         CallbackCounters(
@@ -412,6 +413,10 @@ async def _build(
         metrics.serve(settings.metrics_host, settings.metrics_port)
         closers.append(_run_sync(metrics.stop))
 
+    # Last, once the port, the model and the stores are in hand: an owner key
+    # made before a step that then failed would never be shown.
+    bootstrapped = await _bootstrap(store, hasher, clock, bootstrap_if_empty)
+
     app = App(
         settings=settings,
         server=server,
@@ -430,6 +435,95 @@ async def _build(
         asyncio.get_running_loop().create_task(_sweeper(memories, settings.sweep_interval_s))
     )
     return app
+
+
+async def _bootstrap(
+    store: SqlControlStore, hasher: SecretHasher, clock: Clock, bootstrap_if_empty: bool
+) -> Bootstrapped | None:
+    """The first organization on an empty store; on a non-empty one, a
+    warning for each organization left without an owner key."""
+    if await store.count_orgs() == 0:
+        return await bootstrap_org(store, hasher, clock) if bootstrap_if_empty else None
+    for org in await store.orgs_without_owner_key():
+        log.warning(
+            "organization '%s' (%s) has no usable owner key; to mint one: "
+            "memoryd bootstrap --new-owner-key %s",
+            org.name,
+            org.id,
+            org.id,
+        )
+    return None
+
+
+def _check_data_dir(path: Path) -> None:
+    """Fails start-up at once, naming the directory and the cause, when the
+    data dir cannot be created or written (read-only, not permitted, full)."""
+    probe = path / f".memoryd-write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as f:
+            f.write(bytes(4096))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise StartupError(f"the data directory {path} is not writable: {_why(err)}") from err
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def _why(err: OSError) -> str:
+    reasons = {
+        errno.EROFS: "it is on a read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }
+    return reasons.get(err.errno or 0, err.strerror or str(err))
+
+
+def _listen(server: aio.Server, settings: Settings) -> int:
+    """Binds the gRPC port, or raises StartupError naming the address.
+    The port is tried with a plain socket first: gRPC's own failure is a
+    generic RuntimeError plus a log line of its C core on stderr."""
+    address = f"{settings.host}:{settings.port}"
+    if settings.port:
+        _check_port_free(settings.host, settings.port)
+    try:
+        if settings.tls_enabled:
+            port = server.add_secure_port(address, _credentials(settings))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise StartupError(f"cannot listen on {address}: {err}") from err
+    if port == 0:
+        raise StartupError(f"cannot listen on {address}")
+    return port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raises StartupError when no address `host` resolves to can be bound
+    (gRPC needs one); the first error names the cause."""
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as err:
+        raise StartupError(f"cannot listen on {host}:{port}: {err.strerror}") from err
+    first: OSError | None = None
+    for family, kind, proto, _name, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            # the options gRPC binds with: a port in TIME_WAIT is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+                return
+            except OSError as err:
+                first = first or err
+    if first is not None:
+        cause = "the port is in use" if first.errno == errno.EADDRINUSE else first.strerror
+        raise StartupError(f"cannot listen on {host}:{port}: {cause}") from first
 
 
 def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorStore:

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         "print the key once. Run it once per organization; store the key in a secret manager.",
     )
     boot.add_argument("--org-name", default="default", help="name of the new organization")
+    boot.add_argument(
+        "--new-owner-key",
+        metavar="ORG",
+        default="",
+        help="instead of creating an organization, mint a new owner key for the existing "
+        "organization ORG (its id, or its name when unique), print it once and audit it: the "
+        "repair when an owner key was never shown (e.g. a first start that failed)",
+    )
     _add_settings(boot)
 
     bench = sub.add_parser(
@@ -114,17 +122,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def _cannot_start(err: Exception) -> int:
+    """One line on stderr naming the cause, exit status 1. Known causes (a
+    busy port, an unwritable data dir, an unreachable or read-only database,
+    a bad model) carry their own message; anything else is named by its type,
+    with the traceback logged at DEBUG."""
+    from memoryd.app import StartupError
+    from memoryd.domain.errors import DomainError
+
+    if isinstance(err, StartupError | DomainError | ValueError | OSError):
+        message = str(err)
+    else:
+        logging.getLogger("memoryd").debug("start-up failed", exc_info=err)
+        message = f"{type(err).__name__}: {err} (--log-level DEBUG shows where)"
+    line = " ".join(message.split()) or type(err).__name__
+    print(f"memoryd: cannot start: {line}", file=sys.stderr, flush=True)
+    return 1
+
+
 async def _serve(settings: Settings) -> int:
     from memoryd.app import build_app
-    from memoryd.domain.errors import DomainError
 
     try:
         app = await build_app(settings, bootstrap_if_empty=settings.bootstrap)
-    except (DomainError, ValueError, OSError) as err:
-        # ConfigError is a ValueError; a locked data dir or a model mismatch a
-        # DomainError; a port in use an OSError: a message, not a traceback.
-        print(f"memoryd: cannot start: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        return _cannot_start(err)
     if app.bootstrapped is not None:
         _print_owner_key(
             app.bootstrapped.org.name, app.bootstrapped.org.id, app.bootstrapped.plaintext
@@ -143,29 +165,66 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-async def _bootstrap(settings: Settings, org_name: str) -> int:
+async def _bootstrap(settings: Settings, org_name: str, new_owner_key: str) -> int:
     from memoryd.auth.hashing import SecretHasher
-    from memoryd.domain.bootstrap import bootstrap_org
+    from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org, mint_owner_key
     from memoryd.domain.clock import SystemClock
     from memoryd.storage.sql import SqlControlStore
 
     store = SqlControlStore(settings.resolved_database_url)
-    await store.open()
     hasher = SecretHasher()
+    result: Bootstrapped | None = None
     try:
-        result = await bootstrap_org(store, hasher, SystemClock(), org_name)
+        await store.open()
+        if new_owner_key:
+            org_id = await _resolve_org(store, new_owner_key)
+            if org_id:
+                result = await mint_owner_key(store, hasher, SystemClock(), org_id)
+        else:
+            _advise_orgs_without_owner_key(await store.orgs_without_owner_key())
+            result = await bootstrap_org(store, hasher, SystemClock(), org_name)
+    except Exception as err:
+        return _cannot_start(err)
     finally:
         hasher.close()
         await store.close()
-    _print_owner_key(result.org.name, result.org.id, result.plaintext)
+    if result is None:
+        return 1
+    what = "has a new owner key" if new_owner_key else "created"
+    _print_owner_key(result.org.name, result.org.id, result.plaintext, what)
     return 0
 
 
-def _print_owner_key(name: str, org_id: str, plaintext: str) -> None:
+async def _resolve_org(store: Any, org: str) -> str:
+    """The id of organization `org` (an id, or a unique name); "" after
+    saying on stderr why there is none."""
+    if await store.get_org(org) is not None:
+        return org
+    named = await store.orgs_named(org)
+    if len(named) == 1:
+        return str(named[0].id)
+    why = "several organizations have that name; give its id" if named else "no such organization"
+    print(f"memoryd: cannot mint an owner key for {org!r}: {why}", file=sys.stderr)
+    return ""
+
+
+def _advise_orgs_without_owner_key(orgs: Sequence[Any]) -> None:
+    """What to do about a half-bootstrapped store (an organization that no
+    owner key can manage), said before creating another organization."""
+    for org in orgs:
+        print(
+            f"memoryd: note: organization '{org.name}' ({org.id}) has no usable owner key "
+            f"(a first start stopped before showing it, or it was revoked); to mint one: "
+            f"memoryd bootstrap --new-owner-key {org.id}",
+            file=sys.stderr,
+        )
+
+
+def _print_owner_key(name: str, org_id: str, plaintext: str, what: str = "created") -> None:
     # Deliberately printed, never logged: this is the one time the key is shown.
     print(
         f"{_BANNER}\n"
-        f"  memoryd: organization '{name}' ({org_id}) created.\n"
+        f"  memoryd: organization '{name}' ({org_id}) {what}.\n"
         f"  Its OWNER KEY (every scope) is shown ONCE; store it in a secret manager:\n\n"
         f"    {plaintext}\n\n"
         f"  Use it as: grpcurl -H 'x-api-key: <key>' ...\n"
@@ -185,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return asyncio.run(_serve(settings))
     if args.command == "bootstrap":
-        return asyncio.run(_bootstrap(settings, args.org_name))
+        return asyncio.run(_bootstrap(settings, args.org_name, args.new_owner_key))
     if args.command == "bench":
         from memoryd.bench import run_bench
 

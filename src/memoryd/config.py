@@ -124,6 +124,11 @@ class Settings:
         "While Redis is down: longest wait between two attempts to reach it again (the wait "
         "doubles from 0.1 s up to this); Redis takes over again on the first success.",
     )
+    project_cache_stale_s: float = _setting(
+        300.0,
+        "While the control-plane database is unreachable, memory calls keep using a project's "
+        "last known settings if they were read at most this many seconds ago (0: never).",
+    )
 
     # --- embeddings ------------------------------------------------------------------
     embedding_provider: str = _setting(

@@ -3,10 +3,14 @@ validation naming the bad variable, and `bootstrap` printing a key once."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -114,3 +118,140 @@ def test_bootstrap_prints_a_new_owner_key_once(tmp_path: Path) -> None:
         keys.append(found[0])
     assert keys[0] != keys[1]
     assert (tmp_path / "memoryd.db").is_file()
+
+
+# --- start-up errors: one line naming the cause, exit status 1 -------------------------
+
+_HASHING = ("--embedding-provider", "hashing", "--embedding-dimension", "64")
+
+
+def _serve_fails(data_dir: Path, *extra: str) -> str:
+    """Runs `memoryd serve` expecting a failed start; its one stderr line."""
+    result = run("serve", "--data-dir", str(data_dir), "--log-level", "WARNING", *_HASHING, *extra)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("memoryd: cannot start: "), lines[0]
+    assert "ms_org_" not in result.stdout  # no organization was made
+    return lines[0]
+
+
+def test_a_busy_port_stops_start_up_with_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = _serve_fails(tmp_path, "--port", str(port))
+    assert f"127.0.0.1:{port}" in line and "in use" in line
+
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def test_a_read_only_data_dir_stops_start_up_naming_it(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as data_dir:
+        line = _serve_fails(data_dir)
+    assert str(data_dir) in line and "read-only" in line
+    assert "retry shortly" not in line
+
+
+def test_a_full_disk_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "full", "size=256k") as data_dir:
+        with contextlib.suppress(OSError), open(data_dir / "filler", "wb") as f:
+            while True:
+                f.write(bytes(4096))
+                f.flush()
+        line = _serve_fails(data_dir)
+    assert str(data_dir) in line and "no space" in line
+
+
+def test_a_missing_model_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = run(
+        "serve",
+        "--data-dir",
+        str(tmp_path),
+        "--port",
+        "0",
+        "--log-level",
+        "WARNING",
+        "--embedding-model-dir",
+        str(tmp_path / "no-model"),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "ms_org_" not in result.stdout
+
+
+# --- a half-bootstrapped store: detected, and repaired by `bootstrap --new-owner-key` ----
+
+
+def test_bootstrap_says_how_to_repair_an_org_without_owner_key_and_mints_one(
+    tmp_path: Path,
+) -> None:
+    # what a bootstrap stopped between its two writes leaves: an org, no key
+    from datetime import UTC, datetime
+
+    from memoryd.domain.control import AuditQuery, Organization
+    from memoryd.storage.sql import SqlControlStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'memoryd.db'}"
+
+    async def make_orphan() -> None:
+        store = SqlControlStore(url)
+        await store.open()
+        await store.create_org(Organization("org_orphan", "default", datetime.now(UTC)))
+        await store.close()
+
+    asyncio.run(make_orphan())
+
+    advised = run("bootstrap", "--data-dir", str(tmp_path), "--org-name", "second")
+    assert advised.returncode == 0, advised.stderr
+    assert "org_orphan" in advised.stderr
+    assert "memoryd bootstrap --new-owner-key org_orphan" in advised.stderr
+
+    minted = run("bootstrap", "--data-dir", str(tmp_path), "--new-owner-key", "org_orphan")
+    assert minted.returncode == 0, minted.stderr
+    keys = re.findall(r"ms_org_[0-9A-Za-z]+", minted.stdout)
+    assert len(keys) == 1 and "ONCE" in minted.stdout and "org_orphan" in minted.stdout
+    assert keys[0] not in minted.stderr
+    key_id = parse_key(keys[0]).key_id
+
+    async def check() -> None:
+        store = SqlControlStore(url)
+        await store.open()
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None and record.org_id == "org_orphan"
+            assert record.scopes == ("*",)
+            assert await store.orgs_without_owner_key() == []
+            events = (await store.list_audit(AuditQuery("org_orphan"), 10, None)).items
+            assert [(e.action, e.target, e.actor_key_id) for e in events] == [
+                ("api_key.create", key_id, "bootstrap")
+            ]
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+    # by name too, when it is unique; an unknown one is one line and exit 1
+    again = run("bootstrap", "--data-dir", str(tmp_path), "--new-owner-key", "second")
+    assert again.returncode == 0 and "'second'" in again.stdout
+    unknown = run("bootstrap", "--data-dir", str(tmp_path), "--new-owner-key", "org_nope")
+    assert unknown.returncode == 1 and "no such organization" in unknown.stderr
+    assert "ms_org_" not in unknown.stdout

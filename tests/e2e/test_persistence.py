@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -276,3 +277,41 @@ async def test_everything_survives_a_clean_stop_and_acknowledged_writes_survive_
     assert await revisions(api, more["single-0"]) == [(1, "after single 0")]
     assert await revisions(api, ids["batch-0"]) == [(1, "before batch 0")]
     assert await third.stop(signal.SIGTERM) == 0
+
+
+async def test_a_failed_first_start_keeps_the_owner_key_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Nothing is bootstrapped before the port, the model and the stores are
+    in hand: after a first start that fails, the next one prints the key."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORYD_")}
+    base = [str(MEMORYD), "serve", "--data-dir", str(data_dir), "--log-level", "WARNING"]
+    hashing = ["--embedding-provider", "hashing", "--embedding-dimension", "64"]
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        failed = await asyncio.to_thread(serve, *hashing, "--port", str(busy.getsockname()[1]))
+    assert failed.returncode == 1 and "ms_org_" not in failed.stdout, failed.stderr
+    no_model = str(tmp_path / "no-model")
+    bad_model = await asyncio.to_thread(serve, "--port", "0", "--embedding-model-dir", no_model)
+    assert bad_model.returncode == 1 and "ms_org_" not in bad_model.stdout, bad_model.stderr
+
+    served = Served(data_dir, tmp_path, 1)
+    try:
+        key = served.owner_key()
+        assert key is not None, served.out_path.read_text()
+        owner = Api(served, key)
+        projects = await owner.admin.ListProjects(
+            admin_pb2.ListProjectsRequest(), metadata=owner.md
+        )
+        assert list(projects.projects) == []
+    finally:
+        await served.channel.close()
+        served.kill()

@@ -2,7 +2,8 @@
 
 Details: `ErrorInfo` (reason, domain `memoryd`) always; `BadRequest` field
 violations for INVALID_ARGUMENT; `QuotaFailure` and `RetryInfo` for
-RESOURCE_EXHAUSTED. Unknown exceptions become INTERNAL with a generic message.
+RESOURCE_EXHAUSTED; `RetryInfo` for UNAVAILABLE when the backend gives a
+hint. Unknown exceptions become INTERNAL with a generic message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from memoryd.domain.errors import DomainError, InvalidArgument, ResourceExhausted
+from memoryd.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 
 ERROR_DOMAIN = "memoryd"
 
@@ -57,34 +58,31 @@ def status_proto(err: DomainError) -> status_pb2.Status:
                 )
             )
         )
-    if isinstance(err, ResourceExhausted):
-        if err.violations:
-            details.append(
-                _pack(
-                    error_details_pb2.QuotaFailure(
-                        violations=[
-                            error_details_pb2.QuotaFailure.Violation(
-                                subject=v.subject, description=v.description
-                            )
-                            for v in err.violations
-                        ]
-                    )
-                )
-            )
-        if err.retry_after is not None:
-            seconds = max(err.retry_after, 0.0)
-            whole = math.floor(seconds)
-            details.append(
-                _pack(
-                    error_details_pb2.RetryInfo(
-                        retry_delay=duration_pb2.Duration(
-                            seconds=whole, nanos=int((seconds - whole) * 1e9)
+    if isinstance(err, ResourceExhausted) and err.violations:
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=v.subject, description=v.description
                         )
-                    )
+                        for v in err.violations
+                    ]
                 )
             )
+        )
+    if isinstance(err, ResourceExhausted | Unavailable) and err.retry_after is not None:
+        details.append(_pack(_retry_info(err.retry_after)))
     return status_pb2.Status(
         code=getattr(code_pb2, err.code), message=_clip(err.message, MAX_MESSAGE), details=details
+    )
+
+
+def _retry_info(retry_after: float) -> error_details_pb2.RetryInfo:
+    seconds = max(retry_after, 0.0)
+    whole = math.floor(seconds)
+    return error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
     )
 
 

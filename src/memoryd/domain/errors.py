@@ -83,8 +83,17 @@ class FailedPrecondition(DomainError):
 
 
 class Unavailable(DomainError):
+    """A backend cannot answer now; the same call may succeed later.
+    `retry_after` (seconds), when set, is sent as a RetryInfo hint."""
+
     code = "UNAVAILABLE"
     reason = "BACKEND_UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class ResourceExhausted(DomainError):

@@ -7,14 +7,15 @@ so later versions can migrate in place.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from memoryd.domain.control import (
@@ -32,8 +33,11 @@ from memoryd.domain.control import (
 )
 from memoryd.domain.errors import AlreadyExists, Unavailable
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
+from memoryd.storage.sql_outage import Guarded, Reachability, discard_broken_connections
 
 SCHEMA_VERSION = 1
+_PING_TIMEOUT_S = 1.5
+_CONNECT_TIMEOUT_S = 5.0
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -217,6 +221,16 @@ class SqlControlStore:
         self._url = url
         self._echo = echo
         self._engine: AsyncEngine | None = None
+        self._reach = Reachability()
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the database answered the last call (see `sql_outage`)."""
+        return self._reach.reachable
+
+    def on_reachability_change(self, listener: Callable[[bool], None]) -> None:
+        """`listener(reachable)` runs when the database stops or starts answering."""
+        self._reach.on_change(listener)
 
     @property
     def dialect(self) -> str:
@@ -235,8 +249,15 @@ class SqlControlStore:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # a host that drops packets must not hold a call for asyncpg's 60 s default
+            kwargs.update(
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args={"timeout": _CONNECT_TIMEOUT_S},
+            )
         self._engine = create_async_engine(self._url, **kwargs)
+        discard_broken_connections(self._engine)
         if self._url.startswith("sqlite"):
 
             @sa.event.listens_for(self._engine.sync_engine, "connect")
@@ -265,15 +286,22 @@ class SqlControlStore:
             self._engine = None
 
     async def ping(self) -> bool:
+        """Whether the database answers `SELECT 1` in time (for health)."""
         try:
-            async with self.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-            return True
-        except (OSError, DBAPIError):
+            async with asyncio.timeout(_PING_TIMEOUT_S):
+                async with Guarded(self.engine.connect(), self._reach) as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+        except TimeoutError:
+            self._reach.failed(f"no answer within {_PING_TIMEOUT_S} s")
             return False
+        except Unavailable:
+            return False
+        return True
 
     def _begin(self) -> Any:
-        return _Tx(self.engine)
+        # every use of the engine goes through here: an outage becomes
+        # Unavailable (DATABASE_UNAVAILABLE) with a retry hint, logged once
+        return Guarded(_Tx(self.engine), self._reach)
 
     # --- organizations ---------------------------------------------------------
 
@@ -297,6 +325,41 @@ class SqlControlStore:
                     await conn.execute(sa.select(sa.func.count()).select_from(organizations))
                 ).scalar_one()
             )
+
+    async def orgs_named(self, name: str, limit: int = 2) -> list[Organization]:
+        """Organizations called `name` (names are not unique), oldest first."""
+        q = (
+            sa.select(organizations)
+            .where(organizations.c.name == name)
+            .order_by(organizations.c.create_time)
+            .limit(limit)
+        )
+        async with self._begin() as conn:
+            rows = list(await conn.execute(q))
+        return [Organization(r.id, r.name, r.create_time) for r in rows]
+
+    async def orgs_without_owner_key(self, limit: int = 10) -> list[Organization]:
+        """Organizations with no usable owner key (an org key holding `*`, not
+        revoked, not expired): a bootstrap stopped between its two writes, or
+        an owner key revoked. `memoryd bootstrap --new-owner-key` repairs it."""
+        now = datetime.now(UTC)
+        k = api_keys.c
+        owner_key = sa.select(k.id).where(
+            k.org_id == organizations.c.id,
+            k.kind == KeyKind.ORG.value,
+            k.scopes.like('%"*"%'),
+            k.revoke_time.is_(None),
+            sa.or_(k.expire_time.is_(None), k.expire_time > now),
+        )
+        q = (
+            sa.select(organizations)
+            .where(~owner_key.exists())
+            .order_by(organizations.c.create_time)
+            .limit(limit)
+        )
+        async with self._begin() as conn:
+            rows = list(await conn.execute(q))
+        return [Organization(r.id, r.name, r.create_time) for r in rows]
 
     # --- projects ---------------------------------------------------------------
 
