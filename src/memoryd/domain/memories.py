@@ -74,11 +74,13 @@ UPDATABLE_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class Defaults:
-    """Server-wide quota defaults (a project's non-zero overrides win)."""
+    """Server-wide quota defaults (a project's non-zero overrides win, up to
+    a ceiling: the byte sizes are hard limits, the memory count has its own)."""
 
     max_memories_per_environment: int = 1_000_000
     max_content_bytes: int = 32_768
     max_metadata_bytes: int = 16_384
+    max_memories_per_environment_override: int = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,16 @@ class MemoryService:
         return tenant, project
 
     def _quota(self, project: Project, name: str) -> int:
+        """The project's override of quota `name` when set, else the server's
+        default; never above the server's ceiling (an override stored before
+        the ceiling was lowered is capped here)."""
+        default = int(getattr(self._defaults, name))
         value = int(getattr(project.quotas, name))
-        return value if value > 0 else int(getattr(self._defaults, name))
+        if value <= 0:
+            return default
+        if name == "max_memories_per_environment":
+            return min(value, self._defaults.max_memories_per_environment_override)
+        return min(value, default)  # content and metadata sizes: the default is the cap
 
     # --- create -------------------------------------------------------------------
 
