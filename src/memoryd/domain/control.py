@@ -150,7 +150,8 @@ class ControlStore(Protocol):
     the caller's `org_id` and finds nothing outside that organization.
 
     Raises `AlreadyExists` on a duplicate name, `NotFound` for a missing row
-    in `update_*`, `Unavailable` when the database cannot be reached.
+    in `update_*` and when a new row's parent (a project, an environment) was
+    deleted meanwhile, `Unavailable` when the database cannot be reached.
     """
 
     async def open(self) -> None:
@@ -193,7 +194,11 @@ class ControlStore(Protocol):
         ...
 
     # keys
-    async def create_key(self, key: ApiKeyRecord) -> None: ...
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        """Raises NotFound, writing nothing, when a data key's environment
+        does not exist (any more) in its project and organization."""
+        ...
+
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         """By id alone: for authentication only. Client-driven reads use
         `get_org_key`."""
