@@ -360,3 +360,62 @@ async def test_the_maximums_an_org_may_grant_itself_are_server_settings(
         req.update_mask.paths.append(path)
         description = await invalid(o.admin.UpdateProject(req, metadata=o.md()), f"project.{path}")
         assert f"at most {maximum}" in description
+
+
+# Characters a name must not hold (issue 8, item 10): C0 with NUL, DEL, C1,
+# bidirectional overrides and zero-width characters, separators, private use.
+UNPRINTABLE = [
+    "\x00",
+    "\x01",
+    "\x1b[31m",
+    "\n",
+    "\x7f",
+    "\x85",
+    "\x9b",
+    "\u202e",
+    "\u200b",
+    "\ufeff",
+    "\u2028",
+    "\ue000",
+]
+
+
+async def test_names_with_control_or_unprintable_characters_are_refused(
+    backend: RunningServer,
+) -> None:
+    o = backend.owner
+    project = await backend.project("named")
+    for bad in UNPRINTABLE:
+        display_name = f"Team{bad}Name"
+        await invalid(
+            o.admin.CreateProject(
+                admin_pb2.CreateProjectRequest(
+                    project=admin_pb2.Project(name="other", display_name=display_name)
+                ),
+                metadata=o.md(),
+            ),
+            "project.display_name",
+        )
+        req = admin_pb2.UpdateProjectRequest(
+            project=admin_pb2.Project(id=project.id, display_name=display_name)
+        )
+        req.update_mask.paths.append("display_name")
+        await invalid(o.admin.UpdateProject(req, metadata=o.md()), "project.display_name")
+        await invalid(
+            o.keys.CreateApiKey(keys_pb2.CreateApiKeyRequest(name=f"k{bad}"), metadata=o.md()),
+            "name",
+        )
+    listed = await o.admin.ListProjects(admin_pb2.ListProjectsRequest(), metadata=o.md())
+    assert [(p.name, p.display_name) for p in listed.projects] == [("named", "")]
+    keys = await o.keys.ListApiKeys(keys_pb2.ListApiKeysRequest(), metadata=o.md())
+    assert all(k.name.isprintable() for k in keys.api_keys)
+
+    # printable text of any script, and no-break spaces, are stored exactly
+    for good in ("Équipe Ünïcode", "チーム 🚀", "a\u00a0b", "quote ' \" \\ back"):
+        req = admin_pb2.UpdateProjectRequest(
+            project=admin_pb2.Project(id=project.id, display_name=good)
+        )
+        req.update_mask.paths.append("display_name")
+        await o.admin.UpdateProject(req, metadata=o.md())
+        got = await o.admin.GetProject(admin_pb2.GetProjectRequest(id=project.id), metadata=o.md())
+        assert got.display_name == good

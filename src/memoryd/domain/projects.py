@@ -31,6 +31,7 @@ from memoryd.domain.errors import NotFound, Violations
 from memoryd.domain.ids import new_environment_id, new_project_id
 from memoryd.domain.keys import KeyInvalidator, shown
 from memoryd.domain.tenancy import Caller, EnvironmentKind, Principal, Scope
+from memoryd.domain.text import UNPRINTABLE_RULE, has_unprintable
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 NAME_RULE = "must be 1 to 63 lowercase letters, digits or '-', starting with a letter"
@@ -276,6 +277,8 @@ def _check_name(v: Violations, field: str, name: str) -> None:
 def _check_project_values(v: Violations, project: Project, prefix: str, ceilings: Ceilings) -> None:
     if len(project.display_name) > MAX_DISPLAY_NAME:
         v.add(f"{prefix}display_name", f"must be at most {MAX_DISPLAY_NAME} characters")
+    elif has_unprintable(project.display_name):
+        v.add(f"{prefix}display_name", UNPRINTABLE_RULE)
     s = project.settings
     if not (0.0 <= s.dedupe_threshold <= 1.0) or math.isnan(s.dedupe_threshold):
         v.add(f"{prefix}settings.dedupe_threshold", "must be between 0 and 1")
