@@ -269,6 +269,7 @@ async def _build(
     await vectors.open(embedder.model_id, embedder.dimension)
     closers.append(vectors.close)
 
+    auditor = Auditor(control, clock, settings.audit_log)
     projects_cache = ProjectCache(control, clock)
     ceilings = _ceilings(settings)
     memories = MemoryService(
@@ -284,10 +285,10 @@ async def _build(
         ),
         meter=_WriteMeter(meter),
         on_environment_count=metrics.environment_memories.observe,
+        auditor=auditor,
     )
 
     # --- control-plane services ---------------------------------------------------------
-    auditor = Auditor(control, clock, settings.audit_log)
     keys = KeyManager(control, hasher, auditor, clock, bus.publish)
 
     projects = ProjectManager(

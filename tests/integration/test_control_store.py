@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from memoryd.domain.control import (
     ApiKeyRecord,
@@ -382,6 +383,7 @@ def _event(org: Organization, when: datetime, action: str, **kw: Any) -> AuditEv
         environment_id=kw.pop("environment_id", ""),
         request_id=kw.pop("request_id", "r"),
         peer="127.0.0.1",
+        details=kw.pop("details", {}),
     )
 
 
@@ -561,3 +563,36 @@ async def test_keys_created_while_their_environment_is_deleted_leave_no_orphan(
         )
         for k in keys:
             assert await store.get_key(k.id) is None, (round_, k.id)
+
+
+async def test_a_version_1_schema_gains_audit_details_on_open(database_url: str) -> None:
+    s = SqlControlStore(database_url)
+    await s.open()
+    org = await _org(s)
+    async with s.engine.begin() as conn:  # as a version 1 server left it
+        await conn.execute(sa.text("ALTER TABLE audit_events DROP COLUMN details"))
+        await conn.execute(sa.text("UPDATE schema_version SET version = 1"))
+        await conn.execute(
+            sa.text(
+                "INSERT INTO audit_events (id, time, org_id, project_id, environment_id, "
+                "actor_key_id, action, target, request_id, peer, outcome) VALUES "
+                "('aud_old', :t, :org, '', '', 'k', 'project.create', 'p', 'r', 'h', 'OK')"
+            ),
+            {"t": T0.replace(tzinfo=None), "org": org.id},
+        )
+    await s.close()
+    s = SqlControlStore(database_url)
+    await s.open()
+    try:
+        await s.append_audit(
+            _event(org, T0 + timedelta(seconds=1), "memory.purge", details={"count": "3"})
+        )
+        listed = (await s.list_audit(AuditQuery(org.id), 10, None)).items
+        assert [(e.action, e.details) for e in listed] == [
+            ("memory.purge", {"count": "3"}),
+            ("project.create", {}),
+        ]
+        async with s.engine.begin() as conn:
+            assert (await conn.execute(sa.text("SELECT version FROM schema_version"))).scalar() == 2
+    finally:
+        await s.close()

@@ -117,6 +117,9 @@ class AuditEvent:
     environment_id: str = ""
     request_id: str = ""
     peer: str = ""
+    # Server-written facts (a refusal's reason, a purge's count, an update's
+    # fields); never content or metadata values.
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

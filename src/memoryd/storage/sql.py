@@ -33,7 +33,7 @@ from memoryd.domain.control import (
 from memoryd.domain.errors import AlreadyExists, DomainError, NotFound, Unavailable
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -160,6 +160,8 @@ audit_events = sa.Table(
     sa.Column("request_id", SafeString(100), nullable=False),
     sa.Column("peer", SafeString(200), nullable=False),
     sa.Column("outcome", SafeString(40), nullable=False),
+    # JSON object of strings (schema version 2)
+    sa.Column("details", sa.Text, nullable=False, server_default="{}"),
     sa.Index("ix_audit_org_time", "org_id", "time"),
 )
 
@@ -210,6 +212,15 @@ def _keyset(
     return q.order_by(*order).limit(limit + 1)
 
 
+async def _migrate(conn: AsyncConnection, version: int) -> None:
+    """Brings a schema of `version` to SCHEMA_VERSION, in the open transaction."""
+    if version < 2:  # audit events gain their details
+        await conn.execute(
+            sa.text("ALTER TABLE audit_events ADD COLUMN details TEXT NOT NULL DEFAULT '{}'")
+        )
+    await conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
+
+
 class SqlControlStore:
     """`ControlStore` on SQLAlchemy Core async. See `memoryd.domain.control`."""
 
@@ -253,6 +264,8 @@ class SqlControlStore:
             version = (await conn.execute(sa.select(schema_version.c.version))).scalar()
             if version is None:
                 await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif version < SCHEMA_VERSION:
+                await _migrate(conn, version)
             elif version > SCHEMA_VERSION:
                 raise Unavailable(
                     f"the database schema is version {version}, newer than this server "
@@ -618,6 +631,7 @@ class SqlControlStore:
             # An event records what a client sent (a target name, a request id),
             # valid or not: cut it to fit rather than lose the event.
             row = {k: _fit(audit_events.c[k], v) for k, v in vars(event).items()}
+            row["details"] = _json_dump(event.details)
             await conn.execute(audit_events.insert().values(**row))
 
     async def list_audit(
@@ -640,7 +654,13 @@ class SqlControlStore:
         q = _keyset(q, c.time, c.id, after, limit, descending=True)
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
-        items = [AuditEvent(**{k: getattr(r, k) for k in r._fields}) for r in rows[:limit]]
+        items = [
+            AuditEvent(
+                **{k: getattr(r, k) for k in r._fields if k != "details"},
+                details=json.loads(r.details),
+            )
+            for r in rows[:limit]
+        ]
         return ListPage(items, _next_after(items, limit, len(rows), lambda e: (e.time, e.id)))
 
 
