@@ -40,7 +40,7 @@ from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import Embedder, Filter, VectorStore
 from memoryd.domain.project_cache import ProjectCache
-from memoryd.domain.projects import ProjectManager
+from memoryd.domain.projects import Ceilings, ProjectManager
 from memoryd.domain.tenancy import Tenant
 from memoryd.domain.usage import UsageReporter
 from memoryd.embeddings import build_embedder
@@ -317,7 +317,9 @@ async def _build(
     await vectors.open(embedder.model_id, embedder.dimension)
     closers.append(vectors.close)
 
+    auditor = Auditor(control, clock, settings.audit_log)
     projects_cache = ProjectCache(control, clock, stale_s=settings.project_cache_stale_s)
+    ceilings = _ceilings(settings)
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -327,14 +329,15 @@ async def _build(
             max_memories_per_environment=settings.max_memories_per_environment,
             max_content_bytes=settings.max_content_bytes,
             max_metadata_bytes=settings.max_metadata_bytes,
+            max_memories_per_environment_override=ceilings.max_memories_per_environment,
         ),
         meter=_WriteMeter(meter),
         on_environment_count=metrics.environment_memories.observe,
         max_query_chars=settings.max_query_chars,
+        auditor=auditor,
     )
 
     # --- control-plane services ---------------------------------------------------------
-    auditor = Auditor(control, clock, settings.audit_log)
     keys = KeyManager(control, hasher, auditor, clock, bus.publish)
 
     projects = ProjectManager(
@@ -344,6 +347,7 @@ async def _build(
         bus.publish,
         memories.delete_scope,
         on_change=projects_cache.forget,
+        ceilings=ceilings,
     )
 
     # --- the gRPC server ------------------------------------------------------------------
@@ -352,6 +356,7 @@ async def _build(
         projects_cache,
         key_limit=Limit(settings.key_requests_per_second, settings.key_burst),
         project_limit=Limit(settings.project_requests_per_second, settings.project_burst),
+        ceiling=Limit(ceilings.requests_per_second, ceilings.burst),
     )
     observers: list[CallObserver] = [metrics, CallLogger()]
     interceptor = CallInterceptor(
@@ -618,4 +623,23 @@ def _credentials(s: Settings) -> grpc.ServerCredentials:
     ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def _ceilings(settings: Settings) -> Ceilings:
+    """What an organization may grant itself: the `max_*_override` settings,
+    never below the server's own defaults; content and metadata sizes are hard
+    limits at the server's setting."""
+    return Ceilings(
+        requests_per_second=max(
+            settings.max_requests_per_second_override,
+            settings.key_requests_per_second,
+            settings.project_requests_per_second,
+        ),
+        burst=max(settings.max_burst_override, settings.key_burst, settings.project_burst),
+        max_memories_per_environment=max(
+            settings.max_memories_per_environment_override, settings.max_memories_per_environment
+        ),
+        max_content_bytes=settings.max_content_bytes,
+        max_metadata_bytes=settings.max_metadata_bytes,
     )

@@ -193,9 +193,30 @@ class Settings:
     max_memories_per_environment: int = _setting(
         1_000_000, "Default quota of memories per environment."
     )
-    max_content_bytes: int = _setting(32_768, "Default quota of bytes of one memory's content.")
+    max_content_bytes: int = _setting(
+        32_768,
+        "Bytes of one memory's content: the default and a hard limit "
+        "(a project may set a lower quota, never a higher one).",
+    )
     max_metadata_bytes: int = _setting(
-        16_384, "Default quota of bytes of one memory's metadata (JSON)."
+        16_384,
+        "Bytes of one memory's metadata as JSON: the default and a hard limit "
+        "(a project may set a lower quota, never a higher one).",
+    )
+    max_requests_per_second_override: float = _setting(
+        5000.0,
+        "Highest rate (requests per second) an organization may set for a project or its keys "
+        "(UpdateProject rate_limits; higher is refused). Never below the default rates.",
+    )
+    max_burst_override: int = _setting(
+        10_000,
+        "Highest burst an organization may set for a project or its keys. "
+        "Never below the default bursts.",
+    )
+    max_memories_per_environment_override: int = _setting(
+        10_000_000,
+        "Highest quota of memories per environment an organization may set. "
+        "Never below the default quota.",
     )
     sweep_interval_s: float = _setting(60.0, "Seconds between sweeps of expired memories.")
 

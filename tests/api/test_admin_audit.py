@@ -18,7 +18,7 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from memoryd.domain.clock import ManualClock
-from memoryd.v1 import admin_pb2, keys_pb2, tenancy_pb2
+from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, tenancy_pb2
 
 _rid = itertools.count()
 
@@ -410,3 +410,177 @@ async def test_a_generated_request_id_is_recorded_when_none_is_sent(server: Runn
     assert echoed
     (event,) = await events(o)
     assert event.request_id == echoed
+
+
+# --- memory mutations and forged events (issue 8, S6) ---------------------------------------
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_memory_deletes_purges_updates_and_imports_are_audited_without_content(
+    make_server: Any, tmp_path: Path
+) -> None:
+    audit_file = tmp_path / "audit.jsonl"
+    server: RunningServer = await make_server(audit_log=str(audit_file))
+    o = server.owner
+    project = await server.project("mem")
+    env_id = project.environments[0].id
+    data = server.client(await server.data_key(project))
+    data_id = (await data.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=data.md())).key_id
+    carol = data.with_key(data.key, "carol")
+    reader = server.client(await server.data_key(project, scopes=("memory:read",)))
+    reader_id = (await reader.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=reader.md())).key_id
+
+    def secret_memory(n: int) -> memory_pb2.Memory:
+        m = memory_pb2.Memory(content=f"SECRET-CONTENT-{n}", tags=["SECRET-TAG"])
+        m.metadata.update({"ssn": f"SECRET-META-{n}"})
+        return m
+
+    created = []
+    for i, who in enumerate((data, data, carol)):
+        resp = await who.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(memory=secret_memory(i)), metadata=who.md()
+        )
+        created.append(resp.memory.id)
+    expected: dict[str, tuple[str, str, str, dict[str, str]]] = {}  # rid → action, target, outcome
+
+    r = rid("update")
+    req = memory_pb2.UpdateMemoryRequest(memory=secret_memory(9))
+    req.memory.id = created[0]
+    req.update_mask.paths.extend(["metadata", "content"])
+    await data.memory.UpdateMemory(req, metadata=md(data, r))
+    expected[r] = ("memory.update", created[0], "OK", {"fields": "content,metadata"})
+
+    r = rid("delete")
+    await data.memory.DeleteMemory(
+        memory_pb2.DeleteMemoryRequest(id=created[1]), metadata=md(data, r)
+    )
+    expected[r] = ("memory.delete", created[1], "OK", {})
+
+    r = rid("delete-missing")
+    with pytest.raises(aio.AioRpcError):
+        await data.memory.DeleteMemory(
+            memory_pb2.DeleteMemoryRequest(id=created[1]), metadata=md(data, r)
+        )
+    expected[r] = ("memory.delete", created[1], "NOT_FOUND", {"reason": "NOT_FOUND"})
+
+    r = rid("delete-denied")
+    with pytest.raises(aio.AioRpcError):
+        await reader.memory.DeleteMemory(
+            memory_pb2.DeleteMemoryRequest(id=created[0]), metadata=md(reader, r)
+        )
+    expected[r] = ("memory.delete", created[0], "PERMISSION_DENIED", {"reason": "SCOPE_MISSING"})
+
+    r = rid("purge-dry")
+    flt = memory_pb2.MemoryFilter()
+    cond = flt.must.add(field="metadata.ssn")
+    cond.equals.string_value = "SECRET-META-2"
+    dry = await carol.memory.PurgeMemories(
+        memory_pb2.PurgeMemoriesRequest(filter=flt, dry_run=True), metadata=md(carol, r)
+    )
+    assert dry.purged_count == 1
+    expected[r] = (
+        "memory.purge",
+        "",
+        "OK",
+        {"count": "1", "dry_run": "true", "all": "false", "end_user_id": "carol"},
+    )
+
+    r = rid("import")
+
+    async def stream() -> Any:
+        for m in (secret_memory(5), memory_pb2.Memory(content=" "), secret_memory(6)):
+            yield memory_pb2.ImportMemoriesRequest(memory=m)
+
+    summary = await data.memory.ImportMemories(stream(), metadata=md(data, r))
+    assert (summary.imported_count, summary.failed_count) == (2, 1)
+    expected[r] = ("memory.import", "", "OK", {"imported": "2", "failed": "1"})
+
+    r = rid("purge-all")
+    purged = await data.memory.PurgeMemories(
+        memory_pb2.PurgeMemoriesRequest(all=True), metadata=md(data, r)
+    )
+    assert purged.purged_count == 4
+    expected[r] = ("memory.purge", "", "OK", {"count": "4", "dry_run": "false", "all": "true"})
+
+    listed = await events(o)
+    for request_id, (action, target, outcome, details) in expected.items():
+        e = by_request(listed, request_id)
+        assert (e.action, e.target, e.outcome) == (action, target, outcome), request_id
+        assert dict(e.details) == details, request_id
+        assert (e.project_id, e.environment_id) == (project.id, env_id), request_id
+        actor = reader_id if request_id.startswith("delete-denied") else data_id
+        assert e.actor_key_id == actor, request_id
+    # creates are the bulk of traffic and are not audited (usage metering counts them)
+    assert not [e for e in listed if e.action.startswith("memory.create")]
+    assert [e.action for e in await events(o, action="memory.purge")] == ["memory.purge"] * 2
+    # never content, metadata or tags, in the store or in the file
+    assert "SECRET" not in str(listed)
+    text = audit_file.read_text()
+    assert "SECRET" not in text
+    from_file = {line["request_id"]: line for line in _lines(audit_file)}
+    for request_id, (_, _, _, details) in expected.items():
+        assert from_file[request_id]["details"] == details
+
+
+async def test_a_data_key_cannot_forge_another_actors_event(
+    make_server: Any, tmp_path: Path
+) -> None:
+    audit_file = tmp_path / "audit.jsonl"
+    server: RunningServer = await make_server(audit_log=str(audit_file))
+    o = server.owner
+    owner_id = (await o.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=o.md())).key_id
+    project = await server.project("app")
+    victim = await o.keys.CreateApiKey(keys_pb2.CreateApiKeyRequest(name="victim"), metadata=o.md())
+    await o.keys.RevokeApiKey(
+        keys_pb2.RevokeApiKeyRequest(id=victim.api_key.id), metadata=md(o, "owner-revoke")
+    )
+    data = server.client(await server.data_key(project, scopes=("memory:read",)))
+    data_id = (await data.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=data.md())).key_id
+
+    forged_line = json.dumps(
+        {"actor_key_id": owner_id, "action": "api_key.revoke", "outcome": "OK"}
+    )
+    targets = [
+        owner_id,  # what the issue saw: a revoke "of" the owner key, in the owner's request id
+        f"{owner_id}\n{forged_line}",
+        f"{owner_id}\r\x1b[2K{owner_id} outcome=OK",
+        f"\u202e{owner_id}KO=emoctuo",
+        "x\\x0a" + "y" * 5000,
+    ]
+    for target in targets:
+        with pytest.raises(aio.AioRpcError) as info:
+            await data.keys.RevokeApiKey(
+                keys_pb2.RevokeApiKeyRequest(id=target), metadata=md(data, "owner-revoke")
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    listed = await events(o, action="api_key.revoke")
+    assert len(listed) == 1 + len(targets)
+    # the owner key still works, and the one successful revoke is the owner's
+    await o.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=o.md())
+    assert [(e.actor_key_id, e.target) for e in listed if e.outcome == "OK"] == [
+        (owner_id, victim.api_key.id)
+    ]
+    attempts = [e for e in listed if e.actor_key_id == data_id]
+    assert len(attempts) == len(targets)
+    for e in attempts:
+        assert e.outcome == "PERMISSION_DENIED"
+        assert dict(e.details) == {"reason": "ORG_KEY_REQUIRED"}
+        # one printable line, bounded, where an escape cannot be forged
+        assert e.target.isprintable() and len(e.target) <= 128, e.target
+    recorded = {e.target for e in attempts}
+    assert owner_id in recorded
+    assert f"{owner_id}\\x0a{forged_line}" in recorded
+    assert f"\\u202e{owner_id}KO=emoctuo" in recorded
+    assert any(t.startswith("x\\\\x0a") and t.endswith("…") for t in recorded)
+
+    # the JSON-lines file: one event per line, the same escaped strings
+    lines = _lines(audit_file)
+    assert len(lines) == len(audit_file.read_text().splitlines())
+    revokes = [line for line in lines if line["action"] == "api_key.revoke"]
+    assert len(revokes) == len(listed)
+    assert [line["actor_key_id"] for line in revokes if line["outcome"] == "OK"] == [owner_id]
+    assert {line["target"] for line in revokes if line["actor_key_id"] == data_id} == recorded

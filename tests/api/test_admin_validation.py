@@ -266,3 +266,156 @@ async def test_a_long_request_id_never_fails_the_audit(backend: RunningServer) -
     events = await o.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(), metadata=o.md())
     assert [e.outcome for e in events.events] == ["OK"] * len(lengths)
     assert events.events[-1].request_id.startswith("r" * 100)
+
+
+# What an organization once granted itself (issue 8, S5), field by field, with
+# the server's maximum at the default settings.
+SELF_GRANTED = {
+    "rate_limits.project_requests_per_second": (1e15, "5000"),
+    "rate_limits.key_requests_per_second": (1e15, "5000"),
+    "rate_limits.project_burst": (2**31 - 1, "10000"),
+    "rate_limits.key_burst": (2**31 - 1, "10000"),
+    "quotas.max_memories_per_environment": (2**62, "10000000"),
+    "quotas.max_content_bytes": (2**62, "32768"),
+    "quotas.max_metadata_bytes": (2**62, "16384"),
+}
+
+
+def _overrides(values: dict[str, float]) -> admin_pb2.Project:
+    out = admin_pb2.Project()
+    for path, value in values.items():
+        group, name = path.split(".")
+        setattr(getattr(out, group), name, value if "per_second" in name else int(value))
+    return out
+
+
+async def test_an_org_cannot_grant_itself_limits_past_the_servers_maximums(
+    backend: RunningServer,
+) -> None:
+    o = backend.owner
+    project = await backend.project("limited")
+    attack = _overrides({path: value for path, (value, _) in SELF_GRANTED.items()})
+    attack.id = project.id
+    req = admin_pb2.UpdateProjectRequest(project=attack)
+    req.update_mask.paths.extend(SELF_GRANTED)
+    with pytest.raises(aio.AioRpcError) as info:
+        await o.admin.UpdateProject(req, metadata=o.md())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(info.value)
+    assert set(found) == {f"project.{path}" for path in SELF_GRANTED}
+    for path, (_, maximum) in SELF_GRANTED.items():
+        assert f"at most {maximum}" in found[f"project.{path}"], (path, found)
+    unchanged = await o.admin.GetProject(
+        admin_pb2.GetProjectRequest(id=project.id), metadata=o.md()
+    )
+    assert unchanged.rate_limits == admin_pb2.RateLimits()
+    assert unchanged.quotas == admin_pb2.Quotas()
+
+    # a new project cannot start with them either
+    draft = _overrides({path: value for path, (value, _) in SELF_GRANTED.items()})
+    draft.name = "greedy"
+    with pytest.raises(aio.AioRpcError) as info:
+        await o.admin.CreateProject(admin_pb2.CreateProjectRequest(project=draft), metadata=o.md())
+    assert set(violations(info.value)) == {f"project.{path}" for path in SELF_GRANTED}
+
+    # the maximums themselves are allowed, one above each is not
+    at_most = {path: float(maximum) for path, (_, maximum) in SELF_GRANTED.items()}
+    req = admin_pb2.UpdateProjectRequest(project=_overrides(at_most))
+    req.project.id = project.id
+    req.update_mask.paths.extend(SELF_GRANTED)
+    await o.admin.UpdateProject(req, metadata=o.md())
+    for path, value in at_most.items():
+        req = admin_pb2.UpdateProjectRequest(project=_overrides({path: value + 1}))
+        req.project.id = project.id
+        req.update_mask.paths.append(path)
+        await invalid(o.admin.UpdateProject(req, metadata=o.md()), f"project.{path}")
+
+
+async def test_the_maximums_an_org_may_grant_itself_are_server_settings(
+    make_server: Any,
+) -> None:
+    server: RunningServer = await make_server(
+        max_requests_per_second_override=50.0,
+        max_burst_override=300,
+        max_memories_per_environment_override=2_000_000,
+        max_content_bytes=1000,
+        max_metadata_bytes=500,
+    )
+    o = server.owner
+    project = await server.project("tuned")
+    for path, good, maximum in (
+        ("rate_limits.key_requests_per_second", 50.0, "500"),  # never below a default
+        ("rate_limits.project_requests_per_second", 500.0, "500"),
+        ("rate_limits.key_burst", 1000, "1000"),
+        ("quotas.max_memories_per_environment", 2_000_000, "2000000"),
+        ("quotas.max_content_bytes", 1000, "1000"),
+        ("quotas.max_metadata_bytes", 500, "500"),
+    ):
+        req = admin_pb2.UpdateProjectRequest(project=_overrides({path: good}))
+        req.project.id = project.id
+        req.update_mask.paths.append(path)
+        await o.admin.UpdateProject(req, metadata=o.md())
+        req = admin_pb2.UpdateProjectRequest(project=_overrides({path: float(maximum) + 1}))
+        req.project.id = project.id
+        req.update_mask.paths.append(path)
+        description = await invalid(o.admin.UpdateProject(req, metadata=o.md()), f"project.{path}")
+        assert f"at most {maximum}" in description
+
+
+# Characters a name must not hold (issue 8, item 10): C0 with NUL, DEL, C1,
+# bidirectional overrides and zero-width characters, separators, private use.
+UNPRINTABLE = [
+    "\x00",
+    "\x01",
+    "\x1b[31m",
+    "\n",
+    "\x7f",
+    "\x85",
+    "\x9b",
+    "\u202e",
+    "\u200b",
+    "\ufeff",
+    "\u2028",
+    "\ue000",
+]
+
+
+async def test_names_with_control_or_unprintable_characters_are_refused(
+    backend: RunningServer,
+) -> None:
+    o = backend.owner
+    project = await backend.project("named")
+    for bad in UNPRINTABLE:
+        display_name = f"Team{bad}Name"
+        await invalid(
+            o.admin.CreateProject(
+                admin_pb2.CreateProjectRequest(
+                    project=admin_pb2.Project(name="other", display_name=display_name)
+                ),
+                metadata=o.md(),
+            ),
+            "project.display_name",
+        )
+        req = admin_pb2.UpdateProjectRequest(
+            project=admin_pb2.Project(id=project.id, display_name=display_name)
+        )
+        req.update_mask.paths.append("display_name")
+        await invalid(o.admin.UpdateProject(req, metadata=o.md()), "project.display_name")
+        await invalid(
+            o.keys.CreateApiKey(keys_pb2.CreateApiKeyRequest(name=f"k{bad}"), metadata=o.md()),
+            "name",
+        )
+    listed = await o.admin.ListProjects(admin_pb2.ListProjectsRequest(), metadata=o.md())
+    assert [(p.name, p.display_name) for p in listed.projects] == [("named", "")]
+    keys = await o.keys.ListApiKeys(keys_pb2.ListApiKeysRequest(), metadata=o.md())
+    assert all(k.name.isprintable() for k in keys.api_keys)
+
+    # printable text of any script, and no-break spaces, are stored exactly
+    for good in ("Équipe Ünïcode", "チーム 🚀", "a\u00a0b", "quote ' \" \\ back"):
+        req = admin_pb2.UpdateProjectRequest(
+            project=admin_pb2.Project(id=project.id, display_name=good)
+        )
+        req.update_mask.paths.append("display_name")
+        await o.admin.UpdateProject(req, metadata=o.md())
+        got = await o.admin.GetProject(admin_pb2.GetProjectRequest(id=project.id), metadata=o.md())
+        assert got.display_name == good

@@ -6,6 +6,7 @@ AdminService.UpdateProject (which takes effect at once on this server).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from memoryd.domain.clock import ManualClock
+from memoryd.domain.control import Quotas, RateLimits
 from memoryd.domain.tenancy import Tenant
 from memoryd.v1 import admin_pb2, memory_pb2, tenancy_pb2
 
@@ -470,3 +472,68 @@ async def test_dedupe_in_a_batch_of_a_thousand_keeps_the_first_of_each_duplicate
     assert all(r.deduplicated for r in seconds)
     assert [r.memory.id for r in seconds] == [r.memory.id for r in firsts]
     assert sorted(await list_ids(client)) == sorted(r.memory.id for r in firsts)
+
+
+# --- the server's ceilings (issue 8, S5) ----------------------------------------------------
+
+
+async def _grant_directly(srv: RunningServer, project: admin_pb2.Project) -> None:
+    """Stores the overrides an organization once granted itself, past every
+    ceiling, as a project written before the ceilings existed."""
+    stored = await srv.app.store.get_project(srv.org_id, project.id)
+    assert stored is not None
+    await srv.app.store.update_project(
+        replace(
+            stored,
+            rate_limits=RateLimits(1e15, 2**31 - 1, 1e15, 2**31 - 1),
+            quotas=Quotas(2**62, 2**62, 2**62),
+        )
+    )
+
+
+async def test_the_servers_content_and_metadata_sizes_are_hard_limits(
+    srv: RunningServer, project: admin_pb2.Project, client: Client
+) -> None:
+    await _grant_directly(srv, project)
+    err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "x" * 32_769))
+    assert quota_failure(err) == {"memory.content": "max_content_bytes=32768"}
+    with pytest.raises(aio.AioRpcError) as info:
+        await create(client, "x" * 2 * 1024 * 1024)  # what was once stored
+    assert info.value.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    big = memory_pb2.Memory(content="m")
+    big.metadata.update({"k": "v" * 16_384})
+    err = await refused(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        client.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(memory=big), metadata=client.md()
+        ),
+    )
+    assert quota_failure(err) == {"memory.metadata": "max_metadata_bytes=16384"}
+    assert await list_ids(client) == []
+    await create(client, "x" * 32_768)  # the server's limit itself is fine
+    # a project may still lower them
+    await update_project(srv, project, quotas={"max_content_bytes": 10})
+    await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "x" * 11))
+
+
+async def test_stored_rate_overrides_past_the_ceiling_are_capped(
+    make_server: MakeServer, clock: ManualClock
+) -> None:
+    srv = await make_server(
+        clock=clock,
+        key_requests_per_second=1.0,
+        key_burst=2,
+        project_requests_per_second=1.0,
+        project_burst=2,
+        max_requests_per_second_override=1.0,
+        max_burst_override=5,
+    )
+    project = await srv.project("greedy")
+    client = srv.client(await srv.data_key(project))
+    await _grant_directly(srv, project)
+    for i in range(5):  # the clock stands still: the burst is all there is
+        await create(client, f"m{i}")
+    await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "one too many"))

@@ -5,6 +5,7 @@ PostgreSQL is unreachable)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from memoryd.domain.control import (
     ApiKeyRecord,
@@ -25,7 +27,7 @@ from memoryd.domain.control import (
     Quotas,
     RateLimits,
 )
-from memoryd.domain.errors import AlreadyExists, Unavailable
+from memoryd.domain.errors import AlreadyExists, NotFound, Unavailable
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
 from memoryd.storage.sql import SqlControlStore
 
@@ -381,6 +383,7 @@ def _event(org: Organization, when: datetime, action: str, **kw: Any) -> AuditEv
         environment_id=kw.pop("environment_id", ""),
         request_id=kw.pop("request_id", "r"),
         peer="127.0.0.1",
+        details=kw.pop("details", {}),
     )
 
 
@@ -482,5 +485,114 @@ async def test_an_unreachable_database_is_unavailable() -> None:
         with pytest.raises(Unavailable) as info:
             await asyncio.wait_for(s.open(), 30)
         assert "unreachable" in info.value.message
+    finally:
+        await s.close()
+
+
+# --- integrity errors (issue 8, item 16) ---------------------------------------------------
+
+
+async def test_an_environment_of_a_deleted_project_is_not_found_not_a_taken_name(
+    store: SqlControlStore,
+) -> None:
+    org = await _org(store)
+    project, _ = await _project_with_env(store, org, "gone")
+    await store.delete_project(org.id, project.id)
+    with pytest.raises(NotFound) as info:
+        await store.create_environment(_env(project, "staging", EnvironmentKind.TEST))
+    assert info.value.reason == "NOT_FOUND"
+    assert "project" in info.value.message
+    assert (await store.list_environments(org.id, project.id, 10, None)).items == []
+
+
+async def test_a_key_of_a_deleted_environment_is_not_found_and_not_written(
+    store: SqlControlStore,
+) -> None:
+    org = await _org(store)
+    _, env = await _project_with_env(store, org, "gone")
+    await store.delete_environment(org.id, env.id)
+    key = _key(org, env)
+    with pytest.raises(NotFound) as info:
+        await store.create_key(key)
+    assert "environment" in info.value.message
+    assert await store.get_key(key.id) is None
+    # nor in an environment of another project or organization
+    _, other_env = await _project_with_env(store, org, "other")
+    for wrong in (replace(key, environment_id=other_env.id), replace(key, org_id="org_x")):
+        with pytest.raises(NotFound):
+            await store.create_key(wrong)
+    assert await store.get_key(key.id) is None
+
+
+async def test_a_taken_key_id_or_name_is_still_already_exists(store: SqlControlStore) -> None:
+    org = await _org(store)
+    _, env = await _project_with_env(store, org, "app")
+    key = _key(org, env)
+    await store.create_key(key)
+    with pytest.raises(AlreadyExists) as info:
+        await store.create_key(key)
+    assert info.value.reason == "ALREADY_EXISTS"
+    org_key = _key(org)
+    await store.create_key(org_key)
+    with pytest.raises(AlreadyExists):
+        await store.create_key(org_key)
+    project, _ = await _project_with_env(store, org, "dup-env")
+    with pytest.raises(AlreadyExists):
+        await store.create_environment(_env(project, "production", EnvironmentKind.LIVE))
+
+
+async def test_keys_created_while_their_environment_is_deleted_leave_no_orphan(
+    store: SqlControlStore,
+) -> None:
+    org = await _org(store)
+    for round_ in range(5):
+        project, env = await _project_with_env(store, org, f"race-{round_}")
+        keys = [_key(org, env) for _ in range(8)]
+
+        async def create(k: ApiKeyRecord) -> None:
+            with contextlib.suppress(NotFound):
+                await store.create_key(k)
+
+        deleter = (
+            store.delete_environment(org.id, env.id)
+            if round_ % 2
+            else store.delete_project(org.id, project.id)
+        )
+        await asyncio.gather(
+            *(create(k) for k in keys[:4]), deleter, *(create(k) for k in keys[4:])
+        )
+        for k in keys:
+            assert await store.get_key(k.id) is None, (round_, k.id)
+
+
+async def test_a_version_1_schema_gains_audit_details_on_open(database_url: str) -> None:
+    s = SqlControlStore(database_url)
+    await s.open()
+    org = await _org(s)
+    async with s.engine.begin() as conn:  # as a version 1 server left it
+        await conn.execute(sa.text("ALTER TABLE audit_events DROP COLUMN details"))
+        await conn.execute(sa.text("UPDATE schema_version SET version = 1"))
+        await conn.execute(
+            sa.text(
+                "INSERT INTO audit_events (id, time, org_id, project_id, environment_id, "
+                "actor_key_id, action, target, request_id, peer, outcome) VALUES "
+                "('aud_old', :t, :org, '', '', 'k', 'project.create', 'p', 'r', 'h', 'OK')"
+            ),
+            {"t": T0.replace(tzinfo=None), "org": org.id},
+        )
+    await s.close()
+    s = SqlControlStore(database_url)
+    await s.open()
+    try:
+        await s.append_audit(
+            _event(org, T0 + timedelta(seconds=1), "memory.purge", details={"count": "3"})
+        )
+        listed = (await s.list_audit(AuditQuery(org.id), 10, None)).items
+        assert [(e.action, e.details) for e in listed] == [
+            ("memory.purge", {"count": "3"}),
+            ("project.create", {}),
+        ]
+        async with s.engine.begin() as conn:
+            assert (await conn.execute(sa.text("SELECT version FROM schema_version"))).scalar() == 2
     finally:
         await s.close()

@@ -183,4 +183,5 @@ def audit_event(e: AuditEvent) -> admin_pb2.AuditEvent:
         request_id=e.request_id,
         peer=e.peer,
         outcome=e.outcome,
+        details=e.details,
     )

@@ -1,6 +1,13 @@
-"""The audit log: every mutating admin or key call leaves an event, whatever
-its outcome. Events go to the control store and, optionally, as JSON lines
-to a file for a SIEM. Events never hold a secret."""
+"""The audit log: every mutating admin or key call, and every memory delete,
+purge, update and import, leaves an event whatever its outcome. Events go to
+the control store and, optionally, as JSON lines to a file for a SIEM. Events
+never hold a secret, nor memory content or metadata values.
+
+An event is always the caller's: its actor is the key that called, its
+outcome what the call answered (a refusal records its reason in `details`).
+What a client chose (a target id, a request id) is recorded escaped and
+bounded (`memoryd.domain.text.escaped`): one printable line that cannot pass
+for another event or another field."""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from memoryd.domain import paging
@@ -18,8 +25,17 @@ from memoryd.domain.control import AuditEvent, AuditQuery, ControlStore, ListPag
 from memoryd.domain.errors import DomainError, InvalidArgument
 from memoryd.domain.ids import new_audit_id
 from memoryd.domain.tenancy import Caller, Scope
+from memoryd.domain.text import escaped
 
 log = logging.getLogger("memoryd.audit")
+
+# Bounds of the client-influenced strings of an event, in characters after
+# escaping (within the store's columns).
+MAX_TARGET = 128
+MAX_ID = 40
+MAX_REQUEST_ID = 100
+MAX_PEER = 200
+MAX_DETAIL = 128
 
 
 @dataclass
@@ -29,6 +45,7 @@ class PendingEvent:
     target: str = ""
     project_id: str = ""
     environment_id: str = ""
+    details: dict[str, str] = field(default_factory=dict)
 
 
 class Auditor:
@@ -56,6 +73,7 @@ class Auditor:
             yield pending
         except DomainError as err:
             outcome = err.code
+            pending.details["reason"] = err.reason
             raise
         except BaseException:
             outcome = "INTERNAL"
@@ -91,12 +109,13 @@ class Auditor:
             org_id=caller.principal.org_id,
             actor_key_id=caller.principal.key_id,
             action=action,
-            target=p.target,
+            target=escaped(p.target, MAX_TARGET),
             outcome=outcome,
-            project_id=p.project_id,
-            environment_id=p.environment_id,
-            request_id=caller.request_id,
-            peer=caller.peer,
+            project_id=escaped(p.project_id, MAX_ID),
+            environment_id=escaped(p.environment_id, MAX_ID),
+            request_id=escaped(caller.request_id, MAX_REQUEST_ID),
+            peer=escaped(caller.peer, MAX_PEER),
+            details={k: escaped(v, MAX_DETAIL) for k, v in p.details.items()},
         )
         try:
             await self._store.append_audit(event)

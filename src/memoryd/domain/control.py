@@ -117,6 +117,9 @@ class AuditEvent:
     environment_id: str = ""
     request_id: str = ""
     peer: str = ""
+    # Server-written facts (a refusal's reason, a purge's count, an update's
+    # fields); never content or metadata values.
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ class ControlStore(Protocol):
     the caller's `org_id` and finds nothing outside that organization.
 
     Raises `AlreadyExists` on a duplicate name, `NotFound` for a missing row
-    in `update_*`, `Unavailable` when the database cannot be reached.
+    in `update_*` and when a new row's parent (a project, an environment) was
+    deleted meanwhile, `Unavailable` when the database cannot be reached.
     """
 
     async def open(self) -> None:
@@ -193,7 +197,11 @@ class ControlStore(Protocol):
         ...
 
     # keys
-    async def create_key(self, key: ApiKeyRecord) -> None: ...
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        """Raises NotFound, writing nothing, when a data key's environment
+        does not exist (any more) in its project and organization."""
+        ...
+
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         """By id alone: for authentication only. Client-driven reads use
         `get_org_key`."""

@@ -7,7 +7,6 @@ scopes; the plaintext is returned once and only a hash is stored.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -36,10 +35,10 @@ from memoryd.domain.tenancy import (
     Scope,
     scope_grants,
 )
+from memoryd.domain.text import UNPRINTABLE_RULE, has_unprintable
 
 MAX_GRACE = timedelta(days=30)
 MAX_KEY_NAME = 100
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 # Called with a key id whenever a key stops being valid as cached (revoke,
 # rotate, delete): evicts it here and on every replica.
@@ -260,5 +259,5 @@ def _check_name(v: Violations, field: str, name: str) -> None:
         v.add(field, "is required")
     elif len(name) > MAX_KEY_NAME:
         v.add(field, f"must be at most {MAX_KEY_NAME} characters")
-    elif _CONTROL_CHARS.search(name):
-        v.add(field, "must not contain control characters")
+    elif has_unprintable(name):
+        v.add(field, UNPRINTABLE_RULE)

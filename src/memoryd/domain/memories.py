@@ -10,11 +10,13 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from memoryd.domain import paging
+from memoryd.domain.audit import Auditor, PendingEvent
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import Environment, Project
 from memoryd.domain.dedupe import first_near_duplicates
@@ -76,11 +78,13 @@ UPDATABLE_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class Defaults:
-    """Server-wide quota defaults (a project's non-zero overrides win)."""
+    """Server-wide quota defaults (a project's non-zero overrides win, up to
+    a ceiling: the byte sizes are hard limits, the memory count has its own)."""
 
     max_memories_per_environment: int = 1_000_000
     max_content_bytes: int = 32_768
     max_metadata_bytes: int = 16_384
+    max_memories_per_environment_override: int = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -150,11 +154,15 @@ class MemoryService:
         meter: WriteMeter | None = None,
         on_environment_count: Callable[[int], None] | None = None,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
+        auditor: Auditor | None = None,
     ) -> None:
         """`on_environment_count` sees each exact count of an environment's
         memories as the quota check refreshes it (for a metric);
-        `max_query_chars` bounds a search's query text (it is embedded)."""
+        `max_query_chars` bounds a search's query text (it is embedded).
+        `auditor` records deletes, purges, updates and imports (creates are not
+        audited: they are the bulk of traffic, and usage metering counts them)."""
         self._store = store
+        self._auditor = auditor
         self._embedder = embedder
         self._projects = projects
         self._clock = clock
@@ -189,9 +197,30 @@ class MemoryService:
             )
         return tenant, project
 
+    def _audited(
+        self, caller: Caller, action: str, target: str = ""
+    ) -> AbstractAsyncContextManager[PendingEvent]:
+        """Records `action` by `caller` in its environment when the block ends
+        (see `Auditor.action`); never content or metadata values."""
+        if self._auditor is None:
+            return _unaudited()
+        p = caller.principal
+        cm = self._auditor.action(
+            caller, action, target=target, project_id=p.project_id, environment_id=p.environment_id
+        )
+        return _with_end_user(cm, p.end_user_id)
+
     def _quota(self, project: Project, name: str) -> int:
+        """The project's override of quota `name` when set, else the server's
+        default; never above the server's ceiling (an override stored before
+        the ceiling was lowered is capped here)."""
+        default = int(getattr(self._defaults, name))
         value = int(getattr(project.quotas, name))
-        return value if value > 0 else int(getattr(self._defaults, name))
+        if value <= 0:
+            return default
+        if name == "max_memories_per_environment":
+            return min(value, self._defaults.max_memories_per_environment_override)
+        return min(value, default)  # content and metadata sizes: the default is the cap
 
     # --- create -------------------------------------------------------------------
 
@@ -596,6 +625,14 @@ class MemoryService:
     async def update(
         self, caller: Caller, memory_id: str, changes: NewMemory, paths: Sequence[str]
     ) -> MemoryRecord:
+        async with self._audited(caller, "memory.update", memory_id) as ev:
+            # which fields, never their values (nor paths the client made up)
+            ev.details["fields"] = ",".join(sorted(UPDATABLE_FIELDS.intersection(paths)))
+            return await self._update(caller, memory_id, changes, paths)
+
+    async def _update(
+        self, caller: Caller, memory_id: str, changes: NewMemory, paths: Sequence[str]
+    ) -> MemoryRecord:
         tenant, project = await self._tenant(caller, Scope.MEMORY_UPDATE)
         v = Violations()
         if not paths:
@@ -667,12 +704,23 @@ class MemoryService:
         return replace(updated, vector=None)
 
     async def delete(self, caller: Caller, memory_id: str) -> None:
-        tenant, _ = await self._tenant(caller, Scope.MEMORY_DELETE)
-        record = await self._one(tenant, memory_id)
-        await self._store.delete(tenant, [record.id])
-        self._forget_count(tenant)
+        async with self._audited(caller, "memory.delete", memory_id):
+            tenant, _ = await self._tenant(caller, Scope.MEMORY_DELETE)
+            record = await self._one(tenant, memory_id)
+            await self._store.delete(tenant, [record.id])
+            self._forget_count(tenant)
 
     async def purge(self, caller: Caller, flt: Filter, *, dry_run: bool, everything: bool) -> int:
+        """Deletes (or with `dry_run` counts) the tenant's memories matching
+        `flt`, or all of them. Audited with the count, never the filter (it
+        may hold metadata values)."""
+        async with self._audited(caller, "memory.purge") as ev:
+            ev.details.update(dry_run=str(dry_run).lower(), all=str(everything).lower())
+            count = await self._purge(caller, flt, dry_run=dry_run, everything=everything)
+            ev.details["count"] = str(count)
+            return count
+
+    async def _purge(self, caller: Caller, flt: Filter, *, dry_run: bool, everything: bool) -> int:
         tenant, _ = await self._tenant(caller, Scope.MEMORY_DELETE)
         if flt.empty and not everything:
             raise InvalidArgument.field(
@@ -688,6 +736,14 @@ class MemoryService:
         return count
 
     async def import_stream(
+        self, caller: Caller, items: AsyncIterator[NewMemory | DomainError]
+    ) -> ImportSummary:
+        async with self._audited(caller, "memory.import") as ev:
+            summary = await self._import(caller, items)
+            ev.details.update(imported=str(summary.imported), failed=str(summary.failed))
+            return summary
+
+    async def _import(
         self, caller: Caller, items: AsyncIterator[NewMemory | DomainError]
     ) -> ImportSummary:
         tenant, project = await self._tenant(caller, Scope.MEMORY_ADD)
@@ -728,6 +784,21 @@ class MemoryService:
 
     async def delete_scope(self, org_id: str, project_id: str, environment_id: str | None) -> None:
         await self._store.delete_scope(org_id, project_id, environment_id)
+
+
+@asynccontextmanager
+async def _unaudited() -> AsyncIterator[PendingEvent]:
+    yield PendingEvent()
+
+
+@asynccontextmanager
+async def _with_end_user(
+    cm: AbstractAsyncContextManager[PendingEvent], end_user_id: str
+) -> AsyncIterator[PendingEvent]:
+    async with cm as ev:
+        if end_user_id:
+            ev.details["end_user_id"] = end_user_id
+        yield ev
 
 
 def _check_fields(

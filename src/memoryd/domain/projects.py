@@ -31,6 +31,7 @@ from memoryd.domain.errors import NotFound, Violations
 from memoryd.domain.ids import new_environment_id, new_project_id
 from memoryd.domain.keys import KeyInvalidator, shown
 from memoryd.domain.tenancy import Caller, EnvironmentKind, Principal, Scope
+from memoryd.domain.text import UNPRINTABLE_RULE, has_unprintable
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 NAME_RULE = "must be 1 to 63 lowercase letters, digits or '-', starting with a letter"
@@ -50,6 +51,25 @@ UPDATABLE_PATHS: frozenset[str] = frozenset(
     {"display_name", *_GROUPS}
     | {f"{g}.{f.name}" for g, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 )
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The most an organization may grant itself as project overrides (server
+    settings). Content and metadata sizes are the server's hard limits: an
+    override may lower them, never raise them."""
+
+    requests_per_second: float = 5000.0
+    burst: int = 10_000
+    max_memories_per_environment: int = 10_000_000
+    max_content_bytes: int = 32_768
+    max_metadata_bytes: int = 16_384
+
+    def of(self, group: str, name: str) -> float | int:
+        """The ceiling of the override `group.name` (e.g. rate_limits.key_burst)."""
+        if group == "rate_limits":
+            return self.requests_per_second if name.endswith("per_second") else self.burst
+        return int(getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -73,8 +93,10 @@ class ProjectManager:
         invalidate_key: KeyInvalidator,
         delete_memories: MemoryScopeDeleter | None = None,
         on_change: Callable[[str, str], None] | None = None,
+        ceilings: Ceilings = Ceilings(),
     ) -> None:
         self._store = store
+        self._ceilings = ceilings
         self._audit = auditor
         self._clock = clock
         self._invalidate_key = invalidate_key
@@ -88,7 +110,7 @@ class ProjectManager:
             p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
             v = Violations()
             _check_name(v, "project.name", draft.name)
-            _check_project_values(v, draft, "project.")
+            _check_project_values(v, draft, "project.", self._ceilings)
             v.raise_if_any()
             now = self._clock.now()
             project = replace(
@@ -139,7 +161,7 @@ class ProjectManager:
                         f"{shown(path)} cannot be updated; allowed: "
                         f"{', '.join(sorted(UPDATABLE_PATHS))}",
                     )
-            _check_project_values(v, changes, "project.")
+            _check_project_values(v, changes, "project.", self._ceilings)
             v.raise_if_any()
             current = await self._project(p, changes.id)
             updated = current
@@ -252,9 +274,11 @@ def _check_name(v: Violations, field: str, name: str) -> None:
         v.add(field, NAME_RULE)
 
 
-def _check_project_values(v: Violations, project: Project, prefix: str) -> None:
+def _check_project_values(v: Violations, project: Project, prefix: str, ceilings: Ceilings) -> None:
     if len(project.display_name) > MAX_DISPLAY_NAME:
         v.add(f"{prefix}display_name", f"must be at most {MAX_DISPLAY_NAME} characters")
+    elif has_unprintable(project.display_name):
+        v.add(f"{prefix}display_name", UNPRINTABLE_RULE)
     s = project.settings
     if not (0.0 <= s.dedupe_threshold <= 1.0) or math.isnan(s.dedupe_threshold):
         v.add(f"{prefix}settings.dedupe_threshold", "must be between 0 and 1")
@@ -264,8 +288,18 @@ def _check_project_values(v: Violations, project: Project, prefix: str) -> None:
         values = getattr(project, group)
         for f in dataclasses.fields(values):
             value = getattr(values, f.name)
+            ceiling = ceilings.of(group, f.name)
             if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
                 v.add(f"{prefix}{group}.{f.name}", "must be 0 (server default) or positive")
+            elif value > ceiling:
+                v.add(
+                    f"{prefix}{group}.{f.name}",
+                    f"must be at most {_number(ceiling)}, this server's maximum",
+                )
+
+
+def _number(value: float | int) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _apply_path(current: Project, changes: Project, path: str) -> Project:

@@ -41,11 +41,15 @@ class RateLimitAdmission:
         *,
         key_limit: Limit,
         project_limit: Limit,
+        ceiling: Limit | None = None,
     ) -> None:
+        """`ceiling` caps a project's overrides (stored before a ceiling
+        existed or was lowered); UpdateProject refuses higher ones."""
         self._limiter = limiter
         self._projects = projects
         self._key_limit = key_limit
         self._project_limit = project_limit
+        self._ceiling = ceiling
 
     async def admit(
         self, principal: Principal, method: str, cost: int
@@ -85,15 +89,17 @@ class RateLimitAdmission:
         if project is None:
             return self._key_limit, self._project_limit
         r = project.rate_limits
-        key = Limit(
-            r.key_requests_per_second or self._key_limit.rate_per_s,
-            r.key_burst or self._key_limit.burst,
-        )
-        proj = Limit(
-            r.project_requests_per_second or self._project_limit.rate_per_s,
-            r.project_burst or self._project_limit.burst,
-        )
+        key = self._capped(r.key_requests_per_second, r.key_burst, self._key_limit)
+        proj = self._capped(r.project_requests_per_second, r.project_burst, self._project_limit)
         return key, proj
+
+    def _capped(self, rate: float, burst: int, default: Limit) -> Limit:
+        """The override (0: the default), at most the ceiling."""
+        c = self._ceiling
+        return Limit(
+            min(rate, c.rate_per_s) if rate and c else rate or default.rate_per_s,
+            min(burst, c.burst) if burst and c else burst or default.burst,
+        )
 
 
 class UsageRecorder:

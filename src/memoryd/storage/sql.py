@@ -31,11 +31,11 @@ from memoryd.domain.control import (
     Quotas,
     RateLimits,
 )
-from memoryd.domain.errors import AlreadyExists, Unavailable
+from memoryd.domain.errors import AlreadyExists, DomainError, NotFound, Unavailable
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
 from memoryd.storage.sql_outage import Guarded, Reachability, discard_broken_connections
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _PING_TIMEOUT_S = 1.5
 _CONNECT_TIMEOUT_S = 5.0
 
@@ -164,6 +164,8 @@ audit_events = sa.Table(
     sa.Column("request_id", SafeString(100), nullable=False),
     sa.Column("peer", SafeString(200), nullable=False),
     sa.Column("outcome", SafeString(40), nullable=False),
+    # JSON object of strings (schema version 2)
+    sa.Column("details", sa.Text, nullable=False, server_default="{}"),
     sa.Index("ix_audit_org_time", "org_id", "time"),
 )
 
@@ -212,6 +214,15 @@ def _keyset(
             q = q.where(sa.or_(time_col > t, sa.and_(time_col == t, id_col > after[1])))
     order = (time_col.desc(), id_col.desc()) if descending else (time_col, id_col)
     return q.order_by(*order).limit(limit + 1)
+
+
+async def _migrate(conn: AsyncConnection, version: int) -> None:
+    """Brings a schema of `version` to SCHEMA_VERSION, in the open transaction."""
+    if version < 2:  # audit events gain their details
+        await conn.execute(
+            sa.text("ALTER TABLE audit_events ADD COLUMN details TEXT NOT NULL DEFAULT '{}'")
+        )
+    await conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
 
 
 class SqlControlStore:
@@ -274,6 +285,8 @@ class SqlControlStore:
             version = (await conn.execute(sa.select(schema_version.c.version))).scalar()
             if version is None:
                 await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif version < SCHEMA_VERSION:
+                await _migrate(conn, version)
             elif version > SCHEMA_VERSION:
                 raise Unavailable(
                     f"the database schema is version {version}, newer than this server "
@@ -298,10 +311,12 @@ class SqlControlStore:
             return False
         return True
 
-    def _begin(self) -> Any:
-        # every use of the engine goes through here: an outage becomes
-        # Unavailable (DATABASE_UNAVAILABLE) with a retry hint, logged once
-        return Guarded(_Tx(self.engine), self._reach)
+    def _begin(self, parent: str = "") -> Any:
+        """A transaction; `parent` names what its new rows belong to, for the
+        error when that was deleted meanwhile. Every use of the engine goes
+        through here: an outage becomes Unavailable (DATABASE_UNAVAILABLE)
+        with a retry hint, logged once."""
+        return Guarded(_Tx(self.engine, parent), self._reach)
 
     # --- organizations ---------------------------------------------------------
 
@@ -474,12 +489,10 @@ class SqlControlStore:
             )
 
     async def delete_project(self, org_id: str, project_id: str) -> None:
+        # Rows before the keys that hang on them: deleting the environments
+        # waits for a key being created in one (see create_key), so the key
+        # delete below sees it.
         async with self._begin() as conn:
-            await conn.execute(
-                api_keys.delete().where(
-                    api_keys.c.org_id == org_id, api_keys.c.project_id == project_id
-                )
-            )
             await conn.execute(
                 environments.delete().where(
                     environments.c.org_id == org_id, environments.c.project_id == project_id
@@ -488,11 +501,16 @@ class SqlControlStore:
             await conn.execute(
                 projects.delete().where(projects.c.org_id == org_id, projects.c.id == project_id)
             )
+            await conn.execute(
+                api_keys.delete().where(
+                    api_keys.c.org_id == org_id, api_keys.c.project_id == project_id
+                )
+            )
 
     # --- environments -------------------------------------------------------------
 
     async def create_environment(self, env: Environment) -> None:
-        async with self._begin() as conn:
+        async with self._begin(parent="project") as conn:
             await conn.execute(environments.insert().values(**self._env_row(env)))
 
     async def get_environment(self, org_id: str, environment_id: str) -> Environment | None:
@@ -534,15 +552,15 @@ class SqlControlStore:
             return [self._env(r) for r in rows]
 
     async def delete_environment(self, org_id: str, environment_id: str) -> None:
-        async with self._begin() as conn:
-            await conn.execute(
-                api_keys.delete().where(
-                    api_keys.c.org_id == org_id, api_keys.c.environment_id == environment_id
-                )
-            )
+        async with self._begin() as conn:  # the row before its keys: see delete_project
             await conn.execute(
                 environments.delete().where(
                     environments.c.org_id == org_id, environments.c.id == environment_id
+                )
+            )
+            await conn.execute(
+                api_keys.delete().where(
+                    api_keys.c.org_id == org_id, api_keys.c.environment_id == environment_id
                 )
             )
 
@@ -595,8 +613,32 @@ class SqlControlStore:
         )
 
     async def create_key(self, key: ApiKeyRecord) -> None:
+        row = self._key_row(key)
         async with self._begin() as conn:
-            await conn.execute(api_keys.insert().values(**self._key_row(key)))
+            if not key.environment_id:  # an org key
+                await conn.execute(api_keys.insert().values(**row))
+                return
+            # A data key is written only while its environment exists, in one
+            # statement (SQLite runs it under its one write lock) that on
+            # PostgreSQL also locks the environment row (FOR SHARE): a delete of
+            # the environment, which removes the row before its keys, either
+            # waits for this key and removes it too, or has removed the row and
+            # no key is written.
+            env = (
+                sa.select(environments.c.id)
+                .where(
+                    environments.c.id == key.environment_id,
+                    environments.c.org_id == key.org_id,
+                    environments.c.project_id == key.project_id,
+                )
+                .with_for_update(read=True)
+            )
+            values = sa.select(
+                *(sa.literal(v, type_=api_keys.c[k].type).label(k) for k, v in row.items())
+            ).where(sa.exists(env))
+            result = await conn.execute(api_keys.insert().from_select(list(row), values))
+            if result.rowcount != 1:
+                raise NotFound("the environment of this key no longer exists")
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         async with self._begin() as conn:
@@ -652,6 +694,7 @@ class SqlControlStore:
             # An event records what a client sent (a target name, a request id),
             # valid or not: cut it to fit rather than lose the event.
             row = {k: _fit(audit_events.c[k], v) for k, v in vars(event).items()}
+            row["details"] = _json_dump(event.details)
             await conn.execute(audit_events.insert().values(**row))
 
     async def list_audit(
@@ -674,7 +717,13 @@ class SqlControlStore:
         q = _keyset(q, c.time, c.id, after, limit, descending=True)
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
-        items = [AuditEvent(**{k: getattr(r, k) for k in r._fields}) for r in rows[:limit]]
+        items = [
+            AuditEvent(
+                **{k: getattr(r, k) for k in r._fields if k != "details"},
+                details=json.loads(r.details),
+            )
+            for r in rows[:limit]
+        ]
         return ListPage(items, _next_after(items, limit, len(rows), lambda e: (e.time, e.id)))
 
 
@@ -685,12 +734,49 @@ def _next_after(items: Sequence[Any], limit: int, fetched: int, key: Any) -> tup
     return (t.isoformat(), ident)
 
 
-class _Tx:
-    """`async with` a transaction; integrity errors become `AlreadyExists`,
-    connection errors `Unavailable`."""
+# What an integrity error was, from the driver's own code: PostgreSQL's
+# SQLSTATE (asyncpg), SQLite's extended result code name (sqlite3).
+_UNIQUE = "unique"
+_FOREIGN_KEY = "foreign key"
+_PG_KINDS = {"23505": _UNIQUE, "23503": _FOREIGN_KEY}
+_SQLITE_KINDS = {
+    "SQLITE_CONSTRAINT_UNIQUE": _UNIQUE,
+    "SQLITE_CONSTRAINT_PRIMARYKEY": _UNIQUE,
+    "SQLITE_CONSTRAINT_FOREIGNKEY": _FOREIGN_KEY,
+}
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+def _integrity_kind(err: IntegrityError) -> str:
+    """`_UNIQUE`, `_FOREIGN_KEY`, or "" for any other violation."""
+    orig = err.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate:
+        return _PG_KINDS.get(str(sqlstate), "")
+    return _SQLITE_KINDS.get(str(getattr(orig, "sqlite_errorname", "")), "")
+
+
+def _domain_error(err: IntegrityError, parent: str) -> DomainError | None:
+    """The client's view of an integrity error: a taken name, or a parent
+    (`parent`: what the row belongs to) deleted meanwhile. Any other violation
+    is a server bug and stays as it is (None)."""
+    kind = _integrity_kind(err)
+    if kind == _UNIQUE:
+        return AlreadyExists("that name is already taken", reason="ALREADY_EXISTS")
+    if kind == _FOREIGN_KEY:
+        return NotFound(
+            f"the {parent or 'resource'} this belongs to no longer exists", reason="NOT_FOUND"
+        )
+    return None
+
+
+class _Tx:
+    """`async with` a transaction; a unique violation becomes `AlreadyExists`,
+    a foreign-key violation `NotFound` (naming `parent`), connection errors
+    `Unavailable`."""
+
+    def __init__(self, engine: AsyncEngine, parent: str = "") -> None:
         self._cm = engine.begin()
+        self._parent = parent
 
     async def __aenter__(self) -> AsyncConnection:
         try:
@@ -702,11 +788,17 @@ class _Tx:
         try:
             await self._cm.__aexit__(et, exc, tb)
         except IntegrityError as err:
-            raise AlreadyExists("that name is already taken", reason="ALREADY_EXISTS") from err
+            mapped = _domain_error(err, self._parent)
+            if mapped is None:
+                raise
+            raise mapped from err
         except (OSError, OperationalError) as err:
             raise Unavailable("the control-plane database is unreachable; retry shortly") from err
         if isinstance(exc, IntegrityError):
-            raise AlreadyExists("that name is already taken", reason="ALREADY_EXISTS") from exc
+            mapped = _domain_error(exc, self._parent)
+            if mapped is not None:
+                raise mapped from exc
+            return False
         if isinstance(exc, OSError | OperationalError):
             raise Unavailable("the control-plane database is unreachable; retry shortly") from exc
         return False
