@@ -453,7 +453,7 @@ async def test_failures_on_other_key_ids_never_refuse_a_fresh_key_from_the_same_
     for _ in range(10):  # unknown key ids, and wrong secrets of another tenant's key
         with pytest.raises(Unauthenticated):
             await auth.authenticate(format_key("live", new_key_id(), new_secret()), peer="6.6.6.6")
-    record, raw, _ = await _add_key(store, hasher, clock, org_id="org_2")
+    _, raw, _ = await _add_key(store, hasher, clock, org_id="org_2")
     # another tenant behind the same address (a NAT) with a fresh key
     assert (await auth.authenticate(raw, peer="6.6.6.6")).org_id == "org_2"
 
