@@ -185,6 +185,7 @@ class Authenticator:
         self._background: set[asyncio.Task[None]] = set()
         self.cache_hits = 0
         self.cache_misses = 0
+        self.evictions = 0  # evict() and clear() calls, from this replica or the bus
 
     async def authenticate(
         self, raw: str | None, *, end_user_id: str = "", peer: str = ""
@@ -218,6 +219,7 @@ class Authenticator:
         """Forgets every cached verification of `key_id` (revoke, rotate, delete),
         and makes every verification of it already in flight uncacheable."""
         self._generation += 1
+        self.evictions += 1
         self._evicted_at[key_id] = self._generation
         self._cache.pop(key_id, None)
         if len(self._evicted_at) > self._size:
@@ -226,6 +228,7 @@ class Authenticator:
     def clear(self) -> None:
         """Forgets every cached verification (after a lost revocation feed)."""
         self._generation += 1
+        self.evictions += 1
         self._cleared_at = self._generation
         self._evicted_at.clear()  # `_cleared_at` covers them all
         self._cache.clear()
