@@ -10,7 +10,9 @@ Order of checks for one call:
 4. the negative cache of recently refused key+secret pairs (no hash);
 5. the stored key, then the argon2 hash in a thread (an unknown key id is
    verified against a dummy hash, so it costs the same), then revoked and
-   expired.
+   expired; one client address runs one such verification at a time (a
+   short queue, then RESOURCE_EXHAUSTED), so no address can take the hasher
+   pool from the others.
 
 Concurrent first uses of one key share one verification (single flight).
 
