@@ -182,7 +182,7 @@ class Settings:
     )
     key_cache_size: int = _setting(10_000, "Most verified keys cached.")
     auth_failures_per_minute: int = _setting(
-        30, "Failed authentications allowed per client address and per key id per minute."
+        30, "Failed authentications allowed per (client address, key id) pair per minute."
     )
 
     # --- limits and quotas -----------------------------------------------------------

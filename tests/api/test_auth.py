@@ -239,6 +239,36 @@ async def counted() -> AsyncIterator[tuple[RunningServer, CountingHasher, Manual
             await app.stop(0)
 
 
+async def test_failures_on_one_key_id_do_not_refuse_another_tenants_fresh_key(
+    counted: tuple[RunningServer, CountingHasher, ManualClock],
+) -> None:
+    server, _, _ = counted
+    made = await _key(server)
+    for _ in range(8):  # more than the 5 allowed, all from this address
+        with pytest.raises(aio.AioRpcError):
+            await whoami(server.client(format_key("live", made.api_key.id, new_secret())))
+    for _ in range(8):  # and unknown key ids too
+        await unauthenticated(whoami(server.client(format_key("live", new_key_id(), new_secret()))))
+    other = await server.new_org("tenant-b")  # behind the same address, never verified
+    assert (await whoami(other)).organization_name == "tenant-b"
+
+
+# (grpc's Python client refuses tab or NBSP in metadata: those are covered by
+# tests/unit/test_authenticator.py and tests/unit/test_key_format.py)
+@pytest.mark.parametrize("pad", [" {}", "{} ", "  {}  "], ids=repr)
+async def test_a_padded_copy_of_a_valid_key_is_refused_without_a_hash(
+    counted: tuple[RunningServer, CountingHasher, ManualClock], pad: str
+) -> None:
+    server, hasher, _ = counted
+    made = await _key(server)
+    await whoami(server.client(made.secret))  # the canonical key, verified and cached
+    before = hasher.verifies
+    for _ in range(3):
+        err = await unauthenticated(whoami(server.client(pad.format(made.secret))))
+        assert error_info(err).reason == "API_KEY_MALFORMED"
+    assert hasher.verifies == before
+
+
 async def test_a_wrong_secret_does_not_cost_a_hash_per_request(
     counted: tuple[RunningServer, CountingHasher, ManualClock],
 ) -> None:
@@ -277,7 +307,8 @@ async def test_repeated_failures_get_resource_exhausted(
     assert status is not None
     assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
     assert hasher.verifies == verifies  # refused without hashing
-    # the right secret of the attacked key is refused for now too (per key id) ...
+    # the right secret of the attacked key is refused from this address for now
+    # (failures count per address and key id) ...
     with pytest.raises(aio.AioRpcError) as info:
         await whoami(server.client(made.secret))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -318,6 +319,93 @@ async def test_revoke_stops_the_key_on_the_next_call(server: RunningServer) -> N
     ]
 
 
+def reason_of(err: aio.AioRpcError) -> str:
+    status = rpc_status.from_call(err)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    raise AssertionError("no ErrorInfo")
+
+
+async def revoke(client: Client, key_id: str) -> keys_pb2.ApiKey:
+    return await client.keys.RevokeApiKey(
+        keys_pb2.RevokeApiKeyRequest(id=key_id), metadata=client.md()
+    )
+
+
+async def test_a_key_cannot_revoke_a_key_holding_a_scope_it_lacks(server: RunningServer) -> None:
+    owner_id = (await whoami(server.owner)).key_id
+    second_owner = await create_key(server.owner, scopes=["*"])  # not the last owner key
+    manager = server.client((await create_key(server.owner, scopes=["keys:write"])).secret)
+    for target in (owner_id, second_owner.api_key.id):
+        err = await refused(grpc.StatusCode.PERMISSION_DENIED, revoke(manager, target))
+        assert reason_of(err) == "SCOPE_ESCALATION"
+        assert "'*'" in (err.details() or "")
+    await whoami(server.owner)  # not revoked
+    await whoami(server.client(second_owner.secret))
+    auditor = await create_key(server.owner, scopes=["audit:read"])
+    err = await refused(grpc.StatusCode.PERMISSION_DENIED, revoke(manager, auditor.api_key.id))
+    assert "'audit:read'" in (err.details() or "")
+    # a key it could have made itself, it may revoke
+    peer = await create_key(manager, scopes=["keys:write"])
+    assert (await revoke(manager, peer.api_key.id)).state == keys_pb2.KEY_STATE_REVOKED
+
+
+async def test_the_last_active_owner_key_cannot_be_revoked(
+    make_server: Any, manual_clock: ManualClock
+) -> None:
+    server: RunningServer = await make_server(clock=manual_clock)
+    owner_id = (await whoami(server.owner)).key_id
+    err = await refused(grpc.StatusCode.FAILED_PRECONDITION, revoke(server.owner, owner_id))
+    assert reason_of(err) == "LAST_OWNER_KEY"
+    assert "create another owner key first" in (err.details() or "")
+    # an expired owner key does not count as another owner
+    expiring = await create_key(
+        server.owner, scopes=["*"], expire_time=ts(manual_clock.now() + timedelta(seconds=60))
+    )
+    manual_clock.advance(61)
+    err = await refused(grpc.StatusCode.FAILED_PRECONDITION, revoke(server.owner, owner_id))
+    assert reason_of(err) == "LAST_OWNER_KEY"
+    await whoami(server.owner)
+    # with another active owner key, either may go
+    second = server.client((await create_key(server.owner, scopes=["*"])).secret)
+    await revoke(second, owner_id)
+    await refused(grpc.StatusCode.UNAUTHENTICATED, whoami(server.owner))
+    second_id = (await whoami(second)).key_id
+    err = await refused(grpc.StatusCode.FAILED_PRECONDITION, revoke(second, second_id))
+    assert reason_of(err) == "LAST_OWNER_KEY"
+    assert (await revoke(second, expiring.api_key.id)).state == keys_pb2.KEY_STATE_REVOKED
+
+
+async def test_a_key_revoked_behind_the_cache_cannot_manage_keys(server: RunningServer) -> None:
+    """A revocation whose eviction never reached this replica (a lost bus
+    message): the cached verification still lets the key in, but it cannot
+    mint, rotate or revoke keys."""
+    manager_resp = await create_key(server.owner, scopes=["keys:write", "keys:read"])
+    manager = server.client(manager_resp.secret)
+    target = await create_key(server.owner, scopes=["keys:read"])
+    await whoami(manager)  # verified and cached
+    store = server.app.store
+    record = await store.get_key(manager_resp.api_key.id)
+    assert record is not None
+    await store.update_key(replace(record, revoke_time=record.create_time))  # no eviction
+    for call in (
+        create_key(manager, scopes=["keys:read"]),
+        rotate(manager, target.api_key.id),
+        revoke(manager, target.api_key.id),
+    ):
+        err = await refused(grpc.StatusCode.UNAUTHENTICATED, call)
+        assert reason_of(err) == "API_KEY_REVOKED"
+    listed = await server.owner.keys.ListApiKeys(
+        keys_pb2.ListApiKeysRequest(), metadata=server.owner.md()
+    )
+    assert {k.name for k in listed.api_keys} == {"owner", "k"}  # nothing minted
+    await whoami(server.client(target.secret))  # neither rotated nor revoked
+
+
 async def test_a_key_can_revoke_itself(server: RunningServer) -> None:
     made = await create_key(server.owner, scopes=["keys:write"])
     me = server.client(made.secret)
@@ -371,6 +459,51 @@ async def test_expire_time_must_be_in_the_future(
             grpc.StatusCode.INVALID_ARGUMENT, create_key(server.owner, expire_time=ts(when))
         )
         assert "expire_time" in violations(err)
+
+
+async def test_a_created_key_cannot_outlive_its_creator(
+    make_server: Any, manual_clock: ManualClock
+) -> None:
+    server: RunningServer = await make_server(clock=manual_clock)
+    ends = manual_clock.now() + timedelta(minutes=5)
+    short = server.client(
+        (
+            await create_key(server.owner, scopes=["keys:write", "keys:read"], expire_time=ts(ends))
+        ).secret
+    )
+    # no expiry asked: the creator's
+    made = await create_key(short, scopes=["keys:read"])
+    assert made.api_key.expire_time.ToDatetime().timestamp() == pytest.approx(ends.timestamp())
+    # later than the creator's: refused
+    err = await refused(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        create_key(short, scopes=["keys:read"], expire_time=ts(ends + timedelta(seconds=1))),
+    )
+    assert "expire_time" in violations(err)
+    # earlier: as asked
+    sooner = ends - timedelta(minutes=1)
+    made = await create_key(short, scopes=["keys:read"], expire_time=ts(sooner))
+    assert made.api_key.expire_time.ToDatetime().timestamp() == pytest.approx(sooner.timestamp())
+    # a key without expiry may still make keys without expiry
+    forever = await create_key(server.owner, scopes=["keys:read"])
+    assert not forever.api_key.HasField("expire_time")
+
+
+async def test_a_key_cannot_rotate_a_key_that_outlives_it(
+    make_server: Any, manual_clock: ManualClock
+) -> None:
+    server: RunningServer = await make_server(clock=manual_clock)
+    ends = manual_clock.now() + timedelta(minutes=5)
+    short_resp = await create_key(server.owner, scopes=["keys:write"], expire_time=ts(ends))
+    short = server.client(short_resp.secret)
+    forever = await create_key(server.owner, scopes=["keys:write"])
+    err = await refused(grpc.StatusCode.PERMISSION_DENIED, rotate(short, forever.api_key.id))
+    assert reason_of(err) == "EXPIRY_ESCALATION"
+    await whoami(server.client(forever.secret))  # not rotated
+    # itself, or a key ending no later than it, it may rotate
+    assert (await rotate(short, short_resp.api_key.id, grace_s=60)).secret
+    mine = await create_key(short, scopes=["keys:write"])
+    assert (await rotate(short, mine.api_key.id)).secret
 
 
 # --- reading ----------------------------------------------------------------------------------

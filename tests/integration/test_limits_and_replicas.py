@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from conftest import REDIS_URL, Client, MakeServer, RunningServer
+from gated_hasher import GatedHasher, gated_server, secret_of
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
@@ -288,3 +289,53 @@ async def test_fail_closed_refuses_data_keys_but_org_keys_can_revoke_during_an_o
     with pytest.raises(aio.AioRpcError) as caught:
         await whoami(server.client(leaked.secret))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_verification_in_flight_on_another_replica_loses_to_the_revocation(
+    pg_url: str,
+) -> None:
+    """Replica B has the key's first verification in flight (held open by a
+    gated hasher) when replica A revokes it: the bus eviction reaches B within
+    100 ms and wins, so B refuses the key on the next call, and it cannot mint
+    a key there either."""
+    b_hasher = GatedHasher()
+    async with (
+        gated_server(GatedHasher(), database_url=pg_url, redis_url=REDIS_URL) as a,
+        gated_server(
+            b_hasher,
+            bootstrap=False,
+            database_url=pg_url,
+            redis_url=REDIS_URL,
+            key_cache_ttl_s=300.0,
+        ) as b,
+    ):
+        made = await a.owner.keys.CreateApiKey(
+            keys_pb2.CreateApiKeyRequest(name="manager", scopes=["keys:write", "keys:read"]),
+            metadata=a.owner.md(),
+        )
+        on_b = b.client(made.secret)
+        gate = b_hasher.gate(secret_of(made.secret))
+        in_flight = asyncio.ensure_future(whoami(on_b))
+        await b_hasher.entered_verify(secret_of(made.secret))
+        evictions = b.app.authenticator.evictions
+        await a.owner.keys.RevokeApiKey(
+            keys_pb2.RevokeApiKeyRequest(id=made.api_key.id), metadata=a.owner.md()
+        )
+        revoked_at = time.perf_counter()
+        # pushed, not waited out: B's cache TTL is 300 s (no tight real-time
+        # bound here: the machine may be busy; typical is a few ms)
+        while b.app.authenticator.evictions == evictions:
+            assert time.perf_counter() - revoked_at < 5.0, "B never heard of the revocation"
+            await asyncio.sleep(0.002)
+        gate.set()
+        assert (await in_flight)[0].key_id == made.api_key.id  # its own call only
+        for call in (
+            whoami(on_b),
+            on_b.keys.CreateApiKey(
+                keys_pb2.CreateApiKeyRequest(name="minted", scopes=["keys:read"]),
+                metadata=on_b.md(),
+            ),
+        ):
+            with pytest.raises(aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

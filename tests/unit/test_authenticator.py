@@ -1,5 +1,7 @@
 """The authenticator on an injected clock, a fake store and a counting hasher:
-what touches storage, what costs a slow hash, what is cached and for how long.
+what touches storage, what costs a slow hash, what is cached and for how long,
+and that eviction wins over verifications already in flight (a gated hasher
+holds a verification open while a key is revoked: no timing involved).
 """
 
 from __future__ import annotations
@@ -28,6 +30,39 @@ class CountingHasher(SecretHasher):
     async def verify(self, secret: str, hashed: str) -> bool:
         self.verifies += 1
         return await super().verify(secret, hashed)
+
+
+class GatedHasher(CountingHasher):
+    """`verify` of a gated secret waits until the test opens its gate, so a
+    verification is provably in flight (its record already read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: dict[str, asyncio.Event] = {}
+        self.entered: dict[str, int] = {}
+        self.running = 0
+        self.most_running = 0
+
+    def gate(self, secret: str) -> asyncio.Event:
+        return self.gates.setdefault(secret, asyncio.Event())
+
+    async def verify(self, secret: str, hashed: str) -> bool:
+        self.entered[secret] = self.entered.get(secret, 0) + 1
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if secret in self.gates:
+                await self.gates[secret].wait()
+            return await super().verify(secret, hashed)
+        finally:
+            self.running -= 1
+
+    async def entered_verify(self, secret: str, times: int = 1) -> None:
+        for _ in range(10_000):
+            if self.entered.get(secret, 0) >= times:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError(f"verify was not entered {times} time(s)")
 
 
 class FailingStore:
@@ -125,6 +160,46 @@ async def test_malformed_keys_are_refused_without_touching_storage(
     assert hasher.verifies == 0
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        lambda raw: " " + raw,
+        lambda raw: raw + " ",
+        lambda raw: "\t" + raw,
+        lambda raw: raw + "\n",
+        lambda raw: "\xa0" + raw,
+        lambda raw: raw + "\xa0",
+        lambda raw: raw + "\u2003",
+        lambda raw: "\ufeff" + raw,
+        lambda raw: raw[:-1] + "\u0660",  # a non-ASCII digit
+    ],
+    ids=[
+        "space",
+        "trailing-space",
+        "tab",
+        "newline",
+        "nbsp",
+        "trailing-nbsp",
+        "em-space",
+        "bom",
+        "arabic-digit",
+    ],
+)
+async def test_a_non_canonical_copy_of_a_valid_key_is_refused_without_lookup_or_hash(
+    variant: Any, store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    await auth.authenticate(raw)  # the canonical key is verified and cached
+    reads, verifies = store.reads, hasher.verifies
+    for _ in range(3):
+        with pytest.raises(Unauthenticated) as info:
+            await auth.authenticate(variant(raw), peer="1.2.3.4")
+        assert info.value.reason == "API_KEY_MALFORMED"
+    assert (store.reads, hasher.verifies) == (reads, verifies)
+    assert auth.cache_hits == 0  # not even a cache lookup answered it
+
+
 async def test_a_missing_key_is_refused_without_touching_storage(
     hasher: CountingHasher, clock: ManualClock
 ) -> None:
@@ -198,6 +273,67 @@ async def test_evict_forces_a_fresh_lookup(
     with pytest.raises(Unauthenticated) as info:
         await auth.authenticate(raw)
     assert info.value.reason == "API_KEY_REVOKED"
+
+
+@pytest.mark.parametrize("how", ["evict", "clear"])
+async def test_a_verification_in_flight_during_a_revocation_is_not_cached(
+    how: str, store: FakeStore, clock: ManualClock
+) -> None:
+    hasher = GatedHasher()
+    record, raw, secret = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, cache_ttl_s=30)
+    gate = hasher.gate(secret)
+    in_flight = asyncio.create_task(auth.authenticate(raw))
+    await hasher.entered_verify(secret)  # it read the record while the key was valid
+    store.keys[record.id] = replace(record, revoke_time=clock.now())
+    auth.evict(record.id) if how == "evict" else auth.clear()
+    gate.set()
+    assert (await in_flight).key_id == record.id  # answers its own call only
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(raw)  # at once: no cache TTL window
+    assert info.value.reason == "API_KEY_REVOKED"
+    hasher.close()
+
+
+async def test_a_call_after_a_revocation_does_not_join_a_verification_begun_before_it(
+    store: FakeStore, clock: ManualClock
+) -> None:
+    hasher = GatedHasher()
+    record, raw, secret = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    gate = hasher.gate(secret)
+    before = asyncio.create_task(auth.authenticate(raw))
+    joined = asyncio.create_task(auth.authenticate(raw))  # concurrent with the revoke
+    await hasher.entered_verify(secret)
+    store.keys[record.id] = replace(record, revoke_time=clock.now())
+    auth.evict(record.id)
+    after = asyncio.create_task(auth.authenticate(raw))
+    for _ in range(20):
+        await asyncio.sleep(0)  # `after` is waiting (to join, or for its own verification)
+    gate.set()
+    assert (await before).key_id == (await joined).key_id == record.id
+    with pytest.raises(Unauthenticated) as info:
+        await after
+    assert info.value.reason == "API_KEY_REVOKED"
+    assert hasher.entered[secret] == 2  # it verified against the record as it is now
+    hasher.close()
+
+
+async def test_the_cache_is_keyed_by_key_id_with_the_verified_secret(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, secret = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, failures_per_minute=1000)
+    await auth.authenticate(raw)
+    # the same key id with another secret is no cache hit: it is verified, and refused
+    with pytest.raises(Unauthenticated):
+        await auth.authenticate(_wrong_secret(raw, secret))
+    assert hasher.verifies == 2
+    await auth.authenticate(raw)
+    assert (auth.cache_hits, hasher.verifies) == (1, 2)
+    auth.evict(record.id)  # one eviction by key id drops every secret of it
+    await auth.authenticate(raw)
+    assert hasher.verifies == 3
 
 
 async def test_the_cache_is_bounded(
@@ -276,40 +412,115 @@ async def test_a_wrong_secret_costs_one_hash_then_none(
     await auth.authenticate(raw, peer="9.9.9.9")
 
 
-async def test_repeated_failures_per_key_id_are_limited(
+async def test_repeated_failures_are_limited_per_address_and_key_id(
     store: FakeStore, hasher: CountingHasher, clock: ManualClock
 ) -> None:
     _, raw, _ = await _add_key(store, hasher, clock)
     auth = _auth(store, hasher, clock, failures_per_minute=5)
-    # different wrong secrets from different addresses: only the key id is shared
     for i in range(5):
         wrong = format_key("live", raw[8:20], f"{i:0>32}")
         with pytest.raises(Unauthenticated):
-            await auth.authenticate(wrong, peer=f"10.0.0.{i}")
+            await auth.authenticate(wrong, peer="6.6.6.6")
+    verifies = hasher.verifies
     with pytest.raises(ResourceExhausted) as info:
-        await auth.authenticate(raw, peer="10.0.1.1")
+        await auth.authenticate(format_key("live", raw[8:20], "9" * 32), peer="6.6.6.6")
+    assert info.value.reason == "AUTH_FAILURES_EXCEEDED"
     assert info.value.retry_after is not None and 0 < info.value.retry_after <= 60
     assert "retry" in info.value.message
-    verifies = hasher.verifies
+    assert hasher.verifies == verifies  # refused without a hash
     clock.advance(61)
-    await auth.authenticate(raw, peer="10.0.1.1")  # the window has passed
+    with pytest.raises(Unauthenticated):  # the window has passed: verified again
+        await auth.authenticate(format_key("live", raw[8:20], "9" * 32), peer="6.6.6.6")
     assert hasher.verifies == verifies + 1
 
 
-async def test_repeated_failures_per_address_are_limited(
+async def test_failures_from_one_address_never_lock_the_key_out_elsewhere(
     store: FakeStore, hasher: CountingHasher, clock: ManualClock
 ) -> None:
-    _, raw, _ = await _add_key(store, hasher, clock)
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, failures_per_minute=30)
+    for i in range(40):  # the attacker knows the (public) key id
+        with pytest.raises((Unauthenticated, ResourceExhausted)):
+            await auth.authenticate(format_key("live", record.id, f"{i:0>32}"), peer="6.6.6.6")
+    # the real key, never verified before, from its owner's address
+    assert (await auth.authenticate(raw, peer="7.7.7.7")).key_id == record.id
+
+
+async def test_failures_on_other_key_ids_never_refuse_a_fresh_key_from_the_same_address(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
     auth = _auth(store, hasher, clock, failures_per_minute=3)
-    for _ in range(3):  # unknown key ids: one store read each, no hash
+    for _ in range(10):  # unknown key ids, and wrong secrets of another tenant's key
         with pytest.raises(Unauthenticated):
             await auth.authenticate(format_key("live", new_key_id(), new_secret()), peer="6.6.6.6")
-    reads = store.reads
-    with pytest.raises(ResourceExhausted):
-        await auth.authenticate(format_key("live", new_key_id(), new_secret()), peer="6.6.6.6")
-    assert store.reads == reads  # refused before any lookup
-    assert hasher.verifies == 0
-    await auth.authenticate(raw, peer="7.7.7.7")  # another address is unaffected
+    _, raw, _ = await _add_key(store, hasher, clock, org_id="org_2")
+    # another tenant behind the same address (a NAT) with a fresh key
+    assert (await auth.authenticate(raw, peer="6.6.6.6")).org_id == "org_2"
+
+
+async def test_one_address_runs_one_slow_verification_at_a_time(
+    store: FakeStore, clock: ManualClock
+) -> None:
+    hasher = GatedHasher()
+    keys = [await _add_key(store, hasher, clock) for _ in range(3)]
+    auth = _auth(store, hasher, clock)
+    for _, _, secret in keys[:2]:
+        hasher.gate(secret)
+    busy = [asyncio.create_task(auth.authenticate(raw, peer="6.6.6.6")) for _, raw, _ in keys[:2]]
+    await hasher.entered_verify(keys[0][2])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert hasher.entered.get(keys[1][2], 0) == 0  # queued behind the first
+    # another address is not queued behind it
+    assert (await auth.authenticate(keys[2][1], peer="7.7.7.7")).key_id == keys[2][0].id
+    for _, _, secret in keys[:2]:
+        hasher.gate(secret).set()
+    await asyncio.gather(*busy)
+    assert hasher.most_running == 2  # 6.6.6.6's first, and 7.7.7.7's
+    hasher.close()
+
+
+async def test_an_address_with_too_many_verifications_queued_is_told_to_retry(
+    store: FakeStore, clock: ManualClock
+) -> None:
+    hasher = GatedHasher()
+    keys = [await _add_key(store, hasher, clock) for _ in range(66)]
+    auth = _auth(store, hasher, clock)
+    for _, _, secret in keys:
+        hasher.gate(secret)
+    queued = [
+        asyncio.create_task(auth.authenticate(raw, peer="6.6.6.6")) for _, raw, _ in keys[:65]
+    ]
+    await hasher.entered_verify(keys[0][2])
+    with pytest.raises(ResourceExhausted) as info:
+        await auth.authenticate(keys[65][1], peer="6.6.6.6")
+    assert info.value.reason == "AUTH_CONCURRENCY_EXCEEDED"
+    for _, _, secret in keys:
+        hasher.gate(secret).set()
+    await asyncio.gather(*queued)
+    hasher.close()
+
+
+# --- no existence oracle: an unknown key id costs what a wrong secret costs ------------------
+
+
+async def test_an_unknown_key_id_costs_one_hash_like_a_wrong_secret(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, secret = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, failures_per_minute=1000)
+    costs = []
+    for attempt in (_wrong_secret(raw, secret), format_key("live", new_key_id(), new_secret())):
+        before = hasher.verifies
+        with pytest.raises(Unauthenticated) as info:
+            await auth.authenticate(attempt)
+        assert info.value.reason == "API_KEY_INVALID"
+        costs.append(hasher.verifies - before)
+        before = hasher.verifies
+        with pytest.raises(Unauthenticated):  # repeated: the negative cache, both alike
+            await auth.authenticate(attempt)
+        costs.append(hasher.verifies - before)
+    assert costs == [1, 0, 1, 0]
 
 
 async def test_a_key_of_the_wrong_kind_prefix_is_unknown(
@@ -321,7 +532,7 @@ async def test_a_key_of_the_wrong_kind_prefix_is_unknown(
     with pytest.raises(Unauthenticated) as info:
         await auth.authenticate(as_test)
     assert info.value.reason == "API_KEY_INVALID"
-    assert hasher.verifies == 0
+    assert hasher.verifies == 1  # against the dummy hash, as for an unknown id
 
 
 async def test_no_error_message_contains_the_secret(

@@ -48,8 +48,27 @@ def test_new_keys_are_random_and_well_formed() -> None:
         assert parse_key(raw).kind == "test"
 
 
-def test_surrounding_whitespace_is_tolerated() -> None:
-    assert parse_key(f"  {_key()}\n").secret == SECRET
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"  {_key()}",
+        f"{_key()}\n",
+        f"\t{_key()}",
+        f"\xa0{_key()}",
+        f"{_key()}\xa0",
+        f"{_key()}\u3000",
+        f"\ufeff{_key()}",
+        f"{_key()}\x00",
+    ],
+    ids=["spaces", "newline", "tab", "nbsp", "trailing-nbsp", "ideographic-space", "bom", "nul"],
+)
+def test_only_the_canonical_spelling_parses(raw: str) -> None:
+    """No normalisation: one key, one spelling (a variant must not be a cache miss)."""
+    assert _refused(raw).reason == "API_KEY_MALFORMED"
+
+
+def test_a_very_long_input_is_refused_as_malformed() -> None:
+    assert _refused(_key() + "A" * 100_000).reason == "API_KEY_MALFORMED"
 
 
 def test_parsed_key_repr_hides_the_secret() -> None:

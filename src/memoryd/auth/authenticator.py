@@ -1,28 +1,45 @@
 """API key → Principal, with the slow hash kept off the hot path.
 
 Order of checks for one call:
-1. format and checksum (no storage access);
-2. the verified-key cache (a dict lookup: the steady state);
-3. failure limits per client address and per key id (guessing is slow and
-   costs the server nothing);
+1. format and checksum, strictly (no storage access, no hash): a key has
+   one spelling, so no variant can bypass the cache or cost a hash;
+2. the verified-key cache, by key id, holding the sha256 of the verified
+   secret(s) (a dict lookup and a constant-time compare: the steady state);
+3. failure limits per (client address, key id): guessing a key is slow for
+   the guesser, and nobody else is locked out;
 4. the negative cache of recently refused key+secret pairs (no hash);
-5. the stored key: revoked, expired, then the argon2 hash, in a thread.
+5. the stored key, then the argon2 hash in a thread (an unknown key id is
+   verified against a dummy hash, so it costs the same), then revoked and
+   expired; one client address runs one such verification at a time (a
+   short queue, then RESOURCE_EXHAUSTED), so no address can take the hasher
+   pool from the others.
 
 Concurrent first uses of one key share one verification (single flight).
-Revocation and rotation evict the cache entries of a key id (`evict`).
+
+Revocation, rotation and deletion call `evict(key_id)` (here and, through
+the revocation bus, on every replica). Eviction wins over a verification
+that started before it: every verification notes the eviction generation
+when it starts, `evict` bumps the generation of the key id, and a
+verification that finishes under an older generation is not cached and is
+not shared with calls that arrive after the eviction. It answers only the
+calls that were already waiting on it (they were concurrent with the
+revocation), and only if the record it read was valid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import hmac
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from memoryd.auth.hashing import SecretHasher
-from memoryd.auth.keys import parse_key
+from memoryd.auth.keys import ParsedKey, new_secret, parse_key
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import ApiKeyRecord, ControlStore
 from memoryd.domain.errors import (
@@ -39,12 +56,33 @@ MAX_END_USER_ID_LEN = 128
 _TOUCH_INTERVAL_S = 60.0
 _NEGATIVE_TTL_S = 60.0
 _FAILURE_WINDOW_S = 60.0
+# Key verifications (store read + argon2) one client address may run at once,
+# and how many more may wait: one address gets at most this share of the
+# hasher pool, whatever it sends, and nobody is locked out by failures.
+_HASHES_PER_PEER = 1
+_WAITING_PER_PEER = 64
+# A key has at most two valid secrets (the current one and, during a
+# rotation's grace, the previous one).
+_SECRETS_PER_KEY = 2
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Secret:
+    digest: bytes  # sha256 of a verified secret: never the secret itself
+    deadline: float  # monotonic
+
+
+@dataclass(frozen=True)
 class _Entry:
     principal: Principal
-    deadline: float  # monotonic
+    secrets: tuple[_Secret, ...]
+
+    def valid(self, digest: bytes, now: float) -> bool:
+        # every stored digest is compared, in constant time each
+        ok = False
+        for s in self.secrets:
+            ok |= hmac.compare_digest(s.digest, digest) and s.deadline > now
+        return ok
 
 
 class _FailureLimiter:
@@ -80,6 +118,44 @@ class _FailureLimiter:
                 del self._windows[key]
 
 
+@dataclass(frozen=True)
+class _Flight:
+    """One verification in progress, and the eviction generation it began in."""
+
+    future: asyncio.Future[Principal]
+    generation: int
+
+
+class _PeerGate:
+    """Bounds the slow verifications of one client address: `_HASHES_PER_PEER`
+    at a time, `_WAITING_PER_PEER` more queued, the rest refused at once.
+
+    This keeps the work per attempt bounded without counting failures per
+    address (which locked out other tenants behind the same address)."""
+
+    def __init__(self) -> None:
+        self._peers: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, peer: str) -> AsyncIterator[None]:
+        sem, users = self._peers.setdefault(peer, (asyncio.Semaphore(_HASHES_PER_PEER), [0]))
+        if users[0] >= _HASHES_PER_PEER + _WAITING_PER_PEER:
+            raise ResourceExhausted(
+                "too many key verifications in progress from this address; retry in 1 s",
+                [QuotaViolation("address", "concurrent key verifications per address")],
+                retry_after=1.0,
+                reason="AUTH_CONCURRENCY_EXCEEDED",
+            )
+        users[0] += 1
+        try:
+            async with sem:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._peers[peer]
+
+
 class Authenticator:
     def __init__(
         self,
@@ -96,15 +172,22 @@ class Authenticator:
         self._clock = clock
         self._ttl = cache_ttl_s
         self._size = cache_size
-        self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._by_key_id: dict[str, set[bytes]] = {}
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()  # by key id
         self._negative: OrderedDict[bytes, tuple[float, Unauthenticated]] = OrderedDict()
-        self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
+        self._inflight: dict[bytes, _Flight] = {}
+        # Eviction generations: a counter bumped by every evict/clear, and the
+        # generation in which each key id (or the whole cache) was last evicted.
+        self._generation = 0
+        self._evicted_at: dict[str, int] = {}
+        self._cleared_at = 0
+        self._dummy_hash: str | None = None
         self._failures = _FailureLimiter(clock, failures_per_minute)
+        self._gate = _PeerGate()
         self._touched: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.cache_hits = 0
         self.cache_misses = 0
+        self.evictions = 0  # evict() and clear() calls, from this replica or the bus
 
     async def authenticate(
         self, raw: str | None, *, end_user_id: str = "", peer: str = ""
@@ -120,26 +203,37 @@ class Authenticator:
             raise InvalidArgument.field(
                 "x-end-user-id", f"must be 1 to {MAX_END_USER_ID_LEN} printable characters"
             )
-        digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
-        entry = self._cache.get(digest)
-        if entry is not None and entry.deadline > self._clock.monotonic():
+        parsed = parse_key(raw)  # strict: before the cache, any lookup or hash
+        # `raw` is now the one canonical ASCII spelling of the key.
+        digest = hashlib.sha256(raw.encode("ascii")).digest()
+        entry = self._cache.get(parsed.key_id)
+        if entry is not None and entry.valid(digest, self._clock.monotonic()):
             self.cache_hits += 1
             principal = entry.principal
         else:
             self.cache_misses += 1
-            principal = await self._verify_once(raw, digest, peer)
+            principal = await self._verify_once(parsed, digest, peer)
         if end_user_id:
             return replace(principal, end_user_id=end_user_id)
         return principal
 
     def evict(self, key_id: str) -> None:
-        """Forgets every cached verification of `key_id` (revoke, rotate, delete)."""
-        for digest in self._by_key_id.pop(key_id, ()):
-            self._cache.pop(digest, None)
+        """Forgets every cached verification of `key_id` (revoke, rotate, delete),
+        and makes every verification of it already in flight uncacheable."""
+        self._generation += 1
+        self.evictions += 1
+        self._evicted_at[key_id] = self._generation
+        self._cache.pop(key_id, None)
+        if len(self._evicted_at) > self._size:
+            self._prune_generations()
 
     def clear(self) -> None:
+        """Forgets every cached verification (after a lost revocation feed)."""
+        self._generation += 1
+        self.evictions += 1
+        self._cleared_at = self._generation
+        self._evicted_at.clear()  # `_cleared_at` covers them all
         self._cache.clear()
-        self._by_key_id.clear()
 
     async def close(self) -> None:
         """Stops the background last-used writes, before the store closes (a
@@ -152,45 +246,67 @@ class Authenticator:
 
     # --- slow path --------------------------------------------------------------
 
-    async def _verify_once(self, raw: str, digest: bytes, peer: str) -> Principal:
+    def _evicted_since(self, key_id: str, generation: int) -> bool:
+        return self._cleared_at > generation or self._evicted_at.get(key_id, -1) > generation
+
+    def _prune_generations(self) -> None:
+        """Drops eviction marks no verification in flight can be older than."""
+        oldest = min((f.generation for f in self._inflight.values()), default=self._generation)
+        for key_id in [k for k, g in self._evicted_at.items() if g <= oldest]:
+            del self._evicted_at[key_id]
+
+    async def _verify_once(self, parsed: ParsedKey, digest: bytes, peer: str) -> Principal:
         pending = self._inflight.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
-        self._inflight[digest] = future
+        # A verification that began before an eviction is not shared with
+        # calls arriving after it: they must see the record as it is now.
+        if pending is not None and not self._evicted_since(parsed.key_id, pending.generation):
+            return await asyncio.shield(pending.future)
+        flight = _Flight(asyncio.get_running_loop().create_future(), self._generation)
+        self._inflight[digest] = flight
         try:
-            principal = await self._verify(raw, digest, peer)
+            principal, ttl = await self._verify(parsed, digest, peer)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # marks it retrieved when nobody else waits
+            flight.future.set_exception(exc)
+            flight.future.exception()  # marks it retrieved when nobody else waits
             raise
         else:
-            future.set_result(principal)
+            if not self._evicted_since(parsed.key_id, flight.generation):
+                self._remember(digest, principal, ttl)
+            flight.future.set_result(principal)
             return principal
         finally:
-            del self._inflight[digest]
+            if self._inflight.get(digest) is flight:
+                del self._inflight[digest]
 
-    async def _verify(self, raw: str, digest: bytes, peer: str) -> Principal:
-        parsed = parse_key(raw)  # raises before any storage access
-        for subject in (f"peer:{peer}", f"key:{parsed.key_id}"):
-            wait = self._failures.retry_after(subject)
-            if wait > 0:
-                raise ResourceExhausted(
-                    f"too many failed authentications; retry in {wait:.0f} s",
-                    [QuotaViolation(subject.split(":", 1)[0], "failed authentications per minute")],
-                    retry_after=wait,
-                    reason="AUTH_FAILURES_EXCEEDED",
-                )
+    async def _verify(self, parsed: ParsedKey, digest: bytes, peer: str) -> tuple[Principal, float]:
+        """The principal of a verified key and how long it may be cached."""
+        subject = _failure_subject(peer, parsed.key_id)
+        wait = self._failures.retry_after(subject)
+        if wait > 0:
+            raise ResourceExhausted(
+                f"too many failed authentications of this key from this address; "
+                f"retry in {wait:.0f} s",
+                [QuotaViolation("key", "failed authentications per address and key per minute")],
+                retry_after=wait,
+                reason="AUTH_FAILURES_EXCEEDED",
+            )
         refused = self._negative.get(digest)
         if refused is not None and refused[0] > self._clock.monotonic():
             if refused[1].reason == "API_KEY_INVALID":
-                self._fail(parsed.key_id, peer)
+                self._failures.failed(subject)
             raise refused[1]
+        async with self._gate.slot(peer):
+            return await self._check_stored(parsed, digest, subject)
 
+    async def _check_stored(
+        self, parsed: ParsedKey, digest: bytes, subject: str
+    ) -> tuple[Principal, float]:
         record = await self._store.get_key(parsed.key_id)
         if record is None or record.prefix_kind != parsed.kind:
-            self._fail(parsed.key_id, peer)
-            raise _unknown_key()
+            # One hash as for a real key: an unknown id must not answer faster.
+            await self._hasher.verify(parsed.secret, await self._dummy())
+            self._failures.failed(subject)
+            raise self._remember_refusal(digest, _unknown_key())
         now = self._clock.now()
         # The secret first: a key's state is told only to who holds its secret.
         valid_until = self._ttl
@@ -204,7 +320,7 @@ class Authenticator:
         ):
             valid_until = (record.previous_secret_expire_time - now).total_seconds()
         else:
-            self._fail(parsed.key_id, peer)
+            self._failures.failed(subject)
             raise self._remember_refusal(digest, _unknown_key())
         if record.revoke_time is not None:
             raise self._remember_refusal(
@@ -234,9 +350,14 @@ class Authenticator:
             environment_id=record.environment_id,
             environment_kind=record.environment_kind,
         )
-        self._remember(digest, principal, valid_until)
         self._touch(record.id, now)
-        return principal
+        return principal, valid_until
+
+    async def _dummy(self) -> str:
+        """A hash of a random secret, made once with the hasher's parameters."""
+        if self._dummy_hash is None:
+            self._dummy_hash = await self._hasher.hash(new_secret())
+        return self._dummy_hash
 
     def _valid_until(self, record: ApiKeyRecord, now: datetime) -> float:
         ttl = self._ttl
@@ -245,16 +366,16 @@ class Authenticator:
         return ttl
 
     def _remember(self, digest: bytes, principal: Principal, ttl: float) -> None:
-        self._cache[digest] = _Entry(principal, self._clock.monotonic() + ttl)
-        self._cache.move_to_end(digest)
-        self._by_key_id.setdefault(principal.key_id, set()).add(digest)
+        key_id = principal.key_id
+        now = self._clock.monotonic()
+        old = self._cache.get(key_id)
+        kept = tuple(
+            s for s in (old.secrets if old else ()) if s.digest != digest and s.deadline > now
+        )[-(_SECRETS_PER_KEY - 1) :]
+        self._cache[key_id] = _Entry(principal, (*kept, _Secret(digest, now + ttl)))
+        self._cache.move_to_end(key_id)
         while len(self._cache) > self._size:
-            old_digest, old = self._cache.popitem(last=False)
-            digests = self._by_key_id.get(old.principal.key_id)
-            if digests is not None:
-                digests.discard(old_digest)
-                if not digests:
-                    del self._by_key_id[old.principal.key_id]
+            self._cache.popitem(last=False)
 
     def _remember_refusal(self, digest: bytes, error: Unauthenticated) -> Unauthenticated:
         """Refuses the same key+secret again for a minute without a hash."""
@@ -262,10 +383,6 @@ class Authenticator:
         while len(self._negative) > self._size:
             self._negative.popitem(last=False)
         return error
-
-    def _fail(self, key_id: str, peer: str) -> None:
-        self._failures.failed(f"peer:{peer}")
-        self._failures.failed(f"key:{key_id}")
 
     def _touch(self, key_id: str, now: datetime) -> None:
         """Records last use at most once a minute per key, off the call's path."""
@@ -282,6 +399,12 @@ class Authenticator:
             await self._store.touch_key(key_id, now)
         except Exception:  # a lost last-used time must never fail a call
             log.warning("could not record last use of key %s", key_id, exc_info=True)
+
+
+def _failure_subject(peer: str, key_id: str) -> str:
+    """Failures count per (client address, key id): an attacker's guesses slow
+    the attacker down, never the key's owner elsewhere nor other keys."""
+    return f"{peer}|{key_id}"
 
 
 def _unknown_key() -> Unauthenticated:

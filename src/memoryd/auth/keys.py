@@ -25,6 +25,9 @@ SECRET_LEN = 32
 CHECKSUM_LEN = 6
 KINDS = ("live", "test", "dev", "org")
 _BODY_LEN = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN
+# The longest well-formed key (`ms_live_` / `ms_test_` / `ms_org_`...): a longer
+# input is refused before it is split or scanned.
+MAX_KEY_LEN = len("ms_live_") + _BODY_LEN
 _BASE62_SET = frozenset(BASE62)
 _KEY_ID_SET = frozenset(KEY_ID_ALPHABET)
 
@@ -80,9 +83,17 @@ _HELP = "pass a key made by KeyService.CreateApiKey in the x-api-key header"
 def parse_key(raw: str) -> ParsedKey:
     """Checks the format and checksum, without any storage access.
 
+    Strict: only the canonical form is accepted. Surrounding whitespace (space,
+    tab, NBSP...), any character outside the key alphabet and any other
+    length are refused, never normalised: one key has exactly one spelling,
+    so a variant can neither bypass the verified-key cache nor cost a hash.
     Raises Unauthenticated with a message that never contains the input.
     """
-    raw = raw.strip()
+    if len(raw) > MAX_KEY_LEN:
+        raise Unauthenticated(
+            f"malformed API key: wrong length or characters; {_HELP}",
+            reason="API_KEY_MALFORMED",
+        )
     parts = raw.split("_", 2)
     if len(parts) != 3 or parts[0] != "ms" or parts[1] not in KINDS:
         raise Unauthenticated(

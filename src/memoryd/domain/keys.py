@@ -1,12 +1,20 @@
 """API keys: create, list, get, revoke, rotate, and who-am-i.
 
 Rules: only org keys administer keys, and only within their organization; a
-caller cannot grant a scope it does not hold; data keys cannot hold admin
-scopes; the plaintext is returned once and only a hash is stored.
+caller cannot grant a scope it does not hold, nor rotate or revoke a key
+holding a scope it does not hold; a key it creates or rotates cannot outlive
+it; the last active owner (`*`) key of an organization cannot be revoked;
+data keys cannot hold admin scopes; the plaintext is returned once and only
+a hash is stored.
+
+Every mutation re-reads the calling key from the store and refuses it if it
+is revoked or expired: a verification cached on this or another replica
+must never let a revoked key mint, rotate or revoke keys.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -22,6 +30,7 @@ from memoryd.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     Violations,
 )
 from memoryd.domain.tenancy import (
@@ -83,6 +92,9 @@ class KeyManager:
         self._clock = clock
         self._invalidate = invalidate
         self._org_names: dict[str, str] = {}
+        # Serialises revocations of owner keys on this replica, so two owner
+        # keys revoking each other cannot both pass the last-owner check.
+        self._owner_revoke = asyncio.Lock()
 
     async def create(
         self,
@@ -97,7 +109,7 @@ class KeyManager:
         async with self._audit.action(
             caller, "api_key.create", project_id=project_id, environment_id=environment_id
         ) as ev:
-            p = caller.admin(Scope.KEYS_WRITE)  # inside: refusals are audited too
+            p, acting = await self._acting(caller)  # inside: refusals are audited too
             now = self._clock.now()
             v = Violations()
             _check_name(v, "name", name)
@@ -120,6 +132,16 @@ class KeyManager:
                     v.add(f"scopes[{i}]", f"a data key cannot hold {scope!r}; use an org key")
             if expire_time is not None and expire_time <= now:
                 v.add("expire_time", "must be in the future")
+            elif acting.expire_time is not None:
+                # A key cannot outlive its creator: no expiry asked means the creator's.
+                if expire_time is None:
+                    expire_time = acting.expire_time
+                elif expire_time > acting.expire_time:
+                    v.add(
+                        "expire_time",
+                        "must not be later than the calling key's expire_time "
+                        f"({acting.expire_time.isoformat()})",
+                    )
             v.raise_if_any()
             for scope in chosen:
                 if not _holds_all(p, scope):
@@ -181,30 +203,72 @@ class KeyManager:
 
     async def revoke(self, caller: Caller, key_id: str) -> ApiKeyRecord:
         async with self._audit.action(caller, "api_key.revoke", target=key_id) as ev:
-            p = caller.admin(Scope.KEYS_WRITE)  # inside: refusals are audited too
+            p, _ = await self._acting(caller)  # inside: refusals are audited too
             record = await self._get(p, key_id)
             ev.project_id, ev.environment_id = record.project_id, record.environment_id
+            _require_every_scope(p, record, "revoke")
             if record.revoke_time is None:
-                record = replace(record, revoke_time=self._clock.now())
-                await self._store.update_key(record)
+                if Scope.ALL in record.scopes:
+                    async with self._owner_revoke:
+                        record = await self._get(p, key_id)  # fresh, under the lock
+                        await self._refuse_last_owner(record)
+                        record = await self._mark_revoked(record)
+                else:
+                    record = await self._mark_revoked(record)
             await self._invalidate(key_id)
             return record
 
+    async def _mark_revoked(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        if record.revoke_time is None:
+            record = replace(record, revoke_time=self._clock.now())
+            await self._store.update_key(record)
+        return record
+
+    async def _refuse_last_owner(self, record: ApiKeyRecord) -> None:
+        """FailedPrecondition when `record` is its organization's last active
+        owner key: revoking it would leave the organization unmanageable."""
+        now = self._clock.now()
+        if key_state(record, now) != "active" or Scope.ALL not in record.scopes:
+            return
+        query = KeyQuery(record.org_id)
+        after: tuple[str, str] | None = None
+        while True:
+            page = await self._store.list_keys(query, 100, after)
+            for other in page.items:
+                if (
+                    other.id != record.id
+                    and other.kind is KeyKind.ORG
+                    and Scope.ALL in other.scopes
+                    and key_state(other, now) == "active"
+                ):
+                    return
+            if page.next_after is None:
+                break
+            after = page.next_after
+        raise FailedPrecondition(
+            "this is the organization's last active owner ('*') key: create another "
+            "owner key first, or rotate this one instead of revoking it",
+            reason="LAST_OWNER_KEY",
+        )
+
     async def rotate(self, caller: Caller, key_id: str, grace: timedelta | None) -> IssuedKey:
         async with self._audit.action(caller, "api_key.rotate", target=key_id) as ev:
-            p = caller.admin(Scope.KEYS_WRITE)  # inside: refusals are audited too
+            p, acting = await self._acting(caller)  # inside: refusals are audited too
             if grace is not None and (grace < timedelta(0) or grace > MAX_GRACE):
                 raise InvalidArgument.field("grace_period", "must be between 0 and 30 days")
             record = await self._get(p, key_id)
             ev.project_id, ev.environment_id = record.project_id, record.environment_id
-            # The new secret goes to the caller: it must hold everything the key holds.
-            for scope in record.scopes:
-                if not _holds_all(p, scope):
-                    raise PermissionDenied(
-                        f"cannot rotate a key holding the scope '{scope}': "
-                        "the calling key does not hold it",
-                        reason="SCOPE_ESCALATION",
-                    )
+            # The new secret goes to the caller: it must hold everything the key
+            # holds, and the key must not outlive it.
+            _require_every_scope(p, record, "rotate")
+            if acting.expire_time is not None and (
+                record.expire_time is None or record.expire_time > acting.expire_time
+            ):
+                raise PermissionDenied(
+                    "cannot rotate a key that expires after the calling key: its new "
+                    "secret would outlive the caller",
+                    reason="EXPIRY_ESCALATION",
+                )
             now = self._clock.now()
             state = key_state(record, now)
             if state != "active":
@@ -233,6 +297,27 @@ class KeyManager:
             self._org_names[org_id] = name
         return name
 
+    async def _acting(self, caller: Caller) -> tuple[Principal, ApiKeyRecord]:
+        """The calling org key (holding keys:write) and its record as stored now.
+
+        Refused as UNAUTHENTICATED when the key was revoked or has expired since
+        its verification was cached, here or on another replica: cheap, and it
+        closes the window in which a revoked key could mint a new one."""
+        p = caller.admin(Scope.KEYS_WRITE)
+        record = await self._store.get_key(p.key_id)
+        now = self._clock.now()
+        if record is None or record.revoke_time is not None:
+            raise Unauthenticated(
+                "this API key was revoked; use another key or create one (KeyService.CreateApiKey)",
+                reason="API_KEY_REVOKED",
+            )
+        if key_state(record, now) == "expired":
+            raise Unauthenticated(
+                "this API key has expired; create a new one (KeyService.CreateApiKey)",
+                reason="API_KEY_EXPIRED",
+            )
+        return p, record
+
     async def _get(self, p: Principal, key_id: str) -> ApiKeyRecord:
         record = await self._store.get_org_key(p.org_id, key_id) if key_id else None
         if record is None:
@@ -244,6 +329,18 @@ def shown(value: str, limit: int = 64) -> str:
     """A client-sent value quoted for an error message, cut short: a status
     travels in trailers, which clients cap (8 KiB by default)."""
     return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _require_every_scope(p: Principal, target: ApiKeyRecord, verb: str) -> None:
+    """PermissionDenied unless `p` holds every scope `target` holds: whoever
+    rotates or revokes a key must be at least as strong as it."""
+    for scope in target.scopes:
+        if not _holds_all(p, scope):
+            raise PermissionDenied(
+                f"cannot {verb} a key holding the scope '{scope}': "
+                "the calling key does not hold it",
+                reason="SCOPE_ESCALATION",
+            )
 
 
 def _holds_all(p: Principal, scope: str) -> bool:
