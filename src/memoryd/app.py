@@ -270,6 +270,7 @@ async def _build(
     closers.append(vectors.close)
 
     projects_cache = ProjectCache(control, clock)
+    auditor = Auditor(control, clock, settings.audit_log)
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -282,10 +283,10 @@ async def _build(
         ),
         meter=_WriteMeter(meter),
         on_environment_count=metrics.environment_memories.observe,
+        auditor=auditor,
     )
 
     # --- control-plane services ---------------------------------------------------------
-    auditor = Auditor(control, clock, settings.audit_log)
     keys = KeyManager(control, hasher, auditor, clock, bus.publish)
 
     projects = ProjectManager(
