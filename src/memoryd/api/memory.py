@@ -11,7 +11,13 @@ from memoryd.api import convert
 from memoryd.api.errors import status_proto
 from memoryd.api.interceptor import current_caller
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
-from memoryd.domain.memories import MAX_FILTER_DEPTH, MemoryService, NewMemory, bounded
+from memoryd.domain.memories import (
+    MAX_FILTER_DEPTH,
+    MemoryService,
+    NewMemory,
+    bounded,
+    raise_filter_violations,
+)
 from memoryd.domain.memory import (
     Condition,
     Filter,
@@ -267,7 +273,7 @@ def to_filter(msg: memory_pb2.MemoryFilter, name: str = "filter") -> Filter:
     domain's `validate_filter`, which every MemoryService method applies."""
     v = Violations()
     flt = _filter(msg, name, v, 1)
-    bounded(v).raise_if_any("the filter is invalid")
+    raise_filter_violations(v)
     return flt
 
 

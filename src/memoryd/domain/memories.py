@@ -851,7 +851,18 @@ def validate_filter(flt: Filter, name: str = "filter") -> None:
         v.items.insert(
             0, FieldViolation(name, f"has {count} conditions; at most {MAX_FILTER_CONDITIONS}")
         )
-    bounded(v).raise_if_any("the filter is invalid")
+    raise_filter_violations(v)
+
+
+FILTER_INVALID = "FILTER_INVALID"
+
+
+def raise_filter_violations(v: Violations) -> None:
+    """Raises InvalidArgument (reason FILTER_INVALID) when `v` holds any."""
+    if v.items:
+        items = bounded(v).items
+        detail = "; ".join(f"{x.field}: {x.description}" for x in items)
+        raise InvalidArgument(f"the filter is invalid: {detail}", items, reason=FILTER_INVALID)
 
 
 def _walk(flt: Filter, name: str, depth: int, v: Violations) -> int:
