@@ -3,10 +3,13 @@
 The world: two organizations; org A has projects P1 and P2, P1 has its
 `production` (live) environment and a `staging` (test) one; org B has one
 project. Callers ("seats") are a key of one environment, with or without an
-`x-end-user-id`. Every seat except `a1/c` wrote two memories, all alike (same
-words, tags, agent, thread, source, metadata), so that only the tenant tells
-them apart. A memory is visible to a seat when it is of the seat's
-environment and, when the seat names an end user, of that end user.
+`x-end-user-id`; most keys hold `memory:*` (so `memory:all_end_users`), the
+`!` seats a key with the four memory scopes only. Every seat except `a1/c`
+wrote two memories, all alike (same words, tags, agent, thread, source,
+metadata), so that only the tenant tells them apart. A memory is visible to a
+seat when it is of the seat's environment and, when the seat names an end
+user, of that end user; when it names none, the memory has no end user
+either, unless the seat's key holds `memory:all_end_users`.
 
 Each test tries one method from every seat against everything: where it goes
 by id, another tenant's memory answers NOT_FOUND exactly as a missing one and
@@ -54,6 +57,7 @@ class Seat:
     environment: str
     end_user: str
     client: Client
+    all_end_users: bool = True  # the key holds memory:all_end_users
 
     @property
     def env(self) -> tuple[str, str, str]:
@@ -79,7 +83,7 @@ class World:
     owners: dict[str, Client] = field(default_factory=dict)  # org name → owner client
 
     def visible(self, seat: Seat, seed: Seed) -> bool:
-        return seed.env == seat.env and (not seat.end_user or seed.end_user == seat.end_user)
+        return seed.env == seat.env and reaches(seat, seed.end_user)
 
     def mine(self, seat: Seat) -> set[str]:
         return {s.id for s in self.seeds if self.visible(seat, s)}
@@ -89,6 +93,13 @@ class World:
 
     def owner_of(self, seed: Seed) -> Seat:
         return self.seats[seed.writer]
+
+
+def reaches(seat: Seat, end_user: str) -> bool:
+    """Whether `seat` reaches a memory of `end_user` ("" for none) of its environment."""
+    if seat.end_user:
+        return end_user == seat.end_user
+    return seat.all_end_users or end_user == ""
 
 
 # seat name → (org, project, environment, end user); `a1/c` writes nothing.
@@ -101,8 +112,14 @@ SEATS = {
     "a2": ("A", "P2", "production", ""),
     "a2/a": ("A", "P2", "production", "a"),
     "b1": ("B", "Q1", "production", ""),
+    # keys without memory:all_end_users: no header, and with one
+    "a1!": ("A", "P1", "production", ""),
+    "a1!/a": ("A", "P1", "production", "a"),
+    "a2!": ("A", "P2", "production", ""),
 }
 WRITERS = [name for name in SEATS if name != "a1/c"]
+# The four memory scopes, without memory:all_end_users.
+NARROW = ("memory:read", "memory:add", "memory:update", "memory:delete")
 
 
 async def build_world(server: RunningServer) -> World:
@@ -128,15 +145,20 @@ async def build_world(server: RunningServer) -> World:
         ("A", "P2", "production"): projects["P2"].environments[0].id,
         ("B", "Q1", "production"): projects["Q1"].environments[0].id,
     }
-    keys: dict[tuple[str, str, str], str] = {}
+    keys: dict[tuple[str, str, str, bool], str] = {}
     for (org, project, env), env_id in env_ids.items():
-        keys[(org, project, env)] = await server.data_key(
-            projects[project], client=owners[org], environment_id=env_id
-        )
-    seats = {
-        name: Seat(name, org, project, env, user, server.client(keys[(org, project, env)], user))
-        for name, (org, project, env, user) in SEATS.items()
-    }
+        for narrow in (False, True):
+            keys[(org, project, env, narrow)] = await server.data_key(
+                projects[project],
+                NARROW if narrow else ("memory:*",),
+                client=owners[org],
+                environment_id=env_id,
+            )
+    seats = {}
+    for name, (org, project, env, user) in SEATS.items():
+        narrow = "!" in name
+        client = server.client(keys[(org, project, env, narrow)], user)
+        seats[name] = Seat(name, org, project, env, user, client, all_end_users=not narrow)
     seeds: list[Seed] = []
     for name in WRITERS:
         seat = seats[name]
@@ -447,8 +469,9 @@ async def test_purge_dry_run_counts_only_own_and_deletes_nothing(world: World) -
 
 @pytest.mark.parametrize("everything", [True, False], ids=["all", "match-all-filter"])
 async def test_purge_deletes_only_own(fresh: World, everything: bool) -> None:
-    # End-user seats first, so that each purge still finds its own memories.
-    order = sorted(fresh.seats.values(), key=lambda s: s.end_user == "")
+    # End-user seats first, then project-level ones, so that each purge still
+    # finds its own memories.
+    order = sorted(fresh.seats.values(), key=lambda s: (s.end_user == "", s.all_end_users))
     purged: set[str] = set()
     for seat in order:
         mine = fresh.mine(seat) - purged
@@ -546,7 +569,7 @@ async def test_writes_land_in_the_callers_tenant_only(fresh: World, write: Any) 
         new_ids = {m.id for m in written}
         for other in fresh.seats.values():
             ids = set(await list_ids(other.client))
-            sees = other.env == seat.env and (not other.end_user or other.end_user == seat.end_user)
+            sees = other.env == seat.env and reaches(other, seat.end_user)
             assert (new_ids <= ids) if sees else not (new_ids & ids), (seat.name, other.name)
     await assert_all_intact(fresh)
 
@@ -555,7 +578,9 @@ async def test_writes_land_in_the_callers_tenant_only(fresh: World, write: Any) 
 
 
 @on_shared
-async def test_end_user_header_confines_reads_and_its_absence_sees_all(world: World) -> None:
+async def test_end_user_header_confines_reads_and_its_absence_sees_all_only_with_the_scope(
+    world: World,
+) -> None:
     by_writer = {
         s.writer: s.id for s in world.seeds if s.content.endswith("number 0 from " + s.writer)
     }
@@ -567,13 +592,18 @@ async def test_end_user_header_confines_reads_and_its_absence_sees_all(world: Wo
             if mid in set(await list_ids(world.seats[seat].client))
         }
 
-    assert await contents("a1/a") == {"a1/a"}
+    assert await contents("a1/a") == {"a1/a", "a1!/a"}
     assert await contents("a1/b") == {"a1/b"}
     assert await contents("a1/c") == set()
-    assert await contents("a1") == {"a1", "a1/a", "a1/b"}
+    assert await contents("a1") == {"a1", "a1/a", "a1/b", "a1!", "a1!/a"}
     # The same end user id in another project is another person.
     assert await contents("a2/a") == {"a2/a"}
-    assert await contents("a2") == {"a2", "a2/a"}
+    assert await contents("a2") == {"a2", "a2/a", "a2!"}
+    # Without memory:all_end_users and without the header: no end user's memory.
+    assert await contents("a1!") == {"a1", "a1!"}
+    assert await contents("a2!") == {"a2", "a2!"}
+    # With the header, the scope does not matter.
+    assert await contents("a1!/a") == {"a1/a", "a1!/a"}
 
 
 @on_shared
@@ -686,25 +716,50 @@ async def cross_key(world: World, project: str, environment: str, scopes: list[s
     )
 
 
+ALL_LIVE = {"a1", "a1/a", "a1/b", "a2", "a2/a", "a1!", "a1!/a", "a2!"}
+PROJECT_LEVEL_LIVE = {"a1", "a2", "a1!", "a2!"}
+
+
 @on_shared
 @pytest.mark.parametrize(
-    ("project", "environment", "end_user", "expected_writers"),
+    ("project", "environment", "end_user", "all_end_users", "expected_writers"),
     [
         # live keys of org A see org A's live memories, of every project
-        ("P2", "production", "", {"a1", "a1/a", "a1/b", "a2", "a2/a"}),
-        ("P1", "production", "", {"a1", "a1/a", "a1/b", "a2", "a2/a"}),
+        ("P2", "production", "", True, ALL_LIVE),
+        ("P1", "production", "", True, ALL_LIVE),
+        # without memory:all_end_users nor the header: those without an end user
+        ("P2", "production", "", False, PROJECT_LEVEL_LIVE),
+        ("P1", "production", "", False, PROJECT_LEVEL_LIVE),
         # narrowed to one end user, in every project
-        ("P2", "production", "a", {"a1/a", "a2/a"}),
-        ("P1", "production", "b", {"a1/b"}),
+        ("P2", "production", "a", True, {"a1/a", "a2/a", "a1!/a"}),
+        ("P1", "production", "b", True, {"a1/b"}),
+        ("P2", "production", "a", False, {"a1/a", "a2/a", "a1!/a"}),
         # a test key sees the org's test environments only
-        ("P1", "staging", "", {"a1-staging"}),
+        ("P1", "staging", "", True, {"a1-staging"}),
     ],
-    ids=["live-from-P2", "live-from-P1", "end-user-a", "end-user-b", "test-kind"],
+    ids=[
+        "live-from-P2",
+        "live-from-P1",
+        "no-scope-from-P2",
+        "no-scope-from-P1",
+        "end-user-a",
+        "end-user-b",
+        "end-user-a-no-scope",
+        "test-kind",
+    ],
 )
 async def test_cross_project_search_spans_the_orgs_projects_of_the_same_kind(
-    world: World, project: str, environment: str, end_user: str, expected_writers: set[str]
+    world: World,
+    project: str,
+    environment: str,
+    end_user: str,
+    all_end_users: bool,
+    expected_writers: set[str],
 ) -> None:
-    key = await cross_key(world, project, environment, ["memory:read", "org:cross_project_read"])
+    scopes = ["memory:read", "org:cross_project_read"]
+    if all_end_users:
+        scopes.append("memory:all_end_users")
+    key = await cross_key(world, project, environment, scopes)
     client = world.server.client(key, end_user)
     for request in ({"query": CONTENT}, {"query": CONTENT, "filter": match_all()}):
         resp = await client.memory.SearchMemories(
@@ -722,9 +777,9 @@ async def test_cross_project_search_spans_the_orgs_projects_of_the_same_kind(
         memory_pb2.SearchMemoriesRequest(query=CONTENT, top_k=100, min_score=-1),
         metadata=client.md(),
     )
-    seat_env = ("A", project, environment)
+    seat = Seat("cross", "A", project, environment, end_user, client, all_end_users)
     assert {r.memory.id for r in own.results} == {
-        s.id for s in world.seeds if s.env == seat_env and (not end_user or s.end_user == end_user)
+        s.id for s in world.seeds if s.env == seat.env and reaches(seat, s.end_user)
     }
 
 

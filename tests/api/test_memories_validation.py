@@ -414,7 +414,7 @@ CASES: list[tuple[str, Call, str]] = [
     (
         "filter-too-deep",
         list_(filter=nested(8)),
-        "filter" + ".must[0].filter" * 5,
+        "filter" + ".must[0].filter" * 4,  # the one limit: 4 levels
     ),
     (
         "filter-too-many-conditions",

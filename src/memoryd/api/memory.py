@@ -11,7 +11,13 @@ from memoryd.api import convert
 from memoryd.api.errors import status_proto
 from memoryd.api.interceptor import current_caller
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
-from memoryd.domain.memories import MemoryService, NewMemory, bounded, validate_filter
+from memoryd.domain.memories import (
+    MAX_FILTER_DEPTH,
+    MemoryService,
+    NewMemory,
+    bounded,
+    raise_filter_violations,
+)
 from memoryd.domain.memory import (
     Condition,
     Filter,
@@ -261,17 +267,20 @@ def revision(memory_id: str, r: Revision) -> memory_pb2.MemoryRevision:
 
 
 def to_filter(msg: memory_pb2.MemoryFilter, name: str = "filter") -> Filter:
-    """Proto filter → domain filter, validated (InvalidArgument on any bad part)."""
+    """Proto filter → domain filter. Refuses (InvalidArgument) only what has
+    no domain form (a condition without a test, a value of the wrong kind, a
+    bad timestamp); the filter rule itself (fields, depth, counts) is the
+    domain's `validate_filter`, which every MemoryService method applies."""
     v = Violations()
     flt = _filter(msg, name, v, 1)
-    bounded(v).raise_if_any("the filter is invalid")
-    validate_filter(flt, name)
+    raise_filter_violations(v)
     return flt
 
 
 def _filter(msg: memory_pb2.MemoryFilter, name: str, v: Violations, depth: int) -> Filter:
-    if depth > 5:
-        v.add(name, "nests too deep")
+    if depth > MAX_FILTER_DEPTH:
+        # Past the domain's limit converting is wasted work: an empty filter
+        # at this level is enough for `validate_filter` to refuse the depth.
         return Filter()
     groups: dict[str, tuple[Condition, ...]] = {}
     for group in ("must", "should", "must_not"):

@@ -34,6 +34,7 @@ from memoryd.domain.ids import is_uuid, new_memory_id
 from memoryd.domain.memory import (
     FILTER_KEYWORD_FIELDS,
     FILTER_TIME_FIELDS,
+    METADATA_KEY_FORBIDDEN,
     METADATA_PREFIX,
     Cursor,
     Embedder,
@@ -47,7 +48,7 @@ from memoryd.domain.memory import (
     TimeRange,
     VectorStore,
 )
-from memoryd.domain.tenancy import Caller, Principal, Scope, Tenant
+from memoryd.domain.tenancy import Caller, Principal, Scope, Tenant, scope_grants
 
 MAX_BATCH = 1000
 MAX_TOP_K = 100
@@ -57,6 +58,8 @@ MAX_TAG_LEN = 128
 MAX_ID_FIELD_LEN = 256
 MAX_REVISIONS = 100
 MAX_FILTER_CONDITIONS = 64
+# The one nesting limit of a filter (the top level is 1), for the API and the
+# domain alike; it was already the effective limit before the API deferred to it.
 MAX_FILTER_DEPTH = 4
 DEFAULT_DEDUPE_THRESHOLD = 0.95
 DEFAULT_MAX_QUERY_CHARS = 4096
@@ -70,6 +73,11 @@ _COUNT_TTL_S = 5.0
 # this many field violations are reported.
 MAX_VIOLATIONS = 8
 MAX_ECHO = 64
+
+# The audit action of a call that reaches every end user's memories (a key
+# holding memory:all_end_users, without x-end-user-id); its target is the
+# method's name.
+AUDIT_ALL_END_USERS = "memory.all_end_users"
 
 UPDATABLE_FIELDS = frozenset(
     {"content", "metadata", "tags", "agent_id", "thread_id", "source", "expire_time", "embedding"}
@@ -160,7 +168,8 @@ class MemoryService:
         memories as the quota check refreshes it (for a metric);
         `max_query_chars` bounds a search's query text (it is embedded).
         `auditor` records deletes, purges, updates and imports (creates are not
-        audited: they are the bulk of traffic, and usage metering counts them)."""
+        audited: they are the bulk of traffic, and usage metering counts them),
+        and the calls that reach every end user's memories."""
         self._store = store
         self._auditor = auditor
         self._embedder = embedder
@@ -209,6 +218,28 @@ class MemoryService:
             caller, action, target=target, project_id=p.project_id, environment_id=p.environment_id
         )
         return _with_end_user(cm, p.end_user_id)
+
+    async def _reach(self, caller: Caller, tenant: Tenant, method: str) -> Tenant:
+        """The memories a call on existing memories reaches: with
+        x-end-user-id, that end user's; without it, only those without an
+        end user, or every end user's when the key holds
+        memory:all_end_users. Such a call is audited (one event, target the
+        method's name, when access is granted: just before the store is read).
+        """
+        if tenant.end_user_id or not scope_grants(
+            caller.principal.scopes, Scope.MEMORY_ALL_END_USERS
+        ):
+            return tenant
+        if self._auditor is not None:
+            async with self._auditor.action(
+                caller,
+                AUDIT_ALL_END_USERS,
+                target=method,
+                project_id=tenant.project_id,
+                environment_id=tenant.environment_id,
+            ):
+                pass
+        return tenant.across_end_users()
 
     def _quota(self, project: Project, name: str) -> int:
         """The project's override of quota `name` when set, else the server's
@@ -404,7 +435,8 @@ class MemoryService:
         exact when refreshed (every few seconds) and counted up in between;
         replicas may each admit a few seconds' worth past it."""
         limit = self._quota(project, "max_memories_per_environment")
-        env_tenant = Tenant(tenant.org_id, tenant.project_id, tenant.environment_id)
+        # The quota counts the environment's memories of every end user.
+        env_tenant = tenant.across_end_users()
         key = env_tenant.key
         async with self._count_lock:
             cached = self._counts.get(key)
@@ -438,6 +470,7 @@ class MemoryService:
 
     async def get(self, caller: Caller, memory_id: str, with_vector: bool = False) -> MemoryRecord:
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
+        tenant = await self._reach(caller, tenant, "GetMemory")
         return await self._one(tenant, memory_id, with_vector)
 
     async def _one(self, tenant: Tenant, memory_id: str, with_vector: bool = False) -> MemoryRecord:
@@ -456,10 +489,12 @@ class MemoryService:
         self, caller: Caller, flt: Filter, page_size: int, page_token: str
     ) -> MemoryPage:
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
+        validate_filter(flt)
         size = paging.page_size(page_size)
         fp = paging.fingerprint("memories", tenant.end_user_id, repr(flt))
         raw = paging.decode_keyset(page_token, fp)
         after = Cursor(datetime.fromisoformat(raw[0]), raw[1]) if raw else None
+        tenant = await self._reach(caller, tenant, "ListMemories")
         page = await self._store.scroll(tenant, flt, size, self._clock.now(), after)
         token = ""
         if page.next_cursor is not None:
@@ -493,6 +528,10 @@ class MemoryService:
         if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
             v.add("min_score", "must be between -1 and 1")
         bounded(v).raise_if_any()
+        validate_filter(flt)
+        if cross_project:
+            _require_cross_project(caller.principal)
+        tenant = await self._reach(caller, tenant, "SearchMemories")
         tenants = [tenant]
         if cross_project:
             tenants = await self._cross_project_tenants(caller.principal, tenant)
@@ -523,19 +562,29 @@ class MemoryService:
             )
 
     async def _cross_project_tenants(self, p: Principal, tenant: Tenant) -> list[Tenant]:
-        if not (Scope.ORG_CROSS_PROJECT_READ in p.scopes or Scope.ALL in p.scopes):
-            raise PermissionDenied(
-                f"x-allow-cross-project needs the scope '{Scope.ORG_CROSS_PROJECT_READ}'",
-                reason="SCOPE_MISSING",
-            )
+        """The environments of the caller's kind in every project of its
+        organization, each reaching the same end users as `tenant`.
+
+        A project that requires x-end-user-id is left out of a search
+        without the header (its policy: no call reaches its memories without
+        naming an end user). The caller's own project is never left out: if
+        it requires the header, the call was refused before.
+        """
         envs = await self._projects.list_environments_of_kind(p.org_id, p.environment_kind)
-        tenants = [Tenant(p.org_id, e.project_id, e.id, tenant.end_user_id) for e in envs]
+        tenants: list[Tenant] = []
+        for e in envs:
+            if not tenant.end_user_id and e.project_id != tenant.project_id:
+                project = await self._projects.get_project(p.org_id, e.project_id)
+                if project is None or project.settings.require_end_user_id:
+                    continue
+            tenants.append(replace(tenant, project_id=e.project_id, environment_id=e.id))
         return tenants or [tenant]
 
     async def revisions(
         self, caller: Caller, memory_id: str, page_size: int, page_token: str
     ) -> tuple[list[Revision], str]:
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
+        tenant = await self._reach(caller, tenant, "ListMemoryRevisions")
         record = await self._one(tenant, memory_id)
         size = paging.page_size(page_size)
         fp = paging.fingerprint("revisions", memory_id)
@@ -558,6 +607,8 @@ class MemoryService:
         written after it started.
         """
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
+        validate_filter(flt)
+        tenant = await self._reach(caller, tenant, "ExportMemories")
         now = self._clock.now()
         newest: Cursor | None = None
         ends: list[Cursor] = []
@@ -661,6 +712,7 @@ class MemoryService:
                 v.add("memory.expire_time", "must be at most 3650 days ahead")
         bounded(v).raise_if_any()
 
+        tenant = await self._reach(caller, tenant, "UpdateMemory")
         current = await self._one(tenant, memory_id, with_vector=True)
         new_content = changes.content if "content" in paths else current.content
         new_metadata = changes.metadata if "metadata" in paths else current.metadata
@@ -700,12 +752,13 @@ class MemoryService:
             revisions=(past, *current.revisions)[:MAX_REVISIONS],
         )
         await self._store.upsert(current.tenant, [updated])
-        await self._meter.memories_written(tenant, 1, len(new_content.encode()))
+        await self._meter.memories_written(current.tenant, 1, len(new_content.encode()))
         return replace(updated, vector=None)
 
     async def delete(self, caller: Caller, memory_id: str) -> None:
         async with self._audited(caller, "memory.delete", memory_id):
             tenant, _ = await self._tenant(caller, Scope.MEMORY_DELETE)
+            tenant = await self._reach(caller, tenant, "DeleteMemory")
             record = await self._one(tenant, memory_id)
             await self._store.delete(tenant, [record.id])
             self._forget_count(tenant)
@@ -728,6 +781,8 @@ class MemoryService:
             )
         if not flt.empty and everything:
             raise InvalidArgument.field("all", "give a filter or all=true, not both")
+        validate_filter(flt)
+        tenant = await self._reach(caller, tenant, "PurgeMemories")
         now = self._clock.now()
         if dry_run:
             return await self._store.count(tenant, flt, now)
@@ -818,6 +873,32 @@ def _check_metadata(v: Violations, name: str, metadata: Mapping[str, Any]) -> No
     for key in metadata:
         if not key or "." in key or len(key) > 128:
             v.add(f"{name}.{_clip(key)}", "keys must be 1 to 128 characters without '.'")
+    _check_nested_keys(v, name, metadata)
+
+
+_KEY_HELP = "keys must not contain '\\' or '\"' (a filter could not name them)"
+
+
+def _check_nested_keys(v: Violations, name: str, value: Any) -> None:
+    """Refuses keys a filter path cannot name, at every depth (a filter can
+    name nested keys: `metadata.a.b`)."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            here = f"{name}.{_clip(str(key))}"
+            if any(c in str(key) for c in METADATA_KEY_FORBIDDEN):
+                v.add(here, _KEY_HELP)
+            _check_nested_keys(v, here, inner)
+    elif isinstance(value, list | tuple):
+        for i, inner in enumerate(value):
+            _check_nested_keys(v, f"{name}[{i}]", inner)
+
+
+def _require_cross_project(p: Principal) -> None:
+    if not (Scope.ORG_CROSS_PROJECT_READ in p.scopes or Scope.ALL in p.scopes):
+        raise PermissionDenied(
+            f"x-allow-cross-project needs the scope '{Scope.ORG_CROSS_PROJECT_READ}'",
+            reason="SCOPE_MISSING",
+        )
 
 
 def _dedupe_threshold(project: Project, item: NewMemory) -> float:
@@ -850,15 +931,30 @@ def bounded(v: Violations) -> Violations:
 
 
 def validate_filter(flt: Filter, name: str = "filter") -> None:
-    """Checks field names and condition kinds; raises InvalidArgument with a
-    violation per bad condition. Tenant fields are never accepted."""
+    """The filter rule of every method that takes one (list, search, purge,
+    export): known fields only (never a tenant field), a condition that fits
+    its field, metadata keys a filter path can name, at most
+    MAX_FILTER_DEPTH levels and MAX_FILTER_CONDITIONS conditions. Raises
+    InvalidArgument with a violation per bad part. The storage adapters
+    refuse tenant fields again, as a second line."""
     v = Violations()
     count = _walk(flt, name, 1, v)
     if count > MAX_FILTER_CONDITIONS:
         v.items.insert(
             0, FieldViolation(name, f"has {count} conditions; at most {MAX_FILTER_CONDITIONS}")
         )
-    bounded(v).raise_if_any("the filter is invalid")
+    raise_filter_violations(v)
+
+
+FILTER_INVALID = "FILTER_INVALID"
+
+
+def raise_filter_violations(v: Violations) -> None:
+    """Raises InvalidArgument (reason FILTER_INVALID) when `v` holds any."""
+    if v.items:
+        items = bounded(v).items
+        detail = "; ".join(f"{x.field}: {x.description}" for x in items)
+        raise InvalidArgument(f"the filter is invalid: {detail}", items, reason=FILTER_INVALID)
 
 
 def _walk(flt: Filter, name: str, depth: int, v: Violations) -> int:
@@ -891,6 +987,14 @@ def _check_condition(
     if f not in FILTER_KEYWORD_FIELDS and f not in FILTER_TIME_FIELDS and not is_meta:
         v.add(f"{name}.field", f"{_clip(f)!r} cannot be filtered on; {_FIELD_HELP}")
         return
+    if is_meta:
+        parts = f[len(METADATA_PREFIX) :].split(".")
+        if not all(parts) or any(c in p for p in parts for c in METADATA_KEY_FORBIDDEN):
+            v.add(
+                f"{name}.field",
+                f"{_clip(f)!r}: metadata.<key> names dot-separated keys, none empty; " + _KEY_HELP,
+            )
+            return
     if isinstance(cond, TimeRange):
         if f not in FILTER_TIME_FIELDS:
             v.add(f"{name}.time_range", "applies to create_time or update_time only")

@@ -21,6 +21,12 @@ JSON = Any
 FILTER_KEYWORD_FIELDS = frozenset({"agent_id", "thread_id", "source", "tags", "end_user_id"})
 FILTER_TIME_FIELDS = frozenset({"create_time", "update_time"})
 METADATA_PREFIX = "metadata."
+# Characters no metadata key may hold, at any depth: inside a quoted JSON path
+# segment the engine reads `\` as an escape and `"` as the end of the key, so
+# a filter on such a key cannot be expressed (Qdrant answers an error). Probed
+# on Qdrant Edge and qdrant-client's local mode: spaces, brackets, `$`, `*`,
+# quotes `'`, control characters and non-ASCII all filter fine.
+METADATA_KEY_FORBIDDEN = ("\\", '"')
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,8 @@ class VectorStore(Protocol):
     itself to them: a point of another tenant is never read, counted, changed
     or deleted, even by id. Expired points (expire_time <= now) are invisible
     to every read. End user: a tenant with `end_user_id` sees only that end
-    user's points; one without sees all of the tenant's.
+    user's points; one without sees only the points without an end user,
+    unless it has `all_end_users` (then all of the environment's points).
 
     Raises `memoryd.domain.errors.Unavailable` when the engine cannot be
     reached, `FailedPrecondition` from `open` on a model mismatch.

@@ -1,8 +1,9 @@
 """Who is calling and whose data a call may touch.
 
 A `Principal` is what an API key resolves to. A `Tenant` is the data boundary
-of a memory call: (organization, project, environment), optionally narrowed
-to one end user. Storage adapters receive a `Tenant` and add its conditions
+of a memory call: (organization, project, environment), and within it one
+end user's memories, only the memories without an end user, or (explicitly)
+every end user's. Storage adapters receive a `Tenant` and add its conditions
 to every query themselves.
 """
 
@@ -32,6 +33,7 @@ class Scope:
     MEMORY_ADD = "memory:add"
     MEMORY_UPDATE = "memory:update"
     MEMORY_DELETE = "memory:delete"
+    MEMORY_ALL_END_USERS = "memory:all_end_users"
     MEMORY_ALL = "memory:*"
     KEYS_READ = "keys:read"
     KEYS_WRITE = "keys:write"
@@ -47,7 +49,15 @@ ALL_SCOPES: frozenset[str] = frozenset(
     v for k, v in vars(Scope).items() if k.isupper() and isinstance(v, str)
 )
 MEMORY_SCOPES: frozenset[str] = frozenset(
-    {Scope.MEMORY_READ, Scope.MEMORY_ADD, Scope.MEMORY_UPDATE, Scope.MEMORY_DELETE}
+    {
+        Scope.MEMORY_READ,
+        Scope.MEMORY_ADD,
+        Scope.MEMORY_UPDATE,
+        Scope.MEMORY_DELETE,
+        # A call without x-end-user-id reaches every end user's memories only
+        # with this scope; without it, only the memories that have no end user.
+        Scope.MEMORY_ALL_END_USERS,
+    }
 )
 # Scopes only an org key may hold: a data key administers nothing.
 ORG_ONLY_SCOPES: frozenset[str] = frozenset(
@@ -71,19 +81,61 @@ def scope_grants(held: frozenset[str], needed: str) -> bool:
     return needed in MEMORY_SCOPES and Scope.MEMORY_ALL in held
 
 
+class EndUsers(enum.Enum):
+    """Which end users' memories a tenant reaches, within its environment."""
+
+    ONE = "one"  # the memories of `end_user_id` only
+    NONE = "none"  # only the memories without an end user (project-level)
+    ALL = "all"  # every memory, whatever its end user (needs all_end_users=True)
+
+
 @dataclass(frozen=True)
 class Tenant:
-    """The data boundary of a memory call. `end_user_id` is "" for none."""
+    """The data boundary of a memory call, and the owner of a memory.
+
+    `end_user_id` is "" for none. Without one, a tenant reaches only the
+    memories that have no end user, unless `all_end_users` is set: reaching
+    every end user's memories is never the default, so a forgotten field
+    can only narrow a call. A memory's own tenant never has `all_end_users`.
+    """
 
     org_id: str
     project_id: str
     environment_id: str
     end_user_id: str = ""
+    all_end_users: bool = False
+
+    def __post_init__(self) -> None:
+        if self.all_end_users and self.end_user_id:
+            raise ValueError("a tenant names one end user or all of them, not both")
 
     @property
     def key(self) -> str:
         """The composite tenant keyword stored on every memory point."""
         return f"{self.org_id}/{self.project_id}/{self.environment_id}"
+
+    @property
+    def end_users(self) -> EndUsers:
+        if self.end_user_id:
+            return EndUsers.ONE
+        return EndUsers.ALL if self.all_end_users else EndUsers.NONE
+
+    def across_end_users(self) -> Tenant:
+        """This environment with every end user's memories (no end user named)."""
+        return Tenant(self.org_id, self.project_id, self.environment_id, all_end_users=True)
+
+    def sees(self, owner_key: str, owner_end_user: str) -> bool:
+        """Whether this tenant reaches a memory of tenant key `owner_key` and
+        end user `owner_end_user` ("" for none)."""
+        if owner_key != self.key:
+            return False
+        match self.end_users:
+            case EndUsers.ONE:
+                return owner_end_user == self.end_user_id
+            case EndUsers.NONE:
+                return owner_end_user == ""
+            case EndUsers.ALL:
+                return True
 
 
 @dataclass(frozen=True)
@@ -117,7 +169,9 @@ class Principal:
             )
 
     def tenant(self) -> Tenant:
-        """The tenant of a data key's memory call."""
+        """The tenant of a data key's memory call: its end user's memories, or
+        without x-end-user-id the memories that have none. Reaching every end
+        user's is decided by MemoryService (it needs a scope and is audited)."""
         if self.kind is not KeyKind.DATA:
             raise PermissionDenied(
                 "memories belong to an environment: use a data key "

@@ -111,8 +111,9 @@ class PointStore(abc.ABC, Generic[C, F]):
         return self._dimension
 
     async def upsert(self, tenant: Tenant, records: Sequence[MemoryRecord]) -> None:
-        """Writes whole records of `tenant` (which may be one end user's, or
-        the whole tenant's with records of any of its end users).
+        """Writes whole records of `tenant` (one end user's, the records
+        without an end user, or, for a tenant reaching all end users, records
+        of any of its end users).
 
         Raises InvalidArgument for a record outside `tenant`, without a
         vector of the store's dimension, or with an id that is not a UUID;
@@ -130,7 +131,8 @@ class PointStore(abc.ABC, Generic[C, F]):
         guard = self._c.filter(must=p.tenant_conditions(self._c, [tenant]))
         points: list[Point] = []
         for r in records:
-            if not p.can_see(tenant, r.tenant.key, r.tenant.end_user_id):
+            if r.tenant.all_end_users or not p.can_see(tenant, r.tenant.key, r.tenant.end_user_id):
+                # A memory belongs to one end user or to none, never to "all".
                 raise InvalidArgument.field("tenant", "a record of another tenant was given")
             pid = p.point_id(r.id)
             if pid is None:

@@ -41,6 +41,7 @@ from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.memory import (
     FILTER_KEYWORD_FIELDS,
     FILTER_TIME_FIELDS,
+    METADATA_KEY_FORBIDDEN,
     METADATA_PREFIX,
     Condition,
     Filter,
@@ -51,7 +52,7 @@ from memoryd.domain.memory import (
     Revision,
     TimeRange,
 )
-from memoryd.domain.tenancy import Tenant
+from memoryd.domain.tenancy import EndUsers, Tenant
 
 LAYOUT = 1
 
@@ -116,10 +117,9 @@ def point_id(value: object) -> str | None:
 
 def can_see(viewer: Tenant, owner_key: str, owner_end_user: str) -> bool:
     """Whether `viewer` may see a point of tenant `owner_key` and end user
-    `owner_end_user`: same tenant, and same end user when the viewer has one."""
-    return owner_key == viewer.key and (
-        not viewer.end_user_id or owner_end_user == viewer.end_user_id
-    )
+    `owner_end_user`: same tenant, and the end user `viewer` reaches (its
+    own; none when it names none; any when it reaches all end users)."""
+    return viewer.sees(owner_key, owner_end_user)
 
 
 # --- payload ----------------------------------------------------------------
@@ -275,9 +275,10 @@ class Conditions(Protocol[C, F]):
 def tenant_conditions(b: Conditions[C, F], tenants: Sequence[Tenant]) -> list[C]:
     """The conditions confining a call to `tenants` (all must hold).
 
-    One tenant: its keyword, and its end user when it has one. Several (a
-    cross-project search): at least one of those pairs. Never empty: with no
-    tenant the caller must not query at all.
+    One tenant: its keyword, and which end users it reaches: its end user's
+    points, or only points without an end user, or (`all_end_users`, said
+    explicitly) any. Several (a cross-project search): at least one of
+    those. Never empty: with no tenant the caller must not query at all.
     """
     unique = list(dict.fromkeys(tenants))
     if not unique:
@@ -292,8 +293,14 @@ def tenant_conditions(b: Conditions[C, F], tenants: Sequence[Tenant]) -> list[C]
 
     def one(t: Tenant) -> list[C]:
         conds = [b.match(TENANT, t.key)]
-        if t.end_user_id:
-            conds.append(b.match(END_USER_ID, t.end_user_id))
+        match t.end_users:
+            case EndUsers.ONE:
+                conds.append(b.match(END_USER_ID, t.end_user_id))
+            case EndUsers.NONE:
+                # Every point carries END_USER_ID, "" when it has no end user.
+                conds.append(b.match(END_USER_ID, ""))
+            case EndUsers.ALL:
+                pass
         return conds
 
     if len(unique) == 1:
@@ -416,13 +423,13 @@ def _field(name: str) -> tuple[str, str]:
         return "time", name
     if name.startswith(METADATA_PREFIX):
         parts = name[len(METADATA_PREFIX) :].split(".")
-        if all(parts) and not any('"' in p for p in parts):
+        if all(parts) and not any(c in p for p in parts for c in METADATA_KEY_FORBIDDEN):
             # Dots nest; other characters are quoted so that a key like
             # "a b" or "x[0]" is one literal key, not path syntax.
             return "metadata", ".".join(
                 [METADATA, *(p if _PLAIN_KEY.match(p) else f'"{p}"' for p in parts)]
             )
-        raise _bad(name, "a metadata key is non-empty dot-separated names without '\"'")
+        raise _bad(name, "a metadata key is non-empty dot-separated names without '\"' or '\\'")
     allowed = ", ".join(sorted(FILTER_KEYWORD_FIELDS | FILTER_TIME_FIELDS))
     raise _bad(name, f"cannot filter on this field; use one of {allowed} or metadata.<key>")
 
