@@ -22,7 +22,7 @@ from pathlib import Path
 from memoryd.domain import paging
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import AuditEvent, AuditQuery, ControlStore, ListPage
-from memoryd.domain.errors import DomainError, InvalidArgument
+from memoryd.domain.errors import DomainError, InvalidArgument, Unavailable
 from memoryd.domain.ids import new_audit_id
 from memoryd.domain.tenancy import Caller, Scope
 from memoryd.domain.text import escaped
@@ -36,6 +36,9 @@ MAX_ID = 40
 MAX_REQUEST_ID = 100
 MAX_PEER = 200
 MAX_DETAIL = 128
+# Events held in memory while the control store is unavailable (memory calls
+# go on from cached project settings meanwhile); past it the oldest are dropped.
+MAX_BACKLOG = 10_000
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Auditor:
         self._clock = clock
         self._path = Path(jsonl_path) if jsonl_path else None
         self._file_lock = asyncio.Lock()
+        self._backlog: list[AuditEvent] = []
+        self._dropped = 0
 
     @asynccontextmanager
     async def action(
@@ -119,14 +124,59 @@ class Auditor:
         )
         try:
             await self._store.append_audit(event)
+        except Unavailable:
+            # the change is made: hold the event and store it when the
+            # database answers again (the outage itself is logged once)
+            self._hold(event)
         except Exception:  # the change is made: a lost event must not fail the call
             log.exception("could not store audit event %s (%s)", event.id, action)
+        else:
+            if self._backlog:
+                await self._store_backlog()
         if self._path is not None:
             line = json.dumps(
                 {**vars(event), "time": event.time.isoformat()}, separators=(",", ":")
             )
             async with self._file_lock:
                 await asyncio.to_thread(self._append_line, line)
+
+    @property
+    def held(self) -> int:
+        """Events waiting for the control store to answer again."""
+        return len(self._backlog)
+
+    def _hold(self, event: AuditEvent) -> None:
+        if not self._backlog:
+            log.warning(
+                "the control-plane database is unavailable: audit events are held in "
+                "memory (at most %d) until it answers again",
+                MAX_BACKLOG,
+            )
+        self._backlog.append(event)
+        if len(self._backlog) > MAX_BACKLOG:
+            del self._backlog[0]
+            if self._dropped == 0:
+                log.error("more than %d audit events held: dropping the oldest", MAX_BACKLOG)
+            self._dropped += 1
+
+    async def _store_backlog(self) -> None:
+        stored = 0
+        while self._backlog:
+            try:
+                await self._store.append_audit(self._backlog[0])
+            except Unavailable:
+                return  # still down for this write: the next one tries again
+            except Exception:
+                log.exception("could not store held audit event %s", self._backlog[0].id)
+            else:
+                stored += 1
+            del self._backlog[0]
+        log.warning(
+            "stored %d audit events held during the database outage (%d dropped)",
+            stored,
+            self._dropped,
+        )
+        self._dropped = 0
 
     def _append_line(self, line: str) -> None:
         assert self._path is not None
