@@ -21,6 +21,7 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from memoryd.api import interceptor
+from memoryd.api import memory as memory_api
 from memoryd.app import build_app
 from memoryd.auth.hashing import SecretHasher
 from memoryd.config import Settings
@@ -175,6 +176,42 @@ async def test_another_tenants_call_is_answered_while_a_large_body_decodes(
     assert reason_of(caught.value) != "MALFORMED_REQUEST"
     assert me.organization_id
     assert events == ["decode started", "other tenant answered", "decode finished"]
+
+
+async def test_another_tenants_call_is_answered_while_a_large_batch_converts(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same for the conversion of a large batch's items (metadata to dicts)."""
+    events: list[str] = []
+    started = threading.Event()
+    release = threading.Event()
+    original = memory_api.new_memory
+
+    def held_conversion(req: Any, prefix: str, **kwargs: Any) -> Any:
+        if prefix == "requests[0]." and not started.is_set():
+            events.append("conversion started")
+            started.set()
+            release.wait(timeout=10)  # only a deadlock breaker: the test releases it
+            events.append("conversion finished")
+        return original(req, prefix, **kwargs)
+
+    monkeypatch.setattr(memory_api, "new_memory", held_conversion)
+    client = await reader(server)
+    other = await server.new_org("other tenant")
+    item = memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="w" * 20_000))
+    batch = memory_pb2.BatchCreateMemoriesRequest(requests=[item] * 5)
+    assert batch.ByteSize() > interceptor.OFFLOAD_DECODE_BYTES
+
+    large_call = asyncio.ensure_future(
+        client.memory.BatchCreateMemories(batch, metadata=client.md())
+    )
+    assert await asyncio.to_thread(started.wait, 10)
+    me = await other.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=other.md(), timeout=30)
+    events.append("other tenant answered")
+    release.set()
+    assert (await large_call).succeeded_count == 5
+    assert me.organization_id
+    assert events == ["conversion started", "other tenant answered", "conversion finished"]
 
 
 # --- S10: two credentials in one call ----------------------------------------------------------

@@ -51,8 +51,9 @@ log = logging.getLogger("memoryd.call")
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 MAX_REQUEST_ID = 100
-# Bodies larger than this are decoded (and a client stream's messages read)
-# in a worker thread, so the event loop keeps serving other calls meanwhile.
+# Bodies larger than this are decoded in a worker thread (and servicers
+# convert them there too), so the event loop keeps serving other calls. The
+# protobuf parser itself holds the GIL: the size limits bound that part.
 OFFLOAD_DECODE_BYTES = 64 * 1024
 # A client whose deadline passes cancels the call itself, which reaches the
 # server a little before the server's own copy of the deadline (computed when
@@ -73,6 +74,7 @@ class CallState:
     trailers: list[tuple[str, str]] = field(default_factory=list)
     code: str = "OK"
     reason: str = ""
+    request_bytes: int = 0  # size of the (unary) request body
     # Extra `google.rpc.Status` details (protobuf messages) for the call's
     # error status, should it fail: an import's summary of what was stored.
     error_details: list[Any] = field(default_factory=list)
@@ -339,6 +341,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> tuple[CallState, Any]:
         """Size, authentication, decoding and admission of a unary request."""
         call, headers = self._start(context, method)
+        call.request_bytes = len(raw)
         self._check_size(call, len(raw))
         await self._authenticate(call, headers)
         request = await self._decode(call, deserializer, raw)
