@@ -24,7 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from memoryd.api import reflection as api_reflection
 from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
-from memoryd.api.interceptor import CallInterceptor, CallObserver
+from memoryd.api.interceptor import CallInterceptor, CallObserver, RequestLimits
 from memoryd.api.keys import KeyServicer
 from memoryd.api.memory import MemoryServicer
 from memoryd.api.observe import CallbackCounters, CallLogger, Metrics
@@ -58,7 +58,12 @@ from memoryd.ratelimit import (
     UsageMeter,
     is_org_key_bucket,
 )
-from memoryd.ratelimit.admission import COSTS, RateLimitAdmission, UsageRecorder
+from memoryd.ratelimit.admission import (
+    COSTS,
+    STREAM_COSTS,
+    RateLimitAdmission,
+    UsageRecorder,
+)
 from memoryd.storage.disk import MIB, check_free_space
 from memoryd.storage.edge import EdgeVectorStore
 from memoryd.storage.redis import make_redis
@@ -364,7 +369,16 @@ async def _build(
         admission=admission,
         observers=observers,
         costs=COSTS,
+        stream_costs=STREAM_COSTS,
         usage=UsageRecorder(meter),
+        limits=RequestLimits(
+            default=settings.max_request_bytes,
+            per_method={
+                "/memoryd.v1.MemoryService/BatchCreateMemories": settings.max_batch_request_bytes
+            },
+        ),
+        stream_idle_timeout_s=settings.stream_idle_timeout_s,
+        clock=clock,
     )
     interceptors: list[Any] = []
     if tracer_provider is None and settings.otel_tracing:

@@ -44,6 +44,23 @@ class Settings:
     )
     max_message_bytes: int = _setting(16 * 1024 * 1024, "Largest request or response message.")
     max_concurrent_streams: int = _setting(256, "Concurrent HTTP/2 streams per connection.")
+    # --- request pipeline: sizes and idle streams ---
+    max_request_bytes: int = _setting(
+        256 * 1024,
+        "Largest request body of a method (and message of an ImportMemories stream), refused "
+        "with INVALID_ARGUMENT before it is decoded. Must hold one memory of max_content_bytes "
+        "plus max_metadata_bytes; the default leaves 5x room for a memory at the default quotas.",
+    )
+    max_batch_request_bytes: int = _setting(
+        8 * 1024 * 1024,
+        "Largest BatchCreateMemories request body (up to 1,000 memories), refused with "
+        "INVALID_ARGUMENT before it is decoded; at most max_message_bytes.",
+    )
+    stream_idle_timeout_s: float = _setting(
+        30.0,
+        "Close an ImportMemories stream with DEADLINE_EXCEEDED (STREAM_IDLE_TIMEOUT) when no "
+        "message arrives for this long; what was read before is stored.",
+    )
     keepalive_time_s: float = _setting(30.0, "Send a keepalive ping after this much idle time.")
     keepalive_timeout_s: float = _setting(
         10.0, "Close a connection whose ping is not answered in time."
@@ -331,6 +348,7 @@ class Settings:
         for name in ("rate_limit_failure_threshold", "rate_limit_max_probe_interval_s"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
+        self._validate_request_limits(bad)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise bad(
                 "tls_key" if self.tls_cert else "tls_cert", "tls_cert and tls_key go together"
@@ -351,6 +369,23 @@ class Settings:
             raise bad("qdrant_url", "must start with http:// or https://")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+
+    def _validate_request_limits(self, bad: Any) -> None:
+        if self.stream_idle_timeout_s <= 0:
+            raise bad("stream_idle_timeout_s", "must be positive")
+        one_memory = self.max_content_bytes + self.max_metadata_bytes
+        if self.max_request_bytes < one_memory:
+            raise bad(
+                "max_request_bytes",
+                f"must be at least max_content_bytes + max_metadata_bytes ({one_memory}) so that "
+                f"a memory of the largest allowed size fits, got {self.max_request_bytes}",
+            )
+        if not self.max_request_bytes <= self.max_batch_request_bytes <= self.max_message_bytes:
+            raise bad(
+                "max_batch_request_bytes",
+                f"must be between max_request_bytes ({self.max_request_bytes}) and "
+                f"max_message_bytes ({self.max_message_bytes}), got {self.max_batch_request_bytes}",
+            )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

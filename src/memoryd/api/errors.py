@@ -38,8 +38,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def status_proto(err: DomainError) -> status_pb2.Status:
-    """The `google.rpc.Status` of a domain error (also used per batch item).
+def status_proto(err: DomainError, extra: Sequence[object] = ()) -> status_pb2.Status:
+    """The `google.rpc.Status` of a domain error (also used per batch item),
+    with `extra` protobuf messages appended to its details.
 
     Sizes are capped (message, each description, number of violations) so
     that an error always fits in a client's trailer limit."""
@@ -73,6 +74,7 @@ def status_proto(err: DomainError) -> status_pb2.Status:
         )
     if isinstance(err, ResourceExhausted | Unavailable) and err.retry_after is not None:
         details.append(_pack(_retry_info(err.retry_after)))
+    details.extend(_pack(message) for message in extra)
     return status_pb2.Status(
         code=getattr(code_pb2, err.code), message=_clip(err.message, MAX_MESSAGE), details=details
     )
@@ -86,10 +88,13 @@ def _retry_info(retry_after: float) -> error_details_pb2.RetryInfo:
     )
 
 
-def to_grpc_status(err: DomainError, trailers: Metadata = ()) -> grpc.Status:
+def to_grpc_status(
+    err: DomainError, trailers: Metadata = (), details: Sequence[object] = ()
+) -> grpc.Status:
     """The status to abort a call with; `trailers` are merged in, since
-    `abort_with_status` drops trailing metadata set earlier."""
-    status = rpc_status.to_status(status_proto(err))
+    `abort_with_status` drops trailing metadata set earlier. `details`
+    (protobuf messages) are appended to the status details."""
+    status = rpc_status.to_status(status_proto(err, details))
     extra = list(trailers)
     if isinstance(err, ResourceExhausted):
         extra.extend(err.trailers.items())

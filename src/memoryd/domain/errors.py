@@ -96,6 +96,13 @@ class Unavailable(DomainError):
         self.retry_after = retry_after
 
 
+class DeadlineExceeded(DomainError):
+    """The server's own time limit ran out (e.g. a client stream left idle)."""
+
+    code = "DEADLINE_EXCEEDED"
+    reason = "DEADLINE_EXCEEDED"
+
+
 class ResourceExhausted(DomainError):
     """A quota or rate limit was exceeded. `retry_after` (seconds) is set for
     rate limits, `violations` name the quota or limit."""

@@ -21,15 +21,70 @@ from memoryd.ratelimit.usage import UsageMeter
 
 _MEMORY = "/memoryd.v1.MemoryService/"
 
-# Units of rate limit a call costs, from its request (default 1). A batch
-# costs one unit per ten items (at least one), so that batching stays the
-# cheap way to write many memories while a 1,000-item batch still weighs 100.
+# One unit of rate limit buys this much work: ten memories written, or 16 KiB
+# of their text (embedding time grows with the text), whichever is more.
+ITEMS_PER_UNIT = 10
+TEXT_BYTES_PER_UNIT = 16 * 1024
+
+
+def work_cost(items: int, text_bytes: int) -> int:
+    """Units for writing `items` memories with `text_bytes` of content in all
+    (at least one): every started ten items or 16 KiB of text is a unit."""
+    return max(1, -(-items // ITEMS_PER_UNIT), -(-text_bytes // TEXT_BYTES_PER_UNIT))
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _batch_cost(req: Any) -> int:
+    return work_cost(len(req.requests), sum(_utf8_len(r.memory.content) for r in req.requests))
+
+
+def _search_cost(req: Any) -> int:
+    # The vector search itself is 2; a text query is embedded first, which
+    # costs what writing one memory of that text costs.
+    return 2 + (work_cost(1, _utf8_len(req.query)) if req.query else 0)
+
+
+class ImportMeter:
+    """The running cost of an ImportMemories stream, charged as it is read so
+    that an import of N memories costs what a batch of the same N costs.
+
+    The call is charged `prepaid` units before its first message (so an
+    empty stream is not free); `add` takes each message and answers the units
+    now due (often 0)."""
+
+    prepaid = 1
+
+    def __init__(self) -> None:
+        self._items = 0
+        self._text_bytes = 0
+        self._charged = self.prepaid
+
+    def add(self, message: Any) -> int:
+        self._items += 1
+        self._text_bytes += _utf8_len(message.memory.content)
+        due = work_cost(self._items, self._text_bytes) - self._charged
+        self._charged += max(due, 0)
+        return max(due, 0)
+
+
+# Units of rate limit a call costs, from its request (default 1): the one
+# table of costs. A batch pays for its work (`work_cost`), so that batching
+# stays the cheap way to write many memories while a 1,000-item batch, or one
+# of a few huge texts, still weighs 100 or more.
 COSTS: dict[str, Any] = {
-    _MEMORY + "BatchCreateMemories": lambda req: max(1, len(req.requests) // 10),
-    _MEMORY + "SearchMemories": lambda req: 2,
+    _MEMORY + "BatchCreateMemories": _batch_cost,
+    _MEMORY + "SearchMemories": _search_cost,
     _MEMORY + "ExportMemories": lambda req: 10,
-    _MEMORY + "ImportMemories": lambda req: 10,
     _MEMORY + "PurgeMemories": lambda req: 5,
+}
+
+# Client streams: a meter per call, charged per message as the stream is read
+# (the call is charged the meter's `prepaid` units before it reads anything).
+STREAM_COSTS: dict[str, Any] = {
+    _MEMORY + "ImportMemories": ImportMeter,
 }
 
 
