@@ -100,7 +100,8 @@ class Settings:
         True,
         "Embedded Qdrant Edge: run the engine in a child process that owns the shard, so an "
         "engine call stuck on a hung disk cannot freeze the server (health and liveness keep "
-        "answering). Off: the engine runs on a thread of the server, saving ~0.1 ms per call.",
+        "answering). Off: the engine runs on a thread of the server (no child process; a hung "
+        "disk then freezes the whole server).",
     )
     redis_url: str = _setting(
         "",

@@ -15,10 +15,12 @@ How the engine is used, and why:
   the event loop and health checks included; in the child it stops only
   the child. Either way calls run one at a time, as the shard expects, and
   are kept small (a few hundred points at most; deletes and sweeps go in
-  batches). The child costs a process hop per call (about 0.1 ms, see the
-  README) and is restarted on the next call when it dies (a SIGBUS, a
-  kill): its calls in flight answer Unavailable (VECTOR_ENGINE_CRASHED),
-  and the write-ahead log keeps every acknowledged write.
+  batches). The child costs a process hop per call (measured on a busy
+  2-core machine: a search of 300 points, 0.445 ms median in the child vs
+  0.430 ms on a thread, within the noise). It is restarted on the next
+  call when it dies (a SIGBUS, a kill): its calls in flight answer
+  Unavailable (VECTOR_ENGINE_CRASHED), and the write-ahead log keeps every
+  acknowledged write.
 - No HNSW graph is ever built (`indexing_threshold=0`): building one blocks
   the process for minutes at 100k points. A search is an exact scan of the
   points its filter selects, which the `tenant` keyword index (is_tenant)
@@ -58,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -71,7 +74,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-import memoryd
 from memoryd.domain.errors import Unavailable
 from memoryd.storage._base import PointStore
 from memoryd.storage._payload import Hit, Point
@@ -94,6 +96,12 @@ log = logging.getLogger("memoryd.storage.edge")
 _CONDITIONS = PlainConditions()
 # How long a child that was asked to exit may take to flush and let go.
 _CHILD_EXIT_S = 30.0
+# The child's program: this process's import path (so it runs this very copy
+# of memoryd, wherever it was imported from), then edge_child's main.
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+    "from memoryd.storage.edge_child import main; sys.exit(main(sys.argv))"
+)
 
 
 class EdgeVectorStore(PointStore[Cond, Cond]):
@@ -423,15 +431,15 @@ class _Child:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "memoryd.storage.edge_child",
+                "-c",
+                _BOOT,
+                json.dumps(sys.path),
                 str(theirs.fileno()),
                 str(os.getpid()),
                 "1" if pdeathsig else "0",
                 str(level),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
-                env=_child_env(),
             )
         except BaseException:
             ours.close()
@@ -515,14 +523,6 @@ class _Child:
                 await asyncio.wait_for(self._proc.wait(), _CHILD_EXIT_S)
         with contextlib.suppress(BaseException):
             await self._reading
-
-
-def _child_env() -> dict[str, str]:
-    """This environment, with this copy of memoryd first on the path."""
-    env = dict(os.environ)
-    src = str(Path(memoryd.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (src, env.get("PYTHONPATH", "")) if x)
-    return env
 
 
 def _exit(code: int | None) -> str:

@@ -1,8 +1,8 @@
 """The shard-owner process: runs `EdgeEngine` for one server process.
 
-Started by `EdgeVectorStore` (process mode) as
+Started by `EdgeVectorStore` (process mode) as `main(argv)` with argv
 
-    python -m memoryd.storage.edge_child FD PARENT_PID PDEATHSIG LOG_LEVEL
+    [program, FD, PARENT_PID, PDEATHSIG (1 or 0), LOG_LEVEL]
 
 FD is its end of a Unix socket pair. Frames both ways are a 4-byte
 big-endian length and a pickle. The first frame is the engine's keyword
