@@ -74,7 +74,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from memoryd.domain.errors import Unavailable
+from memoryd.domain.errors import FailedPrecondition, Unavailable
 from memoryd.storage._base import PointStore
 from memoryd.storage._payload import Hit, Point
 from memoryd.storage.edge_child import HEADER, encode
@@ -96,6 +96,8 @@ log = logging.getLogger("memoryd.storage.edge")
 _CONDITIONS = PlainConditions()
 # How long a child that was asked to exit may take to flush and let go.
 _CHILD_EXIT_S = 30.0
+# ...and one that was killed (SIGKILL waits for a disk I/O in progress).
+_KILLED_EXIT_S = 2.0
 # The child's program: this process's import path (so it runs this very copy
 # of memoryd, wherever it was imported from), then edge_child's main.
 _BOOT = (
@@ -288,7 +290,14 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
     async def _restart(self, dead: _Backend) -> None:
         await dead.stop(kill=True)  # reaped: its lock on the directory is gone
         assert self._opened_for is not None
-        self._backend = await self._started(*self._opened_for)
+        try:
+            self._backend = await self._started(*self._opened_for)
+        except FailedPrecondition as err:
+            # the dead one has not let go of the directory yet (blocked on the disk)
+            raise Unavailable(
+                f"the vector engine could not be restarted yet: {err.message}",
+                reason="VECTOR_ENGINE_RESTARTING",
+            ) from err
         log.warning("the vector engine of %s was restarted", self._path)
 
     def _got_stuck(self, future: asyncio.Future[Any], started: float) -> None:
@@ -514,13 +523,18 @@ class _Child:
         # end-of-file: the child closes the engine (if still open) and exits
         self._writer.close()
         try:
-            await asyncio.wait_for(self._proc.wait(), _CHILD_EXIT_S)
+            await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S if kill else _CHILD_EXIT_S)
         except TimeoutError:
+            # A process blocked in the kernel on a hung disk dies only when
+            # the disk answers: let it go (it is killed, and the lock goes
+            # with it) rather than hold up shutdown.
             log.error("the vector engine process %d does not exit: killing it", self._proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), _CHILD_EXIT_S)
+                await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S)
+        if self._proc.returncode is None:
+            self._reading.cancel()
         with contextlib.suppress(BaseException):
             await self._reading
 
