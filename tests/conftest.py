@@ -5,7 +5,8 @@
 - `pg_url`: a fresh PostgreSQL database for one test (dropped after); the
   test FAILS when PostgreSQL is unreachable (never skips).
 - `make_server(**settings)`: builds more servers (other settings, a shared
-  database for replicas).
+  database for replicas). Their Qdrant Edge engine runs on a thread unless
+  `vector_engine_process=True` (or MEMORYD_TEST_VECTOR_ENGINE_PROCESS=1).
 """
 
 from __future__ import annotations
@@ -140,6 +141,11 @@ async def make_server(tmp_path: Any) -> AsyncIterator[MakeServer]:
             "shutdown_delay_s": 0.0,
             "log_level": "WARNING",
             "sweep_interval_s": 3600.0,
+            # The engine on a thread: faster to start and call. The server's
+            # default (a child process) is what tests/e2e runs, and what the
+            # vector store contract and the hang tests run explicitly;
+            # MEMORYD_TEST_VECTOR_ENGINE_PROCESS=1 runs every test so.
+            "vector_engine_process": os.environ.get("MEMORYD_TEST_VECTOR_ENGINE_PROCESS") == "1",
         }
         values.update(overrides)
         settings = Settings(**values)

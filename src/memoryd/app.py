@@ -567,6 +567,7 @@ def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorSt
         min_free_bytes=_min_free_bytes(settings),
         timeout_s=settings.storage_timeout_s,
         on_change=on_change,
+        process=settings.vector_engine_process,
     )
 
 

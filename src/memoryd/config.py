@@ -113,6 +113,13 @@ class Settings:
         "while one is stuck, further calls are refused at once and health is NOT_SERVING "
         "(liveness stays SERVING).",
     )
+    vector_engine_process: bool = _setting(
+        True,
+        "Embedded Qdrant Edge: run the engine in a child process that owns the shard, so an "
+        "engine call stuck on a hung disk cannot freeze the server (health and liveness keep "
+        "answering). Off: the engine runs on a thread of the server (no child process; a hung "
+        "disk then freezes the whole server).",
+    )
     redis_url: str = _setting(
         "",
         "Redis for rate limits, usage and key-revocation fan-out (redis://host:6379/0). "

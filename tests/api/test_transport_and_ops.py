@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import threading
 import urllib.request
@@ -254,9 +256,10 @@ async def test_liveness_entry_is_serving(make_server: MakeServer) -> None:
 class _HangingShard:
     """Fault injection at the engine boundary: once `hang` is set, the next
     engine call blocks on the engine thread until `release` is set (a disk
-    that stops answering). Real hangs cannot be made here: no device-mapper
-    in this kernel, no FUSE library; and a real one inside Qdrant Edge holds
-    the GIL, which this wait (like any Python wait) releases."""
+    that stops answering). A real hang inside Qdrant Edge holds the GIL,
+    which this wait (like any Python wait) releases: with the engine on a
+    thread only this timeout logic is testable; the frozen engine process
+    below is the real thing."""
 
     def __init__(self, shard: Any) -> None:
         self._shard = shard
@@ -279,12 +282,12 @@ class _HangingShard:
 async def test_a_hung_vector_store_times_out_while_health_and_liveness_keep_answering(
     make_server: MakeServer,
 ) -> None:
-    server = await make_server(storage_timeout_s=1.0)
+    server = await make_server(storage_timeout_s=1.0, vector_engine_process=False)
     client = server.client(await server.data_key(await server.project()))
     health = health_pb2_grpc.HealthStub(server.channel)
-    vectors = server.app.vectors
-    shard = _HangingShard(vectors._shard)  # type: ignore[attr-defined]
-    vectors._shard = shard  # type: ignore[attr-defined]
+    engine = server.app.vectors._backend.engine  # type: ignore[attr-defined]
+    shard = _HangingShard(engine._shard)
+    engine._shard = shard
 
     async def status(service: str = "") -> int:
         resp = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -326,6 +329,67 @@ async def test_a_hung_vector_store_times_out_while_health_and_liveness_keep_answ
 
     await wait_for(serving, within=10)
     assert (await create("after the disk came back")).memory.content == "after the disk came back"
+
+
+async def test_a_frozen_engine_process_times_out_while_health_and_liveness_keep_answering(
+    make_server: MakeServer,
+) -> None:
+    """The whole engine stops (SIGSTOP of its process: what a disk that stops
+    answering does to a call blocked in the engine, GIL and all) while a
+    write is in flight. The server keeps answering health and liveness, the
+    write answers UNAVAILABLE after storage_timeout_s, health is NOT_SERVING
+    until the engine moves again, and nothing acknowledged is lost."""
+    server = await make_server(storage_timeout_s=1.0, vector_engine_process=True)
+    client = server.client(await server.data_key(await server.project()))
+    health = health_pb2_grpc.HealthStub(server.channel)
+    pid = server.app.vectors.engine_pid  # type: ignore[attr-defined]
+    assert pid is not None and pid != os.getpid()
+
+    async def status(service: str = "") -> int:
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return resp.status
+
+    async def create(content: str) -> memory_pb2.CreateMemoryResponse:
+        return await client.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=content)),
+            metadata=client.md(),
+            timeout=20,
+        )
+
+    before = await create("acknowledged before the freeze")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        hung = asyncio.ensure_future(create("into a frozen engine"))
+        # the process answers while the engine cannot
+        assert await status("liveness") == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(aio.AioRpcError) as timed_out:
+            await hung
+        assert timed_out.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(timed_out.value) == "STORAGE_TIMEOUT"
+
+        async def not_serving() -> bool:
+            return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await wait_for(not_serving, within=10)
+        assert await status("liveness") == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(aio.AioRpcError) as refused:
+            await create("while frozen")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(refused.value) == "STORAGE_STUCK"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    async def serving() -> bool:
+        return await status() == health_pb2.HealthCheckResponse.SERVING
+
+    await wait_for(serving, within=10)
+    after = await create("after the engine came back")
+    assert server.app.vectors.engine_pid == pid  # type: ignore[attr-defined]
+    for kept in (before, after):
+        got = await client.memory.GetMemory(
+            memory_pb2.GetMemoryRequest(id=kept.memory.id), metadata=client.md(), timeout=20
+        )
+        assert got.content == kept.memory.content
 
 
 def error_reason(err: aio.AioRpcError) -> str:

@@ -1,6 +1,7 @@
 """The `VectorStore` contract, run against both adapters on real engines:
-Qdrant Edge in a temporary directory, and qdrant-client's local mode (the
-same API as a Qdrant server) driven from a worker thread.
+Qdrant Edge in a temporary directory (its engine on a thread, and in a child
+process that owns the shard, as the server runs it), and qdrant-client's
+local mode (the same API as a Qdrant server) driven from a worker thread.
 
 Besides every method, it pins down what tenancy promises: a record of one
 tenant is invisible, by id or otherwise, to every other tenant (another
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import signal
 import sys
@@ -119,11 +121,17 @@ async def open_edge(path: Path, **kwargs: Any) -> EdgeVectorStore:
     return store
 
 
-@pytest.fixture(params=["edge", "qdrant"])
+@pytest.fixture(params=[False, True], ids=["thread", "process"])
+def process(request: pytest.FixtureRequest) -> bool:
+    """Where an Edge store's engine runs: a thread, or a child process."""
+    return bool(request.param)
+
+
+@pytest.fixture(params=["edge", "edge-process", "qdrant"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s: Store
-    if request.param == "edge":
-        s = EdgeVectorStore(tmp_path / "vectors")
+    if request.param.startswith("edge"):
+        s = EdgeVectorStore(tmp_path / "vectors", process=request.param == "edge-process")
     else:
         s = QdrantVectorStore(QdrantClient(":memory:"))
     await s.open(MODEL, DIM)
@@ -792,7 +800,11 @@ async def test_delete_scope_removes_a_project_or_one_environment(store: Store) -
 
 
 async def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
-    for s in (EdgeVectorStore(tmp_path / "v"), QdrantVectorStore(QdrantClient(":memory:"))):
+    for s in (
+        EdgeVectorStore(tmp_path / "v"),
+        EdgeVectorStore(tmp_path / "v", process=True),
+        QdrantVectorStore(QdrantClient(":memory:")),
+    ):
         with pytest.raises(Unavailable):
             await s.count(A, Filter(), NOW)
         await s.open(MODEL, DIM)
@@ -838,15 +850,15 @@ async def test_an_unreachable_qdrant_server_is_unavailable(grpc: bool) -> None:
     await client.close()
 
 
-async def test_edge_refuses_another_model_or_dimension(tmp_path: Path) -> None:
+async def test_edge_refuses_another_model_or_dimension(tmp_path: Path, process: bool) -> None:
     path = tmp_path / "v"
-    s = await open_edge(path)
+    s = await open_edge(path, process=process)
     await s.upsert(A, [record(A)])
     await s.close()
     for model, dim in (("other/model", DIM), (MODEL, 16)):
         with pytest.raises(FailedPrecondition, match=f"created for model {MODEL} \\({DIM}-d\\)"):
-            await EdgeVectorStore(path).open(model, dim)
-    s = await open_edge(path)  # still opens for its own model
+            await EdgeVectorStore(path, process=process).open(model, dim)
+    s = await open_edge(path, process=process)  # still opens for its own model
     assert await s.count(A, Filter(), NOW) == 1
     await s.close()
 
@@ -877,16 +889,16 @@ async def test_qdrant_refuses_another_model_or_dimension() -> None:
     await again.close()
 
 
-async def test_edge_keeps_everything_across_reopen(tmp_path: Path) -> None:
+async def test_edge_keeps_everything_across_reopen(tmp_path: Path, process: bool) -> None:
     path = tmp_path / "v"
     rng = random.Random(7)
     recs = [record(A, vector=rand_vector(rng), tags=(str(i),)) for i in range(300)]
-    s = await open_edge(path)
+    s = await open_edge(path, process=process)
     await s.upsert(A, recs)
     await s.delete(A, [r.id for r in recs[:50]])
     await s.close()
 
-    s = await open_edge(path)
+    s = await open_edge(path, process=process)
     assert await s.count(A, Filter(), NOW) == 250
     got = await s.get(A, [r.id for r in recs], NOW, with_vectors=True)
     assert ids(got) == ids(recs[50:])
@@ -897,13 +909,13 @@ async def test_edge_keeps_everything_across_reopen(tmp_path: Path) -> None:
     await s.close()
 
 
-async def test_edge_is_open_in_one_process_only(tmp_path: Path) -> None:
+async def test_edge_is_open_in_one_process_only(tmp_path: Path, process: bool) -> None:
     path = tmp_path / "v"
-    first = await open_edge(path)
+    first = await open_edge(path, process=process)
     with pytest.raises(FailedPrecondition, match="open in another process"):
-        await EdgeVectorStore(path).open(MODEL, DIM)
+        await EdgeVectorStore(path, process=process).open(MODEL, DIM)
     await first.close()
-    second = await open_edge(path)
+    second = await open_edge(path, process=process)
     await second.close()
 
 
@@ -915,8 +927,8 @@ from memoryd.domain.memory import MemoryRecord
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.edge import EdgeVectorStore
 
-async def main(path: str, sync: bool) -> None:
-    store = EdgeVectorStore(path, sync_writes=sync)
+async def main(path: str, sync: bool, process: bool) -> None:
+    store = EdgeVectorStore(path, sync_writes=sync, process=process)
     await store.open({model!r}, {dim})
     tenant = Tenant("org_a", "prj_a", "env_a")
     now = datetime(2026, 1, 1, tzinfo=UTC)
@@ -932,15 +944,18 @@ async def main(path: str, sync: bool) -> None:
             print("ok " + rec.id, flush=True)
         i += 1
 
-asyncio.run(main(sys.argv[1], sys.argv[2] == "sync"))
+asyncio.run(main(sys.argv[1], sys.argv[2] == "sync", sys.argv[3] == "process"))
 """
 
 
 @pytest.mark.parametrize("mode", ["default", "sync"])
-async def test_edge_acknowledged_writes_survive_kill_9(tmp_path: Path, mode: str) -> None:
+async def test_edge_acknowledged_writes_survive_kill_9(
+    tmp_path: Path, mode: str, process: bool
+) -> None:
     """A writer process prints each write once the store has acknowledged it,
     and is killed (SIGKILL) while writing the next: every acknowledged upsert
-    and delete is there after reopening."""
+    and delete is there after reopening. With the engine in a child process,
+    the child dies with the writer and lets go of the directory."""
     path = tmp_path / "v"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -948,6 +963,7 @@ async def test_edge_acknowledged_writes_survive_kill_9(tmp_path: Path, mode: str
         _WRITER.format(model=MODEL, dim=DIM),
         str(path),
         mode,
+        "process" if process else "thread",
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -969,11 +985,38 @@ async def test_edge_acknowledged_writes_survive_kill_9(tmp_path: Path, mode: str
     await s.close()
 
 
+async def test_a_killed_engine_process_fails_its_calls_and_is_restarted_losing_nothing(
+    tmp_path: Path,
+) -> None:
+    s = await open_edge(tmp_path / "v", process=True)
+    kept = record(A)
+    await s.upsert(A, [kept])
+    pid = s.engine_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # so that the next call is surely in flight
+    in_flight = asyncio.ensure_future(s.count(A, Filter(), NOW))
+    await asyncio.sleep(0)  # the call is sent before its first wait
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Unavailable) as crashed:
+        await in_flight
+    assert crashed.value.reason == "VECTOR_ENGINE_CRASHED"
+    assert "SIGKILL" in crashed.value.message
+    # the next call starts a new engine process, with everything acknowledged
+    assert ids(await s.get(A, [kept.id], NOW)) == {kept.id}
+    assert s.engine_pid not in (None, pid)
+    later = record(A)
+    await s.upsert(A, [later])
+    assert await s.count(A, Filter(), NOW) == 2
+    await s.close()
+    assert s.engine_pid is None
+
+
 async def test_edge_refuses_writes_below_the_free_space_floor_and_keeps_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The free space is faked at the statvfs boundary, so this runs anywhere;
-    # tests/e2e/test_disk_faults.py fills a real file system.
+    # tests/e2e/test_disk_faults.py fills a real file system (with the engine
+    # in its child process). The fake reaches only this process: thread mode.
     from memoryd.storage import disk
 
     floor = 64 * disk.MIB

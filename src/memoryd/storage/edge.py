@@ -8,10 +8,19 @@ One directory holds one store:
 
 How the engine is used, and why:
 
-- Every engine call runs on one dedicated worker thread. The engine holds
-  the GIL for the length of a call, so calls are kept small (a few hundred
-  points at most; deletes and sweeps go in batches) and nothing runs on the
-  event loop; the single thread also serializes them, as the shard expects.
+- The engine (`memoryd.storage.edge_engine`) runs in a child process that
+  owns the shard (`process=True`, the server's default) or on one worker
+  thread of this process. The engine holds the GIL for the whole of a call,
+  so in a thread a call blocked on a hung disk stops every Python thread,
+  the event loop and health checks included; in the child it stops only
+  the child. Either way calls run one at a time, as the shard expects, and
+  are kept small (a few hundred points at most; deletes and sweeps go in
+  batches). The child costs a process hop per call (measured on a busy
+  2-core machine: a search of 300 points, 0.445 ms median in the child vs
+  0.430 ms on a thread, within the noise). It is restarted on the next
+  call when it dies (a SIGBUS, a kill): its calls in flight answer
+  Unavailable (VECTOR_ENGINE_CRASHED), and the write-ahead log keeps every
+  acknowledged write.
 - No HNSW graph is ever built (`indexing_threshold=0`): building one blocks
   the process for minutes at 100k points. A search is an exact scan of the
   points its filter selects, which the `tenant` keyword index (is_tenant)
@@ -38,86 +47,66 @@ How the engine is used, and why:
   engine call is still running every further call is refused at once
   (STORAGE_STUCK) instead of queueing behind it, so health reports
   NOT_SERVING. `on_change` is called when a call gets stuck and when it
-  comes back. This keeps the server answering only while the event loop
-  can run: the engine holds the GIL for the whole of a call (measured:
-  `flush` let another thread run once in 180 ms), so a call blocked inside
-  the engine stops every Python thread; see the README.
+  comes back. In thread mode this holds only while the event loop can run:
+  the engine holds the GIL for the whole of a call (measured: `flush` let
+  another thread run once in 180 ms), so a call blocked inside the engine
+  stops every Python thread; in process mode the server keeps answering.
+  Closing a stuck store kills its child without a flush (the WAL has
+  every acknowledged write).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import itertools
 import json
 import logging
 import os
+import pickle
+import signal
+import socket
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, Protocol, cast
 
-import qdrant_edge as qe
-
-from memoryd.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
-from memoryd.storage import _payload as p
+from memoryd.domain.errors import FailedPrecondition, Unavailable
 from memoryd.storage._base import PointStore
 from memoryd.storage._payload import Hit, Point
-from memoryd.storage.disk import check_free_space
+from memoryd.storage.edge_child import HEADER, encode
+from memoryd.storage.edge_engine import (
+    LOCK,
+    MARKER,
+    SHARD,
+    Cond,
+    EdgeEngine,
+    HitTuple,
+    PlainConditions,
+    closed,
+)
+
+__all__ = ["LOCK", "MARKER", "SHARD", "EdgeVectorStore"]
 
 log = logging.getLogger("memoryd.storage.edge")
 
-T = TypeVar("T")
-
-EdgeCondition = qe.FieldCondition | qe.HasIdCondition | qe.Filter
-
-MARKER = "memoryd.json"
-LOCK = "memoryd.lock"
-SHARD = "shard"
-
-
-class _Conditions:
-    """`_payload.Conditions` for qdrant_edge."""
-
-    def match(self, key: str, value: str | int) -> EdgeCondition:
-        return qe.FieldCondition(key, match=qe.MatchValue(value))
-
-    def match_any(self, key: str, values: list[str]) -> EdgeCondition:
-        return qe.FieldCondition(key, match=qe.MatchAny(values))
-
-    def range(
-        self,
-        key: str,
-        *,
-        gt: float | None = None,
-        gte: float | None = None,
-        lt: float | None = None,
-        lte: float | None = None,
-    ) -> EdgeCondition:
-        return qe.FieldCondition(key, range=qe.RangeFloat(gte=gte, gt=gt, lte=lte, lt=lt))
-
-    def has_id(self, ids: Sequence[str]) -> EdgeCondition:
-        return qe.HasIdCondition(set(ids))
-
-    def filter(
-        self,
-        must: Sequence[EdgeCondition] = (),
-        should: Sequence[EdgeCondition] = (),
-        must_not: Sequence[EdgeCondition] = (),
-    ) -> qe.Filter:
-        return qe.Filter(
-            must=list(must) or None, should=list(should) or None, must_not=list(must_not) or None
-        )
-
-    def nest(self, flt: qe.Filter) -> EdgeCondition:
-        return flt
+_CONDITIONS = PlainConditions()
+# How long a child that was asked to exit may take to flush and let go.
+_CHILD_EXIT_S = 30.0
+# ...and one that was killed (SIGKILL waits for a disk I/O in progress).
+_KILLED_EXIT_S = 2.0
+# The child's program: this process's import path (so it runs this very copy
+# of memoryd, wherever it was imported from), then edge_child's main.
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+    "from memoryd.storage.edge_child import main; sys.exit(main(sys.argv))"
+)
 
 
-_CONDITIONS = _Conditions()
-
-
-class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
+class EdgeVectorStore(PointStore[Cond, Cond]):
     """A `VectorStore` in a local directory, on Qdrant Edge.
 
     `path` is the store's directory (created when missing). Only one process
@@ -128,7 +117,8 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
     `min_free_bytes`: writes are refused (ResourceExhausted, DISK_FULL) while
     less is free on the store's file system (0: no floor). `timeout_s`
     bounds the wait for one engine call and `on_change` is told when a call
-    gets stuck or comes back (see the module docstring).
+    gets stuck or comes back. `process`: run the engine in a child process
+    that owns the shard rather than on a thread (see the module docstring).
     """
 
     def __init__(
@@ -141,25 +131,37 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         min_free_bytes: int = 0,
         timeout_s: float | None = None,
         on_change: Callable[[], None] | None = None,
+        process: bool = False,
     ) -> None:
         super().__init__()
         self._path = Path(path)
-        self._min_free_bytes = min_free_bytes
+        self._engine_kwargs: dict[str, Any] = {
+            "path": str(self._path),
+            "sync_writes": sync_writes,
+            "optimize_on_close": optimize_on_close,
+            "search_threads": search_threads,
+            "min_free_bytes": min_free_bytes,
+        }
+        self._process = process
         self._timeout_s = timeout_s
         self._on_change = on_change
         # monotonic start of the engine call that overran timeout_s, if it still runs
         self._stuck_since: float | None = None
-        self._sync_writes = sync_writes
-        self._optimize_on_close = optimize_on_close
-        self._search_threads = search_threads
-        self._executor: ThreadPoolExecutor | None = None
-        self._shard: qe.EdgeShard | None = None
-        self._lock_file: IO[str] | None = None
+        self._backend: _Backend | None = None
+        self._opened_for: tuple[str, int] | None = None
+        self._restarting: asyncio.Task[None] | None = None
         self._writes = asyncio.Lock()
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def engine_pid(self) -> int | None:
+        """The process id of the engine's child process; None in thread mode
+        or when none runs."""
+        backend = self._backend
+        return backend.pid if backend is not None and backend.alive else None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -170,174 +172,88 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         Raises FailedPrecondition when the store was made for another model
         or dimension, or another process has it open.
         """
-        if self._shard is not None:
+        if self._backend is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._open_sync, model_id, dimension
-            )
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
+        self._backend = await self._started(model_id, dimension)
+        self._opened_for = (model_id, dimension)
         self._dimension = dimension
+
+    async def _started(self, model_id: str, dimension: int) -> _Backend:
+        """A new backend with the shard open."""
+        backend: _Backend
+        if self._process:
+            backend = await _Child.start(self._engine_kwargs)
+        else:
+            backend = _Thread(EdgeEngine(**self._engine_kwargs))
+        try:
+            await backend.call("open", model_id, dimension)
+        except BaseException:
+            await backend.stop(kill=True)
+            raise
+        return backend
 
     async def close(self) -> None:
         """Optimizes (if so configured), flushes and closes the shard. Idempotent."""
-        executor = self._executor
-        if executor is None:
+        backend = self._backend
+        if backend is None:
             return
-        if self._stuck_since is not None:
+        restarting, self._restarting = self._restarting, None
+        if restarting is not None and not restarting.done():
+            restarting.cancel()
+            with contextlib.suppress(BaseException):
+                await restarting
+            backend = self._backend or backend
+        if self._stuck_since is not None or not backend.alive:
             # Waiting would hang shutdown for as long as the disk does; the
             # WAL holds every acknowledged write, and the flock goes with
-            # the process.
-            log.error("closing the vector store at %s without a flush: it is stuck", self._path)
-            executor.shutdown(wait=False)
-            self._executor = None
-            self._dimension = None
-            return
-        async with self._writes:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
-        executor.shutdown(wait=True)
-        self._executor = None
+            # the process (the child's, or ours at exit).
+            if backend.alive:
+                log.error("closing the vector store at %s without a flush: it is stuck", self._path)
+            await backend.stop(kill=True)
+        else:
+            async with self._writes:
+                try:
+                    await backend.call("close")
+                finally:
+                    await backend.stop(kill=False)
+        self._backend = None
         self._dimension = None
 
     async def optimize(self) -> bool:
         """Vacuums deleted points and merges small segments now. Blocks the
-        engine (and, holding the GIL, the process) while it runs: call it at
-        quiet times. Answers whether anything was optimized."""
+        engine while it runs (and, in thread mode, holding the GIL, the
+        process): call it at quiet times. Answers whether anything was
+        optimized."""
         async with self._writes:
-            return await self._call(self._optimize_sync)
-
-    def _optimize_sync(self, shard: qe.EdgeShard) -> bool:
-        """Optimizes when there is room for a rewritten copy of the shard
-        above the floor; raises ResourceExhausted (DISK_FULL) otherwise."""
-        check_free_space(
-            self._path, self._min_free_bytes + _allocated_bytes(self._path), what="optimizations"
-        )
-        return shard.optimize()
-
-    def _open_sync(self, model_id: str, dimension: int) -> None:
-        self._path.mkdir(parents=True, exist_ok=True)
-        # Loading replays the WAL and creating makes the sparse files: both
-        # touch mapped pages, so not on a full disk.
-        check_free_space(self._path, self._min_free_bytes, what="start-up and writes")
-        lock_file = open(self._path / LOCK, "a+")  # noqa: SIM115 - held until close
-        try:
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise FailedPrecondition(
-                    f"the vector store at {self._path} is open in another process; "
-                    "stop it, or give this server its own data directory",
-                    reason="VECTOR_STORE_LOCKED",
-                ) from None
-            shard_dir = self._path / SHARD
-            self._check_marker(model_id, dimension, shard_dir)
-            config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
-                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
-                max_search_threads=self._search_threads,
-            )
-            if (shard_dir / "edge_config.json").exists():
-                shard = qe.EdgeShard.load(str(shard_dir), config)
-            else:
-                shard = qe.EdgeShard.create(str(shard_dir), config)
-            try:
-                _ensure_indexes(shard)
-            except BaseException:
-                shard.close()
-                raise
-        except BaseException:
-            lock_file.close()
-            raise
-        self._shard = shard
-        self._lock_file = lock_file
-
-    def _check_marker(self, model_id: str, dimension: int, shard_dir: Path) -> None:
-        marker = self._path / MARKER
-        wanted = {"layout": p.LAYOUT, "model_id": model_id, "dimension": dimension}
-        if marker.exists():
-            made = json.loads(marker.read_text())
-            if (made.get("model_id"), made.get("dimension")) != (model_id, dimension):
-                raise FailedPrecondition(
-                    f"the vector store at {self._path} was created for model "
-                    f"{made.get('model_id')} ({made.get('dimension')}-d); this server is "
-                    f"configured for {model_id} ({dimension}-d). Configure the model the "
-                    "store was made with, or use another data directory and re-add the memories",
-                    reason="EMBEDDING_MODEL_MISMATCH",
-                )
-            return
-        if shard_dir.exists() and any(shard_dir.iterdir()):
-            raise FailedPrecondition(
-                f"{shard_dir} holds a shard without a {MARKER} beside it, so its model is "
-                "unknown; move it away or restore the marker",
-                reason="EMBEDDING_MODEL_UNKNOWN",
-            )
-        # The marker is written (durably) before the shard exists, so a shard
-        # is never without one.
-        tmp = marker.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(wanted, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, marker)
-        dir_fd = os.open(self._path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _close_sync(self) -> None:
-        shard, self._shard = self._shard, None
-        try:
-            if shard is not None:
-                try:
-                    if self._optimize_on_close:
-                        try:
-                            self._optimize_sync(shard)
-                        except ResourceExhausted as err:
-                            log.warning("not optimizing the vector store on close: %s", err)
-                    shard.flush()
-                finally:
-                    shard.close()
-        finally:
-            if self._lock_file is not None:
-                self._lock_file.close()  # releases the flock
-                self._lock_file = None
+            return bool(await self._call("optimize"))
 
     # --- engine primitives --------------------------------------------------
 
     @property
-    def _c(self) -> _Conditions:
+    def _c(self) -> PlainConditions:
         return _CONDITIONS
 
     def _write_lock(self) -> contextlib.AbstractAsyncContextManager[Any]:
         # One process owns the shard, so a lock makes check-then-write atomic.
         return self._writes
 
-    async def _call(self, fn: Callable[[qe.EdgeShard], T]) -> T:
-        """Runs `fn(shard)` on the engine thread, waiting `timeout_s` at most.
+    async def _call(self, name: str, *args: Any) -> Any:
+        """Runs the engine's `name(*args)`, waiting `timeout_s` at most.
 
         Raises Unavailable: STORAGE_STUCK at once while an earlier call
         overran its timeout and still runs, STORAGE_TIMEOUT when this one
-        overruns (it goes on running on the engine thread; a write may
-        still land)."""
-        executor = self._executor
-        if executor is None:
-            raise _closed()
+        overruns (it goes on running in the engine; a write may still land),
+        VECTOR_ENGINE_CRASHED when the engine's process died under it (the
+        next call starts a new one)."""
+        backend = self._backend
+        if backend is None:
+            raise closed()
         if self._stuck_since is not None:
             raise _stuck(time.monotonic() - self._stuck_since)
-
-        def run() -> T:
-            shard = self._shard
-            if shard is None:
-                raise _closed()
-            return fn(shard)
-
+        if not backend.alive:
+            backend = await self._revived(backend)
         started = time.monotonic()
-        future = asyncio.get_running_loop().run_in_executor(executor, run)
+        future = backend.call(name, *args)
         if self._timeout_s is None:
             return await future
         try:
@@ -350,10 +266,44 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
                 reason="STORAGE_TIMEOUT",
             ) from None
 
+    async def _revived(self, dead: _Backend) -> _Backend:
+        """A live backend in place of `dead`: one restart at a time, which
+        every caller meanwhile waits for (`timeout_s` at most)."""
+        if self._backend is dead and (self._restarting is None or self._restarting.done()):
+            self._restarting = asyncio.get_running_loop().create_task(self._restart(dead))
+            self._restarting.add_done_callback(_retrieved)
+        if self._restarting is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._restarting), self._timeout_s)
+            except TimeoutError:
+                raise Unavailable(
+                    "the vector engine is restarting; retry shortly",
+                    reason="VECTOR_ENGINE_RESTARTING",
+                ) from None
+        backend = self._backend
+        if backend is None:
+            raise closed()
+        if not backend.alive:
+            raise _crashed("it died again while starting")
+        return backend
+
+    async def _restart(self, dead: _Backend) -> None:
+        await dead.stop(kill=True)  # reaped: its lock on the directory is gone
+        assert self._opened_for is not None
+        try:
+            self._backend = await self._started(*self._opened_for)
+        except FailedPrecondition as err:
+            # the dead one has not let go of the directory yet (blocked on the disk)
+            raise Unavailable(
+                f"the vector engine could not be restarted yet: {err.message}",
+                reason="VECTOR_ENGINE_RESTARTING",
+            ) from err
+        log.warning("the vector engine of %s was restarted", self._path)
+
     def _got_stuck(self, future: asyncio.Future[Any], started: float) -> None:
-        # The engine thread runs calls one at a time, so the stuck call is
-        # the one running or one queued behind it: either way, nothing
-        # answers until `future` is done.
+        # The engine runs calls one at a time, so the stuck call is the one
+        # running or one queued behind it: either way, nothing answers until
+        # `future` is done.
         if self._stuck_since is not None:
             return
         self._stuck_since = started
@@ -378,27 +328,15 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         if self._on_change is not None:
             self._on_change()
 
-    def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
-        # Checked on the engine thread right before the write: writes are
-        # serialized there, so no other write can slip in between.
-        check_free_space(self._path, self._min_free_bytes)
-        shard.update(op)
-        if self._sync_writes:
-            shard.flush()
-
-    async def _upsert(self, points: list[Point], guard: qe.Filter) -> None:
-        op = qe.UpdateOperation.upsert_points(
-            [qe.Point(pt.id, pt.vector, pt.payload) for pt in points], condition=guard
-        )
-        await self._call(lambda s: self._write(s, op))
+    async def _upsert(self, points: list[Point], guard: Cond) -> None:
+        await self._call("upsert", [(pt.id, pt.vector, pt.payload) for pt in points], guard)
 
     async def _owners(self, ids: list[str]) -> dict[str, tuple[str, str]]:
-        found = await self._call(lambda s: s.retrieve(list(ids), [p.TENANT, p.END_USER_ID], False))
-        return p.owners(found)
+        return cast(dict[str, tuple[str, str]], await self._call("owners", list(ids)))
 
     async def _scroll(
         self,
-        flt: qe.Filter,
+        flt: Cond,
         limit: int,
         *,
         newest_first: bool = False,
@@ -406,75 +344,213 @@ class EdgeVectorStore(PointStore[EdgeCondition, qe.Filter]):
         with_payload: bool = True,
         with_vectors: bool = False,
     ) -> tuple[list[Hit], str | None]:
-        request = qe.ScrollRequest(
-            offset=offset,
-            limit=limit,
-            filter=flt,
-            with_payload=with_payload,
-            with_vector=with_vectors,
-            order_by=qe.OrderBy(p.CREATE_TIME, direction=qe.Direction.Desc)
-            if newest_first
-            else None,
+        found: tuple[list[HitTuple], str | None] = await self._call(
+            "scroll", flt, limit, newest_first, offset, with_payload, with_vectors
         )
-        records, next_offset = await self._call(lambda s: s.scroll(request))
-        hits = [Hit(str(r.id), r.payload or {}, _vector(r.vector)) for r in records]
-        return hits, None if next_offset is None else str(next_offset)
+        records, next_offset = found
+        return [Hit(*r) for r in records], next_offset
 
     async def _query(
-        self, flt: qe.Filter, vector: list[float], limit: int, min_score: float | None
+        self, flt: Cond, vector: list[float], limit: int, min_score: float | None
     ) -> list[Hit]:
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(vector),
-            filter=flt,
-            with_payload=True,
-            with_vector=False,
-            score_threshold=min_score,
-        )
-        found = await self._call(lambda s: s.query(request))
-        return [Hit(str(r.id), r.payload or {}, None, r.score) for r in found]
+        found: list[HitTuple] = await self._call("query", flt, vector, limit, min_score)
+        return [Hit(*r) for r in found]
 
-    async def _count(self, flt: qe.Filter) -> int:
-        request = qe.CountRequest(exact=True, filter=flt)
-        return await self._call(lambda s: s.count(request))
+    async def _count(self, flt: Cond) -> int:
+        return int(await self._call("count", flt))
 
-    async def _delete(self, flt: qe.Filter) -> None:
-        op = qe.UpdateOperation.delete_points_by_filter(flt)
-        await self._call(lambda s: self._write(s, op))
+    async def _delete(self, flt: Cond) -> None:
+        await self._call("delete", flt)
 
 
-def _ensure_indexes(shard: qe.EdgeShard) -> None:
-    """Creates the payload indexes the shard lacks."""
-    have = shard.info().payload_schema
-    wanted: dict[str, qe.PayloadSchemaParams] = {p.TENANT: qe.KeywordIndexParams(is_tenant=True)}
-    for key in p.KEYWORD_INDEXES:
-        wanted[key] = qe.KeywordIndexParams(enable_hnsw=False)
-    for key in p.TIME_INDEXES:
-        wanted[key] = qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False)
-    for key, params in wanted.items():
-        if key not in have:
-            shard.update(qe.UpdateOperation.create_field_index(key, params))
+# --- where the engine runs ------------------------------------------------------
 
 
-def _allocated_bytes(path: Path) -> int:
-    """Bytes the files under `path` occupy on disk (not their sparse length)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-    return total
+class _Backend(Protocol):
+    """Runs `EdgeEngine` calls one at a time, in order."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        """Starts `name(*args)` on the engine; the future has its result."""
+        ...
+
+    async def stop(self, *, kill: bool) -> None:
+        """Lets go of the engine (after a `close` call, or without one when
+        `kill`), not waiting for a stuck call when `kill`."""
+        ...
 
 
-def _vector(v: qe.Vector | None) -> list[float] | None:
-    """The default (unnamed) dense vector of a read point."""
-    if v is None:
+class _Thread:
+    """The engine on one worker thread of this process."""
+
+    def __init__(self, engine: EdgeEngine) -> None:
+        self.engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    @property
+    def pid(self) -> int | None:
         return None
-    if isinstance(v, dict):
-        v = v.get("")  # type: ignore[assignment]
-        if v is None:
-            return None
-    return [float(x) for x in v]  # type: ignore[arg-type]
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        fn = getattr(self.engine, name)
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def stop(self, *, kill: bool) -> None:
+        # not killed: the engine has been closed, so nothing is queued
+        self._executor.shutdown(wait=not kill)
+
+
+class _Child:
+    """The engine in a child process (`memoryd.storage.edge_child`), over a
+    Unix socket: requests are written without waiting (asyncio buffers
+    them), and one reader task matches answers to calls by id, so no thread
+    of this process ever waits on the engine."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._proc = proc
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._alive = True
+        self._stopping = False
+        self._reading = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(cls, engine_kwargs: dict[str, Any]) -> _Child:
+        ours, theirs = socket.socketpair()
+        # The kernel kills the child when the thread that forks it dies:
+        # fine for the main thread (the process), not for any other.
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        level = logging.getLevelName(logging.getLogger("memoryd").getEffectiveLevel())
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _BOOT,
+                json.dumps(sys.path),
+                str(theirs.fileno()),
+                str(os.getpid()),
+                "1" if pdeathsig else "0",
+                str(level),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        child = cls(proc, reader, writer)
+        writer.write(encode(engine_kwargs))
+        return child
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._alive:
+            future.set_exception(_crashed(_exit(self._proc.returncode)))
+            return future
+        req_id = next(self._ids)
+        frame = encode((req_id, name, args))
+        self._pending[req_id] = future
+        self._writer.write(frame)
+        return future
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                header = await self._reader.readexactly(HEADER.size)
+                body = await self._reader.readexactly(HEADER.unpack(header)[0])
+                req_id, ok, value = pickle.loads(body)
+                future = self._pending.pop(req_id, None)
+                if future is None or future.done():
+                    continue  # its caller has gone (cancelled)
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the child has gone
+        except Exception:
+            log.exception("bad answer from the vector engine process: stopping it")
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        self._alive = False
+        pending, self._pending = self._pending, {}
+        if self._stopping:
+            err = closed()
+        else:
+            code = await self._proc.wait()
+            log.error(
+                "the vector engine process %d died (%s): its calls answer UNAVAILABLE and "
+                "the next call starts a new one; acknowledged writes are in its write-ahead log",
+                self._proc.pid,
+                _exit(code),
+            )
+            err = _crashed(_exit(code))
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(err)
+
+    async def stop(self, *, kill: bool) -> None:
+        self._stopping = True
+        if kill and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        # end-of-file: the child closes the engine (if still open) and exits
+        self._writer.close()
+        try:
+            await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S if kill else _CHILD_EXIT_S)
+        except TimeoutError:
+            # A process blocked in the kernel on a hung disk dies only when
+            # the disk answers: let it go (it is killed, and the lock goes
+            # with it) rather than hold up shutdown.
+            log.error("the vector engine process %d does not exit: killing it", self._proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S)
+        if self._proc.returncode is None:
+            self._reading.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reading
+
+
+def _exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # said to its waiters, if any
 
 
 def _stuck(seconds: float) -> Unavailable:
@@ -485,8 +561,8 @@ def _stuck(seconds: float) -> Unavailable:
     )
 
 
-def _closed() -> Unavailable:
+def _crashed(how: str) -> Unavailable:
     return Unavailable(
-        "the vector store is not open (the server is starting or shutting down); retry",
-        reason="VECTOR_STORE_CLOSED",
+        f"the vector engine process stopped ({how}); retry: it is restarted on the next call",
+        reason="VECTOR_ENGINE_CRASHED",
     )

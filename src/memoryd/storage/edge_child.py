@@ -1,0 +1,138 @@
+"""The shard-owner process: runs `EdgeEngine` for one server process.
+
+Started by `EdgeVectorStore` (process mode) as `main(argv)` with argv
+
+    [program, FD, PARENT_PID, PDEATHSIG (1 or 0), LOG_LEVEL]
+
+FD is its end of a Unix socket pair. Frames both ways are a 4-byte
+big-endian length and a pickle. The first frame is the engine's keyword
+arguments; then each request is `(id, call, args)` and is answered, in
+order, by `(id, True, result)` or `(id, False, exception)`.
+
+Why a process: the engine holds the GIL for the whole of a call, so a call
+blocked on a hung disk would stop every thread of the server, health checks
+included. Here it stops only this process.
+
+It lives exactly as long as the server wants it: it exits when the socket
+reaches end-of-file (the server closed it, or died), and on Linux the
+kernel kills it when the server's thread that started it dies
+(PR_SET_PDEATHSIG), so a server killed with SIGKILL never leaves it holding
+the data directory's lock. It ignores SIGINT and SIGTERM: a Ctrl-C or a
+`kill` of the process group must let the server close the shard cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+from memoryd.storage.edge_engine import CALLS, EdgeEngine
+
+log = logging.getLogger("memoryd.storage.edge")
+
+HEADER = struct.Struct(">I")
+PR_SET_PDEATHSIG = 1
+
+
+def encode(obj: Any) -> bytes:
+    """One frame: the length, then the pickle."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    """`n` bytes, or None at end-of-file."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> Any:
+    header = _recv_exactly(sock, HEADER.size)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, HEADER.unpack(header)[0])
+    if body is None:
+        return None
+    return pickle.loads(body)
+
+
+def _answer(sock: socket.socket, req_id: int, ok: bool, value: Any) -> None:
+    try:
+        frame = encode((req_id, ok, value))
+    except Exception as err:  # an unpicklable result or exception
+        frame = encode((req_id, False, RuntimeError(f"{type(value).__name__}: {value}: {err}")))
+    sock.sendall(frame)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(0)
+
+
+def serve(sock: socket.socket) -> None:
+    """Answers requests until end-of-file, then closes the engine."""
+    kwargs = _recv(sock)
+    if kwargs is None:
+        return
+    engine = EdgeEngine(**kwargs)
+    try:
+        while (request := _recv(sock)) is not None:
+            req_id, call, args = request
+            try:
+                if call not in CALLS:
+                    raise ValueError(f"no engine call {call!r}")
+                result = getattr(engine, call)(*args)
+            except Exception as err:
+                _answer(sock, req_id, False, err)
+            else:
+                _answer(sock, req_id, True, result)
+    finally:
+        # The server is gone without closing us (or has closed us): the WAL
+        # holds every acknowledged write; flush and let go of the lock.
+        try:
+            engine.close(optimize=False)
+        except Exception:
+            log.exception("closing the vector store after the server went away")
+
+
+def main(argv: list[str]) -> int:
+    fd, parent_pid, pdeathsig, level = int(argv[1]), int(argv[2]), argv[3] == "1", argv[4]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if pdeathsig:
+        _die_with_parent(parent_pid)
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s",
+    )
+    sock = socket.socket(fileno=fd)
+    try:
+        serve(sock)
+    except (ConnectionError, EOFError):
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

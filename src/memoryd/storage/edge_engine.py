@@ -1,0 +1,378 @@
+"""The synchronous Qdrant Edge engine behind `EdgeVectorStore`: one shard in
+one directory, and the plain values its calls take and answer.
+
+`EdgeEngine` does all of the engine's work and nothing else; it runs either
+on a worker thread of the server (thread mode) or alone in a child process
+that owns the shard (process mode, `memoryd.storage.edge_child`). Whatever
+crosses to it is plain, picklable and cheap: filters are `Cond` trees of
+tuples (built by `PlainConditions`, turned into qdrant_edge objects here),
+points are `(id, vector, payload)` and hits `(id, payload, vector, score)`.
+
+Layout of the directory:
+
+    <path>/memoryd.json   the marker: the model id and dimension it was made for
+    <path>/memoryd.lock   held (flock) while a process has the store open
+    <path>/shard/         the Edge shard
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import qdrant_edge as qe
+
+from memoryd.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from memoryd.storage import _payload as p
+from memoryd.storage.disk import check_free_space
+
+log = logging.getLogger("memoryd.storage.edge")
+
+MARKER = "memoryd.json"
+LOCK = "memoryd.lock"
+SHARD = "shard"
+LOCK_WAIT_S = 1.0
+
+# A condition or filter as plain tuples:
+#   ("match", key, value)            ("any", key, [values])
+#   ("range", key, gt, gte, lt, lte) ("ids", [point ids])
+#   ("filter", (must...), (should...), (must_not...))
+Cond = tuple[Any, ...]
+# A point read back: id, payload, vector (or None), score (0.0 outside a search).
+HitTuple = tuple[str, dict[str, Any], list[float] | None, float]
+
+
+class PlainConditions:
+    """`_payload.Conditions` building `Cond` trees (for either mode)."""
+
+    def match(self, key: str, value: str | int) -> Cond:
+        return ("match", key, value)
+
+    def match_any(self, key: str, values: list[str]) -> Cond:
+        return ("any", key, list(values))
+
+    def range(
+        self,
+        key: str,
+        *,
+        gt: float | None = None,
+        gte: float | None = None,
+        lt: float | None = None,
+        lte: float | None = None,
+    ) -> Cond:
+        return ("range", key, gt, gte, lt, lte)
+
+    def has_id(self, ids: Sequence[str]) -> Cond:
+        return ("ids", list(ids))
+
+    def filter(
+        self, must: Sequence[Cond] = (), should: Sequence[Cond] = (), must_not: Sequence[Cond] = ()
+    ) -> Cond:
+        return ("filter", tuple(must), tuple(should), tuple(must_not))
+
+    def nest(self, flt: Cond) -> Cond:
+        return flt
+
+
+def to_filter(flt: Cond) -> qe.Filter:
+    """The qdrant_edge Filter of a plain ("filter", ...) tree."""
+    built = _to_qe(flt)
+    if not isinstance(built, qe.Filter):
+        raise ValueError(f"not a filter: {flt[0]!r}")
+    return built
+
+
+def _to_qe(c: Cond) -> qe.FieldCondition | qe.HasIdCondition | qe.Filter:
+    kind = c[0]
+    if kind == "match":
+        return qe.FieldCondition(c[1], match=qe.MatchValue(c[2]))
+    if kind == "any":
+        return qe.FieldCondition(c[1], match=qe.MatchAny(c[2]))
+    if kind == "range":
+        _, key, gt, gte, lt, lte = c
+        return qe.FieldCondition(key, range=qe.RangeFloat(gte=gte, gt=gt, lte=lte, lt=lt))
+    if kind == "ids":
+        return qe.HasIdCondition(set(c[1]))
+    if kind == "filter":
+        must, should, must_not = (_to_qe_list(part) for part in c[1:4])
+        return qe.Filter(must=must, should=should, must_not=must_not)
+    raise ValueError(f"unknown condition {kind!r}")
+
+
+def _to_qe_list(conds: Sequence[Cond]) -> list[Any] | None:
+    # (list is invariant: the engine's list type names condition kinds unused here)
+    return [_to_qe(x) for x in conds] or None
+
+
+class EdgeEngine:
+    """One Edge shard in `path`, used from one thread at a time.
+
+    Every method is synchronous and may block on the disk. `min_free_bytes`:
+    writes (and `open`) are refused with ResourceExhausted (DISK_FULL) while
+    less is free; see `memoryd.storage.disk`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync_writes: bool = False,
+        optimize_on_close: bool = True,
+        search_threads: int | None = None,
+        min_free_bytes: int = 0,
+    ) -> None:
+        self._path = Path(path)
+        self._sync_writes = sync_writes
+        self._optimize_on_close = optimize_on_close
+        self._search_threads = search_threads
+        self._min_free_bytes = min_free_bytes
+        self._shard: qe.EdgeShard | None = None
+        self._lock_file: IO[str] | None = None
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def open(self, model_id: str, dimension: int) -> None:
+        """Creates or loads the shard for `model_id`/`dimension` and holds
+        the directory's lock. Raises FailedPrecondition (another process has
+        it, or it was made for another model) or ResourceExhausted."""
+        if self._shard is not None:
+            return
+        self._path.mkdir(parents=True, exist_ok=True)
+        # Loading replays the WAL and creating makes the sparse files: both
+        # touch mapped pages, so not on a full disk.
+        check_free_space(self._path, self._min_free_bytes, what="start-up and writes")
+        lock_file = open(self._path / LOCK, "a+")  # noqa: SIM115 - held until close
+        try:
+            if not _lock(lock_file):
+                raise FailedPrecondition(
+                    f"the vector store at {self._path} is open in another process; "
+                    "stop it, or give this server its own data directory",
+                    reason="VECTOR_STORE_LOCKED",
+                )
+            shard_dir = self._path / SHARD
+            self._check_marker(model_id, dimension, shard_dir)
+            config = qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
+                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+                max_search_threads=self._search_threads,
+            )
+            if (shard_dir / "edge_config.json").exists():
+                shard = qe.EdgeShard.load(str(shard_dir), config)
+            else:
+                shard = qe.EdgeShard.create(str(shard_dir), config)
+            try:
+                _ensure_indexes(shard)
+            except BaseException:
+                shard.close()
+                raise
+        except BaseException:
+            lock_file.close()
+            raise
+        self._shard = shard
+        self._lock_file = lock_file
+
+    def _check_marker(self, model_id: str, dimension: int, shard_dir: Path) -> None:
+        marker = self._path / MARKER
+        wanted = {"layout": p.LAYOUT, "model_id": model_id, "dimension": dimension}
+        if marker.exists():
+            made = json.loads(marker.read_text())
+            if (made.get("model_id"), made.get("dimension")) != (model_id, dimension):
+                raise FailedPrecondition(
+                    f"the vector store at {self._path} was created for model "
+                    f"{made.get('model_id')} ({made.get('dimension')}-d); this server is "
+                    f"configured for {model_id} ({dimension}-d). Configure the model the "
+                    "store was made with, or use another data directory and re-add the memories",
+                    reason="EMBEDDING_MODEL_MISMATCH",
+                )
+            return
+        if shard_dir.exists() and any(shard_dir.iterdir()):
+            raise FailedPrecondition(
+                f"{shard_dir} holds a shard without a {MARKER} beside it, so its model is "
+                "unknown; move it away or restore the marker",
+                reason="EMBEDDING_MODEL_UNKNOWN",
+            )
+        # The marker is written (durably) before the shard exists, so a shard
+        # is never without one.
+        tmp = marker.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(wanted, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+        dir_fd = os.open(self._path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def close(self, optimize: bool = True) -> None:
+        """Optimizes (when so configured, `optimize` and there is room),
+        flushes and closes the shard, and releases the lock. Idempotent."""
+        shard, self._shard = self._shard, None
+        try:
+            if shard is not None:
+                try:
+                    if self._optimize_on_close and optimize:
+                        try:
+                            self._optimize(shard)
+                        except ResourceExhausted as err:
+                            log.warning("not optimizing the vector store on close: %s", err)
+                    shard.flush()
+                finally:
+                    shard.close()
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the flock
+                self._lock_file = None
+
+    # --- calls ----------------------------------------------------------------
+
+    @property
+    def shard(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise closed()
+        return self._shard
+
+    def optimize(self) -> bool:
+        """Vacuums and merges segments when there is room for a rewritten
+        copy of the shard above the floor; raises ResourceExhausted otherwise."""
+        return self._optimize(self.shard)
+
+    def _optimize(self, shard: qe.EdgeShard) -> bool:
+        check_free_space(
+            self._path, self._min_free_bytes + _allocated_bytes(self._path), what="optimizations"
+        )
+        return shard.optimize()
+
+    def upsert(self, points: list[tuple[str, list[float], dict[str, Any]]], guard: Cond) -> None:
+        shard = self.shard
+        op = qe.UpdateOperation.upsert_points(
+            [qe.Point(pid, vector, payload) for pid, vector, payload in points],
+            condition=to_filter(guard),
+        )
+        self._write(shard, op)
+
+    def delete(self, flt: Cond) -> None:
+        shard = self.shard
+        self._write(shard, qe.UpdateOperation.delete_points_by_filter(to_filter(flt)))
+
+    def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
+        # Checked right before the write, on the one thread that writes: no
+        # other write can slip in between.
+        check_free_space(self._path, self._min_free_bytes)
+        shard.update(op)
+        if self._sync_writes:
+            shard.flush()
+
+    def owners(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        return p.owners(self.shard.retrieve(list(ids), [p.TENANT, p.END_USER_ID], False))
+
+    def scroll(
+        self,
+        flt: Cond,
+        limit: int,
+        newest_first: bool,
+        offset: str | None,
+        with_payload: bool,
+        with_vectors: bool,
+    ) -> tuple[list[HitTuple], str | None]:
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=to_filter(flt),
+            with_payload=with_payload,
+            with_vector=with_vectors,
+            order_by=qe.OrderBy(p.CREATE_TIME, direction=qe.Direction.Desc)
+            if newest_first
+            else None,
+        )
+        records, next_offset = self.shard.scroll(request)
+        hits = [(str(r.id), r.payload or {}, _vector(r.vector), 0.0) for r in records]
+        return hits, None if next_offset is None else str(next_offset)
+
+    def query(
+        self, flt: Cond, vector: list[float], limit: int, min_score: float | None
+    ) -> list[HitTuple]:
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(vector),
+            filter=to_filter(flt),
+            with_payload=True,
+            with_vector=False,
+            score_threshold=min_score,
+        )
+        return [(str(r.id), r.payload or {}, None, r.score) for r in self.shard.query(request)]
+
+    def count(self, flt: Cond) -> int:
+        return int(self.shard.count(qe.CountRequest(exact=True, filter=to_filter(flt))))
+
+
+# The calls a client of the engine may make by name (the child's protocol).
+CALLS = frozenset(
+    {"open", "close", "optimize", "upsert", "delete", "owners", "scroll", "query", "count"}
+)
+
+
+def _lock(lock_file: IO[str]) -> bool:
+    """Takes the directory's lock; False when another process holds it.
+
+    Waits LOCK_WAIT_S for it first: the engine process of a server killed
+    with SIGKILL is killed by the kernel right after, and lets go of the
+    lock only once it has died, maybe after its successor started."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _ensure_indexes(shard: qe.EdgeShard) -> None:
+    """Creates the payload indexes the shard lacks."""
+    have = shard.info().payload_schema
+    wanted: dict[str, qe.PayloadSchemaParams] = {p.TENANT: qe.KeywordIndexParams(is_tenant=True)}
+    for key in p.KEYWORD_INDEXES:
+        wanted[key] = qe.KeywordIndexParams(enable_hnsw=False)
+    for key in p.TIME_INDEXES:
+        wanted[key] = qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False)
+    for key, params in wanted.items():
+        if key not in have:
+            shard.update(qe.UpdateOperation.create_field_index(key, params))
+
+
+def _allocated_bytes(path: Path) -> int:
+    """Bytes the files under `path` occupy on disk (not their sparse length)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def _vector(v: qe.Vector | None) -> list[float] | None:
+    """The default (unnamed) dense vector of a read point."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        v = v.get("")  # type: ignore[assignment]
+        if v is None:
+            return None
+    return [float(x) for x in v]  # type: ignore[arg-type]
+
+
+def closed() -> Unavailable:
+    return Unavailable(
+        "the vector store is not open (the server is starting or shutting down); retry",
+        reason="VECTOR_STORE_CLOSED",
+    )
