@@ -49,12 +49,14 @@ T = TypeVar("T")
 
 DIM = 4
 START = datetime(2026, 5, 1, tzinfo=UTC)
+# "*": a tenant reaching every end user of its environment (memory:all_end_users);
+# "": only the memories without an end user; "u1", "u2": one end user's.
 TENANTS = [
-    Tenant(org, prj, env, user)
+    Tenant(org, prj, env, "" if user == "*" else user, all_end_users=user == "*")
     for org in ("org_1", "org_2")
     for prj in ("prj_1", "prj_2")
     for env in ("env_1", "env_2")
-    for user in ("", "u1", "u2")
+    for user in ("", "u1", "u2", "*")
 ]
 SETTINGS = settings(
     max_examples=30,
@@ -118,8 +120,13 @@ filters: st.SearchStrategy[Filter] = st.one_of(
 
 def can_see(viewer: Tenant, owner: Tenant) -> bool:
     return owner.key == viewer.key and (
-        not viewer.end_user_id or owner.end_user_id == viewer.end_user_id
+        viewer.all_end_users or owner.end_user_id == viewer.end_user_id
     )
+
+
+def owner_of(tenant: Tenant, end_user_id: str = "") -> Tenant:
+    """A memory's own tenant: one end user or none, never all of them."""
+    return replace(tenant, end_user_id=end_user_id, all_end_users=False)
 
 
 def _same_type_equal(have: Any, want: Any) -> bool:
@@ -222,11 +229,11 @@ class StoreMachine(RuleBasedStateMachine):
         random tenant would find nothing."""
         near = sorted(
             {
-                replace(r.tenant, end_user_id=u)
+                replace(r.tenant, end_user_id=u.strip("*"), all_end_users=u == "*")
                 for r in self.model.values()
-                for u in ("", "u1", "u2")
+                for u in ("", "u1", "u2", "*")
             },
-            key=lambda t: (t.key, t.end_user_id),
+            key=lambda t: (t.key, t.end_user_id, t.all_end_users),
         )
         return data.draw(st.sampled_from(near) | tenants if near else tenants)
 
@@ -241,8 +248,8 @@ class StoreMachine(RuleBasedStateMachine):
         recs: list[MemoryRecord] = []
         for _ in range(n):
             owner = tenant
-            if not tenant.end_user_id:  # the whole tenant writes for any end user
-                owner = replace(tenant, end_user_id=data.draw(st.sampled_from(["", "u1", "u2"])))
+            if tenant.all_end_users:  # a tenant reaching all end users writes for any
+                owner = owner_of(tenant, data.draw(st.sampled_from(["", "u1", "u2"])))
             ttl = data.draw(st.none() | st.integers(-2, 20))
             recs.append(
                 MemoryRecord(
@@ -293,7 +300,8 @@ class StoreMachine(RuleBasedStateMachine):
         else (another tenant's id) refused, the batch with it."""
         tenant = self.pick_tenant(data)
         target = self.model[data.draw(st.sampled_from(sorted(self.model)))]
-        owner = target.tenant if can_see(tenant, target.tenant) else tenant
+        mine = owner_of(tenant, tenant.end_user_id)
+        owner = target.tenant if can_see(tenant, target.tenant) else mine
         [rec, *others] = self.new_records(tenant, data, data.draw(st.integers(1, 3)))
         changed = replace(rec, id=target.id, tenant=owner, create_time=target.create_time)
         self.write(tenant, [replace(changed, revision=target.revision + 1), *others])
@@ -407,10 +415,10 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def counts_add_up(self) -> None:
-        # Cheap and global: each (tenant, no end user) counts all its alive points.
+        # Cheap and global: a tenant reaching all end users counts all its alive points.
         if self.model:
             t = next(iter(self.model.values())).tenant
-            whole = replace(t, end_user_id="")
+            whole = replace(t, end_user_id="", all_end_users=True)
             assert self.run(self.store.count(whole, Filter(), self.now)) == len(
                 self.visible([whole])
             )
