@@ -25,8 +25,8 @@ test: install models services deps
 	MEMORYD_TEST_MODEL_DIR=$(MODEL_DIR) $(PY) -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(VENV)/bin/ruff format --check src tests scripts benchmarks
 	$(VENV)/bin/mypy
 
 ## Regenerate src/memoryd/v1 from protos/ (pinned grpcio-tools from pyproject).
@@ -60,8 +60,9 @@ deploy-check: install deps
 bench-deps:
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } || true
 
+## Every benchmark suite (benchmarks/, not shipped); figures in docs/performance.md.
 bench: install models bench-deps
-	MEMORYD_EMBEDDING_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/memoryd bench
+	MEMORYD_EMBEDDING_MODEL_DIR=$(MODEL_DIR) $(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

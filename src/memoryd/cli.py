@@ -1,4 +1,4 @@
-"""`memoryd serve | bootstrap | bench`.
+"""`memoryd serve | bootstrap` (the benchmarks live in `benchmarks/`, outside the package).
 
 Every setting is an option here and an environment variable `MEMORYD_<NAME>`
 (the option wins). See `memoryd serve --help`.
@@ -21,7 +21,8 @@ from memoryd.config import ConfigError, Settings, env_name, setting_fields
 _BANNER = "=" * 72
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """One option per setting, in a group of its own (also used by `benchmarks/`)."""
     group = parser.add_argument_group(
         "settings", "each option is also read from the environment variable shown"
     )
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the gRPC server. On first start with an empty control store it "
         "creates an organization and prints its owner key once.",
     )
-    _add_settings(serve)
+    add_settings_options(serve)
 
     boot = sub.add_parser(
         "bootstrap",
@@ -67,28 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         "organization ORG (its id, or its name when unique), print it once and audit it: the "
         "repair when an owner key was never shown (e.g. a first start that failed)",
     )
-    _add_settings(boot)
-
-    bench = sub.add_parser(
-        "bench",
-        help="measure a started server (or start one) and print throughput and latency",
-        description="Start an in-process server with the given settings on a free port and "
-        "measure health Check against authenticated calls. See docs/performance.md.",
-    )
-    bench.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
-    bench.add_argument("--concurrency", type=int, default=32, help="calls in flight")
-    bench.add_argument(
-        "--suite",
-        default="auth,auth-redis,memory",
-        help="comma-separated suites: auth (in-process limiter), auth-redis, memory (default: all)",
-    )
-    bench.add_argument("--memories", type=int, default=100_000, help="memory suite: corpus size")
-    bench.add_argument("--tenants", type=int, default=1_000, help="memory suite: tenants")
-    _add_settings(bench)
+    add_settings_options(boot)
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the options that
+    `add_settings_options` added and the command line gave."""
     overrides = {f.name: getattr(args, f.name, None) for f in setting_fields()}
     return Settings.load(overrides=overrides)
 
@@ -236,7 +222,7 @@ def _print_owner_key(name: str, org_id: str, plaintext: str, what: str = "create
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = _settings(args)
+        settings = settings_from_args(args)
     except ConfigError as err:
         print(f"memoryd: configuration error: {err}", file=sys.stderr)
         return 2
@@ -245,10 +231,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve(settings))
     if args.command == "bootstrap":
         return asyncio.run(_bootstrap(settings, args.org_name, args.new_owner_key))
-    if args.command == "bench":
-        from memoryd.bench import run_bench
-
-        return asyncio.run(run_bench(settings, args))
     return 2
 
 

@@ -19,8 +19,10 @@ from gated_hasher import GatedHasher, gated_server, secret_of
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
+from helpers.server_process import ServerProcess
 from redis_server import RedisServer
 
+from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
 from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2
 
@@ -146,9 +148,6 @@ async def test_two_server_processes_share_one_limit(
     tmp_path: Path, pg_url: str, make_server: MakeServer
 ) -> None:
     """Two `memoryd serve` processes on one PostgreSQL and one Redis."""
-    from memoryd.bench import ServerProcess
-    from memoryd.config import Settings
-
     admin = await make_server(database_url=pg_url, redis_url=REDIS_URL)
     project = await admin.project()
     await limit_project(admin, project, rps=0.01, burst=20)  # no refill during the test

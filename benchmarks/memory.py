@@ -1,4 +1,4 @@
-"""`memoryd bench --suite memory`: a seeded memory workload against a real
+"""The `memory` suite: a seeded memory workload against a real
 `memoryd serve` process with the real embedding model.
 
 Workload: `--memories` short sentences (default 100,000) over `--tenants`
@@ -17,7 +17,6 @@ answer is that fact, unique within its tenant. Measured, in one run:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import os
@@ -32,8 +31,9 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from memoryd.bench import Result, ServerProcess, drive, h2load
+from benchmarks.harness import Result, ServerProcess, drive, h2load
 from memoryd.config import Settings
+from memoryd.embeddings import build_embedder
 from memoryd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -178,15 +178,17 @@ def corpus(n: int, tenants: int, seed: int = 7) -> list[Fact]:
     return out[:n]
 
 
-async def memory_suite(settings: Settings, args: argparse.Namespace) -> list[str]:
-    from memoryd.embeddings import build_embedder
-
+async def memory_suite(
+    settings: Settings, memories: int, tenants: int, seconds: float
+) -> list[str]:
+    """Runs the workload above on a server started from `settings`; the
+    figures as lines. Each search measurement lasts `seconds`."""
     lines: list[str] = []
-    facts = corpus(args.memories, args.tenants)
-    n_envs = max(1, args.tenants // 10)
+    facts = corpus(memories, tenants)
+    n_envs = max(1, tenants // 10)
     server_part = max(2000, len(facts) // 20)
     lines.append(
-        f"corpus: {len(facts)} memories over {args.tenants} tenants "
+        f"corpus: {len(facts)} memories over {tenants} tenants "
         f"({n_envs} environments x 10 end users), model dir {settings.embedding_model_dir}"
     )
 
@@ -333,10 +335,8 @@ async def memory_suite(settings: Settings, args: argparse.Namespace) -> list[str
                 metadata=md(q_facts[i].tenant),
             )
 
-        text: Result = await drive(
-            "Search, server-embedded query, 4 clients", by_text, args.seconds, 4
-        )
-        vector: Result = await drive("Search, client vector, 4 clients", by_vector, args.seconds, 4)
+        text: Result = await drive("Search, server-embedded query, 4 clients", by_text, seconds, 4)
+        vector: Result = await drive("Search, client vector, 4 clients", by_vector, seconds, 4)
         lines += [text.line(), vector.line()]
         body = memory_pb2.SearchMemoriesRequest(
             query_embedding=q_vectors[0], top_k=5
@@ -346,7 +346,7 @@ async def memory_suite(settings: Settings, args: argparse.Namespace) -> list[str
             "/memoryd.v1.MemoryService/SearchMemories",
             body,
             dict(md(q_facts[0].tenant)),
-            args.seconds,
+            seconds,
         )
         if ceiling:
             lines.append(

@@ -1,20 +1,17 @@
-"""`memoryd bench`: measures a real `memoryd serve` process from outside.
+"""What every benchmark suite shares: a real `memoryd serve` process, the
+drivers that load it and the figures they print.
 
 The server runs as its own process (a temporary data dir unless `--data-dir`
 is given), so the load generator does not share its interpreter. Two drivers:
 
 - h2load (Debian's nghttp2-client), when installed: unary gRPC at the wire
   level, far faster than a Python client, so it finds the server's ceiling.
-  Each run is checked for gRPC errors by replaying one request with grpcio.
-- a grpc.aio client with `--concurrency` calls in flight: p50/p99 latency.
-
-Suites: `auth` (health Check against authenticated WhoAmI) and `memory`
-(see `memoryd.bench_memory`). Every figure of one suite comes from one run.
+  Each run is checked for gRPC errors against the server's own metrics.
+- a grpc.aio client with `concurrency` calls in flight: p50/p99 latency.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -28,16 +25,13 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from memoryd.config import Settings
-from memoryd.v1 import keys_pb2, keys_pb2_grpc
 
 _KEY_RE = re.compile(r"ms_org_[A-Za-z0-9]+")
 _PORT_RE = re.compile(r"listening on [^:]+:(\d+)")
@@ -244,131 +238,6 @@ def h2load(
     return float(m.group(1)) if m else None
 
 
-async def auth_suite(server: ServerProcess, seconds: float, concurrency: int) -> list[str]:
-    lines: list[str] = []
-    channel = aio.insecure_channel(server.address)
-    health = health_pb2_grpc.HealthStub(channel)
-    keys = keys_pb2_grpc.KeyServiceStub(channel)
-    md = (("x-api-key", server.owner_key),)
-    me = await keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=md)  # fails loudly if auth is broken
-    assert me.key_id
-
-    check = await drive(
-        "health Check (python client)",
-        lambda: health.Check(health_pb2.HealthCheckRequest()),
-        seconds,
-        concurrency,
-    )
-    whoami = await drive(
-        "WhoAmI authenticated (python client)",
-        lambda: keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=md),
-        seconds,
-        concurrency,
-    )
-    await channel.close(None)
-    lines += [
-        check.line(),
-        whoami.line(),
-        f"ratio WhoAmI/Check (python client): {whoami.rps / check.rps:.2f}",
-    ]
-    if whoami.errors or check.errors:
-        lines.append("WARNING: errors during the run; the figures are not valid")
-
-    h_check = h2load_checked(
-        server,
-        "/grpc.health.v1.Health/Check",
-        health_pb2.HealthCheckRequest().SerializeToString(),
-        {},
-        seconds,
-    )
-    h_who = h2load_checked(
-        server,
-        "/memoryd.v1.KeyService/WhoAmI",
-        keys_pb2.WhoAmIRequest().SerializeToString(),
-        {"x-api-key": server.owner_key},
-        seconds,
-    )
-    if h_check and h_who:
-        lines += [
-            f"{'health Check (h2load, 4 conns x 32 streams)':<44} {h_check[0]:>9.0f} req/s",
-            f"{'WhoAmI authenticated (h2load)':<44} {h_who[0]:>9.0f} req/s   "
-            f"non-OK answers {h_who[1]}",
-            f"ratio WhoAmI/Check (h2load): {h_who[0] / h_check[0]:.2f}",
-        ]
-    else:
-        lines.append(
-            "h2load not installed (apt-get install nghttp2-client): wire-level figures skipped"
-        )
-    return lines
-
-
-async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
-    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    print(
-        f"memoryd bench: suites {', '.join(suites)}; {args.seconds:.0f} s per measurement; "
-        f"python client concurrency {args.concurrency}; cores {os.cpu_count()}",
-        flush=True,
-    )
-    for suite in suites:
-        if suite in ("auth", "auth-redis"):
-            redis_url = ""
-            if suite == "auth-redis":
-                redis_url = settings.redis_url or "redis://127.0.0.1:6379/0"
-                print(
-                    f"one Redis rate-limit check: {await redis_check_us(redis_url):.0f} us "
-                    "(median of 5,000, sequential, from this process)",
-                    flush=True,
-                )
-            auth_settings = Settings(
-                **{
-                    **vars_of(settings),
-                    "embedding_provider": "hashing",
-                    "embedding_dimension": 64,
-                    "redis_url": redis_url,
-                    # every call is checked by the limiter, none is refused
-                    "key_requests_per_second": 1e9,
-                    "key_burst": 1_000_000_000,
-                }
-            )
-            backend = "Redis" if redis_url else "in-process"
-            print(f"-- auth suite, rate limiter: {backend}", flush=True)
-            async with ServerProcess(auth_settings) as server:
-                for line in await auth_suite(server, args.seconds, args.concurrency):
-                    print(line, flush=True)
-        elif suite == "memory":
-            from memoryd.bench_memory import memory_suite
-
-            for line in await memory_suite(settings, args):
-                print(line, flush=True)
-        else:
-            print(f"unknown suite {suite!r}", file=sys.stderr)
-            return 2
-    return 0
-
-
-async def redis_check_us(url: str) -> float:
-    """Median microseconds of one RedisRateLimiter check (two buckets)."""
-    from memoryd.ratelimit import Limit, RedisRateLimiter, api_key_bucket, project_bucket
-    from memoryd.storage.redis import make_redis
-
-    redis = make_redis(url, 0.5)
-    limiter = RedisRateLimiter(redis, timeout_s=0.5)
-    checks = [
-        (api_key_bucket("bench", "k"), Limit(1e9, 1_000_000_000)),
-        (project_bucket("bench"), Limit(1e9, 1_000_000_000)),
-    ]
-    try:
-        samples = []
-        for _ in range(5000):
-            t0 = time.perf_counter()
-            await limiter.check(checks, 1)
-            samples.append((time.perf_counter() - t0) * 1e6)
-    finally:
-        await redis.aclose()
-    return sorted(samples)[len(samples) // 2]
-
-
 def vars_of(settings: Settings) -> dict[str, Any]:
-    import dataclasses
-
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    """The settings as a dict of field name → value (to copy them with changes)."""
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}

@@ -1,0 +1,74 @@
+"""`python -m benchmarks`: runs the chosen suites and prints their figures.
+
+Every server setting is an option here too, as for `memoryd serve` (and an
+environment variable `MEMORYD_<NAME>`); the suites start their servers with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from benchmarks.auth import SUITES as AUTH_SUITES
+from benchmarks.auth import run_auth
+from benchmarks.memory import memory_suite
+from memoryd.cli import add_settings_options, configure_logging, settings_from_args
+from memoryd.config import ConfigError, Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Start `memoryd serve` with the given settings on a free port and measure "
+        "it from outside: health Check against authenticated calls (auth, auth-redis), a "
+        "seeded memory workload (memory). See docs/performance.md.",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
+    parser.add_argument(
+        "--suite",
+        default="auth,auth-redis,memory",
+        help="comma-separated suites: auth (in-process limiter), auth-redis, memory (default: all)",
+    )
+    parser.add_argument("--memories", type=int, default=100_000, help="memory suite: corpus size")
+    parser.add_argument("--tenants", type=int, default=1_000, help="memory suite: tenants")
+    add_settings_options(parser)
+    return parser
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs each suite of `args.suite` in turn; exit status 2 on an unknown one."""
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    print(
+        f"benchmarks: suites {', '.join(suites)}; {args.seconds:.0f} s per measurement; "
+        f"python client concurrency {args.concurrency}; cores {os.cpu_count()}",
+        flush=True,
+    )
+    for suite in suites:
+        if suite in AUTH_SUITES:
+            await run_auth(settings, suite, args.seconds, args.concurrency)
+        elif suite == "memory":
+            for line in await memory_suite(settings, args.memories, args.tenants, args.seconds):
+                print(line, flush=True)
+        else:
+            print(f"unknown suite {suite!r}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as err:
+        print(f"benchmarks: configuration error: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    return asyncio.run(run(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
