@@ -7,8 +7,9 @@ from datetime import UTC, date, datetime
 import pytest
 
 from memoryd.domain.clock import ManualClock
+from memoryd.domain.control import UsageRecord
 from memoryd.domain.errors import InvalidArgument
-from memoryd.ratelimit import LocalRevocationBus, LocalUsageMeter, UsageRecordValue
+from memoryd.ratelimit import LocalRevocationBus, LocalUsageMeter
 
 SEARCH = "/memoryd.v1.MemoryService/SearchMemories"
 CREATE = "/memoryd.v1.MemoryService/CreateMemory"
@@ -35,9 +36,9 @@ async def test_counts_calls_writes_and_refusals_per_environment_and_day() -> Non
     records = await meter.read("org", None, None, DAY, date(2026, 3, 15))
 
     assert records == [
-        UsageRecordValue("p1", "dev", DAY, 1, {SEARCH: 1}, 0, 0, 0),
-        UsageRecordValue("p1", "prod", DAY, 3, {CREATE: 1, SEARCH: 2}, 2, 300, 1),
-        UsageRecordValue("p1", "prod", date(2026, 3, 15), 1, {SEARCH: 1}, 0, 0, 0),
+        UsageRecord("p1", "dev", DAY, 1, {SEARCH: 1}, 0, 0, 0),
+        UsageRecord("p1", "prod", DAY, 3, {CREATE: 1, SEARCH: 2}, 2, 300, 1),
+        UsageRecord("p1", "prod", date(2026, 3, 15), 1, {SEARCH: 1}, 0, 0, 0),
     ]
 
 

@@ -66,7 +66,6 @@ from memoryd.ratelimit.usage import (
     LocalUsageMeter,
     RedisUsageMeter,
     UsageMeter,
-    UsageRecordValue,
 )
 
 __all__ = [
@@ -83,7 +82,6 @@ __all__ = [
     "RedisUsageMeter",
     "RevocationBus",
     "UsageMeter",
-    "UsageRecordValue",
     "api_key_bucket",
     "auth_failure_key_bucket",
     "auth_failure_peer_bucket",

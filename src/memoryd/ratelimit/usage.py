@@ -25,7 +25,6 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from typing import Protocol
 from urllib.parse import quote, unquote
@@ -34,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from memoryd.domain.clock import Clock
+from memoryd.domain.control import UsageRecord
 from memoryd.domain.errors import InvalidArgument, Unavailable
 
 _log = logging.getLogger(__name__)
@@ -45,20 +45,6 @@ RATE_LIMITED_CALLS = "rate_limited_calls"
 _METHOD_PREFIX = "m:"
 
 DEFAULT_RETENTION_DAYS = 400
-
-
-@dataclass(frozen=True)
-class UsageRecordValue:
-    """The usage of one environment on one UTC day."""
-
-    project_id: str
-    environment_id: str
-    date: date
-    calls: int
-    calls_by_method: dict[str, int]
-    memories_written: int
-    bytes_stored: int
-    rate_limited_calls: int
 
 
 class UsageMeter(Protocol):
@@ -91,7 +77,7 @@ class UsageMeter(Protocol):
         environment_id: str | None,
         start: date,
         end: date,
-    ) -> list[UsageRecordValue]: ...
+    ) -> list[UsageRecord]: ...
 
     async def close(self) -> None: ...
 
@@ -119,8 +105,8 @@ def _delta(
 
 def _to_record(
     project_id: str, environment_id: str, day: date, fields: Mapping[str, int]
-) -> UsageRecordValue:
-    return UsageRecordValue(
+) -> UsageRecord:
+    return UsageRecord(
         project_id=project_id,
         environment_id=environment_id,
         date=day,
@@ -154,7 +140,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _sort_key(record: UsageRecordValue) -> tuple[date, str, str]:
+def _sort_key(record: UsageRecord) -> tuple[date, str, str]:
     return (record.date, record.project_id, record.environment_id)
 
 
@@ -195,7 +181,7 @@ class LocalUsageMeter:
         environment_id: str | None,
         start: date,
         end: date,
-    ) -> list[UsageRecordValue]:
+    ) -> list[UsageRecord]:
         _check_range(start, end, self._retention_days)
         records = [
             _to_record(project, env, day, fields)
@@ -351,7 +337,7 @@ class RedisUsageMeter:
         environment_id: str | None,
         start: date,
         end: date,
-    ) -> list[UsageRecordValue]:
+    ) -> list[UsageRecord]:
         _check_range(start, end, self._retention_days)
         await self.flush()
         tag = self._tag(org_id)
