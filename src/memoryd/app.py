@@ -49,27 +49,18 @@ from memoryd.ratelimit import (
     FailoverRateLimiter,
     Limit,
     LocalRateLimiter,
-    LocalRevocationBus,
-    LocalUsageMeter,
     RateLimiter,
     RedisRateLimiter,
-    RedisRevocationBus,
-    RedisUsageMeter,
-    RevocationBus,
-    UsageMeter,
     is_org_key_bucket,
 )
-from memoryd.ratelimit.admission import (
-    COSTS,
-    STREAM_COSTS,
-    RateLimitAdmission,
-    UsageRecorder,
-)
+from memoryd.ratelimit.admission import COSTS, STREAM_COSTS, RateLimitAdmission
 from memoryd.storage.audit_file import JsonLinesAuditFile
 from memoryd.storage.disk import MIB, check_free_space
 from memoryd.storage.edge import EdgeVectorStore
 from memoryd.storage.redis import make_redis
+from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.sql import SqlControlStore
+from memoryd.usage import LocalUsageMeter, RedisUsageMeter, UsageMeter, UsageRecorder
 from memoryd.v1 import (
     admin_pb2,
     admin_pb2_grpc,

@@ -18,8 +18,8 @@ from redis.exceptions import RedisError
 
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.control import UsageRecord
-from memoryd.ratelimit import RedisUsageMeter
 from memoryd.storage.redis import make_redis
+from memoryd.usage import RedisUsageMeter
 
 pytestmark = pytest.mark.redis
 

@@ -4,8 +4,8 @@ Adapters live where the I/O is:
 
 - `SecretHasher`: `memoryd.auth.hashing.Argon2Hasher`;
 - `AuditSink`: `memoryd.storage.audit_file.JsonLinesAuditFile`;
-- `UsageSource`: the usage meters of `memoryd.ratelimit.usage`;
-- `KeyInvalidator`: `publish` of a revocation bus (`memoryd.ratelimit.revocation`).
+- `UsageSource`: the usage meters of `memoryd.usage`;
+- `KeyInvalidator`: `publish` of a revocation bus (`memoryd.storage.revocation`).
 
 The storage ports sit with the values they carry: `ControlStore` in
 `memoryd.domain.control`, `VectorStore` and `Embedder` in
