@@ -24,7 +24,7 @@ import pytest
 from grpc import aio
 
 from memoryd.app import App, build_app
-from memoryd.auth.hashing import SecretHasher
+from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock, SystemClock
 from memoryd.v1 import admin_pb2, admin_pb2_grpc, keys_pb2, keys_pb2_grpc, memory_pb2_grpc
@@ -35,9 +35,9 @@ PG_ADMIN_DSN = os.environ.get(
 REDIS_URL = os.environ.get("MEMORYD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def fast_hasher() -> SecretHasher:
+def fast_hasher() -> Argon2Hasher:
     """argon2id with small parameters: same code path, faster tests."""
-    return SecretHasher(time_cost=1, memory_cost_kib=1024)
+    return Argon2Hasher(time_cost=1, memory_cost_kib=1024)
 
 
 @dataclass

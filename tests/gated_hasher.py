@@ -13,12 +13,12 @@ from conftest import RunningServer
 from grpc import aio
 
 from memoryd.app import build_app
-from memoryd.auth.hashing import SecretHasher
+from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.clock import SystemClock
 
 
-class GatedHasher(SecretHasher):
+class GatedHasher(Argon2Hasher):
     """`verify` of a gated secret waits until its gate opens."""
 
     def __init__(self) -> None:

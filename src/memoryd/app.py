@@ -29,7 +29,7 @@ from memoryd.api.keys import KeyServicer
 from memoryd.api.memory import MemoryServicer
 from memoryd.api.observe import CallbackCounters, CallLogger, Metrics
 from memoryd.auth.authenticator import Authenticator
-from memoryd.auth.hashing import SecretHasher
+from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
@@ -39,6 +39,7 @@ from memoryd.domain.errors import DomainError
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import Embedder, Filter, VectorStore
+from memoryd.domain.ports import SecretHasher
 from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.projects import Ceilings, ProjectManager
 from memoryd.domain.tenancy import Tenant
@@ -48,26 +49,18 @@ from memoryd.ratelimit import (
     FailoverRateLimiter,
     Limit,
     LocalRateLimiter,
-    LocalRevocationBus,
-    LocalUsageMeter,
     RateLimiter,
     RedisRateLimiter,
-    RedisRevocationBus,
-    RedisUsageMeter,
-    RevocationBus,
-    UsageMeter,
     is_org_key_bucket,
 )
-from memoryd.ratelimit.admission import (
-    COSTS,
-    STREAM_COSTS,
-    RateLimitAdmission,
-    UsageRecorder,
-)
+from memoryd.ratelimit.admission import COSTS, STREAM_COSTS, RateLimitAdmission
+from memoryd.storage.audit_file import JsonLinesAuditFile
 from memoryd.storage.disk import MIB, check_free_space
 from memoryd.storage.edge import EdgeVectorStore
 from memoryd.storage.redis import make_redis
+from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.sql import SqlControlStore
+from memoryd.usage import LocalUsageMeter, RedisUsageMeter, UsageMeter, UsageRecorder
 from memoryd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -215,7 +208,7 @@ async def build_app(
     faster hasher, an embedder or a tracer provider; everything else comes
     from `settings`."""
     clock = clock or SystemClock()
-    hasher = hasher or SecretHasher()
+    hasher = hasher or Argon2Hasher()
     await asyncio.to_thread(_check_data_dir, Path(settings.data_dir))
     if _uses_data_dir(settings):
         # before anything writes there: a full disk is one clear error
@@ -322,7 +315,8 @@ async def _build(
     await vectors.open(embedder.model_id, embedder.dimension)
     closers.append(vectors.close)
 
-    auditor = Auditor(control, clock, settings.audit_log)
+    audit_file = JsonLinesAuditFile(settings.audit_log) if settings.audit_log else None
+    auditor = Auditor(control, clock, audit_file)
     projects_cache = ProjectCache(control, clock, stale_s=settings.project_cache_stale_s)
     ceilings = _ceilings(settings)
     memories = MemoryService(

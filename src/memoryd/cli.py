@@ -152,13 +152,13 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _bootstrap(settings: Settings, org_name: str, new_owner_key: str) -> int:
-    from memoryd.auth.hashing import SecretHasher
+    from memoryd.auth.hashing import Argon2Hasher
     from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org, mint_owner_key
     from memoryd.domain.clock import SystemClock
     from memoryd.storage.sql import SqlControlStore
 
     store = SqlControlStore(settings.resolved_database_url)
-    hasher = SecretHasher()
+    hasher = Argon2Hasher()
     result: Bootstrapped | None = None
     try:
         await store.open()

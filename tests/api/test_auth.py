@@ -18,14 +18,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from memoryd.app import build_app
-from memoryd.auth.hashing import SecretHasher
-from memoryd.auth.keys import format_key, new_key_id, new_secret
+from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
+from memoryd.domain.key_format import format_key, new_key_id, new_secret
 from memoryd.v1 import admin_pb2, keys_pb2
 
 
-class CountingHasher(SecretHasher):
+class CountingHasher(Argon2Hasher):
     """The server's hasher, counting slow verifications."""
 
     def __init__(self) -> None:

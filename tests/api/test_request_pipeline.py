@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 from memoryd.api import interceptor
 from memoryd.api import memory as memory_api
 from memoryd.app import build_app
-from memoryd.auth.hashing import SecretHasher
+from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.memories import MemoryService
@@ -217,7 +217,7 @@ async def test_another_tenants_call_is_answered_while_a_large_batch_converts(
 # --- S10: two credentials in one call ----------------------------------------------------------
 
 
-class CountingHasher(SecretHasher):
+class CountingHasher(Argon2Hasher):
     def __init__(self) -> None:
         super().__init__(time_cost=1, memory_cost_kib=1024)
         self.verifies = 0

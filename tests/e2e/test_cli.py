@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from memoryd.auth.keys import parse_key
 from memoryd.config import env_name, setting_fields
+from memoryd.domain.key_format import parse_key
 
 MEMORYD = Path(sys.executable).parent / "memoryd"
 

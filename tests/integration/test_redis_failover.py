@@ -26,11 +26,11 @@ from memoryd.ratelimit import (
     Limit,
     LocalRateLimiter,
     RedisRateLimiter,
-    RedisRevocationBus,
-    RedisUsageMeter,
     project_bucket,
 )
 from memoryd.storage.redis import make_redis
+from memoryd.storage.revocation import RedisRevocationBus
+from memoryd.usage import RedisUsageMeter
 
 pytestmark = pytest.mark.redis
 

@@ -15,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from memoryd.ratelimit import RedisRevocationBus
 from memoryd.storage.redis import make_redis
+from memoryd.storage.revocation import RedisRevocationBus
 
 pytestmark = pytest.mark.redis
 

@@ -17,8 +17,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from memoryd.domain.clock import ManualClock
-from memoryd.ratelimit import RedisUsageMeter, UsageRecordValue
+from memoryd.domain.control import UsageRecord
 from memoryd.storage.redis import make_redis
+from memoryd.usage import RedisUsageMeter
 
 pytestmark = pytest.mark.redis
 
@@ -71,9 +72,9 @@ async def test_counters_round_trip_per_environment_and_day(redis: Redis, prefix:
     records = await reader.read("org", None, None, DAY, date(2026, 3, 15))
 
     assert records == [
-        UsageRecordValue("p1", "prod", DAY, 3, {CREATE: 1, SEARCH: 2}, 2, 300, 1),
-        UsageRecordValue("p:2", "dev:x", DAY, 1, {SEARCH: 1}, 0, 0, 0),
-        UsageRecordValue("p1", "prod", date(2026, 3, 15), 1, {SEARCH: 1}, 0, 0, 0),
+        UsageRecord("p1", "prod", DAY, 3, {CREATE: 1, SEARCH: 2}, 2, 300, 1),
+        UsageRecord("p:2", "dev:x", DAY, 1, {SEARCH: 1}, 0, 0, 0),
+        UsageRecord("p1", "prod", date(2026, 3, 15), 1, {SEARCH: 1}, 0, 0, 0),
     ]
     assert [r.project_id for r in await reader.read("org", "p:2", None, DAY, DAY)] == ["p:2"]
     assert len(await reader.read("org", None, "prod", DAY, DAY)) == 1

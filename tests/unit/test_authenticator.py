@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 from memoryd.auth.authenticator import Authenticator
-from memoryd.auth.hashing import SecretHasher
-from memoryd.auth.keys import format_key, new_key_id, new_secret
+from memoryd.auth.hashing import Argon2Hasher
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.control import ApiKeyRecord
 from memoryd.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unauthenticated
+from memoryd.domain.key_format import format_key, new_key_id, new_secret
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
 
 
-class CountingHasher(SecretHasher):
+class CountingHasher(Argon2Hasher):
     def __init__(self) -> None:
         super().__init__(time_cost=1, memory_cost_kib=1024)
         self.verifies = 0
@@ -104,14 +104,14 @@ def store() -> FakeStore:
     return FakeStore()
 
 
-def _auth(store: Any, hasher: SecretHasher, clock: ManualClock, **kw: Any) -> Authenticator:
+def _auth(store: Any, hasher: Argon2Hasher, clock: ManualClock, **kw: Any) -> Authenticator:
     kw.setdefault("cache_ttl_s", 30.0)
     kw.setdefault("failures_per_minute", 30)
     return Authenticator(store, hasher, clock, **kw)
 
 
 async def _add_key(
-    store: FakeStore, hasher: SecretHasher, clock: ManualClock, **fields: Any
+    store: FakeStore, hasher: Argon2Hasher, clock: ManualClock, **fields: Any
 ) -> tuple[ApiKeyRecord, str, str]:
     key_id, secret = new_key_id(), new_secret()
     record = ApiKeyRecord(

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memoryd.auth.keys import (
+from memoryd.domain.errors import Unauthenticated
+from memoryd.domain.key_format import (
     BASE62,
     CHECKSUM_LEN,
     KEY_ID_LEN,
@@ -21,7 +22,6 @@ from memoryd.auth.keys import (
     new_secret,
     parse_key,
 )
-from memoryd.domain.errors import Unauthenticated
 
 KEY_ID = "abc123def456"
 SECRET = "S3cretS3cretS3cretS3cretS3cret12"

@@ -10,7 +10,7 @@ from google.protobuf import empty_pb2
 from memoryd.api import convert
 from memoryd.api.interceptor import current_caller
 from memoryd.domain.audit import Auditor
-from memoryd.domain.control import AuditQuery
+from memoryd.domain.control import AuditQuery, UsageRecord
 from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.projects import ProjectManager
 from memoryd.domain.tenancy import Caller
@@ -27,7 +27,7 @@ class UsageReport(Protocol):
         environment_id: str,
         start: date | None,
         end: date | None,
-    ) -> list[Any]: ...
+    ) -> list[UsageRecord]: ...
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -114,7 +114,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 admin_pb2.UsageRecord(
                     project_id=r.project_id,
                     environment_id=r.environment_id,
-                    date=r.date.isoformat() if isinstance(r.date, date) else str(r.date),
+                    date=r.date.isoformat(),
                     calls=r.calls,
                     calls_by_method=dict(r.calls_by_method),
                     memories_written=r.memories_written,

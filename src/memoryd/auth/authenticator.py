@@ -38,8 +38,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from memoryd.auth.hashing import SecretHasher
-from memoryd.auth.keys import ParsedKey, new_secret, parse_key
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import ApiKeyRecord, ControlStore
 from memoryd.domain.errors import (
@@ -48,6 +46,8 @@ from memoryd.domain.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from memoryd.domain.key_format import ParsedKey, new_secret, parse_key
+from memoryd.domain.ports import SecretHasher
 from memoryd.domain.tenancy import Principal
 
 log = logging.getLogger("memoryd.auth")

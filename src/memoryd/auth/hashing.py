@@ -1,4 +1,5 @@
-"""Slow hashing of key secrets with passlib's argon2, off the event loop."""
+"""Slow hashing of key secrets with passlib's argon2, off the event loop: the
+domain's `SecretHasher` port."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from passlib.hash import argon2
 
 
-class SecretHasher:
-    """Hashes and verifies secrets in a small thread pool, so the event loop
-    never runs a slow hash. Parameters follow OWASP's argon2id minimum."""
+class Argon2Hasher:
+    """The `SecretHasher` port (`memoryd.domain.ports`) with argon2id: hashes
+    and verifies secrets in a small thread pool, so the event loop never runs
+    a slow hash. Parameters follow OWASP's argon2id minimum."""
 
     def __init__(
         self, *, time_cost: int = 2, memory_cost_kib: int = 19_456, workers: int = 2

@@ -1,6 +1,7 @@
 """The audit log: every mutating admin or key call, and every memory delete,
 purge, update and import, leaves an event whatever its outcome. Events go to
-the control store and, optionally, as JSON lines to a file for a SIEM. Events
+the control store and, optionally, to an `AuditSink` (a JSON-lines file for a
+SIEM: `memoryd.storage.audit_file`). Events
 never hold a secret, nor memory content or metadata values.
 
 An event is always the caller's: its actor is the key that called, its
@@ -11,19 +12,17 @@ for another event or another field."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from memoryd.domain import paging
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import AuditEvent, AuditQuery, ControlStore, ListPage
 from memoryd.domain.errors import DomainError, InvalidArgument, Unavailable
 from memoryd.domain.ids import new_audit_id
+from memoryd.domain.ports import AuditSink
 from memoryd.domain.tenancy import Caller, Scope
 from memoryd.domain.text import escaped
 
@@ -52,11 +51,10 @@ class PendingEvent:
 
 
 class Auditor:
-    def __init__(self, store: ControlStore, clock: Clock, jsonl_path: str = "") -> None:
+    def __init__(self, store: ControlStore, clock: Clock, sink: AuditSink | None = None) -> None:
         self._store = store
         self._clock = clock
-        self._path = Path(jsonl_path) if jsonl_path else None
-        self._file_lock = asyncio.Lock()
+        self._sink = sink
         self._backlog: list[AuditEvent] = []
         self._dropped = 0
 
@@ -133,12 +131,8 @@ class Auditor:
         else:
             if self._backlog:
                 await self._store_backlog()
-        if self._path is not None:
-            line = json.dumps(
-                {**vars(event), "time": event.time.isoformat()}, separators=(",", ":")
-            )
-            async with self._file_lock:
-                await asyncio.to_thread(self._append_line, line)
+        if self._sink is not None:
+            await self._sink.append(event)
 
     @property
     def held(self) -> int:
@@ -177,8 +171,3 @@ class Auditor:
             self._dropped,
         )
         self._dropped = 0
-
-    def _append_line(self, line: str) -> None:
-        assert self._path is not None
-        with self._path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")

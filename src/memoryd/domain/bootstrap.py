@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memoryd.auth.hashing import SecretHasher
-from memoryd.auth.keys import format_key, new_key_id, new_secret
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import ApiKeyRecord, AuditEvent, ControlStore, Organization
 from memoryd.domain.errors import NotFound
 from memoryd.domain.ids import new_audit_id, new_org_id
+from memoryd.domain.key_format import format_key, new_key_id, new_secret
+from memoryd.domain.ports import SecretHasher
 from memoryd.domain.tenancy import KeyKind, Scope
 
 

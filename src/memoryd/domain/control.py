@@ -1,13 +1,14 @@
 """The control plane's values and its storage port: organizations, projects,
-environments, API keys and audit events. `memoryd.storage.sql` implements
-`ControlStore` on SQLite and PostgreSQL.
+environments, API keys, audit events and usage records. `memoryd.storage.sql`
+implements `ControlStore` on SQLite and PostgreSQL; usage records come from
+the `UsageSource` port (`memoryd.domain.ports`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
@@ -120,6 +121,24 @@ class AuditEvent:
     # Server-written facts (a refusal's reason, a purge's count, an update's
     # fields); never content or metadata values.
     details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """The usage of one environment on one UTC day. Calls made with an org
+    key have no project: their record has empty `project_id` and
+    `environment_id`."""
+
+    project_id: str
+    environment_id: str
+    date: date
+    calls: int
+    # full gRPC method name → served calls of it
+    calls_by_method: dict[str, int]
+    memories_written: int
+    bytes_stored: int
+    # calls refused by the rate limiter (not counted in `calls`)
+    rate_limited_calls: int
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,10 @@ must never let a revoked key mint, rotate or revoke keys.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from memoryd.auth.hashing import SecretHasher
-from memoryd.auth.keys import format_key, new_key_id, new_secret
 from memoryd.domain import paging
 from memoryd.domain.audit import Auditor
 from memoryd.domain.clock import Clock
@@ -33,6 +31,8 @@ from memoryd.domain.errors import (
     Unauthenticated,
     Violations,
 )
+from memoryd.domain.key_format import format_key, new_key_id, new_secret
+from memoryd.domain.ports import KeyInvalidator, SecretHasher
 from memoryd.domain.tenancy import (
     ALL_SCOPES,
     DEFAULT_DATA_SCOPES,
@@ -48,10 +48,6 @@ from memoryd.domain.text import UNPRINTABLE_RULE, has_unprintable
 
 MAX_GRACE = timedelta(days=30)
 MAX_KEY_NAME = 100
-
-# Called with a key id whenever a key stops being valid as cached (revoke,
-# rotate, delete): evicts it here and on every replica.
-KeyInvalidator = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True)

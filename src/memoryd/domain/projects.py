@@ -29,7 +29,8 @@ from memoryd.domain.control import (
 )
 from memoryd.domain.errors import NotFound, Violations
 from memoryd.domain.ids import new_environment_id, new_project_id
-from memoryd.domain.keys import KeyInvalidator, shown
+from memoryd.domain.keys import shown
+from memoryd.domain.ports import KeyInvalidator
 from memoryd.domain.tenancy import Caller, EnvironmentKind, Principal, Scope
 from memoryd.domain.text import UNPRINTABLE_RULE, has_unprintable
 

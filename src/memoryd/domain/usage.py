@@ -4,26 +4,14 @@ counters of its own organization only."""
 from __future__ import annotations
 
 from datetime import UTC, date, timedelta
-from typing import Any, Protocol
 
 from memoryd.domain.clock import Clock
+from memoryd.domain.control import UsageRecord
 from memoryd.domain.errors import InvalidArgument
+from memoryd.domain.ports import UsageSource
 from memoryd.domain.tenancy import Caller, Scope
 
 DEFAULT_DAYS = 30
-
-
-class UsageSource(Protocol):
-    """Reads usage counters (implemented by `memoryd.ratelimit.usage`)."""
-
-    async def read(
-        self,
-        org_id: str,
-        project_id: str | None,
-        environment_id: str | None,
-        start: date,
-        end: date,
-    ) -> list[Any]: ...
 
 
 class UsageReporter:
@@ -38,7 +26,7 @@ class UsageReporter:
         environment_id: str,
         start: date | None,
         end: date | None,
-    ) -> list[Any]:
+    ) -> list[UsageRecord]:
         p = caller.admin(Scope.USAGE_READ)
         today = self._clock.now().astimezone(UTC).date()
         end = end or today

@@ -1,4 +1,5 @@
-"""Rate limiting, usage metering and key-revocation fan-out.
+"""Rate limiting: GCRA buckets, the in-process and Redis backends, failover
+between them, and admission of calls (`admission.py`).
 
 The pieces the composition root builds and the interceptors call:
 
@@ -34,16 +35,8 @@ helpers (`project_bucket`, `api_key_bucket`, `org_key_bucket`,
 `auth_failure_peer_bucket`, `auth_failure_key_bucket`). `check` raises
 `Unavailable` only under fail-closed (or from a bare `RedisRateLimiter`).
 
-Usage (`UsageMeter` port): `LocalUsageMeter(clock)` or
-`RedisUsageMeter(redis, clock)`; `await meter.record(org, project, env,
-method=..., rate_limited=..., memories_written=..., bytes_stored=...)` and
-`await meter.read(org, project|None, env|None, start, end)`; `close()` at
-shutdown.
-
-Revocation (`RevocationBus` port): `LocalRevocationBus()` or
-`RedisRevocationBus(redis)`; `await bus.start(cache.evict,
-on_resubscribed=cache.clear)` at start-up, `await bus.publish(key_id)` after a
-revocation or rotation, `close()` at shutdown.
+The Redis backend lives here, not in `memoryd.storage`: its Lua script is
+the GCRA math itself (it mirrors `gcra.py` exactly).
 """
 
 from __future__ import annotations
@@ -61,13 +54,6 @@ from memoryd.ratelimit.gcra import (
 )
 from memoryd.ratelimit.limiter import LocalRateLimiter, RateLimiter
 from memoryd.ratelimit.redis_limiter import RedisRateLimiter
-from memoryd.ratelimit.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
-from memoryd.ratelimit.usage import (
-    LocalUsageMeter,
-    RedisUsageMeter,
-    UsageMeter,
-    UsageRecordValue,
-)
 
 __all__ = [
     "Decision",
@@ -75,15 +61,8 @@ __all__ = [
     "FailurePolicy",
     "Limit",
     "LocalRateLimiter",
-    "LocalRevocationBus",
-    "LocalUsageMeter",
     "RateLimiter",
     "RedisRateLimiter",
-    "RedisRevocationBus",
-    "RedisUsageMeter",
-    "RevocationBus",
-    "UsageMeter",
-    "UsageRecordValue",
     "api_key_bucket",
     "auth_failure_key_bucket",
     "auth_failure_peer_bucket",

@@ -1,5 +1,5 @@
 """Admission of authenticated calls: the rate limiter as the call pipeline
-sees it, and usage metering per call.
+sees it (usage metering per call is `memoryd.usage.recorder`).
 
 Data keys are charged against two buckets at once, their own and their
 project's; org keys against their own. Limits come from the project's
@@ -17,7 +17,6 @@ from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.tenancy import KeyKind, Principal
 from memoryd.ratelimit.gcra import Limit, api_key_bucket, org_key_bucket, project_bucket
 from memoryd.ratelimit.limiter import RateLimiter
-from memoryd.ratelimit.usage import UsageMeter
 
 _MEMORY = "/memoryd.v1.MemoryService/"
 
@@ -154,20 +153,4 @@ class RateLimitAdmission:
         return Limit(
             min(rate, c.rate_per_s) if rate and c else rate or default.rate_per_s,
             min(burst, c.burst) if burst and c else burst or default.burst,
-        )
-
-
-class UsageRecorder:
-    """Counts every authenticated call (or its refusal) per project, environment and day."""
-
-    def __init__(self, meter: UsageMeter) -> None:
-        self._meter = meter
-
-    async def record_call(self, principal: Principal, method: str, rate_limited: bool) -> None:
-        await self._meter.record(
-            principal.org_id,
-            principal.project_id,
-            principal.environment_id,
-            method=None if rate_limited else method,
-            rate_limited=rate_limited,
         )

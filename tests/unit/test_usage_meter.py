@@ -1,4 +1,4 @@
-"""LocalUsageMeter and LocalRevocationBus: the embedded-mode backends."""
+"""LocalUsageMeter: the embedded-mode usage meter."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import UTC, date, datetime
 import pytest
 
 from memoryd.domain.clock import ManualClock
+from memoryd.domain.control import UsageRecord
 from memoryd.domain.errors import InvalidArgument
-from memoryd.ratelimit import LocalRevocationBus, LocalUsageMeter, UsageRecordValue
+from memoryd.usage import LocalUsageMeter
 
 SEARCH = "/memoryd.v1.MemoryService/SearchMemories"
 CREATE = "/memoryd.v1.MemoryService/CreateMemory"
@@ -35,9 +36,9 @@ async def test_counts_calls_writes_and_refusals_per_environment_and_day() -> Non
     records = await meter.read("org", None, None, DAY, date(2026, 3, 15))
 
     assert records == [
-        UsageRecordValue("p1", "dev", DAY, 1, {SEARCH: 1}, 0, 0, 0),
-        UsageRecordValue("p1", "prod", DAY, 3, {CREATE: 1, SEARCH: 2}, 2, 300, 1),
-        UsageRecordValue("p1", "prod", date(2026, 3, 15), 1, {SEARCH: 1}, 0, 0, 0),
+        UsageRecord("p1", "dev", DAY, 1, {SEARCH: 1}, 0, 0, 0),
+        UsageRecord("p1", "prod", DAY, 3, {CREATE: 1, SEARCH: 2}, 2, 300, 1),
+        UsageRecord("p1", "prod", date(2026, 3, 15), 1, {SEARCH: 1}, 0, 0, 0),
     ]
 
 
@@ -78,17 +79,3 @@ async def test_old_days_are_forgotten_after_the_retention() -> None:
     days = [r.date for r in await meter.read("org", None, None, date(2026, 1, 3), date(2026, 1, 5))]
     assert days == [date(2026, 1, 3), date(2026, 1, 5)]
     assert meter._counters.keys().isdisjoint({("org", "p", "e", date(2026, 1, 1))})
-
-
-async def test_local_revocation_reaches_the_callback_at_once() -> None:
-    bus = LocalRevocationBus()
-    await bus.publish("before-start")  # nobody listens yet: nothing to do
-    revoked: list[str] = []
-    await bus.start(revoked.append)
-    await bus.publish("key_1")
-    assert revoked == ["key_1"]
-    with pytest.raises(RuntimeError):
-        await bus.start(revoked.append)
-    await bus.close()
-    await bus.publish("key_2")
-    assert revoked == ["key_1"]

@@ -1,22 +1,4 @@
-"""Usage metering: counters per (organization, project, environment, UTC day).
-
-Counted: calls (in total and by full method name), memories written, content
-bytes stored and calls refused by the rate limiter. `record` is on the hot
-path and never does I/O itself: the Redis meter adds to in-process counters
-that a background task writes in one MULTI/EXEC per `flush_interval_s`; the
-local meter (embedded mode, one replica) just keeps them.
-
-What one `record` counts:
-
-- `method` set, `rate_limited` False: one served call of `method`;
-- `rate_limited` True: one refused call (`rate_limited_calls`), not a
-  served call, whatever `method` says;
-- `memories_written`, `bytes_stored`: added as given (the service that
-  writes memories records these, with `method=None`).
-
-Calls made with an org key have no project: record them with
-`project_id=""` and `environment_id=""`; they then read back as such.
-"""
+"""The Redis usage meter: counters summed over every replica."""
 
 from __future__ import annotations
 
@@ -25,124 +7,25 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, timedelta
-from typing import Protocol
 from urllib.parse import quote, unquote
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from memoryd.domain.clock import Clock
-from memoryd.domain.errors import InvalidArgument, Unavailable
+from memoryd.domain.control import UsageRecord
+from memoryd.domain.errors import Unavailable
+from memoryd.usage.counters import (
+    DEFAULT_RETENTION_DAYS,
+    CounterKey,
+    check_range,
+    increments,
+    sort_key,
+    to_record,
+)
 
 _log = logging.getLogger(__name__)
-
-CALLS = "calls"
-MEMORIES_WRITTEN = "memories_written"
-BYTES_STORED = "bytes_stored"
-RATE_LIMITED_CALLS = "rate_limited_calls"
-_METHOD_PREFIX = "m:"
-
-DEFAULT_RETENTION_DAYS = 400
-
-
-@dataclass(frozen=True)
-class UsageRecordValue:
-    """The usage of one environment on one UTC day."""
-
-    project_id: str
-    environment_id: str
-    date: date
-    calls: int
-    calls_by_method: dict[str, int]
-    memories_written: int
-    bytes_stored: int
-    rate_limited_calls: int
-
-
-class UsageMeter(Protocol):
-    """Counts usage per (org, project, environment, UTC day).
-
-    `record` is cheap and never raises for backend trouble (counts wait in
-    memory and are retried). `read` returns one record per project,
-    environment and day with any usage in `[start, end]` (inclusive), ordered
-    by date, project, environment; `None` for `project_id`/`environment_id`
-    means all. It raises `InvalidArgument` for a bad range and `Unavailable`
-    when the backend cannot answer. `close` writes what is pending.
-    """
-
-    async def record(
-        self,
-        org_id: str,
-        project_id: str,
-        environment_id: str,
-        *,
-        method: str | None = None,
-        rate_limited: bool = False,
-        memories_written: int = 0,
-        bytes_stored: int = 0,
-    ) -> None: ...
-
-    async def read(
-        self,
-        org_id: str,
-        project_id: str | None,
-        environment_id: str | None,
-        start: date,
-        end: date,
-    ) -> list[UsageRecordValue]: ...
-
-    async def close(self) -> None: ...
-
-
-_Key = tuple[str, str, str, date]  # org, project, environment, day
-
-
-def _delta(
-    method: str | None, rate_limited: bool, memories_written: int, bytes_stored: int
-) -> Counter[str]:
-    if memories_written < 0 or bytes_stored < 0:
-        raise ValueError("usage increments cannot be negative")
-    delta: Counter[str] = Counter()
-    if rate_limited:
-        delta[RATE_LIMITED_CALLS] += 1
-    elif method is not None:
-        delta[CALLS] += 1
-        delta[_METHOD_PREFIX + method] += 1
-    if memories_written:
-        delta[MEMORIES_WRITTEN] += memories_written
-    if bytes_stored:
-        delta[BYTES_STORED] += bytes_stored
-    return delta
-
-
-def _to_record(
-    project_id: str, environment_id: str, day: date, fields: Mapping[str, int]
-) -> UsageRecordValue:
-    return UsageRecordValue(
-        project_id=project_id,
-        environment_id=environment_id,
-        date=day,
-        calls=fields.get(CALLS, 0),
-        calls_by_method={
-            name[len(_METHOD_PREFIX) :]: count
-            for name, count in sorted(fields.items())
-            if name.startswith(_METHOD_PREFIX)
-        },
-        memories_written=fields.get(MEMORIES_WRITTEN, 0),
-        bytes_stored=fields.get(BYTES_STORED, 0),
-        rate_limited_calls=fields.get(RATE_LIMITED_CALLS, 0),
-    )
-
-
-def _check_range(start: date, end: date, retention_days: int) -> None:
-    if start > end:
-        raise InvalidArgument.field("start_date", "must not be after end_date")
-    if (end - start).days >= retention_days:
-        raise InvalidArgument.field(
-            "start_date", f"must be less than {retention_days} days before end_date"
-        )
 
 
 def _days(start: date, end: date) -> Iterable[date]:
@@ -152,69 +35,6 @@ def _days(start: date, end: date) -> Iterable[date]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _sort_key(record: UsageRecordValue) -> tuple[date, str, str]:
-    return (record.date, record.project_id, record.environment_id)
-
-
-class LocalUsageMeter:
-    """Usage counters in this process (embedded mode: one replica, lost on
-    restart). Days older than `retention_days` are dropped as days pass."""
-
-    def __init__(self, clock: Clock, *, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
-        self._clock = clock
-        self._retention_days = retention_days
-        self._counters: dict[_Key, Counter[str]] = {}
-        self._pruned_through: date | None = None
-
-    async def record(
-        self,
-        org_id: str,
-        project_id: str,
-        environment_id: str,
-        *,
-        method: str | None = None,
-        rate_limited: bool = False,
-        memories_written: int = 0,
-        bytes_stored: int = 0,
-    ) -> None:
-        delta = _delta(method, rate_limited, memories_written, bytes_stored)
-        if not delta:
-            return
-        today = self._clock.now().astimezone(UTC).date()
-        if self._pruned_through != today:
-            self._prune(today)
-        key = (org_id, project_id, environment_id, today)
-        self._counters.setdefault(key, Counter()).update(delta)
-
-    async def read(
-        self,
-        org_id: str,
-        project_id: str | None,
-        environment_id: str | None,
-        start: date,
-        end: date,
-    ) -> list[UsageRecordValue]:
-        _check_range(start, end, self._retention_days)
-        records = [
-            _to_record(project, env, day, fields)
-            for (org, project, env, day), fields in self._counters.items()
-            if org == org_id
-            and start <= day <= end
-            and (project_id is None or project == project_id)
-            and (environment_id is None or env == environment_id)
-        ]
-        return sorted(records, key=_sort_key)
-
-    async def close(self) -> None:
-        return None
-
-    def _prune(self, today: date) -> None:
-        oldest = today - timedelta(days=self._retention_days)
-        for key in [key for key in self._counters if key[3] < oldest]:
-            del self._counters[key]
-        self._pruned_through = today
 
 
 class RedisUsageMeter:
@@ -262,7 +82,7 @@ class RedisUsageMeter:
         self._max_pending_keys = max_pending_keys
         self._timeout_s = timeout_s
         self._retention_days = retention_days
-        self._pending: dict[_Key, Counter[str]] = {}
+        self._pending: dict[CounterKey, Counter[str]] = {}
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -283,7 +103,7 @@ class RedisUsageMeter:
         memories_written: int = 0,
         bytes_stored: int = 0,
     ) -> None:
-        delta = _delta(method, rate_limited, memories_written, bytes_stored)
+        delta = increments(method, rate_limited, memories_written, bytes_stored)
         if not delta:
             return
         if self._closed:
@@ -351,8 +171,8 @@ class RedisUsageMeter:
         environment_id: str | None,
         start: date,
         end: date,
-    ) -> list[UsageRecordValue]:
-        _check_range(start, end, self._retention_days)
+    ) -> list[UsageRecord]:
+        check_range(start, end, self._retention_days)
         await self.flush()
         tag = self._tag(org_id)
         try:
@@ -379,11 +199,11 @@ class RedisUsageMeter:
                 reason="USAGE_BACKEND_UNAVAILABLE",
             ) from exc
         records = [
-            _to_record(project, env, day, {_text(k): int(v) for k, v in fields.items()})
+            to_record(project, env, day, {_text(k): int(v) for k, v in fields.items()})
             for (project, env, day), fields in zip(wanted, hashes, strict=True)
             if fields
         ]
-        return sorted(records, key=_sort_key)
+        return sorted(records, key=sort_key)
 
     async def close(self) -> None:
         self._closed = True
@@ -407,7 +227,7 @@ class RedisUsageMeter:
             with contextlib.suppress(Unavailable):
                 await self.flush()
 
-    async def _write(self, batch: Mapping[_Key, Counter[str]]) -> None:
+    async def _write(self, batch: Mapping[CounterKey, Counter[str]]) -> None:
         ttl_s = self._retention_days * 86_400
         pipe = self._redis.pipeline(transaction=True)
         indexes: set[str] = set()
@@ -424,7 +244,7 @@ class RedisUsageMeter:
             pipe.expire(index, ttl_s)
         await pipe.execute()
 
-    def _restore(self, batch: Mapping[_Key, Counter[str]]) -> None:
+    def _restore(self, batch: Mapping[CounterKey, Counter[str]]) -> None:
         for key, fields in batch.items():
             pending = self._pending.get(key)
             if pending is None:

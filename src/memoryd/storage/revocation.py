@@ -11,6 +11,11 @@ cache.
 
 Callbacks run on the event loop and must be quick and must not raise (an
 exception is logged and swallowed).
+
+`publish` is the domain's `KeyInvalidator` port (`memoryd.domain.ports`):
+`KeyManager` and `ProjectManager` call it after a revoke, rotate or delete.
+`LocalRevocationBus` (one process) sits here next to the Redis one so that
+both implementations of `RevocationBus` read side by side.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 
 `kind` is `live`, `test` or `dev` (a data key, by environment kind) or `org`.
 The key id is public (it names the key in lists and audit events); the secret
-is only ever stored as a passlib hash. The checksum (CRC32 of everything
-before it) lets a mistyped key be refused without touching storage, and lets
-secret scanners recognise a real key.
+is only ever stored as a slow hash (the `SecretHasher` port). The checksum
+(CRC32 of everything before it) lets a mistyped key be refused without
+touching storage, and lets secret scanners recognise a real key.
 """
 
 from __future__ import annotations
