@@ -65,9 +65,9 @@ from memoryd.ratelimit.admission import (
     UsageRecorder,
 )
 from memoryd.storage.disk import MIB, check_free_space
-from memoryd.storage.edge import EdgeVectorStore
 from memoryd.storage.redis import make_redis
 from memoryd.storage.sql import SqlControlStore
+from memoryd.storage.vectors.edge import EdgeVectorStore
 from memoryd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -551,7 +551,7 @@ def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorSt
         # the embedded default does not need it
         from qdrant_client import AsyncQdrantClient
 
-        from memoryd.storage.qdrant import QdrantVectorStore
+        from memoryd.storage.vectors.qdrant import QdrantVectorStore
 
         client = AsyncQdrantClient(
             url=settings.qdrant_url,

@@ -1,7 +1,6 @@
 """Stores: the only code that knows Qdrant, SQL or Redis.
 
-Vector stores (the domain's `VectorStore` port): `memoryd.storage.edge`
-(Qdrant Edge, embedded) and `memoryd.storage.qdrant` (a Qdrant server). They
-are imported from their modules, so that using one never loads the other's
-engine.
+`vectors/` holds the vector stores (the domain's `VectorStore` port, on
+Qdrant Edge or a Qdrant server), `sql/` the control plane on SQL, `redis`
+the Redis client, `disk` the free-space floor of local files.
 """
