@@ -70,8 +70,8 @@ class IndexKind(enum.Enum):
 
 INDEXES: Mapping[str, IndexKind] = {
     TENANT: IndexKind.TENANT,
-    # the filterable strings, and the tenant's parts (a project's or an
-    # environment's deletion)
+    # the filterable strings, and the organization and project (deleting a
+    # project's points)
     **dict.fromkeys(
         (END_USER_ID, AGENT_ID, THREAD_ID, SOURCE, TAGS, ORG_ID, PROJECT_ID), IndexKind.KEYWORD
     ),
