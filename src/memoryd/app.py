@@ -56,10 +56,10 @@ from memoryd.ratelimit import (
 from memoryd.ratelimit.admission import COSTS, STREAM_COSTS, RateLimitAdmission
 from memoryd.storage.audit_file import JsonLinesAuditFile
 from memoryd.storage.disk import MIB, check_free_space
-from memoryd.storage.edge import EdgeVectorStore
 from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.sql import SqlControlStore
+from memoryd.storage.vectors.edge import EdgeVectorStore
 from memoryd.usage import LocalUsageMeter, RedisUsageMeter, UsageMeter, UsageRecorder
 from memoryd.v1 import (
     admin_pb2,
@@ -545,7 +545,7 @@ def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorSt
         # the embedded default does not need it
         from qdrant_client import AsyncQdrantClient
 
-        from memoryd.storage.qdrant import QdrantVectorStore
+        from memoryd.storage.vectors.qdrant import QdrantVectorStore
 
         client = AsyncQdrantClient(
             url=settings.qdrant_url,

@@ -48,9 +48,9 @@ from memoryd.domain.memory import (
     TimeRange,
 )
 from memoryd.domain.tenancy import Tenant
-from memoryd.storage._base import PointStore
-from memoryd.storage.edge import EdgeVectorStore
-from memoryd.storage.qdrant import QdrantVectorStore, collection_name
+from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.point_store import PointStore
+from memoryd.storage.vectors.qdrant import QdrantVectorStore, collection_name
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 
@@ -196,6 +196,30 @@ async def test_a_record_reads_back_exactly(store: Store) -> None:
 
     [plain] = await store.get(A_USER1, [rec.id], NOW)
     assert plain.vector is None
+
+
+async def test_only_get_reads_the_revisions_back(store: Store) -> None:
+    past = Revision(
+        revision=1,
+        content="likes tea",
+        metadata={},
+        tags=(),
+        agent_id="",
+        thread_id="",
+        source="",
+        update_time=NOW - timedelta(hours=2),
+        replace_time=NOW - timedelta(hours=1),
+    )
+    rec = record(A, revision=2, revisions=(past,))
+    await store.upsert(A, [rec])
+
+    [got] = await store.get(A, [rec.id], NOW)
+    assert got.revisions == (past,)
+    # Search and list show no history: theirs is left undecoded.
+    [found] = await store.search([A], axis(0), Filter(), 10, NOW)
+    page = await store.scroll(A, Filter(), 10, NOW)
+    for plain in (found.record, *page.records):
+        assert plain == replace(rec, vector=None, revisions=())
 
 
 async def test_get_answers_only_existing_ids(store: Store) -> None:
@@ -925,7 +949,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from memoryd.domain.memory import MemoryRecord
 from memoryd.domain.tenancy import Tenant
-from memoryd.storage.edge import EdgeVectorStore
+from memoryd.storage.vectors.edge import EdgeVectorStore
 
 async def main(path: str, sync: bool, process: bool) -> None:
     store = EdgeVectorStore(path, sync_writes=sync, process=process)

@@ -41,9 +41,9 @@ from memoryd.domain.memory import (
     TimeRange,
 )
 from memoryd.domain.tenancy import Tenant
-from memoryd.storage._base import PointStore
-from memoryd.storage.edge import EdgeVectorStore
-from memoryd.storage.qdrant import QdrantVectorStore
+from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.point_store import PointStore
+from memoryd.storage.vectors.qdrant import QdrantVectorStore
 
 T = TypeVar("T")
 

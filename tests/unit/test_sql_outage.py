@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, ProgrammingError
 
 from memoryd.domain.errors import Unavailable
-from memoryd.storage.sql_outage import Guarded, Reachability, outage_cause
+from memoryd.storage.sql.outage import Guarded, Reachability, outage_cause
 
 STATE_15 = "cannot switch to state 15; another operation (2) is in progress"
 

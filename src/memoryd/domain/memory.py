@@ -1,8 +1,8 @@
 """Memories: the values, the structured filter, and the ports behind them.
 
-The `VectorStore` port is implemented by `memoryd.storage.edge` (Qdrant Edge,
-embedded) and `memoryd.storage.qdrant` (a Qdrant server through
-qdrant-client). Both pass `tests/integration/test_vector_store_contract.py`.
+The `VectorStore` port is implemented by `memoryd.storage.vectors.edge`
+(Qdrant Edge, embedded) and `memoryd.storage.vectors.qdrant` (a Qdrant
+server through qdrant-client). Both pass `tests/integration/test_vector_store_contract.py`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ class VectorStore(Protocol):
     async def get(
         self, tenant: Tenant, ids: Sequence[str], now: datetime, *, with_vectors: bool = False
     ) -> list[MemoryRecord]:
-        """The records among `ids` visible to `tenant`, in no given order."""
+        """The records among `ids` visible to `tenant`, in no given order,
+        with their revisions."""
         ...
 
     async def delete(self, tenant: Tenant, ids: Sequence[str]) -> None:
@@ -180,13 +181,15 @@ class VectorStore(Protocol):
         min_score: float | None = None,
     ) -> list[ScoredRecord]:
         """Nearest records by cosine similarity among the given tenants
-        (one, or several of one organization for a cross-project search)."""
+        (one, or several of one organization for a cross-project search),
+        without their revisions."""
         ...
 
     async def scroll(
         self, tenant: Tenant, flt: Filter, limit: int, now: datetime, after: Cursor | None = None
     ) -> Page:
-        """Records newest first (create_time desc, id desc), strictly after `after`."""
+        """Records newest first (create_time desc, id desc), strictly after
+        `after`, without their revisions."""
         ...
 
     async def count(self, tenant: Tenant, flt: Filter, now: datetime) -> int:

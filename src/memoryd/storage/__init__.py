@@ -4,12 +4,9 @@ rate limiter's GCRA script (`memoryd.ratelimit.redis_limiter`) and the usage
 counters' key layout (`memoryd.usage.redis_meter`). Both are handed a client
 made by `storage.redis.make_redis`.
 
-Here: the control store (`sql`), the Redis client (`redis`), the
-key-revocation bus (`revocation`; the domain's `KeyInvalidator` is its
-`publish`), the audit log file (`audit_file`) and the vector stores.
-
-Vector stores (the domain's `VectorStore` port): `memoryd.storage.edge`
-(Qdrant Edge, embedded) and `memoryd.storage.qdrant` (a Qdrant server). They
-are imported from their modules, so that using one never loads the other's
-engine.
+Here: `sql/` the control plane on SQLite or PostgreSQL, `vectors/` the
+vector stores (the domain's `VectorStore` port, on Qdrant Edge or a Qdrant
+server), `redis` the Redis client, `revocation` the key-revocation bus (the
+domain's `KeyInvalidator` is its `publish`), `audit_file` the audit log file
+(the domain's `AuditSink`), `disk` the free-space floor of local files.
 """

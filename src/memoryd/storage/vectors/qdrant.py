@@ -35,9 +35,9 @@ from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from memoryd.domain.errors import FailedPrecondition, Unavailable
-from memoryd.storage import _payload as p
-from memoryd.storage._base import PointStore
-from memoryd.storage._payload import Hit, Point
+from memoryd.storage.vectors import layout as p
+from memoryd.storage.vectors.layout import Hit, Point
+from memoryd.storage.vectors.point_store import PointStore
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ def collection_name(model_id: str, prefix: str = "memoryd") -> str:
 
 
 class _Conditions:
-    """`_payload.Conditions` for qdrant-client models."""
+    """`conditions.Conditions` for qdrant-client models."""
 
     def match(self, key: str, value: str | int) -> QdrantCondition:
         return models.FieldCondition(key=key, match=models.MatchValue(value=value))
@@ -278,24 +278,12 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
             await self._api.shutdown()
 
     async def _ensure_indexes(self, name: str, info: models.CollectionInfo) -> None:
+        """Creates the payload indexes of `layout.INDEXES` the collection lacks."""
         have = set(info.payload_schema or {})
-        wanted: dict[str, models.KeywordIndexParams | models.IntegerIndexParams] = {
-            p.TENANT: models.KeywordIndexParams(
-                type=models.KeywordIndexType.KEYWORD, is_tenant=True
-            )
-        }
-        for key in p.KEYWORD_INDEXES:
-            wanted[key] = models.KeywordIndexParams(
-                type=models.KeywordIndexType.KEYWORD, enable_hnsw=False
-            )
-        for key in p.TIME_INDEXES:
-            wanted[key] = models.IntegerIndexParams(
-                type=models.IntegerIndexType.INTEGER, lookup=False, range=True, enable_hnsw=False
-            )
-        for key, schema in wanted.items():
+        for key, kind in p.INDEXES.items():
             if key not in have:
                 await self._api.create_payload_index(
-                    name, field_name=key, field_schema=schema, wait=True
+                    name, field_name=key, field_schema=_index_params(kind), wait=True
                 )
 
     # --- engine primitives --------------------------------------------------
@@ -346,7 +334,7 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
                 with_payload=with_payload,
                 with_vectors=with_vectors,
             )
-        hits = [Hit(str(r.id), r.payload or {}, _vector(r.vector)) for r in records]
+        hits = [Hit(str(r.id), r.payload or {}, p.dense_vector(r.vector)) for r in records]
         return hits, None if next_offset is None else str(next_offset)
 
     async def _query(
@@ -400,15 +388,18 @@ def _check_marker(name: str, info: models.CollectionInfo, model_id: str, dimensi
         )
 
 
-def _vector(v: Any) -> list[float] | None:
-    """The default (unnamed) dense vector of a read point."""
-    if v is None:
-        return None
-    if isinstance(v, dict):
-        v = v.get("")
-        if v is None:
-            return None
-    return [float(x) for x in v]
+def _index_params(kind: p.IndexKind) -> models.KeywordIndexParams | models.IntegerIndexParams:
+    match kind:
+        case p.IndexKind.TENANT:
+            return models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+        case p.IndexKind.KEYWORD:
+            return models.KeywordIndexParams(
+                type=models.KeywordIndexType.KEYWORD, enable_hnsw=False
+            )
+        case p.IndexKind.INTEGER:
+            return models.IntegerIndexParams(
+                type=models.IntegerIndexType.INTEGER, lookup=False, range=True, enable_hnsw=False
+            )
 
 
 @contextlib.contextmanager

@@ -8,18 +8,19 @@ One directory holds one store:
 
 How the engine is used, and why:
 
-- The engine (`memoryd.storage.edge_engine`) runs in a child process that
-  owns the shard (`process=True`, the server's default) or on one worker
-  thread of this process. The engine holds the GIL for the whole of a call,
-  so in a thread a call blocked on a hung disk stops every Python thread,
-  the event loop and health checks included; in the child it stops only
-  the child. Either way calls run one at a time, as the shard expects, and
-  are kept small (a few hundred points at most; deletes and sweeps go in
-  batches). The child costs a process hop per call (measured on a busy
-  2-core machine: a search of 300 points, 0.445 ms median in the child vs
-  0.430 ms on a thread, within the noise). It is restarted on the next
-  call when it dies (a SIGBUS, a kill): its calls in flight answer
-  Unavailable (VECTOR_ENGINE_CRASHED), and the write-ahead log keeps every
+- The engine (`memoryd.storage.vectors.edge_engine`) runs in a child
+  process that owns the shard (`process=True`, the server's default) or on
+  one worker thread of this process (`memoryd.storage.vectors.edge_backends`).
+  The engine holds the GIL for the whole of a call, so in a thread a call
+  blocked on a hung disk stops every Python thread, the event loop and
+  health checks included; in the child it stops only the child. Either
+  way calls run one at a time, as the shard expects, and are kept small (a
+  few hundred points at most; deletes and sweeps go in batches). The child
+  costs a process hop per call (measured on a busy 2-core machine: a
+  search of 300 points, 0.445 ms median in the child vs 0.430 ms on a
+  thread, within the noise). It is restarted on the next call when it
+  dies (a SIGBUS, a kill): its calls in flight answer Unavailable
+  (VECTOR_ENGINE_CRASHED), and the write-ahead log keeps every
   acknowledged write.
 - No HNSW graph is ever built (`indexing_threshold=0`): building one blocks
   the process for minutes at 100k points. A search is an exact scan of the
@@ -59,26 +60,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
 import os
-import pickle
-import signal
-import socket
-import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from memoryd.domain.errors import FailedPrecondition, Unavailable
-from memoryd.storage._base import PointStore
-from memoryd.storage._payload import Hit, Point
-from memoryd.storage.edge_child import HEADER, encode
-from memoryd.storage.edge_engine import (
+from memoryd.storage.vectors.edge_backends import Backend, ChildBackend, ThreadBackend, crashed
+from memoryd.storage.vectors.edge_engine import (
     LOCK,
     MARKER,
     SHARD,
@@ -88,22 +79,14 @@ from memoryd.storage.edge_engine import (
     PlainConditions,
     closed,
 )
+from memoryd.storage.vectors.layout import Hit, Point
+from memoryd.storage.vectors.point_store import PointStore
 
 __all__ = ["LOCK", "MARKER", "SHARD", "EdgeVectorStore"]
 
 log = logging.getLogger("memoryd.storage.edge")
 
 _CONDITIONS = PlainConditions()
-# How long a child that was asked to exit may take to flush and let go.
-_CHILD_EXIT_S = 30.0
-# ...and one that was killed (SIGKILL waits for a disk I/O in progress).
-_KILLED_EXIT_S = 2.0
-# The child's program: this process's import path (so it runs this very copy
-# of memoryd, wherever it was imported from), then edge_child's main.
-_BOOT = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
-    "from memoryd.storage.edge_child import main; sys.exit(main(sys.argv))"
-)
 
 
 class EdgeVectorStore(PointStore[Cond, Cond]):
@@ -147,7 +130,7 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         self._on_change = on_change
         # monotonic start of the engine call that overran timeout_s, if it still runs
         self._stuck_since: float | None = None
-        self._backend: _Backend | None = None
+        self._backend: Backend | None = None
         self._opened_for: tuple[str, int] | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._writes = asyncio.Lock()
@@ -178,13 +161,13 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         self._opened_for = (model_id, dimension)
         self._dimension = dimension
 
-    async def _started(self, model_id: str, dimension: int) -> _Backend:
+    async def _started(self, model_id: str, dimension: int) -> Backend:
         """A new backend with the shard open."""
-        backend: _Backend
+        backend: Backend
         if self._process:
-            backend = await _Child.start(self._engine_kwargs)
+            backend = await ChildBackend.start(self._engine_kwargs)
         else:
-            backend = _Thread(EdgeEngine(**self._engine_kwargs))
+            backend = ThreadBackend(EdgeEngine(**self._engine_kwargs))
         try:
             await backend.call("open", model_id, dimension)
         except BaseException:
@@ -266,7 +249,7 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
                 reason="STORAGE_TIMEOUT",
             ) from None
 
-    async def _revived(self, dead: _Backend) -> _Backend:
+    async def _revived(self, dead: Backend) -> Backend:
         """A live backend in place of `dead`: one restart at a time, which
         every caller meanwhile waits for (`timeout_s` at most)."""
         if self._backend is dead and (self._restarting is None or self._restarting.done()):
@@ -284,10 +267,10 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         if backend is None:
             raise closed()
         if not backend.alive:
-            raise _crashed("it died again while starting")
+            raise crashed("it died again while starting")
         return backend
 
-    async def _restart(self, dead: _Backend) -> None:
+    async def _restart(self, dead: Backend) -> None:
         await dead.stop(kill=True)  # reaped: its lock on the directory is gone
         assert self._opened_for is not None
         try:
@@ -363,191 +346,6 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         await self._call("delete", flt)
 
 
-# --- where the engine runs ------------------------------------------------------
-
-
-class _Backend(Protocol):
-    """Runs `EdgeEngine` calls one at a time, in order."""
-
-    @property
-    def alive(self) -> bool: ...
-
-    @property
-    def pid(self) -> int | None: ...
-
-    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
-        """Starts `name(*args)` on the engine; the future has its result."""
-        ...
-
-    async def stop(self, *, kill: bool) -> None:
-        """Lets go of the engine (after a `close` call, or without one when
-        `kill`), not waiting for a stuck call when `kill`."""
-        ...
-
-
-class _Thread:
-    """The engine on one worker thread of this process."""
-
-    def __init__(self, engine: EdgeEngine) -> None:
-        self.engine = engine
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
-
-    @property
-    def alive(self) -> bool:
-        return True
-
-    @property
-    def pid(self) -> int | None:
-        return None
-
-    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
-        fn = getattr(self.engine, name)
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def stop(self, *, kill: bool) -> None:
-        # not killed: the engine has been closed, so nothing is queued
-        self._executor.shutdown(wait=not kill)
-
-
-class _Child:
-    """The engine in a child process (`memoryd.storage.edge_child`), over a
-    Unix socket: requests are written without waiting (asyncio buffers
-    them), and one reader task matches answers to calls by id, so no thread
-    of this process ever waits on the engine."""
-
-    def __init__(
-        self,
-        proc: asyncio.subprocess.Process,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        self._proc = proc
-        self._reader = reader
-        self._writer = writer
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._ids = itertools.count()
-        self._alive = True
-        self._stopping = False
-        self._reading = asyncio.get_running_loop().create_task(self._read())
-
-    @classmethod
-    async def start(cls, engine_kwargs: dict[str, Any]) -> _Child:
-        ours, theirs = socket.socketpair()
-        # The kernel kills the child when the thread that forks it dies:
-        # fine for the main thread (the process), not for any other.
-        pdeathsig = threading.current_thread() is threading.main_thread()
-        level = logging.getLevelName(logging.getLogger("memoryd").getEffectiveLevel())
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                _BOOT,
-                json.dumps(sys.path),
-                str(theirs.fileno()),
-                str(os.getpid()),
-                "1" if pdeathsig else "0",
-                str(level),
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        child = cls(proc, reader, writer)
-        writer.write(encode(engine_kwargs))
-        return child
-
-    @property
-    def alive(self) -> bool:
-        return self._alive
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._alive:
-            future.set_exception(_crashed(_exit(self._proc.returncode)))
-            return future
-        req_id = next(self._ids)
-        frame = encode((req_id, name, args))
-        self._pending[req_id] = future
-        self._writer.write(frame)
-        return future
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                header = await self._reader.readexactly(HEADER.size)
-                body = await self._reader.readexactly(HEADER.unpack(header)[0])
-                req_id, ok, value = pickle.loads(body)
-                future = self._pending.pop(req_id, None)
-                if future is None or future.done():
-                    continue  # its caller has gone (cancelled)
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the child has gone
-        except Exception:
-            log.exception("bad answer from the vector engine process: stopping it")
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-        self._alive = False
-        pending, self._pending = self._pending, {}
-        if self._stopping:
-            err = closed()
-        else:
-            code = await self._proc.wait()
-            log.error(
-                "the vector engine process %d died (%s): its calls answer UNAVAILABLE and "
-                "the next call starts a new one; acknowledged writes are in its write-ahead log",
-                self._proc.pid,
-                _exit(code),
-            )
-            err = _crashed(_exit(code))
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(err)
-
-    async def stop(self, *, kill: bool) -> None:
-        self._stopping = True
-        if kill and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-        # end-of-file: the child closes the engine (if still open) and exits
-        self._writer.close()
-        try:
-            await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S if kill else _CHILD_EXIT_S)
-        except TimeoutError:
-            # A process blocked in the kernel on a hung disk dies only when
-            # the disk answers: let it go (it is killed, and the lock goes
-            # with it) rather than hold up shutdown.
-            log.error("the vector engine process %d does not exit: killing it", self._proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S)
-        if self._proc.returncode is None:
-            self._reading.cancel()
-        with contextlib.suppress(BaseException):
-            await self._reading
-
-
-def _exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
 def _retrieved(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()  # said to its waiters, if any
@@ -558,11 +356,4 @@ def _stuck(seconds: float) -> Unavailable:
         f"a vector store call has been running for {seconds:.0f} s (the disk may be hung); "
         "calls are refused until it answers; retry later",
         reason="STORAGE_STUCK",
-    )
-
-
-def _crashed(how: str) -> Unavailable:
-    return Unavailable(
-        f"the vector engine process stopped ({how}); retry: it is restarted on the next call",
-        reason="VECTOR_ENGINE_CRASHED",
     )

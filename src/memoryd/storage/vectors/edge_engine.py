@@ -3,7 +3,7 @@ one directory, and the plain values its calls take and answer.
 
 `EdgeEngine` does all of the engine's work and nothing else; it runs either
 on a worker thread of the server (thread mode) or alone in a child process
-that owns the shard (process mode, `memoryd.storage.edge_child`). Whatever
+that owns the shard (process mode, `memoryd.storage.vectors.edge_child`). Whatever
 crosses to it is plain, picklable and cheap: filters are `Cond` trees of
 tuples (built by `PlainConditions`, turned into qdrant_edge objects here),
 points are `(id, vector, payload)` and hits `(id, payload, vector, score)`.
@@ -30,8 +30,8 @@ from typing import IO, Any
 import qdrant_edge as qe
 
 from memoryd.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
-from memoryd.storage import _payload as p
 from memoryd.storage.disk import check_free_space
+from memoryd.storage.vectors import layout as p
 
 log = logging.getLogger("memoryd.storage.edge")
 
@@ -50,7 +50,7 @@ HitTuple = tuple[str, dict[str, Any], list[float] | None, float]
 
 
 class PlainConditions:
-    """`_payload.Conditions` building `Cond` trees (for either mode)."""
+    """`conditions.Conditions` building `Cond` trees (for either mode)."""
 
     def match(self, key: str, value: str | int) -> Cond:
         return ("match", key, value)
@@ -294,7 +294,7 @@ class EdgeEngine:
             else None,
         )
         records, next_offset = self.shard.scroll(request)
-        hits = [(str(r.id), r.payload or {}, _vector(r.vector), 0.0) for r in records]
+        hits = [(str(r.id), r.payload or {}, p.dense_vector(r.vector), 0.0) for r in records]
         return hits, None if next_offset is None else str(next_offset)
 
     def query(
@@ -338,16 +338,21 @@ def _lock(lock_file: IO[str]) -> bool:
 
 
 def _ensure_indexes(shard: qe.EdgeShard) -> None:
-    """Creates the payload indexes the shard lacks."""
+    """Creates the payload indexes of `layout.INDEXES` the shard lacks."""
     have = shard.info().payload_schema
-    wanted: dict[str, qe.PayloadSchemaParams] = {p.TENANT: qe.KeywordIndexParams(is_tenant=True)}
-    for key in p.KEYWORD_INDEXES:
-        wanted[key] = qe.KeywordIndexParams(enable_hnsw=False)
-    for key in p.TIME_INDEXES:
-        wanted[key] = qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False)
-    for key, params in wanted.items():
+    for key, kind in p.INDEXES.items():
         if key not in have:
-            shard.update(qe.UpdateOperation.create_field_index(key, params))
+            shard.update(qe.UpdateOperation.create_field_index(key, _index_params(kind)))
+
+
+def _index_params(kind: p.IndexKind) -> qe.PayloadSchemaParams:
+    match kind:
+        case p.IndexKind.TENANT:
+            return qe.KeywordIndexParams(is_tenant=True)
+        case p.IndexKind.KEYWORD:
+            return qe.KeywordIndexParams(enable_hnsw=False)
+        case p.IndexKind.INTEGER:
+            return qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False)
 
 
 def _allocated_bytes(path: Path) -> int:
@@ -358,17 +363,6 @@ def _allocated_bytes(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
     return total
-
-
-def _vector(v: qe.Vector | None) -> list[float] | None:
-    """The default (unnamed) dense vector of a read point."""
-    if v is None:
-        return None
-    if isinstance(v, dict):
-        v = v.get("")  # type: ignore[assignment]
-        if v is None:
-            return None
-    return [float(x) for x in v]  # type: ignore[arg-type]
 
 
 def closed() -> Unavailable:

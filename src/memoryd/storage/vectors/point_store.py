@@ -2,8 +2,9 @@
 handful of engine primitives each adapter supplies.
 
 Every primitive takes an engine filter, and every filter of a tenant's call
-is built here from the `Tenant` through `memoryd.storage._payload`: the
-adapters never see a domain filter or a tenant. The one unfiltered read
+is built here from the `Tenant` (`memoryd.storage.vectors.conditions`) and
+the domain filter (`memoryd.storage.vectors.filters`): the adapters never
+see a domain filter or a tenant. The one unfiltered read
 (`_owners`) serves the cross-tenant id check of `upsert` and returns only
 the owner of each id, never to a caller.
 """
@@ -19,8 +20,11 @@ from typing import Any, Generic
 from memoryd.domain.errors import AlreadyExists, InvalidArgument, Unavailable
 from memoryd.domain.memory import Cursor, Filter, MemoryRecord, Page, ScoredRecord
 from memoryd.domain.tenancy import Tenant
-from memoryd.storage import _payload as p
-from memoryd.storage._payload import C, F, Hit, Point
+from memoryd.storage.vectors import conditions as cond
+from memoryd.storage.vectors import layout as p
+from memoryd.storage.vectors.conditions import C, F
+from memoryd.storage.vectors.filters import translate
+from memoryd.storage.vectors.layout import Hit, Point
 
 # Points per engine call when reading or deleting in batches: small enough
 # that one call never holds an embedded engine for long.
@@ -52,7 +56,7 @@ class PointStore(abc.ABC, Generic[C, F]):
 
     @property
     @abc.abstractmethod
-    def _c(self) -> p.Conditions[C, F]:
+    def _c(self) -> cond.Conditions[C, F]:
         """The engine's condition builder."""
 
     @abc.abstractmethod
@@ -128,10 +132,12 @@ class PointStore(abc.ABC, Generic[C, F]):
         # The guard repeats the owner check inside the write itself, so a point
         # of another tenant that appears between the check and the write is
         # still not overwritten.
-        guard = self._c.filter(must=p.tenant_conditions(self._c, [tenant]))
+        guard = self._c.filter(must=cond.tenant_conditions(self._c, [tenant]))
         points: list[Point] = []
         for r in records:
-            if r.tenant.all_end_users or not p.can_see(tenant, r.tenant.key, r.tenant.end_user_id):
+            if r.tenant.all_end_users or not cond.can_see(
+                tenant, r.tenant.key, r.tenant.end_user_id
+            ):
                 # A memory belongs to one end user or to none, never to "all".
                 raise InvalidArgument.field("tenant", "a record of another tenant was given")
             pid = p.point_id(r.id)
@@ -145,27 +151,30 @@ class PointStore(abc.ABC, Generic[C, F]):
             points.append(Point(pid, list(map(float, r.vector)), p.to_payload(r)))
         async with self._write_lock():
             owners = await self._owners([pt.id for pt in points])
-            if any(not p.can_see(tenant, *owner) for owner in owners.values()):
+            if any(not cond.can_see(tenant, *owner) for owner in owners.values()):
                 raise _taken()
             await self._upsert(points, guard)
             if self._recheck_owners:
                 # The guard skips, silently, a point another writer created
                 # between the check and the write: find out, and say so.
                 owners = await self._owners([pt.id for pt in points])
-                if any(not p.can_see(tenant, *owner) for owner in owners.values()):
+                if any(not cond.can_see(tenant, *owner) for owner in owners.values()):
                     raise _taken()
 
     async def get(
         self, tenant: Tenant, ids: Sequence[str], now: datetime, *, with_vectors: bool = False
     ) -> list[MemoryRecord]:
-        """The records among `ids` visible to `tenant`, in no given order."""
+        """The records among `ids` visible to `tenant`, in no given order,
+        with their revisions."""
         wanted = _point_ids(ids)
         out: list[MemoryRecord] = []
         for i in range(0, len(wanted), BATCH):
             chunk = wanted[i : i + BATCH]
-            flt = p.read_filter(self._c, [tenant], now, extra=[self._c.has_id(chunk)])
+            flt = self._read_filter([tenant], now, extra=[self._c.has_id(chunk)])
             hits, _ = await self._scroll(flt, len(chunk), with_vectors=with_vectors)
-            out.extend(_record(h, with_vectors) for h in hits)
+            # by id: a caller may be about to update the record, whose
+            # history it must carry on (or list)
+            out.extend(_record(h, with_vectors=with_vectors, with_revisions=True) for h in hits)
         return out
 
     async def delete(self, tenant: Tenant, ids: Sequence[str]) -> None:
@@ -173,7 +182,7 @@ class PointStore(abc.ABC, Generic[C, F]):
         wanted = _point_ids(ids)
         for i in range(0, len(wanted), BATCH):
             chunk = wanted[i : i + BATCH]
-            must = [*p.tenant_conditions(self._c, [tenant]), self._c.has_id(chunk)]
+            must = [*cond.tenant_conditions(self._c, [tenant]), self._c.has_id(chunk)]
             async with self._write_lock():
                 await self._delete(self._c.filter(must=must))
 
@@ -187,22 +196,24 @@ class PointStore(abc.ABC, Generic[C, F]):
         min_score: float | None = None,
     ) -> list[ScoredRecord]:
         """Nearest visible records by cosine similarity among `tenants`, best
-        first; `min_score` drops those below it."""
+        first; `min_score` drops those below it. Records come without their
+        revisions."""
         if not tenants or limit <= 0:
             return []
         if len(vector) != self.dimension:
             raise InvalidArgument.field(
                 "vector", f"this store holds {self.dimension}-d vectors, got {len(vector)}"
             )
-        engine_filter = p.read_filter(self._c, tenants, now, flt)
+        engine_filter = self._read_filter(tenants, now, flt)
         hits = await self._query(engine_filter, [float(x) for x in vector], limit, min_score)
-        return [ScoredRecord(_record(h, False), h.score) for h in hits]
+        return [ScoredRecord(_record(h), h.score) for h in hits]
 
     async def scroll(
         self, tenant: Tenant, flt: Filter, limit: int, now: datetime, after: Cursor | None = None
     ) -> Page:
         """Visible records newest first (create_time desc, id desc), strictly
-        after `after`. `next_cursor` is None on the last page.
+        after `after`, without their revisions. `next_cursor` is None on the
+        last page.
 
         Both engines order by one payload field only, and ties on create_time
         (a batch written at one instant) are common, so the keyset is walked
@@ -216,9 +227,7 @@ class PointStore(abc.ABC, Generic[C, F]):
         """
         if limit <= 0:
             return Page()
-        base = [*p.tenant_conditions(self._c, [tenant]), p.alive(self._c, now)]
-        if not flt.empty:
-            base.append(self._c.nest(p.translate(self._c, flt)))
+        base = self._read_conditions([tenant], now, flt)
         rows: list[tuple[int, str, Hit]] = []
         older: list[C] = []
         if after is not None:
@@ -226,9 +235,11 @@ class PointStore(abc.ABC, Generic[C, F]):
             after_id = p.point_id(after.id)
             if after_id is None:
                 raise InvalidArgument.field("page_token", "the page token is not valid")
-            group = await self._scroll_all(self._c.filter(must=[*base, p.created_at(self._c, at)]))
+            group = await self._scroll_all(
+                self._c.filter(must=[*base, cond.created_at(self._c, at)])
+            )
             rows = [(at, h.id, h) for h in group if h.id < after_id]
-            older = [p.created_before(self._c, at)]
+            older = [cond.created_before(self._c, at)]
         need = limit + 1 - len(rows)
         if need > 0:
             hits, _ = await self._scroll(
@@ -239,11 +250,11 @@ class PointStore(abc.ABC, Generic[C, F]):
                 last = hits[-1].payload[p.CREATE_TIME]
                 hits = [h for h in hits if h.payload[p.CREATE_TIME] != last]
                 hits += await self._scroll_all(
-                    self._c.filter(must=[*base, p.created_at(self._c, last)])
+                    self._c.filter(must=[*base, cond.created_at(self._c, last)])
                 )
             rows += [(h.payload[p.CREATE_TIME], h.id, h) for h in hits]
         rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
-        records = [_record(h, False) for _, _, h in rows[:limit]]
+        records = [_record(h) for _, _, h in rows[:limit]]
         more = len(rows) > limit
         return Page(
             records=records,
@@ -252,13 +263,13 @@ class PointStore(abc.ABC, Generic[C, F]):
 
     async def count(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
         """The exact number of visible records of `tenant` matching `flt`."""
-        return await self._count(p.read_filter(self._c, [tenant], now, flt))
+        return await self._count(self._read_filter([tenant], now, flt))
 
     async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
         """Deletes the visible records matching `flt`; answers how many. Works
         in batches: each batch deletes exactly the points it read, re-checked
         against the filter, so a point changed meanwhile is not deleted."""
-        engine_filter = p.read_filter(self._c, [tenant], now, flt)
+        engine_filter = self._read_filter([tenant], now, flt)
         deleted = 0
         while n := await self._delete_batch(engine_filter, BATCH):
             deleted += n
@@ -275,7 +286,7 @@ class PointStore(abc.ABC, Generic[C, F]):
 
     async def sweep_expired(self, now: datetime, limit: int = 10_000) -> int:
         """Deletes up to `limit` expired records of any tenant; answers how many."""
-        engine_filter = self._c.filter(must=[p.expired(self._c, now)])
+        engine_filter = self._c.filter(must=[cond.expired(self._c, now)])
         deleted = 0
         while deleted < limit:
             n = await self._delete_batch(engine_filter, min(BATCH, limit - deleted))
@@ -285,6 +296,25 @@ class PointStore(abc.ABC, Generic[C, F]):
         return deleted
 
     # --- helpers ------------------------------------------------------------
+
+    def _read_conditions(
+        self, tenants: Sequence[Tenant], now: datetime, flt: Filter | None = None
+    ) -> list[C]:
+        """What a read requires: the tenants, not expired, the domain filter."""
+        must = [*cond.tenant_conditions(self._c, tenants), cond.alive(self._c, now)]
+        if flt is not None and not flt.empty:
+            must.append(self._c.nest(translate(self._c, flt)))
+        return must
+
+    def _read_filter(
+        self,
+        tenants: Sequence[Tenant],
+        now: datetime,
+        flt: Filter | None = None,
+        extra: Sequence[C] = (),
+    ) -> F:
+        """The filter of a read, and `extra`."""
+        return self._c.filter(must=[*self._read_conditions(tenants, now, flt), *extra])
 
     async def _delete_batch(self, flt: F, limit: int) -> int:
         """Deletes up to `limit` points matching `flt`; answers how many."""
@@ -318,5 +348,7 @@ def _point_ids(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(pid for i in ids if (pid := p.point_id(i)) is not None))
 
 
-def _record(hit: Hit, with_vectors: bool) -> MemoryRecord:
-    return p.from_payload(hit.id, hit.payload, hit.vector if with_vectors else None)
+def _record(hit: Hit, *, with_vectors: bool = False, with_revisions: bool = False) -> MemoryRecord:
+    return p.from_payload(
+        hit.id, hit.payload, hit.vector if with_vectors else None, with_revisions=with_revisions
+    )

@@ -1,6 +1,7 @@
 """The shard-owner process: runs `EdgeEngine` for one server process.
 
-Started by `EdgeVectorStore` (process mode) as `main(argv)` with argv
+Started by `EdgeVectorStore` (process mode, through
+`edge_backends.ChildBackend`) as `main(argv)` with argv
 
     [program, FD, PARENT_PID, PDEATHSIG (1 or 0), LOG_LEVEL]
 
@@ -34,7 +35,7 @@ import struct
 import sys
 from typing import Any
 
-from memoryd.storage.edge_engine import CALLS, EdgeEngine
+from memoryd.storage.vectors.edge_engine import CALLS, EdgeEngine
 
 log = logging.getLogger("memoryd.storage.edge")
 

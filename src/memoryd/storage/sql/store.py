@@ -1,0 +1,118 @@
+"""`SqlControlStore`: the control store's lifecycle and its one way in to
+the database; its calls live with their tables (`tenancy`, `keys`,
+`audit`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from memoryd.domain.errors import Unavailable
+from memoryd.storage.sql.audit import AuditTables
+from memoryd.storage.sql.keys import KeyTables
+from memoryd.storage.sql.outage import Guarded, Reachability, discard_broken_connections
+from memoryd.storage.sql.schema import SCHEMA_VERSION, metadata, migrate, schema_version
+from memoryd.storage.sql.tenancy import TenancyTables
+from memoryd.storage.sql.tx import Tx
+
+_PING_TIMEOUT_S = 1.5
+_CONNECT_TIMEOUT_S = 5.0
+
+
+class SqlControlStore(TenancyTables, KeyTables, AuditTables):
+    """`ControlStore` on SQLAlchemy Core async. See `memoryd.domain.control`."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self._url = url
+        self._echo = echo
+        self._engine: AsyncEngine | None = None
+        self._reach = Reachability()
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the database answered the last call (see `outage`)."""
+        return self._reach.reachable
+
+    def on_reachability_change(self, listener: Callable[[bool], None]) -> None:
+        """`listener(reachable)` runs when the database stops or starts answering."""
+        self._reach.on_change(listener)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("SqlControlStore.open() was not called")
+        return self._engine
+
+    async def open(self) -> None:
+        kwargs: dict[str, Any] = {"echo": self._echo}
+        if self._url.startswith("sqlite"):
+            path = self._url.split(":///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            # a host that drops packets must not hold a call for asyncpg's 60 s default
+            kwargs.update(
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args={"timeout": _CONNECT_TIMEOUT_S},
+            )
+        self._engine = create_async_engine(self._url, **kwargs)
+        discard_broken_connections(self._engine)
+        if self._url.startswith("sqlite"):
+
+            @sa.event.listens_for(self._engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=5000")
+                cur.close()
+
+        async with self._begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            version = (await conn.execute(sa.select(schema_version.c.version))).scalar()
+            if version is None:
+                await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif version < SCHEMA_VERSION:
+                await migrate(conn, version)
+            elif version > SCHEMA_VERSION:
+                raise Unavailable(
+                    f"the database schema is version {version}, newer than this server "
+                    f"understands ({SCHEMA_VERSION}); upgrade memoryd"
+                )
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def ping(self) -> bool:
+        """Whether the database answers `SELECT 1` in time (for health)."""
+        try:
+            async with asyncio.timeout(_PING_TIMEOUT_S):
+                async with Guarded(self.engine.connect(), self._reach) as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+        except TimeoutError:
+            self._reach.failed(f"no answer within {_PING_TIMEOUT_S} s")
+            return False
+        except Unavailable:
+            return False
+        return True
+
+    def _begin(self, parent: str = "") -> Any:
+        """A transaction; `parent` names what its new rows belong to, for the
+        error when that was deleted meanwhile. Every use of the engine goes
+        through here: an outage becomes Unavailable (DATABASE_UNAVAILABLE)
+        with a retry hint, logged once."""
+        return Guarded(Tx(self.engine, parent), self._reach)

@@ -1,0 +1,229 @@
+"""Where the Qdrant Edge engine runs for `EdgeVectorStore`: on one worker
+thread of this process (`ThreadBackend`), or in a child process that owns
+the shard (`ChildBackend`, the server's default; see
+`memoryd.storage.vectors.edge_child` for its side). Either runs the
+engine's calls one at a time, in order, and answers each with a future; the
+store decides how long to wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from memoryd.domain.errors import Unavailable
+from memoryd.storage.vectors.edge_child import HEADER, encode
+from memoryd.storage.vectors.edge_engine import EdgeEngine, closed
+
+log = logging.getLogger("memoryd.storage.edge")
+
+# How long a child that was asked to exit may take to flush and let go.
+_CHILD_EXIT_S = 30.0
+# ...and one that was killed (SIGKILL waits for a disk I/O in progress).
+_KILLED_EXIT_S = 2.0
+# The child's program: this process's import path (so it runs this very copy
+# of memoryd, wherever it was imported from), then edge_child's main.
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+    "from memoryd.storage.vectors.edge_child import main; sys.exit(main(sys.argv))"
+)
+
+
+class Backend(Protocol):
+    """Runs `EdgeEngine` calls one at a time, in order."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        """Starts `name(*args)` on the engine; the future has its result."""
+        ...
+
+    async def stop(self, *, kill: bool) -> None:
+        """Lets go of the engine (after a `close` call, or without one when
+        `kill`), not waiting for a stuck call when `kill`."""
+        ...
+
+
+class ThreadBackend:
+    """The engine on one worker thread of this process."""
+
+    def __init__(self, engine: EdgeEngine) -> None:
+        self.engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        fn = getattr(self.engine, name)
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def stop(self, *, kill: bool) -> None:
+        # not killed: the engine has been closed, so nothing is queued
+        self._executor.shutdown(wait=not kill)
+
+
+class ChildBackend:
+    """The engine in a child process (`memoryd.storage.edge_child`), over a
+    Unix socket: requests are written without waiting (asyncio buffers
+    them), and one reader task matches answers to calls by id, so no thread
+    of this process ever waits on the engine."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._proc = proc
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._alive = True
+        self._stopping = False
+        self._reading = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(cls, engine_kwargs: dict[str, Any]) -> ChildBackend:
+        ours, theirs = socket.socketpair()
+        # The kernel kills the child when the thread that forks it dies:
+        # fine for the main thread (the process), not for any other.
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        level = logging.getLevelName(logging.getLogger("memoryd").getEffectiveLevel())
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _BOOT,
+                json.dumps(sys.path),
+                str(theirs.fileno()),
+                str(os.getpid()),
+                "1" if pdeathsig else "0",
+                str(level),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        child = cls(proc, reader, writer)
+        writer.write(encode(engine_kwargs))
+        return child
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._alive:
+            future.set_exception(crashed(_exit(self._proc.returncode)))
+            return future
+        req_id = next(self._ids)
+        frame = encode((req_id, name, args))
+        self._pending[req_id] = future
+        self._writer.write(frame)
+        return future
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                header = await self._reader.readexactly(HEADER.size)
+                body = await self._reader.readexactly(HEADER.unpack(header)[0])
+                req_id, ok, value = pickle.loads(body)
+                future = self._pending.pop(req_id, None)
+                if future is None or future.done():
+                    continue  # its caller has gone (cancelled)
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the child has gone
+        except Exception:
+            log.exception("bad answer from the vector engine process: stopping it")
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        self._alive = False
+        pending, self._pending = self._pending, {}
+        if self._stopping:
+            err = closed()
+        else:
+            code = await self._proc.wait()
+            log.error(
+                "the vector engine process %d died (%s): its calls answer UNAVAILABLE and "
+                "the next call starts a new one; acknowledged writes are in its write-ahead log",
+                self._proc.pid,
+                _exit(code),
+            )
+            err = crashed(_exit(code))
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(err)
+
+    async def stop(self, *, kill: bool) -> None:
+        self._stopping = True
+        if kill and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        # end-of-file: the child closes the engine (if still open) and exits
+        self._writer.close()
+        try:
+            await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S if kill else _CHILD_EXIT_S)
+        except TimeoutError:
+            # A process blocked in the kernel on a hung disk dies only when
+            # the disk answers: let it go (it is killed, and the lock goes
+            # with it) rather than hold up shutdown.
+            log.error("the vector engine process %d does not exit: killing it", self._proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), _KILLED_EXIT_S)
+        if self._proc.returncode is None:
+            self._reading.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reading
+
+
+def crashed(how: str) -> Unavailable:
+    return Unavailable(
+        f"the vector engine process stopped ({how}); retry: it is restarted on the next call",
+        reason="VECTOR_ENGINE_CRASHED",
+    )
+
+
+def _exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

@@ -1,0 +1,273 @@
+"""Memory points as both Qdrant adapters store them: the payload layout, the
+payload indexes, and the conversions between a `MemoryRecord` and a point.
+
+One payload layout serves Qdrant Edge and a Qdrant server alike (an Edge
+shard and a server shard share their data format), so a point reads and
+filters the same wherever it lives:
+
+    org_id, project_id, environment_id   the tenant's parts (keywords)
+    tenant                               `Tenant.key` ("org/project/env"), keyword, is_tenant
+    end_user_id                          the end user, "" when none
+    content, agent_id, thread_id, source strings
+    tags                                 a list of strings
+    metadata                             the memory's metadata, exactly as given
+    metadata_bools                       the boolean leaves of `metadata` as 1/0, at the
+                                         same paths (absent when there are none)
+    create_time, update_time             integer microseconds since the Unix epoch (UTC)
+    expire_time                          the same, or NO_EXPIRY when the memory never expires
+    revision, revisions                  the revision number; past states, oldest first
+    layout                               LAYOUT, the version of this layout
+
+Times are integers so that ranges and ordering are exact in every engine (a
+datetime index would round differently in each), and "no expiry" is a real
+number so that "not expired" is one range condition on an indexed field.
+
+`INDEXES` is the one plan of the payload indexes; each adapter only says
+how its engine spells each `IndexKind`.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from memoryd.domain.memory import MemoryRecord, Revision
+from memoryd.domain.tenancy import Tenant
+
+LAYOUT = 1
+
+ORG_ID = "org_id"
+PROJECT_ID = "project_id"
+ENVIRONMENT_ID = "environment_id"
+TENANT = "tenant"
+END_USER_ID = "end_user_id"
+CONTENT = "content"
+METADATA = "metadata"
+METADATA_BOOLS = "metadata_bools"
+AGENT_ID = "agent_id"
+THREAD_ID = "thread_id"
+SOURCE = "source"
+TAGS = "tags"
+CREATE_TIME = "create_time"
+UPDATE_TIME = "update_time"
+EXPIRE_TIME = "expire_time"
+REVISION = "revision"
+REVISIONS = "revisions"
+LAYOUT_FIELD = "layout"
+
+
+class IndexKind(enum.Enum):
+    """How a payload field is indexed."""
+
+    TENANT = "tenant"  # keyword, is_tenant: the engine keeps each tenant's points together
+    KEYWORD = "keyword"  # exact match, no HNSW links of its own
+    INTEGER = "integer"  # ranges only (no exact lookups), no HNSW links of its own
+
+
+INDEXES: Mapping[str, IndexKind] = {
+    TENANT: IndexKind.TENANT,
+    # the filterable strings, and the organization and project (deleting a
+    # project's points)
+    **dict.fromkeys(
+        (END_USER_ID, AGENT_ID, THREAD_ID, SOURCE, TAGS, ORG_ID, PROJECT_ID), IndexKind.KEYWORD
+    ),
+    # ordering (create_time), expiry, time filters
+    **dict.fromkeys((CREATE_TIME, UPDATE_TIME, EXPIRE_TIME), IndexKind.INTEGER),
+}
+
+# 2**53 - 1 µs is in the year 2255: far enough to mean "never", and still
+# exact as a float, which is how range bounds travel in both engines.
+NO_EXPIRY = 2**53 - 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+# --- values -----------------------------------------------------------------
+
+
+def to_micros(t: datetime) -> int:
+    """Microseconds since the Unix epoch. A naive datetime is taken as UTC."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return (t - _EPOCH) // _MICROSECOND
+
+
+def from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def point_id(value: object) -> str | None:
+    """The canonical (lower-case, hyphenated) UUID string, or None when
+    `value` is not a UUID: such an id names no point."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
+# --- payload ----------------------------------------------------------------
+
+
+def to_payload(record: MemoryRecord) -> dict[str, Any]:
+    """The payload of a record's point (its vector travels separately)."""
+    t = record.tenant
+    expire = NO_EXPIRY if record.expire_time is None else to_micros(record.expire_time)
+    payload: dict[str, Any] = {
+        ORG_ID: t.org_id,
+        PROJECT_ID: t.project_id,
+        ENVIRONMENT_ID: t.environment_id,
+        TENANT: t.key,
+        END_USER_ID: t.end_user_id,
+        CONTENT: record.content,
+        METADATA: dict(record.metadata),
+        AGENT_ID: record.agent_id,
+        THREAD_ID: record.thread_id,
+        SOURCE: record.source,
+        TAGS: list(record.tags),
+        CREATE_TIME: to_micros(record.create_time),
+        UPDATE_TIME: to_micros(record.update_time),
+        EXPIRE_TIME: min(expire, NO_EXPIRY),
+        REVISION: record.revision,
+        REVISIONS: [_revision_to_payload(r) for r in record.revisions],
+        LAYOUT_FIELD: LAYOUT,
+    }
+    bools = _bool_leaves(record.metadata)
+    if bools:
+        payload[METADATA_BOOLS] = bools
+    return payload
+
+
+def from_payload(
+    pid: str,
+    payload: Mapping[str, Any],
+    vector: Sequence[float] | None = None,
+    *,
+    with_revisions: bool,
+) -> MemoryRecord:
+    """The record of a point read back; its `revisions` stay empty unless
+    `with_revisions` (decoding a whole history is wasted on a search or a
+    list, which never show it)."""
+    revisions = payload.get(REVISIONS) if with_revisions else None
+    expire = int(payload[EXPIRE_TIME])
+    return MemoryRecord(
+        id=pid,
+        tenant=Tenant(
+            org_id=payload[ORG_ID],
+            project_id=payload[PROJECT_ID],
+            environment_id=payload[ENVIRONMENT_ID],
+            end_user_id=payload.get(END_USER_ID, ""),
+        ),
+        content=payload[CONTENT],
+        metadata=payload.get(METADATA) or {},
+        agent_id=payload.get(AGENT_ID, ""),
+        thread_id=payload.get(THREAD_ID, ""),
+        source=payload.get(SOURCE, ""),
+        tags=tuple(payload.get(TAGS) or ()),
+        create_time=from_micros(payload[CREATE_TIME]),
+        update_time=from_micros(payload[UPDATE_TIME]),
+        expire_time=None if expire >= NO_EXPIRY else from_micros(expire),
+        revision=int(payload.get(REVISION, 0)),
+        vector=None if vector is None else tuple(float(x) for x in vector),
+        revisions=tuple(_revision_from_payload(r) for r in revisions or ()),
+    )
+
+
+def _revision_to_payload(r: Revision) -> dict[str, Any]:
+    return {
+        "revision": r.revision,
+        "content": r.content,
+        "metadata": dict(r.metadata),
+        "tags": list(r.tags),
+        "agent_id": r.agent_id,
+        "thread_id": r.thread_id,
+        "source": r.source,
+        "update_time": to_micros(r.update_time),
+        "replace_time": to_micros(r.replace_time),
+    }
+
+
+def _revision_from_payload(p: Mapping[str, Any]) -> Revision:
+    return Revision(
+        revision=int(p["revision"]),
+        content=p["content"],
+        metadata=p.get("metadata") or {},
+        tags=tuple(p.get("tags") or ()),
+        agent_id=p.get("agent_id", ""),
+        thread_id=p.get("thread_id", ""),
+        source=p.get("source", ""),
+        update_time=from_micros(p["update_time"]),
+        replace_time=from_micros(p["replace_time"]),
+    )
+
+
+_NO_BOOLS = object()
+
+
+def _bool_leaves(value: Any) -> Any:
+    """`value` pruned to its boolean leaves, each as 1 or 0; falsy when none.
+
+    Why: Qdrant Edge 0.9.0 never matches `MatchValue(True/False)`, so a filter
+    on a boolean metadata value matches its integer twin here instead. Keeping
+    the twin apart from `metadata` means a string "true" or a number 1 in the
+    metadata can never be taken for a boolean.
+    """
+    pruned = _prune(value)
+    return None if pruned is _NO_BOOLS else pruned
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, bool):
+        return 1 if value else 0
+    if isinstance(value, Mapping):
+        out = {k: p for k, v in value.items() if (p := _prune(v)) is not _NO_BOOLS}
+        return out or _NO_BOOLS
+    if isinstance(value, list | tuple):
+        items = [p for v in value if (p := _prune(v)) is not _NO_BOOLS]
+        return items or _NO_BOOLS
+    return _NO_BOOLS
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point to write: canonical UUID id, vector, payload."""
+
+    id: str
+    vector: list[float]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A point read back. `score` is 0.0 outside a search."""
+
+    id: str
+    payload: Mapping[str, Any]
+    vector: list[float] | None = None
+    score: float = 0.0
+
+
+def dense_vector(v: Any) -> list[float] | None:
+    """The default (unnamed) dense vector of a point read back (either
+    engine's form: a list of floats, or named vectors with "" the default)."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        v = v.get("")
+        if v is None:
+            return None
+    return [float(x) for x in v]
+
+
+def owners(found: Iterable[Any]) -> dict[str, tuple[str, str]]:
+    """Point id → (tenant key, end user id), from engine records with payloads."""
+    return {
+        str(r.id): ((r.payload or {}).get(TENANT, ""), (r.payload or {}).get(END_USER_ID, ""))
+        for r in found
+    }
