@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from memoryd.domain.memories.dedupe import first_near_duplicates
 from memoryd.domain.memories.filters import (
-    FILTER_INVALID,
     MAX_FILTER_CONDITIONS,
     MAX_FILTER_DEPTH,
     raise_filter_violations,
@@ -37,7 +36,6 @@ from memoryd.domain.memories.service import MemoryService
 from memoryd.domain.memories.validation import bounded
 
 __all__ = [
-    "FILTER_INVALID",
     "MAX_FILTER_CONDITIONS",
     "MAX_FILTER_DEPTH",
     "Created",
