@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from memoryd.domain.dedupe import BLOCK, first_near_duplicates
+from memoryd.domain.memories.dedupe import BLOCK, first_near_duplicates
 
 
 def reference(

@@ -15,6 +15,7 @@ from memoryd.domain.errors import DomainError, InvalidArgument, Violations
 from memoryd.domain.memories import (
     MAX_FILTER_DEPTH,
     MemoryService,
+    MemoryUpdate,
     NewMemory,
     bounded,
     raise_filter_violations,
@@ -79,12 +80,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def UpdateMemory(
         self, request: memory_pb2.UpdateMemoryRequest, context: Any
     ) -> memory_pb2.Memory:
-        changes = new_memory(
-            memory_pb2.CreateMemoryRequest(memory=request.memory), "", for_update=True
-        )
-        updated = await self._m.update(
-            current_caller(), request.memory.id, changes, list(request.update_mask.paths)
-        )
+        updated = await self._m.update(current_caller(), request.memory.id, memory_update(request))
         return memory(updated)
 
     async def DeleteMemory(
@@ -251,10 +247,9 @@ def _normalize(value: Any) -> Any:
     return value
 
 
-def new_memory(
-    req: memory_pb2.CreateMemoryRequest, prefix: str, *, for_update: bool = False
-) -> NewMemory:
-    m = req.memory
+def _metadata(m: memory_pb2.Memory, prefix: str) -> dict[str, Any]:
+    """The memory's metadata as JSON values; InvalidArgument for a number
+    JSON cannot hold."""
     v = Violations()
     metadata: dict[str, Any] = {}
     if m.HasField("metadata"):
@@ -263,6 +258,12 @@ def new_memory(
         except ValueError:  # NaN or infinity: JSON has no such numbers
             v.add(f"{prefix}memory.metadata", "numbers must be finite (no NaN or infinity)")
     bounded(v).raise_if_any()
+    return metadata
+
+
+def new_memory(req: memory_pb2.CreateMemoryRequest, prefix: str) -> NewMemory:
+    m = req.memory
+    metadata = _metadata(m, prefix)
     return NewMemory(
         content=m.content,
         metadata=metadata,
@@ -275,6 +276,23 @@ def new_memory(
         ttl=convert.from_duration(req.ttl, f"{prefix}ttl") if req.HasField("ttl") else None,
         dedupe=req.dedupe,
         dedupe_threshold=req.dedupe_threshold,
+    )
+
+
+def memory_update(req: memory_pb2.UpdateMemoryRequest) -> MemoryUpdate:
+    """The fields of the request's mask with the request's values (the
+    domain refuses paths it cannot update)."""
+    m = req.memory
+    return MemoryUpdate(
+        paths=tuple(req.update_mask.paths),
+        content=m.content,
+        metadata=_metadata(m, ""),
+        agent_id=m.agent_id,
+        thread_id=m.thread_id,
+        source=m.source,
+        tags=tuple(m.tags),
+        embedding=tuple(m.embedding),
+        expire_time=convert.opt_ts(m, "expire_time", "memory.expire_time"),
     )
 
 

@@ -1,0 +1,87 @@
+"""Updating one memory: the fields of the mask take their new values, the
+content is embedded again when it changed (unless a vector was given), and
+the state it replaces is kept as a revision (the newest MAX_REVISIONS)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from memoryd.domain.control import Project
+from memoryd.domain.memories.model import Defaults, MemoryUpdate, WriteMeter
+from memoryd.domain.memories.quota import size_limits
+from memoryd.domain.memory import Embedder, MemoryRecord, Revision, VectorStore
+
+MAX_REVISIONS = 100
+
+
+class Updater:
+    """Applies a validated MemoryUpdate to a memory read with its vector."""
+
+    def __init__(
+        self, store: VectorStore, embedder: Embedder, meter: WriteMeter, defaults: Defaults
+    ) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._meter = meter
+        self._defaults = defaults
+
+    async def apply(
+        self, project: Project, current: MemoryRecord, update: MemoryUpdate, now: datetime
+    ) -> MemoryRecord:
+        """Stores and returns (without its vector) the new state of
+        `current`. Raises ResourceExhausted when the new content or metadata
+        is over the project's size limits."""
+        paths = update.paths
+        content = update.content if "content" in paths else current.content
+        metadata = update.metadata if "metadata" in paths else current.metadata
+        size_limits(self._defaults, project).check(content, metadata)
+        vector = await self._vector(current, update, content)
+        updated = revised(current, update, vector, now)
+        await self._store.upsert(current.tenant, [updated])
+        await self._meter.memories_written(current.tenant, 1, len(updated.content.encode()))
+        return replace(updated, vector=None)
+
+    async def _vector(
+        self, current: MemoryRecord, update: MemoryUpdate, content: str
+    ) -> tuple[float, ...] | None:
+        if "embedding" in update.paths:
+            return tuple(update.embedding)
+        if "content" in update.paths and content != current.content:
+            embedded = await self._embedder.embed([content], fairness_key=current.tenant.org_id)
+            return tuple(embedded[0])
+        return current.vector
+
+
+def revised(
+    current: MemoryRecord, update: MemoryUpdate, vector: tuple[float, ...] | None, now: datetime
+) -> MemoryRecord:
+    """`current` with the fields of `update.paths` changed, its revision
+    number one up, and its replaced state first in its revisions. A memory
+    keeps its tenant (and end user)."""
+    paths = update.paths
+    past = Revision(
+        revision=current.revision,
+        content=current.content,
+        metadata=current.metadata,
+        tags=current.tags,
+        agent_id=current.agent_id,
+        thread_id=current.thread_id,
+        source=current.source,
+        update_time=current.update_time,
+        replace_time=now,
+    )
+    return replace(
+        current,
+        content=update.content if "content" in paths else current.content,
+        metadata=dict(update.metadata if "metadata" in paths else current.metadata),
+        tags=tuple(dict.fromkeys(update.tags)) if "tags" in paths else current.tags,
+        agent_id=update.agent_id if "agent_id" in paths else current.agent_id,
+        thread_id=update.thread_id if "thread_id" in paths else current.thread_id,
+        source=update.source if "source" in paths else current.source,
+        expire_time=update.expire_time if "expire_time" in paths else current.expire_time,
+        update_time=now,
+        revision=current.revision + 1,
+        vector=vector,
+        revisions=(past, *current.revisions)[:MAX_REVISIONS],
+    )
