@@ -28,6 +28,7 @@ from memoryd.auth.hashing import SecretHasher
 from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.memories import MemoryService
+from memoryd.domain.project_cache import ProjectCache
 from memoryd.v1 import keys_pb2, memory_pb2
 
 MEMORY = "/memoryd.v1.MemoryService/"
@@ -500,3 +501,28 @@ async def test_a_cancelled_call_is_logged_as_cancelled(
     call.cancel()
     await wait_for(lambda: _true(("ImportMemories", "CANCELLED") in seen), within=10)
     assert ("ImportMemories", "OK") not in seen
+
+
+# --- one project read per call -------------------------------------------------------------------
+
+
+async def test_a_memory_call_reads_its_project_once(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate limiter (the project's limits) and the memory rules (its
+    settings and quotas) see the project of one read of the cache."""
+    client = await reader(server)
+    reads: list[tuple[str, str]] = []
+    original = ProjectCache.get_project
+
+    async def counting(self: ProjectCache, org_id: str, project_id: str) -> Any:
+        reads.append((org_id, project_id))
+        return await original(self, org_id, project_id)
+
+    monkeypatch.setattr(ProjectCache, "get_project", counting)
+    create = memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="once"))
+    await client.memory.CreateMemory(create, metadata=client.md())
+    assert len(reads) == 1
+    search = memory_pb2.SearchMemoriesRequest(query="once")
+    await client.memory.SearchMemories(search, metadata=client.md())
+    assert len(reads) == 2 and reads[0] == reads[1]
