@@ -120,7 +120,8 @@ class CallProjects:
     call, each project is read from the cache once and kept in the call
     state, so admission and the memory rules see the same project and the
     cache is asked once. Outside a call (start-up, background work) it reads
-    through."""
+    through; a task that outlives the call it was started in would see that
+    call's reads, so only the call's own work reads projects through this."""
 
     def __init__(self, projects: ProjectCache) -> None:
         self._projects = projects

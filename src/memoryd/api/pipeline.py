@@ -53,6 +53,8 @@ Behavior = Callable[..., Any]
 
 
 class Pipeline:
+    """Wraps the methods of servicers in the call's steps (see the module)."""
+
     def __init__(
         self,
         authenticator: Authenticator,
