@@ -24,10 +24,12 @@ from grpc_health.v1._async import HealthServicer
 from memoryd.api import reflection as api_reflection
 from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
-from memoryd.api.interceptor import CallInterceptor, CallObserver, RequestLimits
+from memoryd.api.call import CallProjects
 from memoryd.api.keys import KeyServicer
 from memoryd.api.memory import MemoryServicer
 from memoryd.api.observe import CallbackCounters, CallLogger, Metrics
+from memoryd.api.pipeline import Pipeline
+from memoryd.api.steps import CallObserver, RequestLimits
 from memoryd.auth.authenticator import Authenticator
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
@@ -318,11 +320,13 @@ async def _build(
     audit_file = JsonLinesAuditFile(settings.audit_log) if settings.audit_log else None
     auditor = Auditor(control, clock, audit_file)
     projects_cache = ProjectCache(control, clock, stale_s=settings.project_cache_stale_s)
+    # a call's project is read once, for the rate limiter and the memory rules alike
+    call_projects = CallProjects(projects_cache)
     ceilings = _ceilings(settings)
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
-        projects_cache,
+        call_projects,
         clock,
         Defaults(
             max_memories_per_environment=settings.max_memories_per_environment,
@@ -352,13 +356,13 @@ async def _build(
     # --- the gRPC server ------------------------------------------------------------------
     admission = RateLimitAdmission(
         limiter,
-        projects_cache,
+        call_projects,
         key_limit=Limit(settings.key_requests_per_second, settings.key_burst),
         project_limit=Limit(settings.project_requests_per_second, settings.project_burst),
         ceiling=Limit(ceilings.requests_per_second, ceilings.burst),
     )
     observers: list[CallObserver] = [metrics, CallLogger()]
-    interceptor = CallInterceptor(
+    pipeline = Pipeline(
         authenticator,
         admission=admission,
         observers=observers,
@@ -384,13 +388,13 @@ async def _build(
     server = aio.server(interceptors=interceptors or None, options=_server_options(settings))
     # The pipeline (request id, auth, limits, errors, usage, metrics) wraps
     # every method of the three services; health and reflection stay open.
-    interceptor.register(
+    pipeline.register(
         memory_pb2_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(memories), server
     )
-    interceptor.register(
+    pipeline.register(
         keys_pb2_grpc.add_KeyServiceServicer_to_server, KeyServicer(keys, clock), server
     )
-    interceptor.register(
+    pipeline.register(
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
         AdminServicer(projects, auditor, UsageReporter(meter, clock)),
         server,

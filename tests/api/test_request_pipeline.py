@@ -20,13 +20,15 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
-from memoryd.api import interceptor
 from memoryd.api import memory as memory_api
+from memoryd.api import steps
+from memoryd.api.call import CallState
 from memoryd.app import build_app
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.memories import MemoryService
+from memoryd.domain.project_cache import ProjectCache
 from memoryd.v1 import keys_pb2, memory_pb2
 
 MEMORY = "/memoryd.v1.MemoryService/"
@@ -94,7 +96,7 @@ class Decodes:
             self.sizes.append(len(raw))
             return parse(deserializer, raw)
 
-        monkeypatch.setattr(interceptor, "_parse", recording)
+        monkeypatch.setattr(steps, "_parse", recording)
 
 
 # --- S3: oversize bodies are refused before decoding ------------------------------------------
@@ -104,7 +106,7 @@ async def test_an_oversize_request_is_refused_undecoded_before_auth_and_scopes(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decodes = Decodes()
-    decodes.install(monkeypatch, interceptor._parse)
+    decodes.install(monkeypatch, steps._parse)
     client = await reader(server, ("memory:read",))
     req = big_metadata_request(9_900_000)
     raw_size = req.ByteSize()
@@ -150,17 +152,17 @@ async def test_another_tenants_call_is_answered_while_a_large_body_decodes(
     events: list[str] = []
     started = threading.Event()
     release = threading.Event()
-    original = interceptor._parse
+    original = steps._parse
 
     def held_parse(deserializer: Any, raw: bytes) -> Any:
-        if len(raw) > interceptor.OFFLOAD_DECODE_BYTES:
+        if len(raw) > steps.OFFLOAD_DECODE_BYTES:
             events.append("decode started")
             started.set()
             release.wait(timeout=10)  # only a deadlock breaker: the test releases it
             events.append("decode finished")
         return original(deserializer, raw)
 
-    monkeypatch.setattr(interceptor, "_parse", held_parse)
+    monkeypatch.setattr(steps, "_parse", held_parse)
     client = await reader(server)
     other = await server.new_org("other tenant")
     big = memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="z" * 100_000))
@@ -200,7 +202,7 @@ async def test_another_tenants_call_is_answered_while_a_large_batch_converts(
     other = await server.new_org("other tenant")
     item = memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="w" * 20_000))
     batch = memory_pb2.BatchCreateMemoriesRequest(requests=[item] * 5)
-    assert batch.ByteSize() > interceptor.OFFLOAD_DECODE_BYTES
+    assert batch.ByteSize() > steps.OFFLOAD_DECODE_BYTES
 
     large_call = asyncio.ensure_future(
         client.memory.BatchCreateMemories(batch, metadata=client.md())
@@ -398,7 +400,7 @@ async def test_a_bad_key_never_gets_its_body_decoded(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decodes = Decodes()
-    decodes.install(monkeypatch, interceptor._parse)
+    decodes.install(monkeypatch, steps._parse)
     bad = server.client("ms_live_" + "0" * 50)
     err = await refused(
         _raw_unary(server.channel, "CreateMemory")(GARBAGE, metadata=bad.md()),
@@ -424,7 +426,7 @@ async def test_undecodable_bodies_are_logged_once_per_peer_per_interval(
             await refused(unary(GARBAGE, metadata=client.md()), grpc.StatusCode.INVALID_ARGUMENT)
         assert len(lines()) == 1
         assert lines()[0].levelno == logging.WARNING
-        clock.advance(interceptor.MALFORMED_LOG_INTERVAL_S)
+        clock.advance(steps.MALFORMED_LOG_INTERVAL_S)
         await refused(unary(GARBAGE, metadata=client.md()), grpc.StatusCode.INVALID_ARGUMENT)
     assert len(lines()) == 2
     assert "4 more" in lines()[1].getMessage()
@@ -483,7 +485,7 @@ async def test_a_cancelled_call_is_logged_as_cancelled(
     monkeypatch.setattr(MemoryService, "import_stream", noting)
     from memoryd.api import observe
 
-    def record(self: Any, call: interceptor.CallState, duration_s: float) -> None:
+    def record(self: Any, call: CallState, duration_s: float) -> None:
         seen.append((call.method.rsplit("/", 1)[-1], call.code))
 
     monkeypatch.setattr(observe.CallLogger, "call_finished", record)
@@ -499,3 +501,28 @@ async def test_a_cancelled_call_is_logged_as_cancelled(
     call.cancel()
     await wait_for(lambda: _true(("ImportMemories", "CANCELLED") in seen), within=10)
     assert ("ImportMemories", "OK") not in seen
+
+
+# --- one project read per call -------------------------------------------------------------------
+
+
+async def test_a_memory_call_reads_its_project_once(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate limiter (the project's limits) and the memory rules (its
+    settings and quotas) see the project of one read of the cache."""
+    client = await reader(server)
+    reads: list[tuple[str, str]] = []
+    original = ProjectCache.get_project
+
+    async def counting(self: ProjectCache, org_id: str, project_id: str) -> Any:
+        reads.append((org_id, project_id))
+        return await original(self, org_id, project_id)
+
+    monkeypatch.setattr(ProjectCache, "get_project", counting)
+    create = memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="once"))
+    await client.memory.CreateMemory(create, metadata=client.md())
+    assert len(reads) == 1
+    search = memory_pb2.SearchMemoriesRequest(query="once")
+    await client.memory.SearchMemories(search, metadata=client.md())
+    assert len(reads) == 2 and reads[0] == reads[1]

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from google.protobuf import empty_pb2
 
 from memoryd.api import convert
-from memoryd.api.interceptor import current_caller
+from memoryd.api.call import current_caller
 from memoryd.domain.audit import Auditor
 from memoryd.domain.control import AuditQuery, UsageRecord
 from memoryd.domain.errors import InvalidArgument

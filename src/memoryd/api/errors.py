@@ -16,7 +16,13 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from memoryd.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
+from memoryd.domain.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 
 ERROR_DOMAIN = "memoryd"
 
@@ -29,21 +35,42 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+# The one owner of error sizes. An error travels in trailing metadata (its
+# message twice: grpc-message, and in grpc-status-details-bin as base64),
+# which clients refuse past 16 KiB by default: whatever the domain collects,
+# what goes on the wire is capped here. The domain may report every
+# violation it finds and echo client strings whole.
 MAX_MESSAGE = 1024
-MAX_DETAIL = 256
-MAX_VIOLATIONS = 20
+MAX_DETAIL = 256  # each field name and description of a violation, each logged excerpt
+MAX_VIOLATIONS = 9  # past this, the first 8 and one saying how many more
+# Failures listed (compactly, by code and reason) in the status of an import
+# that stopped early.
+MAX_STOPPED_IMPORT_ERRORS = 10
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    """`text`, at most `limit` characters (ending with `…` when cut)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def capped(violations: Sequence[FieldViolation]) -> list[FieldViolation]:
+    """At most MAX_VIOLATIONS violations: past that, the first ones and a
+    last one (on the first's field) saying how many more there were."""
+    if len(violations) <= MAX_VIOLATIONS:
+        return list(violations)
+    kept = MAX_VIOLATIONS - 1
+    more = FieldViolation(
+        violations[0].field, f"and {len(violations) - kept} more violations, not listed"
+    )
+    return [*violations[:kept], more]
 
 
 def status_proto(err: DomainError, extra: Sequence[object] = ()) -> status_pb2.Status:
     """The `google.rpc.Status` of a domain error (also used per batch item),
     with `extra` protobuf messages appended to its details.
 
-    Sizes are capped (message, each description, number of violations) so
-    that an error always fits in a client's trailer limit."""
+    Sizes are capped here (message, each field and description, number of
+    violations) so that an error always fits in a client's trailer limit."""
     details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN))]
     if isinstance(err, InvalidArgument) and err.violations:
         details.append(
@@ -51,10 +78,9 @@ def status_proto(err: DomainError, extra: Sequence[object] = ()) -> status_pb2.S
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=_clip(v.field, MAX_DETAIL),
-                            description=_clip(v.description, MAX_DETAIL),
+                            field=clip(v.field), description=clip(v.description)
                         )
-                        for v in err.violations[:MAX_VIOLATIONS]
+                        for v in capped(err.violations)
                     ]
                 )
             )
@@ -76,7 +102,7 @@ def status_proto(err: DomainError, extra: Sequence[object] = ()) -> status_pb2.S
         details.append(_pack(_retry_info(err.retry_after)))
     details.extend(_pack(message) for message in extra)
     return status_pb2.Status(
-        code=getattr(code_pb2, err.code), message=_clip(err.message, MAX_MESSAGE), details=details
+        code=getattr(code_pb2, err.code), message=clip(err.message, MAX_MESSAGE), details=details
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from memoryd.api import convert
-from memoryd.api.interceptor import current_caller
+from memoryd.api.call import current_caller
 from memoryd.domain.clock import Clock
 from memoryd.domain.keys import KeyManager
 from memoryd.v1 import keys_pb2, keys_pb2_grpc

@@ -9,15 +9,15 @@ from typing import Any
 from google.protobuf import empty_pb2, json_format
 
 from memoryd.api import convert
-from memoryd.api.errors import status_proto
-from memoryd.api.interceptor import OFFLOAD_DECODE_BYTES, current_call, current_caller
+from memoryd.api.call import current_call, current_caller
+from memoryd.api.errors import MAX_STOPPED_IMPORT_ERRORS, status_proto
+from memoryd.api.steps import OFFLOAD_DECODE_BYTES
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
 from memoryd.domain.memories import (
     MAX_FILTER_DEPTH,
     MemoryService,
     MemoryUpdate,
     NewMemory,
-    bounded,
     raise_filter_violations,
 )
 from memoryd.domain.memory import (
@@ -31,10 +31,6 @@ from memoryd.domain.memory import (
     TimeRange,
 )
 from memoryd.v1 import memory_pb2, memory_pb2_grpc
-
-CROSS_PROJECT_HEADER = "x-allow-cross-project"
-# Failures listed (compactly) in the status of an import that stopped early.
-MAX_STOPPED_IMPORT_ERRORS = 10
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
@@ -102,15 +98,15 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def SearchMemories(
         self, request: memory_pb2.SearchMemoriesRequest, context: Any
     ) -> memory_pb2.SearchMemoriesResponse:
-        cross = _header(context, CROSS_PROJECT_HEADER).lower() == "true"
+        call = current_call()
         hits = await self._m.search(
-            current_caller(),
+            call.caller(),
             query=request.query,
             vector=list(request.query_embedding),
             flt=to_filter(request.filter),
             top_k=request.top_k,
             min_score=request.min_score,
-            cross_project=cross,
+            cross_project=call.allow_cross_project,
         )
         return memory_pb2.SearchMemoriesResponse(
             results=[
@@ -225,13 +221,6 @@ def _batch_items(
     return items, failures
 
 
-def _header(context: Any, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name and isinstance(value, str):
-            return value
-    return ""
-
-
 # --- conversions ------------------------------------------------------------------------
 
 
@@ -257,7 +246,7 @@ def _metadata(m: memory_pb2.Memory, prefix: str) -> dict[str, Any]:
             metadata = _normalize(json_format.MessageToDict(m.metadata))
         except ValueError:  # NaN or infinity: JSON has no such numbers
             v.add(f"{prefix}memory.metadata", "numbers must be finite (no NaN or infinity)")
-    bounded(v).raise_if_any()
+    v.raise_if_any()
     return metadata
 
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from memoryd.api.interceptor import CallState
+from memoryd.api.call import CallState
 
 call_log = logging.getLogger("memoryd.access")
 

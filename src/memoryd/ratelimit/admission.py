@@ -10,10 +10,10 @@ Some methods cost more than one unit (`costs`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
+from memoryd.domain.control import Project
 from memoryd.domain.errors import QuotaViolation, ResourceExhausted
-from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.tenancy import KeyKind, Principal
 from memoryd.ratelimit.gcra import Limit, api_key_bucket, org_key_bucket, project_bucket
 from memoryd.ratelimit.limiter import RateLimiter
@@ -87,11 +87,17 @@ STREAM_COSTS: dict[str, Any] = {
 }
 
 
+class ProjectReader(Protocol):
+    """Reads a project's rate-limit overrides (the call's `CallProjects`)."""
+
+    async def get_project(self, org_id: str, project_id: str) -> Project | None: ...
+
+
 class RateLimitAdmission:
     def __init__(
         self,
         limiter: RateLimiter,
-        projects: ProjectCache,
+        projects: ProjectReader,
         *,
         key_limit: Limit,
         project_limit: Limit,
@@ -134,9 +140,6 @@ class RateLimitAdmission:
                 trailers=trailers,
             )
         return list(trailers.items())
-
-    def refused(self, principal: Principal, method: str) -> None:
-        return None
 
     async def _limits(self, p: Principal) -> tuple[Limit, Limit]:
         project = await self._projects.get_project(p.org_id, p.project_id)
