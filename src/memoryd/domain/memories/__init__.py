@@ -33,7 +33,6 @@ from memoryd.domain.memories.model import (
     WriteMeter,
 )
 from memoryd.domain.memories.service import MemoryService
-from memoryd.domain.memories.validation import bounded
 
 __all__ = [
     "MAX_FILTER_CONDITIONS",
@@ -47,7 +46,6 @@ __all__ = [
     "NewMemory",
     "ProjectSource",
     "WriteMeter",
-    "bounded",
     "first_near_duplicates",
     "raise_filter_violations",
     "validate_filter",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from memoryd.domain.errors import FieldViolation, InvalidArgument, Violations
-from memoryd.domain.memories.validation import KEY_HELP, bounded, clip
+from memoryd.domain.memories.validation import KEY_HELP
 from memoryd.domain.memory import (
     FILTER_KEYWORD_FIELDS,
     FILTER_TIME_FIELDS,
@@ -45,7 +45,7 @@ def validate_filter(flt: Filter, name: str = "filter") -> None:
 def raise_filter_violations(v: Violations) -> None:
     """Raises InvalidArgument (reason FILTER_INVALID) when `v` holds any."""
     if v.items:
-        items = bounded(v).items
+        items = v.items
         detail = "; ".join(f"{x.field}: {x.description}" for x in items)
         raise InvalidArgument(f"the filter is invalid: {detail}", items, reason=FILTER_INVALID)
 
@@ -78,14 +78,14 @@ def _check_condition(
     f = cond.field
     is_meta = f.startswith(METADATA_PREFIX) and len(f) > len(METADATA_PREFIX)
     if f not in FILTER_KEYWORD_FIELDS and f not in FILTER_TIME_FIELDS and not is_meta:
-        v.add(f"{name}.field", f"{clip(f)!r} cannot be filtered on; {_FIELD_HELP}")
+        v.add(f"{name}.field", f"{f!r} cannot be filtered on; {_FIELD_HELP}")
         return
     if is_meta:
         parts = f[len(METADATA_PREFIX) :].split(".")
         if not all(parts) or any(c in p for p in parts for c in METADATA_KEY_FORBIDDEN):
             v.add(
                 f"{name}.field",
-                f"{clip(f)!r}: metadata.<key> names dot-separated keys, none empty; " + KEY_HELP,
+                f"{f!r}: metadata.<key> names dot-separated keys, none empty; " + KEY_HELP,
             )
             return
     if isinstance(cond, TimeRange):

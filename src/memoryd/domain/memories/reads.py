@@ -10,7 +10,6 @@ from memoryd.domain.clock import Clock
 from memoryd.domain.errors import InvalidArgument, NotFound
 from memoryd.domain.ids import is_uuid
 from memoryd.domain.memories.model import MemoryPage
-from memoryd.domain.memories.validation import clip
 from memoryd.domain.memory import Cursor, Filter, MemoryRecord, Revision, VectorStore
 from memoryd.domain.tenancy import Tenant
 
@@ -26,12 +25,12 @@ class Reader:
         if not memory_id:
             raise InvalidArgument.field("id", "is required")
         if not is_uuid(memory_id):
-            raise NotFound(f"memory {clip(memory_id)!r} not found")
+            raise NotFound(f"memory {memory_id!r} not found")
         found = await self._store.get(
             tenant, [memory_id], self._clock.now(), with_vectors=with_vector
         )
         if not found:
-            raise NotFound(f"memory {clip(memory_id)!r} not found")
+            raise NotFound(f"memory {memory_id!r} not found")
         return found[0]
 
     async def page(

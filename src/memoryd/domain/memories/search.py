@@ -11,7 +11,7 @@ from dataclasses import replace
 from memoryd.domain.clock import Clock
 from memoryd.domain.errors import FieldViolation, InvalidArgument, PermissionDenied, Violations
 from memoryd.domain.memories.model import ProjectSource
-from memoryd.domain.memories.validation import bounded, check_vector
+from memoryd.domain.memories.validation import check_vector
 from memoryd.domain.memory import Embedder, Filter, ScoredRecord, VectorStore
 from memoryd.domain.tenancy import Principal, Scope, Tenant
 
@@ -52,7 +52,7 @@ class Searcher:
             v.add("top_k", f"must be between 1 and {MAX_TOP_K} (0: {DEFAULT_TOP_K})")
         if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
             v.add("min_score", "must be between -1 and 1")
-        bounded(v).raise_if_any()
+        v.raise_if_any()
 
     def _check_query(self, query: str) -> None:
         """Refuses a query text longer than `max_query_chars` before it

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from memoryd.domain.control import Project
-from memoryd.domain.errors import FieldViolation, QuotaViolation, ResourceExhausted, Violations
+from memoryd.domain.errors import QuotaViolation, ResourceExhausted, Violations
 from memoryd.domain.memories.model import UPDATABLE_FIELDS, MemoryUpdate, NewMemory
 from memoryd.domain.memory import METADATA_KEY_FORBIDDEN
 
@@ -22,30 +22,7 @@ MAX_TAG_LEN = 128
 MAX_ID_FIELD_LEN = 256
 MAX_METADATA_KEY_LEN = 128
 MAX_TTL = timedelta(days=3650)
-# An error's details travel in trailing metadata, which clients refuse past
-# 16 KiB by default: client strings echoed in one are clipped, and at most
-# this many field violations are reported.
-MAX_VIOLATIONS = 8
-MAX_ECHO = 64
-
 KEY_HELP = "keys must not contain '\\' or '\"' (a filter could not name them)"
-
-
-def clip(text: str) -> str:
-    """A client string as echoed in an error: at most MAX_ECHO characters."""
-    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 1] + "…"
-
-
-def bounded(v: Violations) -> Violations:
-    """`v` with at most MAX_VIOLATIONS violations (and a last one saying how
-    many more there were), so that the error fits in a call's trailers."""
-    if len(v.items) > MAX_VIOLATIONS:
-        extra = len(v.items) - MAX_VIOLATIONS
-        first = v.items[0].field
-        v.items[MAX_VIOLATIONS:] = [
-            FieldViolation(first, f"and {extra} more violations, not listed")
-        ]
-    return v
 
 
 @dataclass(frozen=True)
@@ -91,7 +68,7 @@ def validate_new(
     if item.dedupe_threshold and not 0.0 < item.dedupe_threshold <= 1.0:
         v.add(f"{prefix}dedupe_threshold", "must be in (0, 1]")
     expire = _expiry(v, item, project, now, prefix)
-    bounded(v).raise_if_any()
+    v.raise_if_any()
     return expire
 
 
@@ -125,9 +102,9 @@ def validate_update(update: MemoryUpdate, now: datetime, dimension: int) -> None
         if path not in UPDATABLE_FIELDS:
             v.add(
                 f"update_mask.paths[{i}]",
-                f"{clip(path)!r} cannot be updated; allowed: {', '.join(sorted(UPDATABLE_FIELDS))}",
+                f"{path!r} cannot be updated; allowed: {', '.join(sorted(UPDATABLE_FIELDS))}",
             )
-    bounded(v).raise_if_any()
+    v.raise_if_any()
     paths = update.paths
     if "content" in paths and not update.content.strip():
         v.add("memory.content", "must not be blank")
@@ -140,7 +117,7 @@ def validate_update(update: MemoryUpdate, now: datetime, dimension: int) -> None
             v.add("memory.expire_time", "must be in the future (or unset to never expire)")
         elif update.expire_time > now + MAX_TTL:
             v.add("memory.expire_time", "must be at most 3650 days ahead")
-    bounded(v).raise_if_any()
+    v.raise_if_any()
 
 
 def check_fields(
@@ -160,7 +137,7 @@ def check_metadata(v: Violations, name: str, metadata: Mapping[str, Any]) -> Non
     for key in metadata:
         if not key or "." in key or len(key) > MAX_METADATA_KEY_LEN:
             v.add(
-                f"{name}.{clip(key)}",
+                f"{name}.{key}",
                 f"keys must be 1 to {MAX_METADATA_KEY_LEN} characters without '.'",
             )
     _check_nested_keys(v, name, metadata)
@@ -171,7 +148,7 @@ def _check_nested_keys(v: Violations, name: str, value: Any) -> None:
     name nested keys: `metadata.a.b`)."""
     if isinstance(value, Mapping):
         for key, inner in value.items():
-            here = f"{name}.{clip(str(key))}"
+            here = f"{name}.{key!s}"
             if any(c in str(key) for c in METADATA_KEY_FORBIDDEN):
                 v.add(here, KEY_HELP)
             _check_nested_keys(v, here, inner)
