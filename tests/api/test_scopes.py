@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from conftest import Client, fast_hasher
 from grpc import aio
+from helpers.servers import Client, fast_hasher
 
 from memoryd.app import App, build_app
 from memoryd.config import Settings

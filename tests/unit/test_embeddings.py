@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gated_model import GatedModel
+from helpers.gated_model import GatedModel
 
 from memoryd.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
 from memoryd.domain.memory import Embedder
