@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from helpers.errors import refused, violations
+from helpers.errors import reason_of, refused, violations
 from helpers.servers import Client, RunningServer
 
 from memoryd.domain.clock import ManualClock
@@ -82,6 +82,7 @@ async def test_a_duplicate_project_name_already_exists(server: RunningServer) ->
     o = server.owner
     await server.project("twice")
     err = await refused(grpc.StatusCode.ALREADY_EXISTS, server.project("twice"))
+    assert reason_of(err) == "ALREADY_EXISTS"
     assert "already" in (err.details() or "")
     listed = await o.admin.ListProjects(admin_pb2.ListProjectsRequest(), metadata=o.md())
     assert [p.name for p in listed.projects] == ["twice"]

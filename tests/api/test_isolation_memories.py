@@ -683,6 +683,7 @@ async def test_org_keys_cannot_use_memory_service(world: World) -> None:
         for name, call in await _org_calls(client, mid):
             err = await raised(call())
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (name, err.details())
+            assert reason_of(err) == "DATA_KEY_REQUIRED", name
     await assert_all_intact(world)
     for seat in world.seats.values():
         assert set(await list_ids(seat.client)) == world.mine(seat)
@@ -789,4 +790,5 @@ async def test_cross_project_search_without_the_scope_is_denied(world: World, he
             )
         )
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED, seat.name
-        assert "org:cross_project_read" in err.details()
+        assert reason_of(err) == "SCOPE_MISSING", seat.name
+        assert "org:cross_project_read" in err.details()  # the scope to grant

@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import code_pb2
 from grpc import aio
-from helpers.errors import quota_violations, refused, violations
+from helpers.errors import quota_violations, reason_of, refused, violations
 from helpers.servers import Client, MakeServer, RunningServer
 
 from memoryd.domain.clock import ManualClock
@@ -269,6 +269,7 @@ async def test_content_and_metadata_byte_quotas(
     await update_project(srv, project, quotas={"max_content_bytes": 20, "max_metadata_bytes": 30})
     ok = await create(client, "x" * 20)
     err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "x" * 21))
+    assert reason_of(err) == "CONTENT_TOO_LARGE"
     assert "memory.content" in quota_violations(err)
     # bytes, not characters: eleven 'é' is 22 bytes
     err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "é" * 11))
@@ -287,6 +288,7 @@ async def test_content_and_metadata_byte_quotas(
             memory_pb2.CreateMemoryRequest(memory=big), metadata=client.md()
         ),
     )
+    assert reason_of(err) == "METADATA_TOO_LARGE"
     assert "memory.metadata" in quota_violations(err)
 
     # an update past the quota is refused and changes nothing
@@ -313,6 +315,7 @@ async def test_content_and_metadata_byte_quotas(
     )
     assert (batch.succeeded_count, batch.failed_count) == (1, 1)
     assert batch.results[1].error.code == code_pb2.RESOURCE_EXHAUSTED
+    assert reason_of(batch.results[1].error) == "CONTENT_TOO_LARGE"
     assert "memory.content" in quota_violations(batch.results[1].error)
     assert len(await list_ids(client)) == 3
 
@@ -330,6 +333,7 @@ async def test_memories_per_environment_quota(
     await create(ana, "two")  # end users count towards their environment
     await create(client, "three")
     err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "four"))
+    assert reason_of(err) == "MEMORY_QUOTA_EXCEEDED"
     failure = quota_violations(err)
     assert any("max_memories_per_environment=3" in d for d in failure.values()), failure
     err = await refused(
@@ -386,6 +390,7 @@ async def test_an_import_past_the_quota_reports_the_failures(
     assert (summary.imported_count, summary.failed_count) == (2, 1)
     assert summary.errors[0].index == 1
     assert summary.errors[0].error.code == code_pb2.RESOURCE_EXHAUSTED
+    assert reason_of(summary.errors[0].error) == "CONTENT_TOO_LARGE"
 
 
 # --- required end user ------------------------------------------------------------------------
