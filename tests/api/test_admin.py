@@ -7,11 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, RunningServer
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import reason_of, refused, violations
+from helpers.servers import Client, RunningServer
 
 from memoryd.domain.clock import ManualClock
 from memoryd.v1 import admin_pb2, keys_pb2, tenancy_pb2
@@ -21,24 +19,6 @@ LIVE, TEST, DEV = (
     tenancy_pb2.ENVIRONMENT_KIND_TEST,
     tenancy_pb2.ENVIRONMENT_KIND_DEV,
 )
-
-
-async def refused(code: grpc.StatusCode, call: Any) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value
-
-
-def violations(err: aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError("no BadRequest detail")
 
 
 async def create_env(o: Client, project_id: str, name: str, kind: int) -> admin_pb2.Environment:
@@ -102,6 +82,7 @@ async def test_a_duplicate_project_name_already_exists(server: RunningServer) ->
     o = server.owner
     await server.project("twice")
     err = await refused(grpc.StatusCode.ALREADY_EXISTS, server.project("twice"))
+    assert reason_of(err) == "ALREADY_EXISTS"
     assert "already" in (err.details() or "")
     listed = await o.admin.ListProjects(admin_pb2.ListProjectsRequest(), metadata=o.md())
     assert [p.name for p in listed.projects] == ["twice"]

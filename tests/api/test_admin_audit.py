@@ -11,11 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, RunningServer
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import violations
+from helpers.servers import Client, RunningServer
 
 from memoryd.domain.clock import ManualClock
 from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, tenancy_pb2
@@ -48,17 +47,6 @@ def by_request(evs: list[admin_pb2.AuditEvent], request_id: str) -> admin_pb2.Au
     found = [e for e in evs if e.request_id == request_id]
     assert len(found) == 1, (request_id, [(e.action, e.request_id) for e in evs])
     return found[0]
-
-
-def violations(err: aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError("no BadRequest detail")
 
 
 def ts(when: datetime) -> timestamp_pb2.Timestamp:

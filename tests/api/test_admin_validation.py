@@ -8,11 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, RunningServer
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import violations
+from helpers.servers import Client, RunningServer
 
 from memoryd.v1 import admin_pb2, keys_pb2, tenancy_pb2
 
@@ -29,17 +28,6 @@ def database(request: pytest.FixtureRequest) -> dict[str, str]:
 @pytest.fixture
 async def backend(make_server: Any, database: dict[str, str]) -> RunningServer:
     return await make_server(**database)
-
-
-def violations(err: aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status in the trailers"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError("no BadRequest detail")
 
 
 async def invalid(call: Any, field: str) -> str:

@@ -10,12 +10,13 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, RunningServer
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+from helpers.errors import error_info, has_detail, reason_of, refused
+from helpers.keys import secret_of
+from helpers.servers import Client, RunningServer
 
 from memoryd.app import build_app
 from memoryd.auth.hashing import Argon2Hasher
@@ -37,32 +38,8 @@ class CountingHasher(Argon2Hasher):
         return await super().verify(secret, hashed)
 
 
-def error_info(err: aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo")
-
-
 async def whoami(client: Client, metadata: Any = None) -> keys_pb2.WhoAmIResponse:
     return await client.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=metadata or client.md())
-
-
-async def unauthenticated(call: Any) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    err = info.value
-    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err.details()
-    return err
-
-
-def secret_of(raw: str) -> str:
-    """The 32 secret characters before the 6 of the checksum."""
-    return raw[-38:-6]
 
 
 async def _key(server: RunningServer, **fields: Any) -> keys_pb2.CreateApiKeyResponse:
@@ -111,7 +88,7 @@ async def test_every_bad_key_is_unauthenticated_with_a_helpful_message(
     cases["wrong kind"] = (wrong_kind, "API_KEY_INVALID", "unknown")
 
     for name, (raw, reason, word) in cases.items():
-        err = await unauthenticated(whoami(server.client(raw)))
+        err = await refused(grpc.StatusCode.UNAUTHENTICATED, whoami(server.client(raw)))
         details = err.details() or ""
         assert word in details, (name, details)
         assert "key" in details.lower()
@@ -134,8 +111,9 @@ async def test_every_bad_key_is_unauthenticated_with_a_helpful_message(
     ids=["none", "empty", "basic", "bearer-without-token"],
 )
 async def test_a_missing_key_says_where_to_put_one(server: RunningServer, metadata: Any) -> None:
-    err = await unauthenticated(
-        server.owner.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=metadata or None)
+    err = await refused(
+        grpc.StatusCode.UNAUTHENTICATED,
+        server.owner.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=metadata or None),
     )
     assert "x-api-key" in (err.details() or "")
     assert error_info(err).reason == "API_KEY_MISSING"
@@ -166,7 +144,7 @@ def _all_methods(client: Client) -> list[Any]:
 async def test_every_method_refuses_a_bad_key_before_anything_else(server: RunningServer) -> None:
     bad = server.client("ms_org_" + "0" * 50)
     for call in _all_methods(bad):
-        err = await unauthenticated(call)
+        err = await refused(grpc.StatusCode.UNAUTHENTICATED, call)
         assert "ms_org_" + "0" * 50 not in (err.details() or "")
 
 
@@ -192,10 +170,11 @@ async def test_the_request_id_is_echoed_on_success_and_failure(server: RunningSe
     )
     await call
     assert ("x-request-id", "req-ok-1") in tuple(await call.trailing_metadata())
-    err = await unauthenticated(
+    err = await refused(
+        grpc.StatusCode.UNAUTHENTICATED,
         server.owner.keys.WhoAmI(
             keys_pb2.WhoAmIRequest(), metadata=(("x-request-id", "req-bad-1"),)
-        )
+        ),
     )
     assert ("x-request-id", "req-bad-1") in tuple(err.trailing_metadata())
 
@@ -248,7 +227,10 @@ async def test_failures_on_one_key_id_do_not_refuse_another_tenants_fresh_key(
         with pytest.raises(aio.AioRpcError):
             await whoami(server.client(format_key("live", made.api_key.id, new_secret())))
     for _ in range(8):  # and unknown key ids too
-        await unauthenticated(whoami(server.client(format_key("live", new_key_id(), new_secret()))))
+        await refused(
+            grpc.StatusCode.UNAUTHENTICATED,
+            whoami(server.client(format_key("live", new_key_id(), new_secret()))),
+        )
     other = await server.new_org("tenant-b")  # behind the same address, never verified
     assert (await whoami(other)).organization_name == "tenant-b"
 
@@ -264,7 +246,9 @@ async def test_a_padded_copy_of_a_valid_key_is_refused_without_a_hash(
     await whoami(server.client(made.secret))  # the canonical key, verified and cached
     before = hasher.verifies
     for _ in range(3):
-        err = await unauthenticated(whoami(server.client(pad.format(made.secret))))
+        err = await refused(
+            grpc.StatusCode.UNAUTHENTICATED, whoami(server.client(pad.format(made.secret)))
+        )
         assert error_info(err).reason == "API_KEY_MALFORMED"
     assert hasher.verifies == before
 
@@ -277,7 +261,7 @@ async def test_a_wrong_secret_does_not_cost_a_hash_per_request(
     wrong = server.client(format_key("live", made.api_key.id, new_secret()))
     before = hasher.verifies
     for _ in range(4):
-        await unauthenticated(whoami(wrong))
+        await refused(grpc.StatusCode.UNAUTHENTICATED, whoami(wrong))
     assert hasher.verifies - before == 1
     # and a cached good key costs none
     await whoami(server.client(made.secret))
@@ -294,18 +278,18 @@ async def test_repeated_failures_get_resource_exhausted(
     made = await _key(server)
     await whoami(server.owner)  # cached before the storm
     for _ in range(5):
-        await unauthenticated(
-            whoami(server.client(format_key("live", made.api_key.id, new_secret())))
+        await refused(
+            grpc.StatusCode.UNAUTHENTICATED,
+            whoami(server.client(format_key("live", made.api_key.id, new_secret()))),
         )
     verifies = hasher.verifies
-    with pytest.raises(aio.AioRpcError) as info:
-        await whoami(server.client(format_key("live", made.api_key.id, new_secret())))
-    err = info.value
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    err = await refused(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        whoami(server.client(format_key("live", made.api_key.id, new_secret()))),
+    )
+    assert reason_of(err) == "AUTH_FAILURES_EXCEEDED"
     assert "retry" in (err.details() or "")
-    status = rpc_status.from_call(err)
-    assert status is not None
-    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+    assert has_detail(err, error_details_pb2.RetryInfo)
     assert hasher.verifies == verifies  # refused without hashing
     # the right secret of the attacked key is refused from this address for now
     # (failures count per address and key id) ...

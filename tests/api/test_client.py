@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import MakeServer, RunningServer
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
+from helpers.servers import MakeServer, RunningServer
 
 from memoryd.client import (
     AsyncMemorydClient,

@@ -1,6 +1,6 @@
 """The embedding model on a real server: bounded query text, deadlines that
 stop embedding work, and organizations served in turn. The model is a fake
-gated by the test (tests/gated_model.py), behind the real micro-batcher."""
+gated by the test (tests/helpers/gated_model.py), behind the real micro-batcher."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Client, fast_hasher, wait_for
-from gated_model import GatedModel
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import reason_of, violations
+from helpers.gated_model import GatedModel
+from helpers.polling import wait_for
+from helpers.servers import Client, fast_hasher
 
 from memoryd.app import App, build_app
 from memoryd.config import Settings
@@ -115,23 +115,6 @@ def search(query: str) -> memory_pb2.SearchMemoriesRequest:
     return memory_pb2.SearchMemoriesRequest(query=query, top_k=10)
 
 
-def status_details(err: aio.AioRpcError) -> tuple[dict[str, str], str]:
-    """The field violations and the ErrorInfo reason of an error."""
-    status = rpc_status.from_call(err)
-    assert status is not None
-    fields, reason = {}, ""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = {v.field: v.description for v in bad.field_violations}
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-    return fields, reason
-
-
 async def test_an_oversize_query_is_refused_before_it_reaches_the_embedder(
     gated: tuple[App, GatedEmbedder, aio.Channel],
 ) -> None:
@@ -143,7 +126,7 @@ async def test_an_oversize_query_is_refused_before_it_reaches_the_embedder(
             await client.memory.SearchMemories(search(query), metadata=client.md())
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert embedder.embed_calls == 0
-    fields, reason = status_details(info.value)
+    fields, reason = violations(info.value), reason_of(info.value)
     assert "query" in fields and reason == "QUERY_TOO_LONG"
     # at the limit it is embedded and searched
     await client.memory.SearchMemories(search("q" * MAX_QUERY), metadata=client.md())
@@ -163,7 +146,7 @@ async def test_a_batch_past_its_deadline_stops_embedding_and_writes_nothing(
         await call
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # the server cancels the call: its 396 waiting texts leave the queue
-    await wait_for(lambda: _true(embedder.batcher.queued_texts() == 0))
+    await wait_for(lambda: embedder.batcher.queued_texts() == 0)
     embedder.model.open()
     await client.memory.SearchMemories(search("afterwards"), metadata=client.md())
     # chunk 1, then the search: no further chunk of the cancelled batch
@@ -177,15 +160,13 @@ async def test_another_org_search_is_served_between_chunks_of_a_large_batch(
 ) -> None:
     app, embedder, channel = gated
     a = await data_client(app, channel)
-    from conftest import RunningServer  # noqa: F401  (the fixture module is the test's)
-
     other = await bootstrap_org(app.store, fast_hasher(), SystemClock(), "other")
     b = await data_client(app, channel, other.plaintext)
     big = asyncio.ensure_future(a.memory.BatchCreateMemories(batch(200, "fact"), metadata=a.md()))
     await embedder.model.entered()  # org a's chunk 1 holds the model
     query = asyncio.ensure_future(b.memory.SearchMemories(search("my query"), metadata=b.md()))
     # until b's query waits for the model
-    await wait_for(lambda: _true(embedder.batcher.queued_texts(other.org.id) == 1))
+    await wait_for(lambda: embedder.batcher.queued_texts(other.org.id) == 1)
     embedder.model.release()  # chunk 1 ends
     await embedder.model.entered()
     # b's query is in the very next model call, ahead of a's other 196 texts
@@ -193,7 +174,3 @@ async def test_another_org_search_is_served_between_chunks_of_a_large_batch(
     embedder.model.open()
     await query
     assert (await big).succeeded_count == 200
-
-
-async def _true(value: bool) -> bool:
-    return value

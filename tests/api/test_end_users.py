@@ -16,8 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, MakeServer, RunningServer
 from grpc import aio
+from helpers.errors import refused
+from helpers.servers import Client, MakeServer, RunningServer
 
 from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2
 
@@ -62,13 +63,6 @@ async def search_ids(client: Client, query: str = "note", **extra: str) -> set[s
         metadata=client.md(**extra),
     )
     return {r.memory.id for r in resp.results}
-
-
-async def refused(code: grpc.StatusCode, call: Awaitable[Any]) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value
 
 
 async def audit_events(srv: RunningServer, action: str = ACTION) -> list[admin_pb2.AuditEvent]:

@@ -5,13 +5,13 @@ of it; org A's objects are untouched by B's attempts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, RunningServer
 from google.protobuf import duration_pb2
 from grpc import aio
+from helpers.errors import refused
+from helpers.servers import Client, RunningServer
 
 from memoryd.v1 import admin_pb2, keys_pb2, tenancy_pb2
 
@@ -51,33 +51,32 @@ async def org_a(server: RunningServer) -> OrgA:
     return OrgA(project, staging, data_key, org_key, me.key_id)
 
 
-async def not_found(call: Any) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
-    return info.value
-
-
 async def test_other_orgs_projects_and_environments_are_not_found(
     server: RunningServer, org_a: OrgA
 ) -> None:
     b: Client = await server.new_org("org-b")
     a_env_ids = [org_a.project.environments[0].id, org_a.staging.id]
     p = org_a.project.id
-    missing = await not_found(
-        b.admin.GetProject(admin_pb2.GetProjectRequest(id="prj_doesnotexist00"), metadata=b.md())
+    missing = await refused(
+        grpc.StatusCode.NOT_FOUND,
+        b.admin.GetProject(admin_pb2.GetProjectRequest(id="prj_doesnotexist00"), metadata=b.md()),
     )
-    err = await not_found(b.admin.GetProject(admin_pb2.GetProjectRequest(id=p), metadata=b.md()))
+    err = await refused(
+        grpc.StatusCode.NOT_FOUND,
+        b.admin.GetProject(admin_pb2.GetProjectRequest(id=p), metadata=b.md()),
+    )
     # indistinguishable from an id that never existed
     assert err.details().replace(p, "X") == missing.details().replace("prj_doesnotexist00", "X")
 
-    await not_found(
-        b.admin.ListEnvironments(admin_pb2.ListEnvironmentsRequest(project_id=p), metadata=b.md())
+    await refused(
+        grpc.StatusCode.NOT_FOUND,
+        b.admin.ListEnvironments(admin_pb2.ListEnvironmentsRequest(project_id=p), metadata=b.md()),
     )
     update = admin_pb2.UpdateProjectRequest(project=admin_pb2.Project(id=p, display_name="pwned"))
     update.update_mask.paths.append("display_name")
-    await not_found(b.admin.UpdateProject(update, metadata=b.md()))
-    await not_found(
+    await refused(grpc.StatusCode.NOT_FOUND, b.admin.UpdateProject(update, metadata=b.md()))
+    await refused(
+        grpc.StatusCode.NOT_FOUND,
         b.admin.CreateEnvironment(
             admin_pb2.CreateEnvironmentRequest(
                 project_id=p,
@@ -86,15 +85,19 @@ async def test_other_orgs_projects_and_environments_are_not_found(
                 ),
             ),
             metadata=b.md(),
-        )
+        ),
     )
     for env_id in a_env_ids:
-        await not_found(
+        await refused(
+            grpc.StatusCode.NOT_FOUND,
             b.admin.DeleteEnvironment(
                 admin_pb2.DeleteEnvironmentRequest(id=env_id), metadata=b.md()
-            )
+            ),
         )
-    await not_found(b.admin.DeleteProject(admin_pb2.DeleteProjectRequest(id=p), metadata=b.md()))
+    await refused(
+        grpc.StatusCode.NOT_FOUND,
+        b.admin.DeleteProject(admin_pb2.DeleteProjectRequest(id=p), metadata=b.md()),
+    )
 
     listed = await b.admin.ListProjects(admin_pb2.ListProjectsRequest(), metadata=b.md())
     assert list(listed.projects) == []
@@ -108,17 +111,22 @@ async def test_other_orgs_projects_and_environments_are_not_found(
 async def test_other_orgs_keys_are_not_found(server: RunningServer, org_a: OrgA) -> None:
     b: Client = await server.new_org("org-b")
     for key_id in (org_a.data_key.api_key.id, org_a.org_key.api_key.id, org_a.owner_key_id):
-        await not_found(b.keys.GetApiKey(keys_pb2.GetApiKeyRequest(id=key_id), metadata=b.md()))
-        await not_found(
-            b.keys.RevokeApiKey(keys_pb2.RevokeApiKeyRequest(id=key_id), metadata=b.md())
+        await refused(
+            grpc.StatusCode.NOT_FOUND,
+            b.keys.GetApiKey(keys_pb2.GetApiKeyRequest(id=key_id), metadata=b.md()),
         )
-        await not_found(
+        await refused(
+            grpc.StatusCode.NOT_FOUND,
+            b.keys.RevokeApiKey(keys_pb2.RevokeApiKeyRequest(id=key_id), metadata=b.md()),
+        )
+        await refused(
+            grpc.StatusCode.NOT_FOUND,
             b.keys.RotateApiKey(
                 keys_pb2.RotateApiKeyRequest(
                     id=key_id, grace_period=duration_pb2.Duration(seconds=60)
                 ),
                 metadata=b.md(),
-            )
+            ),
         )
     listed = await b.keys.ListApiKeys(
         keys_pb2.ListApiKeysRequest(show_revoked=True), metadata=b.md()
@@ -145,33 +153,36 @@ async def test_keys_cannot_be_made_for_another_orgs_environment(
 ) -> None:
     b: Client = await server.new_org("org-b")
     for env_id in (org_a.project.environments[0].id, org_a.staging.id):
-        await not_found(
+        await refused(
+            grpc.StatusCode.NOT_FOUND,
             b.keys.CreateApiKey(
                 keys_pb2.CreateApiKeyRequest(
                     name="sneaky", project_id=org_a.project.id, environment_id=env_id
                 ),
                 metadata=b.md(),
-            )
+            ),
         )
     # nor by pairing B's own project with A's environment
     b_project = await server.project("b-project", client=b)
-    await not_found(
+    await refused(
+        grpc.StatusCode.NOT_FOUND,
         b.keys.CreateApiKey(
             keys_pb2.CreateApiKeyRequest(
                 name="sneaky", project_id=b_project.id, environment_id=org_a.staging.id
             ),
             metadata=b.md(),
-        )
+        ),
     )
     # and within one org, an environment of another project is not found either
     other = await server.project("other")
-    await not_found(
+    await refused(
+        grpc.StatusCode.NOT_FOUND,
         server.owner.keys.CreateApiKey(
             keys_pb2.CreateApiKeyRequest(
                 name="mixed", project_id=other.id, environment_id=org_a.staging.id
             ),
             metadata=server.owner.md(),
-        )
+        ),
     )
     listed = await b.keys.ListApiKeys(keys_pb2.ListApiKeysRequest(), metadata=b.md())
     assert [k.name for k in listed.api_keys] == ["owner"]
@@ -181,8 +192,9 @@ async def test_other_orgs_audit_events_are_invisible(server: RunningServer, org_
     b: Client = await server.new_org("org-b")
     b_me = await b.keys.WhoAmI(keys_pb2.WhoAmIRequest(), metadata=b.md())
     # B's failed attempts are B's events, not A's
-    await not_found(
-        b.admin.GetProject(admin_pb2.GetProjectRequest(id=org_a.project.id), metadata=b.md())
+    await refused(
+        grpc.StatusCode.NOT_FOUND,
+        b.admin.GetProject(admin_pb2.GetProjectRequest(id=org_a.project.id), metadata=b.md()),
     )
     with pytest.raises(aio.AioRpcError):
         await b.admin.DeleteProject(

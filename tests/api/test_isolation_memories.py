@@ -27,11 +27,10 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from conftest import Client, MakeServer, RunningServer, fast_hasher
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import raised, reason_of
+from helpers.servers import Client, MakeServer, RunningServer, fast_hasher
 
 from memoryd.app import build_app
 from memoryd.config import Settings
@@ -244,36 +243,19 @@ def match_all() -> memory_pb2.MemoryFilter:
     return flt
 
 
-async def refusal(call: Awaitable[Any]) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    return info.value
-
-
-def reason(err: aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
-
-
 async def assert_not_found_like_missing(
     world: World, seat: Seat, seed: Seed, call: Callable[[str], Awaitable[Any]]
 ) -> None:
     """`call(id)` answers NOT_FOUND for another tenant's memory, with the same
     message and reason as for an id that does not exist at all."""
-    foreign = await refusal(call(seed.id))
+    foreign = await raised(call(seed.id))
     missing_id = str(uuid.uuid4())
-    missing = await refusal(call(missing_id))
+    missing = await raised(call(missing_id))
     where = f"{seat.name} reaching {seed.writer}'s memory"
     assert foreign.code() == grpc.StatusCode.NOT_FOUND, f"{where}: {foreign.details()}"
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     assert foreign.details().replace(seed.id, "ID") == missing.details().replace(missing_id, "ID")
-    assert reason(foreign) == reason(missing)
+    assert reason_of(foreign) == reason_of(missing)
 
 
 async def assert_all_intact(world: World) -> None:
@@ -699,8 +681,9 @@ async def test_org_keys_cannot_use_memory_service(world: World) -> None:
     mid = world.seeds[0].id
     for client in (owner, owner.with_key(resp.secret), owner.with_key(resp.secret, "a")):
         for name, call in await _org_calls(client, mid):
-            err = await refusal(call())
+            err = await raised(call())
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (name, err.details())
+            assert reason_of(err) == "DATA_KEY_REQUIRED", name
     await assert_all_intact(world)
     for seat in world.seats.values():
         assert set(await list_ids(seat.client)) == world.mine(seat)
@@ -800,11 +783,12 @@ async def test_cross_project_search_never_reaches_another_org(world: World) -> N
 @pytest.mark.parametrize("header", ["true", "TRUE"])
 async def test_cross_project_search_without_the_scope_is_denied(world: World, header: str) -> None:
     for seat in world.seats.values():  # keys holding memory:* only
-        err = await refusal(
+        err = await raised(
             seat.client.memory.SearchMemories(
                 memory_pb2.SearchMemoriesRequest(query=CONTENT),
                 metadata=seat.client.md(x_allow_cross_project=header),
             )
         )
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED, seat.name
-        assert "org:cross_project_read" in err.details()
+        assert reason_of(err) == "SCOPE_MISSING", seat.name
+        assert "org:cross_project_read" in err.details()  # the scope to grant

@@ -11,11 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, RunningServer, wait_for
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import reason_of, refused, violations
+from helpers.polling import wait_for
+from helpers.servers import Client, RunningServer
 
 from memoryd.domain.clock import ManualClock
 from memoryd.v1 import admin_pb2, keys_pb2, tenancy_pb2
@@ -26,24 +25,6 @@ SECRET_START = 12  # the secret follows the 12-character key id
 def secret_part(raw: str) -> str:
     body = raw.split("_", 2)[2]
     return body[SECRET_START : SECRET_START + 32]
-
-
-async def refused(code: grpc.StatusCode, call: Any) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value
-
-
-def violations(err: aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status in the trailers"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError("no BadRequest detail")
 
 
 async def whoami(client: Client) -> keys_pb2.WhoAmIResponse:
@@ -317,17 +298,6 @@ async def test_revoke_stops_the_key_on_the_next_call(server: RunningServer) -> N
     assert [(k.id, k.state) for k in listed.api_keys] == [
         (made.api_key.id, keys_pb2.KEY_STATE_REVOKED)
     ]
-
-
-def reason_of(err: aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    raise AssertionError("no ErrorInfo")
 
 
 async def revoke(client: Client, key_id: str) -> keys_pb2.ApiKey:

@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from conftest import Client, MakeServer, RunningServer, fast_hasher
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import refused, violations
+from helpers.servers import Client, MakeServer, RunningServer, fast_hasher
 
 from memoryd.app import build_app
 from memoryd.config import Settings
@@ -102,28 +102,6 @@ async def export(client: Client, **request: Any) -> list[memory_pb2.Memory]:
         memory_pb2.ExportMemoriesRequest(**request), metadata=client.md()
     )
     return [m async for m in stream]
-
-
-async def refused(code: grpc.StatusCode, call: Any) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value
-
-
-def bad_request(status: status_pb2.Status) -> dict[str, str]:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError(f"no BadRequest detail in {status}")
-
-
-def violations(err: aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status in the trailers"
-    return bad_request(status)
 
 
 def value(x: Any) -> struct_pb2.Value:
@@ -299,9 +277,9 @@ async def test_batch_create_reports_each_item_and_stores_only_the_good_ones(clie
         else:
             assert r.error.code == code_pb2.INVALID_ARGUMENT
             assert not r.memory.id
-    assert "requests[1].memory.content" in bad_request(resp.results[1].error)
-    assert "requests[2].memory.embedding" in bad_request(resp.results[2].error)
-    assert "requests[4].memory.embedding" in bad_request(resp.results[4].error)
+    assert "requests[1].memory.content" in violations(resp.results[1].error)
+    assert "requests[2].memory.embedding" in violations(resp.results[2].error)
+    assert "requests[4].memory.embedding" in violations(resp.results[4].error)
     stored = await list_all(client)
     assert sorted(m.content for m in stored) == sorted(good.values())
     assert {m.id for m in stored} == {resp.results[i].memory.id for i in good}
@@ -912,7 +890,7 @@ async def test_export_then_import_into_another_environment_reproduces_the_memori
     assert (summary.imported_count, summary.failed_count) == (5, 1)
     assert [e.index for e in summary.errors] == [2]
     assert summary.errors[0].error.code == code_pb2.INVALID_ARGUMENT
-    assert "memory.content" in bad_request(summary.errors[0].error)
+    assert "memory.content" in violations(summary.errors[0].error)
 
     copied = await export(target, include_embeddings=True)
     assert sorted(map(portable, copied)) == sorted(map(portable, full))

@@ -15,11 +15,10 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, RunningServer
 from google.protobuf import struct_pb2
-from google.rpc import code_pb2, error_details_pb2
-from grpc import aio
-from grpc_status import rpc_status
+from google.rpc import code_pb2
+from helpers.errors import reason_of, refused, status_of, violations
+from helpers.servers import Client, RunningServer
 
 from memoryd.v1 import memory_pb2
 
@@ -37,32 +36,9 @@ def meta(values: dict[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-def violations(status: Any) -> dict[str, str]:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError(f"no BadRequest in {status}")
-
-
-def reason(status: Any) -> str:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
-
-
 async def invalid(call: Awaitable[Any]) -> Any:
     """The google.rpc.Status of a call that must answer INVALID_ARGUMENT."""
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
-    status = rpc_status.from_call(info.value)
-    assert status is not None
-    return status
+    return status_of(await refused(grpc.StatusCode.INVALID_ARGUMENT, call))
 
 
 async def count_all(client: Client) -> int:
@@ -91,7 +67,7 @@ async def test_create_and_update_refuse_a_metadata_key_a_filter_cannot_name(
     status = await invalid(_create(client, meta(values)))
     fields = violations(status)
     assert any(f.startswith("memory.metadata.") for f in fields), fields
-    assert reason(status) == "INVALID_ARGUMENT"
+    assert reason_of(status) == "INVALID_ARGUMENT"
 
     made = await client.memory.CreateMemory(
         memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="fine")),
@@ -199,7 +175,7 @@ async def test_a_filter_on_a_metadata_key_a_json_path_cannot_name_is_invalid_arg
     await _create(client, meta({"plain": "v"}))
     status = await invalid(METHODS[method](client, on_key(key)))
     assert "filter.must[0].field" in violations(status)
-    assert reason(status) == "FILTER_INVALID"
+    assert reason_of(status) == "FILTER_INVALID"
     assert await count_all(client) == 1
 
 
@@ -210,7 +186,7 @@ async def test_one_depth_limit_of_four_levels_on_every_method(client: Client, me
         await METHODS[method](client, nested(4))
     status = await invalid(METHODS[method](client, nested(5)))
     assert violations(status) == {"filter" + ".must[0].filter" * 4: "nests deeper than 4 levels"}
-    assert reason(status) == "FILTER_INVALID"
+    assert reason_of(status) == "FILTER_INVALID"
     status = await invalid(METHODS[method](client, nested(40)))
     assert "filter" + ".must[0].filter" * 4 in violations(status)
     assert await count_all(client) == 1

@@ -12,11 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, MakeServer, RunningServer
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import quota_violations, reason_of, refused, violations
+from helpers.servers import Client, MakeServer, RunningServer
 
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.control import Quotas, RateLimits
@@ -61,36 +61,6 @@ async def search_ids(client: Client, query: str) -> list[str]:
         metadata=client.md(),
     )
     return [r.memory.id for r in resp.results]
-
-
-async def refused(code: grpc.StatusCode, call: Any) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    return info.value
-
-
-def _detail(status: status_pb2.Status, kind: Any) -> Any:
-    for detail in status.details:
-        if detail.Is(kind.DESCRIPTOR):
-            out = kind()
-            detail.Unpack(out)
-            return out
-    raise AssertionError(f"no {kind.DESCRIPTOR.name} in {status}")
-
-
-def quota_failure(err: aio.AioRpcError | status_pb2.Status) -> dict[str, str]:
-    status = err if isinstance(err, status_pb2.Status) else rpc_status.from_call(err)
-    assert status is not None
-    failure = _detail(status, error_details_pb2.QuotaFailure)
-    return {v.subject: v.description for v in failure.violations}
-
-
-def violations(err: aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    bad = _detail(status, error_details_pb2.BadRequest)
-    return {v.field: v.description for v in bad.field_violations}
 
 
 def ts(t: datetime) -> timestamp_pb2.Timestamp:
@@ -299,10 +269,11 @@ async def test_content_and_metadata_byte_quotas(
     await update_project(srv, project, quotas={"max_content_bytes": 20, "max_metadata_bytes": 30})
     ok = await create(client, "x" * 20)
     err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "x" * 21))
-    assert "memory.content" in quota_failure(err)
+    assert reason_of(err) == "CONTENT_TOO_LARGE"
+    assert "memory.content" in quota_violations(err)
     # bytes, not characters: eleven 'é' is 22 bytes
     err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "é" * 11))
-    assert "memory.content" in quota_failure(err)
+    assert "memory.content" in quota_violations(err)
 
     small = memory_pb2.Memory(content="m")
     small.metadata.update({"k": "v" * 10})
@@ -317,7 +288,8 @@ async def test_content_and_metadata_byte_quotas(
             memory_pb2.CreateMemoryRequest(memory=big), metadata=client.md()
         ),
     )
-    assert "memory.metadata" in quota_failure(err)
+    assert reason_of(err) == "METADATA_TOO_LARGE"
+    assert "memory.metadata" in quota_violations(err)
 
     # an update past the quota is refused and changes nothing
     req = memory_pb2.UpdateMemoryRequest(memory=memory("y" * 21, id=ok.memory.id))
@@ -325,7 +297,7 @@ async def test_content_and_metadata_byte_quotas(
     err = await refused(
         grpc.StatusCode.RESOURCE_EXHAUSTED, client.memory.UpdateMemory(req, metadata=client.md())
     )
-    assert "memory.content" in quota_failure(err)
+    assert "memory.content" in quota_violations(err)
     got = await client.memory.GetMemory(
         memory_pb2.GetMemoryRequest(id=ok.memory.id), metadata=client.md()
     )
@@ -343,7 +315,8 @@ async def test_content_and_metadata_byte_quotas(
     )
     assert (batch.succeeded_count, batch.failed_count) == (1, 1)
     assert batch.results[1].error.code == code_pb2.RESOURCE_EXHAUSTED
-    assert "memory.content" in quota_failure(batch.results[1].error)
+    assert reason_of(batch.results[1].error) == "CONTENT_TOO_LARGE"
+    assert "memory.content" in quota_violations(batch.results[1].error)
     assert len(await list_ids(client)) == 3
 
     # raised again: effective at once
@@ -360,7 +333,8 @@ async def test_memories_per_environment_quota(
     await create(ana, "two")  # end users count towards their environment
     await create(client, "three")
     err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "four"))
-    failure = quota_failure(err)
+    assert reason_of(err) == "MEMORY_QUOTA_EXCEEDED"
+    failure = quota_violations(err)
     assert any("max_memories_per_environment=3" in d for d in failure.values()), failure
     err = await refused(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -371,7 +345,7 @@ async def test_memories_per_environment_quota(
             metadata=client.md(),
         ),
     )
-    assert quota_failure(err)
+    assert quota_violations(err)
     assert len(await list_ids(client)) == 3
 
     # another environment of the project has its own count
@@ -416,6 +390,7 @@ async def test_an_import_past_the_quota_reports_the_failures(
     assert (summary.imported_count, summary.failed_count) == (2, 1)
     assert summary.errors[0].index == 1
     assert summary.errors[0].error.code == code_pb2.RESOURCE_EXHAUSTED
+    assert reason_of(summary.errors[0].error) == "CONTENT_TOO_LARGE"
 
 
 # --- required end user ------------------------------------------------------------------------
@@ -496,7 +471,7 @@ async def test_the_servers_content_and_metadata_sizes_are_hard_limits(
 ) -> None:
     await _grant_directly(srv, project)
     err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, create(client, "x" * 32_769))
-    assert quota_failure(err) == {"memory.content": "max_content_bytes=32768"}
+    assert quota_violations(err) == {"memory.content": "max_content_bytes=32768"}
     with pytest.raises(aio.AioRpcError) as info:
         await create(client, "x" * 2 * 1024 * 1024)  # what was once stored
     assert info.value.code() in (
@@ -511,7 +486,7 @@ async def test_the_servers_content_and_metadata_sizes_are_hard_limits(
             memory_pb2.CreateMemoryRequest(memory=big), metadata=client.md()
         ),
     )
-    assert quota_failure(err) == {"memory.metadata": "max_metadata_bytes=16384"}
+    assert quota_violations(err) == {"memory.metadata": "max_metadata_bytes=16384"}
     assert await list_ids(client) == []
     await create(client, "x" * 32_768)  # the server's limit itself is fine
     # a project may still lower them

@@ -13,11 +13,11 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from conftest import Client, fast_hasher
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import status_of, violations
+from helpers.servers import Client, fast_hasher
 
 from memoryd.app import build_app
 from memoryd.config import Settings
@@ -466,9 +466,8 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
         await call(target.client, target.memory_id)
     err = info.value
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    status = rpc_status.from_call(err)
-    assert status is not None and status.code == code_pb2.INVALID_ARGUMENT
-    fields = _violations(status)
+    assert status_of(err).code == code_pb2.INVALID_ARGUMENT
+    fields = violations(err)
     assert field in fields, fields
     assert all(fields.values()), "every violation says what is wrong"
     assert await _snapshot(target) == before, "a refused call changed nothing"
@@ -479,15 +478,6 @@ async def _snapshot(target: Target) -> list[tuple[str, str, int]]:
     c = target.client
     page = await c.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=c.md())
     return sorted((m.id, m.content, m.revision) for m in page.memories)
-
-
-def _violations(status: Any) -> dict[str, str]:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError(f"no BadRequest detail in {status}")
 
 
 # Odd but well-formed input: answered, or refused as INVALID_ARGUMENT; never INTERNAL.
@@ -560,7 +550,7 @@ async def test_an_import_reports_each_bad_item_by_index(target: Target) -> None:
     expected = ["memory.content", "memory.embedding", "memory.expire_time", "memory.metadata"]
     for error, field in zip(summary.errors, expected, strict=True):
         assert error.error.code == code_pb2.INVALID_ARGUMENT
-        assert field in _violations(error.error)
+        assert field in violations(error.error)
     assert await _snapshot(target) == before
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, MakeServer, RunningServer, wait_for
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import reason_of, refused, violations
+from helpers.polling import wait_for
+from helpers.servers import Client, MakeServer, RunningServer
 
 from memoryd.api import memory as memory_api
 from memoryd.api import steps
@@ -32,37 +32,6 @@ from memoryd.domain.project_cache import ProjectCache
 from memoryd.v1 import keys_pb2, memory_pb2
 
 MEMORY = "/memoryd.v1.MemoryService/"
-
-
-def status_of(err: aio.AioRpcError) -> status_pb2.Status:
-    status = rpc_status.from_call(err)
-    assert status is not None, err
-    return status
-
-
-def reason_of(err: aio.AioRpcError) -> str:
-    for detail in status_of(err).details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    raise AssertionError(f"no ErrorInfo in {err}")
-
-
-def violations_of(err: aio.AioRpcError) -> dict[str, str]:
-    for detail in status_of(err).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    return {}
-
-
-async def refused(call: Any, code: grpc.StatusCode) -> aio.AioRpcError:
-    with pytest.raises(aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
 
 
 def count(server: RunningServer, method: str, code: str) -> float:
@@ -113,16 +82,16 @@ async def test_an_oversize_request_is_refused_undecoded_before_auth_and_scopes(
     assert raw_size > 9_900_000
 
     err = await refused(
-        client.memory.CreateMemory(req, metadata=client.md()), grpc.StatusCode.INVALID_ARGUMENT
+        grpc.StatusCode.INVALID_ARGUMENT, client.memory.CreateMemory(req, metadata=client.md())
     )
     assert reason_of(err) == "REQUEST_TOO_LARGE"
-    described = violations_of(err)["request"]
+    described = violations(err)["request"]
     assert str(raw_size) in described and str(256 * 1024) in described
     assert raw_size not in decodes.sizes, "the oversize body was decoded"
 
     # a caller without a valid key is refused the same way, undecoded
     bad = server.client("ms_live_" + "0" * 50)
-    await refused(bad.memory.CreateMemory(req, metadata=bad.md()), grpc.StatusCode.INVALID_ARGUMENT)
+    await refused(grpc.StatusCode.INVALID_ARGUMENT, bad.memory.CreateMemory(req, metadata=bad.md()))
     assert raw_size not in decodes.sizes
 
 
@@ -137,11 +106,11 @@ async def test_a_batch_may_be_larger_than_a_single_request(
     assert done.succeeded_count == 5
     too_big = memory_pb2.BatchCreateMemoriesRequest(requests=[item] * 30)  # ~600 KB
     err = await refused(
-        client.memory.BatchCreateMemories(too_big, metadata=client.md()),
         grpc.StatusCode.INVALID_ARGUMENT,
+        client.memory.BatchCreateMemories(too_big, metadata=client.md()),
     )
     assert reason_of(err) == "REQUEST_TOO_LARGE"
-    assert str(512 * 1024) in violations_of(err)["request"]
+    assert str(512 * 1024) in violations(err)["request"]
 
 
 async def test_another_tenants_call_is_answered_while_a_large_body_decodes(
@@ -283,10 +252,10 @@ async def test_two_credentials_in_one_call_are_refused_before_any_verification(
     client = await reader(server)
     before = hasher.verifies
     err = await refused(
+        grpc.StatusCode.UNAUTHENTICATED,
         server.owner.keys.WhoAmI(
             keys_pb2.WhoAmIRequest(), metadata=credentials(server.owner_key, client.key)
         ),
-        grpc.StatusCode.UNAUTHENTICATED,
     )
     assert reason_of(err) == "API_KEY_AMBIGUOUS"
     assert hasher.verifies == before
@@ -344,8 +313,8 @@ async def _malformed(server: RunningServer, client: Client, method: str, body: b
     channel = server.channel
     if method == "ExportMemories":
         return await refused(
-            _collect(channel.unary_stream(MEMORY + method)(body, metadata=client.md())),
             grpc.StatusCode.INVALID_ARGUMENT,
+            _collect(channel.unary_stream(MEMORY + method)(body, metadata=client.md())),
         )
     if method == "ImportMemories":
 
@@ -353,11 +322,11 @@ async def _malformed(server: RunningServer, client: Client, method: str, body: b
             yield body
 
         return await refused(
-            channel.stream_unary(MEMORY + method)(messages(), metadata=client.md()),
             grpc.StatusCode.INVALID_ARGUMENT,
+            channel.stream_unary(MEMORY + method)(messages(), metadata=client.md()),
         )
     return await refused(
-        _raw_unary(channel, method)(body, metadata=client.md()), grpc.StatusCode.INVALID_ARGUMENT
+        grpc.StatusCode.INVALID_ARGUMENT, _raw_unary(channel, method)(body, metadata=client.md())
     )
 
 
@@ -385,15 +354,11 @@ async def test_an_undecodable_body_is_invalid_argument_counted_and_never_a_trace
     with caplog.at_level(logging.DEBUG, logger="memoryd"):
         err = await _malformed(server, client, method, body)
     assert reason_of(err) == "MALFORMED_REQUEST"
-    await wait_for(lambda: _true(count(server, method, "INVALID_ARGUMENT") == 1))
+    await wait_for(lambda: count(server, method, "INVALID_ARGUMENT") == 1)
     assert count(server, method, "UNKNOWN") == 0 and count(server, method, "INTERNAL") == 0
     assert [r for r in caplog.records if r.levelno > logging.WARNING] == []
     assert [r for r in caplog.records if r.exc_info] == []
     assert any("undecodable" in r.getMessage() for r in caplog.records)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_bad_key_never_gets_its_body_decoded(
@@ -403,8 +368,8 @@ async def test_a_bad_key_never_gets_its_body_decoded(
     decodes.install(monkeypatch, steps._parse)
     bad = server.client("ms_live_" + "0" * 50)
     err = await refused(
-        _raw_unary(server.channel, "CreateMemory")(GARBAGE, metadata=bad.md()),
         grpc.StatusCode.UNAUTHENTICATED,
+        _raw_unary(server.channel, "CreateMemory")(GARBAGE, metadata=bad.md()),
     )
     assert reason_of(err) != "MALFORMED_REQUEST"
     assert decodes.sizes == []
@@ -423,14 +388,14 @@ async def test_undecodable_bodies_are_logged_once_per_peer_per_interval(
 
     with caplog.at_level(logging.DEBUG, logger="memoryd"):
         for _ in range(5):
-            await refused(unary(GARBAGE, metadata=client.md()), grpc.StatusCode.INVALID_ARGUMENT)
+            await refused(grpc.StatusCode.INVALID_ARGUMENT, unary(GARBAGE, metadata=client.md()))
         assert len(lines()) == 1
         assert lines()[0].levelno == logging.WARNING
         clock.advance(steps.MALFORMED_LOG_INTERVAL_S)
-        await refused(unary(GARBAGE, metadata=client.md()), grpc.StatusCode.INVALID_ARGUMENT)
+        await refused(grpc.StatusCode.INVALID_ARGUMENT, unary(GARBAGE, metadata=client.md()))
     assert len(lines()) == 2
     assert "4 more" in lines()[1].getMessage()
-    await wait_for(lambda: _true(count(server, "CreateMemory", "INVALID_ARGUMENT") == 6))
+    await wait_for(lambda: count(server, "CreateMemory", "INVALID_ARGUMENT") == 6)
 
 
 # --- bad input 9: cancelled calls ---------------------------------------------------------------
@@ -459,15 +424,13 @@ async def test_cancelled_and_timed_out_calls_are_counted_as_such(
     cancelled = client.memory.ImportMemories(stalled(), metadata=client.md())
     await asyncio.wait_for(running.wait(), 10)
     cancelled.cancel()
-    await wait_for(lambda: _true(count(server, "ImportMemories", "CANCELLED") == 1), within=10)
+    await wait_for(lambda: count(server, "ImportMemories", "CANCELLED") == 1, within=10)
 
     running.clear()
     timed_out = client.memory.ImportMemories(stalled(), metadata=client.md(), timeout=3)
     await asyncio.wait_for(running.wait(), 10)
-    await refused(timed_out, grpc.StatusCode.DEADLINE_EXCEEDED)
-    await wait_for(
-        lambda: _true(count(server, "ImportMemories", "DEADLINE_EXCEEDED") == 1), within=10
-    )
+    await refused(grpc.StatusCode.DEADLINE_EXCEEDED, timed_out)
+    await wait_for(lambda: count(server, "ImportMemories", "DEADLINE_EXCEEDED") == 1, within=10)
     assert count(server, "ImportMemories", "OK") == 0
 
 
@@ -499,7 +462,7 @@ async def test_a_cancelled_call_is_logged_as_cancelled(
     call = client.memory.ImportMemories(stalled(), metadata=client.md())
     await asyncio.wait_for(running.wait(), 10)
     call.cancel()
-    await wait_for(lambda: _true(("ImportMemories", "CANCELLED") in seen), within=10)
+    await wait_for(lambda: ("ImportMemories", "CANCELLED") in seen, within=10)
     assert ("ImportMemories", "OK") not in seen
 
 

@@ -9,24 +9,13 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import wait_for
-from gated_hasher import GatedHasher, gated_server, secret_of
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import reason_of
+from helpers.gated_hasher import GatedHasher, gated_server
+from helpers.keys import secret_of
+from helpers.polling import wait_for
 
 from memoryd.v1 import keys_pb2
-
-
-def reason_of(err: aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    raise AssertionError("no ErrorInfo")
 
 
 async def test_a_keys_write_key_revoked_while_in_flight_cannot_create_keys_afterwards() -> None:

@@ -16,8 +16,9 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from conftest import Client, fast_hasher
 from grpc import aio
+from helpers.errors import reason_of
+from helpers.servers import Client, fast_hasher
 
 from memoryd.app import App, build_app
 from memoryd.config import Settings
@@ -258,6 +259,7 @@ async def test_org_key_with_one_scope(matrix: Matrix, method: str, scope: str) -
     with pytest.raises(aio.AioRpcError) as info:
         await call(matrix, client)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
+    assert reason_of(info.value) == "SCOPE_MISSING"
     assert f"'{needed}'" in (info.value.details() or "")
 
 
@@ -284,7 +286,8 @@ async def test_data_key(matrix: Matrix, method: str, scopes: tuple[str, ...]) ->
     with pytest.raises(aio.AioRpcError) as info:
         await call(matrix, client)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
-    assert "org key" in (info.value.details() or "")
+    assert reason_of(info.value) == "ORG_KEY_REQUIRED"
+    assert "org key" in (info.value.details() or "")  # what to use instead
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -301,3 +304,4 @@ async def test_scopes_combine(matrix: Matrix, scopes: tuple[str, ...]) -> None:
             with pytest.raises(aio.AioRpcError) as info:
                 await call(matrix, client)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+            assert reason_of(info.value) == "SCOPE_MISSING", method

@@ -17,19 +17,14 @@ from typing import Any
 
 import grpc
 import pytest
-from certs import make_pki
-from conftest import Client, MakeServer, wait_for
-from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+from helpers.certs import make_pki
+from helpers.errors import reason_of
+from helpers.polling import wait_for
+from helpers.servers import Client, MakeServer
 
 from memoryd.v1 import keys_pb2, memory_pb2
-
-
-async def _true(value: bool) -> bool:
-    return value
-
 
 # --- TLS and mTLS -------------------------------------------------------------------------
 
@@ -195,7 +190,7 @@ async def test_a_passed_deadline_stops_the_backend_work(
             timeout=0.2,
         )
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await wait_for(lambda: _true(slow_embeddings.abandoned > 0), within=3.0)
+    await wait_for(lambda: slow_embeddings.abandoned > 0, within=3.0)
     assert slow_embeddings.abandoned == 1, "the embedding request went on after the deadline"
     assert slow_embeddings.answered == 0
     listed = await client.memory.ListMemories(
@@ -310,7 +305,7 @@ async def test_a_hung_vector_store_times_out_while_health_and_liveness_keep_answ
         with pytest.raises(aio.AioRpcError) as timed_out:
             await hung
         assert timed_out.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert error_reason(timed_out.value) == "STORAGE_TIMEOUT"
+        assert reason_of(timed_out.value) == "STORAGE_TIMEOUT"
 
         async def not_serving() -> bool:
             return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -320,7 +315,7 @@ async def test_a_hung_vector_store_times_out_while_health_and_liveness_keep_answ
         with pytest.raises(aio.AioRpcError) as refused:
             await create("while stuck")
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert error_reason(refused.value) == "STORAGE_STUCK"
+        assert reason_of(refused.value) == "STORAGE_STUCK"
     finally:
         shard.release.set()
 
@@ -365,7 +360,7 @@ async def test_a_frozen_engine_process_times_out_while_health_and_liveness_keep_
         with pytest.raises(aio.AioRpcError) as timed_out:
             await hung
         assert timed_out.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert error_reason(timed_out.value) == "STORAGE_TIMEOUT"
+        assert reason_of(timed_out.value) == "STORAGE_TIMEOUT"
 
         async def not_serving() -> bool:
             return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -375,7 +370,7 @@ async def test_a_frozen_engine_process_times_out_while_health_and_liveness_keep_
         with pytest.raises(aio.AioRpcError) as refused:
             await create("while frozen")
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert error_reason(refused.value) == "STORAGE_STUCK"
+        assert reason_of(refused.value) == "STORAGE_STUCK"
     finally:
         os.kill(pid, signal.SIGCONT)
 
@@ -390,17 +385,6 @@ async def test_a_frozen_engine_process_times_out_while_health_and_liveness_keep_
             memory_pb2.GetMemoryRequest(id=kept.memory.id), metadata=client.md(), timeout=20
         )
         assert got.content == kept.memory.content
-
-
-def error_reason(err: aio.AioRpcError) -> str:
-    found = rpc_status.from_call(err)
-    assert found is not None, err
-    for detail in found.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    raise AssertionError(f"no ErrorInfo in {err}")
 
 
 async def test_tracing_records_a_span_per_call(make_server: MakeServer) -> None:

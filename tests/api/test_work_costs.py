@@ -11,10 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Client, MakeServer, RunningServer
-from google.rpc import status_pb2
 from grpc import aio
-from test_request_pipeline import reason_of, status_of
+from helpers.errors import detail, reason_of
+from helpers.servers import Client, MakeServer, RunningServer
 
 from memoryd.domain.clock import ManualClock
 from memoryd.v1 import memory_pb2
@@ -44,15 +43,6 @@ async def stream(
         yield memory_pb2.ImportMemoriesRequest(memory=m)
     if then is not None:
         await then.wait()
-
-
-def summary_of(status: status_pb2.Status) -> memory_pb2.ImportMemoriesResponse:
-    for detail in status.details:
-        if detail.Is(memory_pb2.ImportMemoriesResponse.DESCRIPTOR):
-            out = memory_pb2.ImportMemoriesResponse()
-            detail.Unpack(out)
-            return out
-    raise AssertionError("no import summary in the status details")
 
 
 async def stored(client: Client) -> list[str]:
@@ -132,7 +122,7 @@ async def test_an_import_past_the_burst_stops_mid_stream_with_what_came_before_s
     # 1 unit for items 0-9, then one per ten more: the 6th unit (item 50) is refused
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
     assert reason_of(err) == "RATE_LIMITED"
-    summary = summary_of(status_of(err))
+    summary = detail(err, memory_pb2.ImportMemoriesResponse)
     assert (summary.imported_count, summary.failed_count) == (50, 0)
     assert "resume from item 50" in (err.details() or "")
     assert await stored(lister) == sorted(f"item {i}" for i in range(50))
@@ -156,7 +146,7 @@ async def test_a_corrupt_message_mid_stream_is_invalid_argument_after_storing_th
     err = caught.value
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert reason_of(err) == "MALFORMED_REQUEST"
-    assert summary_of(status_of(err)).imported_count == 3
+    assert detail(err, memory_pb2.ImportMemoriesResponse).imported_count == 3
     assert await stored(lister) == ["item 0", "item 1", "item 2"]
 
 
@@ -174,5 +164,5 @@ async def test_an_idle_import_stream_is_closed_with_what_it_sent_stored(
     err = caught.value
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
     assert reason_of(err) == "STREAM_IDLE_TIMEOUT"
-    assert summary_of(status_of(err)).imported_count == 3
+    assert detail(err, memory_pb2.ImportMemoriesResponse).imported_count == 3
     assert await stored(lister) == ["item 0", "item 1", "item 2"]

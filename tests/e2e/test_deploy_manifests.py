@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import MakeServer
+from helpers.servers import MakeServer
 
 from memoryd.config import ConfigError, Settings, env_name, setting_fields
 

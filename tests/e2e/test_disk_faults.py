@@ -23,10 +23,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+from helpers.errors import reason_of
 
 from memoryd.v1 import (
     admin_pb2,
@@ -163,17 +162,6 @@ def fill(fs: Path) -> Path:
         os.close(fd)
     assert os.statvfs(fs).f_bavail == 0
     return path
-
-
-def reason_of(err: aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)
-    assert status is not None, err
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    raise AssertionError(f"no ErrorInfo in {err}")
 
 
 async def health_of(channel: aio.Channel, service: str = "") -> int:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import MakeServer
+from helpers.servers import MakeServer
 
 from memoryd.v1 import memory_pb2
 

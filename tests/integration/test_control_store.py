@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from helpers.servers import fast_hasher
 
+from memoryd.domain.bootstrap import mint_owner_key
+from memoryd.domain.clock import ManualClock
 from memoryd.domain.control import (
     ApiKeyRecord,
     AuditEvent,
@@ -596,3 +599,11 @@ async def test_a_version_1_schema_gains_audit_details_on_open(database_url: str)
             assert (await conn.execute(sa.text("SELECT version FROM schema_version"))).scalar() == 2
     finally:
         await s.close()
+
+
+async def test_an_owner_key_for_an_unknown_organization_is_org_not_found(
+    store: SqlControlStore,
+) -> None:
+    with pytest.raises(NotFound) as missing:
+        await mint_owner_key(store, fast_hasher(), ManualClock(T0), "org_doesnotexist00")
+    assert missing.value.reason == "ORG_NOT_FOUND"

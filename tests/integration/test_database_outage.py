@@ -23,14 +23,14 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+from helpers.errors import reason_of, retry_delay
+from helpers.polling import wait_for
+from helpers.servers import Client, MakeServer, RunningServer
 
 from memoryd.domain.clock import ManualClock
 from memoryd.v1 import admin_pb2, memory_pb2
-from tests.conftest import Client, MakeServer, RunningServer, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -105,30 +105,12 @@ def private_pg() -> Iterator[PrivatePostgres]:
         pg.remove()
 
 
-def _details(err: aio.AioRpcError) -> tuple[str, float | None]:
-    """The ErrorInfo reason and the RetryInfo delay (None without one)."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, err
-    reason, delay = "", None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-    return reason, delay
-
-
 async def _assert_database_unavailable(call: object) -> None:
     with pytest.raises(aio.AioRpcError) as err:
         await call  # type: ignore[misc]
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
-    reason, delay = _details(err.value)
-    assert reason == "DATABASE_UNAVAILABLE"
-    assert delay is not None and delay > 0
+    assert reason_of(err.value) == "DATABASE_UNAVAILABLE"
+    assert retry_delay(err.value) > 0
 
 
 async def _health(srv: RunningServer) -> int:

@@ -142,6 +142,7 @@ async def test_a_refused_key_is_unavailable_without_echoing_it(stub: Stub) -> No
     with pytest.raises(Unavailable) as caught:
         await embedder.embed(["hello"])
     await embedder.close()
+    assert caught.value.reason == "EMBEDDING_AUTH_FAILED"
     assert "refused the API key (HTTP 401)" in caught.value.message
     assert API_KEY not in str(caught.value)
 
@@ -185,8 +186,9 @@ async def test_a_slow_server_times_out_as_unavailable(stub: Stub) -> None:
     stub.behaviour = slow
     embedder = make(stub, timeout_s=0.2)
     started = time.monotonic()
-    with pytest.raises(Unavailable, match=r"did not answer within 0\.2 s"):
+    with pytest.raises(Unavailable, match=r"did not answer within 0\.2 s") as caught:
         await embedder.embed(["hello"])
+    assert caught.value.reason == "EMBEDDING_TIMEOUT"
     assert time.monotonic() - started < 0.9
     await embedder.close()
 
@@ -205,5 +207,6 @@ async def test_an_unreachable_endpoint_is_unavailable() -> None:
     with pytest.raises(Unavailable) as caught:
         await embedder.embed(["hello"])
     await embedder.close()
+    assert caught.value.reason == "EMBEDDING_UNAVAILABLE"
     assert f"127.0.0.1:{port}/v1/embeddings could not be reached" in caught.value.message
     assert API_KEY not in caught.value.message

@@ -14,13 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, Client, MakeServer, RunningServer
-from gated_hasher import GatedHasher, gated_server, secret_of
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
+from helpers.errors import quota_violations, reason_of, retry_delay
+from helpers.gated_hasher import GatedHasher, gated_server
+from helpers.keys import secret_of
+from helpers.redis_server import RedisServer
 from helpers.server_process import ServerProcess
-from redis_server import RedisServer
+from helpers.servers import Client, MakeServer, RunningServer
+from helpers.stores import REDIS_URL
 
 from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
@@ -95,13 +96,9 @@ async def test_over_the_limit_is_resource_exhausted_with_retry_info(
     pushback_ms = int(t["grpc-retry-pushback-ms"])
     assert (10.0 - elapsed) * 1000 <= pushback_ms <= 10_000
     assert t["retry-after"] == str(math.ceil(pushback_ms / 1000))  # whole seconds, rounded up
-    status = rpc_status.from_call(err)
-    assert status is not None
-    kinds = {d.type_url.rsplit(".", 1)[-1]: d for d in status.details}
-    retry = error_details_pb2.RetryInfo()
-    kinds["RetryInfo"].Unpack(retry)
-    assert 10.0 - elapsed <= retry.retry_delay.ToTimedelta().total_seconds() <= 10.0
-    assert "QuotaFailure" in kinds
+    assert reason_of(err) == "RATE_LIMITED"
+    assert 10.0 - elapsed <= retry_delay(err) <= 10.0
+    assert quota_violations(err)
     # the refusal is metered as a rate-limited call
     usage = await server.owner.admin.GetUsage(
         admin_pb2.GetUsageRequest(project_id=project.id), metadata=server.owner.md()

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers.redis_server import RedisServer
 from redis.asyncio import Redis
-from redis_server import RedisServer
 
 from memoryd.domain.clock import Clock, ManualClock, SystemClock
 from memoryd.domain.errors import Unavailable

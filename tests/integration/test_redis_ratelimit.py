@@ -7,12 +7,12 @@ prefix unique to the run and are deleted afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers.stores import REDIS_URL
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -21,7 +21,6 @@ from memoryd.storage.redis import make_redis
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("MEMORYD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TIMEOUT_S = 1.0  # generous: these tests are about the algorithm, not about latency
 
 

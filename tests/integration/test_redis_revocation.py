@@ -6,12 +6,12 @@ Fails, never skips, when Redis is unreachable; each run uses its own channel.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers.stores import REDIS_URL
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -19,8 +19,6 @@ from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import RedisRevocationBus
 
 pytestmark = pytest.mark.redis
-
-REDIS_URL = os.environ.get("MEMORYD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 async def _client() -> Redis:

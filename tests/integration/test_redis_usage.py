@@ -7,12 +7,12 @@ unique to the run and are deleted afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 
 import pytest
+from helpers.stores import REDIS_URL
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -23,7 +23,6 @@ from memoryd.usage import RedisUsageMeter
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("MEMORYD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SEARCH = "/memoryd.v1.MemoryService/SearchMemories"
 CREATE = "/memoryd.v1.MemoryService/CreateMemory"
 DAY = date(2026, 3, 14)

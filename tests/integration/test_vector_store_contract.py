@@ -288,8 +288,9 @@ async def test_another_tenant_can_neither_see_nor_touch_a_record(
     await store.delete(stranger, [rec.id])
     assert await store.delete_matching(stranger, everything, NOW) == 0
     assert await store.delete_matching(stranger, Filter(must=(Match("tags", "t"),)), NOW) == 0
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(AlreadyExists) as taken:
         await store.upsert(stranger, [replace(rec, tenant=stranger, content="hijacked")])
+    assert taken.value.reason == "MEMORY_ID_TAKEN"
 
     [still] = await store.get(owner, [rec.id], NOW)
     assert still.content == rec.content
@@ -366,8 +367,9 @@ async def test_a_tenant_reaches_one_no_or_all_end_users_in_every_method(
 async def test_an_end_user_cannot_take_over_another_end_users_id(store: Store) -> None:
     rec = record(A_USER1)
     await store.upsert(A_USER1, [rec])
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(AlreadyExists) as taken:
         await store.upsert(A_USER2, [replace(rec, tenant=A_USER2)])
+    assert taken.value.reason == "MEMORY_ID_TAKEN"
     await store.delete(A_USER2, [rec.id])
     assert await store.delete_matching(A_USER2, Filter(), NOW) == 0
     assert ids(await store.get(A_USER1, [rec.id], NOW)) == {rec.id}
@@ -833,8 +835,9 @@ async def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
             await s.count(A, Filter(), NOW)
         await s.open(MODEL, DIM)
         await s.close()
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as closed:
             await s.get(A, [str(uuid.uuid4())], NOW)
+        assert closed.value.reason == "VECTOR_STORE_CLOSED"
         await s.close()  # idempotent
 
 
@@ -869,8 +872,9 @@ async def test_an_unreachable_qdrant_server_is_unavailable(grpc: bool) -> None:
         timeout=2,
         check_compatibility=False,  # that check is a blocking request of its own
     )
-    with pytest.raises(Unavailable, match="Qdrant server is unavailable"):
+    with pytest.raises(Unavailable, match="Qdrant server is unavailable") as down:
         await QdrantVectorStore(client).open(MODEL, DIM)
+    assert down.value.reason == "BACKEND_UNAVAILABLE"
     await client.close()
 
 
@@ -880,8 +884,11 @@ async def test_edge_refuses_another_model_or_dimension(tmp_path: Path, process: 
     await s.upsert(A, [record(A)])
     await s.close()
     for model, dim in (("other/model", DIM), (MODEL, 16)):
-        with pytest.raises(FailedPrecondition, match=f"created for model {MODEL} \\({DIM}-d\\)"):
+        with pytest.raises(
+            FailedPrecondition, match=f"created for model {MODEL} \\({DIM}-d\\)"
+        ) as e:
             await EdgeVectorStore(path, process=process).open(model, dim)
+        assert e.value.reason == "EMBEDDING_MODEL_MISMATCH"
     s = await open_edge(path, process=process)  # still opens for its own model
     assert await s.count(A, Filter(), NOW) == 1
     await s.close()
@@ -895,8 +902,9 @@ async def test_qdrant_refuses_another_model_or_dimension() -> None:
     await s.upsert(A, [record(A)])
     await s.close()
     # "org_model_a" maps to the same collection name: the marker tells them apart.
-    with pytest.raises(FailedPrecondition, match="created for model org/model-a"):
+    with pytest.raises(FailedPrecondition, match="created for model org/model-a") as e:
         await QdrantVectorStore(client).open("org_model_a", DIM)
+    assert e.value.reason == "EMBEDDING_MODEL_MISMATCH"
     with pytest.raises(FailedPrecondition, match="created for model org/model-a"):
         await QdrantVectorStore(client, collection="memoryd_org_model_a").open("org/model-a", 4)
     # A collection memoryd did not make is not taken over.
@@ -905,8 +913,9 @@ async def test_qdrant_refuses_another_model_or_dimension() -> None:
     client.create_collection(
         "foreign", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
     )
-    with pytest.raises(FailedPrecondition, match="not created by memoryd"):
+    with pytest.raises(FailedPrecondition, match="not created by memoryd") as e:
         await QdrantVectorStore(client, collection="foreign").open(MODEL, DIM)
+    assert e.value.reason == "EMBEDDING_MODEL_UNKNOWN"
     again = QdrantVectorStore(client)
     await again.open("org/model-a", DIM)
     assert await again.count(A, Filter(), NOW) == 1
@@ -936,8 +945,9 @@ async def test_edge_keeps_everything_across_reopen(tmp_path: Path, process: bool
 async def test_edge_is_open_in_one_process_only(tmp_path: Path, process: bool) -> None:
     path = tmp_path / "v"
     first = await open_edge(path, process=process)
-    with pytest.raises(FailedPrecondition, match="open in another process"):
+    with pytest.raises(FailedPrecondition, match="open in another process") as e:
         await EdgeVectorStore(path, process=process).open(MODEL, DIM)
+    assert e.value.reason == "VECTOR_STORE_LOCKED"
     await first.close()
     second = await open_edge(path, process=process)
     await second.close()

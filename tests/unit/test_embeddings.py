@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gated_model import GatedModel
+from helpers.gated_model import GatedModel
 
 from memoryd.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
 from memoryd.domain.memory import Embedder
@@ -118,6 +118,7 @@ async def test_none_asks_the_client_for_vectors() -> None:
     assert embedder.model_id == "none:384"
     with pytest.raises(InvalidArgument) as caught:
         await embedder.embed(["hello"])
+    assert caught.value.reason == "EMBEDDING_REQUIRED"
     assert "does not embed text: send `embedding`" in caught.value.message
     assert caught.value.code == "INVALID_ARGUMENT"
     await embedder.close()
@@ -291,8 +292,9 @@ async def test_batcher_refuses_work_after_close(executor: ThreadPoolExecutor) ->
         await running
     with pytest.raises(Unavailable):
         await waiting
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable) as closed:
         await batcher.submit(["third"])
+    assert closed.value.reason == "EMBEDDER_CLOSED"
     await batcher.close()
 
 

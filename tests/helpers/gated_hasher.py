@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from conftest import RunningServer
 from grpc import aio
 
+from helpers.servers import RunningServer
 from memoryd.app import build_app
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
@@ -41,11 +41,6 @@ class GatedHasher(Argon2Hasher):
         while not self.entered.get(secret):
             assert loop.time() < deadline, "the verification never started"
             await asyncio.sleep(0.005)
-
-
-def secret_of(raw: str) -> str:
-    """The 32 secret characters before the 6 of the checksum."""
-    return raw[-38:-6]
 
 
 @asynccontextmanager
