@@ -47,7 +47,7 @@ async def contents(m: MemoryService, caller: Caller) -> set[str]:
 
 
 async def test_memory_calls_need_a_data_key() -> None:
-    d, m, _ = await setup()
+    _, m, _ = await setup()
     org_caller = Caller(Principal("k", KeyKind.ORG, "org_1", frozenset({Scope.ALL})))
     with pytest.raises(PermissionDenied) as info:
         await m.create(org_caller, NewMemory("x"))
