@@ -537,6 +537,7 @@ class Domain:
         name: str = "",
     ) -> tuple[ApiKeyRecord, Caller]:
         """A stored org key and a caller verified with it."""
+        scopes = tuple(scopes)
         now = self.clock.now()
         if org_id not in self.control.orgs:
             await self.control.create_org(Organization(org_id, org_id, now))
@@ -546,7 +547,7 @@ class Domain:
             org_id=org_id,
             kind=KeyKind.ORG,
             name=name or key_id,
-            scopes=tuple(scopes),
+            scopes=scopes,
             secret_hash=await self.hasher.hash(key_id),
             create_time=now,
             created_by="bootstrap",
