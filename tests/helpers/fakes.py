@@ -24,7 +24,7 @@ import math
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from memoryd.domain.audit import Auditor
@@ -557,7 +557,3 @@ class Domain:
         # keys made in one test sort by creation: one microsecond apart
         self.clock.advance(1e-6)
         return record, Caller(Principal(key_id, KeyKind.ORG, org_id, frozenset(scopes)))
-
-
-def in_days(clock: ManualClock, days: float) -> datetime:
-    return clock.now() + timedelta(days=days)
