@@ -101,9 +101,6 @@ class FakeControlStore:
     async def get_org(self, org_id: str) -> Organization | None:
         return self.orgs.get(org_id)
 
-    async def count_orgs(self) -> int:
-        return len(self.orgs)
-
     # projects and environments
 
     async def create_project(self, project: Project, environments: Sequence[Environment]) -> None:
@@ -208,10 +205,6 @@ class FakeControlStore:
             raise NotFound("key not found")
         self.keys[key.id] = key
 
-    async def touch_key(self, key_id: str, when: datetime) -> None:
-        if key_id in self.keys:
-            self.keys[key_id] = replace(self.keys[key_id], last_used_time=when)
-
     # audit
 
     async def append_audit(self, event: AuditEvent) -> None:
@@ -286,12 +279,6 @@ class FakeVectorStore:
     def __init__(self) -> None:
         self.records: dict[str, MemoryRecord] = {}
         self.upserts = 0
-
-    async def open(self, model_id: str, dimension: int) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def upsert(self, tenant: Tenant, records: Sequence[MemoryRecord]) -> None:
         for record in records:
