@@ -113,7 +113,7 @@ def _cannot_start(err: Exception) -> int:
     busy port, an unwritable data dir, an unreachable or read-only database,
     a bad model) carry their own message; anything else is named by its type,
     with the traceback logged at DEBUG."""
-    from memoryd.app import StartupError
+    from memoryd.api.server import StartupError
     from memoryd.domain.errors import DomainError
 
     if isinstance(err, StartupError | DomainError | ValueError | OSError):

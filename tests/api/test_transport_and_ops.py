@@ -24,6 +24,7 @@ from helpers.errors import reason_of
 from helpers.polling import wait_for
 from helpers.servers import Client, MakeServer
 
+from memoryd.api.observe import COUNTERS
 from memoryd.v1 import keys_pb2, memory_pb2
 
 # --- TLS and mTLS -------------------------------------------------------------------------
@@ -118,6 +119,10 @@ async def test_metrics_endpoint_exposes_the_named_series_after_traffic(
     assert "memoryd_key_cache_hits_total" in text
     assert 'memoryd_environment_memories_bucket{le="10.0"} 1.0' in text  # 0 before the write
     assert 'memoryd_rate_limit_decisions_total{decision="allowed"}' in text
+    # the counters other parts keep: every family, Redis's at 0 without Redis
+    for name in COUNTERS:
+        assert f"\n{name}_total " in text, name
+    assert "\nmemoryd_rate_limit_script_loads_total 0.0" in text
     # no tenant labels, no secrets
     assert project.id not in text and server.owner_key not in text
 

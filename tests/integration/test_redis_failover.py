@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.redis_server import RedisServer
+from helpers.servers import MakeServer
 from redis.asyncio import Redis
 
 from memoryd.domain.clock import Clock, ManualClock, SystemClock
@@ -31,6 +32,7 @@ from memoryd.ratelimit import (
 from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import RedisRevocationBus
 from memoryd.usage import RedisUsageMeter
+from memoryd.v1 import keys_pb2
 
 pytestmark = pytest.mark.redis
 
@@ -274,3 +276,36 @@ async def test_revocation_listener_starts_even_when_redis_is_down(tmp_path: Path
         await listener.close()
         await redis.aclose()
         server.kill()
+
+
+async def test_a_server_exports_what_its_redis_parts_count_during_an_outage(
+    server: RedisServer, make_server: MakeServer
+) -> None:
+    memoryd = await make_server(redis_url=server.url)
+    owner = memoryd.owner
+    project = await memoryd.project()
+    created = await owner.keys.CreateApiKey(
+        keys_pb2.CreateApiKeyRequest(
+            project_id=project.id,
+            environment_id=project.environments[0].id,
+            name="to revoke",
+            scopes=["memory:*"],
+        ),
+        metadata=owner.md(),
+    )
+    registry = memoryd.app.metrics.registry
+
+    def value(name: str) -> float:
+        return registry.get_sample_value(f"{name}_total") or 0.0
+
+    assert value("memoryd_revocation_publish_failures") == 0
+    server.kill()
+    # fail-open: limited locally, and the revocation is only logged as unpublished
+    await owner.keys.RevokeApiKey(
+        keys_pb2.RevokeApiKeyRequest(id=created.api_key.id), metadata=owner.md()
+    )
+    assert value("memoryd_rate_limit_backend_failures") >= 1
+    assert value("memoryd_rate_limit_fallback_checks") >= 1
+    assert value("memoryd_revocation_publish_failures") == 1
+    # the usage of that call waits for the next flush, which fails
+    await _until(lambda: value("memoryd_usage_flush_failures") >= 1, lambda: None, limit_s=10)

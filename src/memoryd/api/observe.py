@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -187,12 +187,49 @@ async def _time(aw: Awaitable[Any], hist: Any, errors: Any) -> Any:
         hist.observe(time.perf_counter() - started)
 
 
-class CallbackCounters(Collector):
-    """Counters read from callables at scrape time (cache hits, ...)."""
+COUNTERS: dict[str, str] = {
+    "memoryd_key_cache_hits": "verified-key cache hits",
+    "memoryd_key_cache_misses": "verified-key cache misses",
+    "memoryd_rate_limit_backend_failures": (
+        "rate-limit checks that Redis failed (answered by the fallback or refused)"
+    ),
+    "memoryd_rate_limit_fallback_checks": (
+        "rate-limit checks answered by the in-process limiter while Redis was down"
+    ),
+    "memoryd_rate_limit_backend_transitions": (
+        "times the rate-limit backend (Redis) was marked down or up again"
+    ),
+    "memoryd_rate_limit_script_loads": (
+        "times the rate-limit script was loaded into Redis again after NOSCRIPT"
+    ),
+    "memoryd_rate_limit_local_evictions": (
+        "in-process rate-limit buckets dropped for room before they were full again "
+        "(they restart with a full burst)"
+    ),
+    "memoryd_usage_flush_failures": "writes of usage counters to Redis that failed (retried)",
+    "memoryd_usage_dropped_keys": (
+        "usage counters dropped because too many were pending while Redis failed"
+    ),
+    "memoryd_revocation_publish_failures": (
+        "key revocations that could not be published to the other replicas"
+    ),
+    "memoryd_revocation_reconnects": "times the key-revocation subscription was made again",
+}
+"""The counters other parts keep (name without `_total`: help text)."""
 
-    def __init__(self, counters: dict[str, tuple[str, Callable[[], float]]]) -> None:
-        self._counters = counters
+
+class CallbackCounters(Collector):
+    """Every family of `COUNTERS`, read from `readers` at scrape time. A family
+    without a reader (its part is not configured, e.g. no Redis) reads 0, so
+    every family is always exported."""
+
+    def __init__(self, readers: Mapping[str, Callable[[], float]]) -> None:
+        unknown = readers.keys() - COUNTERS.keys()
+        if unknown:
+            raise ValueError(f"counters not in COUNTERS: {sorted(unknown)}")
+        self._readers = readers
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        for name, (help_text, read) in self._counters.items():
-            yield CounterMetricFamily(name, help_text, value=read())
+        for name, help_text in COUNTERS.items():
+            read = self._readers.get(name)
+            yield CounterMetricFamily(name, help_text, value=read() if read else 0)

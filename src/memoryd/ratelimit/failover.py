@@ -52,13 +52,11 @@ FailurePolicy = Literal["fail-open", "fail-closed"]
 class FailoverRateLimiter:
     """`primary` with `fallback` behind it, per `policy` (see module docstring).
 
-    Metrics: `primary_failures` counts checks the primary failed,
-    `fallback_checks` checks answered by the fallback, `transitions` the
-    down/up changes, `mirror_refusals` calls the primary admitted but the
-    fallback's mirror refused (only after an outage, on one replica); `degraded`
-    is True while the primary is considered down.
-    Optional hooks, called synchronously: `on_primary_failure(exc)` for every
-    failure, `on_state_change(degraded)` on every transition.
+    Counters (exported as `memoryd_rate_limit_*` metrics): `primary_failures`
+    counts checks the primary failed, `fallback_checks` checks answered by the
+    fallback, `transitions` the down/up changes; `degraded` is True while the
+    primary is considered down. Optional hook, called synchronously:
+    `on_state_change(degraded)` on every transition.
     """
 
     def __init__(
@@ -73,7 +71,6 @@ class FailoverRateLimiter:
         max_probe_interval_s: float = 1.0,
         skew_tolerance_s: float = 0.25,
         local_when_down: Callable[[str], bool] | None = None,
-        on_primary_failure: Callable[[BaseException], None] | None = None,
         on_state_change: Callable[[bool], None] | None = None,
     ) -> None:
         # A plain str, so settings can pass their validated string through.
@@ -90,7 +87,6 @@ class FailoverRateLimiter:
         self._max_probe_interval_s = max_probe_interval_s
         self._skew_tolerance_s = skew_tolerance_s
         self._local_when_down = local_when_down
-        self._on_primary_failure = on_primary_failure
         self._on_state_change = on_state_change
         self._down = False
         self._probing = False
@@ -101,7 +97,6 @@ class FailoverRateLimiter:
         self.primary_failures = 0
         self.fallback_checks = 0
         self.transitions = 0
-        self.mirror_refusals = 0
 
     @property
     def backend_name(self) -> str:
@@ -155,7 +150,6 @@ class FailoverRateLimiter:
         local = await self._fallback.check(mirrored, cost)
         if local.allowed:
             return decision
-        self.mirror_refusals += 1
         # Report the configured burst, not the mirror's slack-widened one.
         return Decision(False, decision.limit, 0, local.reset_after_s, local.retry_after_s)
 
@@ -186,8 +180,6 @@ class FailoverRateLimiter:
 
     def _failed(self, exc: Unavailable, probe: bool, started: float) -> None:
         self.primary_failures += 1
-        if self._on_primary_failure is not None:
-            self._on_primary_failure(exc)
         now = self._clock.monotonic()
         if probe:
             self._backoff_s = min(self._backoff_s * 2, self._max_probe_interval_s)

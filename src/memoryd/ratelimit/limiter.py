@@ -44,7 +44,7 @@ class LocalRateLimiter:
     dropped by a sweep every `sweep_interval_s` (lossless). If more than
     `max_buckets` are held, the least recently charged ones are dropped;
     those not yet full again are counted in `evicted_live` (lossy: they start
-    over with a full burst).
+    over with a full burst; exported as `memoryd_rate_limit_local_evictions`).
 
     Not thread-safe; `check` never awaits, so it is atomic on one event loop.
     """

@@ -116,7 +116,8 @@ class RedisRateLimiter:
         self._timeout_s = timeout_s
         self._prefix = key_prefix
         self.script_loads = 0
-        """How many times the script was (re)loaded after NOSCRIPT."""
+        """How many times the script was (re)loaded after NOSCRIPT (exported as
+        `memoryd_rate_limit_script_loads`)."""
 
     @property
     def backend_name(self) -> str:

@@ -1,5 +1,6 @@
-"""Free space on the data directory's file system, and the floor below which
-memoryd stops writing to it.
+"""The data directory's file system: whether it can be written at all (a
+start-up check), its free space, and the floor below which memoryd stops
+writing to it.
 
 Why a floor: Qdrant Edge writes through memory-mapped files that are sparse
 (WAL segments, payload and vector pages of 32 MiB each are created at full
@@ -16,6 +17,8 @@ no cache can go stale while another process fills the disk.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +70,36 @@ def check_free_space(
     if space.free_bytes < floor_bytes:
         raise disk_full(space, floor_bytes, what=what)
     return space
+
+
+class DataDirNotWritable(OSError):
+    """The data directory cannot be created or written; the message names it
+    and the cause in one line."""
+
+
+def check_writable(path: Path) -> None:
+    """Raises DataDirNotWritable when `path` cannot be created or a block
+    written and synced there (read-only, not permitted, full)."""
+    probe = path / f".memoryd-write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as f:
+            f.write(bytes(4096))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise DataDirNotWritable(f"the data directory {path} is not writable: {_why(err)}") from err
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def _why(err: OSError) -> str:
+    reasons = {
+        errno.EROFS: "it is on a read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }
+    return reasons.get(err.errno or 0, err.strerror or str(err))

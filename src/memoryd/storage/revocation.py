@@ -100,6 +100,8 @@ class RedisRevocationBus:
     `publish` calls this replica's own callback first, so the publisher never
     depends on Redis to evict its own cache, then publishes with a
     `timeout_s` budget; failures are logged and counted in `publish_failures`.
+    `publish_failures` and `reconnects` are exported as
+    `memoryd_revocation_*` metrics.
     """
 
     def __init__(

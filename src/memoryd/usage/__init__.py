@@ -8,7 +8,8 @@ meter.read(org, project|None, env|None, start, end)`; `close()` at shutdown.
 `record` is on the hot path and never does I/O itself: the Redis meter adds
 to in-process counters that a background task writes in one MULTI/EXEC per
 `flush_interval_s`; the local meter just keeps them. `UsageRecorder` counts
-each authenticated call for the call pipeline.
+each authenticated call for the call pipeline, `WriteRecorder` the memories
+written for the memory service.
 
 The Redis meter lives here, not in `memoryd.storage`: its key layout and
 write batching are this subsystem's logic, as the GCRA script is the rate
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from memoryd.usage.counters import UsageMeter
 from memoryd.usage.local import LocalUsageMeter
-from memoryd.usage.recorder import UsageRecorder
+from memoryd.usage.recorder import UsageRecorder, WriteRecorder
 from memoryd.usage.redis_meter import RedisUsageMeter
 
-__all__ = ["LocalUsageMeter", "RedisUsageMeter", "UsageMeter", "UsageRecorder"]
+__all__ = ["LocalUsageMeter", "RedisUsageMeter", "UsageMeter", "UsageRecorder", "WriteRecorder"]

@@ -1,9 +1,10 @@
-"""Usage metering as the call pipeline sees it: one count per authenticated
-call, or per refusal by the rate limiter."""
+"""Usage metering as its callers see it: the call pipeline counts one call per
+authenticated call (or per refusal by the rate limiter), the memory service
+counts the memories and bytes it writes."""
 
 from __future__ import annotations
 
-from memoryd.domain.tenancy import Principal
+from memoryd.domain.tenancy import Principal, Tenant
 from memoryd.usage.counters import UsageMeter
 
 
@@ -20,4 +21,21 @@ class UsageRecorder:
             principal.environment_id,
             method=None if rate_limited else method,
             rate_limited=rate_limited,
+        )
+
+
+class WriteRecorder:
+    """Counts memories written and bytes stored per environment and day (the
+    memory service's `WriteMeter`)."""
+
+    def __init__(self, meter: UsageMeter) -> None:
+        self._meter = meter
+
+    async def memories_written(self, tenant: Tenant, count: int, content_bytes: int) -> None:
+        await self._meter.record(
+            tenant.org_id,
+            tenant.project_id,
+            tenant.environment_id,
+            memories_written=count,
+            bytes_stored=content_bytes,
         )

@@ -55,9 +55,10 @@ class RedisUsageMeter:
     the counts stay pending and are retried (logged once per outage); an
     answer lost after EXEC was sent may then count a batch twice
     (at-least-once). Only beyond `max_pending_keys` are counts dropped, and
-    then counted in `dropped_keys` and logged. `read` first writes this
-    replica's pending counts, so other replicas lag by one flush interval at
-    most. `close` stops the task and writes what is pending.
+    then counted in `dropped_keys` and logged; failed writes are counted in
+    `flush_failures` (both exported as `memoryd_usage_*` metrics). `read`
+    first writes this replica's pending counts, so other replicas lag by one
+    flush interval at most. `close` stops the task and writes what is pending.
     """
 
     def __init__(
