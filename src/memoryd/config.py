@@ -27,6 +27,32 @@ def _setting(
     return field(default=default, metadata={"help": help, "choices": choices, "secret": secret})
 
 
+# Settings that must be above zero (the rest may be 0, meaning "off" or "default").
+_POSITIVE = (
+    "embedding_dimension",
+    "max_message_bytes",
+    "key_cache_size",
+    "key_burst",
+    "project_burst",
+    "max_content_bytes",
+    "max_metadata_bytes",
+    "max_memories_per_environment",
+    "embedding_threads",
+    "embedding_batch_texts",
+    "embedding_batch_chars",
+    "embedding_queue_texts",
+    "max_query_chars",
+    "key_requests_per_second",
+    "project_requests_per_second",
+    "sweep_interval_s",
+    "redis_timeout_ms",
+    "embedding_timeout_s",
+    "storage_timeout_s",
+    "rate_limit_failure_threshold",
+    "rate_limit_max_probe_interval_s",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the server. See `memoryd serve --help`."""
@@ -324,38 +350,14 @@ class Settings:
             raise bad("port", f"must be a port number 0..65535, got {self.port}")
         if self.metrics_port > 65535:
             raise bad("metrics_port", f"must be a port number 0..65535, got {self.metrics_port}")
-        for name in (
-            "embedding_dimension",
-            "max_message_bytes",
-            "key_cache_size",
-            "key_burst",
-            "project_burst",
-            "max_content_bytes",
-            "max_metadata_bytes",
-            "max_memories_per_environment",
-            "embedding_threads",
-            "embedding_batch_texts",
-            "embedding_batch_chars",
-            "embedding_queue_texts",
-            "max_query_chars",
-        ):
-            if getattr(self, name) <= 0:
-                raise bad(name, "must be positive")
-        for name in (
-            "key_requests_per_second",
-            "project_requests_per_second",
-            "sweep_interval_s",
-            "redis_timeout_ms",
-            "embedding_timeout_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise bad(name, "must be positive")
-        if self.storage_timeout_s <= 0:
-            raise bad("storage_timeout_s", "must be positive")
-        for name in ("rate_limit_failure_threshold", "rate_limit_max_probe_interval_s"):
+        for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
         self._validate_request_limits(bad)
+        self._validate_tls(bad)
+        self._validate_urls(bad)
+
+    def _validate_tls(self, bad: Any) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise bad(
                 "tls_key" if self.tls_cert else "tls_cert", "tls_cert and tls_key go together"
@@ -366,6 +368,8 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise bad(name, f"no such file: {path}")
+
+    def _validate_urls(self, bad: Any) -> None:
         url = self.database_url
         if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise bad(

@@ -39,6 +39,7 @@ from memoryd.domain.tenancy import (
     DEFAULT_ORG_SCOPES,
     ORG_ONLY_SCOPES,
     Caller,
+    EnvironmentKind,
     KeyKind,
     Principal,
     Scope,
@@ -107,6 +108,10 @@ class KeyManager:
         ) as ev:
             p, acting = await self._acting(caller)  # inside: refusals are audited too
             now = self._clock.now()
+            kind = KeyKind.DATA if project_id else KeyKind.ORG
+            chosen = tuple(dict.fromkeys(scopes)) or (
+                DEFAULT_DATA_SCOPES if kind is KeyKind.DATA else DEFAULT_ORG_SCOPES
+            )
             v = Violations()
             _check_name(v, "name", name)
             if bool(project_id) != bool(environment_id):
@@ -114,30 +119,8 @@ class KeyManager:
                     "environment_id" if project_id else "project_id",
                     "a data key needs both project_id and environment_id; an org key neither",
                 )
-            kind = KeyKind.DATA if project_id else KeyKind.ORG
-            chosen = tuple(dict.fromkeys(scopes)) or (
-                DEFAULT_DATA_SCOPES if kind is KeyKind.DATA else DEFAULT_ORG_SCOPES
-            )
-            for i, scope in enumerate(chosen):
-                if scope not in ALL_SCOPES:
-                    v.add(
-                        f"scopes[{i}]",
-                        f"unknown scope {shown(scope)}; known: {', '.join(sorted(ALL_SCOPES))}",
-                    )
-                elif kind is KeyKind.DATA and (scope in ORG_ONLY_SCOPES or scope == Scope.ALL):
-                    v.add(f"scopes[{i}]", f"a data key cannot hold {scope!r}; use an org key")
-            if expire_time is not None and expire_time <= now:
-                v.add("expire_time", "must be in the future")
-            elif acting.expire_time is not None:
-                # A key cannot outlive its creator: no expiry asked means the creator's.
-                if expire_time is None:
-                    expire_time = acting.expire_time
-                elif expire_time > acting.expire_time:
-                    v.add(
-                        "expire_time",
-                        "must not be later than the calling key's expire_time "
-                        f"({acting.expire_time.isoformat()})",
-                    )
+            _check_scopes(v, kind, chosen)
+            expire_time = _bounded_expiry(v, expire_time, acting.expire_time, now)
             v.raise_if_any()
             for scope in chosen:
                 if not _holds_all(p, scope):
@@ -147,13 +130,7 @@ class KeyManager:
                     )
             env_kind = None
             if kind is KeyKind.DATA:
-                env = await self._store.get_environment(p.org_id, environment_id)
-                if env is None or env.project_id != project_id:
-                    raise NotFound(
-                        f"environment {shown(environment_id)} "
-                        f"of project {shown(project_id)} not found"
-                    )
-                env_kind = env.kind
+                env_kind = await self._environment_kind(p.org_id, project_id, environment_id)
             key_id = new_key_id()
             secret = new_secret()
             record = ApiKeyRecord(
@@ -173,6 +150,16 @@ class KeyManager:
             ev.target = key_id
             await self._store.create_key(record)
             return IssuedKey(record, format_key(record.prefix_kind, key_id, secret))
+
+    async def _environment_kind(
+        self, org_id: str, project_id: str, environment_id: str
+    ) -> EnvironmentKind:
+        env = await self._store.get_environment(org_id, environment_id)
+        if env is None or env.project_id != project_id:
+            raise NotFound(
+                f"environment {shown(environment_id)} of project {shown(project_id)} not found"
+            )
+        return env.kind
 
     async def list(
         self,
@@ -345,6 +332,39 @@ def _holds_all(p: Principal, scope: str) -> bool:
     if scope == Scope.MEMORY_ALL:
         return Scope.ALL in p.scopes or Scope.MEMORY_ALL in p.scopes
     return scope_grants(p.scopes, scope)
+
+
+def _check_scopes(v: Violations, kind: KeyKind, scopes: Sequence[str]) -> None:
+    """Known scopes only, and none a data key cannot hold."""
+    for i, scope in enumerate(scopes):
+        if scope not in ALL_SCOPES:
+            v.add(
+                f"scopes[{i}]",
+                f"unknown scope {shown(scope)}; known: {', '.join(sorted(ALL_SCOPES))}",
+            )
+        elif kind is KeyKind.DATA and (scope in ORG_ONLY_SCOPES or scope == Scope.ALL):
+            v.add(f"scopes[{i}]", f"a data key cannot hold {scope!r}; use an org key")
+
+
+def _bounded_expiry(
+    v: Violations, asked: datetime | None, creator: datetime | None, now: datetime
+) -> datetime | None:
+    """The new key's expiry: in the future, and never later than its
+    creator's (a key cannot outlive the key that made it; no expiry asked
+    means the creator's)."""
+    if asked is not None and asked <= now:
+        v.add("expire_time", "must be in the future")
+        return asked
+    if creator is None:
+        return asked
+    if asked is None:
+        return creator
+    if asked > creator:
+        v.add(
+            "expire_time",
+            f"must not be later than the calling key's expire_time ({creator.isoformat()})",
+        )
+    return asked
 
 
 def _check_name(v: Violations, field: str, name: str) -> None:

@@ -162,7 +162,13 @@ class ProjectManager:
                         f"{shown(path)} cannot be updated; allowed: "
                         f"{', '.join(sorted(UPDATABLE_PATHS))}",
                     )
-            _check_project_values(v, changes, "project.", self._ceilings)
+            # Only what the mask names is checked (AIP-134): a client reads,
+            # changes one field and sends the whole project back, and a value
+            # it did not touch (say an override stored before the server's
+            # maximum was lowered) must not fail the update.
+            checked = Violations()
+            _check_project_values(checked, changes, "project.", self._ceilings)
+            v.items.extend(x for x in checked.items if _masked(x.field, paths))
             v.raise_if_any()
             current = await self._project(p, changes.id)
             updated = current
@@ -273,6 +279,13 @@ def _check_name(v: Violations, field: str, name: str) -> None:
         v.add(field, "is required")
     elif not NAME_RE.match(name):
         v.add(field, NAME_RULE)
+
+
+def _masked(field: str, paths: Sequence[str]) -> bool:
+    """Whether the violation of `field` (`project.<path>`) is of a field that
+    the update mask names (itself, or its group)."""
+    name = field.removeprefix("project.")
+    return any(name == path or name.startswith(path + ".") for path in paths)
 
 
 def _check_project_values(v: Violations, project: Project, prefix: str, ceilings: Ceilings) -> None:

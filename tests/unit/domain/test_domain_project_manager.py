@@ -247,3 +247,22 @@ async def test_deleting_an_environment_deletes_only_its_memories() -> None:
     await projects.delete_environment(caller, staging.id)
     assert d.deleted_scopes.scopes == [("org_1", made.id, staging.id)]
     assert [e.action for e in d.sink.events][-1] == "environment.delete"
+
+
+async def test_update_checks_only_the_masked_fields() -> None:
+    """Read, change, update (AIP-134): a value outside the mask, such as an
+    override stored before the server's maximum was lowered, does not fail
+    an update of another field; a masked field is still held to the rules."""
+    d, projects, caller = await owner()
+    made = await projects.create_project(caller, draft())
+    stale = replace(made, quotas=Quotas(max_content_bytes=10**9))
+    await d.control.update_project(stale)  # as stored by an older server
+    read = replace(stale, display_name="renamed")
+    updated = await projects.update_project(caller, read, ["display_name"])
+    assert updated.display_name == "renamed"
+    with pytest.raises(InvalidArgument) as info:
+        await projects.update_project(caller, read, ["quotas.max_content_bytes"])
+    assert fields(info.value) == {"project.quotas.max_content_bytes"}
+    with pytest.raises(InvalidArgument) as info:
+        await projects.update_project(caller, read, ["quotas"])
+    assert fields(info.value) == {"project.quotas.max_content_bytes"}
