@@ -200,13 +200,13 @@ class Settings:
     openai_model: str = _setting("text-embedding-3-small", "Model name sent to the endpoint.")
     # fair share of the local model, and the bound of embedded free text
     embedding_batch_texts: int = _setting(
-        32,
+        64,
         "Local model: most texts in one model call. Calls are filled from the organizations "
         "waiting in turn, so one organization's large batch delays another's search by at "
         "most one model call.",
     )
     embedding_batch_chars: int = _setting(
-        4096, "Local model: most characters in one model call (one longer text goes alone)."
+        16384, "Local model: most characters in one model call (one longer text goes alone)."
     )
     embedding_queue_texts: int = _setting(
         4096,

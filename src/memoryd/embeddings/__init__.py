@@ -49,8 +49,8 @@ def build_embedder(
     openai_model: str,
     timeout_s: float,
     threads: int,
-    batch_texts: int = 32,
-    batch_chars: int = 4096,
+    batch_texts: int = 64,
+    batch_chars: int = 16384,
     queued_texts: int = 4096,
 ) -> Embedder:
     """The embedder for `provider` (one of `PROVIDERS`).

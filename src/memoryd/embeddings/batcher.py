@@ -89,8 +89,8 @@ class MicroBatcher:
         executor: Executor,
         *,
         max_wait_s: float = 0.0,
-        max_texts: int = 32,
-        max_chars: int = 4096,
+        max_texts: int = 64,
+        max_chars: int = 16384,
         max_queued_texts: int = 4096,
     ) -> None:
         if max_wait_s < 0:

@@ -79,8 +79,8 @@ class FastEmbedEmbedder:
         dimension: int = DEFAULT_DIMENSION,
         threads: int = 2,
         batch_wait_s: float | None = 0.0,
-        max_batch_texts: int = 32,
-        max_batch_chars: int = 4096,
+        max_batch_texts: int = 64,
+        max_batch_chars: int = 16384,
         max_queued_texts: int = 4096,
         model_batch_size: int = 32,
     ) -> None:
