@@ -10,10 +10,10 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memoryd.domain.errors import AlreadyExists, DomainError, NotFound, Unavailable
+from memoryd.domain.errors import AlreadyExists, DomainError, NotFound
 
 
 class Transacting(abc.ABC):
@@ -63,18 +63,16 @@ def _domain_error(err: IntegrityError, parent: str) -> DomainError | None:
 
 class Tx:
     """`async with` a transaction; a unique violation becomes `AlreadyExists`,
-    a foreign-key violation `NotFound` (naming `parent`), connection errors
-    `Unavailable`."""
+    a foreign-key violation `NotFound` (naming `parent`). Connection errors
+    pass through: the store wraps every transaction in `outage.Guarded`,
+    the one place that maps them to `Unavailable`."""
 
     def __init__(self, engine: AsyncEngine, parent: str = "") -> None:
         self._cm = engine.begin()
         self._parent = parent
 
     async def __aenter__(self) -> AsyncConnection:
-        try:
-            return await self._cm.__aenter__()
-        except (OSError, OperationalError) as exc:
-            raise Unavailable("the control-plane database is unreachable; retry shortly") from exc
+        return await self._cm.__aenter__()
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
         try:
@@ -84,13 +82,8 @@ class Tx:
             if mapped is None:
                 raise
             raise mapped from err
-        except (OSError, OperationalError) as err:
-            raise Unavailable("the control-plane database is unreachable; retry shortly") from err
         if isinstance(exc, IntegrityError):
             mapped = _domain_error(exc, self._parent)
             if mapped is not None:
                 raise mapped from exc
-            return False
-        if isinstance(exc, OSError | OperationalError):
-            raise Unavailable("the control-plane database is unreachable; retry shortly") from exc
         return False
