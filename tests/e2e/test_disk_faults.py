@@ -13,10 +13,7 @@ import asyncio
 import contextlib
 import errno
 import os
-import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.errors import reason_of
+from helpers.served import Served
 
 from memoryd.v1 import (
     admin_pb2,
@@ -36,8 +34,6 @@ from memoryd.v1 import (
     memory_pb2_grpc,
 )
 
-MEMORYD = Path(sys.executable).parent / "memoryd"
-LISTENING = re.compile(r"memoryd listening on 127\.0\.0\.1:(\d+)")
 FS_MB = 160
 FLOOR_MB = 32
 
@@ -63,77 +59,19 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-class Served:
-    """One `memoryd serve` process; its output in files."""
-
-    def __init__(self, data_dir: Path, log_dir: Path, run: int) -> None:
-        self.err_path = log_dir / f"stderr-{run}.txt"
-        self.out_path = log_dir / f"stdout-{run}.txt"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORYD_")}
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [
-                    str(MEMORYD),
-                    "serve",
-                    "--port",
-                    "0",
-                    "--data-dir",
-                    str(data_dir),
-                    "--embedding-provider",
-                    "hashing",
-                    "--embedding-dimension",
-                    "64",
-                    "--log-level",
-                    "WARNING",
-                    "--grace-period-s",
-                    "2",
-                    "--min-free-disk-mb",
-                    str(FLOOR_MB),
-                ],
-                stdout=out,
-                stderr=err,
-                env=env,
-            )
-        self.port = 0
-        self.channel: aio.Channel | None = None
-
-    def wait_listening(self, within: float = 30.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            found = LISTENING.search(self.err_path.read_text())
-            if found:
-                self.port = int(found.group(1))
-                self.channel = aio.insecure_channel(f"127.0.0.1:{self.port}")
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"memoryd did not start:\n{self.err_path.read_text()}")
-
-    def owner_key(self) -> str:
-        keys = re.findall(r"\b(ms_org_\S+)", self.out_path.read_text())
-        assert len(keys) == 1
-        return keys[0]
-
-    async def stop(self) -> int:
-        if self.channel is not None:
-            await self.channel.close()
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, 30)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def serve(small_fs: Path, tmp_path: Path) -> Iterator[object]:
     started: list[Served] = []
 
     def start() -> Served:
-        served = Served(small_fs / "data", tmp_path, len(started))
+        served = Served(
+            small_fs / "data",
+            tmp_path,
+            len(started),
+            "--min-free-disk-mb",
+            str(FLOOR_MB),
+            wait=False,
+        )
         started.append(served)
         return served
 
@@ -185,7 +123,9 @@ async def test_full_disk_refuses_writes_keeps_reads_and_health_then_recovers_los
     first: Served = start()  # type: ignore[operator]
     first.wait_listening()
     assert first.channel is not None
-    owner = (("x-api-key", first.owner_key()),)
+    owner_key = first.owner_key()
+    assert owner_key is not None
+    owner = (("x-api-key", owner_key),)
     admin = admin_pb2_grpc.AdminServiceStub(first.channel)
     project = await admin.CreateProject(
         admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name="full")), metadata=owner
@@ -245,7 +185,7 @@ async def test_full_disk_refuses_writes_keeps_reads_and_health_then_recovers_los
     filler.unlink()
     await eventually_health(first.channel, health_pb2.HealthCheckResponse.SERVING)
     acknowledged |= {await create(f"after space was freed {i}") for i in range(5)}
-    assert await first.stop() == 0
+    assert await first.stop(within_s=30) == 0
     err_text = first.err_path.read_text()
     assert "Traceback" not in err_text, err_text[: err_text.find("Traceback") + 2000]
 
@@ -257,7 +197,7 @@ async def test_full_disk_refuses_writes_keeps_reads_and_health_then_recovers_los
         memory_pb2.ListMemoriesRequest(page_size=100), metadata=md, timeout=10
     )
     assert {m.id for m in listed.memories} == acknowledged
-    assert await second.stop() == 0
+    assert await second.stop(within_s=30) == 0
 
     # --- start-up on a full disk: exit 1, one line ---------------------------------------
     fill(small_fs)

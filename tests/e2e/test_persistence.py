@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from grpc import aio
+from helpers.served import Served
 
 from memoryd.v1 import (
     admin_pb2,
@@ -31,73 +29,6 @@ from memoryd.v1 import (
 )
 
 MEMORYD = Path(sys.executable).parent / "memoryd"
-LISTENING = re.compile(r"memoryd listening on 127\.0\.0\.1:(\d+)")
-START_TIMEOUT_S = 30.0
-
-
-class Served:
-    """One `memoryd serve` process on `data_dir`, its output in files."""
-
-    def __init__(self, data_dir: Path, log_dir: Path, run: int) -> None:
-        self.out_path = log_dir / f"stdout-{run}.txt"
-        self.err_path = log_dir / f"stderr-{run}.txt"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORYD_")}
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [
-                    str(MEMORYD),
-                    "serve",
-                    "--port",
-                    "0",
-                    "--data-dir",
-                    str(data_dir),
-                    "--embedding-provider",
-                    "hashing",
-                    "--embedding-dimension",
-                    "64",
-                    "--log-level",
-                    "WARNING",
-                    "--grace-period-s",
-                    "2",
-                ],
-                stdout=out,
-                stderr=err,
-                env=env,
-            )
-        self.port = self._wait_listening()
-        self.channel = aio.insecure_channel(f"127.0.0.1:{self.port}")
-
-    def _wait_listening(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            found = LISTENING.search(self.err_path.read_text())
-            if found:
-                return int(found.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.proc.kill()
-        raise AssertionError(f"memoryd did not start:\n{self.err_path.read_text()}")
-
-    def owner_key(self) -> str | None:
-        """The owner key printed between the `====` lines, if any."""
-        text = self.out_path.read_text()
-        found = re.search(r"^=+\n(.*?)^=+$", text, re.M | re.S)
-        if not found:
-            return None
-        keys = re.findall(r"\b(ms_org_\S+)", found.group(1))
-        assert len(keys) == 1, text
-        return keys[0]
-
-    async def stop(self, sig: int) -> int:
-        await self.channel.close()
-        self.proc.send_signal(sig)
-        return await asyncio.to_thread(self.proc.wait, 15)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class Api:
