@@ -36,14 +36,16 @@ class RateLimits(_message.Message):
     def __init__(self, project_requests_per_second: _Optional[float] = ..., project_burst: _Optional[int] = ..., key_requests_per_second: _Optional[float] = ..., key_burst: _Optional[int] = ...) -> None: ...
 
 class Quotas(_message.Message):
-    __slots__ = ("max_memories_per_environment", "max_content_bytes", "max_metadata_bytes")
+    __slots__ = ("max_memories_per_environment", "max_content_bytes", "max_metadata_bytes", "llm_tokens_per_day")
     MAX_MEMORIES_PER_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_METADATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LLM_TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     max_memories_per_environment: int
     max_content_bytes: int
     max_metadata_bytes: int
-    def __init__(self, max_memories_per_environment: _Optional[int] = ..., max_content_bytes: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ...) -> None: ...
+    llm_tokens_per_day: int
+    def __init__(self, max_memories_per_environment: _Optional[int] = ..., max_content_bytes: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ..., llm_tokens_per_day: _Optional[int] = ...) -> None: ...
 
 class Project(_message.Message):
     __slots__ = ("id", "name", "display_name", "settings", "rate_limits", "quotas", "environments", "create_time", "update_time")
@@ -168,7 +170,7 @@ class GetUsageRequest(_message.Message):
     def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("project_id", "environment_id", "date", "calls", "calls_by_method", "memories_written", "bytes_stored", "rate_limited_calls")
+    __slots__ = ("project_id", "environment_id", "date", "calls", "calls_by_method", "memories_written", "bytes_stored", "rate_limited_calls", "llm_input_tokens", "llm_output_tokens")
     class CallsByMethodEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +186,8 @@ class UsageRecord(_message.Message):
     MEMORIES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    LLM_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LLM_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     environment_id: str
     date: str
@@ -192,7 +196,9 @@ class UsageRecord(_message.Message):
     memories_written: int
     bytes_stored: int
     rate_limited_calls: int
-    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., date: _Optional[str] = ..., calls: _Optional[int] = ..., calls_by_method: _Optional[_Mapping[str, int]] = ..., memories_written: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., rate_limited_calls: _Optional[int] = ...) -> None: ...
+    llm_input_tokens: int
+    llm_output_tokens: int
+    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., date: _Optional[str] = ..., calls: _Optional[int] = ..., calls_by_method: _Optional[_Mapping[str, int]] = ..., memories_written: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., rate_limited_calls: _Optional[int] = ..., llm_input_tokens: _Optional[int] = ..., llm_output_tokens: _Optional[int] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
     __slots__ = ("records",)
@@ -262,3 +268,75 @@ class ListAuditEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
     next_page_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Prompt(_message.Message):
+    __slots__ = ("name", "project_id", "environment_id", "version", "text", "create_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    project_id: str
+    environment_id: str
+    version: int
+    text: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., version: _Optional[int] = ..., text: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreatePromptRequest(_message.Message):
+    __slots__ = ("project_id", "environment_id", "prompt")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    environment_id: str
+    prompt: Prompt
+    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ...) -> None: ...
+
+class GetPromptRequest(_message.Message):
+    __slots__ = ("project_id", "environment_id", "name", "version")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    environment_id: str
+    name: str
+    version: int
+    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ListPromptsRequest(_message.Message):
+    __slots__ = ("project_id", "environment_id")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    environment_id: str
+    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ...) -> None: ...
+
+class ListPromptsResponse(_message.Message):
+    __slots__ = ("prompts",)
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
+    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ...) -> None: ...
+
+class UpdatePromptRequest(_message.Message):
+    __slots__ = ("project_id", "environment_id", "prompt")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    environment_id: str
+    prompt: Prompt
+    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ...) -> None: ...
+
+class DeletePromptRequest(_message.Message):
+    __slots__ = ("project_id", "environment_id", "name")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    environment_id: str
+    name: str
+    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...

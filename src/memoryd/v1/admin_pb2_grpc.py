@@ -88,6 +88,31 @@ class AdminServiceStub:
                 request_serializer=memoryd_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=memoryd_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.CreatePrompt = channel.unary_unary(
+                '/memoryd.v1.AdminService/CreatePrompt',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.CreatePromptRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.Prompt.FromString,
+                _registered_method=True)
+        self.GetPrompt = channel.unary_unary(
+                '/memoryd.v1.AdminService/GetPrompt',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.GetPromptRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.Prompt.FromString,
+                _registered_method=True)
+        self.ListPrompts = channel.unary_unary(
+                '/memoryd.v1.AdminService/ListPrompts',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.ListPromptsRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.ListPromptsResponse.FromString,
+                _registered_method=True)
+        self.UpdatePrompt = channel.unary_unary(
+                '/memoryd.v1.AdminService/UpdatePrompt',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.UpdatePromptRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.Prompt.FromString,
+                _registered_method=True)
+        self.DeletePrompt = channel.unary_unary(
+                '/memoryd.v1.AdminService/DeletePrompt',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.DeletePromptRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -169,6 +194,46 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePrompt(self, request, context):
+        """Sets the first version of an environment's prompt (`extraction` or
+        `decision`), which AddMessages' `llm` extractor then uses instead of its
+        built-in one. Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrompt(self, request, context):
+        """Reads a prompt: its current version, or the one asked for.
+        Scope: admin:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrompts(self, request, context):
+        """Lists an environment's prompts (current versions). Scope: admin:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePrompt(self, request, context):
+        """Writes a new version of a prompt (the old ones stay readable by
+        version). Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePrompt(self, request, context):
+        """Deletes a prompt with its versions; the built-in one applies again.
+        Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +286,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=memoryd_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=memoryd_dot_v1_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'CreatePrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePrompt,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.CreatePromptRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.Prompt.SerializeToString,
+            ),
+            'GetPrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrompt,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.GetPromptRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.Prompt.SerializeToString,
+            ),
+            'ListPrompts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrompts,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.ListPromptsRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.ListPromptsResponse.SerializeToString,
+            ),
+            'UpdatePrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePrompt,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.UpdatePromptRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.Prompt.SerializeToString,
+            ),
+            'DeletePrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePrompt,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.DeletePromptRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +586,141 @@ class AdminService:
             '/memoryd.v1.AdminService/ListAuditEvents',
             memoryd_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
             memoryd_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/CreatePrompt',
+            memoryd_dot_v1_dot_admin__pb2.CreatePromptRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.Prompt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/GetPrompt',
+            memoryd_dot_v1_dot_admin__pb2.GetPromptRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.Prompt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrompts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/ListPrompts',
+            memoryd_dot_v1_dot_admin__pb2.ListPromptsRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.ListPromptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/UpdatePrompt',
+            memoryd_dot_v1_dot_admin__pb2.UpdatePromptRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.Prompt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/DeletePrompt',
+            memoryd_dot_v1_dot_admin__pb2.DeletePromptRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

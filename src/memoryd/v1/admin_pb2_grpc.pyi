@@ -63,6 +63,25 @@ class AdminServiceStub:
     """Usage per project, environment and day. Scope: usage:read."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
     """The audit log of the organization, newest first. Scope: audit:read."""
+    CreatePrompt: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreatePromptRequest, _admin_pb2.Prompt]
+    """Sets the first version of an environment's prompt (`extraction` or
+    `decision`), which AddMessages' `llm` extractor then uses instead of its
+    built-in one. Scope: admin:write.
+    """
+    GetPrompt: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPromptRequest, _admin_pb2.Prompt]
+    """Reads a prompt: its current version, or the one asked for.
+    Scope: admin:read.
+    """
+    ListPrompts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPromptsRequest, _admin_pb2.ListPromptsResponse]
+    """Lists an environment's prompts (current versions). Scope: admin:read."""
+    UpdatePrompt: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdatePromptRequest, _admin_pb2.Prompt]
+    """Writes a new version of a prompt (the old ones stay readable by
+    version). Scope: admin:write.
+    """
+    DeletePrompt: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeletePromptRequest, _empty_pb2.Empty]
+    """Deletes a prompt with its versions; the built-in one applies again.
+    Scope: admin:write.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -98,6 +117,25 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Usage per project, environment and day. Scope: usage:read."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """The audit log of the organization, newest first. Scope: audit:read."""
+    CreatePrompt: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreatePromptRequest, _admin_pb2.Prompt]  # type: ignore[assignment]
+    """Sets the first version of an environment's prompt (`extraction` or
+    `decision`), which AddMessages' `llm` extractor then uses instead of its
+    built-in one. Scope: admin:write.
+    """
+    GetPrompt: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPromptRequest, _admin_pb2.Prompt]  # type: ignore[assignment]
+    """Reads a prompt: its current version, or the one asked for.
+    Scope: admin:read.
+    """
+    ListPrompts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPromptsRequest, _admin_pb2.ListPromptsResponse]  # type: ignore[assignment]
+    """Lists an environment's prompts (current versions). Scope: admin:read."""
+    UpdatePrompt: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdatePromptRequest, _admin_pb2.Prompt]  # type: ignore[assignment]
+    """Writes a new version of a prompt (the old ones stay readable by
+    version). Scope: admin:write.
+    """
+    DeletePrompt: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeletePromptRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a prompt with its versions; the built-in one applies again.
+    Scope: admin:write.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService administers one organization: its projects, environments,
@@ -190,5 +228,54 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_pb2.ListAuditEventsResponse]]:
         """The audit log of the organization, newest first. Scope: audit:read."""
+
+    @_abc_1.abstractmethod
+    def CreatePrompt(
+        self,
+        request: _admin_pb2.CreatePromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Prompt, _abc.Awaitable[_admin_pb2.Prompt]]:
+        """Sets the first version of an environment's prompt (`extraction` or
+        `decision`), which AddMessages' `llm` extractor then uses instead of its
+        built-in one. Scope: admin:write.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPrompt(
+        self,
+        request: _admin_pb2.GetPromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Prompt, _abc.Awaitable[_admin_pb2.Prompt]]:
+        """Reads a prompt: its current version, or the one asked for.
+        Scope: admin:read.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPrompts(
+        self,
+        request: _admin_pb2.ListPromptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPromptsResponse, _abc.Awaitable[_admin_pb2.ListPromptsResponse]]:
+        """Lists an environment's prompts (current versions). Scope: admin:read."""
+
+    @_abc_1.abstractmethod
+    def UpdatePrompt(
+        self,
+        request: _admin_pb2.UpdatePromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Prompt, _abc.Awaitable[_admin_pb2.Prompt]]:
+        """Writes a new version of a prompt (the old ones stay readable by
+        version). Scope: admin:write.
+        """
+
+    @_abc_1.abstractmethod
+    def DeletePrompt(
+        self,
+        request: _admin_pb2.DeletePromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a prompt with its versions; the built-in one applies again.
+        Scope: admin:write.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

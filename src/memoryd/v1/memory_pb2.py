@@ -27,70 +27,89 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17memoryd/v1/memory.proto\x12\nmemoryd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x8c\x03\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x11\n\tthread_id\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x13\n\x0b\x65nd_user_id\x18\x08 \x01(\t\x12\x12\n\nproject_id\x18\t \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x0e \x01(\x03\x12\x11\n\tembedding\x18\x0f \x03(\x02\"\x8b\x01\n\x13\x43reateMemoryRequest\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x64\x65\x64upe\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65\x64upe_threshold\x18\x04 \x01(\x02\"P\n\x14\x43reateMemoryResponse\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"O\n\x1a\x42\x61tchCreateMemoriesRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.memoryd.v1.CreateMemoryRequest\"\x87\x01\n\x19\x42\x61tchCreateMemoriesResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x06memory\x18\x02 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"\x84\x01\n\x1b\x42\x61tchCreateMemoriesResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.memoryd.v1.BatchCreateMemoriesResult\x12\x17\n\x0fsucceeded_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_count\x18\x03 \x01(\x05\"9\n\x10GetMemoryRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11include_embedding\x18\x02 \x01(\x08\"j\n\x13UpdateMemoryRequest\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"!\n\x13\x44\x65leteMemoryRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x83\x01\n\x0cMemoryFilter\x12#\n\x04must\x18\x01 \x03(\x0b\x32\x15.memoryd.v1.Condition\x12%\n\x06should\x18\x02 \x03(\x0b\x32\x15.memoryd.v1.Condition\x12\'\n\x08must_not\x18\x03 \x03(\x0b\x32\x15.memoryd.v1.Condition\"\xfd\x01\n\tCondition\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12(\n\x06\x65quals\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12,\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.ListValueH\x00\x12(\n\x05range\x18\x04 \x01(\x0b\x32\x17.memoryd.v1.NumberRangeH\x00\x12+\n\ntime_range\x18\x05 \x01(\x0b\x32\x15.memoryd.v1.TimeRangeH\x00\x12*\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilterH\x00\x42\x06\n\x04test\"q\n\x0bNumberRange\x12\x0f\n\x02gt\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03gte\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x05\n\x03_gtB\x06\n\x04_gteB\x05\n\x03_ltB\x06\n\x04_lte\"i\n\tTimeRange\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x13ListMemoriesRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x14ListMemoriesResponse\x12$\n\x08memories\x18\x01 \x03(\x0b\x32\x12.memoryd.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8b\x01\n\x15SearchMemoriesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x17\n\x0fquery_embedding\x18\x02 \x03(\x02\x12(\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\"U\n\x0cSearchResult\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nproject_id\x18\x03 \x01(\t\"C\n\x16SearchMemoriesResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.memoryd.v1.SearchResult\"^\n\x14PurgeMemoriesRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\">\n\x15PurgeMemoriesResponse\x12\x14\n\x0cpurged_count\x18\x01 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\x97\x02\n\x0eMemoryRevision\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x11\n\tthread_id\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creplace_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x1aListMemoryRevisionsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1bListMemoryRevisionsResponse\x12-\n\trevisions\x18\x01 \x03(\x0b\x32\x1a.memoryd.v1.MemoryRevision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x15\x45xportMemoriesRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x1a\n\x12include_embeddings\x18\x02 \x01(\x08\";\n\x15ImportMemoriesRequest\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\"?\n\x0bImportError\x12\r\n\x05index\x18\x01 \x01(\x03\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"o\n\x16ImportMemoriesResponse\x12\x16\n\x0eimported_count\x18\x01 \x01(\x03\x12\x14\n\x0c\x66\x61iled_count\x18\x02 \x01(\x03\x12\'\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x17.memoryd.v1.ImportError2\xa7\x07\n\rMemoryService\x12Q\n\x0c\x43reateMemory\x12\x1f.memoryd.v1.CreateMemoryRequest\x1a .memoryd.v1.CreateMemoryResponse\x12\x66\n\x13\x42\x61tchCreateMemories\x12&.memoryd.v1.BatchCreateMemoriesRequest\x1a\'.memoryd.v1.BatchCreateMemoriesResponse\x12=\n\tGetMemory\x12\x1c.memoryd.v1.GetMemoryRequest\x1a\x12.memoryd.v1.Memory\x12\x43\n\x0cUpdateMemory\x12\x1f.memoryd.v1.UpdateMemoryRequest\x1a\x12.memoryd.v1.Memory\x12G\n\x0c\x44\x65leteMemory\x12\x1f.memoryd.v1.DeleteMemoryRequest\x1a\x16.google.protobuf.Empty\x12Q\n\x0cListMemories\x12\x1f.memoryd.v1.ListMemoriesRequest\x1a .memoryd.v1.ListMemoriesResponse\x12W\n\x0eSearchMemories\x12!.memoryd.v1.SearchMemoriesRequest\x1a\".memoryd.v1.SearchMemoriesResponse\x12T\n\rPurgeMemories\x12 .memoryd.v1.PurgeMemoriesRequest\x1a!.memoryd.v1.PurgeMemoriesResponse\x12\x66\n\x13ListMemoryRevisions\x12&.memoryd.v1.ListMemoryRevisionsRequest\x1a\'.memoryd.v1.ListMemoryRevisionsResponse\x12I\n\x0e\x45xportMemories\x12!.memoryd.v1.ExportMemoriesRequest\x1a\x12.memoryd.v1.Memory0\x01\x12Y\n\x0eImportMemories\x12!.memoryd.v1.ImportMemoriesRequest\x1a\".memoryd.v1.ImportMemoriesResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17memoryd/v1/memory.proto\x12\nmemoryd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#google/longrunning/operations.proto\x1a\x17google/rpc/status.proto\"\xaf\x04\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x11\n\tthread_id\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x13\n\x0b\x65nd_user_id\x18\x08 \x01(\t\x12\x12\n\nproject_id\x18\t \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x0e \x01(\x03\x12\x11\n\tembedding\x18\x0f \x03(\x02\x12.\n\nvalid_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cinvalid_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsuperseded_by\x18\x12 \x01(\t\x12(\n\x06origin\x18\x13 \x01(\x0b\x32\x18.memoryd.v1.MemoryOrigin\"\xab\x01\n\x0cMemoryOrigin\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x17\n\x0fmessage_indexes\x18\x02 \x03(\x05\x12\x11\n\tthread_id\x18\x03 \x01(\t\x12\x11\n\textractor\x18\x04 \x01(\t\x12\x19\n\x11\x65xtractor_version\x18\x05 \x01(\t\x12\x17\n\x0fprompt_versions\x18\x06 \x03(\t\x12\x15\n\rwriter_key_id\x18\x07 \x01(\t\"\x9f\x01\n\x13\x43reateMemoryRequest\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x64\x65\x64upe\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65\x64upe_threshold\x18\x04 \x01(\x02\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"P\n\x14\x43reateMemoryResponse\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"c\n\x1a\x42\x61tchCreateMemoriesRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.memoryd.v1.CreateMemoryRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x87\x01\n\x19\x42\x61tchCreateMemoriesResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x06memory\x18\x02 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"\x84\x01\n\x1b\x42\x61tchCreateMemoriesResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.memoryd.v1.BatchCreateMemoriesResult\x12\x17\n\x0fsucceeded_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_count\x18\x03 \x01(\x05\"9\n\x10GetMemoryRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11include_embedding\x18\x02 \x01(\x08\"j\n\x13UpdateMemoryRequest\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"!\n\x13\x44\x65leteMemoryRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x83\x01\n\x0cMemoryFilter\x12#\n\x04must\x18\x01 \x03(\x0b\x32\x15.memoryd.v1.Condition\x12%\n\x06should\x18\x02 \x03(\x0b\x32\x15.memoryd.v1.Condition\x12\'\n\x08must_not\x18\x03 \x03(\x0b\x32\x15.memoryd.v1.Condition\"\xfd\x01\n\tCondition\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12(\n\x06\x65quals\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12,\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.ListValueH\x00\x12(\n\x05range\x18\x04 \x01(\x0b\x32\x17.memoryd.v1.NumberRangeH\x00\x12+\n\ntime_range\x18\x05 \x01(\x0b\x32\x15.memoryd.v1.TimeRangeH\x00\x12*\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilterH\x00\x42\x06\n\x04test\"q\n\x0bNumberRange\x12\x0f\n\x02gt\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03gte\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x05\n\x03_gtB\x06\n\x04_gteB\x05\n\x03_ltB\x06\n\x04_lte\"i\n\tTimeRange\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x13ListMemoriesRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1b\n\x13include_invalidated\x18\x04 \x01(\x08\x12)\n\x05\x61s_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x14ListMemoriesResponse\x12$\n\x08memories\x18\x01 \x03(\x0b\x32\x12.memoryd.v1.Memory\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd3\x01\n\x15SearchMemoriesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x17\n\x0fquery_embedding\x18\x02 \x03(\x02\x12(\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x12\x1b\n\x13include_invalidated\x18\x06 \x01(\x08\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x0cSearchResult\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nproject_id\x18\x03 \x01(\t\"C\n\x16SearchMemoriesResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.memoryd.v1.SearchResult\"^\n\x14PurgeMemoriesRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\">\n\x15PurgeMemoriesResponse\x12\x14\n\x0cpurged_count\x18\x01 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\x97\x02\n\x0eMemoryRevision\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x11\n\tthread_id\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creplace_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x1aListMemoryRevisionsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1bListMemoryRevisionsResponse\x12-\n\trevisions\x18\x01 \x03(\x0b\x32\x1a.memoryd.v1.MemoryRevision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x15\x45xportMemoriesRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x1a\n\x12include_embeddings\x18\x02 \x01(\x08\";\n\x15ImportMemoriesRequest\x12\"\n\x06memory\x18\x01 \x01(\x0b\x32\x12.memoryd.v1.Memory\"?\n\x0bImportError\x12\r\n\x05index\x18\x01 \x01(\x03\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"o\n\x16ImportMemoriesResponse\x12\x16\n\x0eimported_count\x18\x01 \x01(\x03\x12\x14\n\x0c\x66\x61iled_count\x18\x02 \x01(\x03\x12\'\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x17.memoryd.v1.ImportError\"g\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x12\x41\x64\x64MessagesRequest\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.memoryd.v1.Message\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x11\n\tthread_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05infer\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\"D\n\x13\x41\x64\x64MessagesResponse\x12-\n\tdecisions\x18\x01 \x03(\x0b\x32\x1a.memoryd.v1.MemoryDecision\"\xf9\x01\n\x0eMemoryDecision\x12/\n\x05\x65vent\x18\x01 \x01(\x0e\x32 .memoryd.v1.MemoryDecision.Event\x12\"\n\x06memory\x18\x02 \x01(\x0b\x32\x12.memoryd.v1.Memory\x12\x1a\n\x12previous_memory_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04\x66\x61\x63t\x18\x05 \x01(\t\"X\n\x05\x45vent\x12\x15\n\x11\x45VENT_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41\x44\x44\x10\x01\x12\n\n\x06UPDATE\x10\x02\x12\r\n\tSUPERSEDE\x10\x03\x12\n\n\x06\x44\x45LETE\x10\x04\x12\x08\n\x04NONE\x10\x05\"\xf5\x03\n\x13\x41\x64\x64MessagesMetadata\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32%.memoryd.v1.AddMessagesMetadata.State\x12\x18\n\x10progress_percent\x18\x02 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10llm_input_tokens\x18\x06 \x01(\x03\x12\x19\n\x11llm_output_tokens\x18\x07 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x11\n\textractor\x18\t \x01(\t\x12\x17\n\x0fprompt_versions\x18\n \x03(\t\x12\x15\n\rmessage_count\x18\x0b \x01(\x05\x12\x11\n\tthread_id\x18\x0c \x01(\t\"b\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xbb\x08\n\rMemoryService\x12Q\n\x0c\x43reateMemory\x12\x1f.memoryd.v1.CreateMemoryRequest\x1a .memoryd.v1.CreateMemoryResponse\x12\x66\n\x13\x42\x61tchCreateMemories\x12&.memoryd.v1.BatchCreateMemoriesRequest\x1a\'.memoryd.v1.BatchCreateMemoriesResponse\x12=\n\tGetMemory\x12\x1c.memoryd.v1.GetMemoryRequest\x1a\x12.memoryd.v1.Memory\x12\x43\n\x0cUpdateMemory\x12\x1f.memoryd.v1.UpdateMemoryRequest\x1a\x12.memoryd.v1.Memory\x12G\n\x0c\x44\x65leteMemory\x12\x1f.memoryd.v1.DeleteMemoryRequest\x1a\x16.google.protobuf.Empty\x12Q\n\x0cListMemories\x12\x1f.memoryd.v1.ListMemoriesRequest\x1a .memoryd.v1.ListMemoriesResponse\x12W\n\x0eSearchMemories\x12!.memoryd.v1.SearchMemoriesRequest\x1a\".memoryd.v1.SearchMemoriesResponse\x12T\n\rPurgeMemories\x12 .memoryd.v1.PurgeMemoriesRequest\x1a!.memoryd.v1.PurgeMemoriesResponse\x12\x66\n\x13ListMemoryRevisions\x12&.memoryd.v1.ListMemoryRevisionsRequest\x1a\'.memoryd.v1.ListMemoryRevisionsResponse\x12I\n\x0e\x45xportMemories\x12!.memoryd.v1.ExportMemoriesRequest\x1a\x12.memoryd.v1.Memory0\x01\x12Y\n\x0eImportMemories\x12!.memoryd.v1.ImportMemoriesRequest\x1a\".memoryd.v1.ImportMemoriesResponse(\x01\x12\x91\x01\n\x0b\x41\x64\x64Messages\x12\x1e.memoryd.v1.AddMessagesRequest\x1a\x1d.google.longrunning.Operation\"C\xca\x41@\n\x1ememoryd.v1.AddMessagesResponse\x12\x1ememoryd.v1.AddMessagesMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memoryd.v1.memory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMORY']._serialized_start=223
-  _globals['_MEMORY']._serialized_end=619
-  _globals['_CREATEMEMORYREQUEST']._serialized_start=622
-  _globals['_CREATEMEMORYREQUEST']._serialized_end=761
-  _globals['_CREATEMEMORYRESPONSE']._serialized_start=763
-  _globals['_CREATEMEMORYRESPONSE']._serialized_end=843
-  _globals['_BATCHCREATEMEMORIESREQUEST']._serialized_start=845
-  _globals['_BATCHCREATEMEMORIESREQUEST']._serialized_end=924
-  _globals['_BATCHCREATEMEMORIESRESULT']._serialized_start=927
-  _globals['_BATCHCREATEMEMORIESRESULT']._serialized_end=1062
-  _globals['_BATCHCREATEMEMORIESRESPONSE']._serialized_start=1065
-  _globals['_BATCHCREATEMEMORIESRESPONSE']._serialized_end=1197
-  _globals['_GETMEMORYREQUEST']._serialized_start=1199
-  _globals['_GETMEMORYREQUEST']._serialized_end=1256
-  _globals['_UPDATEMEMORYREQUEST']._serialized_start=1258
-  _globals['_UPDATEMEMORYREQUEST']._serialized_end=1364
-  _globals['_DELETEMEMORYREQUEST']._serialized_start=1366
-  _globals['_DELETEMEMORYREQUEST']._serialized_end=1399
-  _globals['_MEMORYFILTER']._serialized_start=1402
-  _globals['_MEMORYFILTER']._serialized_end=1533
-  _globals['_CONDITION']._serialized_start=1536
-  _globals['_CONDITION']._serialized_end=1789
-  _globals['_NUMBERRANGE']._serialized_start=1791
-  _globals['_NUMBERRANGE']._serialized_end=1904
-  _globals['_TIMERANGE']._serialized_start=1906
-  _globals['_TIMERANGE']._serialized_end=2011
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=2013
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=2115
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=2117
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=2202
-  _globals['_SEARCHMEMORIESREQUEST']._serialized_start=2205
-  _globals['_SEARCHMEMORIESREQUEST']._serialized_end=2344
-  _globals['_SEARCHRESULT']._serialized_start=2346
-  _globals['_SEARCHRESULT']._serialized_end=2431
-  _globals['_SEARCHMEMORIESRESPONSE']._serialized_start=2433
-  _globals['_SEARCHMEMORIESRESPONSE']._serialized_end=2500
-  _globals['_PURGEMEMORIESREQUEST']._serialized_start=2502
-  _globals['_PURGEMEMORIESREQUEST']._serialized_end=2596
-  _globals['_PURGEMEMORIESRESPONSE']._serialized_start=2598
-  _globals['_PURGEMEMORIESRESPONSE']._serialized_end=2660
-  _globals['_MEMORYREVISION']._serialized_start=2663
-  _globals['_MEMORYREVISION']._serialized_end=2942
-  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_start=2944
-  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_end=3023
-  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_start=3025
-  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_end=3126
-  _globals['_EXPORTMEMORIESREQUEST']._serialized_start=3128
-  _globals['_EXPORTMEMORIESREQUEST']._serialized_end=3221
-  _globals['_IMPORTMEMORIESREQUEST']._serialized_start=3223
-  _globals['_IMPORTMEMORIESREQUEST']._serialized_end=3282
-  _globals['_IMPORTERROR']._serialized_start=3284
-  _globals['_IMPORTERROR']._serialized_end=3347
-  _globals['_IMPORTMEMORIESRESPONSE']._serialized_start=3349
-  _globals['_IMPORTMEMORIESRESPONSE']._serialized_end=3460
-  _globals['_MEMORYSERVICE']._serialized_start=3463
-  _globals['_MEMORYSERVICE']._serialized_end=4398
+  _globals['_MEMORYSERVICE'].methods_by_name['AddMessages']._loaded_options = None
+  _globals['_MEMORYSERVICE'].methods_by_name['AddMessages']._serialized_options = b'\312A@\n\036memoryd.v1.AddMessagesResponse\022\036memoryd.v1.AddMessagesMetadata'
+  _globals['_MEMORY']._serialized_start=260
+  _globals['_MEMORY']._serialized_end=819
+  _globals['_MEMORYORIGIN']._serialized_start=822
+  _globals['_MEMORYORIGIN']._serialized_end=993
+  _globals['_CREATEMEMORYREQUEST']._serialized_start=996
+  _globals['_CREATEMEMORYREQUEST']._serialized_end=1155
+  _globals['_CREATEMEMORYRESPONSE']._serialized_start=1157
+  _globals['_CREATEMEMORYRESPONSE']._serialized_end=1237
+  _globals['_BATCHCREATEMEMORIESREQUEST']._serialized_start=1239
+  _globals['_BATCHCREATEMEMORIESREQUEST']._serialized_end=1338
+  _globals['_BATCHCREATEMEMORIESRESULT']._serialized_start=1341
+  _globals['_BATCHCREATEMEMORIESRESULT']._serialized_end=1476
+  _globals['_BATCHCREATEMEMORIESRESPONSE']._serialized_start=1479
+  _globals['_BATCHCREATEMEMORIESRESPONSE']._serialized_end=1611
+  _globals['_GETMEMORYREQUEST']._serialized_start=1613
+  _globals['_GETMEMORYREQUEST']._serialized_end=1670
+  _globals['_UPDATEMEMORYREQUEST']._serialized_start=1672
+  _globals['_UPDATEMEMORYREQUEST']._serialized_end=1778
+  _globals['_DELETEMEMORYREQUEST']._serialized_start=1780
+  _globals['_DELETEMEMORYREQUEST']._serialized_end=1813
+  _globals['_MEMORYFILTER']._serialized_start=1816
+  _globals['_MEMORYFILTER']._serialized_end=1947
+  _globals['_CONDITION']._serialized_start=1950
+  _globals['_CONDITION']._serialized_end=2203
+  _globals['_NUMBERRANGE']._serialized_start=2205
+  _globals['_NUMBERRANGE']._serialized_end=2318
+  _globals['_TIMERANGE']._serialized_start=2320
+  _globals['_TIMERANGE']._serialized_end=2425
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=2428
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=2602
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=2604
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=2689
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_start=2692
+  _globals['_SEARCHMEMORIESREQUEST']._serialized_end=2903
+  _globals['_SEARCHRESULT']._serialized_start=2905
+  _globals['_SEARCHRESULT']._serialized_end=2990
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_start=2992
+  _globals['_SEARCHMEMORIESRESPONSE']._serialized_end=3059
+  _globals['_PURGEMEMORIESREQUEST']._serialized_start=3061
+  _globals['_PURGEMEMORIESREQUEST']._serialized_end=3155
+  _globals['_PURGEMEMORIESRESPONSE']._serialized_start=3157
+  _globals['_PURGEMEMORIESRESPONSE']._serialized_end=3219
+  _globals['_MEMORYREVISION']._serialized_start=3222
+  _globals['_MEMORYREVISION']._serialized_end=3501
+  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_start=3503
+  _globals['_LISTMEMORYREVISIONSREQUEST']._serialized_end=3582
+  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_start=3584
+  _globals['_LISTMEMORYREVISIONSRESPONSE']._serialized_end=3685
+  _globals['_EXPORTMEMORIESREQUEST']._serialized_start=3687
+  _globals['_EXPORTMEMORIESREQUEST']._serialized_end=3780
+  _globals['_IMPORTMEMORIESREQUEST']._serialized_start=3782
+  _globals['_IMPORTMEMORIESREQUEST']._serialized_end=3841
+  _globals['_IMPORTERROR']._serialized_start=3843
+  _globals['_IMPORTERROR']._serialized_end=3906
+  _globals['_IMPORTMEMORIESRESPONSE']._serialized_start=3908
+  _globals['_IMPORTMEMORIESRESPONSE']._serialized_end=4019
+  _globals['_MESSAGE']._serialized_start=4021
+  _globals['_MESSAGE']._serialized_end=4124
+  _globals['_ADDMESSAGESREQUEST']._serialized_start=4127
+  _globals['_ADDMESSAGESREQUEST']._serialized_end=4331
+  _globals['_ADDMESSAGESRESPONSE']._serialized_start=4333
+  _globals['_ADDMESSAGESRESPONSE']._serialized_end=4401
+  _globals['_MEMORYDECISION']._serialized_start=4404
+  _globals['_MEMORYDECISION']._serialized_end=4653
+  _globals['_MEMORYDECISION_EVENT']._serialized_start=4565
+  _globals['_MEMORYDECISION_EVENT']._serialized_end=4653
+  _globals['_ADDMESSAGESMETADATA']._serialized_start=4656
+  _globals['_ADDMESSAGESMETADATA']._serialized_end=5157
+  _globals['_ADDMESSAGESMETADATA_STATE']._serialized_start=5059
+  _globals['_ADDMESSAGESMETADATA_STATE']._serialized_end=5157
+  _globals['_MEMORYSERVICE']._serialized_start=5160
+  _globals['_MEMORYSERVICE']._serialized_end=6243
 # @@protoc_insertion_point(module_scope)

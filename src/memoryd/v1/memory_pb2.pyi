@@ -5,8 +5,10 @@ from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -15,7 +17,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Memory(_message.Message):
-    __slots__ = ("id", "content", "metadata", "agent_id", "thread_id", "source", "tags", "end_user_id", "project_id", "environment_id", "create_time", "update_time", "expire_time", "revision", "embedding")
+    __slots__ = ("id", "content", "metadata", "agent_id", "thread_id", "source", "tags", "end_user_id", "project_id", "environment_id", "create_time", "update_time", "expire_time", "revision", "embedding", "valid_time", "invalid_time", "superseded_by", "origin")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +33,10 @@ class Memory(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    VALID_TIME_FIELD_NUMBER: _ClassVar[int]
+    INVALID_TIME_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_BY_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     id: str
     content: str
     metadata: _struct_pb2.Struct
@@ -46,19 +52,43 @@ class Memory(_message.Message):
     expire_time: _timestamp_pb2.Timestamp
     revision: int
     embedding: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., agent_id: _Optional[str] = ..., thread_id: _Optional[str] = ..., source: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., end_user_id: _Optional[str] = ..., project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
+    valid_time: _timestamp_pb2.Timestamp
+    invalid_time: _timestamp_pb2.Timestamp
+    superseded_by: str
+    origin: MemoryOrigin
+    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., agent_id: _Optional[str] = ..., thread_id: _Optional[str] = ..., source: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., end_user_id: _Optional[str] = ..., project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., embedding: _Optional[_Iterable[float]] = ..., valid_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., invalid_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., superseded_by: _Optional[str] = ..., origin: _Optional[_Union[MemoryOrigin, _Mapping]] = ...) -> None: ...
+
+class MemoryOrigin(_message.Message):
+    __slots__ = ("operation", "message_indexes", "thread_id", "extractor", "extractor_version", "prompt_versions", "writer_key_id")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    message_indexes: _containers.RepeatedScalarFieldContainer[int]
+    thread_id: str
+    extractor: str
+    extractor_version: str
+    prompt_versions: _containers.RepeatedScalarFieldContainer[str]
+    writer_key_id: str
+    def __init__(self, operation: _Optional[str] = ..., message_indexes: _Optional[_Iterable[int]] = ..., thread_id: _Optional[str] = ..., extractor: _Optional[str] = ..., extractor_version: _Optional[str] = ..., prompt_versions: _Optional[_Iterable[str]] = ..., writer_key_id: _Optional[str] = ...) -> None: ...
 
 class CreateMemoryRequest(_message.Message):
-    __slots__ = ("memory", "ttl", "dedupe", "dedupe_threshold")
+    __slots__ = ("memory", "ttl", "dedupe", "dedupe_threshold", "request_id")
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     DEDUPE_FIELD_NUMBER: _ClassVar[int]
     DEDUPE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     memory: Memory
     ttl: _duration_pb2.Duration
     dedupe: bool
     dedupe_threshold: float
-    def __init__(self, memory: _Optional[_Union[Memory, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedupe: _Optional[bool] = ..., dedupe_threshold: _Optional[float] = ...) -> None: ...
+    request_id: str
+    def __init__(self, memory: _Optional[_Union[Memory, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedupe: _Optional[bool] = ..., dedupe_threshold: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateMemoryResponse(_message.Message):
     __slots__ = ("memory", "deduplicated")
@@ -69,10 +99,12 @@ class CreateMemoryResponse(_message.Message):
     def __init__(self, memory: _Optional[_Union[Memory, _Mapping]] = ..., deduplicated: _Optional[bool] = ...) -> None: ...
 
 class BatchCreateMemoriesRequest(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "request_id")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[CreateMemoryRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[CreateMemoryRequest, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, requests: _Optional[_Iterable[_Union[CreateMemoryRequest, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class BatchCreateMemoriesResult(_message.Message):
     __slots__ = ("index", "memory", "deduplicated", "error")
@@ -165,14 +197,18 @@ class TimeRange(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListMemoriesRequest(_message.Message):
-    __slots__ = ("filter", "page_size", "page_token")
+    __slots__ = ("filter", "page_size", "page_token", "include_invalidated", "as_of")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INVALIDATED_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
     filter: MemoryFilter
     page_size: int
     page_token: str
-    def __init__(self, filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    include_invalidated: bool
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_invalidated: _Optional[bool] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListMemoriesResponse(_message.Message):
     __slots__ = ("memories", "next_page_token")
@@ -183,18 +219,22 @@ class ListMemoriesResponse(_message.Message):
     def __init__(self, memories: _Optional[_Iterable[_Union[Memory, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SearchMemoriesRequest(_message.Message):
-    __slots__ = ("query", "query_embedding", "filter", "top_k", "min_score")
+    __slots__ = ("query", "query_embedding", "filter", "top_k", "min_score", "include_invalidated", "as_of")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     QUERY_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INVALIDATED_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
     query: str
     query_embedding: _containers.RepeatedScalarFieldContainer[float]
     filter: MemoryFilter
     top_k: int
     min_score: float
-    def __init__(self, query: _Optional[str] = ..., query_embedding: _Optional[_Iterable[float]] = ..., filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ...) -> None: ...
+    include_invalidated: bool
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, query: _Optional[str] = ..., query_embedding: _Optional[_Iterable[float]] = ..., filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., include_invalidated: _Optional[bool] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("memory", "score", "project_id")
@@ -303,3 +343,111 @@ class ImportMemoriesResponse(_message.Message):
     failed_count: int
     errors: _containers.RepeatedCompositeFieldContainer[ImportError]
     def __init__(self, imported_count: _Optional[int] = ..., failed_count: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ImportError, _Mapping]]] = ...) -> None: ...
+
+class Message(_message.Message):
+    __slots__ = ("role", "content", "name", "create_time")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    name: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AddMessagesRequest(_message.Message):
+    __slots__ = ("messages", "agent_id", "thread_id", "source", "metadata", "infer", "request_id", "tags")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    INFER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    agent_id: str
+    thread_id: str
+    source: str
+    metadata: _struct_pb2.Struct
+    infer: bool
+    request_id: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., agent_id: _Optional[str] = ..., thread_id: _Optional[str] = ..., source: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., infer: _Optional[bool] = ..., request_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AddMessagesResponse(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[MemoryDecision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[MemoryDecision, _Mapping]]] = ...) -> None: ...
+
+class MemoryDecision(_message.Message):
+    __slots__ = ("event", "memory", "previous_memory_id", "reason", "fact")
+    class Event(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        EVENT_UNSPECIFIED: _ClassVar[MemoryDecision.Event]
+        ADD: _ClassVar[MemoryDecision.Event]
+        UPDATE: _ClassVar[MemoryDecision.Event]
+        SUPERSEDE: _ClassVar[MemoryDecision.Event]
+        DELETE: _ClassVar[MemoryDecision.Event]
+        NONE: _ClassVar[MemoryDecision.Event]
+    EVENT_UNSPECIFIED: MemoryDecision.Event
+    ADD: MemoryDecision.Event
+    UPDATE: MemoryDecision.Event
+    SUPERSEDE: MemoryDecision.Event
+    DELETE: MemoryDecision.Event
+    NONE: MemoryDecision.Event
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FACT_FIELD_NUMBER: _ClassVar[int]
+    event: MemoryDecision.Event
+    memory: Memory
+    previous_memory_id: str
+    reason: str
+    fact: str
+    def __init__(self, event: _Optional[_Union[MemoryDecision.Event, str]] = ..., memory: _Optional[_Union[Memory, _Mapping]] = ..., previous_memory_id: _Optional[str] = ..., reason: _Optional[str] = ..., fact: _Optional[str] = ...) -> None: ...
+
+class AddMessagesMetadata(_message.Message):
+    __slots__ = ("state", "progress_percent", "create_time", "start_time", "end_time", "llm_input_tokens", "llm_output_tokens", "attempts", "extractor", "prompt_versions", "message_count", "thread_id")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[AddMessagesMetadata.State]
+        PENDING: _ClassVar[AddMessagesMetadata.State]
+        RUNNING: _ClassVar[AddMessagesMetadata.State]
+        SUCCEEDED: _ClassVar[AddMessagesMetadata.State]
+        FAILED: _ClassVar[AddMessagesMetadata.State]
+        CANCELLED: _ClassVar[AddMessagesMetadata.State]
+    STATE_UNSPECIFIED: AddMessagesMetadata.State
+    PENDING: AddMessagesMetadata.State
+    RUNNING: AddMessagesMetadata.State
+    SUCCEEDED: AddMessagesMetadata.State
+    FAILED: AddMessagesMetadata.State
+    CANCELLED: AddMessagesMetadata.State
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    LLM_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LLM_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    state: AddMessagesMetadata.State
+    progress_percent: int
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    llm_input_tokens: int
+    llm_output_tokens: int
+    attempts: int
+    extractor: str
+    prompt_versions: _containers.RepeatedScalarFieldContainer[str]
+    message_count: int
+    thread_id: str
+    def __init__(self, state: _Optional[_Union[AddMessagesMetadata.State, str]] = ..., progress_percent: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_input_tokens: _Optional[int] = ..., llm_output_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., extractor: _Optional[str] = ..., prompt_versions: _Optional[_Iterable[str]] = ..., message_count: _Optional[int] = ..., thread_id: _Optional[str] = ...) -> None: ...

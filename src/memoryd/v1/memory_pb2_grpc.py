@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from memoryd.v1 import memory_pb2 as memoryd_dot_v1_dot_memory__pb2
 
@@ -95,6 +96,11 @@ class MemoryServiceStub:
                 '/memoryd.v1.MemoryService/ImportMemories',
                 request_serializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesRequest.SerializeToString,
                 response_deserializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesResponse.FromString,
+                _registered_method=True)
+        self.AddMessages = channel.unary_unary(
+                '/memoryd.v1.MemoryService/AddMessages',
+                request_serializer=memoryd_dot_v1_dot_memory__pb2.AddMessagesRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
 
 
@@ -194,6 +200,21 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMessages(self, request, context):
+        """Turns a conversation into memories, as a long-running operation: the
+        messages are stored durably before the operation is returned, then a
+        job turns them into decisions (ADD, UPDATE, SUPERSEDE, DELETE, NONE).
+        With `infer` false each user message is stored verbatim; with `infer`
+        true the server's extractor finds the facts and decides against the
+        tenant's current memories. Read the result with
+        `google.longrunning.Operations` (GetOperation, WaitOperation).
+        Scope: memory:add (decisions that change or invalidate existing
+        memories also need memory:update / memory:delete, or are downgraded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +272,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ImportMemories,
                     request_deserializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesRequest.FromString,
                     response_serializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesResponse.SerializeToString,
+            ),
+            'AddMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMessages,
+                    request_deserializer=memoryd_dot_v1_dot_memory__pb2.AddMessagesRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -556,6 +582,33 @@ class MemoryService:
             '/memoryd.v1.MemoryService/ImportMemories',
             memoryd_dot_v1_dot_memory__pb2.ImportMemoriesRequest.SerializeToString,
             memoryd_dot_v1_dot_memory__pb2.ImportMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.MemoryService/AddMessages',
+            memoryd_dot_v1_dot_memory__pb2.AddMessagesRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.longrunning import operations_pb2 as _operations_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from memoryd.v1 import memory_pb2 as _memory_pb2
@@ -80,6 +81,17 @@ class MemoryServiceStub:
     """Reads a stream of memories (as written by ExportMemories) and answers
     one summary at the end. Scope: memory:add.
     """
+    AddMessages: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AddMessagesRequest, _operations_pb2.Operation]
+    """Turns a conversation into memories, as a long-running operation: the
+    messages are stored durably before the operation is returned, then a
+    job turns them into decisions (ADD, UPDATE, SUPERSEDE, DELETE, NONE).
+    With `infer` false each user message is stored verbatim; with `infer`
+    true the server's extractor finds the facts and decides against the
+    tenant's current memories. Read the result with
+    `google.longrunning.Operations` (GetOperation, WaitOperation).
+    Scope: memory:add (decisions that change or invalidate existing
+    memories also need memory:update / memory:delete, or are downgraded).
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -131,6 +143,17 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     ImportMemories: _aio.StreamUnaryMultiCallable[_memory_pb2.ImportMemoriesRequest, _memory_pb2.ImportMemoriesResponse]  # type: ignore[assignment]
     """Reads a stream of memories (as written by ExportMemories) and answers
     one summary at the end. Scope: memory:add.
+    """
+    AddMessages: _aio.UnaryUnaryMultiCallable[_memory_pb2.AddMessagesRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Turns a conversation into memories, as a long-running operation: the
+    messages are stored durably before the operation is returned, then a
+    job turns them into decisions (ADD, UPDATE, SUPERSEDE, DELETE, NONE).
+    With `infer` false each user message is stored verbatim; with `infer`
+    true the server's extractor finds the facts and decides against the
+    tenant's current memories. Read the result with
+    `google.longrunning.Operations` (GetOperation, WaitOperation).
+    Scope: memory:add (decisions that change or invalidate existing
+    memories also need memory:update / memory:delete, or are downgraded).
     """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -246,6 +269,23 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ImportMemoriesResponse, _abc.Awaitable[_memory_pb2.ImportMemoriesResponse]]:
         """Reads a stream of memories (as written by ExportMemories) and answers
         one summary at the end. Scope: memory:add.
+        """
+
+    @_abc_1.abstractmethod
+    def AddMessages(
+        self,
+        request: _memory_pb2.AddMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Turns a conversation into memories, as a long-running operation: the
+        messages are stored durably before the operation is returned, then a
+        job turns them into decisions (ADD, UPDATE, SUPERSEDE, DELETE, NONE).
+        With `infer` false each user message is stored verbatim; with `infer`
+        true the server's extractor finds the facts and decides against the
+        tenant's current memories. Read the result with
+        `google.longrunning.Operations` (GetOperation, WaitOperation).
+        Scope: memory:add (decisions that change or invalidate existing
+        memories also need memory:update / memory:delete, or are downgraded).
         """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
