@@ -50,6 +50,14 @@ _POSITIVE = (
     "storage_timeout_s",
     "rate_limit_failure_threshold",
     "rate_limit_max_probe_interval_s",
+    "llm_timeout_s",
+    "llm_candidates",
+    "job_workers",
+    "job_workers_per_project",
+    "job_lease_s",
+    "job_max_attempts",
+    "job_poll_interval_s",
+    "operation_retention_hours",
 )
 
 
@@ -269,6 +277,51 @@ class Settings:
         "Never below the default quota.",
     )
     sweep_interval_s: float = _setting(60.0, "Seconds between sweeps of expired memories.")
+
+    # --- conversations (AddMessages) ---------------------------------------------------
+    extractor: str = _setting(
+        "verbatim",
+        "How AddMessages with infer=true finds facts: verbatim (each user message, no model) "
+        "or llm (an OpenAI-compatible chat completions endpoint).",
+        choices=("verbatim", "llm"),
+    )
+    llm_base_url: str = _setting(
+        "https://api.openai.com/v1", "Base URL of the chat completions endpoint (…/v1)."
+    )
+    llm_api_key: str = _setting("", "API key of the chat completions endpoint.", secret=True)
+    llm_model: str = _setting("gpt-4o-mini", "Model name sent to the chat completions endpoint.")
+    llm_timeout_s: float = _setting(30.0, "Timeout of one chat completions call.")
+    llm_max_retries: int = _setting(
+        3, "Retries of one model call after a 429, a 5xx, a timeout or malformed output."
+    )
+    llm_max_retry_after_s: float = _setting(
+        30.0, "Longest Retry-After of a 429 the server waits for within one attempt."
+    )
+    llm_candidates: int = _setting(
+        5, "Current memories (most similar, same tenant and end user) shown per fact."
+    )
+    llm_context_messages: int = _setting(
+        10, "Earlier messages of the thread given to the extractor as context."
+    )
+    llm_tokens_per_day: int = _setting(
+        0, "Default model tokens per project per UTC day for AddMessages (0: unlimited)."
+    )
+    job_workers: int = _setting(4, "Operations one server process runs at once.")
+    job_workers_per_project: int = _setting(
+        2, "Operations of one project running at once in one process (fairness)."
+    )
+    job_lease_s: float = _setting(
+        30.0, "A running operation's lease; a crashed worker's job is taken over after it."
+    )
+    job_max_attempts: int = _setting(
+        5, "Attempts of an operation (model unavailable, crash) before it fails."
+    )
+    job_poll_interval_s: float = _setting(
+        1.0, "Seconds between looks for work queued by other replicas."
+    )
+    operation_retention_hours: float = _setting(
+        24.0 * 7, "Finished operations (and their stored messages) are kept this long."
+    )
 
     # --- observability -------------------------------------------------------------
     log_level: str = _setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
