@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,14 @@ from grpc import aio
 from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
 from memoryd.api.call import CallProjects
+from memoryd.api.conversations import AddMessagesView
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
 from memoryd.api.memory import MemoryServicer
+from memoryd.api.memory import memory as memory_pb
 from memoryd.api.observe import CallbackCounters, CallLogger, Metrics
+from memoryd.api.operations import Describe, OperationsServicer
+from memoryd.api.operations import add_to_server as operations_add_to_server
 from memoryd.api.pipeline import Pipeline
 from memoryd.api.server import SERVICE_NAMES, add_open_services, listen, new_server
 from memoryd.api.steps import CallObserver, RequestLimits
@@ -39,15 +44,24 @@ from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
 from memoryd.domain.clock import Clock, SystemClock
 from memoryd.domain.control import ControlStore
+from memoryd.domain.conversations.extraction import Extractor
+from memoryd.domain.conversations.job import AddMessagesJob
+from memoryd.domain.conversations.model import KIND
+from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.errors import DomainError
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import Embedder, VectorStore
+from memoryd.domain.operation_service import KindScopes, OperationService, Waiters
 from memoryd.domain.ports import SecretHasher
 from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.projects import Ceilings, ProjectManager
+from memoryd.domain.tenancy import Scope
 from memoryd.domain.usage import UsageReporter
 from memoryd.embeddings import build_embedder
+from memoryd.extraction.llm import LlmExtractor
+from memoryd.extraction.verbatim import VerbatimExtractor
+from memoryd.jobs import JobRunner
 from memoryd.ratelimit import (
     FailoverRateLimiter,
     Limit,
@@ -172,7 +186,7 @@ async def _build(
     authenticator = await _authenticator(stack, settings, control, hasher, clock, limits.bus)
     embedder = await _embedder(stack, settings, embedder)
     vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
-    domain = _services(settings, control, hasher, clock, limits, metrics, embedder, vectors)
+    domain = _services(settings, store, control, hasher, clock, limits, metrics, embedder, vectors)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
     server = _server(stack, settings, pipeline, domain, health, clock, tracer_provider)
     port = listen(server, settings)
@@ -181,6 +195,7 @@ async def _build(
     # made before a step that then failed would never be shown.
     bootstrapped = await _bootstrap(store, hasher, clock, bootstrap_if_empty)
     _start_sweeper(stack, domain.memories, settings.sweep_interval_s)
+    _start_jobs(stack, domain.jobs, store, settings, clock)
     return App(
         settings=settings,
         server=server,
@@ -392,10 +407,15 @@ class _Services:
     auditor: Auditor
     usage: UsageReporter
     ceilings: Ceilings
+    conversations: ConversationService
+    operations: OperationService
+    jobs: JobRunner
+    describe: Mapping[str, Describe]
 
 
 def _services(
     settings: Settings,
+    store: SqlControlStore,
     control: ControlStore,
     hasher: SecretHasher,
     clock: Clock,
@@ -436,9 +456,80 @@ def _services(
         ceilings=ceilings,
     )
     usage = UsageReporter(limits.meter, clock)
-    return _Services(
-        memories, keys, projects, projects_cache, call_projects, auditor, usage, ceilings
+    conversations, operations, jobs = _conversations(
+        settings, store, memories, metrics.timed("embedder", embedder), clock
     )
+    describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
+    return _Services(
+        memories,
+        keys,
+        projects,
+        projects_cache,
+        call_projects,
+        auditor,
+        usage,
+        ceilings,
+        conversations,
+        operations,
+        jobs,
+        describe,
+    )
+
+
+def _conversations(
+    settings: Settings,
+    store: SqlControlStore,
+    memories: MemoryService,
+    embedder: Embedder,
+    clock: Clock,
+) -> tuple[ConversationService, OperationService, JobRunner]:
+    """AddMessages: the service that stores operations, the job that runs
+    them, the runner of this process and the Operations it answers."""
+    verbatim = VerbatimExtractor()
+    inferring: Extractor = verbatim
+    if settings.extractor == "llm":
+        inferring = LlmExtractor(
+            settings.llm_base_url,
+            settings.llm_api_key,
+            settings.llm_model,
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            max_retry_after_s=settings.llm_max_retry_after_s,
+        )
+    job = AddMessagesJob(
+        store,
+        memories,
+        embedder,
+        clock,
+        verbatim=verbatim,
+        inferring=inferring,
+        ledger=store,
+        candidates=settings.llm_candidates,
+        context_messages=settings.llm_context_messages,
+    )
+    waiters = Waiters()
+    runner = JobRunner(
+        store,
+        {KIND: job},
+        clock,
+        workers=settings.job_workers,
+        per_project=settings.job_workers_per_project,
+        lease_s=settings.job_lease_s,
+        max_attempts=settings.job_max_attempts,
+        poll_interval_s=settings.job_poll_interval_s,
+        on_done=waiters.notify,
+    )
+    conversations = ConversationService(
+        store,
+        memories,
+        clock,
+        infer_uses_model=inferring is not verbatim,
+        ledger=store,
+        default_tokens_per_day=settings.llm_tokens_per_day,
+        on_stored=runner.wake,
+    )
+    kinds = {KIND: KindScopes(read=Scope.MEMORY_READ, manage=Scope.MEMORY_ADD)}
+    return conversations, OperationService(store, kinds, waiters), runner
 
 
 def _ceilings(settings: Settings) -> Ceilings:
@@ -510,7 +601,14 @@ def _server(
     # The pipeline (request id, auth, limits, errors, usage, metrics) wraps
     # every method of the three services; health and reflection stay open.
     pipeline.register(
-        memory_pb2_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(domain.memories), server
+        memory_pb2_grpc.add_MemoryServiceServicer_to_server,
+        MemoryServicer(domain.memories, domain.conversations, domain.describe[KIND]),
+        server,
+    )
+    pipeline.register(
+        operations_add_to_server,
+        OperationsServicer(domain.operations, domain.describe, clock),
+        server,
     )
     pipeline.register(
         keys_pb2_grpc.add_KeyServiceServicer_to_server, KeyServicer(domain.keys, clock), server
@@ -593,6 +691,46 @@ async def _sweeper(memories: MemoryService, interval_s: float) -> None:
             log.warning("sweep of expired memories failed: %s", err)
         except Exception:
             log.exception("sweep of expired memories failed")
+
+
+def _start_jobs(
+    stack: AsyncExitStack,
+    runner: JobRunner,
+    store: SqlControlStore,
+    settings: Settings,
+    clock: Clock,
+) -> None:
+    """The job runner of this process, and the sweep of finished operations
+    past their retention. Both stop before the stores close."""
+    runner.start()
+    _on_close(stack, runner.stop)
+    retention = timedelta(hours=settings.operation_retention_hours)
+    task = asyncio.get_running_loop().create_task(
+        _operation_sweeper(store, clock, retention, settings.sweep_interval_s)
+    )
+
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.wait([task], timeout=5.0)
+
+    _on_close(stack, cancel)
+
+
+async def _operation_sweeper(
+    store: SqlControlStore, clock: Clock, retention: timedelta, interval_s: float
+) -> None:
+    """Deletes finished operations (and their messages) past their retention."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            before = clock.now() - retention
+            removed = await store.sweep_operations(before, 1000)
+            if removed:
+                log.info("swept %d finished operations past their retention", removed)
+        except DomainError as err:
+            log.warning("sweep of finished operations failed: %s", err)
+        except Exception:
+            log.exception("sweep of finished operations failed")
 
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:

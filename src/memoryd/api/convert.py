@@ -164,6 +164,7 @@ def project_from_pb(msg: admin_pb2.Project) -> Project:
             max_memories_per_environment=q.max_memories_per_environment,
             max_content_bytes=q.max_content_bytes,
             max_metadata_bytes=q.max_metadata_bytes,
+            llm_tokens_per_day=q.llm_tokens_per_day,
         ),
         create_time=epoch,
         update_time=epoch,

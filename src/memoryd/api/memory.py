@@ -6,12 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2, json_format
 
 from memoryd.api import convert
 from memoryd.api.call import current_call, current_caller
+from memoryd.api.conversations import add_messages
 from memoryd.api.errors import MAX_STOPPED_IMPORT_ERRORS, status_proto
+from memoryd.api.operations import Describe, operation_pb
 from memoryd.api.steps import OFFLOAD_DECODE_BYTES
+from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
 from memoryd.domain.memories import (
     MAX_FILTER_DEPTH,
@@ -34,8 +38,25 @@ from memoryd.v1 import memory_pb2, memory_pb2_grpc
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self, memories: MemoryService) -> None:
+    def __init__(
+        self,
+        memories: MemoryService,
+        conversations: ConversationService | None = None,
+        describe: Describe | None = None,
+    ) -> None:
+        """`conversations` and `describe` serve AddMessages (UNIMPLEMENTED
+        without them)."""
         self._m = memories
+        self._conversations = conversations
+        self._describe = describe
+
+    async def AddMessages(
+        self, request: memory_pb2.AddMessagesRequest, context: Any
+    ) -> operations_pb2.Operation:
+        if self._conversations is None or self._describe is None:
+            return await super().AddMessages(request, context)  # type: ignore[no-any-return]
+        op = await self._conversations.add_messages(current_caller(), add_messages(request))
+        return await operation_pb(op, self._describe)
 
     async def CreateMemory(
         self, request: memory_pb2.CreateMemoryRequest, context: Any

@@ -47,6 +47,7 @@ class Quotas:
     max_memories_per_environment: int = 0
     max_content_bytes: int = 0
     max_metadata_bytes: int = 0
+    llm_tokens_per_day: int = 0
 
 
 @dataclass(frozen=True)

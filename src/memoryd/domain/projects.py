@@ -65,6 +65,8 @@ class Ceilings:
     max_memories_per_environment: int = 10_000_000
     max_content_bytes: int = 32_768
     max_metadata_bytes: int = 16_384
+    # model tokens per project per day: no server cap on what an org may grant
+    llm_tokens_per_day: int = 2**62
 
     def of(self, group: str, name: str) -> float | int:
         """The ceiling of the override `group.name` (e.g. rate_limits.key_burst)."""

@@ -32,7 +32,7 @@ from memoryd.domain.memories.model import (
     ProjectSource,
     WriteMeter,
 )
-from memoryd.domain.memories.quota import EnvironmentCounts
+from memoryd.domain.memories.quota import EnvironmentCounts, size_limits
 from memoryd.domain.memories.reads import Reader, keyset_after
 from memoryd.domain.memories.search import (
     DEFAULT_MAX_QUERY_CHARS,
@@ -40,7 +40,7 @@ from memoryd.domain.memories.search import (
     require_cross_project,
 )
 from memoryd.domain.memories.update import Updater
-from memoryd.domain.memories.validation import validate_update
+from memoryd.domain.memories.validation import SizeLimits, validate_update
 from memoryd.domain.memory import (
     Embedder,
     Filter,
@@ -86,6 +86,7 @@ class MemoryService:
         self._clock = clock
         meter = meter or NoMeter()
         defaults = defaults or Defaults()
+        self._defaults = defaults
         self._counts = EnvironmentCounts(store, clock, on_environment_count or (lambda n: None))
         self._writer = Writer(store, embedder, clock, self._counts, meter, defaults)
         self._updater = Updater(store, embedder, meter, defaults)
@@ -293,6 +294,53 @@ class MemoryService:
         count = await self._store.delete_matching(tenant, flt, now)
         self._counts.forget(tenant)
         return count
+
+    async def authorize(self, caller: Caller, scope: str) -> tuple[Tenant, Project]:
+        """The tenant and project of a memory call by `caller` needing
+        `scope` (the project's end-user rule applies), for services that
+        write memories through this one."""
+        return await self._tenant(caller, scope)
+
+    def limits(self, project: Project) -> SizeLimits:
+        """The byte limits of one memory of `project`."""
+        return size_limits(self._defaults, project)
+
+    # --- for the server's own jobs (AddMessages) ------------------------------------------
+    # These act for a tenant whose operation was authorized when it was
+    # accepted; the tenant names one end user or none, never all of them.
+
+    async def project_of(self, tenant: Tenant) -> Project:
+        project = await self._projects.get_project(tenant.org_id, tenant.project_id)
+        if project is None:
+            raise NotFound("the project of this operation no longer exists")
+        return project
+
+    async def records(
+        self, tenant: Tenant, ids: Sequence[str], *, with_vectors: bool = False
+    ) -> list[MemoryRecord]:
+        """The memories among `ids` of `tenant` (holding or not)."""
+        if not ids:
+            return []
+        return await self._store.get(tenant, ids, self._clock.now(), with_vectors=with_vectors)
+
+    async def similar(
+        self, tenant: Tenant, vector: Sequence[float], top_k: int
+    ) -> list[ScoredRecord]:
+        """The memories of `tenant` that hold now, most similar first."""
+        return await self._store.search([tenant], vector, Filter(), top_k, self._clock.now())
+
+    async def create_for(
+        self, tenant: Tenant, items: Sequence[NewMemory]
+    ) -> list[Created | DomainError]:
+        """Creates memories for `tenant` (quotas and size limits apply)."""
+        project = await self.project_of(tenant)
+        return await self._writer.create_many(tenant, project, items, "")
+
+    async def update_for(self, current: MemoryRecord, update: MemoryUpdate) -> MemoryRecord:
+        """Applies `update` (which may name server-only paths) to `current`,
+        read with its vector."""
+        project = await self.project_of(current.tenant)
+        return await self._updater.apply(project, current, update, self._clock.now())
 
     # --- maintenance -------------------------------------------------------------------
 
