@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.longrunning import operations_grpc_pb2
 from grpc import aio
 
 from memoryd.app import App, build_app
@@ -36,11 +37,13 @@ class Client:
     memory: memory_pb2_grpc.MemoryServiceStub = field(init=False)
     keys: keys_pb2_grpc.KeyServiceStub = field(init=False)
     admin: admin_pb2_grpc.AdminServiceStub = field(init=False)
+    operations: operations_grpc_pb2.OperationsStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.memory = memory_pb2_grpc.MemoryServiceStub(self.channel)
         self.keys = keys_pb2_grpc.KeyServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.operations = operations_grpc_pb2.OperationsStub(self.channel)
 
     def md(self, **extra: str) -> tuple[tuple[str, str], ...]:
         out = [("x-api-key", self.key)]

@@ -45,7 +45,7 @@ from memoryd.domain.conversations.model import (
     parse_result,
     result_json,
 )
-from memoryd.domain.errors import DomainError
+from memoryd.domain.errors import DomainError, Unavailable
 from memoryd.domain.memories import MemoryService, MemoryUpdate, NewMemory
 from memoryd.domain.memory import Embedder, MemoryRecord, Origin
 from memoryd.domain.operations import (
@@ -144,10 +144,11 @@ class AddMessagesJob:
             await self._count_tokens(op, usage, info)
         if len(decisions) != len(pairs):
             decisions = _one_per_fact(decisions, pairs)
-        return [
+        allowed = [
             _allowed(checked(d, cands), op.scopes)
             for d, (_, cands) in zip(decisions, pairs, strict=True)
         ]
+        return _one_per_target(allowed)
 
     async def _prompt_set(self, op: Operation, extractor: Extractor) -> PromptSet:
         own = PromptSet()
@@ -255,11 +256,16 @@ class AddMessagesJob:
                 reason=f"memory {d.target_id!r} no longer exists; nothing {d.event.value}d",
             )
         if d.event is Event.UPDATE:
-            if target.origin.operation_id != ctx.op.id:
+            if target.origin.operation_id != ctx.op.id:  # not applied by an earlier run
                 update = MemoryUpdate(
                     paths=("content", "origin"), content=d.text, origin=ctx.origin(d.fact)
                 )
-                await self._memories.update_for(target, update)
+                try:
+                    await self._memories.update_for(target, update)
+                except Unavailable:
+                    raise
+                except DomainError as err:  # e.g. the new text is over the size limit
+                    return Applied(Event.NONE, fact, reason=_refused(err))
             return Applied(
                 Event.UPDATE,
                 fact,
@@ -346,6 +352,26 @@ def _one_per_fact(
     out = list(decisions[: len(pairs)])
     for fact, _ in pairs[len(out) :]:
         out.append(Decision(Event.NONE, fact, reason="the extractor gave no decision"))
+    return out
+
+
+def _one_per_target(decisions: Sequence[Decision]) -> list[Decision]:
+    """At most one decision per existing memory (facts share candidates):
+    the first counts, a later one on the same memory becomes NONE."""
+    seen: dict[str, int] = {}
+    out: list[Decision] = []
+    for i, d in enumerate(decisions):
+        if d.target_id and d.event in (Event.UPDATE, Event.SUPERSEDE, Event.DELETE):
+            if d.target_id in seen:
+                d = Decision(
+                    Event.NONE,
+                    d.fact,
+                    reason=f"memory {d.target_id!r} was already decided for fact "
+                    f"{seen[d.target_id]} of this operation",
+                )
+            else:
+                seen[d.target_id] = i
+        out.append(d)
     return out
 
 
