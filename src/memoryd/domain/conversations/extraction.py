@@ -113,6 +113,7 @@ class ExtractionFailed(DomainError):
     or refused): the operation fails with this message, which carries the
     raw reason (clipped), so nothing is dropped silently."""
 
+    code = "UNKNOWN"  # an error of another system (the model), as gRPC names it
     reason = "EXTRACTION_FAILED"
 
 
