@@ -455,7 +455,7 @@ def _services(
         on_change=projects_cache.forget,
         ceilings=ceilings,
     )
-    usage = UsageReporter(limits.meter, clock)
+    usage = UsageReporter(limits.meter, clock, tokens=store)
     conversations, operations, jobs = _conversations(
         settings, store, memories, metrics.timed("embedder", embedder), clock
     )

@@ -349,7 +349,9 @@ async def test_without_an_end_user_a_key_sees_only_operations_without_one_unless
     server: RunningServer,
 ) -> None:
     project = await server.project("eu")
-    alice = await data_client(server, ("memory:read", "memory:add"), project=project, end_user="alice")
+    alice = await data_client(
+        server, ("memory:read", "memory:add"), project=project, end_user="alice"
+    )
     op = await wait(alice, await add(alice, "alice only"))
     narrow = alice.with_key(alice.key)
     await refused(
@@ -358,9 +360,7 @@ async def test_without_an_end_user_a_key_sees_only_operations_without_one_unless
             operations_pb2.GetOperationRequest(name=op.name), metadata=narrow.md()
         ),
     )
-    wide = await data_client(
-        server, ("memory:read", "memory:all_end_users"), project=project
-    )
+    wide = await data_client(server, ("memory:read", "memory:all_end_users"), project=project)
     got = await wide.operations.GetOperation(
         operations_pb2.GetOperationRequest(name=op.name), metadata=wide.md()
     )

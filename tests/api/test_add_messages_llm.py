@@ -33,10 +33,9 @@ from helpers.openai_server import (
     status_reply,
 )
 from helpers.servers import Client, MakeServer, RunningServer
+from test_add_messages import add, listed, meta, result, wait
 
 from memoryd.v1 import admin_pb2, memory_pb2
-
-from test_add_messages import add, listed, meta, result, wait
 
 Event = memory_pb2.MemoryDecision
 
@@ -60,7 +59,9 @@ async def served(make_server: MakeServer, llm: ScriptedOpenAI) -> AsyncIterator[
     )
 
 
-async def tenant(server: RunningServer, scopes: tuple[str, ...] = ("memory:*",), **kw: Any) -> Client:
+async def tenant(
+    server: RunningServer, scopes: tuple[str, ...] = ("memory:*",), **kw: Any
+) -> Client:
     project = kw.pop("project", None) or await server.project(kw.pop("name", "app"))
     return server.client(await server.data_key(project, scopes), kw.pop("end_user", ""))
 
@@ -121,7 +122,11 @@ async def test_add_update_supersede_delete_and_none(
     assert decisions[4].reason == "scripted"
 
     current = {m.content for m in await listed(client)}
-    assert current == {"The user has a dog named Rex", "The user lives in Lisbon", "The user is vegan"}
+    assert current == {
+        "The user has a dog named Rex",
+        "The user lives in Lisbon",
+        "The user is vegan",
+    }
     everything = {m.id: m for m in await listed(client, include_invalidated=True)}
     assert everything[city.id].superseded_by == new_city.id
     assert everything[city.id].HasField("invalid_time")

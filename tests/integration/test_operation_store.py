@@ -59,7 +59,9 @@ async def _environment(store: SqlControlStore, org_id: str = "") -> Tenant:
     if not org_id:
         org_id = f"org_{i:06d}"
         await store.create_org(Organization(org_id, f"org{i}", T0))
-    project = Project(id=f"prj_{i:06d}", org_id=org_id, name=f"p{i}", create_time=T0, update_time=T0)
+    project = Project(
+        id=f"prj_{i:06d}", org_id=org_id, name=f"p{i}", create_time=T0, update_time=T0
+    )
     env = Environment(f"env_{i:06d}", org_id, project.id, "production", EnvironmentKind.LIVE, T0)
     await store.create_project(project, [env])
     return Tenant(org_id, project.id, env.id)
@@ -124,7 +126,10 @@ async def test_a_request_id_names_one_operation_per_tenant_and_end_user(
     again = await store.create_operation(_op(a, request_id="r1"), _messages(3))
     assert again.id == first.id
     assert len(await store.messages(first.id)) == 2  # the retry stored nothing
-    for other in (Tenant(a.org_id, a.project_id, a.environment_id, "bob"), await _environment(store)):
+    for other in (
+        Tenant(a.org_id, a.project_id, a.environment_id, "bob"),
+        await _environment(store),
+    ):
         assert (await store.create_operation(_op(other, request_id="r1"), [])).id != first.id
     await store.release_request_id(a, "add_messages", "r1")
     assert (await store.create_operation(_op(a, request_id="r1"), [])).id != first.id
@@ -215,7 +220,10 @@ async def test_a_claim_skips_capped_projects_and_unknown_kinds(store: SqlControl
     op_b = await store.create_operation(_op(b, T0 + timedelta(seconds=1)), [])
     claim = await store.claim("r", T0 + timedelta(seconds=2), 30, [a.project_id], ["add_messages"])
     assert claim is not None and claim.operation.id == op_b.id
-    assert await store.claim("r", T0 + timedelta(seconds=2), 30, [a.project_id], ["add_messages"]) is None
+    assert (
+        await store.claim("r", T0 + timedelta(seconds=2), 30, [a.project_id], ["add_messages"])
+        is None
+    )
 
 
 async def test_a_job_given_back_waits_for_its_retry_time(store: SqlControlStore) -> None:
@@ -309,7 +317,9 @@ async def test_a_domain_error_fails_the_operation_with_its_reason(store: SqlCont
     clock = ManualClock(T0)
     a = await _environment(store)
     op = await store.create_operation(_op(a), [])
-    runner = _runner(store, _Handler([InvalidArgument("bad reply", reason="EXTRACTION_FAILED")]), clock)
+    runner = _runner(
+        store, _Handler([InvalidArgument("bad reply", reason="EXTRACTION_FAILED")]), clock
+    )
     await runner.run_once()
     await runner.drain()
     failed = await store.get_operation(a, op.id)

@@ -120,6 +120,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     memories_written=r.memories_written,
                     bytes_stored=r.bytes_stored,
                     rate_limited_calls=r.rate_limited_calls,
+                    llm_input_tokens=r.llm_input_tokens,
+                    llm_output_tokens=r.llm_output_tokens,
                 )
                 for r in records
             ]

@@ -140,6 +140,9 @@ class UsageRecord:
     bytes_stored: int
     # calls refused by the rate limiter (not counted in `calls`)
     rate_limited_calls: int
+    # language-model tokens of AddMessages operations
+    llm_input_tokens: int = 0
+    llm_output_tokens: int = 0
 
 
 @dataclass(frozen=True)
