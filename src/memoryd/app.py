@@ -580,7 +580,8 @@ def _pipeline(
         limits=RequestLimits(
             default=settings.max_request_bytes,
             per_method={
-                "/memoryd.v1.MemoryService/BatchCreateMemories": settings.max_batch_request_bytes
+                "/memoryd.v1.MemoryService/BatchCreateMemories": settings.max_batch_request_bytes,
+                "/memoryd.v1.MemoryService/AddMessages": settings.max_batch_request_bytes,
             },
         ),
         stream_idle_timeout_s=settings.stream_idle_timeout_s,

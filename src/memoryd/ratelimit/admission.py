@@ -73,8 +73,15 @@ class ImportMeter:
 # table of costs. A batch pays for its work (`work_cost`), so that batching
 # stays the cheap way to write many memories while a 1,000-item batch, or one
 # of a few huge texts, still weighs 100 or more.
+def _add_messages_cost(req: Any) -> int:
+    # what writing the messages as memories costs; with infer, the model's
+    # work is bounded by the project's daily token quota, not here
+    return work_cost(len(req.messages), sum(_utf8_len(m.content) for m in req.messages))
+
+
 COSTS: dict[str, Any] = {
     _MEMORY + "BatchCreateMemories": _batch_cost,
+    _MEMORY + "AddMessages": _add_messages_cost,
     _MEMORY + "SearchMemories": _search_cost,
     _MEMORY + "ExportMemories": lambda req: 10,
     _MEMORY + "PurgeMemories": lambda req: 5,
