@@ -46,6 +46,7 @@ from memoryd.domain.memory import Embedder, VectorStore
 from memoryd.domain.ports import SecretHasher
 from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.projects import Ceilings, ProjectManager
+from memoryd.domain.prompts import PromptManager, PromptStore
 from memoryd.domain.usage import UsageReporter
 from memoryd.embeddings import build_embedder
 from memoryd.ratelimit import (
@@ -172,7 +173,10 @@ async def _build(
     authenticator = await _authenticator(stack, settings, control, hasher, clock, limits.bus)
     embedder = await _embedder(stack, settings, embedder)
     vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
-    domain = _services(settings, control, hasher, clock, limits, metrics, embedder, vectors)
+    prompt_store: PromptStore = metrics.timed("sql", store)
+    domain = _services(
+        settings, control, prompt_store, hasher, clock, limits, metrics, embedder, vectors
+    )
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
     server = _server(stack, settings, pipeline, domain, health, clock, tracer_provider)
     port = listen(server, settings)
@@ -392,11 +396,13 @@ class _Services:
     auditor: Auditor
     usage: UsageReporter
     ceilings: Ceilings
+    prompts: PromptManager
 
 
 def _services(
     settings: Settings,
     control: ControlStore,
+    prompt_store: PromptStore,
     hasher: SecretHasher,
     clock: Clock,
     limits: _Limits,
@@ -436,8 +442,9 @@ def _services(
         ceilings=ceilings,
     )
     usage = UsageReporter(limits.meter, clock)
+    prompts = PromptManager(prompt_store, control, auditor, clock)
     return _Services(
-        memories, keys, projects, projects_cache, call_projects, auditor, usage, ceilings
+        memories, keys, projects, projects_cache, call_projects, auditor, usage, ceilings, prompts
     )
 
 
@@ -517,7 +524,7 @@ def _server(
     )
     pipeline.register(
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
-        AdminServicer(domain.projects, domain.auditor, domain.usage),
+        AdminServicer(domain.projects, domain.auditor, domain.usage, domain.prompts),
         server,
     )
     add_open_services(server, health)
