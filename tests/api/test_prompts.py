@@ -110,7 +110,7 @@ class Env:
         ]
 
 
-async def _staging(server: RunningServer, project: admin_pb2.Project, client: Client) -> Env:
+async def _staging(project: admin_pb2.Project, client: Client) -> Env:
     env = await client.admin.CreateEnvironment(
         admin_pb2.CreateEnvironmentRequest(
             project_id=project.id,
@@ -274,7 +274,7 @@ async def test_another_org_project_or_environment_finds_nothing(backend: Running
     o = backend.owner
     project = await backend.project("secret")
     prod = _production(o, project)
-    staging = await _staging(backend, project, o)
+    staging = await _staging(project, o)
     await prod.create("extraction", "A's extraction")
     await prod.create("decision", "A's decision")
 
@@ -371,7 +371,7 @@ async def test_prompt_set_holds_the_current_texts_and_their_versions(
     o = backend.owner
     project = await backend.project()
     env = _production(o, project)
-    staging = await _staging(backend, project, o)
+    staging = await _staging(project, o)
     manager = _prompt_set(backend)
 
     async def prompt_set(e: Env) -> PromptSet:
@@ -399,7 +399,7 @@ async def test_deleting_the_environment_or_project_deletes_its_prompts(
     o = backend.owner
     project = await backend.project()
     env = _production(o, project)
-    staging = await _staging(backend, project, o)
+    staging = await _staging(project, o)
     for e in (env, staging):
         await e.create("extraction", "e")
         await e.update("extraction", "e2")
