@@ -56,6 +56,7 @@ from memoryd.domain.operation_service import KindScopes, OperationService, Waite
 from memoryd.domain.ports import SecretHasher
 from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.projects import Ceilings, ProjectManager
+from memoryd.domain.prompts import PromptManager, PromptStore
 from memoryd.domain.tenancy import Scope
 from memoryd.domain.usage import UsageReporter
 from memoryd.embeddings import build_embedder
@@ -407,6 +408,7 @@ class _Services:
     auditor: Auditor
     usage: UsageReporter
     ceilings: Ceilings
+    prompts: PromptManager
     conversations: ConversationService
     operations: OperationService
     jobs: JobRunner
@@ -456,8 +458,10 @@ def _services(
         ceilings=ceilings,
     )
     usage = UsageReporter(limits.meter, clock, tokens=store)
+    prompt_store: PromptStore = metrics.timed("sql", store)
+    prompts = PromptManager(prompt_store, control, auditor, clock)
     conversations, operations, jobs = _conversations(
-        settings, store, memories, metrics.timed("embedder", embedder), clock
+        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts
     )
     describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
     return _Services(
@@ -469,6 +473,7 @@ def _services(
         auditor,
         usage,
         ceilings,
+        prompts,
         conversations,
         operations,
         jobs,
@@ -482,6 +487,7 @@ def _conversations(
     memories: MemoryService,
     embedder: Embedder,
     clock: Clock,
+    prompts: PromptManager,
 ) -> tuple[ConversationService, OperationService, JobRunner]:
     """AddMessages: the service that stores operations, the job that runs
     them, the runner of this process and the Operations it answers."""
@@ -503,6 +509,7 @@ def _conversations(
         clock,
         verbatim=verbatim,
         inferring=inferring,
+        prompts=prompts,
         ledger=store,
         candidates=settings.llm_candidates,
         context_messages=settings.llm_context_messages,
@@ -616,7 +623,7 @@ def _server(
     )
     pipeline.register(
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
-        AdminServicer(domain.projects, domain.auditor, domain.usage),
+        AdminServicer(domain.projects, domain.auditor, domain.usage, domain.prompts),
         server,
     )
     add_open_services(server, health)

@@ -138,6 +138,11 @@ def _all_methods(client: Client) -> list[Any]:
         a.DeleteEnvironment(admin_pb2.DeleteEnvironmentRequest(id="x"), metadata=md),
         a.GetUsage(admin_pb2.GetUsageRequest(), metadata=md),
         a.ListAuditEvents(admin_pb2.ListAuditEventsRequest(), metadata=md),
+        a.CreatePrompt(admin_pb2.CreatePromptRequest(), metadata=md),
+        a.GetPrompt(admin_pb2.GetPromptRequest(), metadata=md),
+        a.ListPrompts(admin_pb2.ListPromptsRequest(), metadata=md),
+        a.UpdatePrompt(admin_pb2.UpdatePromptRequest(), metadata=md),
+        a.DeletePrompt(admin_pb2.DeletePromptRequest(), metadata=md),
     ]
 
 

@@ -189,6 +189,8 @@ def test_retry_policy_service_config() -> None:
     assert write["retryableStatusCodes"] == ["RESOURCE_EXHAUSTED"]
     assert read["retryableStatusCodes"] == ["RESOURCE_EXHAUSTED", "UNAVAILABLE"]
     assert ("memoryd.v1.MemoryService", "CreateMemory") not in by_name
+    assert by_name[("memoryd.v1.AdminService", "GetPrompt")] == read
+    assert ("memoryd.v1.AdminService", "UpdatePrompt") not in by_name
     assert write["maxAttempts"] == 3 and write["initialBackoff"] == "0.050s"
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=9)

@@ -72,6 +72,28 @@ class Matrix:
             metadata=self.owner.md(),
         )
 
+    async def new_prompt(self) -> tuple[str, str]:
+        """(project id, environment id) of a fresh environment of the matrix
+        project with an `extraction` prompt (version 1), made by the owner."""
+        env = await self.owner.admin.CreateEnvironment(
+            admin_pb2.CreateEnvironmentRequest(
+                project_id=self.project.id,
+                environment=admin_pb2.Environment(
+                    name=_unique("prompted"), kind=tenancy_pb2.ENVIRONMENT_KIND_DEV
+                ),
+            ),
+            metadata=self.owner.md(),
+        )
+        await self.owner.admin.CreatePrompt(
+            admin_pb2.CreatePromptRequest(
+                project_id=self.project.id,
+                environment_id=env.id,
+                prompt=admin_pb2.Prompt(name="extraction", text="find facts"),
+            ),
+            metadata=self.owner.md(),
+        )
+        return self.project.id, env.id
+
     async def new_key_id(self) -> str:
         # holds only keys:write, so any caller allowed to manage keys may rotate it
         resp = await self.owner.keys.CreateApiKey(
@@ -219,6 +241,56 @@ async def _list_audit(m: Matrix, c: Client) -> Any:
     return await c.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(), metadata=c.md())
 
 
+async def _create_prompt(m: Matrix, c: Client) -> Any:
+    project_id, env_id = await m.new_prompt()
+    return await c.admin.CreatePrompt(
+        admin_pb2.CreatePromptRequest(
+            project_id=project_id,
+            environment_id=env_id,
+            prompt=admin_pb2.Prompt(name="decision", text="decide"),
+        ),
+        metadata=c.md(),
+    )
+
+
+async def _get_prompt(m: Matrix, c: Client) -> Any:
+    project_id, env_id = await m.new_prompt()
+    return await c.admin.GetPrompt(
+        admin_pb2.GetPromptRequest(project_id=project_id, environment_id=env_id, name="extraction"),
+        metadata=c.md(),
+    )
+
+
+async def _list_prompts(m: Matrix, c: Client) -> Any:
+    project_id, env_id = await m.new_prompt()
+    return await c.admin.ListPrompts(
+        admin_pb2.ListPromptsRequest(project_id=project_id, environment_id=env_id),
+        metadata=c.md(),
+    )
+
+
+async def _update_prompt(m: Matrix, c: Client) -> Any:
+    project_id, env_id = await m.new_prompt()
+    return await c.admin.UpdatePrompt(
+        admin_pb2.UpdatePromptRequest(
+            project_id=project_id,
+            environment_id=env_id,
+            prompt=admin_pb2.Prompt(name="extraction", text="find more facts"),
+        ),
+        metadata=c.md(),
+    )
+
+
+async def _delete_prompt(m: Matrix, c: Client) -> Any:
+    project_id, env_id = await m.new_prompt()
+    return await c.admin.DeletePrompt(
+        admin_pb2.DeletePromptRequest(
+            project_id=project_id, environment_id=env_id, name="extraction"
+        ),
+        metadata=c.md(),
+    )
+
+
 # method → (the scope API.md requires, or None for any key; a valid call)
 METHODS: dict[str, tuple[str | None, Call]] = {
     "KeyService.CreateApiKey": ("keys:write", _create_key),
@@ -237,6 +309,11 @@ METHODS: dict[str, tuple[str | None, Call]] = {
     "AdminService.DeleteEnvironment": ("admin:write", _delete_environment),
     "AdminService.GetUsage": ("usage:read", _get_usage),
     "AdminService.ListAuditEvents": ("audit:read", _list_audit),
+    "AdminService.CreatePrompt": ("admin:write", _create_prompt),
+    "AdminService.GetPrompt": ("admin:read", _get_prompt),
+    "AdminService.ListPrompts": ("admin:read", _list_prompts),
+    "AdminService.UpdatePrompt": ("admin:write", _update_prompt),
+    "AdminService.DeletePrompt": ("admin:write", _delete_prompt),
 }
 
 

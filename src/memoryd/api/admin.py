@@ -13,6 +13,7 @@ from memoryd.domain.audit import Auditor
 from memoryd.domain.control import AuditQuery, UsageRecord
 from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.projects import ProjectManager
+from memoryd.domain.prompts import PromptManager
 from memoryd.domain.tenancy import Caller
 from memoryd.v1 import admin_pb2, admin_pb2_grpc
 
@@ -31,10 +32,17 @@ class UsageReport(Protocol):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, projects: ProjectManager, auditor: Auditor, usage: UsageReport) -> None:
+    def __init__(
+        self,
+        projects: ProjectManager,
+        auditor: Auditor,
+        usage: UsageReport,
+        prompts: PromptManager,
+    ) -> None:
         self._projects = projects
         self._audit = auditor
         self._usage = usage
+        self._prompts = prompts
 
     async def CreateProject(
         self, request: admin_pb2.CreateProjectRequest, context: Any
@@ -145,6 +153,58 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListAuditEventsResponse(
             events=[convert.audit_event(e) for e in page.items], next_page_token=token
         )
+
+    async def CreatePrompt(
+        self, request: admin_pb2.CreatePromptRequest, context: Any
+    ) -> admin_pb2.Prompt:
+        made = await self._prompts.create_prompt(
+            current_caller(),
+            request.project_id,
+            request.environment_id,
+            request.prompt.name,
+            request.prompt.text,
+        )
+        return convert.prompt(made)
+
+    async def GetPrompt(
+        self, request: admin_pb2.GetPromptRequest, context: Any
+    ) -> admin_pb2.Prompt:
+        found = await self._prompts.get_prompt(
+            current_caller(),
+            request.project_id,
+            request.environment_id,
+            request.name,
+            request.version,
+        )
+        return convert.prompt(found)
+
+    async def ListPrompts(
+        self, request: admin_pb2.ListPromptsRequest, context: Any
+    ) -> admin_pb2.ListPromptsResponse:
+        prompts = await self._prompts.list_prompts(
+            current_caller(), request.project_id, request.environment_id
+        )
+        return admin_pb2.ListPromptsResponse(prompts=[convert.prompt(p) for p in prompts])
+
+    async def UpdatePrompt(
+        self, request: admin_pb2.UpdatePromptRequest, context: Any
+    ) -> admin_pb2.Prompt:
+        written = await self._prompts.update_prompt(
+            current_caller(),
+            request.project_id,
+            request.environment_id,
+            request.prompt.name,
+            request.prompt.text,
+        )
+        return convert.prompt(written)
+
+    async def DeletePrompt(
+        self, request: admin_pb2.DeletePromptRequest, context: Any
+    ) -> empty_pb2.Empty:
+        await self._prompts.delete_prompt(
+            current_caller(), request.project_id, request.environment_id, request.name
+        )
+        return empty_pb2.Empty()
 
 
 def _date(value: str, field: str) -> date | None:

@@ -17,6 +17,7 @@ from memoryd.domain.control import (
 )
 from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.keys import key_state
+from memoryd.domain.prompts import Prompt
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
 from memoryd.v1 import admin_pb2, keys_pb2, tenancy_pb2
 
@@ -185,4 +186,15 @@ def audit_event(e: AuditEvent) -> admin_pb2.AuditEvent:
         peer=e.peer,
         outcome=e.outcome,
         details=e.details,
+    )
+
+
+def prompt(p: Prompt) -> admin_pb2.Prompt:
+    return admin_pb2.Prompt(
+        name=p.name,
+        project_id=p.project_id,
+        environment_id=p.environment_id,
+        version=p.version,
+        text=p.text,
+        create_time=ts(p.create_time),
     )

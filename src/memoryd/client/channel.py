@@ -53,6 +53,8 @@ READ_METHODS: dict[str, tuple[str, ...]] = {
         "ListEnvironments",
         "GetUsage",
         "ListAuditEvents",
+        "GetPrompt",
+        "ListPrompts",
     ),
 }
 

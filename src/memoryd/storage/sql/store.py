@@ -17,6 +17,7 @@ from memoryd.storage.sql.audit import AuditTables
 from memoryd.storage.sql.keys import KeyTables
 from memoryd.storage.sql.operations import LlmUsageTables, OperationTables
 from memoryd.storage.sql.outage import Guarded, Reachability, discard_broken_connections
+from memoryd.storage.sql.prompts import PromptTables
 from memoryd.storage.sql.schema import SCHEMA_VERSION, metadata, migrate, schema_version
 from memoryd.storage.sql.tenancy import TenancyTables
 from memoryd.storage.sql.tx import Tx
@@ -25,7 +26,9 @@ _PING_TIMEOUT_S = 1.5
 _CONNECT_TIMEOUT_S = 5.0
 
 
-class SqlControlStore(TenancyTables, KeyTables, AuditTables, OperationTables, LlmUsageTables):
+class SqlControlStore(
+    TenancyTables, KeyTables, AuditTables, PromptTables, OperationTables, LlmUsageTables
+):
     """`ControlStore` on SQLAlchemy Core async. See `memoryd.domain.control`."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
