@@ -1,6 +1,6 @@
 """`SqlControlStore`: the control store's lifecycle and its one way in to
 the database; its calls live with their tables (`tenancy`, `keys`,
-`audit`)."""
+`audit`, `idempotency`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memoryd.domain.errors import Unavailable
 from memoryd.storage.sql.audit import AuditTables
+from memoryd.storage.sql.idempotency import IdempotencyTables
 from memoryd.storage.sql.keys import KeyTables
 from memoryd.storage.sql.outage import Guarded, Reachability, discard_broken_connections
 from memoryd.storage.sql.schema import SCHEMA_VERSION, metadata, migrate, schema_version
@@ -24,8 +25,9 @@ _PING_TIMEOUT_S = 1.5
 _CONNECT_TIMEOUT_S = 5.0
 
 
-class SqlControlStore(TenancyTables, KeyTables, AuditTables):
-    """`ControlStore` on SQLAlchemy Core async. See `memoryd.domain.control`."""
+class SqlControlStore(TenancyTables, KeyTables, AuditTables, IdempotencyTables):
+    """`ControlStore` and `IdempotencyStore` on SQLAlchemy Core async. See
+    `memoryd.domain.control` and `memoryd.domain.idempotency`."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self._url = url
