@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
 from memoryd.domain.clock import Clock, SystemClock
 from memoryd.domain.control import ControlStore
 from memoryd.domain.errors import DomainError
+from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import Embedder, VectorStore
@@ -173,14 +174,18 @@ async def _build(
     embedder = await _embedder(stack, settings, embedder)
     vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
     domain = _services(settings, control, hasher, clock, limits, metrics, embedder, vectors)
+    idempotency = Idempotency(metrics.timed("sql", store), clock)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
-    server = _server(stack, settings, pipeline, domain, health, clock, tracer_provider)
+    server = _server(stack, settings, pipeline, domain, idempotency, health, clock, tracer_provider)
     port = listen(server, settings)
     _metrics_endpoint(stack, settings, metrics, {**limits.counters, **_key_cache(authenticator)})
     # Last, once the port, the model and the stores are in hand: an owner key
     # made before a step that then failed would never be shown.
     bootstrapped = await _bootstrap(store, hasher, clock, bootstrap_if_empty)
-    _start_sweeper(stack, domain.memories, settings.sweep_interval_s)
+    _start_sweeper(
+        stack, "expired memories", domain.memories.sweep_expired, settings.sweep_interval_s
+    )
+    _start_sweeper(stack, "expired request ids", idempotency.sweep, settings.sweep_interval_s)
     return App(
         settings=settings,
         server=server,
@@ -502,6 +507,7 @@ def _server(
     settings: Settings,
     pipeline: Pipeline,
     domain: _Services,
+    idempotency: Idempotency,
     health: Health,
     clock: Clock,
     tracer_provider: Any,
@@ -510,7 +516,9 @@ def _server(
     # The pipeline (request id, auth, limits, errors, usage, metrics) wraps
     # every method of the three services; health and reflection stay open.
     pipeline.register(
-        memory_pb2_grpc.add_MemoryServiceServicer_to_server, MemoryServicer(domain.memories), server
+        memory_pb2_grpc.add_MemoryServiceServicer_to_server,
+        MemoryServicer(domain.memories, idempotency),
+        server,
     )
     pipeline.register(
         keys_pb2_grpc.add_KeyServiceServicer_to_server, KeyServicer(domain.keys, clock), server
@@ -571,8 +579,10 @@ async def _bootstrap(
     return None
 
 
-def _start_sweeper(stack: AsyncExitStack, memories: MemoryService, interval_s: float) -> None:
-    task = asyncio.get_running_loop().create_task(_sweeper(memories, interval_s))
+def _start_sweeper(
+    stack: AsyncExitStack, what: str, sweep: Callable[[], Awaitable[int]], interval_s: float
+) -> None:
+    task = asyncio.get_running_loop().create_task(_sweeper(what, sweep, interval_s))
 
     async def cancel() -> None:
         task.cancel()
@@ -581,18 +591,19 @@ def _start_sweeper(stack: AsyncExitStack, memories: MemoryService, interval_s: f
     _on_close(stack, cancel)
 
 
-async def _sweeper(memories: MemoryService, interval_s: float) -> None:
-    """Removes expired memories in the background (they are invisible already)."""
+async def _sweeper(what: str, sweep: Callable[[], Awaitable[int]], interval_s: float) -> None:
+    """Removes `what` in the background (expired memories and request ids are
+    invisible already)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            removed = await memories.sweep_expired()
+            removed = await sweep()
             if removed:
-                log.info("swept %d expired memories", removed)
+                log.info("swept %d %s", removed, what)
         except DomainError as err:  # a full or hung disk: said, not a traceback
-            log.warning("sweep of expired memories failed: %s", err)
+            log.warning("sweep of %s failed: %s", what, err)
         except Exception:
-            log.exception("sweep of expired memories failed")
+            log.exception("sweep of %s failed", what)
 
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:

@@ -11,8 +11,10 @@ from google.protobuf import empty_pb2, json_format
 from memoryd.api import convert
 from memoryd.api.call import current_call, current_caller
 from memoryd.api.errors import MAX_STOPPED_IMPORT_ERRORS, status_proto
+from memoryd.api.idempotent import Idempotent
 from memoryd.api.steps import OFFLOAD_DECODE_BYTES
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
+from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.memories import (
     MAX_FILTER_DEPTH,
     MemoryService,
@@ -34,16 +36,22 @@ from memoryd.v1 import memory_pb2, memory_pb2_grpc
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self, memories: MemoryService) -> None:
+    def __init__(self, memories: MemoryService, idempotency: Idempotency) -> None:
         self._m = memories
+        self._once = Idempotent(idempotency)
 
     async def CreateMemory(
         self, request: memory_pb2.CreateMemoryRequest, context: Any
     ) -> memory_pb2.CreateMemoryResponse:
-        created = await self._m.create(current_caller(), new_memory(request, ""))
-        return memory_pb2.CreateMemoryResponse(
-            memory=memory(created.record), deduplicated=created.deduplicated
-        )
+        item = new_memory(request, "")
+
+        async def create() -> memory_pb2.CreateMemoryResponse:
+            created = await self._m.create(current_caller(), item)
+            return memory_pb2.CreateMemoryResponse(
+                memory=memory(created.record), deduplicated=created.deduplicated
+            )
+
+        return await self._once.run(request, context, memory_pb2.CreateMemoryResponse, create)
 
     async def BatchCreateMemories(
         self, request: memory_pb2.BatchCreateMemoriesRequest, context: Any
@@ -53,6 +61,20 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             items, failures = await asyncio.to_thread(_batch_items, request)
         else:
             items, failures = _batch_items(request)
+        # The batch's request_id counts; an item's own `requests[i].request_id`
+        # is ignored (beyond being part of the request's fingerprint).
+        return await self._once.run(
+            request,
+            context,
+            memory_pb2.BatchCreateMemoriesResponse,
+            lambda: self._batch_create(items, failures),
+        )
+
+    async def _batch_create(
+        self, items: list[NewMemory], failures: dict[int, DomainError]
+    ) -> memory_pb2.BatchCreateMemoriesResponse:
+        """One result per item; a batch with failed items is still a
+        successful response (and stored as one under its request_id)."""
         results = await self._m.batch_create(current_caller(), items)
         out = memory_pb2.BatchCreateMemoriesResponse()
         for i, result in enumerate(results):
