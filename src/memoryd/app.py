@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -49,6 +49,7 @@ from memoryd.domain.conversations.job import AddMessagesJob
 from memoryd.domain.conversations.model import KIND
 from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.errors import DomainError
+from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import Embedder, VectorStore
@@ -188,14 +189,18 @@ async def _build(
     embedder = await _embedder(stack, settings, embedder)
     vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
     domain = _services(settings, store, control, hasher, clock, limits, metrics, embedder, vectors)
+    idempotency = Idempotency(metrics.timed("sql", store), clock)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
-    server = _server(stack, settings, pipeline, domain, health, clock, tracer_provider)
+    server = _server(stack, settings, pipeline, domain, idempotency, health, clock, tracer_provider)
     port = listen(server, settings)
     _metrics_endpoint(stack, settings, metrics, {**limits.counters, **_key_cache(authenticator)})
     # Last, once the port, the model and the stores are in hand: an owner key
     # made before a step that then failed would never be shown.
     bootstrapped = await _bootstrap(store, hasher, clock, bootstrap_if_empty)
-    _start_sweeper(stack, domain.memories, settings.sweep_interval_s)
+    _start_sweeper(
+        stack, "expired memories", domain.memories.sweep_expired, settings.sweep_interval_s
+    )
+    _start_sweeper(stack, "expired request ids", idempotency.sweep, settings.sweep_interval_s)
     _start_jobs(stack, domain.jobs, store, settings, clock)
     return App(
         settings=settings,
@@ -601,6 +606,7 @@ def _server(
     settings: Settings,
     pipeline: Pipeline,
     domain: _Services,
+    idempotency: Idempotency,
     health: Health,
     clock: Clock,
     tracer_provider: Any,
@@ -610,7 +616,7 @@ def _server(
     # every method of the three services; health and reflection stay open.
     pipeline.register(
         memory_pb2_grpc.add_MemoryServiceServicer_to_server,
-        MemoryServicer(domain.memories, domain.conversations, domain.describe[KIND]),
+        MemoryServicer(domain.memories, idempotency, domain.conversations, domain.describe[KIND]),
         server,
     )
     pipeline.register(
@@ -677,8 +683,10 @@ async def _bootstrap(
     return None
 
 
-def _start_sweeper(stack: AsyncExitStack, memories: MemoryService, interval_s: float) -> None:
-    task = asyncio.get_running_loop().create_task(_sweeper(memories, interval_s))
+def _start_sweeper(
+    stack: AsyncExitStack, what: str, sweep: Callable[[], Awaitable[int]], interval_s: float
+) -> None:
+    task = asyncio.get_running_loop().create_task(_sweeper(what, sweep, interval_s))
 
     async def cancel() -> None:
         task.cancel()
@@ -687,18 +695,19 @@ def _start_sweeper(stack: AsyncExitStack, memories: MemoryService, interval_s: f
     _on_close(stack, cancel)
 
 
-async def _sweeper(memories: MemoryService, interval_s: float) -> None:
-    """Removes expired memories in the background (they are invisible already)."""
+async def _sweeper(what: str, sweep: Callable[[], Awaitable[int]], interval_s: float) -> None:
+    """Removes `what` in the background (expired memories and request ids are
+    invisible already)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            removed = await memories.sweep_expired()
+            removed = await sweep()
             if removed:
-                log.info("swept %d expired memories", removed)
+                log.info("swept %d %s", removed, what)
         except DomainError as err:  # a full or hung disk: said, not a traceback
-            log.warning("sweep of expired memories failed: %s", err)
+            log.warning("sweep of %s failed: %s", what, err)
         except Exception:
-            log.exception("sweep of expired memories failed")
+            log.exception("sweep of %s failed", what)
 
 
 def _start_jobs(
@@ -713,32 +722,11 @@ def _start_jobs(
     runner.start()
     _on_close(stack, runner.stop)
     retention = timedelta(hours=settings.operation_retention_hours)
-    task = asyncio.get_running_loop().create_task(
-        _operation_sweeper(store, clock, retention, settings.sweep_interval_s)
-    )
 
-    async def cancel() -> None:
-        task.cancel()
-        await asyncio.wait([task], timeout=5.0)
+    async def sweep() -> int:
+        return await store.sweep_operations(clock.now() - retention, 1000)
 
-    _on_close(stack, cancel)
-
-
-async def _operation_sweeper(
-    store: SqlControlStore, clock: Clock, retention: timedelta, interval_s: float
-) -> None:
-    """Deletes finished operations (and their messages) past their retention."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            before = clock.now() - retention
-            removed = await store.sweep_operations(before, 1000)
-            if removed:
-                log.info("swept %d finished operations past their retention", removed)
-        except DomainError as err:
-            log.warning("sweep of finished operations failed: %s", err)
-        except Exception:
-            log.exception("sweep of finished operations failed")
+    _start_sweeper(stack, "finished operations", sweep, settings.sweep_interval_s)
 
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:

@@ -13,10 +13,12 @@ from memoryd.api import convert
 from memoryd.api.call import current_call, current_caller
 from memoryd.api.conversations import add_messages
 from memoryd.api.errors import MAX_STOPPED_IMPORT_ERRORS, status_proto
+from memoryd.api.idempotent import Idempotent
 from memoryd.api.operations import Describe, operation_pb
 from memoryd.api.steps import OFFLOAD_DECODE_BYTES
 from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
+from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.memories import (
     MAX_FILTER_DEPTH,
     MemoryService,
@@ -41,12 +43,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(
         self,
         memories: MemoryService,
+        idempotency: Idempotency,
         conversations: ConversationService | None = None,
         describe: Describe | None = None,
     ) -> None:
         """`conversations` and `describe` serve AddMessages (UNIMPLEMENTED
         without them)."""
         self._m = memories
+        self._once = Idempotent(idempotency)
         self._conversations = conversations
         self._describe = describe
 
@@ -61,10 +65,15 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def CreateMemory(
         self, request: memory_pb2.CreateMemoryRequest, context: Any
     ) -> memory_pb2.CreateMemoryResponse:
-        created = await self._m.create(current_caller(), new_memory(request, ""))
-        return memory_pb2.CreateMemoryResponse(
-            memory=memory(created.record), deduplicated=created.deduplicated
-        )
+        item = new_memory(request, "")
+
+        async def create() -> memory_pb2.CreateMemoryResponse:
+            created = await self._m.create(current_caller(), item)
+            return memory_pb2.CreateMemoryResponse(
+                memory=memory(created.record), deduplicated=created.deduplicated
+            )
+
+        return await self._once.run(request, context, memory_pb2.CreateMemoryResponse, create)
 
     async def BatchCreateMemories(
         self, request: memory_pb2.BatchCreateMemoriesRequest, context: Any
@@ -74,6 +83,20 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             items, failures = await asyncio.to_thread(_batch_items, request)
         else:
             items, failures = _batch_items(request)
+        # The batch's request_id counts; an item's own `requests[i].request_id`
+        # is ignored (beyond being part of the request's fingerprint).
+        return await self._once.run(
+            request,
+            context,
+            memory_pb2.BatchCreateMemoriesResponse,
+            lambda: self._batch_create(items, failures),
+        )
+
+    async def _batch_create(
+        self, items: list[NewMemory], failures: dict[int, DomainError]
+    ) -> memory_pb2.BatchCreateMemoriesResponse:
+        """One result per item; a batch with failed items is still a
+        successful response (and stored as one under its request_id)."""
         results = await self._m.batch_create(current_caller(), items)
         out = memory_pb2.BatchCreateMemoriesResponse()
         for i, result in enumerate(results):

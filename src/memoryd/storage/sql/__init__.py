@@ -3,7 +3,8 @@
 
 `SqlControlStore` (`store`) implements the domain's `ControlStore`; its
 calls live with their tables: `tenancy` (organizations, projects,
-environments), `keys`, `audit`. `schema` holds the tables and migrations
+environments), `keys`, `audit`, `idempotency` (which defines its own table,
+on the same metadata). `schema` holds the other tables and migrations
 (created on `open()`; `schema_version` records what was applied, so later
 versions migrate in place), `tx` the transactions and what their integrity
 errors mean, `outage` what happens when the database cannot answer.

@@ -1,6 +1,6 @@
 """`SqlControlStore`: the control store's lifecycle and its one way in to
 the database; its calls live with their tables (`tenancy`, `keys`,
-`audit`)."""
+`audit`, `idempotency`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memoryd.domain.errors import Unavailable
 from memoryd.storage.sql.audit import AuditTables
+from memoryd.storage.sql.idempotency import IdempotencyTables
 from memoryd.storage.sql.keys import KeyTables
 from memoryd.storage.sql.operations import LlmUsageTables, OperationTables
 from memoryd.storage.sql.outage import Guarded, Reachability, discard_broken_connections
@@ -27,9 +28,17 @@ _CONNECT_TIMEOUT_S = 5.0
 
 
 class SqlControlStore(
-    TenancyTables, KeyTables, AuditTables, PromptTables, OperationTables, LlmUsageTables
+    TenancyTables,
+    KeyTables,
+    AuditTables,
+    IdempotencyTables,
+    PromptTables,
+    OperationTables,
+    LlmUsageTables,
 ):
-    """`ControlStore` on SQLAlchemy Core async. See `memoryd.domain.control`."""
+    """The control store on SQLAlchemy Core async: `ControlStore`,
+    `IdempotencyStore`, `PromptStore`, `OperationStore` and `TokenLedger`
+    (see `memoryd.domain`)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self._url = url
