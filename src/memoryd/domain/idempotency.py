@@ -13,9 +13,10 @@ different request (another fingerprint) is refused. Keys expire after
 until then.
 
 The crash window: the work is done but the server dies before the response
-is stored. The claim goes stale, and the retry runs the work again (a
-duplicate write). A later change makes the memory ids deterministic from the
-request id, which closes it for creates.
+is stored. The claim goes stale, and the retry runs the work again. For
+creates this writes nothing twice: the memories of a request with a request
+id get ids derived from its key (`IdempotencyKey.memory_id`), so the re-run
+overwrites what the first run wrote.
 
 `IdempotencyStore` is the port; `memoryd.storage.sql.idempotency` keeps it
 in the control store, so every replica sees the same keys.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -61,6 +63,27 @@ class IdempotencyKey:
     end_user_id: str
     method: str
     request_id: str
+
+    def memory_id(self, index: int) -> str:
+        """The id of the `index`th memory this request creates, derived from
+        the key: a re-run of the request (its first run was cut short before
+        its response was saved) writes the same ids, so it overwrites what
+        that run wrote instead of adding duplicates."""
+        name = "\x1f".join(
+            (
+                self.org_id,
+                self.project_id,
+                self.environment_id,
+                self.end_user_id,
+                self.method,
+                self.request_id,
+                str(index),
+            )
+        )
+        return str(uuid.uuid5(_MEMORY_ID_NAMESPACE, name))
+
+
+_MEMORY_ID_NAMESPACE = uuid.UUID("0b7f4f0e-9a3e-4a51-8f2d-6c3b1e2d7a94")
 
 
 @dataclass(frozen=True)
