@@ -6,8 +6,8 @@ written plainly (dicts and lists) so that a reader can check it by eye:
 - `FakeControlStore`: organizations, projects, environments, keys and the
   audit log, confined to the caller's organization like the SQL store;
 - `FakeVectorStore`: memory points in a dict, with the tenant rule (one end
-  user, none, or all of them), expiry, the structured filter and cosine
-  search;
+  user, none, or all of them), expiry, the time of truth (`Validity`), the
+  structured filter and cosine search;
 - `FakeHasher`: sha256, compared in constant time;
 - `ListSink`, `Invalidations`: record what the domain sent them.
 
@@ -45,6 +45,7 @@ from memoryd.domain.errors import AlreadyExists, NotFound
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import (
+    CURRENT,
     Condition,
     Cursor,
     Filter,
@@ -55,6 +56,7 @@ from memoryd.domain.memory import (
     Page,
     ScoredRecord,
     TimeRange,
+    Validity,
 )
 from memoryd.domain.projects import Ceilings, ProjectManager
 from memoryd.domain.tenancy import Caller, EnvironmentKind, KeyKind, Principal, Scope, Tenant
@@ -220,6 +222,15 @@ def _visible(tenant: Tenant, record: MemoryRecord, now: datetime) -> bool:
     return alive and tenant.sees(record.tenant.key, record.tenant.end_user_id)
 
 
+def admits(validity: Validity, record: MemoryRecord, now: datetime) -> bool:
+    """Whether a read of `validity` at `now` sees `record`, as `Validity` states it."""
+    if validity.include_invalidated and validity.as_of is None:
+        return True
+    at = validity.as_of or now
+    since = record.valid_time or record.create_time
+    return since <= at and (record.invalid_time is None or at < record.invalid_time)
+
+
 def _values(record: MemoryRecord, name: str) -> list[Any]:
     """The values of a filter field on a record (a list: `tags` has several)."""
     if name == "tags":
@@ -303,12 +314,16 @@ class FakeVectorStore:
                 del self.records[i]
 
     def _matching(
-        self, tenants: Sequence[Tenant], flt: Filter, now: datetime
+        self, tenants: Sequence[Tenant], flt: Filter, now: datetime, validity: Validity | None
     ) -> list[MemoryRecord]:
+        """Visible to one of `tenants`, matching `flt`, admitted by
+        `validity` (None: holding or not)."""
         return [
             r
             for r in self.records.values()
-            if any(_visible(t, r, now) for t in tenants) and matches(r, flt)
+            if any(_visible(t, r, now) for t in tenants)
+            and matches(r, flt)
+            and (validity is None or admits(validity, r, now))
         ]
 
     async def search(
@@ -319,21 +334,28 @@ class FakeVectorStore:
         limit: int,
         now: datetime,
         min_score: float | None = None,
+        validity: Validity = CURRENT,
     ) -> list[ScoredRecord]:
         scored = [
             ScoredRecord(replace(r, vector=None, revisions=()), _cosine(vector, r.vector or ()))
-            for r in self._matching(tenants, flt, now)
+            for r in self._matching(tenants, flt, now, validity)
         ]
         kept = [s for s in scored if min_score is None or s.score >= min_score]
         return sorted(kept, key=lambda s: s.score, reverse=True)[:limit]
 
     async def scroll(
-        self, tenant: Tenant, flt: Filter, limit: int, now: datetime, after: Cursor | None = None
+        self,
+        tenant: Tenant,
+        flt: Filter,
+        limit: int,
+        now: datetime,
+        after: Cursor | None = None,
+        validity: Validity = CURRENT,
     ) -> Page:
         def key(r: MemoryRecord) -> tuple[datetime, str]:
             return (r.create_time, r.id)
 
-        ordered = sorted(self._matching([tenant], flt, now), key=key, reverse=True)
+        ordered = sorted(self._matching([tenant], flt, now, validity), key=key, reverse=True)
         if after is not None:
             ordered = [r for r in ordered if key(r) < (after.create_time, after.id)]
         page = [replace(r, vector=None, revisions=()) for r in ordered[:limit]]
@@ -341,10 +363,10 @@ class FakeVectorStore:
         return Page(page, Cursor(page[-1].create_time, page[-1].id) if more else None)
 
     async def count(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
-        return len(self._matching([tenant], flt, now))
+        return len(self._matching([tenant], flt, now, None))
 
     async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
-        doomed = self._matching([tenant], flt, now)
+        doomed = self._matching([tenant], flt, now, None)
         for r in doomed:
             del self.records[r.id]
         return len(doomed)

@@ -9,11 +9,18 @@ organization, project, environment or end user), and cannot be changed or
 deleted by it. Within an environment a tenant reaches one end user's
 records, or only the records without an end user, or (`all_end_users`)
 every record.
+
+Time of truth: search and scroll see the records that hold at `now` unless
+asked for the invalidated too, or for those that held at a time (`as_of`);
+get, count and delete_matching see every record, holding or not. Points an
+older memoryd wrote (payload layout 1) are upgraded in place when a store
+opens, and read exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import random
@@ -27,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qdrant_client import AsyncQdrantClient, QdrantClient
+import qdrant_edge as qe
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
 from memoryd.domain.errors import (
     AlreadyExists,
@@ -37,6 +45,7 @@ from memoryd.domain.errors import (
     Unavailable,
 )
 from memoryd.domain.memory import (
+    CURRENT,
     Condition,
     Cursor,
     Filter,
@@ -44,11 +53,14 @@ from memoryd.domain.memory import (
     MatchAny,
     MemoryRecord,
     NumberRange,
+    Origin,
     Revision,
     TimeRange,
+    Validity,
 )
 from memoryd.domain.tenancy import Tenant
-from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.edge import SHARD, EdgeVectorStore
+from memoryd.storage.vectors.layout import NO_EXPIRY, to_micros
 from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.qdrant import QdrantVectorStore, collection_name
 
@@ -93,6 +105,8 @@ def rand_vector(rng: random.Random) -> tuple[float, ...]:
 
 
 def record(tenant: Tenant, **changes: Any) -> MemoryRecord:
+    """A record as the stores read it back: holding since its create_time
+    unless `changes` say otherwise."""
     base = MemoryRecord(
         id=str(uuid.uuid4()),
         tenant=tenant,
@@ -108,7 +122,8 @@ def record(tenant: Tenant, **changes: Any) -> MemoryRecord:
         revision=1,
         vector=axis(0),
     )
-    return replace(base, **changes)
+    rec = replace(base, **changes)
+    return rec if rec.valid_time is not None else replace(rec, valid_time=rec.create_time)
 
 
 def ids(records: Sequence[MemoryRecord]) -> set[str]:
@@ -183,9 +198,23 @@ async def test_a_record_reads_back_exactly(store: Store) -> None:
                 source="import",
                 update_time=datetime(2026, 2, 1, 8, 30, 15, 654321, tzinfo=UTC),
                 replace_time=datetime(2026, 2, 2, 9, 0, tzinfo=UTC),
+                valid_time=datetime(2026, 1, 1, tzinfo=UTC),
+                invalid_time=datetime(2026, 2, 2, 9, 0, tzinfo=UTC),
             ),
         ),
         vector=rand_vector(random.Random(1)),
+        valid_time=datetime(2025, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        invalid_time=NOW + timedelta(days=1, microseconds=7),
+        superseded_by=str(uuid.uuid4()),
+        origin=Origin(
+            operation_id="op-1",
+            message_indexes=(0, 2),
+            thread_id="thread-9",
+            extractor="llm",
+            extractor_version="llm-1/model-x",
+            prompt_versions=("extraction:builtin-1", "decision:3"),
+            writer_key_id="key-1",
+        ),
     )
     await store.upsert(A_USER1, [rec])
 
@@ -770,6 +799,98 @@ async def test_an_empty_scroll_has_no_cursor(store: Store) -> None:
     assert len(page.records) == 1 and page.next_cursor is None
 
 
+# --- time of truth ----------------------------------------------------------------
+
+EVERY_TIME = Validity(include_invalidated=True)
+
+
+def at(t: datetime, include_invalidated: bool = False) -> Validity:
+    return Validity(include_invalidated=include_invalidated, as_of=t)
+
+
+async def seen(store: Store, tenant: Tenant, validity: Validity) -> tuple[set[str], set[str]]:
+    """The ids a scroll (every page) and a search of `tenant` see under `validity`."""
+    listed: list[MemoryRecord] = []
+    cursor: Cursor | None = None
+    while True:
+        page = await store.scroll(tenant, Filter(), 2, NOW, cursor, validity)
+        listed += page.records
+        if (cursor := page.next_cursor) is None:
+            break
+    found = await store.search([tenant], axis(0), Filter(), 100, NOW, validity=validity)
+    return ids(listed), {s.record.id for s in found}
+
+
+async def test_reads_see_what_holds_now_unless_asked_otherwise(store: Store) -> None:
+    start = NOW - timedelta(days=10)
+    ended_at = NOW - timedelta(days=5)
+    holds = record(A, valid_time=start, vector=axis(0, 0.1))
+    ended = record(
+        A, valid_time=start, invalid_time=ended_at, superseded_by=holds.id, vector=axis(0, 0.2)
+    )
+    ends_now = record(A, valid_time=start, invalid_time=NOW, vector=axis(0, 0.3))
+    ends_later = record(
+        A, valid_time=start, invalid_time=NOW + timedelta(microseconds=1), vector=axis(0, 0.4)
+    )
+    ahead = record(A, valid_time=NOW + timedelta(days=1), vector=axis(0, 0.5))
+    starts_now = record(A, valid_time=NOW, vector=axis(0, 0.6))
+    # expiry still applies to every read, whatever the validity
+    expired = record(A, valid_time=start, invalid_time=ended_at, expire_time=NOW)
+    every = [holds, ended, ends_now, ends_later, ahead, starts_now, expired]
+    await store.upsert(A, every)
+
+    def both(*recs: MemoryRecord) -> tuple[set[str], set[str]]:
+        return ids(recs), ids(recs)
+
+    assert await seen(store, A, CURRENT) == both(holds, ends_later, starts_now)
+    assert await seen(store, A, EVERY_TIME) == both(*every[:-1])
+    before_end = ended_at - timedelta(days=2)
+    assert await seen(store, A, at(before_end)) == both(holds, ended, ends_now, ends_later)
+    assert await seen(store, A, at(ended_at)) == both(holds, ends_now, ends_later)
+    # as_of wins over include_invalidated
+    assert await seen(store, A, at(ended_at, include_invalidated=True)) == both(
+        holds, ends_now, ends_later
+    )
+    assert await seen(store, A, at(start - timedelta(microseconds=1))) == both()
+    assert await seen(store, A, at(NOW + timedelta(days=2))) == both(holds, ahead, starts_now)
+    # by id, every record that has not expired, holding or not, as written
+    got = {r.id: r for r in await store.get(A, [r.id for r in every], NOW)}
+    assert set(got) == ids(every[:-1])
+    assert got[ended.id] == replace(ended, vector=None)
+    # no validity widens a tenant's reach
+    for stranger in STRANGERS.values():
+        for validity in (CURRENT, EVERY_TIME, at(before_end)):
+            assert await seen(store, stranger, validity) == both()
+
+
+async def test_count_and_delete_matching_include_what_no_longer_holds(store: Store) -> None:
+    ended = NOW - timedelta(days=1)
+    recs = [
+        record(A, tags=("x",)),
+        record(A, tags=("x",), valid_time=ended - timedelta(days=1), invalid_time=ended),
+        record(A, tags=("x",), valid_time=NOW + timedelta(days=1)),
+        record(A),
+    ]
+    await store.upsert(A, recs)
+    x = Filter(must=(Match("tags", "x"),))
+    assert await store.count(A, x, NOW) == 3
+    assert await store.delete_matching(A, x, NOW) == 3
+    assert ids(await store.get(A, [r.id for r in recs], NOW)) == {recs[3].id}
+
+
+async def test_an_update_can_end_and_restore_a_records_truth(store: Store) -> None:
+    rec = record(A, create_time=NOW - timedelta(hours=2))
+    await store.upsert(A, [rec])
+    superseded = replace(rec, invalid_time=NOW - timedelta(hours=1), superseded_by="next")
+    await store.upsert(A, [superseded])
+    assert await seen(store, A, CURRENT) == (set(), set())
+    assert await seen(store, A, at(NOW - timedelta(minutes=90))) == ({rec.id}, {rec.id})
+    [got] = await store.get(A, [rec.id], NOW)
+    assert got == replace(superseded, vector=None)
+    await store.upsert(A, [rec])
+    assert await seen(store, A, CURRENT) == ({rec.id}, {rec.id})
+
+
 # --- counting and deleting ------------------------------------------------------
 
 
@@ -1087,4 +1208,200 @@ async def test_edge_refuses_writes_below_the_free_space_floor_and_keeps_reading(
     later = record(A)
     await s.upsert(A, [later])
     assert await s.count(A, Filter(), NOW) == 2
+    await s.close()
+
+
+# --- payload layout 1 ---------------------------------------------------------------
+
+
+def layout_1_payload(rec: MemoryRecord) -> dict[str, Any]:
+    """A point's payload as memoryd wrote it before the time of truth."""
+    t = rec.tenant
+    payload: dict[str, Any] = {
+        "org_id": t.org_id,
+        "project_id": t.project_id,
+        "environment_id": t.environment_id,
+        "tenant": t.key,
+        "end_user_id": t.end_user_id,
+        "content": rec.content,
+        "metadata": dict(rec.metadata),
+        "agent_id": rec.agent_id,
+        "thread_id": rec.thread_id,
+        "source": rec.source,
+        "tags": list(rec.tags),
+        "create_time": to_micros(rec.create_time),
+        "update_time": to_micros(rec.update_time),
+        "expire_time": NO_EXPIRY if rec.expire_time is None else to_micros(rec.expire_time),
+        "revision": rec.revision,
+        "revisions": [
+            {
+                "revision": r.revision,
+                "content": r.content,
+                "metadata": dict(r.metadata),
+                "tags": list(r.tags),
+                "agent_id": r.agent_id,
+                "thread_id": r.thread_id,
+                "source": r.source,
+                "update_time": to_micros(r.update_time),
+                "replace_time": to_micros(r.replace_time),
+            }
+            for r in rec.revisions
+        ],
+        "layout": 1,
+    }
+    if rec.metadata.get("vip") is True:
+        payload["metadata_bools"] = {"vip": 1}
+    return payload
+
+
+TRUTH_INDEXES = ("valid_time", "invalid_time")
+
+
+class IndexNotingClient(QdrantClient):
+    """Local mode, noting the payload indexes a store creates: local mode
+    keeps no list of them (its collection info shows none)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.indexed: set[str] = set()
+
+    def create_payload_index(self, collection_name: str, field_name: str, **kw: Any) -> Any:
+        self.indexed.add(field_name)
+        return super().create_payload_index(collection_name, field_name, **kw)
+
+
+def write_layout_1(
+    engine: str, path: Path, client: IndexNotingClient, recs: list[MemoryRecord]
+) -> None:
+    """Writes `recs` as layout-1 points straight into a closed store, and
+    drops the indexes that layout lacked."""
+    if engine == "qdrant":
+        name = collection_name(MODEL)
+        for field in TRUTH_INDEXES:
+            client.delete_payload_index(name, field)
+        points = [
+            models.PointStruct(id=r.id, vector=list(r.vector or ()), payload=layout_1_payload(r))
+            for r in recs
+        ]
+        client.upsert(name, points=points)
+        client.indexed.clear()
+        return
+    shard = qe.EdgeShard.load(str(path / SHARD))
+    try:
+        for field in TRUTH_INDEXES:
+            shard.update(qe.UpdateOperation.delete_field_index(field))
+        points = [qe.Point(r.id, list(r.vector or ()), layout_1_payload(r)) for r in recs]
+        shard.update(qe.UpdateOperation.upsert_points(points))
+        shard.flush()
+    finally:
+        shard.close()
+
+
+def truth_indexes(engine: str, path: Path, client: IndexNotingClient) -> set[str]:
+    """Which of TRUTH_INDEXES a closed store has (for qdrant: which were
+    created since the layout-1 points were written)."""
+    if engine == "qdrant":
+        have = client.indexed
+    else:
+        shard = qe.EdgeShard.load(str(path / SHARD))
+        try:
+            have = set(shard.info().payload_schema)
+        finally:
+            shard.close()
+    return have & set(TRUTH_INDEXES)
+
+
+@pytest.mark.parametrize("engine", ["edge", "edge-process", "qdrant"])
+async def test_points_of_layout_1_are_upgraded_in_place_on_open(
+    engine: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store holding points an older memoryd wrote (no valid_time, no
+    invalid_time, nor their indexes) is upgraded when it opens: every point
+    reads, lists, searches and filters exactly as before, holding since its
+    creation; a point already of this layout is left as it is; opening
+    again changes nothing."""
+    client = IndexNotingClient()
+    path = tmp_path / "v"
+
+    async def opened() -> Store:
+        s: Store
+        if engine == "qdrant":
+            s = QdrantVectorStore(client)
+        else:
+            s = EdgeVectorStore(path, process=engine == "edge-process")
+        await s.open(MODEL, DIM)
+        return s
+
+    rng = random.Random(3)
+    past = Revision(
+        revision=1,
+        content="likes tea",
+        metadata={},
+        tags=("pref",),
+        agent_id="",
+        thread_id="",
+        source="",
+        update_time=NOW - timedelta(days=3),
+        replace_time=NOW - timedelta(days=2),
+    )
+    # more than one batch of the upgrade, many at one instant
+    old = [
+        record(
+            A,
+            create_time=NOW - timedelta(minutes=i // 3),
+            vector=rand_vector(rng),
+            metadata={"lang": "en", "vip": i % 2 == 0},
+            tags=(str(i % 5),),
+        )
+        for i in range(300)
+    ]
+    old += [
+        record(A, vector=axis(3), revision=2, revisions=(past,), content="the one"),
+        record(A_USER1, expire_time=NOW + timedelta(days=1)),
+    ]
+    newer = record(A, valid_time=NOW - timedelta(days=9), invalid_time=NOW - timedelta(days=8))
+
+    s = await opened()
+    await s.upsert(A, [newer])
+    await s.close()
+    write_layout_1(engine, path, client, old)
+    assert truth_indexes(engine, path, client) == set()
+
+    caplog.set_level(logging.INFO, logger="memoryd.storage.vectors")
+    s = await opened()
+    assert f"upgraded {len(old)} memory points to payload layout 2" in caplog.text
+    by_id = {r.id: r for r in old}
+    got = await s.get(A_ALL, [*by_id, newer.id], NOW, with_vectors=True)
+    assert ids(got) == {*by_id, newer.id}
+    for g in got:
+        want = by_id.get(g.id, newer)
+        assert g.vector == pytest.approx(want.vector, abs=1e-6)
+        assert replace(g, vector=None) == replace(want, vector=None)
+        assert g.valid_time == (newer.valid_time if g.id == newer.id else g.create_time)
+
+    in_a = sorted(
+        (r for r in old if r.tenant == A), key=lambda r: (r.create_time, r.id), reverse=True
+    )
+    assert [r.id for r in await all_pages(s, A, Filter(), 64)] == [r.id for r in in_a]
+    [best, *_] = await s.search([A], axis(3), Filter(), 5, NOW)
+    assert best.record == replace(by_id[best.record.id], vector=None, revisions=())
+    assert best.record.content == "the one"
+    assert best.score == pytest.approx(1.0, abs=1e-5)
+    assert ids((await s.scroll(A_USER1, Filter(), 10, NOW)).records) == {old[-1].id}
+    vip = Filter(must=(Match("metadata.vip", True), Match("tags", "0")))
+    assert await s.count(A, vip, NOW) == len(
+        [r for r in in_a if r.metadata.get("vip") and r.tags == ("0",)]
+    )
+    # they held from their creation; the invalidated point of layout 2 kept its times
+    before = NOW - timedelta(days=8, hours=12)
+    assert await seen(s, A, at(before)) == ({newer.id}, {newer.id})
+    listed, _ = await seen(s, A, EVERY_TIME)
+    assert listed == {newer.id} | ids(in_a)
+    await s.close()
+    assert truth_indexes(engine, path, client) == set(TRUTH_INDEXES)
+
+    caplog.clear()
+    s = await opened()
+    assert "upgraded" not in caplog.text
+    assert await s.count(A_ALL, Filter(), NOW) == len(old) + 1
     await s.close()

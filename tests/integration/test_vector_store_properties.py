@@ -6,8 +6,11 @@ directory; qdrant-client local mode): upserts (new ids, updates, and ids of
 other tenants that must be refused), gets, deletes, searches (also across
 tenants), paginated scrolls, counts, delete_matching, delete_scope, expiry
 by a moving clock and sweeps. Tenants come from a pool of 2 organizations x
-2 projects x 2 environments x (no end user, 2 end users). A read that shows
-a record its tenant may not see, misses one it may, or miscounts, fails.
+2 projects x 2 environments x (no end user, 2 end users). Records hold from
+a valid_time (past or ahead) until an invalid_time (or always), and searches
+and scrolls read them at now, at a time (as_of) or whatever their validity.
+A read that shows a record its tenant may not see, misses one it may, or
+miscounts, fails.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from qdrant_client import QdrantClient
 
 from memoryd.domain.errors import AlreadyExists
 from memoryd.domain.memory import (
+    CURRENT,
     Condition,
     Cursor,
     Filter,
@@ -39,6 +43,7 @@ from memoryd.domain.memory import (
     MemoryRecord,
     NumberRange,
     TimeRange,
+    Validity,
 )
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.vectors.edge import EdgeVectorStore
@@ -100,6 +105,15 @@ leaf_conditions: st.SearchStrategy[Condition] = st.one_of(
         st.sampled_from(["create_time", "update_time"]),
         start=st.none() | st.integers(0, 40).map(lambda s: START - timedelta(seconds=s)),
         end=st.none() | st.integers(0, 40).map(lambda s: START + timedelta(seconds=s)),
+    ),
+)
+validities: st.SearchStrategy[Validity] = st.one_of(
+    st.just(CURRENT),
+    st.just(Validity(include_invalidated=True)),
+    st.builds(
+        Validity,
+        include_invalidated=st.booleans(),
+        as_of=st.integers(-10, 60).map(lambda s: START + timedelta(seconds=s)),
     ),
 )
 filters: st.SearchStrategy[Filter] = st.one_of(
@@ -172,6 +186,15 @@ def matches(r: MemoryRecord, c: Condition) -> bool:
     return any(w in have for w in wanted)
 
 
+def admits(validity: Validity, r: MemoryRecord, now: datetime) -> bool:
+    """The contract's meaning of a validity."""
+    if validity.as_of is None and validity.include_invalidated:
+        return True
+    at = validity.as_of or now
+    assert r.valid_time is not None  # the model's records all say
+    return r.valid_time <= at and (r.invalid_time is None or at < r.invalid_time)
+
+
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
         sum(x * x for x in a) * sum(y * y for y in b)
@@ -208,14 +231,19 @@ class StoreMachine(RuleBasedStateMachine):
             self.loop.close()
 
     def visible(
-        self, viewers: Sequence[Tenant], flt: Filter = EVERYTHING
+        self,
+        viewers: Sequence[Tenant],
+        flt: Filter = EVERYTHING,
+        validity: Validity | None = None,
     ) -> dict[str, MemoryRecord]:
+        """What `viewers` see of the model (`validity` None: holding or not)."""
         return {
             i: r
             for i, r in self.model.items()
             if any(can_see(v, r.tenant) for v in viewers)
             and (r.expire_time is None or r.expire_time > self.now)
             and matches(r, flt)
+            and (validity is None or admits(validity, r, self.now))
         }
 
     def check_records(self, tenant: Sequence[Tenant], got: Sequence[MemoryRecord]) -> None:
@@ -251,6 +279,8 @@ class StoreMachine(RuleBasedStateMachine):
             if tenant.all_end_users:  # a tenant reaching all end users writes for any
                 owner = owner_of(tenant, data.draw(st.sampled_from(["", "u1", "u2"])))
             ttl = data.draw(st.none() | st.integers(-2, 20))
+            valid_time = self.now + timedelta(seconds=data.draw(st.sampled_from([-6, 0, 3])))
+            lasts = data.draw(st.none() | st.integers(1, 10))
             recs.append(
                 MemoryRecord(
                     id=self.next_id(),
@@ -269,6 +299,8 @@ class StoreMachine(RuleBasedStateMachine):
                     expire_time=None if ttl is None else self.now + timedelta(seconds=ttl),
                     revision=1,
                     vector=data.draw(vectors),
+                    valid_time=valid_time,
+                    invalid_time=None if lasts is None else valid_time + timedelta(seconds=lasts),
                 )
             )
         return recs
@@ -372,13 +404,13 @@ class StoreMachine(RuleBasedStateMachine):
         tenant = self.pick_tenant(data)
         assert self.run(self.store.count(tenant, flt, self.now)) == len(self.visible([tenant], flt))
 
-    @rule(data=st.data(), flt=filters, size=st.integers(1, 6))
-    def scroll(self, data: st.DataObject, flt: Filter, size: int) -> None:
+    @rule(data=st.data(), flt=filters, size=st.integers(1, 6), validity=validities)
+    def scroll(self, data: st.DataObject, flt: Filter, size: int, validity: Validity) -> None:
         tenant = self.pick_tenant(data)
         got: list[MemoryRecord] = []
         cursor: Cursor | None = None
         while True:
-            page = self.run(self.store.scroll(tenant, flt, size, self.now, cursor))
+            page = self.run(self.store.scroll(tenant, flt, size, self.now, cursor, validity))
             assert len(page.records) <= size
             got.extend(page.records)
             if page.next_cursor is None:
@@ -386,20 +418,33 @@ class StoreMachine(RuleBasedStateMachine):
             assert len(page.records) == size
             cursor = page.next_cursor
         expected = sorted(
-            self.visible([tenant], flt).values(), key=lambda r: (r.create_time, r.id), reverse=True
+            self.visible([tenant], flt, validity).values(),
+            key=lambda r: (r.create_time, r.id),
+            reverse=True,
         )
         assert [g.id for g in got] == [r.id for r in expected]
         self.check_records([tenant], got)
 
-    @rule(data=st.data(), query=vectors, flt=filters, limit=st.integers(1, 8))
+    @rule(
+        data=st.data(),
+        query=vectors,
+        flt=filters,
+        limit=st.integers(1, 8),
+        validity=validities,
+    )
     def search(
-        self, data: st.DataObject, query: tuple[float, ...], flt: Filter, limit: int
+        self,
+        data: st.DataObject,
+        query: tuple[float, ...],
+        flt: Filter,
+        limit: int,
+        validity: Validity,
     ) -> None:
         viewers = list(
             dict.fromkeys(self.pick_tenant(data) for _ in range(data.draw(st.integers(1, 3))))
         )
-        found = self.run(self.store.search(viewers, query, flt, limit, self.now))
-        candidates = self.visible(viewers, flt)
+        found = self.run(self.store.search(viewers, query, flt, limit, self.now, validity=validity))
+        candidates = self.visible(viewers, flt, validity)
         ids = [s.record.id for s in found]
         assert len(ids) == len(set(ids)) == min(limit, len(candidates))
         assert set(ids) <= set(candidates)

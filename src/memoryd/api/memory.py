@@ -33,8 +33,10 @@ from memoryd.domain.memory import (
     MatchAny,
     MemoryRecord,
     NumberRange,
+    Origin,
     Revision,
     TimeRange,
+    Validity,
 )
 from memoryd.v1 import memory_pb2, memory_pb2_grpc
 
@@ -133,7 +135,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.ListMemoriesRequest, context: Any
     ) -> memory_pb2.ListMemoriesResponse:
         page = await self._m.list_memories(
-            current_caller(), to_filter(request.filter), request.page_size, request.page_token
+            current_caller(),
+            to_filter(request.filter),
+            request.page_size,
+            request.page_token,
+            validity=validity(request),
         )
         return memory_pb2.ListMemoriesResponse(
             memories=[memory(r) for r in page.records], next_page_token=page.next_page_token
@@ -151,6 +157,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             top_k=request.top_k,
             min_score=request.min_score,
             cross_project=call.allow_cross_project,
+            validity=validity(request),
         )
         return memory_pb2.SearchMemoriesResponse(
             results=[
@@ -309,6 +316,8 @@ def new_memory(req: memory_pb2.CreateMemoryRequest, prefix: str) -> NewMemory:
         ttl=convert.from_duration(req.ttl, f"{prefix}ttl") if req.HasField("ttl") else None,
         dedupe=req.dedupe,
         dedupe_threshold=req.dedupe_threshold,
+        valid_time=convert.opt_ts(m, "valid_time", f"{prefix}memory.valid_time"),
+        invalid_time=convert.opt_ts(m, "invalid_time", f"{prefix}memory.invalid_time"),
     )
 
 
@@ -326,6 +335,18 @@ def memory_update(req: memory_pb2.UpdateMemoryRequest) -> MemoryUpdate:
         tags=tuple(m.tags),
         embedding=tuple(m.embedding),
         expire_time=convert.opt_ts(m, "expire_time", "memory.expire_time"),
+        valid_time=convert.opt_ts(m, "valid_time", "memory.valid_time"),
+        invalid_time=convert.opt_ts(m, "invalid_time", "memory.invalid_time"),
+    )
+
+
+def validity(
+    req: memory_pb2.ListMemoriesRequest | memory_pb2.SearchMemoriesRequest,
+) -> Validity:
+    """Which memories a List or Search sees by their time of truth."""
+    return Validity(
+        include_invalidated=req.include_invalidated,
+        as_of=convert.opt_ts(req, "as_of", "as_of"),
     )
 
 
@@ -344,12 +365,29 @@ def memory(r: MemoryRecord, *, with_vector: bool = False) -> memory_pb2.Memory:
         update_time=convert.ts(r.update_time),
         expire_time=convert.ts(r.expire_time),
         revision=r.revision,
+        valid_time=convert.ts(r.valid_time or r.create_time),
+        invalid_time=convert.ts(r.invalid_time),
+        superseded_by=r.superseded_by,
     )
     if r.metadata:
         out.metadata.update(dict(r.metadata))
     if with_vector and r.vector is not None:
         out.embedding.extend(r.vector)
+    if r.origin != Origin():
+        out.origin.CopyFrom(origin(r.origin))
     return out
+
+
+def origin(o: Origin) -> memory_pb2.MemoryOrigin:
+    return memory_pb2.MemoryOrigin(
+        operation=f"operations/{o.operation_id}" if o.operation_id else "",
+        message_indexes=list(o.message_indexes),
+        thread_id=o.thread_id,
+        extractor=o.extractor,
+        extractor_version=o.extractor_version,
+        prompt_versions=list(o.prompt_versions),
+        writer_key_id=o.writer_key_id,
+    )
 
 
 def revision(memory_id: str, r: Revision) -> memory_pb2.MemoryRevision:

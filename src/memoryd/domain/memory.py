@@ -30,8 +30,43 @@ METADATA_KEY_FORBIDDEN = ("\\", '"')
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a memory came from: the operation (AddMessages) that wrote or
+    last changed it, the messages and extractor behind it, and the API key
+    that wrote it. Empty fields are unknown (a memory written by
+    CreateMemory knows only its writer)."""
+
+    operation_id: str = ""  # the operation id (without "operations/")
+    message_indexes: tuple[int, ...] = ()
+    thread_id: str = ""
+    extractor: str = ""
+    extractor_version: str = ""
+    prompt_versions: tuple[str, ...] = ()
+    writer_key_id: str = ""
+
+
+@dataclass(frozen=True)
+class Validity:
+    """Which memories a read sees by their time of truth.
+
+    Default: those that hold at the read's `now` (valid_time <= now <
+    invalid_time). include_invalidated: also those that stopped holding (and
+    those whose valid_time is still ahead). as_of: those that held at
+    `as_of` (valid_time <= as_of < invalid_time); overrides
+    include_invalidated.
+    """
+
+    include_invalidated: bool = False
+    as_of: datetime | None = None
+
+
+CURRENT = Validity()
+
+
+@dataclass(frozen=True)
 class Revision:
-    """A past state of a memory, kept when it is updated."""
+    """A past state of a memory, kept when it is updated. `valid_time` and
+    `invalid_time` are that state's (None: not recorded, or never invalid)."""
 
     revision: int
     content: str
@@ -42,11 +77,19 @@ class Revision:
     source: str
     update_time: datetime
     replace_time: datetime
+    valid_time: datetime | None = None
+    invalid_time: datetime | None = None
 
 
 @dataclass(frozen=True)
 class MemoryRecord:
-    """One memory as stored. `vector` is None when not read."""
+    """One memory as stored. `vector` is None when not read.
+
+    Time of truth: the memory holds from `valid_time` (None: from
+    `create_time`; a stored memory always has one) until `invalid_time`
+    (None: it still holds). `superseded_by` names the memory that replaced
+    it, and `origin` says where it came from.
+    """
 
     id: str
     tenant: Tenant
@@ -62,6 +105,10 @@ class MemoryRecord:
     revision: int
     vector: tuple[float, ...] | None = None
     revisions: tuple[Revision, ...] = ()
+    valid_time: datetime | None = None
+    invalid_time: datetime | None = None
+    superseded_by: str = ""
+    origin: Origin = Origin()
 
 
 @dataclass(frozen=True)
@@ -144,6 +191,10 @@ class VectorStore(Protocol):
     to every read. End user: a tenant with `end_user_id` sees only that end
     user's points; one without sees only the points without an end user,
     unless it has `all_end_users` (then all of the environment's points).
+    Time of truth: `search` and `scroll` see the points their `Validity`
+    admits (by default those that hold at `now`); `get` sees a point
+    whatever its validity, and `count`, `delete_matching`, `delete_scope`
+    and `sweep_expired` ignore it.
 
     Raises `memoryd.domain.errors.Unavailable` when the engine cannot be
     reached, `FailedPrecondition` from `open` on a model mismatch.
@@ -164,7 +215,7 @@ class VectorStore(Protocol):
         self, tenant: Tenant, ids: Sequence[str], now: datetime, *, with_vectors: bool = False
     ) -> list[MemoryRecord]:
         """The records among `ids` visible to `tenant`, in no given order,
-        with their revisions."""
+        with their revisions, whether they still hold or not."""
         ...
 
     async def delete(self, tenant: Tenant, ids: Sequence[str]) -> None:
@@ -179,25 +230,33 @@ class VectorStore(Protocol):
         limit: int,
         now: datetime,
         min_score: float | None = None,
+        validity: Validity = CURRENT,
     ) -> list[ScoredRecord]:
         """Nearest records by cosine similarity among the given tenants
-        (one, or several of one organization for a cross-project search),
-        without their revisions."""
+        (one, or several of one organization for a cross-project search)
+        that `validity` admits, without their revisions."""
         ...
 
     async def scroll(
-        self, tenant: Tenant, flt: Filter, limit: int, now: datetime, after: Cursor | None = None
+        self,
+        tenant: Tenant,
+        flt: Filter,
+        limit: int,
+        now: datetime,
+        after: Cursor | None = None,
+        validity: Validity = CURRENT,
     ) -> Page:
-        """Records newest first (create_time desc, id desc), strictly after
-        `after`, without their revisions."""
+        """Records that `validity` admits, newest first (create_time desc,
+        id desc), strictly after `after`, without their revisions."""
         ...
 
     async def count(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
-        """The exact number of visible records matching `flt`."""
+        """The exact number of visible records matching `flt` (holding or not)."""
         ...
 
     async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
-        """Deletes the visible records matching `flt`; answers how many."""
+        """Deletes the visible records matching `flt`, holding or not;
+        answers how many."""
         ...
 
     async def delete_scope(

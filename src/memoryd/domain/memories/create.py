@@ -1,11 +1,12 @@
 """The create path, as named steps: validate each item, embed those without
-a vector, find near-duplicates, reserve the environment's quota, store and
-meter the new memories. One item's failure fails that item only."""
+a vector, find near-duplicates (among the memories that hold now), reserve
+the environment's quota, store and meter the new memories. One item's
+failure fails that item only."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from memoryd.domain.clock import Clock
@@ -16,7 +17,7 @@ from memoryd.domain.memories.dedupe import duplicates
 from memoryd.domain.memories.model import Created, Defaults, NewMemory, WriteMeter
 from memoryd.domain.memories.quota import EnvironmentCounts, effective_quota, size_limits
 from memoryd.domain.memories.validation import validate_new
-from memoryd.domain.memory import Embedder, MemoryRecord, VectorStore
+from memoryd.domain.memory import Embedder, MemoryRecord, Origin, VectorStore
 from memoryd.domain.tenancy import Tenant
 
 
@@ -49,18 +50,25 @@ class Writer:
         self._defaults = defaults
 
     async def create_many(
-        self, tenant: Tenant, project: Project, items: Sequence[NewMemory], prefix: str
+        self,
+        tenant: Tenant,
+        project: Project,
+        items: Sequence[NewMemory],
+        prefix: str,
+        *,
+        writer_key_id: str,
     ) -> list[Created | DomainError]:
         """One result per item, in order: the created (or deduplicated)
         memory, or the item's error (field names prefixed with `prefix`,
         which may hold "{i}" for the item's index). A refused quota or a
-        store failure fails the whole call."""
+        store failure fails the whole call. Each new memory's origin is its
+        item's, with `writer_key_id` (the calling key's id) as its writer."""
         now = self._clock.now()
         results: list[Created | DomainError | None] = [None] * len(items)
         valid = self._validate(items, project, now, prefix, results)
         vectors = await self._vectors_for([v.item for v in valid], fairness_key=tenant.org_id)
         hits = await duplicates(self._store, tenant, project, [v.item for v in valid], vectors, now)
-        outcomes = self._outcomes(tenant, valid, vectors, hits, now)
+        outcomes = self._outcomes(tenant, valid, vectors, hits, now, writer_key_id)
         await self._write(tenant, project, [c.record for c in outcomes if not c.deduplicated])
         for v, outcome in zip(valid, outcomes, strict=True):
             results[v.index] = outcome
@@ -108,6 +116,7 @@ class Writer:
         vectors: Sequence[Sequence[float]],
         hits: Sequence[MemoryRecord | int | None],
         now: datetime,
+        writer_key_id: str,
     ) -> list[Created]:
         """A new record for each item without a duplicate, else the memory
         it duplicates (stored, or an earlier new record of this call)."""
@@ -118,7 +127,7 @@ class Writer:
             elif hit is not None:
                 outcomes.append(Created(hit, deduplicated=True))
             else:
-                outcomes.append(Created(_record(tenant, v, vector, now)))
+                outcomes.append(Created(_record(tenant, v, vector, now, writer_key_id)))
         return outcomes
 
     async def _write(self, tenant: Tenant, project: Project, records: list[MemoryRecord]) -> None:
@@ -132,10 +141,12 @@ class Writer:
         )
 
 
-def _record(tenant: Tenant, v: _Valid, vector: Sequence[float], now: datetime) -> MemoryRecord:
+def _record(
+    tenant: Tenant, v: _Valid, vector: Sequence[float], now: datetime, writer_key_id: str
+) -> MemoryRecord:
     item = v.item
     return MemoryRecord(
-        id=new_memory_id(),
+        id=item.id or new_memory_id(),
         tenant=tenant,
         content=item.content,
         metadata=dict(item.metadata),
@@ -148,4 +159,7 @@ def _record(tenant: Tenant, v: _Valid, vector: Sequence[float], now: datetime) -
         expire_time=v.expire,
         revision=1,
         vector=tuple(vector),
+        valid_time=item.valid_time or now,
+        invalid_time=item.invalid_time,
+        origin=replace(item.origin or Origin(), writer_key_id=writer_key_id),
     )

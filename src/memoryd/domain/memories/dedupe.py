@@ -1,6 +1,6 @@
 """Dedupe on write: an item asking for it is not stored when a memory of its
-tenant (reaching the same end users) or an earlier item of the same write
-(a batch or an import chunk) is similar enough to it.
+tenant (reaching the same end users) that holds now, or an earlier item of
+the same write (a batch or an import chunk), is similar enough to it.
 
 Among the items of one write the rule is sequential: an item is a duplicate
 of an earlier item that was kept (not itself a duplicate). Comparing each
@@ -19,7 +19,7 @@ import numpy as np
 
 from memoryd.domain.control import Project
 from memoryd.domain.memories.model import NewMemory
-from memoryd.domain.memory import Filter, Match, MemoryRecord, VectorStore
+from memoryd.domain.memory import CURRENT, Filter, Match, MemoryRecord, VectorStore
 from memoryd.domain.tenancy import Tenant
 
 DEFAULT_DEDUPE_THRESHOLD = 0.95
@@ -113,5 +113,6 @@ async def _stored_duplicate(
 ) -> MemoryRecord | None:
     # Without an end user, compare only with memories that have none either.
     flt = Filter() if tenant.end_user_id else Filter(must=(Match("end_user_id", ""),))
-    hits = await store.search([tenant], vector, flt, 1, now, min_score=threshold)
+    # A memory that no longer holds is history: a new item like it is new truth.
+    hits = await store.search([tenant], vector, flt, 1, now, min_score=threshold, validity=CURRENT)
     return hits[0].record if hits else None

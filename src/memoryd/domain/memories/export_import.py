@@ -1,5 +1,6 @@
-"""Export (every memory matching a filter, oldest first, in pages) and import
-(a stream of new memories, created in chunks)."""
+"""Export (every memory matching a filter, oldest first, in pages, whether
+it still holds or not) and import (a stream of new memories, created in
+chunks)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from datetime import datetime
 from memoryd.domain.clock import Clock
 from memoryd.domain.errors import DomainError
 from memoryd.domain.memories.model import Created, ImportSummary, NewMemory
-from memoryd.domain.memory import Cursor, Filter, MemoryRecord, VectorStore
+from memoryd.domain.memory import Cursor, Filter, MemoryRecord, Validity, VectorStore
 from memoryd.domain.tenancy import Tenant
 
 EXPORT_PAGE = 256
 IMPORT_CHUNK = 64
 MAX_IMPORT_ERRORS = 100
+# An export is complete: memories that no longer hold are history worth keeping.
+EVERY_TIME = Validity(include_invalidated=True)
 
 
 class Exporter:
@@ -26,7 +29,8 @@ class Exporter:
         self, tenant: Tenant, flt: Filter, with_vectors: bool
     ) -> AsyncIterator[MemoryRecord]:
         """Every memory of `tenant` matching `flt` (a validated filter),
-        oldest first.
+        oldest first, including those that no longer hold (or do not yet),
+        so that an export is complete.
 
         The store pages newest first, so a first pass notes where each page
         ends (one cursor per EXPORT_PAGE memories, never the memories), then
@@ -63,7 +67,7 @@ class Exporter:
         ends: list[Cursor] = []
         after: Cursor | None = None
         while True:
-            page = await self._store.scroll(tenant, flt, EXPORT_PAGE, now, after)
+            page = await self._store.scroll(tenant, flt, EXPORT_PAGE, now, after, EVERY_TIME)
             if newest is None and page.records:
                 newest = Cursor(page.records[0].create_time, page.records[0].id)
             if page.next_cursor is None:
@@ -87,7 +91,7 @@ class Exporter:
         out: list[MemoryRecord] = []
         after = start
         while True:
-            page = await self._store.scroll(tenant, flt, EXPORT_PAGE, now, after)
+            page = await self._store.scroll(tenant, flt, EXPORT_PAGE, now, after, EVERY_TIME)
             for r in page.records:
                 if floor is not None and _key(r) < _key(floor):
                     return out

@@ -12,12 +12,23 @@ from typing import Any, Protocol
 
 from memoryd.domain.control import Environment, Project
 from memoryd.domain.errors import DomainError
-from memoryd.domain.memory import MemoryRecord
+from memoryd.domain.memory import MemoryRecord, Origin
 from memoryd.domain.tenancy import Tenant
 
-# The fields an update mask may name.
+# The fields a client's update mask may name.
 UPDATABLE_FIELDS = frozenset(
-    {"content", "metadata", "tags", "agent_id", "thread_id", "source", "expire_time", "embedding"}
+    {
+        "content",
+        "metadata",
+        "tags",
+        "agent_id",
+        "thread_id",
+        "source",
+        "expire_time",
+        "embedding",
+        "valid_time",
+        "invalid_time",
+    }
 )
 
 
@@ -34,7 +45,14 @@ class Defaults:
 
 @dataclass(frozen=True)
 class NewMemory:
-    """One memory to create, as the client sent it."""
+    """One memory to create, as the client sent it.
+
+    `valid_time` None: it holds from its creation; `invalid_time` None: it
+    still holds. The last two fields are the server's own, never a
+    client's: `id` a UUID the server chose for the memory (a write again
+    with the same id overwrites it rather than adding another), and
+    `origin` its provenance (its `writer_key_id` is always the caller's).
+    """
 
     content: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -47,14 +65,21 @@ class NewMemory:
     ttl: timedelta | None = None
     dedupe: bool = False
     dedupe_threshold: float = 0.0
+    valid_time: datetime | None = None
+    invalid_time: datetime | None = None
+    id: str = ""
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)
 class MemoryUpdate:
-    """A change to one memory, as the client sent it: the fields named in
-    `paths` (the update mask, in the client's order) take the values given
-    here; the others keep theirs. A path outside UPDATABLE_FIELDS is refused.
-    `expire_time` None under the "expire_time" path means never expire."""
+    """A change to one memory: the fields named in `paths` (the update mask,
+    in the client's order) take the values given here; the others keep
+    theirs. A client's path outside UPDATABLE_FIELDS is refused.
+    None under its path means: for `expire_time`, never expire; for
+    `valid_time`, from the creation; for `invalid_time`, it still holds.
+    `superseded_by` and `origin` are the server's own paths (a job
+    superseding or rewriting a memory), never a client's."""
 
     paths: tuple[str, ...]
     content: str = ""
@@ -65,6 +90,10 @@ class MemoryUpdate:
     tags: tuple[str, ...] = ()
     embedding: tuple[float, ...] = ()
     expire_time: datetime | None = None
+    valid_time: datetime | None = None
+    invalid_time: datetime | None = None
+    superseded_by: str = ""
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Reading memories a call already reaches: one by id, a page of a filtered
-list (newest first, keyset tokens), and a page of one memory's revisions."""
+"""Reading memories a call already reaches: one by id (whether it still
+holds or not), a page of a filtered list (newest first, keyset tokens, of
+the memories a `Validity` admits), and a page of one memory's revisions."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from memoryd.domain.clock import Clock
 from memoryd.domain.errors import InvalidArgument, NotFound
 from memoryd.domain.ids import is_uuid
 from memoryd.domain.memories.model import MemoryPage
-from memoryd.domain.memory import Cursor, Filter, MemoryRecord, Revision, VectorStore
+from memoryd.domain.memory import Cursor, Filter, MemoryRecord, Revision, Validity, VectorStore
 from memoryd.domain.tenancy import Tenant
 
 
@@ -34,12 +35,18 @@ class Reader:
         return found[0]
 
     async def page(
-        self, tenant: Tenant, flt: Filter, size: int, after: Cursor | None, fingerprint: str
+        self,
+        tenant: Tenant,
+        flt: Filter,
+        size: int,
+        after: Cursor | None,
+        fingerprint: str,
+        validity: Validity,
     ) -> MemoryPage:
         """A page of `tenant`'s memories matching `flt` (a validated
-        filter) older than `after`, and the token of the next page, bound to
-        the query by `fingerprint`."""
-        page = await self._store.scroll(tenant, flt, size, self._clock.now(), after)
+        filter) that `validity` admits, older than `after`, and the token of
+        the next page, bound to the query by `fingerprint`."""
+        page = await self._store.scroll(tenant, flt, size, self._clock.now(), after, validity)
         token = ""
         if page.next_cursor is not None:
             token = paging.encode_keyset(

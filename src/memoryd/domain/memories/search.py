@@ -12,7 +12,7 @@ from memoryd.domain.clock import Clock
 from memoryd.domain.errors import FieldViolation, InvalidArgument, PermissionDenied, Violations
 from memoryd.domain.memories.model import ProjectSource
 from memoryd.domain.memories.validation import check_vector
-from memoryd.domain.memory import Embedder, Filter, ScoredRecord, VectorStore
+from memoryd.domain.memory import Embedder, Filter, ScoredRecord, Validity, VectorStore
 from memoryd.domain.tenancy import Principal, Scope, Tenant
 
 MAX_TOP_K = 100
@@ -78,9 +78,11 @@ class Searcher:
         flt: Filter,
         top_k: int,
         min_score: float,
+        validity: Validity,
     ) -> list[ScoredRecord]:
         """The best matches in `tenants` of `vector`, or of `query` embedded
-        (checked arguments, a validated filter)."""
+        (checked arguments, a validated filter), among the memories
+        `validity` admits."""
         if not vector:
             vector = (await self._embedder.embed([query], fairness_key=tenants[0].org_id))[0]
         return await self._store.search(
@@ -90,6 +92,7 @@ class Searcher:
             top_k or DEFAULT_TOP_K,
             self._clock.now(),
             min_score=min_score if min_score else None,
+            validity=validity,
         )
 
     async def cross_project_tenants(self, p: Principal, tenant: Tenant) -> list[Tenant]:

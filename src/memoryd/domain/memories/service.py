@@ -42,11 +42,13 @@ from memoryd.domain.memories.search import (
 from memoryd.domain.memories.update import Updater
 from memoryd.domain.memories.validation import SizeLimits, validate_update
 from memoryd.domain.memory import (
+    CURRENT,
     Embedder,
     Filter,
     MemoryRecord,
     Revision,
     ScoredRecord,
+    Validity,
     VectorStore,
 )
 from memoryd.domain.tenancy import Caller, Principal, Scope, Tenant, scope_grants
@@ -157,7 +159,11 @@ class MemoryService:
 
     async def create(self, caller: Caller, item: NewMemory) -> Created:
         tenant, project = await self._tenant(caller, Scope.MEMORY_ADD)
-        result = (await self._writer.create_many(tenant, project, [item], ""))[0]
+        result = (
+            await self._writer.create_many(
+                tenant, project, [item], "", writer_key_id=caller.principal.key_id
+            )
+        )[0]
         if isinstance(result, DomainError):
             raise result
         return result
@@ -172,16 +178,24 @@ class MemoryService:
             raise InvalidArgument.field(
                 "requests", f"holds {len(items)} items; at most {MAX_BATCH} per call"
             )
-        return await self._writer.create_many(tenant, project, items, "requests[{i}].")
+        return await self._writer.create_many(
+            tenant, project, items, "requests[{i}].", writer_key_id=caller.principal.key_id
+        )
 
     async def import_stream(
         self, caller: Caller, items: AsyncIterator[NewMemory | DomainError]
     ) -> ImportSummary:
+        """Creates the stream's memories (see `import_items`). Each keeps the
+        valid_time and invalid_time it was exported with; not what it was
+        superseded by (an id of the exporting tenant) nor its origin (its
+        writer is the importing key)."""
         async with self._audited(caller, "memory.import") as ev:
             tenant, project = await self._tenant(caller, Scope.MEMORY_ADD)
 
             async def create(chunk: Sequence[NewMemory]) -> list[Created | DomainError]:
-                return await self._writer.create_many(tenant, project, chunk, "")
+                return await self._writer.create_many(
+                    tenant, project, chunk, "", writer_key_id=caller.principal.key_id
+                )
 
             summary = await import_items(items, create)
             ev.details.update(imported=str(summary.imported), failed=str(summary.failed))
@@ -195,15 +209,24 @@ class MemoryService:
         return await self._reader.one(tenant, memory_id, with_vector)
 
     async def list_memories(
-        self, caller: Caller, flt: Filter, page_size: int, page_token: str
+        self,
+        caller: Caller,
+        flt: Filter,
+        page_size: int,
+        page_token: str,
+        *,
+        validity: Validity = CURRENT,
     ) -> MemoryPage:
+        """A page of the memories matching `flt` that `validity` admits (by
+        default those that hold now), newest first. A page token carries on
+        the same filter and validity only."""
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
         validate_filter(flt)
         size = paging.page_size(page_size)
-        fp = paging.fingerprint("memories", tenant.end_user_id, repr(flt))
+        fp = paging.fingerprint("memories", tenant.end_user_id, repr(flt), repr(validity))
         after = keyset_after(page_token, fp)
         tenant = await self._reach(caller, tenant, "ListMemories")
-        return await self._reader.page(tenant, flt, size, after, fp)
+        return await self._reader.page(tenant, flt, size, after, fp, validity)
 
     async def search(
         self,
@@ -215,7 +238,10 @@ class MemoryService:
         top_k: int,
         min_score: float,
         cross_project: bool,
+        validity: Validity = CURRENT,
     ) -> list[ScoredRecord]:
+        """The best matches among the memories `validity` admits (by default
+        those that hold now)."""
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
         self._searcher.check(query, vector, top_k, min_score)
         validate_filter(flt)
@@ -226,7 +252,13 @@ class MemoryService:
         if cross_project:
             tenants = await self._searcher.cross_project_tenants(caller.principal, tenant)
         return await self._searcher.search(
-            tenants, query=query, vector=vector, flt=flt, top_k=top_k, min_score=min_score
+            tenants,
+            query=query,
+            vector=vector,
+            flt=flt,
+            top_k=top_k,
+            min_score=min_score,
+            validity=validity,
         )
 
     async def revisions(
@@ -239,8 +271,8 @@ class MemoryService:
     async def export(
         self, caller: Caller, flt: Filter, with_vectors: bool
     ) -> AsyncIterator[MemoryRecord]:
-        """Every memory of the tenant matching `flt`, oldest first (see
-        `Exporter.export`)."""
+        """Every memory of the tenant matching `flt`, oldest first, whether
+        it still holds or not: an export is complete (see `Exporter.export`)."""
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
         validate_filter(flt)
         tenant = await self._reach(caller, tenant, "ExportMemories")

@@ -1,5 +1,6 @@
 """The write rules of a memory: content, id fields, tags, metadata keys and
-sizes, a client's embedding, TTL and expiry, and the update mask. Each rule
+sizes, a client's embedding, TTL and expiry, its time of truth, and the
+update mask. Each rule
 adds field violations; the callers raise them together (InvalidArgument),
 or, for sizes, ResourceExhausted with the quota that was hit."""
 
@@ -9,7 +10,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from memoryd.domain.control import Project
@@ -23,6 +24,10 @@ MAX_ID_FIELD_LEN = 256
 MAX_METADATA_KEY_LEN = 128
 MAX_TTL = timedelta(days=3650)
 KEY_HELP = "keys must not contain '\\' or '\"' (a filter could not name them)"
+# The times of truth (valid_time, invalid_time) a memory may have: reads
+# compare them exactly only within 2**53 microseconds of 1970 (1684 to 2255).
+EARLIEST_TRUTH_TIME = datetime(1700, 1, 1, tzinfo=UTC)
+LATEST_TRUTH_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ def validate_new(
     if item.dedupe_threshold and not 0.0 < item.dedupe_threshold <= 1.0:
         v.add(f"{prefix}dedupe_threshold", "must be in (0, 1]")
     expire = _expiry(v, item, project, now, prefix)
+    check_truth_times(v, f"{prefix}memory.", item.valid_time, item.invalid_time)
+    if item.invalid_time is not None and item.invalid_time <= (item.valid_time or now):
+        v.add(f"{prefix}memory.invalid_time", holds_help(item.valid_time is None))
     v.raise_if_any()
     return expire
 
@@ -117,7 +125,32 @@ def validate_update(update: MemoryUpdate, now: datetime, dimension: int) -> None
             v.add("memory.expire_time", "must be in the future (or unset to never expire)")
         elif update.expire_time > now + MAX_TTL:
             v.add("memory.expire_time", "must be at most 3650 days ahead")
+    check_truth_times(
+        v,
+        "memory.",
+        update.valid_time if "valid_time" in paths else None,
+        update.invalid_time if "invalid_time" in paths else None,
+    )
     v.raise_if_any()
+
+
+def check_truth_times(
+    v: Violations, prefix: str, valid_time: datetime | None, invalid_time: datetime | None
+) -> None:
+    """Each given time of truth within the bounds a memory may have."""
+    for name, t in (("valid_time", valid_time), ("invalid_time", invalid_time)):
+        if t is not None and not EARLIEST_TRUTH_TIME <= t < LATEST_TRUTH_TIME:
+            v.add(
+                prefix + name,
+                f"must be from {EARLIEST_TRUTH_TIME.year} up to {LATEST_TRUTH_TIME.year}",
+            )
+
+
+def holds_help(from_creation: bool) -> str:
+    """What a time of truth that leaves a memory holding at no time is told."""
+    if from_creation:
+        return "must be after valid_time (unset: the memory's create time)"
+    return "must be after valid_time (a memory holds from valid_time until invalid_time)"
 
 
 def check_fields(

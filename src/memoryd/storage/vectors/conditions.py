@@ -1,5 +1,6 @@
-"""The conditions that confine a vector store call to its tenants and to
-memories that have not expired, built for either engine.
+"""The conditions that confine a vector store call to its tenants, to
+memories that have not expired and to those its `Validity` admits, built
+for either engine.
 
 Each adapter supplies a `Conditions` (how its engine spells a condition);
 what every condition means is decided here and in
@@ -14,12 +15,15 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from memoryd.domain.errors import InvalidArgument
+from memoryd.domain.memory import Validity
 from memoryd.domain.tenancy import EndUsers, Tenant
 from memoryd.storage.vectors.layout import (
     CREATE_TIME,
     END_USER_ID,
     EXPIRE_TIME,
+    INVALID_TIME,
     TENANT,
+    VALID_TIME,
     to_micros,
 )
 
@@ -108,6 +112,26 @@ def alive(b: Conditions[C, F], now: datetime) -> C:
 def expired(b: Conditions[C, F], now: datetime) -> C:
     """Expired at `now` (expire_time <= now)."""
     return b.range(EXPIRE_TIME, lte=float(to_micros(now)))
+
+
+def admitted(b: Conditions[C, F], validity: Validity, now: datetime) -> list[C]:
+    """What `validity` requires of a memory (all must hold): that it holds at
+    `now` (valid_time <= now < invalid_time), or at `as_of`; nothing when it
+    includes the invalidated."""
+    if validity.as_of is not None:
+        at = validity.as_of
+    elif validity.include_invalidated:
+        return []
+    else:
+        at = now
+    us = float(to_micros(at))
+    return [b.range(VALID_TIME, lte=us), b.range(INVALID_TIME, gt=us)]
+
+
+def has_validity(b: Conditions[C, F]) -> C:
+    """The point has a valid_time (any integer is >= -2**63): every point of
+    this layout does, one of layout 1 does not."""
+    return b.range(VALID_TIME, gte=-(2.0**63))
 
 
 def created_at(b: Conditions[C, F], us: int) -> C:

@@ -150,7 +150,8 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
 
     async def open(self, model_id: str, dimension: int) -> None:
         """Creates the store for `model_id` (`dimension`-d vectors) or opens
-        it, checking that it was made for them.
+        it, checking that it was made for them, and upgrades points of an
+        older payload layout in place.
 
         Raises FailedPrecondition when the store was made for another model
         or dimension, or another process has it open.
@@ -160,6 +161,11 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         self._backend = await self._started(model_id, dimension)
         self._opened_for = (model_id, dimension)
         self._dimension = dimension
+        try:
+            await self._upgrade_points()
+        except BaseException:
+            await self.close()
+            raise
 
     async def _started(self, model_id: str, dimension: int) -> Backend:
         """A new backend with the shard open."""
@@ -344,6 +350,9 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
 
     async def _delete(self, flt: Cond) -> None:
         await self._call("delete", flt)
+
+    async def _set_payloads(self, changes: list[tuple[Cond, dict[str, Any]]]) -> None:
+        await self._call("set_payloads", changes)
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:

@@ -263,11 +263,24 @@ class EdgeEngine:
         shard = self.shard
         self._write(shard, qe.UpdateOperation.delete_points_by_filter(to_filter(flt)))
 
-    def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
+    def set_payloads(self, changes: list[tuple[Cond, dict[str, Any]]]) -> None:
+        """For each (filter, fields): sets those payload fields on the points
+        matching the filter."""
+        shard = self.shard
+        self._write(
+            shard,
+            *(
+                qe.UpdateOperation.set_payload_by_filter(to_filter(flt), fields)
+                for flt, fields in changes
+            ),
+        )
+
+    def _write(self, shard: qe.EdgeShard, *ops: qe.UpdateOperation) -> None:
         # Checked right before the write, on the one thread that writes: no
         # other write can slip in between.
         check_free_space(self._path, self._min_free_bytes)
-        shard.update(op)
+        for op in ops:
+            shard.update(op)
         if self._sync_writes:
             shard.flush()
 
@@ -316,7 +329,18 @@ class EdgeEngine:
 
 # The calls a client of the engine may make by name (the child's protocol).
 CALLS = frozenset(
-    {"open", "close", "optimize", "upsert", "delete", "owners", "scroll", "query", "count"}
+    {
+        "open",
+        "close",
+        "optimize",
+        "upsert",
+        "delete",
+        "set_payloads",
+        "owners",
+        "scroll",
+        "query",
+        "count",
+    }
 )
 
 

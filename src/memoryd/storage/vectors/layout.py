@@ -15,12 +15,23 @@ filters the same wherever it lives:
                                          same paths (absent when there are none)
     create_time, update_time             integer microseconds since the Unix epoch (UTC)
     expire_time                          the same, or NO_EXPIRY when the memory never expires
-    revision, revisions                  the revision number; past states, oldest first
+    valid_time                           the same: since when the memory holds
+    invalid_time                         the same, or NO_EXPIRY while it still holds
+    superseded_by                        the id of the memory that replaced it (absent: none)
+    origin                               its provenance, the non-empty fields of `Origin`
+                                         (absent when all are empty)
+    revision, revisions                  the revision number; past states, newest first
     layout                               LAYOUT, the version of this layout
 
 Times are integers so that ranges and ordering are exact in every engine (a
-datetime index would round differently in each), and "no expiry" is a real
-number so that "not expired" is one range condition on an indexed field.
+datetime index would round differently in each), and "no expiry" (or "never
+invalid") is a real number so that "not expired" (or "still holds") is one
+range condition on an indexed field.
+
+Layout 1 had no valid_time, invalid_time, superseded_by nor origin; such a
+point reads as holding since its creation, and `upgrade` gives the fields a
+point of it lacks (a range condition on a missing field matches nothing, so
+until then reads by validity would not see it).
 
 `INDEXES` is the one plan of the payload indexes; each adapter only says
 how its engine spells each `IndexKind`.
@@ -31,14 +42,14 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from memoryd.domain.memory import MemoryRecord, Revision
+from memoryd.domain.memory import MemoryRecord, Origin, Revision
 from memoryd.domain.tenancy import Tenant
 
-LAYOUT = 1
+LAYOUT = 2
 
 ORG_ID = "org_id"
 PROJECT_ID = "project_id"
@@ -55,6 +66,10 @@ TAGS = "tags"
 CREATE_TIME = "create_time"
 UPDATE_TIME = "update_time"
 EXPIRE_TIME = "expire_time"
+VALID_TIME = "valid_time"
+INVALID_TIME = "invalid_time"
+SUPERSEDED_BY = "superseded_by"
+ORIGIN = "origin"
 REVISION = "revision"
 REVISIONS = "revisions"
 LAYOUT_FIELD = "layout"
@@ -75,8 +90,10 @@ INDEXES: Mapping[str, IndexKind] = {
     **dict.fromkeys(
         (END_USER_ID, AGENT_ID, THREAD_ID, SOURCE, TAGS, ORG_ID, PROJECT_ID), IndexKind.KEYWORD
     ),
-    # ordering (create_time), expiry, time filters
-    **dict.fromkeys((CREATE_TIME, UPDATE_TIME, EXPIRE_TIME), IndexKind.INTEGER),
+    # ordering (create_time), expiry, time filters, time of truth
+    **dict.fromkeys(
+        (CREATE_TIME, UPDATE_TIME, EXPIRE_TIME, VALID_TIME, INVALID_TIME), IndexKind.INTEGER
+    ),
 }
 
 # 2**53 - 1 µs is in the year 2255: far enough to mean "never", and still
@@ -119,6 +136,7 @@ def to_payload(record: MemoryRecord) -> dict[str, Any]:
     """The payload of a record's point (its vector travels separately)."""
     t = record.tenant
     expire = NO_EXPIRY if record.expire_time is None else to_micros(record.expire_time)
+    invalid = NO_EXPIRY if record.invalid_time is None else to_micros(record.invalid_time)
     payload: dict[str, Any] = {
         ORG_ID: t.org_id,
         PROJECT_ID: t.project_id,
@@ -134,6 +152,8 @@ def to_payload(record: MemoryRecord) -> dict[str, Any]:
         CREATE_TIME: to_micros(record.create_time),
         UPDATE_TIME: to_micros(record.update_time),
         EXPIRE_TIME: min(expire, NO_EXPIRY),
+        VALID_TIME: to_micros(record.valid_time or record.create_time),
+        INVALID_TIME: min(invalid, NO_EXPIRY),
         REVISION: record.revision,
         REVISIONS: [_revision_to_payload(r) for r in record.revisions],
         LAYOUT_FIELD: LAYOUT,
@@ -141,7 +161,18 @@ def to_payload(record: MemoryRecord) -> dict[str, Any]:
     bools = _bool_leaves(record.metadata)
     if bools:
         payload[METADATA_BOOLS] = bools
+    if record.superseded_by:
+        payload[SUPERSEDED_BY] = record.superseded_by
+    origin = _origin_to_payload(record.origin)
+    if origin:
+        payload[ORIGIN] = origin
     return payload
+
+
+def upgrade(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields to set on a point of layout 1 to bring it to this layout:
+    it holds since its creation, and still does."""
+    return {VALID_TIME: payload[CREATE_TIME], INVALID_TIME: NO_EXPIRY, LAYOUT_FIELD: LAYOUT}
 
 
 def from_payload(
@@ -156,6 +187,8 @@ def from_payload(
     list, which never show it)."""
     revisions = payload.get(REVISIONS) if with_revisions else None
     expire = int(payload[EXPIRE_TIME])
+    # A point of layout 1 holds since its creation, and still does.
+    invalid = int(payload.get(INVALID_TIME, NO_EXPIRY))
     return MemoryRecord(
         id=pid,
         tenant=Tenant(
@@ -176,11 +209,15 @@ def from_payload(
         revision=int(payload.get(REVISION, 0)),
         vector=None if vector is None else tuple(float(x) for x in vector),
         revisions=tuple(_revision_from_payload(r) for r in revisions or ()),
+        valid_time=from_micros(payload.get(VALID_TIME, payload[CREATE_TIME])),
+        invalid_time=None if invalid >= NO_EXPIRY else from_micros(invalid),
+        superseded_by=payload.get(SUPERSEDED_BY, ""),
+        origin=_origin_from_payload(payload.get(ORIGIN) or {}),
     )
 
 
 def _revision_to_payload(r: Revision) -> dict[str, Any]:
-    return {
+    out = {
         "revision": r.revision,
         "content": r.content,
         "metadata": dict(r.metadata),
@@ -191,9 +228,15 @@ def _revision_to_payload(r: Revision) -> dict[str, Any]:
         "update_time": to_micros(r.update_time),
         "replace_time": to_micros(r.replace_time),
     }
+    if r.valid_time is not None:
+        out["valid_time"] = to_micros(r.valid_time)
+    if r.invalid_time is not None:
+        out["invalid_time"] = to_micros(r.invalid_time)
+    return out
 
 
 def _revision_from_payload(p: Mapping[str, Any]) -> Revision:
+    valid, invalid = p.get("valid_time"), p.get("invalid_time")
     return Revision(
         revision=int(p["revision"]),
         content=p["content"],
@@ -204,6 +247,30 @@ def _revision_from_payload(p: Mapping[str, Any]) -> Revision:
         source=p.get("source", ""),
         update_time=from_micros(p["update_time"]),
         replace_time=from_micros(p["replace_time"]),
+        valid_time=None if valid is None else from_micros(valid),
+        invalid_time=None if invalid is None else from_micros(invalid),
+    )
+
+
+def _origin_to_payload(o: Origin) -> dict[str, Any]:
+    """The non-empty fields of `o` (sequences as lists)."""
+    out: dict[str, Any] = {}
+    for f in fields(o):
+        value = getattr(o, f.name)
+        if value:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _origin_from_payload(p: Mapping[str, Any]) -> Origin:
+    return Origin(
+        operation_id=p.get("operation_id", ""),
+        message_indexes=tuple(int(i) for i in p.get("message_indexes") or ()),
+        thread_id=p.get("thread_id", ""),
+        extractor=p.get("extractor", ""),
+        extractor_version=p.get("extractor_version", ""),
+        prompt_versions=tuple(p.get("prompt_versions") or ()),
+        writer_key_id=p.get("writer_key_id", ""),
     )
 
 

@@ -7,18 +7,30 @@ the domain filter (`memoryd.storage.vectors.filters`): the adapters never
 see a domain filter or a tenant. The one unfiltered read
 (`_owners`) serves the cross-tenant id check of `upsert` and returns only
 the owner of each id, never to a caller.
+
+Points of an older payload layout are brought to this one in place when a
+store opens (`_upgrade_points`), before it serves any call.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Generic
 
 from memoryd.domain.errors import AlreadyExists, InvalidArgument, Unavailable
-from memoryd.domain.memory import Cursor, Filter, MemoryRecord, Page, ScoredRecord
+from memoryd.domain.memory import (
+    CURRENT,
+    Cursor,
+    Filter,
+    MemoryRecord,
+    Page,
+    ScoredRecord,
+    Validity,
+)
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.vectors import conditions as cond
 from memoryd.storage.vectors import layout as p
@@ -29,6 +41,8 @@ from memoryd.storage.vectors.layout import Hit, Point
 # Points per engine call when reading or deleting in batches: small enough
 # that one call never holds an embedded engine for long.
 BATCH = 256
+
+log = logging.getLogger("memoryd.storage.vectors")
 
 
 class PointStore(abc.ABC, Generic[C, F]):
@@ -94,6 +108,11 @@ class PointStore(abc.ABC, Generic[C, F]):
     @abc.abstractmethod
     async def _delete(self, flt: F) -> None:
         """Deletes the points matching `flt`."""
+
+    @abc.abstractmethod
+    async def _set_payloads(self, changes: list[tuple[F, dict[str, Any]]]) -> None:
+        """For each (filter, fields): sets those payload fields (keeping the
+        others) on the points matching the filter. Never creates a point."""
 
     async def _purge(self, flt: F) -> None:
         """Deletes every point matching `flt`, however many. By default in
@@ -194,26 +213,33 @@ class PointStore(abc.ABC, Generic[C, F]):
         limit: int,
         now: datetime,
         min_score: float | None = None,
+        validity: Validity = CURRENT,
     ) -> list[ScoredRecord]:
-        """Nearest visible records by cosine similarity among `tenants`, best
-        first; `min_score` drops those below it. Records come without their
-        revisions."""
+        """Nearest visible records by cosine similarity among `tenants` that
+        `validity` admits, best first; `min_score` drops those below it.
+        Records come without their revisions."""
         if not tenants or limit <= 0:
             return []
         if len(vector) != self.dimension:
             raise InvalidArgument.field(
                 "vector", f"this store holds {self.dimension}-d vectors, got {len(vector)}"
             )
-        engine_filter = self._read_filter(tenants, now, flt)
+        engine_filter = self._read_filter(tenants, now, flt, validity)
         hits = await self._query(engine_filter, [float(x) for x in vector], limit, min_score)
         return [ScoredRecord(_record(h), h.score) for h in hits]
 
     async def scroll(
-        self, tenant: Tenant, flt: Filter, limit: int, now: datetime, after: Cursor | None = None
+        self,
+        tenant: Tenant,
+        flt: Filter,
+        limit: int,
+        now: datetime,
+        after: Cursor | None = None,
+        validity: Validity = CURRENT,
     ) -> Page:
-        """Visible records newest first (create_time desc, id desc), strictly
-        after `after`, without their revisions. `next_cursor` is None on the
-        last page.
+        """Visible records that `validity` admits, newest first (create_time
+        desc, id desc), strictly after `after`, without their revisions.
+        `next_cursor` is None on the last page.
 
         Both engines order by one payload field only, and ties on create_time
         (a batch written at one instant) are common, so the keyset is walked
@@ -227,7 +253,7 @@ class PointStore(abc.ABC, Generic[C, F]):
         """
         if limit <= 0:
             return Page()
-        base = self._read_conditions([tenant], now, flt)
+        base = self._read_conditions([tenant], now, flt, validity)
         rows: list[tuple[int, str, Hit]] = []
         older: list[C] = []
         if after is not None:
@@ -298,10 +324,17 @@ class PointStore(abc.ABC, Generic[C, F]):
     # --- helpers ------------------------------------------------------------
 
     def _read_conditions(
-        self, tenants: Sequence[Tenant], now: datetime, flt: Filter | None = None
+        self,
+        tenants: Sequence[Tenant],
+        now: datetime,
+        flt: Filter | None = None,
+        validity: Validity | None = None,
     ) -> list[C]:
-        """What a read requires: the tenants, not expired, the domain filter."""
+        """What a read requires: the tenants, not expired, the domain filter,
+        and what `validity` admits (None: whatever holds or held)."""
         must = [*cond.tenant_conditions(self._c, tenants), cond.alive(self._c, now)]
+        if validity is not None:
+            must.extend(cond.admitted(self._c, validity, now))
         if flt is not None and not flt.empty:
             must.append(self._c.nest(translate(self._c, flt)))
         return must
@@ -311,10 +344,46 @@ class PointStore(abc.ABC, Generic[C, F]):
         tenants: Sequence[Tenant],
         now: datetime,
         flt: Filter | None = None,
+        validity: Validity | None = None,
         extra: Sequence[C] = (),
     ) -> F:
         """The filter of a read, and `extra`."""
-        return self._c.filter(must=[*self._read_conditions(tenants, now, flt), *extra])
+        return self._c.filter(must=[*self._read_conditions(tenants, now, flt, validity), *extra])
+
+    async def _upgrade_points(self) -> int:
+        """Brings the points of layout 1 (without a time of truth) to this
+        layout in place, in batches, and answers how many it changed.
+
+        Only the missing fields are set (`layout.upgrade`), each by a filter
+        that still requires the point to lack them: a point deleted or
+        rewritten meanwhile (another replica) is left as it is, never
+        recreated. Idempotent; if stopped midway, the next open carries on
+        from the points still lacking them.
+        """
+        old = self._c.filter(must_not=[cond.has_validity(self._c)])
+        upgraded = 0
+        offset: str | None = None
+        while True:
+            hits, offset = await self._scroll(old, BATCH, offset=offset)
+            if hits:
+                changes = [
+                    (
+                        self._c.filter(
+                            must=[self._c.has_id([h.id])],
+                            must_not=[cond.has_validity(self._c)],
+                        ),
+                        p.upgrade(h.payload),
+                    )
+                    for h in hits
+                ]
+                async with self._write_lock():
+                    await self._set_payloads(changes)
+                upgraded += len(hits)
+            if offset is None:
+                break
+        if upgraded:
+            log.info("upgraded %d memory points to payload layout %d", upgraded, p.LAYOUT)
+        return upgraded
 
     async def _delete_batch(self, flt: F, limit: int) -> int:
         """Deletes up to `limit` points matching `flt`; answers how many."""

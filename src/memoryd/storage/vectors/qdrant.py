@@ -173,6 +173,14 @@ class _Api(Protocol):
         self, collection_name: str, *, points_selector: models.FilterSelector, wait: bool
     ) -> models.UpdateResult: ...
 
+    async def batch_update_points(
+        self,
+        collection_name: str,
+        *,
+        update_operations: list[models.SetPayloadOperation],
+        wait: bool,
+    ) -> list[models.UpdateResult]: ...
+
 
 class _InThread:
     """A synchronous `QdrantClient` as an `_Api`: every call on one worker
@@ -242,7 +250,8 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
 
     async def open(self, model_id: str, dimension: int) -> None:
         """Creates the model's collection, or checks that the existing one was
-        made for `model_id` and `dimension`, and creates missing indexes.
+        made for `model_id` and `dimension`, creates missing indexes, and
+        upgrades points of an older payload layout in place.
 
         Raises FailedPrecondition on a mismatch, Unavailable when the server
         cannot be reached.
@@ -269,6 +278,11 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
             await self._ensure_indexes(name, info)
         self._collection = name
         self._dimension = dimension
+        try:
+            await self._upgrade_points()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Stops using the collection. The client stays open (it is the caller's)."""
@@ -361,6 +375,16 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
         with _unavailable():
             await self._api.delete(
                 self.collection, points_selector=models.FilterSelector(filter=flt), wait=True
+            )
+
+    async def _set_payloads(self, changes: list[tuple[models.Filter, dict[str, Any]]]) -> None:
+        operations = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, filter=flt))
+            for flt, fields in changes
+        ]
+        with _unavailable():
+            await self._api.batch_update_points(
+                self.collection, update_operations=operations, wait=True
             )
 
     async def _purge(self, flt: models.Filter) -> None:
