@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from memoryd.domain.clock import ManualClock
-from memoryd.domain.control import Environment, Organization, Project
+from memoryd.domain.control import (
+    Environment,
+    Organization,
+    Project,
+    ProjectSettings,
+    Quotas,
+    RateLimits,
+)
 from memoryd.domain.errors import InvalidArgument, Unavailable
 from memoryd.domain.operations import (
     JobControl,
@@ -60,7 +67,15 @@ async def _environment(store: SqlControlStore, org_id: str = "") -> Tenant:
         org_id = f"org_{i:06d}"
         await store.create_org(Organization(org_id, f"org{i}", T0))
     project = Project(
-        id=f"prj_{i:06d}", org_id=org_id, name=f"p{i}", create_time=T0, update_time=T0
+        id=f"prj_{i:06d}",
+        org_id=org_id,
+        name=f"p{i}",
+        display_name="",
+        settings=ProjectSettings(),
+        rate_limits=RateLimits(),
+        quotas=Quotas(),
+        create_time=T0,
+        update_time=T0,
     )
     env = Environment(f"env_{i:06d}", org_id, project.id, "production", EnvironmentKind.LIVE, T0)
     await store.create_project(project, [env])

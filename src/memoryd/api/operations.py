@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import grpc
 from google.longrunning import operations_grpc_pb2, operations_pb2
-from google.protobuf import any_pb2, empty_pb2
+from google.protobuf import any_pb2, empty_pb2, message_factory
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from memoryd.api import convert
@@ -26,8 +27,24 @@ from memoryd.domain.operations import Operation, OpState
 # The parts of an operation that depend on its kind: (metadata, response).
 Describe = Callable[[Operation], Awaitable[tuple[Any, Any | None]]]
 
-SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
-add_to_server = operations_grpc_pb2.add_OperationsServicer_to_server
+_SERVICE = operations_pb2.DESCRIPTOR.services_by_name["Operations"]
+SERVICE_NAME = _SERVICE.full_name
+
+
+def add_to_server(servicer: OperationsServicer, server: Any) -> None:
+    """Registers `servicer` the way this grpcio's generated code does
+    (`add_registered_method_handlers`), which the call pipeline captures;
+    googleapis-common-protos' generated function still registers a generic
+    handler only."""
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=message_factory.GetMessageClass(m.input_type).FromString,
+            response_serializer=message_factory.GetMessageClass(m.output_type).SerializeToString,
+        )
+        for m in _SERVICE.methods
+    }
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class OperationsServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc]

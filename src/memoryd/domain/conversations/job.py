@@ -225,7 +225,7 @@ class AddMessagesJob:
         todo = [(i, mid) for i, mid in new_ids.items() if mid not in existing]
         items = [ctx.new_memory(plan[i], mid) for i, mid in todo]
         if items:
-            results = await self._memories.create_for(tenant, items)
+            results = await self._memories.create_for(tenant, items, ctx.op.key_id)
             for (i, mid), result in zip(todo, results, strict=True):
                 if isinstance(result, DomainError):
                     out[i] = Applied(Event.NONE, plan[i].fact.text, reason=_refused(result))

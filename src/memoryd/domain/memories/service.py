@@ -362,11 +362,14 @@ class MemoryService:
         return await self._store.search([tenant], vector, Filter(), top_k, self._clock.now())
 
     async def create_for(
-        self, tenant: Tenant, items: Sequence[NewMemory]
+        self, tenant: Tenant, items: Sequence[NewMemory], writer_key_id: str
     ) -> list[Created | DomainError]:
-        """Creates memories for `tenant` (quotas and size limits apply)."""
+        """Creates memories for `tenant` (quotas and size limits apply), as
+        written by the key `writer_key_id`."""
         project = await self.project_of(tenant)
-        return await self._writer.create_many(tenant, project, items, "")
+        return await self._writer.create_many(
+            tenant, project, items, "", writer_key_id=writer_key_id
+        )
 
     async def update_for(self, current: MemoryRecord, update: MemoryUpdate) -> MemoryRecord:
         """Applies `update` (which may name server-only paths) to `current`,
