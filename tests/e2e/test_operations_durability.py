@@ -13,7 +13,6 @@ assertion depends on how fast anything runs.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from google.longrunning import operations_grpc_pb2, operations_pb2
 from google.protobuf import duration_pb2
 from helpers.openai_server import ScriptedOpenAI, facts_reply
+from helpers.polling import wait_for
 from helpers.served import Served
 
 from memoryd.v1 import (
@@ -122,10 +122,7 @@ async def test_kill_9_mid_operation_the_job_completes_after_restart_with_its_eff
             request_id="r-1",
         )
         op = await api.memory.AddMessages(request, metadata=api.md)
-        deadline = time.monotonic() + DONE_WITHIN_S
-        while not llm.requests and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert llm.requests, "the job never called the model"
+        await wait_for(lambda: bool(llm.requests), within=DONE_WITHIN_S)  # the job is mid-flight
     finally:
         first.kill()  # SIGKILL: no shutdown, the lease stays with the dead process
 

@@ -60,7 +60,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.AddMessagesRequest, context: Any
     ) -> operations_pb2.Operation:
         if self._conversations is None or self._describe is None:
-            return await super().AddMessages(request, context)  # type: ignore[no-any-return]
+            return await super().AddMessages(request, context)
         op = await self._conversations.add_messages(current_caller(), add_messages(request))
         return await operation_pb(op, self._describe)
 

@@ -137,6 +137,11 @@ class OperationStore(Protocol):
         user included) and kind, stores nothing and answers that one."""
         ...
 
+    async def release_request_id(self, tenant: Tenant, kind: str, request_id: str) -> None:
+        """Frees `request_id` of the tenant's operation of `kind` (its
+        idempotency window is over): a new operation may take it."""
+        ...
+
     async def get_operation(self, tenant: Tenant, op_id: str) -> Operation | None: ...
 
     async def list_operations(

@@ -394,7 +394,7 @@ class OperationTables(Transacting):
                 .where(*self._held(claim))
                 .values(info=json_dump(dict(info)), result=result)
             )
-        return res.rowcount == 1
+        return bool(res.rowcount == 1)
 
     async def finish(
         self,
@@ -422,7 +422,7 @@ class OperationTables(Transacting):
                     lease_until=None,
                 )
             )
-        return res.rowcount == 1
+        return bool(res.rowcount == 1)
 
     async def retry_later(
         self, claim: Claim, not_before: datetime, now: datetime, error: OpError
@@ -442,7 +442,7 @@ class OperationTables(Transacting):
                     lease_until=None,
                 )
             )
-        return res.rowcount == 1
+        return bool(res.rowcount == 1)
 
     async def sweep_operations(self, finished_before: datetime, limit: int) -> int:
         c = operations.c
