@@ -14,9 +14,10 @@
 //   MEMORYD_PROTOS        directory holding memoryd/v1/*.proto
 //                         (default: the repository's protos/)
 //
-// The protos are loaded at run time with @grpc/proto-loader; google/rpc/status.proto
-// (imported by memory.proto) is vendored under ./protos, and the
-// google/protobuf well-known types come with proto-loader.
+// The protos are loaded at run time with @grpc/proto-loader; the googleapis
+// protos memory.proto imports (google/rpc/status.proto, and
+// google/longrunning/operations.proto with its google/api imports) are vendored
+// under ./protos, and the google/protobuf well-known types come with proto-loader.
 // On failure it prints {"error": {code, details, metadata}} and exits 1.
 
 'use strict';
