@@ -10,6 +10,7 @@ import asyncio
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from helpers.errors import refused, violations
 from helpers.servers import Client, MakeServer, RunningServer
 
@@ -194,3 +195,23 @@ async def test_a_retry_on_another_replica_answers_the_first_replicas_response(
     # Each test replica has its own vector store: B wrote nothing of its own.
     assert await contents(on_b) == []
     assert sorted(await contents(on_a)) == ["likes tea", "plays chess"]
+
+
+async def test_a_rerun_whose_first_response_was_lost_overwrites_instead_of_duplicating(
+    server: RunningServer, client: Client
+) -> None:
+    """The crash window: the work was done, the server died before saving
+    the response. The retry runs the work again, and writes the same ids."""
+    first = await create(client, "likes tea", "crash-1")
+    batch = await client.memory.BatchCreateMemories(
+        batch_request("crash-2", "one", "two"), metadata=client.md()
+    )
+    async with server.app.store.engine.begin() as conn:  # the responses are lost
+        await conn.execute(sa.text("DELETE FROM idempotency_keys"))
+    again = await create(client, "likes tea", "crash-1")
+    batch_again = await client.memory.BatchCreateMemories(
+        batch_request("crash-2", "one", "two"), metadata=client.md()
+    )
+    assert again.memory.id == first.memory.id
+    assert [r.memory.id for r in batch_again.results] == [r.memory.id for r in batch.results]
+    assert sorted(await contents(client)) == ["likes tea", "one", "two"]

@@ -44,14 +44,14 @@ class Idempotent:
         request: Request,
         context: Any,
         response_type: type[R],
-        work: Callable[[], Awaitable[R]],
+        work: Callable[[IdempotencyKey | None], Awaitable[R]],
     ) -> R:
-        """`work()`'s response, or the stored response of the first call with
-        this request's `request_id`. The key is read only after the caller
-        may create memories (a data key holding memory:add) and the id is
-        valid."""
+        """`work(key)`'s response, or the stored response of the first call
+        with this request's `request_id` (`key` is None without one: the
+        work then runs as it is). The key is read only after the caller may
+        create memories (a data key holding memory:add) and the id is valid."""
         if not request.request_id:
-            return await work()
+            return await work(None)
         call = current_call()
         principal = call.caller().principal
         principal.tenant()  # a data key
@@ -72,7 +72,7 @@ class Idempotent:
         ran: list[R] = []
 
         async def serialized() -> bytes:
-            response = await work()
+            response = await work(key)
             ran.append(response)
             return response.SerializeToString()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from google.longrunning import operations_pb2
@@ -18,7 +19,7 @@ from memoryd.api.operations import Describe, operation_pb
 from memoryd.api.steps import OFFLOAD_DECODE_BYTES
 from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.errors import DomainError, InvalidArgument, Violations
-from memoryd.domain.idempotency import Idempotency
+from memoryd.domain.idempotency import Idempotency, IdempotencyKey
 from memoryd.domain.memories import (
     MAX_FILTER_DEPTH,
     MemoryService,
@@ -69,8 +70,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.CreateMemoryResponse:
         item = new_memory(request, "")
 
-        async def create() -> memory_pb2.CreateMemoryResponse:
-            created = await self._m.create(current_caller(), item)
+        async def create(key: IdempotencyKey | None) -> memory_pb2.CreateMemoryResponse:
+            # with a request id, the memory's id comes from it: a re-run after
+            # a crash overwrites instead of duplicating
+            one = replace(item, id=key.memory_id(0)) if key else item
+            created = await self._m.create(current_caller(), one)
             return memory_pb2.CreateMemoryResponse(
                 memory=memory(created.record), deduplicated=created.deduplicated
             )
@@ -91,7 +95,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             request,
             context,
             memory_pb2.BatchCreateMemoriesResponse,
-            lambda: self._batch_create(items, failures),
+            lambda key: self._batch_create(_with_ids(items, key), failures),
         )
 
     async def _batch_create(
@@ -253,6 +257,14 @@ def _stopped_import(err: DomainError, summary: memory_pb2.ImportMemoriesResponse
         entry.error.details.extend(failure.error.details[:1])  # the ErrorInfo: its reason
     current_call().error_details.append(compact)
     return err
+
+
+def _with_ids(items: list[NewMemory], key: IdempotencyKey | None) -> list[NewMemory]:
+    """The items of a batch with a request id get ids derived from it (see
+    `IdempotencyKey.memory_id`)."""
+    if key is None:
+        return items
+    return [replace(item, id=key.memory_id(i)) for i, item in enumerate(items)]
 
 
 def _batch_items(
