@@ -260,12 +260,9 @@ class AddMessagesJob:
                 update = MemoryUpdate(
                     paths=("content", "origin"), content=d.text, origin=ctx.origin(d.fact)
                 )
-                try:
-                    await self._memories.update_for(target, update)
-                except Unavailable:
-                    raise
-                except DomainError as err:  # e.g. the new text is over the size limit
-                    return Applied(Event.NONE, fact, reason=_refused(err))
+                refused = await self._update(target, update)
+                if refused:
+                    return Applied(Event.NONE, fact, reason=refused)
             return Applied(
                 Event.UPDATE,
                 fact,
@@ -283,11 +280,25 @@ class AddMessagesJob:
             update = MemoryUpdate(
                 paths=paths, invalid_time=ctx.now, superseded_by=new_id if new_id else ""
             )
-            await self._memories.update_for(target, update)
+            refused = await self._update(target, update)
+            if refused:
+                return Applied(Event.NONE, fact, reason=refused)
         memory_id = new_id if d.event is Event.SUPERSEDE else target.id
         return Applied(
             d.event, fact, memory_id=memory_id, previous_memory_id=target.id, reason=d.reason
         )
+
+    async def _update(self, target: MemoryRecord, update: MemoryUpdate) -> str:
+        """Applies `update`; "" when done, else why it was refused (the new
+        text over the size limit, a memory whose valid_time is still ahead
+        cannot stop holding now...). A store that does not answer raises."""
+        try:
+            await self._memories.update_for(target, update)
+        except Unavailable:
+            raise
+        except DomainError as err:
+            return _refused(err)
+        return ""
 
     async def _target(self, ctx: _Writing, d: Decision) -> MemoryRecord | None:
         found = await self._memories.records(ctx.op.tenant, [d.target_id], with_vectors=True)
@@ -398,4 +409,4 @@ def _allowed(d: Decision, scopes: frozenset[str]) -> Decision:
 
 
 def _refused(err: DomainError) -> str:
-    return f"not stored: {err.message}"
+    return f"not written: {err.message}"
