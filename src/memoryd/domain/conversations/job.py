@@ -106,11 +106,15 @@ class AddMessagesJob:
         info: dict[str, Any] = dict(op.info)
         plan, _ = parse_result(op.result)
         messages = await self._ops.messages(op.id)
+        # the vectors of the facts, computed to find their candidates, are
+        # reused for the memories written with the same text (not after a
+        # re-run from the checkpoint: those are embedded again)
+        vectors: dict[str, list[float]] = {}
         if plan is None:
-            plan = await self._plan(op, extractor, messages, info)
+            plan = await self._plan(op, extractor, messages, info, vectors)
             info["progress_percent"] = 50
             await job.checkpoint(info, result_json(plan, None))
-        applied = await self._apply(op, params, extractor, plan, messages, info)
+        applied = await self._apply(op, params, extractor, plan, messages, info, vectors)
         info["progress_percent"] = 100
         return JobOutcome(OpState.SUCCEEDED, info, result_json(plan, applied))
 
@@ -122,6 +126,7 @@ class AddMessagesJob:
         extractor: Extractor,
         stored: Sequence[StoredMessage],
         info: dict[str, Any],
+        vectors: dict[str, list[float]],
     ) -> list[Decision]:
         prompts = await self._prompt_set(op, extractor)
         info["prompt_versions"] = list(prompts.versions)
@@ -137,7 +142,9 @@ class AddMessagesJob:
         usage = TokenUsage()
         try:
             facts = await extractor.extract(messages, context, prompts, usage)
-            items = await self._candidates(op, facts) if extractor.needs_candidates else None
+            items = (
+                await self._candidates(op, facts, vectors) if extractor.needs_candidates else None
+            )
             pairs = [(f, items[i] if items else []) for i, f in enumerate(facts)]
             decisions = await extractor.decide(pairs, prompts, usage) if facts else []
         finally:
@@ -163,15 +170,20 @@ class AddMessagesJob:
                 versions.append(f"{name}:{self._builtin}")
         return replace(own, versions=tuple(sorted(versions)))
 
-    async def _candidates(self, op: Operation, facts: Sequence[Fact]) -> list[list[Candidate]]:
+    async def _candidates(
+        self, op: Operation, facts: Sequence[Fact], vectors: dict[str, list[float]]
+    ) -> list[list[Candidate]]:
         """For each fact, the most similar memories that hold now, of the
         operation's tenant and end user (never another's: the store is
-        asked for this tenant only)."""
+        asked for this tenant only). Each fact's vector goes in `vectors`."""
         if not facts:
             return []
-        vectors = await self._embedder.embed([f.text for f in facts], fairness_key=op.tenant.org_id)
+        embedded = await self._embedder.embed(
+            [f.text for f in facts], fairness_key=op.tenant.org_id
+        )
         out: list[list[Candidate]] = []
-        for vector in vectors:
+        for fact, vector in zip(facts, embedded, strict=True):
+            vectors[fact.text] = vector
             hits = await self._memories.similar(op.tenant, vector, self._k)
             out.append([Candidate(h.record.id, h.record.content) for h in hits])
         return out
@@ -193,8 +205,9 @@ class AddMessagesJob:
         plan: Sequence[Decision],
         messages: Sequence[StoredMessage],
         info: Mapping[str, Any],
+        vectors: Mapping[str, Sequence[float]],
     ) -> list[Applied]:
-        ctx = _Writing(op, params, extractor, messages, info, self._clock.now())
+        ctx = _Writing(op, params, extractor, messages, info, self._clock.now(), vectors)
         out: list[Applied | None] = [None] * len(plan)
         # The new memories of ADD and SUPERSEDE, written together (one
         # embedding batch); each only if a previous run did not write it.
@@ -281,6 +294,13 @@ class AddMessagesJob:
                 paths=paths, invalid_time=ctx.now, superseded_by=new_id if new_id else ""
             )
             refused = await self._update(target, update)
+            if refused and d.event is Event.SUPERSEDE:  # the new memory is written
+                return Applied(
+                    Event.ADD,
+                    fact,
+                    memory_id=new_id,
+                    reason=f"added; memory {target.id!r} could not be superseded ({refused})",
+                )
             if refused:
                 return Applied(Event.NONE, fact, reason=refused)
         memory_id = new_id if d.event is Event.SUPERSEDE else target.id
@@ -316,8 +336,10 @@ class _Writing:
         messages: Sequence[StoredMessage],
         info: Mapping[str, Any],
         now: datetime,
+        vectors: Mapping[str, Sequence[float]],
     ) -> None:
         self.op = op
+        self._vectors = vectors
         self.params = params
         self.extractor = extractor
         self.now = now
@@ -346,6 +368,7 @@ class _Writing:
             source=p.source,
             tags=p.tags,
             valid_time=max(times) if times else self.op.create_time,
+            embedding=tuple(self._vectors.get(d.text, ())),
             id=memory_id,
             origin=self.origin(d.fact),
         )

@@ -5,6 +5,7 @@ the database; its calls live with their tables (`tenancy`, `keys`,
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,43 @@ from memoryd.storage.sql.tenancy import TenancyTables
 from memoryd.storage.sql.tx import Tx
 
 _PING_TIMEOUT_S = 1.5
+
+# Whether this task already holds the store's SQLite lock (a transaction
+# opened inside another one must not wait for itself).
+_HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("memoryd_sql_lock", default=False)
+
+
+class OneAtATime:
+    """`async with` a transaction under `lock`, unless this task holds it."""
+
+    def __init__(self, lock: asyncio.Lock, inner: Any) -> None:
+        self._lock = lock
+        self._inner = inner
+        self._token: contextvars.Token[bool] | None = None
+
+    async def __aenter__(self) -> Any:
+        if not _HOLDING.get():
+            await self._lock.acquire()
+            self._token = _HOLDING.set(True)
+        try:
+            return await self._inner.__aenter__()
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
+        try:
+            return bool(await self._inner.__aexit__(et, exc, tb))
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._token is not None:
+            _HOLDING.reset(self._token)
+            self._token = None
+            self._lock.release()
+
+
 _CONNECT_TIMEOUT_S = 5.0
 
 
@@ -45,6 +83,11 @@ class SqlControlStore(
         self._echo = echo
         self._engine: AsyncEngine | None = None
         self._reach = Reachability()
+        # SQLite has one writer at a time: its transactions queue here, in
+        # order, rather than in SQLite's sleep-and-retry busy handler (which,
+        # under a flood of small writes, left calls waiting seconds and some
+        # failing "database is locked" after the busy timeout).
+        self._one_writer: asyncio.Lock | None = asyncio.Lock() if url.startswith("sqlite") else None
 
     @property
     def reachable(self) -> bool:
@@ -128,4 +171,5 @@ class SqlControlStore(
         error when that was deleted meanwhile. Every use of the engine goes
         through here: an outage becomes Unavailable (DATABASE_UNAVAILABLE)
         with a retry hint, logged once."""
-        return Guarded(Tx(self.engine, parent), self._reach)
+        guarded = Guarded(Tx(self.engine, parent), self._reach)
+        return guarded if self._one_writer is None else OneAtATime(self._one_writer, guarded)
