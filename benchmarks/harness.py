@@ -34,6 +34,14 @@ import grpc
 from memoryd.config import Settings
 
 _KEY_RE = re.compile(r"ms_org_[A-Za-z0-9]+")
+# Rate limits and quotas no benchmark reaches (as server environment).
+HIGH_LIMITS = {
+    "MEMORYD_KEY_REQUESTS_PER_SECOND": "1000000",
+    "MEMORYD_KEY_BURST": "1000000",
+    "MEMORYD_PROJECT_REQUESTS_PER_SECOND": "1000000",
+    "MEMORYD_PROJECT_BURST": "1000000",
+    "MEMORYD_MAX_MEMORIES_PER_ENVIRONMENT": "100000000",
+}
 _PORT_RE = re.compile(r"listening on [^:]+:(\d+)")
 
 
@@ -50,16 +58,21 @@ class Result:
         return self.calls / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        data = sorted(self.latencies_ms)
-        return data[min(len(data) - 1, int(q * len(data)))]
+        return percentile(self.latencies_ms, q)
 
     def line(self) -> str:
         return (
             f"{self.name:<38} {self.rps:>9.0f} req/s   p50 {self.pct(0.5):7.2f} ms   "
             f"p99 {self.pct(0.99):7.2f} ms   errors {self.errors}"
         )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q` quantile of `values` (nearest rank); NaN when there are none."""
+    if not values:
+        return float("nan")
+    data = sorted(values)
+    return data[min(len(data) - 1, int(q * len(data)))]
 
 
 class ServerProcess:
@@ -133,6 +146,13 @@ class ServerProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) so far of the server and its child
+        processes (the vector engine's), from /proc; 0 where there is none."""
+        assert self.proc is not None
+        pids = [self.proc.pid, *_children(self.proc.pid)]
+        return sum(_cpu_of(pid) for pid in pids)
+
     def calls(self, method: str) -> dict[str, float]:
         """Calls of `method` so far by status code, from the server's metrics."""
         service, name = method.strip("/").rsplit("/", 1)
@@ -178,6 +198,28 @@ async def drive(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return Result(name, len(latencies), time.perf_counter() - started, latencies, errors)
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name ([] if gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return text.rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[1] == str(pid):
+            out.append(int(entry.name))
+    return out
+
+
+def _cpu_of(pid: int) -> float:
+    fields = _stat(pid)  # fields[11], fields[12]: utime, stime in clock ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.harness import Result, ServerProcess, drive, h2load
+from benchmarks.harness import HIGH_LIMITS, Result, ServerProcess, drive, h2load
 from memoryd.config import Settings
 from memoryd.embeddings import build_embedder
 from memoryd.v1 import (
@@ -144,13 +144,6 @@ _FACTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("astronomy", "cooking", "history", "gardening", "poetry"),
     ),
 )
-_HIGH_LIMITS = {
-    "MEMORYD_KEY_REQUESTS_PER_SECOND": "1000000",
-    "MEMORYD_KEY_BURST": "1000000",
-    "MEMORYD_PROJECT_REQUESTS_PER_SECOND": "1000000",
-    "MEMORYD_PROJECT_BURST": "1000000",
-    "MEMORYD_MAX_MEMORIES_PER_ENVIRONMENT": "100000000",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +209,7 @@ async def memory_suite(
         f"{time.perf_counter() - t0:.0f} s (not part of the server's figures)"
     )
 
-    async with ServerProcess(settings, extra_env=_HIGH_LIMITS) as server:
+    async with ServerProcess(settings, extra_env=HIGH_LIMITS) as server:
         channel = aio.insecure_channel(
             server.address, options=[("grpc.max_send_message_length", 64 << 20)]
         )
@@ -367,7 +360,7 @@ async def memory_suite(
         await asyncio.to_thread(server.proc.wait, 120)
         child_env = {
             **os.environ,
-            **_HIGH_LIMITS,
+            **HIGH_LIMITS,
             "MEMORYD_DATA_DIR": str(data_dir),
             "MEMORYD_PORT": str(server.port),
             "MEMORYD_LOG_LEVEL": "WARNING",
