@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from benchmarks.auth import SUITES as AUTH_SUITES
 from benchmarks.auth import run_auth
+from benchmarks.conversations import run_conversations
 from benchmarks.memory import memory_suite
 from memoryd.cli import add_settings_options, configure_logging, settings_from_args
 from memoryd.config import ConfigError, Settings
@@ -24,17 +25,25 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Start `memoryd serve` with the given settings on a free port and measure "
         "it from outside: health Check against authenticated calls (auth, auth-redis), a "
-        "seeded memory workload (memory). See docs/performance.md.",
+        "seeded memory workload (memory), AddMessages operations (conversations). "
+        "See docs/performance.md.",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
     parser.add_argument(
         "--suite",
-        default="auth,auth-redis,memory",
-        help="comma-separated suites: auth (in-process limiter), auth-redis, memory (default: all)",
+        default="auth,auth-redis,memory,conversations",
+        help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
+        "conversations (default: all)",
     )
     parser.add_argument("--memories", type=int, default=100_000, help="memory suite: corpus size")
     parser.add_argument("--tenants", type=int, default=1_000, help="memory suite: tenants")
+    parser.add_argument(
+        "--operations",
+        type=int,
+        default=1_000,
+        help="conversations suite: operations of the flooding tenant (fairness)",
+    )
     add_settings_options(parser)
     return parser
 
@@ -53,6 +62,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         elif suite == "memory":
             for line in await memory_suite(settings, args.memories, args.tenants, args.seconds):
                 print(line, flush=True)
+        elif suite == "conversations":
+            await run_conversations(settings, args.seconds, args.concurrency, args.operations)
         else:
             print(f"unknown suite {suite!r}", file=sys.stderr)
             return 2
