@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 PROTO_SRC := $(wildcard protos/memoryd/v1/*.proto)
 
-.PHONY: install run test lint proto proto-check models services deps deploy-check bench bench-deps clean
+.PHONY: install run test lint proto proto-check models services deps deploy-check bench bench-deps eval clean
 
 install: $(STAMP)
 
@@ -25,8 +25,8 @@ test: install models services deps
 	MEMORYD_TEST_MODEL_DIR=$(MODEL_DIR) $(PY) -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts benchmarks
-	$(VENV)/bin/ruff format --check src tests scripts benchmarks
+	$(VENV)/bin/ruff check src tests scripts benchmarks evaluation
+	$(VENV)/bin/ruff format --check src tests scripts benchmarks evaluation
 	$(VENV)/bin/mypy
 
 ## Regenerate src/memoryd/v1 from protos/ (pinned grpcio-tools from pyproject).
@@ -63,6 +63,10 @@ bench-deps:
 ## Every benchmark suite (benchmarks/, not shipped); figures in docs/performance.md.
 bench: install models bench-deps
 	MEMORYD_EMBEDDING_MODEL_DIR=$(MODEL_DIR) $(PY) -m benchmarks
+
+## Retrieval quality on the committed golden set (evaluation/); table in docs/quality.md.
+eval: install models
+	MEMORYD_EMBEDDING_MODEL_DIR=$(MODEL_DIR) $(PY) -m evaluation
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

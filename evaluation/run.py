@@ -1,0 +1,233 @@
+"""Asks the golden set of a real `memoryd serve` process and scores the
+answers per family and search mode.
+
+The server runs as its own process on a temporary data dir (benchmarks'
+ServerProcess) with the settings given, so the embedding model is the
+server's (the real local model under `make eval`). One project, one
+environment and data key per family, one end user per tenant index. The
+memories are loaded with BatchCreateMemories (server-side embedding), then
+the superseded ones get their `invalid_time` with UpdateMemory. Questions
+are asked one at a time with SearchMemories (top_k 10, the question as
+text); the latency is the call's, client side, the query's embedding
+included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import field_mask_pb2
+from grpc import aio
+
+from benchmarks.harness import ServerProcess
+from evaluation.golden import PENDING_FAMILIES, GoldenMemory, GoldenQuestion, GoldenSet
+from evaluation.metrics import Answer, Row, score
+from memoryd.config import Settings
+from memoryd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    tenancy_pb2,
+)
+
+TOP_K = 10
+# The search modes: name → the fields the mode sets on SearchMemoriesRequest,
+# or None while the server has no such mode. SEMANTIC is today's search (the
+# request has no mode field yet). Adding a mode is replacing its None, e.g.
+# "KEYWORD": {"mode": memory_pb2.SearchMemoriesRequest.KEYWORD}.
+MODES: dict[str, dict[str, Any] | None] = {
+    "SEMANTIC": {},
+    "KEYWORD": None,
+    "HYBRID": None,
+}
+PENDING_MODE = "pending (needs SearchMemoriesRequest.mode)"
+# What is scored: (label, family, request fields every question adds). The
+# current_truth questions are asked twice: as a client would (superseded
+# memories hidden) and with them shown, which tells what the ranking alone
+# would answer without the time of truth.
+VIEWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("paraphrase", "paraphrase", {}),
+    ("exact_term", "exact_term", {}),
+    ("current_truth", "current_truth", {}),
+    ("current_truth, include_invalidated", "current_truth", {"include_invalidated": True}),
+)
+# Limits high enough that loading the set is never refused.
+_HIGH_LIMITS = {
+    "MEMORYD_KEY_REQUESTS_PER_SECOND": "1000000",
+    "MEMORYD_KEY_BURST": "1000000",
+    "MEMORYD_PROJECT_REQUESTS_PER_SECOND": "1000000",
+    "MEMORYD_PROJECT_BURST": "1000000",
+    "MEMORYD_MAX_MEMORIES_PER_ENVIRONMENT": "100000000",
+}
+_BATCH = 100
+_LOADERS = 4
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def evaluate(settings: Settings, golden: GoldenSet, families: Sequence[str]) -> list[Row]:
+    """Loads the memories of `families` into a fresh server started from
+    `settings`, asks their questions in every mode and returns the table's
+    rows (pending modes and families included). Progress goes to stdout."""
+    async with (
+        ServerProcess(settings, extra_env=_HIGH_LIMITS) as server,
+        aio.insecure_channel(server.address) as channel,
+    ):
+        keys = await _data_keys(channel, server.owner_key, families)
+        mem = memory_pb2_grpc.MemoryServiceStub(channel)
+
+        def tenant(family: str, index: int) -> Metadata:
+            return (("x-api-key", keys[family]), ("x-end-user-id", f"user-{index:03d}"))
+
+        for family in families:
+            part = golden.of(family)
+            started = time.perf_counter()
+            ids = await _load(mem, part.memories, tenant)
+            stale = [m for m in part.memories if m.invalid_time]
+            for m in stale:
+                await _invalidate(mem, ids[m.gid], m.invalid_time, tenant(family, m.tenant))
+            print(
+                f"{family}: loaded {len(part.memories)} memories ({len(stale)} invalidated) "
+                f"in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+        for family in families:  # the first queries of a process are slow: not measured
+            for q in golden.of(family).questions[:5]:
+                await _ask(mem, q, {}, tenant(family, q.tenant))
+
+        rows: list[Row] = []
+        for label, family, extra in VIEWS:
+            if family not in families:
+                continue
+            questions = golden.of(family).questions
+            for mode, fields in MODES.items():
+                if fields is None:
+                    rows.append(Row(label, mode, pending=PENDING_MODE))
+                    continue
+                started = time.perf_counter()
+                answers = [
+                    await _ask(mem, q, {**fields, **extra}, tenant(family, q.tenant))
+                    for q in questions
+                ]
+                rows.append(Row(label, mode, score(answers)))
+                print(
+                    f"{label} / {mode}: {len(answers)} questions in "
+                    f"{time.perf_counter() - started:.1f} s",
+                    flush=True,
+                )
+    rows += [Row(family, "all", pending=why) for family, why in PENDING_FAMILIES.items()]
+    return rows
+
+
+async def _data_keys(
+    channel: aio.Channel, owner_key: str, families: Sequence[str]
+) -> dict[str, str]:
+    """A project `eval` with one environment per family; each family's data
+    key (scopes memory:*)."""
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    keys = keys_pb2_grpc.KeyServiceStub(channel)
+    owner = (("x-api-key", owner_key),)
+    project = await admin.CreateProject(
+        admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name="eval")), metadata=owner
+    )
+    out: dict[str, str] = {}
+    for family in families:
+        env = await admin.CreateEnvironment(
+            admin_pb2.CreateEnvironmentRequest(
+                project_id=project.id,
+                environment=admin_pb2.Environment(
+                    name=family.replace("_", "-"), kind=tenancy_pb2.ENVIRONMENT_KIND_TEST
+                ),
+            ),
+            metadata=owner,
+        )
+        created = await keys.CreateApiKey(
+            keys_pb2.CreateApiKeyRequest(
+                project_id=project.id,
+                environment_id=env.id,
+                name=f"eval-{env.name}",
+                scopes=["memory:*"],
+            ),
+            metadata=owner,
+        )
+        out[family] = created.secret
+    return out
+
+
+async def _load(
+    mem: memory_pb2_grpc.MemoryServiceAsyncStub,
+    memories: Sequence[GoldenMemory],
+    tenant: Callable[[str, int], Metadata],
+) -> dict[str, str]:
+    """Creates `memories` in batches per tenant, `_LOADERS` batches in
+    flight; gid → server id."""
+    by_tenant: dict[tuple[str, int], list[GoldenMemory]] = defaultdict(list)
+    for m in memories:
+        by_tenant[(m.family, m.tenant)].append(m)
+    queue = [
+        (key, items[i : i + _BATCH])
+        for key, items in by_tenant.items()
+        for i in range(0, len(items), _BATCH)
+    ]
+    ids: dict[str, str] = {}
+
+    async def worker() -> None:
+        while queue:
+            (family, index), batch = queue.pop()
+            request = memory_pb2.BatchCreateMemoriesRequest(
+                requests=[memory_pb2.CreateMemoryRequest(memory=_memory(m)) for m in batch]
+            )
+            resp = await mem.BatchCreateMemories(
+                request, metadata=tenant(family, index), timeout=300
+            )
+            if resp.failed_count:
+                first = next(r.error for r in resp.results if r.error.code)
+                raise RuntimeError(f"{resp.failed_count} memories not created: {first.message}")
+            ids.update((m.gid, r.memory.id) for m, r in zip(batch, resp.results, strict=True))
+
+    await asyncio.gather(*(worker() for _ in range(_LOADERS)))
+    return ids
+
+
+def _memory(m: GoldenMemory) -> memory_pb2.Memory:
+    memory = memory_pb2.Memory(content=m.content, metadata={"gid": m.gid})
+    if m.valid_time:
+        memory.valid_time.FromDatetime(datetime.fromisoformat(m.valid_time))
+    return memory
+
+
+async def _invalidate(
+    mem: memory_pb2_grpc.MemoryServiceAsyncStub, memory_id: str, invalid_time: str, md: Metadata
+) -> None:
+    """Marks a memory as no longer holding since `invalid_time`."""
+    memory = memory_pb2.Memory(id=memory_id)
+    memory.invalid_time.FromDatetime(datetime.fromisoformat(invalid_time))
+    await mem.UpdateMemory(
+        memory_pb2.UpdateMemoryRequest(
+            memory=memory, update_mask=field_mask_pb2.FieldMask(paths=["invalid_time"])
+        ),
+        metadata=md,
+    )
+
+
+async def _ask(
+    mem: memory_pb2_grpc.MemoryServiceAsyncStub,
+    q: GoldenQuestion,
+    fields: Mapping[str, Any],
+    md: Metadata,
+) -> Answer:
+    """One search; the gids of its results, best first, and its latency."""
+    request = memory_pb2.SearchMemoriesRequest(query=q.question, top_k=TOP_K, **fields)
+    started = time.perf_counter()
+    resp = await mem.SearchMemories(request, metadata=md)
+    latency_ms = (time.perf_counter() - started) * 1000
+    ranking = tuple(str(r.memory.metadata["gid"]) for r in resp.results)
+    return Answer(ranking, q.expected, q.superseded, latency_ms)
