@@ -219,3 +219,49 @@ def test_sigterm_stops_cleanly_and_data_survives_a_restart(tmp_path: Path) -> No
         assert [p["name"] for p in json.loads(listed.stdout)["projects"]] == ["kept"]
     finally:
         assert stop(second) == 0
+
+
+def test_add_messages_and_its_operation_through_grpcurl(served: Served) -> None:
+    """The conversation path as the README shows it: AddMessages answers an
+    operation, google.longrunning.Operations (listed, described) waits for
+    it, and grpcurl prints its metadata and response (Any types resolved by
+    reflection)."""
+    listed = grpcurl(served.address, "list").stdout.split()
+    assert "google.longrunning.Operations" in listed
+    described = grpcurl(served.address, "describe", "google.longrunning.Operations")
+    assert "rpc WaitOperation" in described.stdout, described.stderr
+
+    def call(key: str, method: str, body: dict[str, object]) -> dict[str, object]:
+        result = grpcurl("-H", f"x-api-key: {key}", "-d", json.dumps(body), served.address, method)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    owner = served.owner_key
+    project = call(owner, "memoryd.v1.AdminService/CreateProject", {"project": {"name": "chat"}})
+    envs = project["environments"]
+    assert isinstance(envs, list)
+    created = call(
+        owner,
+        "memoryd.v1.KeyService/CreateApiKey",
+        {"project_id": project["id"], "environment_id": envs[0]["id"], "name": "runtime"},
+    )
+    key = str(created["secret"])
+    op = call(
+        key,
+        "memoryd.v1.MemoryService/AddMessages",
+        {"messages": [{"role": "user", "content": "I moved to Lisbon last month"}]},
+    )
+    name = str(op["name"])
+    assert name.startswith("operations/")
+    done = call(
+        key, "google.longrunning.Operations/WaitOperation", {"name": name, "timeout": "30s"}
+    )
+    assert done.get("done") is True, done
+    response = done["response"]
+    assert isinstance(response, dict)
+    assert response["@type"] == "type.googleapis.com/memoryd.v1.AddMessagesResponse"
+    decision = response["decisions"][0]
+    assert decision["event"] == "ADD"
+    assert decision["memory"]["content"] == "I moved to Lisbon last month"
+    metadata = done["metadata"]
+    assert isinstance(metadata, dict) and metadata["state"] == "SUCCEEDED"
