@@ -193,7 +193,12 @@ async def _build(
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
     server = _server(stack, settings, pipeline, domain, idempotency, health, clock, tracer_provider)
     port = listen(server, settings)
-    _metrics_endpoint(stack, settings, metrics, {**limits.counters, **_key_cache(authenticator)})
+    _metrics_endpoint(
+        stack,
+        settings,
+        metrics,
+        {**limits.counters, **_key_cache(authenticator), **_job_counts(domain.jobs)},
+    )
     # Last, once the port, the model and the stores are in hand: an owner key
     # made before a step that then failed would never be shown.
     bootstrapped = await _bootstrap(store, hasher, clock, bootstrap_if_empty)
@@ -329,6 +334,14 @@ async def _authenticator(
     await bus.start(authenticator.evict, on_resubscribed=authenticator.clear)
     _on_close(stack, bus.close)
     return authenticator
+
+
+def _job_counts(runner: JobRunner) -> Readers:
+    def reader(name: str) -> Callable[[], float]:
+        return lambda: float(runner.counts[name])
+
+    names = ("started", "succeeded", "failed", "cancelled", "retried", "leases_lost")
+    return {f"memoryd_operations_{name}": reader(name) for name in names}
 
 
 def _key_cache(authenticator: Authenticator) -> Readers:

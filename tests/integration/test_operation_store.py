@@ -304,6 +304,7 @@ async def test_the_runner_runs_a_job_and_records_its_result(store: SqlControlSto
     stored = await store.get_operation(a, op.id)
     assert stored is not None and stored.state is OpState.SUCCEEDED and stored.result == "ok"
     assert done == [op.id]
+    assert (runner.counts["started"], runner.counts["succeeded"]) == (1, 1)
 
 
 async def test_unavailable_is_retried_and_fails_visibly_after_the_last_attempt(
@@ -326,6 +327,7 @@ async def test_unavailable_is_retried_and_fails_visibly_after_the_last_attempt(
     assert failed is not None and failed.state is OpState.FAILED
     assert failed.error is not None and failed.error.code == "UNAVAILABLE"
     assert "gave up after 2 attempts" in failed.error.message
+    assert dict(runner.counts) == {"started": 2, "retried": 1, "failed": 1}
 
 
 async def test_a_domain_error_fails_the_operation_with_its_reason(store: SqlControlStore) -> None:

@@ -214,6 +214,16 @@ COUNTERS: dict[str, str] = {
         "key revocations that could not be published to the other replicas"
     ),
     "memoryd_revocation_reconnects": "times the key-revocation subscription was made again",
+    "memoryd_operations_started": "operations this process took from the queue (attempts)",
+    "memoryd_operations_succeeded": "operations this process ended SUCCEEDED",
+    "memoryd_operations_failed": "operations this process ended FAILED",
+    "memoryd_operations_cancelled": "operations this process ended CANCELLED",
+    "memoryd_operations_retried": (
+        "operations this process gave back to the queue for later (model or store unavailable)"
+    ),
+    "memoryd_operations_leases_lost": (
+        "operations this process stopped because another worker took them over"
+    ),
 }
 """The counters other parts keep (name without `_total`: help text)."""
 

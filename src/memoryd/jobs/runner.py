@@ -116,6 +116,8 @@ class JobRunner:
         self._by_project: Counter[str] = Counter()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # what this process did (metrics; see `counts`)
+        self.counts: Counter[str] = Counter()
 
     @property
     def owner(self) -> str:
@@ -177,6 +179,7 @@ class JobRunner:
 
     def _launch(self, claim: Claim) -> None:
         op = claim.operation
+        self.counts["started"] += 1
         self._by_project[op.tenant.project_id] += 1
         task = asyncio.create_task(self._run(claim), name=f"memoryd-job-{op.id}")
         self._running[op.id] = task
@@ -204,6 +207,7 @@ class JobRunner:
             else:
                 raise
         except LeaseLost:
+            self.counts["leases_lost"] += 1
             log.info("operation %s was taken over by another worker", op.id)
         except Unavailable as err:
             await self._retry(ctx.claim, err)
@@ -255,6 +259,7 @@ class JobRunner:
         log.info("operation %s: %s; trying again in %.0f s", op.id, err.message, delay)
         with contextlib.suppress(Unavailable):
             await self.store.retry_later(claim, now + timedelta(seconds=delay), now, error_of(err))
+            self.counts["retried"] += 1
 
     async def _end(self, claim: Claim, outcome: JobOutcome) -> None:
         try:
@@ -271,4 +276,5 @@ class JobRunner:
             log.warning("operation %s: could not record its end: %s", claim.operation.id, err)
             return
         if done:
+            self.counts[outcome.state.value.lower()] += 1
             self._on_done(claim.operation.id)
