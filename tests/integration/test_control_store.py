@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,23 +33,6 @@ from memoryd.domain.tenancy import EnvironmentKind, KeyKind
 from memoryd.storage.sql import SqlControlStore
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite+aiosqlite:///{tmp_path / 'control.db'}"
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlControlStore]:
-    s = SqlControlStore(database_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 _ids = iter(range(10**6))

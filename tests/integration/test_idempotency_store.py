@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -37,13 +36,6 @@ KEY = IdempotencyKey(
 )
 FP = hashlib.sha256(b"the request").digest()
 OTHER_FP = hashlib.sha256(b"another request").digest()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite+aiosqlite:///{tmp_path / 'control.db'}"
 
 
 @pytest.fixture

@@ -7,12 +7,9 @@ lease holds. Time is a ManualClock: no test waits for a lease to run out."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.control import (
@@ -38,23 +35,6 @@ from memoryd.jobs import JobRunner
 from memoryd.storage.sql import SqlControlStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite+aiosqlite:///{tmp_path / 'control.db'}"
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlControlStore]:
-    s = SqlControlStore(database_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 _n = iter(range(10**6))

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -28,23 +26,6 @@ from memoryd.storage.sql import SqlControlStore
 from memoryd.storage.sql.prompts import prompt_versions
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite+aiosqlite:///{tmp_path / 'control.db'}"
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlControlStore]:
-    s = SqlControlStore(database_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 _ids = itertools.count()
