@@ -86,7 +86,7 @@ class AddMessagesView:
         if op.state is not OpState.SUCCEEDED:
             return meta, None
         _, applied = parse_result(op.result)
-        ids = [i for a in applied for i in (a.memory_id,) if i]
+        ids = [a.memory_id for a in applied if a.memory_id]
         records: dict[str, MemoryRecord] = {
             r.id: r for r in await self._memories.records(op.tenant, ids)
         }

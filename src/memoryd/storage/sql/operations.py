@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -380,12 +381,16 @@ class OperationTables(Transacting):
             )
             if result.rowcount != 1:
                 return None
-            row = (
+            # only what can change under a running job: a cancel request
+            cancel = (
                 await conn.execute(
-                    sa.select(operations).where(operations.c.id == claim.operation.id)
+                    sa.select(operations.c.cancel_requested).where(
+                        operations.c.id == claim.operation.id
+                    )
                 )
-            ).first()
-        return Claim(_op(row), claim.owner, lease_until) if row else None
+            ).scalar()
+        op = replace(claim.operation, cancel_requested=bool(cancel))
+        return Claim(op, claim.owner, lease_until)
 
     async def save_progress(self, claim: Claim, info: Mapping[str, Any], result: str) -> bool:
         async with self._begin() as conn:
