@@ -16,6 +16,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEMANTIC: _ClassVar[SearchMode]
+    KEYWORD: _ClassVar[SearchMode]
+    HYBRID: _ClassVar[SearchMode]
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEMANTIC: SearchMode
+KEYWORD: SearchMode
+HYBRID: SearchMode
+
 class Memory(_message.Message):
     __slots__ = ("id", "content", "metadata", "agent_id", "thread_id", "source", "tags", "end_user_id", "project_id", "environment_id", "create_time", "update_time", "expire_time", "revision", "embedding", "valid_time", "invalid_time", "superseded_by", "origin")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -219,7 +230,7 @@ class ListMemoriesResponse(_message.Message):
     def __init__(self, memories: _Optional[_Iterable[_Union[Memory, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SearchMemoriesRequest(_message.Message):
-    __slots__ = ("query", "query_embedding", "filter", "top_k", "min_score", "include_invalidated", "as_of")
+    __slots__ = ("query", "query_embedding", "filter", "top_k", "min_score", "include_invalidated", "as_of", "mode", "recency_half_life", "diversity")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     QUERY_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +238,9 @@ class SearchMemoriesRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_INVALIDATED_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RECENCY_HALF_LIFE_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     query: str
     query_embedding: _containers.RepeatedScalarFieldContainer[float]
     filter: MemoryFilter
@@ -234,7 +248,10 @@ class SearchMemoriesRequest(_message.Message):
     min_score: float
     include_invalidated: bool
     as_of: _timestamp_pb2.Timestamp
-    def __init__(self, query: _Optional[str] = ..., query_embedding: _Optional[_Iterable[float]] = ..., filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., include_invalidated: _Optional[bool] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    mode: SearchMode
+    recency_half_life: _duration_pb2.Duration
+    diversity: float
+    def __init__(self, query: _Optional[str] = ..., query_embedding: _Optional[_Iterable[float]] = ..., filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., include_invalidated: _Optional[bool] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., recency_half_life: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., diversity: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("memory", "score", "project_id")
