@@ -1,0 +1,89 @@
+"""Change events: one durable log of every acknowledged change to a memory,
+which watchers (`WatchMemories`) read from and webhooks are delivered from.
+
+An event belongs to the tenant of the memory it is about (organization,
+project, environment and end user, "" when none) from its first line: every
+read for a caller takes the caller's `Tenant` and confines itself to what
+that tenant may see (`Tenant.sees`), exactly like a memory read. Only the
+webhook dispatcher reads the log across tenants, and it hands each event
+only to the webhooks of the event's own environment.
+
+`seq` is the log's position: assigned by the store when the event is
+appended, strictly increasing in append order within one store, and the
+basis of resume tokens. `memory` is the memory's state after the change
+as the JSON object of its API form (absent for deletions: then only
+`memory_id`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from memoryd.domain.tenancy import Tenant
+
+
+class EventType(enum.Enum):
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    SUPERSEDED = "SUPERSEDED"
+    DELETED = "DELETED"
+    EXPIRED = "EXPIRED"
+    PURGED = "PURGED"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append: what changed, for whom, and what caused it
+    (`operation_id` of a long-running operation, or the `request_id` of
+    the call, either may be "")."""
+
+    type: EventType
+    tenant: Tenant
+    memory_id: str
+    time: datetime
+    memory: Mapping[str, Any] | None = None
+    operation_id: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ChangeEvent(NewEvent):
+    """An event as stored, with its position in the log."""
+
+    seq: int = 0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ChangeLog(Protocol):
+    """The durable change log (in the control store)."""
+
+    async def append(self, events: Sequence[NewEvent]) -> list[ChangeEvent]:
+        """Appends `events` in one transaction, in order; answers them with
+        their positions."""
+        ...
+
+    async def read(self, tenant: Tenant, after: int, limit: int) -> list[ChangeEvent]:
+        """Up to `limit` events after position `after` that `tenant` may
+        see, oldest first."""
+        ...
+
+    async def read_all(self, after: int, limit: int) -> list[ChangeEvent]:
+        """Up to `limit` events of every tenant after position `after`,
+        oldest first: for the webhook dispatcher only, never a caller."""
+        ...
+
+    async def oldest(self) -> int | None:
+        """The position of the oldest event kept (None: the log is empty)."""
+        ...
+
+    async def last(self) -> int:
+        """The position of the newest event (0 when none was ever appended)."""
+        ...
+
+    async def trim(self, before: datetime) -> int:
+        """Deletes the events older than `before` (retention); answers how many."""
+        ...
