@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from grpc import aio
 
@@ -52,7 +52,7 @@ from memoryd.domain.errors import DomainError
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
-from memoryd.domain.memory import Embedder, VectorStore
+from memoryd.domain.memory import Embedder, SearchMode, VectorStore
 from memoryd.domain.operation_service import KindScopes, OperationService, Waiters
 from memoryd.domain.ports import SecretHasher
 from memoryd.domain.project_cache import ProjectCache
@@ -79,6 +79,7 @@ from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.sql import SqlControlStore
 from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.ranking import Fusion, Tuning
 from memoryd.usage import (
     LocalUsageMeter,
     RedisUsageMeter,
@@ -386,22 +387,28 @@ async def _vectors(
     return vectors
 
 
-def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorStore:
-    if settings.qdrant_url:
-        # imported here: qdrant-client takes most of a second to import, and
-        # the embedded default does not need it
-        from qdrant_client import AsyncQdrantClient
+async def model_identity(settings: Settings) -> tuple[str, int]:
+    """The (model id, dimension) of the configured embedder (loading it)."""
+    async with AsyncExitStack() as stack:
+        embedder = await _embedder(stack, settings, None)
+        return embedder.model_id, embedder.dimension
 
+
+async def open_vector_store(settings: Settings) -> VectorStore:
+    """The configured vector store, opened (and so upgraded) for the
+    configured model. The caller closes it."""
+    model_id, dimension = await model_identity(settings)
+    vectors = _vector_store(settings, lambda: None)
+    await vectors.open(model_id, dimension)
+    return vectors
+
+
+def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorStore:
+    tuning = search_tuning(settings)
+    if settings.qdrant_url:
         from memoryd.storage.vectors.qdrant import QdrantVectorStore
 
-        client = AsyncQdrantClient(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key or None,
-            timeout=10,
-            # the version check is a blocking request at construction
-            check_compatibility=False,
-        )
-        return QdrantVectorStore(client)
+        return QdrantVectorStore(qdrant_client(settings), tuning=tuning)
     return EdgeVectorStore(
         Path(settings.data_dir) / "vectors",
         sync_writes=settings.vector_sync_writes,
@@ -409,6 +416,32 @@ def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorSt
         timeout_s=settings.storage_timeout_s,
         on_change=on_change,
         process=settings.vector_engine_process,
+        tuning=tuning,
+    )
+
+
+def qdrant_client(settings: Settings) -> Any:
+    """The `AsyncQdrantClient` of `settings.qdrant_url`."""
+    # imported here: qdrant-client takes most of a second to import, and
+    # the embedded default does not need it
+    from qdrant_client import AsyncQdrantClient
+
+    return AsyncQdrantClient(
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key or None,
+        timeout=10,
+        # the version check is a blocking request at construction
+        check_compatibility=False,
+    )
+
+
+def search_tuning(settings: Settings) -> Tuning:
+    return Tuning(
+        fusion=cast(Fusion, settings.search_fusion),
+        rrf_k=settings.search_rrf_k,
+        semantic_weight=settings.search_semantic_weight,
+        keyword_weight=settings.search_keyword_weight,
+        candidates=settings.search_candidates,
     )
 
 
@@ -464,6 +497,7 @@ def _services(
         on_environment_count=metrics.environment_memories.observe,
         max_query_chars=settings.max_query_chars,
         auditor=auditor,
+        default_search_mode=SearchMode(settings.search_default_mode),
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     projects = ProjectManager(

@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
         "repair when an owner key was never shown (e.g. a first start that failed)",
     )
     add_settings_options(boot)
+
+    upgrade = sub.add_parser(
+        "upgrade-vectors",
+        help="bring a vector store made before keyword search to this version",
+        description="Copy the memories of a vector store made before keyword search into one "
+        "with keyword vectors. The embedded store does this by itself when it starts; a Qdrant "
+        "server's collection must be upgraded with this command, once, with every replica "
+        "stopped. Safe to run again after an interruption.",
+    )
+    add_settings_options(upgrade)
     return parser
 
 
@@ -148,6 +158,34 @@ async def _serve(settings: Settings) -> int:
         "signal received: draining for up to %.0f s", settings.grace_period_s
     )
     await app.stop()
+    return 0
+
+
+async def _upgrade_vectors(settings: Settings) -> int:
+    """Upgrades the configured vector store for keyword search (see the
+    command's description); 0 when it is done or was not needed."""
+    from memoryd.app import model_identity, open_vector_store, qdrant_client
+    from memoryd.domain.errors import DomainError
+
+    try:
+        if settings.qdrant_url:
+            from memoryd.storage.vectors.qdrant import collection_name, upgrade_collection
+
+            model_id, _ = await model_identity(settings)
+            client = qdrant_client(settings)
+            try:
+                await upgrade_collection(
+                    client, collection_name(model_id), lambda line: print(line, flush=True)
+                )
+            finally:
+                await client.close()
+        else:
+            # the embedded store upgrades itself when it opens
+            store = await open_vector_store(settings)
+            await store.close()
+            print("the embedded vector store is up to date", flush=True)
+    except (DomainError, OSError) as err:
+        return _cannot_start(err)
     return 0
 
 
@@ -231,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve(settings))
     if args.command == "bootstrap":
         return asyncio.run(_bootstrap(settings, args.org_name, args.new_owner_key))
+    if args.command == "upgrade-vectors":
+        return asyncio.run(_upgrade_vectors(settings))
     return 2
 
 

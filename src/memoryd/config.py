@@ -42,6 +42,8 @@ _POSITIVE = (
     "embedding_batch_chars",
     "embedding_queue_texts",
     "max_query_chars",
+    "search_rrf_k",
+    "search_candidates",
     "key_requests_per_second",
     "project_requests_per_second",
     "sweep_interval_s",
@@ -225,6 +227,29 @@ class Settings:
         4096,
         "Longest SearchMemories query text, in characters (the model reads at most 512 word "
         "pieces of it anyway); longer is refused with INVALID_ARGUMENT.",
+    )
+    search_default_mode: str = _setting(
+        "hybrid",
+        "How SearchMemories ranks when the request names no mode and gives a query text: "
+        "semantic (embeddings), keyword (BM25) or hybrid (both, fused). With only a "
+        "query_embedding it is always semantic.",
+        choices=("semantic", "keyword", "hybrid"),
+    )
+    search_fusion: str = _setting(
+        "rrf",
+        "How HYBRID fuses its semantic and keyword results: rrf (reciprocal rank fusion, "
+        "weighted) or dbsf (distribution-based score fusion, unweighted).",
+        choices=("rrf", "dbsf"),
+    )
+    search_rrf_k: int = _setting(
+        60, "RRF's k: a result at rank r scores weight / (k + r); larger k flattens the ranks."
+    )
+    search_semantic_weight: float = _setting(1.0, "RRF weight of HYBRID's semantic results.")
+    search_keyword_weight: float = _setting(1.0, "RRF weight of HYBRID's keyword results.")
+    search_candidates: int = _setting(
+        100,
+        "Candidates each part of a search hands on (each HYBRID leg, and the pool that "
+        "recency and diversity re-rank); at least the request's top_k.",
     )
 
     bootstrap: bool = _setting(

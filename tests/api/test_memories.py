@@ -29,6 +29,7 @@ from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
 from memoryd.embeddings.hashing import HashingEmbedder
 from memoryd.v1 import admin_pb2, memory_pb2, tenancy_pb2
+from memoryd.v1.memory_pb2 import SEMANTIC
 
 NO_LIMITS = {
     "key_requests_per_second": 1e6,
@@ -757,7 +758,7 @@ async def test_search_orders_by_score_and_honours_top_k_and_min_score(
     strict = await search(client, query_embedding=list(red.embedding), top_k=100, min_score=0.99)
     assert [r.memory.id for r in strict] == [ids["red"]]
     # the other notes share the word "note" only: between the two thresholds
-    loose = await search(client, query="note apple", top_k=100, min_score=0.3)
+    loose = await search(client, query="note apple", top_k=100, min_score=0.3, mode=SEMANTIC)
     assert {r.memory.id for r in loose} == set(ids.values())
     assert all(r.score >= 0.3 for r in loose)
     for r in exact:

@@ -22,6 +22,7 @@ from helpers.servers import Client, fast_hasher
 from memoryd.app import build_app
 from memoryd.config import Settings
 from memoryd.v1 import admin_pb2, memory_pb2
+from memoryd.v1.memory_pb2 import HYBRID, KEYWORD
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -429,7 +430,24 @@ CASES: list[tuple[str, Call, str]] = [
     ("search-min-score-nan", search(query="x", min_score=NAN), "min_score"),
     ("search-nothing-to-search", search(), "query"),
     ("search-blank-query", search(query="   "), "query"),
-    ("search-query-and-embedding", search(query="x", query_embedding=vec()), "query_embedding"),
+    ("search-keyword-without-text", search(query_embedding=vec(), mode=KEYWORD), "query"),
+    ("search-hybrid-blank-text", search(query=" ", query_embedding=vec(), mode=HYBRID), "query"),
+    ("search-keyword-min-score", search(query="x", mode=KEYWORD, min_score=0.2), "min_score"),
+    ("search-unknown-mode", search(query="x", mode=9), "mode"),
+    ("search-half-life-zero", search(query="x", recency_half_life=duration_pb2.Duration()), "recency_half_life"),
+    (
+        "search-half-life-negative",
+        search(query="x", recency_half_life=duration_pb2.Duration(seconds=-60)),
+        "recency_half_life",
+    ),
+    (
+        "search-half-life-out-of-range",
+        search(query="x", recency_half_life=duration_pb2.Duration(seconds=10**12)),
+        "recency_half_life",
+    ),
+    ("search-diversity-above-1", search(query="x", diversity=1.5), "diversity"),
+    ("search-diversity-negative", search(query="x", diversity=-0.1), "diversity"),
+    ("search-diversity-nan", search(query="x", diversity=NAN), "diversity"),
     ("search-embedding-dimension", search(query_embedding=vec(3)), "query_embedding"),
     ("search-embedding-nan", search(query_embedding=vec(i2=NAN)), "query_embedding"),
     ("search-embedding-inf", search(query_embedding=vec(i2=INF)), "query_embedding"),

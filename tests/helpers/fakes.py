@@ -45,6 +45,7 @@ from memoryd.domain.errors import AlreadyExists, NotFound
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memory import (
+    BY_MEANING,
     CURRENT,
     Condition,
     Cursor,
@@ -54,7 +55,9 @@ from memoryd.domain.memory import (
     MemoryRecord,
     NumberRange,
     Page,
+    Ranking,
     ScoredRecord,
+    SearchMode,
     TimeRange,
     Validity,
 )
@@ -285,11 +288,13 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 class FakeVectorStore:
     """`VectorStore` over a dict of id → record. `upserts` counts writes, so
-    a test can tell a refused call never reached the store."""
+    a test can tell a refused call never reached the store; `rankings` holds
+    the ranking of each search."""
 
     def __init__(self) -> None:
         self.records: dict[str, MemoryRecord] = {}
         self.upserts = 0
+        self.rankings: list[Ranking] = []
 
     async def upsert(self, tenant: Tenant, records: Sequence[MemoryRecord]) -> None:
         for record in records:
@@ -329,19 +334,32 @@ class FakeVectorStore:
     async def search(
         self,
         tenants: Sequence[Tenant],
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         flt: Filter,
         limit: int,
         now: datetime,
         min_score: float | None = None,
         validity: Validity = CURRENT,
+        ranking: Ranking = BY_MEANING,
     ) -> list[ScoredRecord]:
-        scored = [
-            ScoredRecord(replace(r, vector=None, revisions=()), _cosine(vector, r.vector or ()))
-            for r in self._matching(tenants, flt, now, validity)
-        ]
-        kept = [s for s in scored if min_score is None or s.score >= min_score]
-        return sorted(kept, key=lambda s: s.score, reverse=True)[:limit]
+        """Cosine similarity; for KEYWORD the number of the query's words
+        in the content (a stand-in for BM25), for HYBRID their sum."""
+        self.rankings.append(ranking)
+        words = set(ranking.text.lower().split())
+        scored = []
+        for r in self._matching(tenants, flt, now, validity):
+            similarity = _cosine(vector, r.vector or ()) if vector is not None else 0.0
+            overlap = len(words & set(r.content.lower().split()))
+            similar = min_score is None or similarity >= min_score
+            if ranking.mode is SearchMode.KEYWORD:
+                keep, score = overlap > 0, float(overlap)
+            elif ranking.mode is SearchMode.SEMANTIC:
+                keep, score = similar, similarity
+            else:
+                keep, score = similar or overlap > 0, similarity + overlap
+            if keep:
+                scored.append(ScoredRecord(replace(r, vector=None, revisions=()), score))
+        return sorted(scored, key=lambda s: s.score, reverse=True)[:limit]
 
     async def scroll(
         self,

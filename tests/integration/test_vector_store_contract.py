@@ -60,7 +60,7 @@ from memoryd.domain.memory import (
 )
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.vectors.edge import SHARD, EdgeVectorStore
-from memoryd.storage.vectors.layout import NO_EXPIRY, to_micros
+from memoryd.storage.vectors.layout import LAYOUT, NO_EXPIRY, to_micros
 from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.qdrant import QdrantVectorStore, collection_name
 
@@ -1369,7 +1369,7 @@ async def test_points_of_layout_1_are_upgraded_in_place_on_open(
 
     caplog.set_level(logging.INFO, logger="memoryd.storage.vectors")
     s = await opened()
-    assert f"upgraded {len(old)} memory points to payload layout 2" in caplog.text
+    assert f"upgraded {len(old)} memory points to payload layout {LAYOUT}" in caplog.text
     by_id = {r.id: r for r in old}
     got = await s.get(A_ALL, [*by_id, newer.id], NOW, with_vectors=True)
     assert ids(got) == {*by_id, newer.id}

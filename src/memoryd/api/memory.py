@@ -36,6 +36,7 @@ from memoryd.domain.memory import (
     NumberRange,
     Origin,
     Revision,
+    SearchMode,
     TimeRange,
     Validity,
 )
@@ -162,6 +163,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             min_score=request.min_score,
             cross_project=call.allow_cross_project,
             validity=validity(request),
+            mode=search_mode(request.mode),
+            recency_half_life=convert.from_duration(request.recency_half_life, "recency_half_life")
+            if request.HasField("recency_half_life")
+            else None,
+            diversity=request.diversity,
         )
         return memory_pb2.SearchMemoriesResponse(
             results=[
@@ -350,6 +356,22 @@ def memory_update(req: memory_pb2.UpdateMemoryRequest) -> MemoryUpdate:
         valid_time=convert.opt_ts(m, "valid_time", "memory.valid_time"),
         invalid_time=convert.opt_ts(m, "invalid_time", "memory.invalid_time"),
     )
+
+
+_MODES: dict[int, SearchMode | None] = {
+    memory_pb2.SEARCH_MODE_UNSPECIFIED: None,
+    memory_pb2.SEMANTIC: SearchMode.SEMANTIC,
+    memory_pb2.KEYWORD: SearchMode.KEYWORD,
+    memory_pb2.HYBRID: SearchMode.HYBRID,
+}
+
+
+def search_mode(value: int) -> SearchMode | None:
+    """The mode of a request (None: the default); InvalidArgument for a
+    value this server does not know."""
+    if value not in _MODES:
+        raise InvalidArgument.field("mode", f"unknown search mode {value}")
+    return _MODES[value]
 
 
 def validity(

@@ -7,9 +7,10 @@ server through qdrant-client). Both pass `tests/integration/test_vector_store_co
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from memoryd.domain.tenancy import Tenant
@@ -61,6 +62,43 @@ class Validity:
 
 
 CURRENT = Validity()
+
+
+class SearchMode(enum.Enum):
+    """How a search ranks: by meaning (the embeddings), by the query's
+    words (BM25 with the caller's own word statistics), or both fused."""
+
+    SEMANTIC = "semantic"
+    KEYWORD = "keyword"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a search orders what it finds.
+
+    `text` is the query's words (KEYWORD and HYBRID need them). With
+    `recency_half_life`, each score is multiplied by 0.5^(age / half-life),
+    the age counted from the memory's valid_time. With `diversity` (0..1,
+    0: off), the results are chosen by maximal marginal relevance among the
+    candidates, which needs the query vector.
+    """
+
+    mode: SearchMode = SearchMode.SEMANTIC
+    text: str = ""
+    recency_half_life: timedelta | None = None
+    diversity: float = 0.0
+
+    @property
+    def needs_vector(self) -> bool:
+        return self.mode is not SearchMode.KEYWORD or self.diversity > 0
+
+    @property
+    def needs_text(self) -> bool:
+        return self.mode is not SearchMode.SEMANTIC
+
+
+BY_MEANING = Ranking()
 
 
 @dataclass(frozen=True)
@@ -225,16 +263,20 @@ class VectorStore(Protocol):
     async def search(
         self,
         tenants: Sequence[Tenant],
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         flt: Filter,
         limit: int,
         now: datetime,
         min_score: float | None = None,
         validity: Validity = CURRENT,
+        ranking: Ranking = BY_MEANING,
     ) -> list[ScoredRecord]:
-        """Nearest records by cosine similarity among the given tenants
-        (one, or several of one organization for a cross-project search)
-        that `validity` admits, without their revisions."""
+        """The best records for `ranking` among the given tenants (one, or
+        several of one organization for a cross-project search) that
+        `validity` admits, without their revisions. `vector` is needed
+        unless the ranking is by keywords alone; `min_score` bounds the
+        cosine similarity (in HYBRID, of the semantic candidates only).
+        Keyword statistics come from the given tenants' records only."""
         ...
 
     async def scroll(

@@ -20,7 +20,7 @@ from memoryd.domain.errors import (
     ResourceExhausted,
 )
 from memoryd.domain.memories import Defaults, MemoryService, MemoryUpdate, NewMemory
-from memoryd.domain.memory import Filter, Match, MemoryRecord
+from memoryd.domain.memory import Filter, Match, MemoryRecord, SearchMode
 from memoryd.domain.tenancy import Caller, EnvironmentKind, KeyKind, Principal, Scope
 
 ALL = (Scope.MEMORY_ALL,)
@@ -353,14 +353,22 @@ async def test_cross_project_search_without_the_header_skips_projects_requiring_
     assert await search(m, caller, cross=True) == ["env_a_live"]
 
 
-async def test_search_takes_a_query_or_a_vector_not_both() -> None:
+async def test_search_takes_a_query_a_vector_or_both() -> None:
     d, m, prj = await setup()
-    with pytest.raises(InvalidArgument) as info:
-        await search(m, d.data_caller(prj), vector=(1.0,) * d.embedder.dimension)
-    assert fields(info.value) == {"query_embedding"}
     with pytest.raises(InvalidArgument) as info:
         await search(m, d.data_caller(prj), query=" ")
     assert fields(info.value) == {"query"}
+    vector = (1.0,) * d.embedder.dimension
+    # a vector alone ranks by meaning; with a text, by the default (hybrid),
+    # the vector its semantic side and the text its words
+    await search(m, d.data_caller(prj), query="", vector=vector)
+    await search(m, d.data_caller(prj), query="rivers", vector=vector)
+    await search(m, d.data_caller(prj), query="rivers")
+    assert [(r.mode, r.text) for r in d.vectors.rankings] == [
+        (SearchMode.SEMANTIC, ""),
+        (SearchMode.HYBRID, "rivers"),
+        (SearchMode.HYBRID, "rivers"),
+    ]
 
 
 async def test_a_search_query_over_the_limit_never_reaches_the_model() -> None:

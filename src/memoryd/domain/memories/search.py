@@ -7,17 +7,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 
 from memoryd.domain.clock import Clock
 from memoryd.domain.errors import FieldViolation, InvalidArgument, PermissionDenied, Violations
 from memoryd.domain.memories.model import ProjectSource
 from memoryd.domain.memories.validation import check_vector
-from memoryd.domain.memory import Embedder, Filter, ScoredRecord, Validity, VectorStore
+from memoryd.domain.memory import (
+    Embedder,
+    Filter,
+    Ranking,
+    ScoredRecord,
+    SearchMode,
+    Validity,
+    VectorStore,
+)
 from memoryd.domain.tenancy import Principal, Scope, Tenant
 
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
 DEFAULT_MAX_QUERY_CHARS = 4096
+# A half-life beyond this is no decay worth computing (and keeps the
+# engine's arithmetic on microseconds exact).
+MAX_HALF_LIFE = timedelta(days=365 * 100)
 
 
 class Searcher:
@@ -28,31 +40,64 @@ class Searcher:
         projects: ProjectSource,
         clock: Clock,
         max_query_chars: int,
+        default_mode: SearchMode = SearchMode.HYBRID,
     ) -> None:
-        """`max_query_chars` bounds a query text (it is embedded)."""
+        """`max_query_chars` bounds a query text (it is embedded);
+        `default_mode` ranks a search with a query text that names no mode."""
         self._store = store
         self._embedder = embedder
         self._projects = projects
         self._clock = clock
         self._max_query_chars = max_query_chars
+        self._default_mode = default_mode
 
-    def check(self, query: str, vector: Sequence[float], top_k: int, min_score: float) -> None:
-        """Raises InvalidArgument for bad search arguments: a query text
-        too long (QUERY_TOO_LONG, before it can reach the model), neither
-        or both of query and vector, a bad vector, top_k or min_score."""
+    def ranking(
+        self,
+        query: str,
+        vector: Sequence[float],
+        top_k: int,
+        min_score: float,
+        mode: SearchMode | None = None,
+        recency_half_life: timedelta | None = None,
+        diversity: float = 0.0,
+    ) -> Ranking:
+        """The ranking of a search, or InvalidArgument for bad search
+        arguments: a query text too long (QUERY_TOO_LONG, before it can
+        reach the model), neither query nor vector, a bad vector, top_k,
+        min_score, half-life or diversity, a KEYWORD or HYBRID search
+        without words, a KEYWORD search with min_score.
+
+        With no `mode`, a search with a query text ranks by the default
+        mode and one with a vector alone by meaning."""
         self._check_query(query)
+        has_text = bool(query.strip())
+        if mode is None:
+            mode = self._default_mode if has_text else SearchMode.SEMANTIC
         v = Violations()
-        if query and vector:
-            v.add("query_embedding", "give query or query_embedding, not both")
-        elif not query.strip() and not vector:
+        if not has_text and not vector:
             v.add("query", "query or query_embedding is required")
+        elif not has_text and mode is not SearchMode.SEMANTIC:
+            v.add("query", f"a {mode.name} search needs the query text")
         if vector:
             check_vector(v, "query_embedding", vector, self._embedder.dimension)
         if top_k < 0 or top_k > MAX_TOP_K:
             v.add("top_k", f"must be between 1 and {MAX_TOP_K} (0: {DEFAULT_TOP_K})")
         if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
             v.add("min_score", "must be between -1 and 1")
+        elif min_score and mode is SearchMode.KEYWORD:
+            v.add(
+                "min_score",
+                "bounds the cosine similarity, which a KEYWORD search does not compute "
+                "(use HYBRID, or leave it unset)",
+            )
+        if recency_half_life is not None and not (
+            timedelta(0) < recency_half_life <= MAX_HALF_LIFE
+        ):
+            v.add("recency_half_life", "must be positive and at most 100 years")
+        if not math.isfinite(diversity) or not 0.0 <= diversity <= 1.0:
+            v.add("diversity", "must be between 0 and 1")
         v.raise_if_any()
+        return Ranking(mode, query, recency_half_life, diversity)
 
     def _check_query(self, query: str) -> None:
         """Refuses a query text longer than `max_query_chars` before it
@@ -73,26 +118,27 @@ class Searcher:
         self,
         tenants: list[Tenant],
         *,
-        query: str,
+        ranking: Ranking,
         vector: Sequence[float],
         flt: Filter,
         top_k: int,
         min_score: float,
         validity: Validity,
     ) -> list[ScoredRecord]:
-        """The best matches in `tenants` of `vector`, or of `query` embedded
-        (checked arguments, a validated filter), among the memories
-        `validity` admits."""
-        if not vector:
-            vector = (await self._embedder.embed([query], fairness_key=tenants[0].org_id))[0]
+        """The best matches in `tenants` for `ranking` (checked arguments, a
+        validated filter), among the memories `validity` admits; the query
+        text is embedded when the ranking needs a vector and none is given."""
+        if not vector and ranking.needs_vector:
+            vector = (await self._embedder.embed([ranking.text], fairness_key=tenants[0].org_id))[0]
         return await self._store.search(
             tenants,
-            vector,
+            vector or None,
             flt,
             top_k or DEFAULT_TOP_K,
             self._clock.now(),
             min_score=min_score if min_score else None,
             validity=validity,
+            ranking=ranking,
         )
 
     async def cross_project_tenants(self, p: Principal, tenant: Tenant) -> list[Tenant]:

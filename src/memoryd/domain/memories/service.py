@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 
 from memoryd.domain import paging
 from memoryd.domain.audit import Auditor, PendingEvent
@@ -48,6 +49,7 @@ from memoryd.domain.memory import (
     MemoryRecord,
     Revision,
     ScoredRecord,
+    SearchMode,
     Validity,
     VectorStore,
 )
@@ -73,11 +75,13 @@ class MemoryService:
         on_environment_count: Callable[[int], None] | None = None,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         auditor: Auditor | None = None,
+        default_search_mode: SearchMode = SearchMode.HYBRID,
     ) -> None:
         """`defaults` are the server's quota defaults (`Defaults()` when None);
         `on_environment_count` sees each exact count of an environment's
         memories as the quota check refreshes it (for a metric);
-        `max_query_chars` bounds a search's query text (it is embedded).
+        `max_query_chars` bounds a search's query text (it is embedded);
+        `default_search_mode` ranks a search with a text that names no mode.
         `auditor` records deletes, purges, updates and imports (creates are not
         audited: they are the bulk of traffic, and usage metering counts them),
         and the calls that reach every end user's memories."""
@@ -93,7 +97,9 @@ class MemoryService:
         self._writer = Writer(store, embedder, clock, self._counts, meter, defaults)
         self._updater = Updater(store, embedder, meter, defaults)
         self._reader = Reader(store, clock)
-        self._searcher = Searcher(store, embedder, projects, clock, max_query_chars)
+        self._searcher = Searcher(
+            store, embedder, projects, clock, max_query_chars, default_search_mode
+        )
         self._exporter = Exporter(store, clock)
 
     @property
@@ -239,11 +245,17 @@ class MemoryService:
         min_score: float,
         cross_project: bool,
         validity: Validity = CURRENT,
+        mode: SearchMode | None = None,
+        recency_half_life: timedelta | None = None,
+        diversity: float = 0.0,
     ) -> list[ScoredRecord]:
         """The best matches among the memories `validity` admits (by default
-        those that hold now)."""
+        those that hold now), ranked by `mode` (None: the default for the
+        arguments given; see `Searcher.ranking`)."""
         tenant, _ = await self._tenant(caller, Scope.MEMORY_READ)
-        self._searcher.check(query, vector, top_k, min_score)
+        ranking = self._searcher.ranking(
+            query, vector, top_k, min_score, mode, recency_half_life, diversity
+        )
         validate_filter(flt)
         if cross_project:
             require_cross_project(caller.principal)
@@ -253,7 +265,7 @@ class MemoryService:
             tenants = await self._searcher.cross_project_tenants(caller.principal, tenant)
         return await self._searcher.search(
             tenants,
-            query=query,
+            ranking=ranking,
             vector=vector,
             flt=flt,
             top_k=top_k,

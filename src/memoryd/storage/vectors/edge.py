@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from memoryd.domain.errors import FailedPrecondition, Unavailable
+from memoryd.storage.vectors import ranking as rk
 from memoryd.storage.vectors.edge_backends import Backend, ChildBackend, ThreadBackend, crashed
 from memoryd.storage.vectors.edge_engine import (
     LOCK,
@@ -102,6 +103,7 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
     bounds the wait for one engine call and `on_change` is told when a call
     gets stuck or comes back. `process`: run the engine in a child process
     that owns the shard rather than on a thread (see the module docstring).
+    `tuning`: how searches fuse and how many candidates they weigh.
     """
 
     def __init__(
@@ -115,8 +117,9 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         timeout_s: float | None = None,
         on_change: Callable[[], None] | None = None,
         process: bool = False,
+        tuning: rk.Tuning | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tuning)
         self._path = Path(path)
         self._engine_kwargs: dict[str, Any] = {
             "path": str(self._path),
@@ -318,7 +321,9 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
             self._on_change()
 
     async def _upsert(self, points: list[Point], guard: Cond) -> None:
-        await self._call("upsert", [(pt.id, pt.vector, pt.payload) for pt in points], guard)
+        await self._call(
+            "upsert", [(pt.id, pt.vector, pt.payload, pt.keywords) for pt in points], guard
+        )
 
     async def _owners(self, ids: list[str]) -> dict[str, tuple[str, str]]:
         return cast(dict[str, tuple[str, str]], await self._call("owners", list(ids)))
@@ -339,10 +344,8 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         records, next_offset = found
         return [Hit(*r) for r in records], next_offset
 
-    async def _query(
-        self, flt: Cond, vector: list[float], limit: int, min_score: float | None
-    ) -> list[Hit]:
-        found: list[HitTuple] = await self._call("query", flt, vector, limit, min_score)
+    async def _query(self, flt: Cond, plan: rk.Plan[Cond]) -> list[Hit]:
+        found: list[HitTuple] = await self._call("query", flt, plan)
         return [Hit(*r) for r in found]
 
     async def _count(self, flt: Cond) -> int:

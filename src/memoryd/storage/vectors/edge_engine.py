@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +33,17 @@ import qdrant_edge as qe
 from memoryd.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from memoryd.storage.disk import check_free_space
 from memoryd.storage.vectors import layout as p
+from memoryd.storage.vectors import ranking as rk
 
 log = logging.getLogger("memoryd.storage.edge")
 
 MARKER = "memoryd.json"
 LOCK = "memoryd.lock"
 SHARD = "shard"
+# while the shard is upgraded: the new copy, and the old one being replaced
+NEXT_SHARD = "shard.next"
+OLD_SHARD = "shard.old"
+EDGE_CONFIG = "edge_config.json"
 LOCK_WAIT_S = 1.0
 
 # A condition or filter as plain tuples:
@@ -47,6 +53,10 @@ LOCK_WAIT_S = 1.0
 Cond = tuple[Any, ...]
 # A point read back: id, payload, vector (or None), score (0.0 outside a search).
 HitTuple = tuple[str, dict[str, Any], list[float] | None, float]
+# A point to write: id, vector, payload, keyword vector (indices, values) or None.
+PointTuple = tuple[
+    str, list[float], dict[str, Any], tuple[tuple[int, ...], tuple[float, ...]] | None
+]
 
 
 class PlainConditions:
@@ -158,25 +168,89 @@ class EdgeEngine:
                 )
             shard_dir = self._path / SHARD
             self._check_marker(model_id, dimension, shard_dir)
-            config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
-                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
-                max_search_threads=self._search_threads,
-            )
-            if (shard_dir / "edge_config.json").exists():
+            _recover_swap(self._path)
+            config = self._config(dimension)
+            if (shard_dir / EDGE_CONFIG).exists():
+                if not _has_keywords(shard_dir):
+                    self._add_keywords(dimension)
                 shard = qe.EdgeShard.load(str(shard_dir), config)
+                try:
+                    _ensure_indexes(shard)
+                except BaseException:
+                    shard.close()
+                    raise
             else:
-                shard = qe.EdgeShard.create(str(shard_dir), config)
-            try:
-                _ensure_indexes(shard)
-            except BaseException:
-                shard.close()
-                raise
+                shard = _created(shard_dir, config)
         except BaseException:
             lock_file.close()
             raise
         self._shard = shard
         self._lock_file = lock_file
+
+    def _config(self, dimension: int, *, keywords: bool = True) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
+            sparse_vectors={rk.KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+            if keywords
+            else None,
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+            max_search_threads=self._search_threads,
+        )
+
+    def _add_keywords(self, dimension: int) -> None:
+        """Brings a shard made before keyword search (no keyword vectors) to
+        this layout: copies every point, with its keyword vector, into a new
+        shard beside it, then swaps the two directories.
+
+        The engine cannot add a vector to an existing shard, hence the copy;
+        it needs room for a second copy of the shard. Safe to stop at any
+        point: a copy left half done is thrown away and made again by the
+        next open, and a swap cut short is finished by `_recover_swap`.
+        """
+        old_dir, new_dir = self._path / SHARD, self._path / NEXT_SHARD
+        check_free_space(
+            self._path, self._min_free_bytes + _allocated_bytes(old_dir), what="the upgrade"
+        )
+        if new_dir.exists():
+            shutil.rmtree(new_dir)
+        old = qe.EdgeShard.load(str(old_dir), self._config(dimension, keywords=False))
+        try:
+            total = int(old.count(qe.CountRequest(exact=True)))
+            log.warning(
+                "upgrading the vector store at %s for keyword search: copying %d points",
+                self._path,
+                total,
+            )
+            new = _created(new_dir, self._config(dimension))
+            try:
+                copied, offset, last_said = 0, None, time.monotonic()
+                while True:
+                    records, offset = old.scroll(
+                        qe.ScrollRequest(
+                            offset=offset, limit=256, with_payload=True, with_vector=True
+                        )
+                    )
+                    if records:
+                        points = [_keyworded(r) for r in records]
+                        new.update(qe.UpdateOperation.upsert_points(points))
+                        copied += len(points)
+                    if time.monotonic() - last_said > 5:
+                        log.warning("upgrade: %d of %d points copied", copied, total)
+                        last_said = time.monotonic()
+                    if offset is None:
+                        break
+                new.flush()
+            finally:
+                new.close()
+        finally:
+            old.close()
+        # old -> shard.old, new -> shard, then drop the old one
+        os.replace(old_dir, self._path / OLD_SHARD)
+        _fsync_dir(self._path)
+        os.replace(new_dir, old_dir)
+        _fsync_dir(self._path)
+        shutil.rmtree(self._path / OLD_SHARD)
+        log.warning("upgraded the vector store at %s: %d points copied", self._path, copied)
 
     def _check_marker(self, model_id: str, dimension: int, shard_dir: Path) -> None:
         marker = self._path / MARKER
@@ -206,11 +280,7 @@ class EdgeEngine:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
-        dir_fd = os.open(self._path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(self._path)
 
     def close(self, optimize: bool = True) -> None:
         """Optimizes (when so configured, `optimize` and there is room),
@@ -251,10 +321,13 @@ class EdgeEngine:
         )
         return shard.optimize()
 
-    def upsert(self, points: list[tuple[str, list[float], dict[str, Any]]], guard: Cond) -> None:
+    def upsert(self, points: list[PointTuple], guard: Cond) -> None:
         shard = self.shard
         op = qe.UpdateOperation.upsert_points(
-            [qe.Point(pid, vector, payload) for pid, vector, payload in points],
+            [
+                qe.Point(pid, _vectors(vector, words), payload)
+                for pid, vector, payload, words in points
+            ],
             condition=to_filter(guard),
         )
         self._write(shard, op)
@@ -310,17 +383,8 @@ class EdgeEngine:
         hits = [(str(r.id), r.payload or {}, p.dense_vector(r.vector), 0.0) for r in records]
         return hits, None if next_offset is None else str(next_offset)
 
-    def query(
-        self, flt: Cond, vector: list[float], limit: int, min_score: float | None
-    ) -> list[HitTuple]:
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(vector),
-            filter=to_filter(flt),
-            with_payload=True,
-            with_vector=False,
-            score_threshold=min_score,
-        )
+    def query(self, flt: Cond, plan: rk.Plan[Cond]) -> list[HitTuple]:
+        request = _request(to_filter(flt), plan)
         return [(str(r.id), r.payload or {}, None, r.score) for r in self.shard.query(request)]
 
     def count(self, flt: Cond) -> int:
@@ -342,6 +406,124 @@ CALLS = frozenset(
         "count",
     }
 )
+
+
+def _vectors(vector: list[float], words: tuple[tuple[int, ...], tuple[float, ...]] | None) -> Any:
+    if words is None:
+        return {"": vector}
+    return {"": vector, rk.KEYWORDS: qe.SparseVector(list(words[0]), list(words[1]))}
+
+
+def _keyworded(r: qe.Record) -> qe.Point:
+    """A point read from a shard without keyword vectors, with its own."""
+    payload = r.payload or {}
+    words = rk.document_keywords(str(payload.get(p.CONTENT, "")))
+    vector = p.dense_vector(r.vector)
+    assert vector is not None
+    return qe.Point(
+        r.id, _vectors(vector, None if words is None else (words.indices, words.values)), payload
+    )
+
+
+def _request(flt: qe.Filter, plan: rk.Plan[Cond]) -> qe.QueryRequest:
+    """The engine's query for `plan`, every stage confined to `flt`."""
+    query, prefetches, params, threshold = _stage(flt, plan)
+    return qe.QueryRequest(
+        limit=plan.limit,
+        query=query,
+        prefetches=prefetches,
+        filter=flt,
+        params=params,
+        score_threshold=threshold,
+        with_payload=True,
+        with_vector=False,
+    )
+
+
+def _prefetch(flt: qe.Filter, plan: rk.Plan[Cond]) -> qe.Prefetch:
+    query, prefetches, params, threshold = _stage(flt, plan)
+    return qe.Prefetch(
+        limit=plan.limit,
+        query=query,
+        prefetches=prefetches,
+        params=params,
+        filter=flt,
+        score_threshold=threshold,
+    )
+
+
+def _stage(
+    flt: qe.Filter, plan: rk.Plan[Cond]
+) -> tuple[Any, list[qe.Prefetch] | None, qe.SearchParams | None, float | None]:
+    """(query, prefetches, params, score threshold) of one stage."""
+    match plan:
+        case rk.Nearest(vector=vector, threshold=threshold):
+            return qe.Query.Nearest(list(vector)), None, None, threshold
+        case rk.Keyword(words=words, corpus=corpus):
+            sparse = qe.SparseVector(list(words.indices), list(words.values))
+            params = qe.SearchParams(idf=qe.IdfParams(corpus=to_filter(corpus)))
+            return qe.Query.Nearest(sparse, using=rk.KEYWORDS), None, params, None
+        case rk.Fuse(legs=legs, fusion=fusion, rrf_k=k, weights=weights):
+            fused = (
+                qe.Fusion.Rrf(k=k, weights=list(weights)) if fusion == "rrf" else qe.Fusion.Dbsf()
+            )
+            return fused, [_prefetch(flt, leg) for leg in legs], None, None
+        case rk.Decay(inner=inner, now_us=now_us, half_life_us=half_life_us, field=field):
+            x = qe.Expression
+            decay = x.Decay(
+                qe.DecayKind.Exp,
+                x.Variable(field),
+                target=x.Constant(float(now_us)),
+                scale=half_life_us,
+                midpoint=0.5,
+            )
+            formula = qe.Formula(x.Mult([x.Variable("$score"), decay]))
+            return formula, [_prefetch(flt, inner)], None, None
+        case rk.Diverse(inner=inner, vector=vector, diversity=diversity, candidates=candidates):
+            # the engine's lambda weighs relevance: 1 - diversity
+            mmr = qe.Mmr(list(vector), 1.0 - diversity, candidates)
+            return mmr, [_prefetch(flt, inner)], None, None
+    raise ValueError(f"unknown plan stage {plan!r}")
+
+
+def _created(shard_dir: Path, config: qe.EdgeConfig) -> qe.EdgeShard:
+    """A new shard in `shard_dir` with the payload indexes."""
+    shard = qe.EdgeShard.create(str(shard_dir), config)
+    try:
+        _ensure_indexes(shard)
+    except BaseException:
+        shard.close()
+        raise
+    return shard
+
+
+def _has_keywords(shard_dir: Path) -> bool:
+    """Whether the shard in `shard_dir` was made with keyword vectors."""
+    config = json.loads((shard_dir / EDGE_CONFIG).read_text())
+    return rk.KEYWORDS in (config.get("sparse_vectors") or {})
+
+
+def _recover_swap(path: Path) -> None:
+    """Finishes or undoes an upgrade's directory swap cut short: a stray
+    new copy is dropped (the next upgrade makes it again); an old shard
+    left beside the new one is dropped; one left alone is put back."""
+    old, current, new = path / OLD_SHARD, path / SHARD, path / NEXT_SHARD
+    if old.exists():
+        if current.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, current)
+            _fsync_dir(path)
+    if new.exists() and current.exists():
+        shutil.rmtree(new)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _lock(lock_file: IO[str]) -> bool:

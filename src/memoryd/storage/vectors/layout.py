@@ -49,7 +49,7 @@ from typing import Any
 from memoryd.domain.memory import MemoryRecord, Origin, Revision
 from memoryd.domain.tenancy import Tenant
 
-LAYOUT = 2
+LAYOUT = 3
 
 ORG_ID = "org_id"
 PROJECT_ID = "project_id"
@@ -303,11 +303,14 @@ def _prune(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Point:
-    """A point to write: canonical UUID id, vector, payload."""
+    """A point to write: canonical UUID id, vector, payload, and the
+    keyword vector of its content (`ranking.KEYWORDS`; None: no word of
+    it counts) as (indices, values)."""
 
     id: str
     vector: list[float]
     payload: dict[str, Any]
+    keywords: tuple[tuple[int, ...], tuple[float, ...]] | None = None
 
 
 @dataclass(frozen=True)

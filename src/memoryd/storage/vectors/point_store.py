@@ -23,17 +23,20 @@ from typing import Any, Generic
 
 from memoryd.domain.errors import AlreadyExists, InvalidArgument, Unavailable
 from memoryd.domain.memory import (
+    BY_MEANING,
     CURRENT,
     Cursor,
     Filter,
     MemoryRecord,
     Page,
+    Ranking,
     ScoredRecord,
     Validity,
 )
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.vectors import conditions as cond
 from memoryd.storage.vectors import layout as p
+from memoryd.storage.vectors import ranking as rk
 from memoryd.storage.vectors.conditions import C, F
 from memoryd.storage.vectors.filters import translate
 from memoryd.storage.vectors.layout import Hit, Point
@@ -52,8 +55,9 @@ class PointStore(abc.ABC, Generic[C, F]):
     # other processes write to the same collection (no lock spans them).
     _recheck_owners = False
 
-    def __init__(self) -> None:
+    def __init__(self, tuning: rk.Tuning | None = None) -> None:
         self._dimension: int | None = None
+        self._tuning = tuning or rk.Tuning()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -96,10 +100,9 @@ class PointStore(abc.ABC, Generic[C, F]):
         `newest_first` (then no next offset), else by id from `offset`."""
 
     @abc.abstractmethod
-    async def _query(
-        self, flt: F, vector: list[float], limit: int, min_score: float | None
-    ) -> list[Hit]:
-        """Nearest points by cosine similarity, best first."""
+    async def _query(self, flt: F, plan: rk.Plan[F]) -> list[Hit]:
+        """The points `plan` ranks best among those matching `flt`, best
+        first (every stage of the plan confined to `flt`)."""
 
     @abc.abstractmethod
     async def _count(self, flt: F) -> int:
@@ -167,7 +170,9 @@ class PointStore(abc.ABC, Generic[C, F]):
                 raise InvalidArgument.field(
                     "vector", f"this store holds {self.dimension}-d vectors, got {got}"
                 )
-            points.append(Point(pid, list(map(float, r.vector)), p.to_payload(r)))
+            words = rk.document_keywords(r.content)
+            keywords = None if words is None else (words.indices, words.values)
+            points.append(Point(pid, list(map(float, r.vector)), p.to_payload(r), keywords))
         async with self._write_lock():
             owners = await self._owners([pt.id for pt in points])
             if any(not cond.can_see(tenant, *owner) for owner in owners.values()):
@@ -208,24 +213,41 @@ class PointStore(abc.ABC, Generic[C, F]):
     async def search(
         self,
         tenants: Sequence[Tenant],
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         flt: Filter,
         limit: int,
         now: datetime,
         min_score: float | None = None,
         validity: Validity = CURRENT,
+        ranking: Ranking = BY_MEANING,
     ) -> list[ScoredRecord]:
-        """Nearest visible records by cosine similarity among `tenants` that
-        `validity` admits, best first; `min_score` drops those below it.
-        Records come without their revisions."""
+        """The best visible records for `ranking` among `tenants` that
+        `validity` admits, best first; `min_score` bounds the cosine
+        similarity (of the semantic candidates). Keyword statistics (IDF)
+        count the points of `tenants` only, whatever the filter. Records
+        come without their revisions."""
         if not tenants or limit <= 0:
             return []
-        if len(vector) != self.dimension:
+        if vector is not None and len(vector) != self.dimension:
             raise InvalidArgument.field(
                 "vector", f"this store holds {self.dimension}-d vectors, got {len(vector)}"
             )
+        if ranking.needs_vector and vector is None:
+            raise InvalidArgument.field("vector", "this search needs the query vector")
         engine_filter = self._read_filter(tenants, now, flt, validity)
-        hits = await self._query(engine_filter, [float(x) for x in vector], limit, min_score)
+        corpus = self._c.filter(must=cond.tenant_conditions(self._c, tenants))
+        query = rk.plan(
+            ranking,
+            None if vector is None else [float(x) for x in vector],
+            limit,
+            min_score,
+            corpus,
+            now,
+            self._tuning,
+        )
+        if query is None:
+            return []
+        hits = await self._query(engine_filter, query)
         return [ScoredRecord(_record(h), h.score) for h in hits]
 
     async def scroll(

@@ -36,6 +36,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from memoryd.domain.errors import FailedPrecondition, Unavailable
 from memoryd.storage.vectors import layout as p
+from memoryd.storage.vectors import ranking as rk
 from memoryd.storage.vectors.layout import Hit, Point
 from memoryd.storage.vectors.point_store import PointStore
 
@@ -108,8 +109,15 @@ class _Api(Protocol):
         collection_name: str,
         *,
         vectors_config: models.VectorParams,
+        sparse_vectors_config: dict[str, models.SparseVectorParams],
         hnsw_config: models.HnswConfigDiff,
         metadata: dict[str, Any],
+    ) -> bool: ...
+
+    async def delete_collection(self, collection_name: str) -> bool: ...
+
+    async def update_collection(
+        self, collection_name: str, *, metadata: dict[str, Any]
     ) -> bool: ...
 
     async def get_collection(self, collection_name: str) -> models.CollectionInfo: ...
@@ -157,8 +165,11 @@ class _Api(Protocol):
         self,
         collection_name: str,
         *,
-        query: list[float],
+        query: Any,
+        using: str | None,
+        prefetch: list[models.Prefetch] | None,
         query_filter: models.Filter,
+        search_params: models.SearchParams | None,
         limit: int,
         score_threshold: float | None,
         with_payload: bool,
@@ -230,8 +241,9 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
         *,
         collection: str | None = None,
         collection_prefix: str = "memoryd",
+        tuning: rk.Tuning | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tuning)
         self._api: _Api = (
             cast(_Api, _InThread(client)) if isinstance(client, QdrantClient) else client
         )
@@ -261,20 +273,14 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
         with _unavailable():
             if not await self._api.collection_exists(name):
                 try:
-                    await self._api.create_collection(
-                        name,
-                        vectors_config=models.VectorParams(
-                            size=dimension, distance=models.Distance.COSINE
-                        ),
-                        hnsw_config=models.HnswConfigDiff(m=0, payload_m=16),
-                        metadata={MARKER_KEY: marker},
-                    )
+                    await _create(self._api, name, dimension, {MARKER_KEY: marker})
                 except (UnexpectedResponse, ValueError):
                     # Another replica created it first; its marker is checked below.
                     if not await self._api.collection_exists(name):
                         raise
             info = await self._api.get_collection(name)
             _check_marker(name, info, model_id, dimension)
+            _check_keywords(name, info)
             await self._ensure_indexes(name, info)
         self._collection = name
         self._dimension = dimension
@@ -292,13 +298,7 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
             await self._api.shutdown()
 
     async def _ensure_indexes(self, name: str, info: models.CollectionInfo) -> None:
-        """Creates the payload indexes of `layout.INDEXES` the collection lacks."""
-        have = set(info.payload_schema or {})
-        for key, kind in p.INDEXES.items():
-            if key not in have:
-                await self._api.create_payload_index(
-                    name, field_name=key, field_schema=_index_params(kind), wait=True
-                )
+        await _ensure_indexes(self._api, name, info)
 
     # --- engine primitives --------------------------------------------------
 
@@ -307,9 +307,7 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
         return _CONDITIONS
 
     async def _upsert(self, points: list[Point], guard: models.Filter) -> None:
-        structs = [
-            models.PointStruct(id=pt.id, vector=pt.vector, payload=pt.payload) for pt in points
-        ]
+        structs = [_struct(pt.id, pt.vector, pt.payload, pt.keywords) for pt in points]
         with _unavailable():
             await self._api.upsert(self.collection, points=structs, update_filter=guard, wait=True)
 
@@ -351,16 +349,18 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
         hits = [Hit(str(r.id), r.payload or {}, p.dense_vector(r.vector)) for r in records]
         return hits, None if next_offset is None else str(next_offset)
 
-    async def _query(
-        self, flt: models.Filter, vector: list[float], limit: int, min_score: float | None
-    ) -> list[Hit]:
+    async def _query(self, flt: models.Filter, plan: rk.Plan[models.Filter]) -> list[Hit]:
+        query, using, prefetch, params, threshold = _stage(flt, plan)
         with _unavailable():
             response = await self._api.query_points(
                 self.collection,
-                query=vector,
+                query=query,
+                using=using,
+                prefetch=prefetch,
                 query_filter=flt,
-                limit=limit,
-                score_threshold=min_score,
+                search_params=params,
+                limit=plan.limit,
+                score_threshold=threshold,
                 with_payload=True,
                 with_vectors=False,
             )
@@ -390,6 +390,105 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
     async def _purge(self, flt: models.Filter) -> None:
         # The server deletes by filter on its side, however many points match.
         await self._delete(flt)
+
+
+def _stage(
+    flt: models.Filter, plan: rk.Plan[models.Filter]
+) -> tuple[Any, str | None, list[models.Prefetch] | None, models.SearchParams | None, float | None]:
+    """(query, using, prefetches, search params, score threshold) of one
+    stage of `plan`, every stage confined to `flt`."""
+    match plan:
+        case rk.Nearest(vector=vector, threshold=threshold):
+            return list(vector), None, None, None, threshold
+        case rk.Keyword(words=words, corpus=corpus):
+            sparse = models.SparseVector(indices=list(words.indices), values=list(words.values))
+            params = models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
+            return sparse, rk.KEYWORDS, None, params, None
+        case rk.Fuse(legs=legs, fusion=fusion, rrf_k=k, weights=weights):
+            fused: Any = (
+                models.RrfQuery(rrf=models.Rrf(k=k, weights=list(weights)))
+                if fusion == "rrf"
+                else models.FusionQuery(fusion=models.Fusion.DBSF)
+            )
+            return fused, None, [_prefetch(flt, leg) for leg in legs], None, None
+        case rk.Decay(inner=inner, now_us=now_us, half_life_us=half_life_us, field=field):
+            decay = models.ExpDecayExpression(
+                exp_decay=models.DecayParamsExpression(
+                    x=field, target=float(now_us), scale=half_life_us, midpoint=0.5
+                )
+            )
+            formula = models.FormulaQuery(formula=models.MultExpression(mult=["$score", decay]))
+            return formula, None, [_prefetch(flt, inner)], None, None
+        case rk.Diverse(inner=inner, vector=vector, diversity=diversity, candidates=candidates):
+            mmr = models.NearestQuery(
+                nearest=list(vector),
+                mmr=models.Mmr(diversity=diversity, candidates_limit=candidates),
+            )
+            return mmr, None, [_prefetch(flt, inner)], None, None
+    raise ValueError(f"unknown plan stage {plan!r}")
+
+
+def _prefetch(flt: models.Filter, plan: rk.Plan[models.Filter]) -> models.Prefetch:
+    query, using, prefetch, params, threshold = _stage(flt, plan)
+    return models.Prefetch(
+        query=query,
+        using=using,
+        prefetch=prefetch,
+        filter=flt,
+        params=params,
+        score_threshold=threshold,
+        limit=plan.limit,
+    )
+
+
+def _struct(
+    pid: str,
+    vector: list[float],
+    payload: dict[str, Any],
+    keywords: tuple[Sequence[int], Sequence[float]] | None,
+) -> models.PointStruct:
+    vectors: dict[str, Any] = {"": vector}
+    if keywords is not None:
+        vectors[rk.KEYWORDS] = models.SparseVector(
+            indices=list(keywords[0]), values=list(keywords[1])
+        )
+    return models.PointStruct(id=pid, vector=vectors, payload=payload)
+
+
+async def _create(api: _Api, name: str, dimension: int, metadata: dict[str, Any]) -> None:
+    await api.create_collection(
+        name,
+        vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+        sparse_vectors_config={
+            rk.KEYWORDS: models.SparseVectorParams(modifier=models.Modifier.IDF)
+        },
+        hnsw_config=models.HnswConfigDiff(m=0, payload_m=16),
+        metadata=metadata,
+    )
+
+
+async def _ensure_indexes(api: _Api, name: str, info: models.CollectionInfo) -> None:
+    """Creates the payload indexes of `layout.INDEXES` the collection lacks."""
+    have = set(info.payload_schema or {})
+    for key, kind in p.INDEXES.items():
+        if key not in have:
+            await api.create_payload_index(
+                name, field_name=key, field_schema=_index_params(kind), wait=True
+            )
+
+
+def _has_keywords(info: models.CollectionInfo) -> bool:
+    return rk.KEYWORDS in (info.config.params.sparse_vectors or {})
+
+
+def _check_keywords(name: str, info: models.CollectionInfo) -> None:
+    if not _has_keywords(info):
+        raise FailedPrecondition(
+            f"the Qdrant collection '{name}' was made before keyword search and cannot gain "
+            "keyword vectors in place: stop every memoryd replica using it and run "
+            "`memoryd upgrade-vectors` once, then start them again",
+            reason="VECTOR_STORE_UPGRADE_NEEDED",
+        )
 
 
 def _check_marker(name: str, info: models.CollectionInfo, model_id: str, dimension: int) -> None:
@@ -460,3 +559,110 @@ def _down(e: Exception) -> Unavailable:
         f"the Qdrant server is unavailable ({type(e).__name__}); retry later",
         reason="BACKEND_UNAVAILABLE",
     )
+
+
+# --- upgrading a collection made before keyword search ----------------------------------
+
+
+async def upgrade_collection(
+    client: AsyncQdrantClient | QdrantClient,
+    name: str,
+    progress: Callable[[str], None] = lambda _: None,
+) -> int:
+    """Brings collection `name`, made before keyword search, to this layout;
+    answers how many points it copied (0: it needed nothing). Every replica
+    using it must be stopped.
+
+    A Qdrant collection cannot gain a vector, so the points are copied twice:
+    into `<name>__upgrade` (with their keyword vectors), which is marked
+    complete, then, after the old collection is dropped, into a new `<name>`.
+    Run again after an interruption, it carries on: an unfinished staging copy
+    is made again; once the staging copy is complete, the old collection is
+    only dropped and the copy back resumed.
+    """
+    api: _Api = cast(_Api, _InThread(client)) if isinstance(client, QdrantClient) else client
+    staging = f"{name}__upgrade"
+    try:
+        with _unavailable():
+            return await _upgrade(api, name, staging, progress)
+    finally:
+        if isinstance(api, _InThread):
+            await api.shutdown()
+
+
+async def _upgrade(api: _Api, name: str, staging: str, progress: Callable[[str], None]) -> int:
+    have_staging = await api.collection_exists(staging)
+    staged = have_staging and _upgrade_state(await api.get_collection(staging)) == "complete"
+    if await api.collection_exists(name):
+        info = await api.get_collection(name)
+        if _has_keywords(info) and not have_staging:
+            progress(f"the collection '{name}' has keyword vectors already: nothing to do")
+            return 0
+        if not _has_keywords(info):
+            marker = (info.config.metadata or {}).get(MARKER_KEY)
+            if not isinstance(marker, dict):
+                raise FailedPrecondition(
+                    f"the Qdrant collection '{name}' was not created by memoryd",
+                    reason="EMBEDDING_MODEL_UNKNOWN",
+                )
+            if have_staging and not staged:
+                await api.delete_collection(staging)
+            if not staged:
+                await _create(api, staging, int(marker["dimension"]), {MARKER_KEY: marker})
+                await _ensure_indexes(api, staging, await api.get_collection(staging))
+                n = await _copy(api, name, staging, progress)
+                await api.update_collection(staging, metadata={"upgrade": "complete"})
+                progress(f"copied {n} points into '{staging}'")
+                staged = True
+            await api.delete_collection(name)
+    if not staged:
+        raise FailedPrecondition(
+            f"'{staging}' is not a complete copy and '{name}' is not one to upgrade: "
+            "restore the collection from a snapshot",
+            reason="VECTOR_STORE_UPGRADE_LOST",
+        )
+    source = await api.get_collection(staging)
+    marker = (source.config.metadata or {})[MARKER_KEY]
+    if not await api.collection_exists(name):
+        await _create(api, name, int(marker["dimension"]), {MARKER_KEY: marker})
+    await _ensure_indexes(api, name, await api.get_collection(name))
+    n = await _copy(api, staging, name, progress)
+    await api.delete_collection(staging)
+    progress(f"upgraded '{name}': {n} points with keyword vectors")
+    return n
+
+
+def _upgrade_state(info: models.CollectionInfo) -> str:
+    return str((info.config.metadata or {}).get("upgrade", ""))
+
+
+async def _copy(api: _Api, source: str, target: str, progress: Callable[[str], None]) -> int:
+    """Copies every point of `source` into `target`, each with the keyword
+    vector of its content (writes are idempotent: a copy run again is the same)."""
+    copied = 0
+    offset: Any = None
+    while True:
+        records, offset = await api.scroll(
+            source,
+            scroll_filter=models.Filter(),
+            limit=256,
+            order_by=None,
+            offset=offset,
+            with_payload=True,
+            with_vectors=True,
+        )
+        structs = []
+        for r in records:
+            payload = r.payload or {}
+            vector = p.dense_vector(r.vector)
+            if vector is None:
+                continue
+            words = rk.document_keywords(str(payload.get(p.CONTENT, "")))
+            keywords = None if words is None else (words.indices, words.values)
+            structs.append(_struct(str(r.id), vector, payload, keywords))
+        if structs:
+            await api.upsert(target, points=structs, update_filter=models.Filter(), wait=True)
+            copied += len(structs)
+            progress(f"'{source}' -> '{target}': {copied} points")
+        if offset is None:
+            return copied
