@@ -412,12 +412,18 @@ async def test_export_streams_exactly_the_tenants_memories(
 
 
 @on_shared
+@pytest.mark.parametrize("mode", ["SEMANTIC", "KEYWORD", "HYBRID"])
 @pytest.mark.parametrize("flt", [None, match_all()], ids=["no-filter", "match-all-filter"])
 async def test_search_by_text_finds_exactly_the_tenants_memories(
-    world: World, flt: memory_pb2.MemoryFilter | None
+    world: World, flt: memory_pb2.MemoryFilter | None, mode: str
 ) -> None:
+    # every memory has the same content: by keywords too, each seat finds
+    # all of its own and nothing else
+    bound = {} if mode == "KEYWORD" else {"min_score": -1}
     for seat in world.seats.values():
-        resp = await search(seat.client, query=CONTENT, filter=flt, min_score=-1)
+        resp = await search(
+            seat.client, query=CONTENT, filter=flt, mode=memory_pb2.SearchMode.Value(mode), **bound
+        )
         assert {r.memory.id for r in resp.results} == world.mine(seat), seat.name
         assert all(r.project_id == world.projects[seat.project].id for r in resp.results)
 
@@ -430,10 +436,13 @@ async def test_search_with_another_tenants_exact_vector_finds_only_own(world: Wo
         for seat in world.seats.values():
             if world.visible(seat, seed):
                 continue
-            resp = await search(seat.client, query_embedding=list(victim.embedding), min_score=-1)
-            ids = {r.memory.id for r in resp.results}
-            assert seed.id not in ids
-            assert ids == world.mine(seat), f"{seat.name} with {seed.writer}'s vector"
+            for words in ({}, {"query": victim.content, "mode": memory_pb2.HYBRID}):
+                resp = await search(
+                    seat.client, query_embedding=list(victim.embedding), min_score=-1, **words
+                )
+                ids = {r.memory.id for r in resp.results}
+                assert seed.id not in ids
+                assert ids == world.mine(seat), f"{seat.name} with {seed.writer}'s vector"
 
 
 @on_shared
