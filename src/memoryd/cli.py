@@ -165,7 +165,6 @@ async def _upgrade_vectors(settings: Settings) -> int:
     """Upgrades the configured vector store for keyword search (see the
     command's description); 0 when it is done or was not needed."""
     from memoryd.app import model_identity, open_vector_store, qdrant_client
-    from memoryd.domain.errors import DomainError
 
     try:
         if settings.qdrant_url:
@@ -184,7 +183,7 @@ async def _upgrade_vectors(settings: Settings) -> int:
             store = await open_vector_store(settings)
             await store.close()
             print("the embedded vector store is up to date", flush=True)
-    except (DomainError, OSError) as err:
+    except Exception as err:  # one line naming the cause, like a failed start
         return _cannot_start(err)
     return 0
 

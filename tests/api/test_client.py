@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import subprocess
 import time
@@ -62,6 +63,13 @@ async def test_async_round_trip(make_server: MakeServer) -> None:
 
         filtered = await client.search_memories("anything", filter=where({"tags": "travel"}))
         assert [h.memory.tags[0] for h in filtered] == ["travel"]
+
+        by_word = await client.search_memories("flight", mode="keyword")
+        assert [h.memory.tags[0] for h in by_word] == ["travel"]
+        recent = await client.search_memories(
+            "tea", mode="hybrid", recency_half_life=dt.timedelta(days=7), diversity=0.5
+        )
+        assert recent[0].memory.id == memory.id
 
         got = await client.get_memory(memory.id)
         assert got.content == memory.content

@@ -257,3 +257,78 @@ def test_bootstrap_says_how_to_repair_an_org_without_owner_key_and_mints_one(
     unknown = run("bootstrap", "--data-dir", str(tmp_path), "--new-owner-key", "org_nope")
     assert unknown.returncode == 1 and "no such organization" in unknown.stderr
     assert "ms_org_" not in unknown.stdout
+
+
+# --- upgrade-vectors ------------------------------------------------------------------------
+
+
+def test_upgrade_vectors_brings_an_embedded_store_made_before_keywords_up_to_date(
+    tmp_path: Path,
+) -> None:
+    import json
+    import uuid
+    from datetime import UTC, datetime
+
+    import qdrant_edge as qe
+
+    from memoryd.domain.memory import MemoryRecord
+    from memoryd.domain.tenancy import Tenant
+    from memoryd.embeddings.hashing import HashingEmbedder
+    from memoryd.storage.vectors.layout import to_payload
+
+    store = tmp_path / "vectors"
+    store.mkdir()
+    model = HashingEmbedder(64).model_id
+    (store / "memoryd.json").write_text(
+        json.dumps({"layout": 2, "model_id": model, "dimension": 64})
+    )
+    config = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=64, distance=qe.Distance.Cosine),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+    )
+    shard = qe.EdgeShard.create(str(store / "shard"), config)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rec = MemoryRecord(
+        id=str(uuid.uuid4()),
+        tenant=Tenant("o", "p", "e"),
+        content="Order ORD-1 shipped.",
+        metadata={},
+        agent_id="",
+        thread_id="",
+        source="",
+        tags=(),
+        create_time=at,
+        update_time=at,
+        expire_time=None,
+        revision=1,
+    )
+    shard.update(
+        qe.UpdateOperation.upsert_points([qe.Point(rec.id, [0.125] * 64, to_payload(rec))])
+    )
+    shard.flush()
+    shard.close()
+
+    result = run("upgrade-vectors", "--data-dir", str(tmp_path), *_HASHING, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+    made = json.loads((store / "shard" / "edge_config.json").read_text())
+    assert "bm25" in made["sparse_vectors"]
+    again = run("upgrade-vectors", "--data-dir", str(tmp_path), *_HASHING, timeout=120)
+    assert again.returncode == 0, again.stderr
+
+
+def test_upgrade_vectors_on_an_unreachable_qdrant_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    result = run(
+        "upgrade-vectors",
+        "--data-dir",
+        str(tmp_path),
+        "--qdrant-url",
+        f"http://127.0.0.1:{port}",
+        *_HASHING,
+    )
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "Qdrant server is unavailable" in result.stderr

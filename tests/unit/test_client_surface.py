@@ -46,6 +46,7 @@ CALLS = {
     "call_metadata: 'CallMetadata' = ())",
     "search_memories": "(self, query: 'str' = '', *, embedding: 'Sequence[float] | None' = None, "
     "filter: 'memory_pb2.MemoryFilter | None' = None, top_k: 'int' = 0, min_score: 'float' = 0.0, "
+    "mode: 'str' = '', recency_half_life: 'dt.timedelta | None' = None, diversity: 'float' = 0.0, "
     "timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
     "update_memory": "(self, memory_id: 'str', *, content: 'str | None' = None, "
     "metadata: 'Mapping[str, Any] | None' = None, tags: 'Sequence[str] | None' = None, "

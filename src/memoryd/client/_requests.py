@@ -93,14 +93,23 @@ def search_memories(
     filter: memory_pb2.MemoryFilter | None,
     top_k: int,
     min_score: float,
+    mode: str = "",
+    recency_half_life: dt.timedelta | None = None,
+    diversity: float = 0.0,
 ) -> memory_pb2.SearchMemoriesRequest:
-    return memory_pb2.SearchMemoriesRequest(
+    """`mode`: "semantic", "keyword", "hybrid" or "" (the server's default)."""
+    request = memory_pb2.SearchMemoriesRequest(
         query=query,
         query_embedding=list(embedding or ()),
         filter=filter,
         top_k=top_k,
         min_score=min_score,
+        mode=memory_pb2.SearchMode.Value(mode.upper()) if mode else None,
+        diversity=diversity,
     )
+    if recency_half_life is not None:
+        request.recency_half_life.FromTimedelta(recency_half_life)
+    return request
 
 
 def list_memories(

@@ -184,12 +184,27 @@ class AsyncMemorydClient:
         filter: memory_pb2.MemoryFilter | None = None,
         top_k: int = 0,
         min_score: float = 0.0,
+        mode: str = "",
+        recency_half_life: dt.timedelta | None = None,
+        diversity: float = 0.0,
         timeout: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> list[memory_pb2.SearchResult]:
-        """Results by descending score (`top_k` 0: the server's default, 10)."""
+        """Results by descending score (`top_k` 0: the server's default, 10).
+        `mode`: "semantic", "keyword", "hybrid", or "" for the server's
+        default (hybrid with a query text, semantic for an embedding alone);
+        a query and an embedding together search hybrid with the embedding
+        as the semantic side. `recency_half_life` favours recent memories,
+        `diversity` (0..1) results unlike each other."""
         request = req.search_memories(
-            query, embedding=embedding, filter=filter, top_k=top_k, min_score=min_score
+            query,
+            embedding=embedding,
+            filter=filter,
+            top_k=top_k,
+            min_score=min_score,
+            mode=mode,
+            recency_half_life=recency_half_life,
+            diversity=diversity,
         )
         response = await self._call(
             self.memory.SearchMemories(
