@@ -104,7 +104,7 @@ def search_memories(
         filter=filter,
         top_k=top_k,
         min_score=min_score,
-        mode=memory_pb2.SearchMode.Value(mode.upper()) if mode else None,
+        mode=mode.upper() or None,  # a name the server knows (ValueError otherwise)
         diversity=diversity,
     )
     if recency_half_life is not None:
