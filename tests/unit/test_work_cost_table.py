@@ -41,6 +41,14 @@ def test_a_text_search_costs_more_than_a_vector_search_and_grows_with_the_query(
     by_text = cost(memory_pb2.SearchMemoriesRequest(query="tea"))
     long_text = cost(memory_pb2.SearchMemoriesRequest(query="q" * 40_000))
     assert 1 <= by_vector < by_text < long_text
+    # nothing is embedded with a vector given, nor for a search by words alone
+    both = memory_pb2.SearchMemoriesRequest(query="q" * 40_000, query_embedding=[0.5] * 8)
+    by_words = memory_pb2.SearchMemoriesRequest(query="q" * 40_000, mode=memory_pb2.KEYWORD)
+    assert cost(both) == cost(by_words) == by_vector
+    diverse = memory_pb2.SearchMemoriesRequest(
+        query="q" * 40_000, mode=memory_pb2.KEYWORD, diversity=0.5
+    )
+    assert cost(diverse) == long_text
 
 
 def test_an_import_meter_charges_as_a_batch_of_the_same_items_would() -> None:

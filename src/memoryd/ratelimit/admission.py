@@ -17,6 +17,7 @@ from memoryd.domain.errors import QuotaViolation, ResourceExhausted
 from memoryd.domain.tenancy import KeyKind, Principal
 from memoryd.ratelimit.gcra import Limit, api_key_bucket, org_key_bucket, project_bucket
 from memoryd.ratelimit.limiter import RateLimiter
+from memoryd.v1 import memory_pb2
 
 _MEMORY = "/memoryd.v1.MemoryService/"
 
@@ -41,9 +42,16 @@ def _batch_cost(req: Any) -> int:
 
 
 def _search_cost(req: Any) -> int:
-    # The vector search itself is 2; a text query is embedded first, which
-    # costs what writing one memory of that text costs.
-    return 2 + (work_cost(1, _utf8_len(req.query)) if req.query else 0)
+    # The search itself is 2; a text query is embedded first, unless a
+    # vector comes with it or the search is by words alone (and not
+    # diversified, which needs the vector), which costs what writing one
+    # memory of that text costs.
+    embeds = (
+        req.query
+        and not req.query_embedding
+        and (req.mode != memory_pb2.KEYWORD or req.diversity > 0)
+    )
+    return 2 + (work_cost(1, _utf8_len(req.query)) if embeds else 0)
 
 
 class ImportMeter:

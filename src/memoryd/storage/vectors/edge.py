@@ -4,7 +4,8 @@ One directory holds one store:
 
     <path>/memoryd.json   the marker: the model id and dimension it was made for
     <path>/memoryd.lock   held (flock) while a process has the store open
-    <path>/shard/         the Edge shard
+    <path>/shard/         the Edge shard: a dense vector ("") and a keyword
+                          vector ("bm25", BM25 with the IDF modifier) per point
 
 How the engine is used, and why:
 
@@ -37,6 +38,10 @@ How the engine is used, and why:
   single-record upserts/s without, 40/s with), hence off by default.
 - Segments are optimized (deleted points vacuumed, small segments merged)
   only when asked (`optimize`) and on `close`, never behind a call.
+- A shard made before keyword vectors existed is copied, when the store
+  opens, into `shard.next` with them, and the directories swapped: the
+  engine cannot add a vector to an existing shard
+  (`edge_engine.EdgeEngine._add_keywords`).
 - Full disk: the engine's files are sparse and memory-mapped, so a write
   into a full file system kills the process with SIGBUS instead of failing.
   Every write (and `open`, which may replay the WAL) first checks that at
