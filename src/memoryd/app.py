@@ -442,6 +442,7 @@ def search_tuning(settings: Settings) -> Tuning:
         semantic_weight=settings.search_semantic_weight,
         keyword_weight=settings.search_keyword_weight,
         candidates=settings.search_candidates,
+        saturation=settings.search_keyword_saturation,
     )
 
 

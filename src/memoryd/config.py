@@ -44,6 +44,7 @@ _POSITIVE = (
     "max_query_chars",
     "search_rrf_k",
     "search_candidates",
+    "search_keyword_saturation",
     "key_requests_per_second",
     "project_requests_per_second",
     "sweep_interval_s",
@@ -238,14 +239,19 @@ class Settings:
     search_fusion: str = _setting(
         "rrf",
         "How HYBRID fuses its semantic and keyword results: rrf (reciprocal rank fusion, "
-        "weighted) or dbsf (distribution-based score fusion, unweighted).",
-        choices=("rrf", "dbsf"),
+        "weighted), dbsf (distribution-based score fusion, unweighted) or sum (semantic "
+        "weight x cosine similarity + keyword weight x bm25 / (bm25 + saturation)).",
+        choices=("rrf", "dbsf", "sum"),
     )
     search_rrf_k: int = _setting(
         60, "RRF's k: a result at rank r scores weight / (k + r); larger k flattens the ranks."
     )
     search_semantic_weight: float = _setting(1.0, "RRF weight of HYBRID's semantic results.")
     search_keyword_weight: float = _setting(1.0, "RRF weight of HYBRID's keyword results.")
+    search_keyword_saturation: float = _setting(
+        3.0,
+        "Fusion sum: the BM25 score at which the keyword part reaches half of its weight.",
+    )
     search_candidates: int = _setting(
         100,
         "Candidates each part of a search hands on (each HYBRID leg, and the pool that "

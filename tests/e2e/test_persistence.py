@@ -178,7 +178,9 @@ async def test_everything_survives_a_clean_stop_and_acknowledged_writes_survive_
     page = await ana.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=ana.md)
     assert [m.id for m in page.memories] == [ana_id]
     found = await api.memory.SearchMemories(
-        memory_pb2.SearchMemoriesRequest(query="before single 0, edited", top_k=5),
+        memory_pb2.SearchMemoriesRequest(
+            query="before single 0, edited", top_k=5, mode=memory_pb2.SEMANTIC
+        ),
         metadata=api.md,
     )
     assert ids["single-0"] in [r.memory.id for r in found.results if r.score > 0.999]

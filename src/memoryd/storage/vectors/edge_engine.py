@@ -457,12 +457,15 @@ def _stage(
 ) -> tuple[Any, list[qe.Prefetch] | None, qe.SearchParams | None, float | None]:
     """(query, prefetches, params, score threshold) of one stage."""
     match plan:
-        case rk.Nearest(vector=vector, threshold=threshold):
-            return qe.Query.Nearest(list(vector)), None, None, threshold
+        case rk.Nearest(vector=vector, threshold=threshold, pool=pool):
+            pooled = [_prefetch(flt, stage) for stage in pool] or None
+            return qe.Query.Nearest(list(vector)), pooled, None, threshold
         case rk.Keyword(words=words, corpus=corpus):
             sparse = qe.SparseVector(list(words.indices), list(words.values))
             params = qe.SearchParams(idf=qe.IdfParams(corpus=to_filter(corpus)))
             return qe.Query.Nearest(sparse, using=rk.KEYWORDS), None, params, None
+        case rk.Fuse(legs=legs, fusion="sum", weights=weights, saturation=saturation):
+            return _summed(weights, saturation), [_prefetch(flt, leg) for leg in legs], None, None
         case rk.Fuse(legs=legs, fusion=fusion, rrf_k=k, weights=weights):
             fused = (
                 qe.Fusion.Rrf(k=k, weights=list(weights)) if fusion == "rrf" else qe.Fusion.Dbsf()
@@ -484,6 +487,23 @@ def _stage(
             mmr = qe.Mmr(list(vector), 1.0 - diversity, candidates)
             return mmr, [_prefetch(flt, inner)], None, None
     raise ValueError(f"unknown plan stage {plan!r}")
+
+
+def _summed(weights: tuple[float, ...], saturation: float) -> qe.Formula:
+    """w0 * (semantic score) + w1 * bm25 / (bm25 + saturation), a point
+    missing from a leg scoring 0 there."""
+    x = qe.Expression
+    semantic, words = x.Variable("$score[0]"), x.Variable("$score[1]")
+    saturated = x.Div(words, x.Sum([words, x.Constant(saturation)]), 0.0)
+    return qe.Formula(
+        x.Sum(
+            [
+                x.Mult([x.Constant(weights[0]), semantic]),
+                x.Mult([x.Constant(weights[1]), saturated]),
+            ]
+        ),
+        defaults={"$score[0]": 0.0, "$score[1]": 0.0},
+    )
 
 
 def _created(shard_dir: Path, config: qe.EdgeConfig) -> qe.EdgeShard:

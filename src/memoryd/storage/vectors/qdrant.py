@@ -398,12 +398,31 @@ def _stage(
     """(query, using, prefetches, search params, score threshold) of one
     stage of `plan`, every stage confined to `flt`."""
     match plan:
-        case rk.Nearest(vector=vector, threshold=threshold):
-            return list(vector), None, None, None, threshold
+        case rk.Nearest(vector=vector, threshold=threshold, pool=pool):
+            pooled = [_prefetch(flt, stage) for stage in pool] or None
+            return list(vector), None, pooled, None, threshold
         case rk.Keyword(words=words, corpus=corpus):
             sparse = models.SparseVector(indices=list(words.indices), values=list(words.values))
             params = models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
             return sparse, rk.KEYWORDS, None, params, None
+        case rk.Fuse(legs=legs, fusion="sum", weights=weights, saturation=saturation):
+            saturated = models.DivExpression(
+                div=models.DivParams(
+                    left="$score[1]",
+                    right=models.SumExpression(sum=["$score[1]", saturation]),
+                    by_zero_default=0.0,
+                )
+            )
+            summed = models.FormulaQuery(
+                formula=models.SumExpression(
+                    sum=[
+                        models.MultExpression(mult=[weights[0], "$score[0]"]),
+                        models.MultExpression(mult=[weights[1], saturated]),
+                    ]
+                ),
+                defaults={"$score[0]": 0.0, "$score[1]": 0.0},
+            )
+            return summed, None, [_prefetch(flt, leg) for leg in legs], None, None
         case rk.Fuse(legs=legs, fusion=fusion, rrf_k=k, weights=weights):
             fused: Any = (
                 models.RrfQuery(rrf=models.Rrf(k=k, weights=list(weights)))

@@ -13,7 +13,7 @@ call, so one tenant's text never changes another's ranking.
 A plan is a small tree, built here from a `Ranking`:
 
     Nearest   the nearest points to the query vector (cosine), optionally
-              at least `threshold` similar
+              at least `threshold` similar, among all or a pool of stages
     Keyword   the points best matching the query's words (BM25)
     Fuse      its legs fused: reciprocal rank fusion (weighted) or DBSF
     Decay     its inner plan's scores times 0.5^(|valid_time - now| / half-life)
@@ -43,7 +43,7 @@ KEYWORDS = "bm25"
 # every short text look alike in length).
 BM25_AVG_LEN = 20.0
 
-Fusion = Literal["rrf", "dbsf"]
+Fusion = Literal["rrf", "dbsf", "sum"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class Tuning:
     semantic_weight: float = 1.0
     keyword_weight: float = 1.0
     candidates: int = 100
+    # "sum": semantic_weight * cosine + keyword_weight * bm25 / (bm25 + saturation)
+    saturation: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,13 @@ class Sparse:
 
 @dataclass(frozen=True)
 class Nearest:
+    """By cosine similarity: all points, or (with a `pool`) the points its
+    stages found, each with its own similarity."""
+
     vector: tuple[float, ...]
     limit: int
     threshold: float | None = None
+    pool: tuple[Plan[Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Fuse:
     fusion: Fusion
     rrf_k: int
     weights: tuple[float, ...]
+    saturation: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -156,16 +163,20 @@ def plan(
             # no word of the query counts: HYBRID is its semantic leg
             base = Nearest(_vector(vector), first, min_score)
         else:
-            legs: tuple[Plan[F], ...] = (
-                Nearest(_vector(vector), candidates, min_score),
-                Keyword(words, candidates, corpus),
-            )
+            keyword_leg: Keyword[F] = Keyword(words, candidates, corpus)
+            dense = Nearest(_vector(vector), candidates, min_score)
+            if tuning.fusion == "sum":
+                # every keyword candidate needs its own similarity in the sum,
+                # also one beyond the semantic leg's candidates
+                dense = Nearest(dense.vector, 2 * candidates, min_score, (dense, keyword_leg))
+            legs: tuple[Plan[F], ...] = (dense, keyword_leg)
             base = Fuse(
                 legs,
                 first,
                 tuning.fusion,
                 tuning.rrf_k,
                 (tuning.semantic_weight, tuning.keyword_weight),
+                tuning.saturation,
             )
     if ranking.recency_half_life is not None:
         half_life_us = ranking.recency_half_life.total_seconds() * 1e6
