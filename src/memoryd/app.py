@@ -42,6 +42,7 @@ from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
+from memoryd.domain.changes import WatchLog
 from memoryd.domain.clock import Clock, SystemClock
 from memoryd.domain.control import ControlStore
 from memoryd.domain.conversations.extraction import Extractor
@@ -61,6 +62,7 @@ from memoryd.domain.projects import Ceilings, ProjectManager
 from memoryd.domain.prompts import PromptManager, PromptStore
 from memoryd.domain.tenancy import Scope
 from memoryd.domain.usage import UsageReporter
+from memoryd.domain.watch import WatchHub, WatchService
 from memoryd.embeddings import build_embedder
 from memoryd.extraction.llm import LlmExtractor
 from memoryd.extraction.verbatim import VerbatimExtractor
@@ -109,6 +111,7 @@ class App:
     vectors: VectorStore
     port: int = 0
     bootstrapped: Bootstrapped | None = None
+    watchers: WatchHub | None = None
     _health_checks: Sequence[Check] = ()
     _resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     _stopped: bool = False
@@ -129,6 +132,9 @@ class App:
         if self.settings.shutdown_delay_s > 0:
             await asyncio.sleep(self.settings.shutdown_delay_s)
         grace = self.settings.grace_period_s if grace is None else grace
+        if self.watchers is not None:
+            # streams end with UNAVAILABLE (clients resume elsewhere), not cancelled
+            await self.watchers.close()
         await self.server.stop(grace)
         await self.health.close()
         await self._resources.aclose()
@@ -198,7 +204,13 @@ async def _build(
         stack,
         settings,
         metrics,
-        {**limits.counters, **_key_cache(authenticator), **_job_counts(domain.jobs)},
+        {
+            **limits.counters,
+            **_key_cache(authenticator),
+            **_job_counts(domain.jobs),
+            "memoryd_watch_streams_started": lambda: domain.watchers.joined,
+            "memoryd_watch_poll_failures": lambda: domain.watchers.poll_failures,
+        },
     )
     # Last, once the port, the model and the stores are in hand: an owner key
     # made before a step that then failed would never be shown.
@@ -208,6 +220,7 @@ async def _build(
     )
     _start_sweeper(stack, "expired request ids", idempotency.sweep, settings.sweep_interval_s)
     _start_jobs(stack, domain.jobs, store, settings, clock)
+    _start_watching(stack, domain.watchers, store, settings, clock)
     return App(
         settings=settings,
         server=server,
@@ -219,6 +232,7 @@ async def _build(
         vectors=vectors,
         port=port,
         bootstrapped=bootstrapped,
+        watchers=domain.watchers,
         _health_checks=_health_checks(settings, store, vectors),
         _resources=stack.pop_all(),
     )
@@ -432,6 +446,8 @@ class _Services:
     operations: OperationService
     jobs: JobRunner
     describe: Mapping[str, Describe]
+    watchers: WatchHub
+    watch: WatchService
 
 
 def _services(
@@ -450,6 +466,12 @@ def _services(
     projects_cache = ProjectCache(control, clock, stale_s=settings.project_cache_stale_s)
     call_projects = CallProjects(projects_cache)
     ceilings = _ceilings(settings)
+    changes: WatchLog = metrics.timed("sql", store)
+    watchers = WatchHub(
+        changes,
+        poll_interval_s=settings.watch_poll_interval_s,
+        max_watchers=settings.watch_max_streams,
+    )
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -465,7 +487,7 @@ def _services(
         on_environment_count=metrics.environment_memories.observe,
         max_query_chars=settings.max_query_chars,
         auditor=auditor,
-        changes=ChangeRecorder(metrics.timed("sql", store), clock),
+        changes=ChangeRecorder(changes, clock, on_append=watchers.appended),
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     projects = ProjectManager(
@@ -484,6 +506,8 @@ def _services(
         settings, store, memories, metrics.timed("embedder", embedder), clock, prompts
     )
     describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
+    retention = timedelta(hours=settings.change_retention_hours)
+    watch = WatchService(memories, changes, watchers, retention)
     return _Services(
         memories,
         keys,
@@ -498,6 +522,8 @@ def _services(
         operations,
         jobs,
         describe,
+        watchers,
+        watch,
     )
 
 
@@ -631,7 +657,13 @@ def _server(
     # every method of the three services; health and reflection stay open.
     pipeline.register(
         memory_pb2_grpc.add_MemoryServiceServicer_to_server,
-        MemoryServicer(domain.memories, idempotency, domain.conversations, domain.describe[KIND]),
+        MemoryServicer(
+            domain.memories,
+            idempotency,
+            domain.conversations,
+            domain.describe[KIND],
+            domain.watch,
+        ),
         server,
     )
     pipeline.register(
@@ -742,6 +774,21 @@ def _start_jobs(
         return await store.sweep_operations(clock.now() - retention, 1000)
 
     _start_sweeper(stack, "finished operations", sweep, settings.sweep_interval_s)
+
+
+def _start_watching(
+    stack: AsyncExitStack, hub: WatchHub, log: WatchLog, settings: Settings, clock: Clock
+) -> None:
+    """The watchers' poll of the change log (changes of other replicas),
+    and the trim of events past their retention."""
+    hub.start()
+    _on_close(stack, hub.close)
+    retention = timedelta(hours=settings.change_retention_hours)
+
+    async def trim() -> int:
+        return await log.trim(clock.now() - retention)
+
+    _start_sweeper(stack, "change events", trim, settings.sweep_interval_s)
 
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:

@@ -116,6 +116,14 @@ class WatchLog(ChangeLog, Protocol):
 
     async def log_head(self) -> LogHead: ...
 
+    async def read_checked(
+        self, tenant: Tenant, after: int, limit: int
+    ) -> tuple[list[ChangeEvent], Trimmed | None]:
+        """`read`, then `trimmed` (in that order, in one transaction): a
+        watcher's read that also tells whether events it had not read yet
+        were trimmed."""
+        ...
+
     async def trimmed(self, tenant: Tenant) -> Trimmed | None:
         """The newest trimmed position and time of `tenant`'s environment
         (None: none of its events was trimmed)."""

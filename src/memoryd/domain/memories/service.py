@@ -355,6 +355,11 @@ class MemoryService:
         finally:
             self._counts.forget(tenant)
 
+    async def reach(self, caller: Caller, tenant: Tenant, method: str) -> Tenant:
+        """The memories a read by `caller` reaches (see `_reach`), for
+        services that read memories' changes (WatchMemories)."""
+        return await self._reach(caller, tenant, method)
+
     async def authorize(self, caller: Caller, scope: str) -> tuple[Tenant, Project]:
         """The tenant and project of a memory call by `caller` needing
         `scope` (the project's end-user rule applies), for services that

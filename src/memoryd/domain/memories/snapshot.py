@@ -4,8 +4,8 @@ payload or a watcher's event is built from.
 
 The form is the proto3 JSON mapping of `memoryd.v1.Memory` with the
 proto's field names (`agent_id`, not `agentId`): timestamps as RFC 3339
-strings in UTC, `revision` as a JSON number, every string and list field
-present (empty when so), `expire_time` and `invalid_time` absent while the
+strings in UTC, `revision` as a JSON number, every string, list and
+`metadata` field present (empty when so), `expire_time` and `invalid_time` absent while the
 memory never expires or still holds, `origin` absent when it names
 nothing. Neither the vector nor past revisions are kept. The organization
 is not part of it (a memory's API form has none): the event's tenant

@@ -232,17 +232,31 @@ class ChangeTables(Transacting):
         assert row is not None
         return LogHead(seq=int(row.seq), trims=int(row.trims), secret=row.secret)
 
+    async def read_checked(
+        self, tenant: Tenant, after: int, limit: int
+    ) -> tuple[list[ChangeEvent], Trimmed | None]:
+        """`read`, then (in the same transaction, after it) `trimmed`: when
+        a trim removed events after `after` before the read saw them, the
+        trim's record says so (a trim committed between the two statements
+        is reported too, though the read saw every event: the caller errs on
+        the side of telling a watcher it may have missed some)."""
+        c = change_events.c
+        q = (
+            sa.select(change_events)
+            .where(c.seq > after, *_visible(tenant))
+            .order_by(c.seq)
+            .limit(limit)
+        )
+        async with self._begin() as conn:
+            events = [_event(r) for r in await conn.execute(q)]
+            row = (await conn.execute(_trimmed_query(tenant))).first()
+        return events, Trimmed(int(row.seq), row.time) if row else None
+
     async def trimmed(self, tenant: Tenant) -> Trimmed | None:
         """The newest position and time of the trimmed events of `tenant`'s
         environment (None: none was trimmed)."""
-        t = change_trims.c
-        q = sa.select(t.seq, t.time).where(
-            t.org_id == tenant.org_id,
-            t.project_id == tenant.project_id,
-            t.environment_id == tenant.environment_id,
-        )
         async with self._begin() as conn:
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(_trimmed_query(tenant))).first()
         return Trimmed(int(row.seq), row.time) if row else None
 
     async def first_at(self, tenant: Tenant, time: datetime) -> int | None:
@@ -261,6 +275,15 @@ class ChangeTables(Transacting):
         q = sa.select(c.seq, c.environment_id).where(c.seq > after).order_by(c.seq).limit(limit)
         async with self._begin() as conn:
             return [(int(r.seq), r.environment_id) for r in await conn.execute(q)]
+
+
+def _trimmed_query(tenant: Tenant) -> sa.Select[Any]:
+    t = change_trims.c
+    return sa.select(t.seq, t.time).where(
+        t.org_id == tenant.org_id,
+        t.project_id == tenant.project_id,
+        t.environment_id == tenant.environment_id,
+    )
 
 
 _NEW_FIELDS = ("type", "tenant", "memory_id", "time", "memory", "operation_id", "request_id")
