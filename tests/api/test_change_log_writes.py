@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from helpers.errors import reason_of, refused
 from helpers.openai_server import ScriptedOpenAI, facts_reply
+from helpers.polling import wait_for
 from helpers.servers import Client, MakeServer, RunningServer
 from test_add_messages import add, result, wait
 from test_add_messages_llm import deciding
@@ -315,3 +316,21 @@ async def test_the_jobs_decisions_record_their_events_with_the_operation_id(
     old_city = next(e for e in events if e.memory_id == city.id)
     assert old_city.memory is not None
     assert old_city.memory["superseded_by"] == decisions[1].memory.id
+
+
+async def test_the_sweeper_trims_events_past_the_retention(
+    make_server: MakeServer, clock: ManualClock
+) -> None:
+    srv = await make_server(clock=clock, sweep_interval_s=0.05, change_retention_hours=1)
+    project = await srv.project("app")
+    client = srv.client(await srv.data_key(project))
+    await create(client, "old")
+    clock.advance(3600 + 1)
+    recent = await create(client, "recent")
+
+    async def only_recent_left() -> bool:
+        return [e.memory_id for e in await log(srv, project)] == [recent.id]
+
+    await wait_for(only_recent_left, 20)
+    trimmed = await srv.app.store.trimmed(everyone(srv, project))
+    assert trimmed is not None and trimmed.time == START
