@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -60,6 +61,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self._conversations = conversations
         self._describe = describe
         self._watch = watch
+        self._events = _EventCache()
 
     async def AddMessages(
         self, request: memory_pb2.AddMessagesRequest, context: Any
@@ -211,7 +213,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         if self._watch is None:
             raise Unimplemented("WatchMemories is not served by this server")
         async for delivered in self._watch.watch(current_caller(), watch_request(request)):
-            yield memory_event(delivered)
+            yield self._events.of(delivered)
 
     async def ImportMemories(
         self, request_iterator: AsyncIterator[memory_pb2.ImportMemoriesRequest], context: Any
@@ -249,6 +251,26 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         if stopped:
             raise _stopped_import(stopped[0], response)
         return response
+
+
+class _EventCache:
+    """The newest MemoryEvent messages by resume token, which names one
+    event for one environment: each is built once for every watcher of
+    that environment (they are never changed once built)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._built: OrderedDict[str, memory_pb2.MemoryEvent] = OrderedDict()
+
+    def of(self, delivered: Delivered) -> memory_pb2.MemoryEvent:
+        message = self._built.get(delivered.resume_token)
+        if message is None:
+            message = memory_event(delivered)
+            self._built[delivered.resume_token] = message
+            if len(self._built) > self.SIZE:
+                self._built.popitem(last=False)
+        return message
 
 
 def _stopped_import(err: DomainError, summary: memory_pb2.ImportMemoriesResponse) -> DomainError:

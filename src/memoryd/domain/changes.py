@@ -94,9 +94,8 @@ class ChangeLog(Protocol):
 @dataclass(frozen=True)
 class LogHead:
     """The log's head: the last position given (0: none yet), how many
-    trims deleted events (a watcher re-checks its position when this
-    moves), and the secret that signs resume tokens (one per log: a token
-    of another server's log does not verify)."""
+    trims deleted events, and the secret that signs resume tokens (one per
+    log: a token of another server's log does not verify)."""
 
     seq: int
     trims: int
@@ -132,9 +131,4 @@ class WatchLog(ChangeLog, Protocol):
     async def first_at(self, tenant: Tenant, time: datetime) -> int | None:
         """The position of the oldest kept event `tenant` may see whose
         time is at or after `time` (None: none)."""
-        ...
-
-    async def environments_after(self, after: int, limit: int) -> list[tuple[int, str]]:
-        """(position, environment id) of up to `limit` events after
-        `after`, oldest first (which watchers have something new)."""
         ...

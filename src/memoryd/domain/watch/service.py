@@ -25,10 +25,9 @@ from memoryd.domain.changes import ChangeEvent, EventType, LogHead, WatchLog
 from memoryd.domain.errors import OutOfRange
 from memoryd.domain.memories import MemoryService, validate_filter
 from memoryd.domain.memories.matching import matches
-from memoryd.domain.memories.snapshot import memory_from_json
 from memoryd.domain.memory import Filter, MemoryRecord
 from memoryd.domain.tenancy import Caller, Scope, Tenant
-from memoryd.domain.watch.hub import MAX_IDLE_S, WatchHub, shutting_down
+from memoryd.domain.watch.hub import MAX_IDLE_S, Entry, Watcher, WatchHub, shutting_down
 from memoryd.domain.watch.tokens import ResumeTokens
 
 # Events read from the log per query.
@@ -94,18 +93,32 @@ class WatchService:
                 watcher.clear()
                 if watcher.closed:
                     raise shutting_down()
-                events, trimmed = await self._log.read_checked(tenant, position, self._batch)
-                if trimmed is not None and trimmed.seq > position:
-                    raise self._behind()
-                for e in events:
-                    position = e.seq
-                    delivered = self._deliverable(e, request, tokens, tenant)
+                entries, upto = await self._read(watcher, tenant, position)
+                for entry in entries:
+                    position = entry.seq
+                    delivered = self._deliverable(entry, request, tokens, tenant)
                     if delivered is not None:
                         yield delivered
-                if len(events) < self._batch:
+                position = max(position, upto)
+                if len(entries) < self._batch:
                     await watcher.wait(self._idle_s)
         finally:
             watcher.leave()
+
+    async def _read(
+        self, watcher: Watcher, tenant: Tenant, position: int
+    ) -> tuple[list[Entry], int]:
+        """The next events `tenant` may see after `position` (at most a
+        batch) and the position read up to: from the hub's window when it
+        covers `position`, else from the log (OUT_OF_RANGE when events
+        after `position` were trimmed)."""
+        recent = watcher.recent(tenant, position, self._batch)
+        if recent is not None:
+            return recent
+        events, trimmed = await self._log.read_checked(tenant, position, self._batch)
+        if trimmed is not None and trimmed.seq > position:
+            raise self._behind()
+        return [Entry.of(e) for e in events], position
 
     async def _start(
         self, tenant: Tenant, head: LogHead, after: int | None, start_time: datetime | None
@@ -144,13 +157,13 @@ class WatchService:
 
     @staticmethod
     def _deliverable(
-        e: ChangeEvent, request: WatchRequest, tokens: ResumeTokens, tenant: Tenant
+        entry: Entry, request: WatchRequest, tokens: ResumeTokens, tenant: Tenant
     ) -> Delivered | None:
-        """`e` for the stream, or None when the request's types or filter
-        leave it out."""
+        """The entry for the stream, or None when the request's types or
+        filter leave it out."""
+        e, record = entry.event, entry.record
         if request.types and e.type not in request.types:
             return None
-        record = memory_from_json(e.memory, e.tenant) if e.memory is not None else None
         if not request.filter.empty and (record is None or not matches(request.filter, record)):
             return None
         shown = None if e.type in GONE else record

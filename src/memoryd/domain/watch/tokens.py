@@ -1,17 +1,21 @@
 """Resume tokens of WatchMemories: a change-log position, opaque.
 
-A token is base64url of: a version byte, a random nonce, the position
-encrypted with a pad derived from the nonce (HMAC-SHA256 as a PRF), and a
-tag (HMAC-SHA256, truncated) over all of that and the environment the
-token was issued for. The key is the change log's own secret (`LogHead`),
-made once per database.
+A token is base64url of: a version byte, a nonce, the position encrypted
+with a pad derived from the nonce (HMAC-SHA256 as a PRF), and a tag
+(HMAC-SHA256, truncated) over all of that and the environment the token
+was issued for. The nonce is itself a PRF of (environment, position): the
+token of a position is the same for every watcher of an environment (so a
+server builds each event once for all of them), and tokens of different
+positions share nothing. The key is the change log's own secret
+(`LogHead`), made once per database.
 
 So a token read back verifies only on the server's log that issued it and
 for the same environment: another server's token, another environment's,
 a forged or altered one is refused (INVALID_ARGUMENT). And a token says
 nothing to its holder: positions count every tenant's events, so two plain
 positions would tell how many changes other tenants made in between;
-encrypted with a fresh nonce each, they do not.
+encrypted, they do not (a holder learns only whether two tokens are the
+same position, which it knows anyway).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 
 from memoryd.domain.errors import InvalidArgument
 
@@ -42,7 +45,8 @@ class ResumeTokens:
     def issue(self, environment_key: str, seq: int) -> str:
         """The token of position `seq` for the environment `environment_key`
         (`Tenant.key`)."""
-        nonce = os.urandom(_NONCE)
+        where = environment_key.encode() + b"\0" + seq.to_bytes(_SEQ, "big")
+        nonce = hmac.new(self._key, b"nonce\0" + where, hashlib.sha256).digest()[:_NONCE]
         body = bytes([VERSION]) + nonce + _xor(seq.to_bytes(_SEQ, "big"), self._pad(nonce))
         token = body + self._tag(body, environment_key)
         return base64.urlsafe_b64encode(token).rstrip(b"=").decode()

@@ -268,14 +268,6 @@ class ChangeTables(Transacting):
             value = (await conn.execute(q)).scalar()
         return None if value is None else int(value)
 
-    async def environments_after(self, after: int, limit: int) -> list[tuple[int, str]]:
-        """(position, environment id) of up to `limit` events after
-        `after`, oldest first: which watchers have something to read."""
-        c = change_events.c
-        q = sa.select(c.seq, c.environment_id).where(c.seq > after).order_by(c.seq).limit(limit)
-        async with self._begin() as conn:
-            return [(int(r.seq), r.environment_id) for r in await conn.execute(q)]
-
 
 def _trimmed_query(tenant: Tenant) -> sa.Select[Any]:
     t = change_trims.c
