@@ -192,10 +192,15 @@ async def _build(
     store = await _control_plane(stack, settings, on_change=health.recheck)
     control: ControlStore = metrics.timed("sql", store)
     limits = _limits(stack, settings, clock)
-    authenticator = await _authenticator(stack, settings, control, hasher, clock, limits.bus)
+    watchers = _watch_hub(settings, metrics, store)
+    authenticator = await _authenticator(
+        stack, settings, control, hasher, clock, limits.bus, watchers
+    )
     embedder = await _embedder(stack, settings, embedder)
     vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
-    domain = _services(settings, store, control, hasher, clock, limits, metrics, embedder, vectors)
+    domain = _services(
+        settings, store, control, hasher, clock, limits, metrics, embedder, vectors, watchers
+    )
     idempotency = Idempotency(metrics.timed("sql", store), clock)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
     server = _server(stack, settings, pipeline, domain, idempotency, health, clock, tracer_provider)
@@ -336,6 +341,7 @@ async def _authenticator(
     hasher: SecretHasher,
     clock: Clock,
     bus: RevocationBus,
+    watchers: WatchHub,
 ) -> Authenticator:
     authenticator = Authenticator(
         control,
@@ -346,9 +352,29 @@ async def _authenticator(
         failures_per_minute=settings.auth_failures_per_minute,
     )
     _on_close(stack, authenticator.close)
-    await bus.start(authenticator.evict, on_resubscribed=authenticator.clear)
+
+    # a changed key ends its WatchMemories streams too: they outlive calls
+    def revoked(key_id: str) -> None:
+        authenticator.evict(key_id)
+        watchers.key_changed(key_id)
+
+    def resubscribed() -> None:
+        authenticator.clear()
+        watchers.keys_unknown()
+
+    await bus.start(revoked, on_resubscribed=resubscribed)
     _on_close(stack, bus.close)
     return authenticator
+
+
+def _watch_hub(settings: Settings, metrics: Metrics, store: SqlControlStore) -> WatchHub:
+    """The WatchMemories streams of this process and the recent change log
+    they share (started with the other background work)."""
+    return WatchHub(
+        metrics.timed("sql", store),
+        poll_interval_s=settings.watch_poll_interval_s,
+        max_watchers=settings.watch_max_streams,
+    )
 
 
 def _job_counts(runner: JobRunner) -> Readers:
@@ -460,6 +486,7 @@ def _services(
     metrics: Metrics,
     embedder: Embedder,
     vectors: VectorStore,
+    watchers: WatchHub,
 ) -> _Services:
     audit_file = JsonLinesAuditFile(settings.audit_log) if settings.audit_log else None
     auditor = Auditor(control, clock, audit_file)
@@ -467,11 +494,6 @@ def _services(
     call_projects = CallProjects(projects_cache)
     ceilings = _ceilings(settings)
     changes: WatchLog = metrics.timed("sql", store)
-    watchers = WatchHub(
-        changes,
-        poll_interval_s=settings.watch_poll_interval_s,
-        max_watchers=settings.watch_max_streams,
-    )
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),

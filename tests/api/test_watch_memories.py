@@ -27,7 +27,7 @@ from memoryd.domain.clock import ManualClock
 from memoryd.domain.errors import OutOfRange
 from memoryd.domain.tenancy import Caller
 from memoryd.domain.watch import ResumeTokens, WatchRequest, WatchService
-from memoryd.v1 import admin_pb2, memory_pb2, tenancy_pb2
+from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, tenancy_pb2
 
 E = memory_pb2.MemoryEvent
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -460,6 +460,34 @@ async def test_shutdown_ends_streams_with_unavailable(make_server: MakeServer) -
     await srv.app.stop()
     err = await refused(grpc.StatusCode.UNAVAILABLE, take(stream, 1))
     assert reason_of(err) == "SHUTTING_DOWN" and "resume_token" in err.details()
+
+
+async def test_revoking_the_key_ends_its_streams_and_only_them(
+    srv: RunningServer, project: admin_pb2.Project
+) -> None:
+    created = await srv.owner.keys.CreateApiKey(
+        keys_pb2.CreateApiKeyRequest(
+            project_id=project.id,
+            environment_id=project.environments[0].id,
+            name="watcher",
+            scopes=["memory:read"],
+        ),
+        metadata=srv.owner.md(),
+    )
+    doomed = srv.client(created.secret)
+    other = srv.client(await srv.data_key(project))
+    doomed_stream = await watching(srv, doomed)
+    other_stream = await watching(srv, other)
+    await srv.owner.keys.RevokeApiKey(
+        keys_pb2.RevokeApiKeyRequest(id=created.api_key.id), metadata=srv.owner.md()
+    )
+    err = await refused(grpc.StatusCode.UNAVAILABLE, take(doomed_stream, 1))
+    assert reason_of(err) == "API_KEY_CHANGED"
+    await refused(grpc.StatusCode.UNAUTHENTICATED, take(watch(doomed), 1))
+    m = await create(other, "the other stream goes on")
+    [event] = await take(other_stream, 1)
+    assert event.memory_id == m.id
+    other_stream.cancel()
 
 
 async def test_a_watcher_on_another_server_of_the_same_database_sees_the_write(

@@ -213,3 +213,17 @@ async def test_the_cap_and_the_shutdown() -> None:
     assert two.closed and three._wake.is_set()
     with pytest.raises(Unavailable):
         hub.join("e")
+
+
+async def test_a_changed_key_ends_its_streams_and_missed_news_ends_all() -> None:
+    hub = await started(MemoryLog())
+    mine, theirs = hub.join("e", "key_1"), hub.join("e", "key_2")
+    hub.key_changed("key_1")
+    reason = mine.end_reason()
+    assert reason is not None and reason.reason == "API_KEY_CHANGED"
+    assert mine._wake.is_set() and theirs.end_reason() is None
+    hub.keys_unknown()
+    assert theirs.end_reason() is not None
+    await hub.close()
+    closed = theirs.end_reason()
+    assert closed is not None and closed.reason == "SHUTTING_DOWN"

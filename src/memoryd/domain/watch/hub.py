@@ -30,7 +30,9 @@ one delays it, never stalls it.
 
 The hub caps the streams of the process (`max_watchers`, RESOURCE_EXHAUSTED
 past it) and ends them all at shutdown (`close`: each stream ends with
-UNAVAILABLE, so clients reconnect, elsewhere, with their last token).
+UNAVAILABLE, so clients reconnect, elsewhere, with their last token). A
+stream also ends (UNAVAILABLE, reason API_KEY_CHANGED) when its key is
+revoked, rotated or deleted: a stream lasts, and must not outlive its key.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from memoryd.domain.changes import ChangeEvent, WatchLog
 from memoryd.domain.errors import ResourceExhausted, Unavailable
@@ -59,21 +60,33 @@ MAX_IDLE_S = 15.0
 WINDOW_EVENTS = 4096
 
 
-@dataclass(frozen=True)
 class Entry:
-    """An event, with its memory decoded once for every watcher."""
+    """An event, with its memory decoded once (when first read) for every
+    watcher: not on the path of the write that appended it."""
 
-    event: ChangeEvent
-    record: MemoryRecord | None
+    __slots__ = ("_record", "event")
+
+    def __init__(self, event: ChangeEvent) -> None:
+        self.event = event
+        self._record: MemoryRecord | bool | None = False  # False: not decoded yet
 
     @property
     def seq(self) -> int:
         return self.event.seq
 
+    @property
+    def record(self) -> MemoryRecord | None:
+        if self._record is False:
+            memory = self.event.memory
+            self._record = (
+                memory_from_json(memory, self.event.tenant) if memory is not None else None
+            )
+        assert not isinstance(self._record, bool)
+        return self._record
+
     @staticmethod
     def of(event: ChangeEvent) -> Entry:
-        memory = event.memory
-        return Entry(event, memory_from_json(memory, event.tenant) if memory is not None else None)
+        return Entry(event)
 
 
 class Window:
@@ -135,17 +148,34 @@ class Window:
 
 
 class Watcher:
-    """One stream's place in the hub: a wake-up flag for its environment."""
+    """One stream's place in the hub: a wake-up flag for its environment,
+    and the API key it was opened with."""
 
-    def __init__(self, hub: WatchHub, environment_id: str) -> None:
+    def __init__(self, hub: WatchHub, environment_id: str, key_id: str) -> None:
         self.environment_id = environment_id
+        self.key_id = key_id
         self._hub = hub
         self._wake = asyncio.Event()
+        self.key_changed = False
 
     @property
     def closed(self) -> bool:
         """The server is shutting down: the stream must end."""
         return self._hub.closed
+
+    def end_reason(self) -> Unavailable | None:
+        """Why the stream must end now (shutdown; its key revoked, rotated
+        or deleted, or such news maybe missed), else None."""
+        if self._hub.closed:
+            return shutting_down()
+        if self.key_changed:
+            return Unavailable(
+                "the API key of this stream was revoked, rotated or deleted (or this server may "
+                "have missed such a change); reconnect with a valid key and the resume_token of "
+                "the last event received",
+                reason="API_KEY_CHANGED",
+            )
+        return None
 
     def clear(self) -> None:
         """Forgets past wake-ups: call before reading, so a change that
@@ -221,10 +251,11 @@ class WatchHub:
                 await asyncio.wait([task], timeout=5.0)
         self._task = self._fill_task = None
 
-    def join(self, environment_id: str) -> Watcher:
-        """A new watcher of `environment_id`; ResourceExhausted when the
-        process serves `max_watchers` streams already, Unavailable when
-        shutting down. Call `leave` when the stream ends."""
+    def join(self, environment_id: str, key_id: str = "") -> Watcher:
+        """A new watcher of `environment_id` by the key `key_id`;
+        ResourceExhausted when the process serves `max_watchers` streams
+        already, Unavailable when shutting down. Call `leave` when the
+        stream ends."""
         if self.closed:
             raise shutting_down()
         if self._count >= self._max:
@@ -234,13 +265,31 @@ class WatchHub:
                 reason="TOO_MANY_WATCHERS",
                 retry_after=5.0,
             )
-        w = Watcher(self, environment_id)
+        w = Watcher(self, environment_id, key_id)
         self._by_env.setdefault(environment_id, set()).add(w)
         self._count += 1
         self.joined += 1
         if self.window.top is None:
             self._fill_soon()
         return w
+
+    def key_changed(self, key_id: str) -> None:
+        """The key `key_id` was revoked, rotated or deleted (on any replica:
+        the revocation fan-out): its streams end, their clients reconnect
+        and are authenticated again."""
+        for ws in list(self._by_env.values()):
+            for w in list(ws):
+                if w.key_id == key_id:
+                    w.key_changed = True
+                    w.wake()
+
+    def keys_unknown(self) -> None:
+        """Key changes may have been missed (the fan-out reconnected): every
+        stream ends, to be authenticated again."""
+        for ws in list(self._by_env.values()):
+            for w in list(ws):
+                w.key_changed = True
+                w.wake()
 
     def _leave(self, w: Watcher) -> None:
         watchers = self._by_env.get(w.environment_id)

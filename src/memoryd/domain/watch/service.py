@@ -27,7 +27,7 @@ from memoryd.domain.memories import MemoryService, validate_filter
 from memoryd.domain.memories.matching import matches
 from memoryd.domain.memory import Filter, MemoryRecord
 from memoryd.domain.tenancy import Caller, Scope, Tenant
-from memoryd.domain.watch.hub import MAX_IDLE_S, Entry, Watcher, WatchHub, shutting_down
+from memoryd.domain.watch.hub import MAX_IDLE_S, Entry, Watcher, WatchHub
 from memoryd.domain.watch.tokens import ResumeTokens
 
 # Events read from the log per query.
@@ -86,13 +86,13 @@ class WatchService:
         tokens = ResumeTokens(head.secret)
         after = tokens.read(tenant.key, request.resume_token) if request.resume_token else None
         tenant = await self._memories.reach(caller, tenant, "WatchMemories")
-        watcher = self._hub.join(tenant.environment_id)
+        watcher = self._hub.join(tenant.environment_id, caller.principal.key_id)
         try:
             position = await self._start(tenant, head, after, request.start_time)
             while True:
                 watcher.clear()
-                if watcher.closed:
-                    raise shutting_down()
+                if (ended := watcher.end_reason()) is not None:
+                    raise ended
                 entries, upto = await self._read(watcher, tenant, position)
                 for entry in entries:
                     position = entry.seq
