@@ -1,6 +1,8 @@
 """The `watch` suite: WatchMemories against a real `memoryd serve` process
 (rate limits no call reaches). Measured, in one run:
 
+- calibration: health Check with the Python client (the auth suite's
+  first figure), to scale the rest on a shared machine;
 - write → watcher latency: one watcher of an environment; one writer
   making CreateMemory calls at a steady `rate` per second for `seconds`;
   for each memory, the time from the start of its CreateMemory call to the
@@ -8,10 +10,12 @@
   call's own latency, and how many events arrived;
 - writes with watchers attached: CreateMemory (`concurrency` callers) and
   BatchCreateMemories (100 memories per call, 4 callers) for `seconds`
-  each, first with no watcher, then with `watchers` watchers of the same
-  environment (each receives every event); the ratio of the two. The
-  watchers run in a separate process (so their reading does not take CPU
-  from this process's writers), and say how many events they got.
+  each, with no watcher and with `watchers` watchers of the same
+  environment (each receives every event), alternated twice; the ratio of
+  the throughputs and the server's CPU time per memory written. The
+  watchers run in a separate process (so their reading does not take this
+  process's CPU), and say how many events they read (all of them unless
+  they fell behind).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.harness import HIGH_LIMITS, Result, ServerProcess, drive, percentile
 from memoryd.config import Settings
@@ -43,6 +48,7 @@ from memoryd.v1 import (
 _BATCH = 100
 _BATCH_CALLERS = 4
 _EVENTS_WITHIN_S = 60.0
+_MAX_IN_FLIGHT = 64
 
 
 @dataclass
@@ -71,7 +77,7 @@ async def _tenant(channel: aio.Channel, owner_key: str, name: str) -> tuple[str,
 
 class _Watch:
     """A WatchMemories stream from now, read by a task into a queue of
-    (arrival time, event); `on_event` (optional) sees each one as well."""
+    (arrival time, event), or, once `on_event` is set, only counted by it."""
 
     def __init__(self, t: _Tenant, on_event: Callable[[], None] | None = None) -> None:
         self._t = t
@@ -83,9 +89,10 @@ class _Watch:
     async def _read(self) -> None:
         try:
             async for event in self.stream:
-                self.events.put_nowait((time.perf_counter(), event))
                 if self.on_event is not None:
                     self.on_event()
+                else:
+                    self.events.put_nowait((time.perf_counter(), event))
         except grpc.RpcError:
             return
 
@@ -121,6 +128,15 @@ async def run_watch(
     )
     async with ServerProcess(settings, extra_env=HIGH_LIMITS) as server:
         channel = aio.insecure_channel(server.address)
+        # the machine's speed now (the auth suite's first figure, for scale)
+        health = health_pb2_grpc.HealthStub(channel)
+        check = await drive(
+            "calibration: health Check, 16 in flight",
+            lambda: health.Check(health_pb2.HealthCheckRequest()),
+            3.0,
+            16,
+        )
+        print(check.line(), flush=True)
         key, tenant = await _tenant(channel, server.owner_key, "watched")
         for line in await _latency(tenant, rate, seconds):
             print(line, flush=True)
@@ -136,9 +152,13 @@ async def _latency(t: _Tenant, rate: float, seconds: float) -> list[str]:
     arrived: dict[str, float] = {}
     call_ms: list[float] = []
     n = int(rate * seconds)
+    errors = 0
+    # calls in flight at most (a server slower than `rate` makes the writer lag,
+    # said by the achieved rate, instead of flooding the connection)
+    room = asyncio.Semaphore(_MAX_IN_FLIGHT)
 
     async def read() -> None:
-        while len(arrived) < n:
+        while len(arrived) < n - errors:
             at, event = await watch.events.get()
             if event.memory.content.startswith("latency "):
                 arrived[event.memory.content] = at
@@ -148,16 +168,25 @@ async def _latency(t: _Tenant, rate: float, seconds: float) -> list[str]:
     writes = []
 
     async def write(i: int) -> None:
+        nonlocal errors
         content = f"latency {i}"
-        t0 = time.perf_counter()
-        sent[content] = t0
-        await t.memory.CreateMemory(
-            memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=content)), metadata=t.md
-        )
-        call_ms.append((time.perf_counter() - t0) * 1000)
+        try:
+            t0 = time.perf_counter()
+            sent[content] = t0
+            await t.memory.CreateMemory(
+                memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=content)),
+                metadata=t.md,
+            )
+            call_ms.append((time.perf_counter() - t0) * 1000)
+        except grpc.RpcError:
+            errors += 1
+            sent.pop(content, None)
+        finally:
+            room.release()
 
     for i in range(n):  # paced: call i starts at i / rate (calls overlap when slow)
         await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        await room.acquire()
         writes.append(asyncio.create_task(write(i)))
     await asyncio.gather(*writes)
     achieved = n / (time.perf_counter() - start)
@@ -166,9 +195,10 @@ async def _latency(t: _Tenant, rate: float, seconds: float) -> list[str]:
     await watch.close()
     lat = [(arrived[c] - t0) * 1000 for c, t0 in sent.items() if c in arrived]
     return [
-        f"write -> watcher, {achieved:.0f} writes/s, 1 watcher: {len(lat)}/{n} events; "
-        f"p50 {percentile(lat, 0.5):.2f} ms   p99 {percentile(lat, 0.99):.2f} ms "
-        f"(from the start of the CreateMemory call to the event read)",
+        f"write -> watcher, {achieved:.0f} writes/s, 1 watcher: {len(lat)}/{n} events "
+        f"({errors} writes failed); p50 {percentile(lat, 0.5):.2f} ms   "
+        f"p99 {percentile(lat, 0.99):.2f} ms (from the start of the CreateMemory call to the "
+        "event read)",
         f"  CreateMemory at that rate: p50 {percentile(call_ms, 0.5):.2f} ms   "
         f"p99 {percentile(call_ms, 0.99):.2f} ms",
     ]
@@ -211,6 +241,8 @@ async def _throughput(
         alone: list[Result] = []
         watched: list[Result] = []
 
+        for _ in range(max(2, 200 // per_call)):  # warm-up: connections, caches
+            await call()
         # alternated, twice: a shared machine's drift shows as the rounds' spread
         for _ in range(2):
             alone.append(
@@ -226,9 +258,10 @@ async def _throughput(
                 ),
             )
             watched.append(result)
+            written = result.calls * per_call
             lines.append(
                 _line(result, per_call, f"{name}, {watchers} watchers")
-                + f"; they read {got} events"
+                + f"; they read {got} events of {written * watchers}"
             )
         ratio = sum(r.rps for r in watched) / sum(r.rps for r in alone)
         lines.append(
@@ -249,7 +282,7 @@ async def _measured(
 ) -> Result:
     """`drive`, and (into `cpu_ms`) the server's CPU time per memory written meanwhile."""
     before = server.cpu_seconds()
-    result = await drive("", call, seconds, inflight)
+    result = await drive("", call, seconds, inflight, warmup=0)
     spent = server.cpu_seconds() - before
     cpu_ms.append(spent * 1000 / max(1, result.calls * per_call))
     return result
@@ -304,7 +337,6 @@ def _watchers(address: str, key: str, n: int, stop: Any, ready: Any, got: Any) -
             await w.live()
             watches.append(w)
         for w in watches:  # count from here on
-            w.events = asyncio.Queue()
             w.on_event = count
         ready.set()
         # a multiprocessing Event: waited for on a worker thread

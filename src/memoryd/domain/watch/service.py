@@ -74,6 +74,7 @@ class WatchService:
         self._retention = retention
         self._batch = read_batch
         self._idle_s = max_idle_s
+        self._tokens: ResumeTokens | None = None
 
     async def watch(self, caller: Caller, request: WatchRequest) -> AsyncIterator[Delivered]:
         """The caller's events, as they come, until the call ends. Raises
@@ -83,7 +84,7 @@ class WatchService:
         tenant, _ = await self._memories.authorize(caller, Scope.MEMORY_READ)
         validate_filter(request.filter)
         head = await self._log.log_head()
-        tokens = ResumeTokens(head.secret)
+        tokens = self._tokens_of(head.secret)
         after = tokens.read(tenant.key, request.resume_token) if request.resume_token else None
         tenant = await self._memories.reach(caller, tenant, "WatchMemories")
         watcher = self._hub.join(tenant.environment_id, caller.principal.key_id)
@@ -119,6 +120,12 @@ class WatchService:
         if trimmed is not None and trimmed.seq > position:
             raise self._behind()
         return [Entry.of(e) for e in events], position
+
+    def _tokens_of(self, secret: str) -> ResumeTokens:
+        """The tokens of the log with `secret`, shared by the streams."""
+        if self._tokens is None or self._tokens.secret != secret:
+            self._tokens = ResumeTokens(secret)
+        return self._tokens
 
     async def _start(
         self, tenant: Tenant, head: LogHead, after: int | None, start_time: datetime | None

@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections import OrderedDict
 
 from memoryd.domain.errors import InvalidArgument
 
@@ -39,12 +40,27 @@ _FIELD = "resume_token"
 class ResumeTokens:
     """Issues and reads the tokens of one change log (`secret`: its key)."""
 
+    # tokens issued lately, kept: every watcher of an environment asks for
+    # the same ones
+    RECENT = 4096
+
     def __init__(self, secret: str) -> None:
+        self.secret = secret
         self._key = hashlib.sha256(b"memoryd resume token\0" + secret.encode()).digest()
+        self._recent: OrderedDict[tuple[str, int], str] = OrderedDict()
 
     def issue(self, environment_key: str, seq: int) -> str:
         """The token of position `seq` for the environment `environment_key`
         (`Tenant.key`)."""
+        token = self._recent.get((environment_key, seq))
+        if token is None:
+            token = self._seal(environment_key, seq)
+            self._recent[(environment_key, seq)] = token
+            if len(self._recent) > self.RECENT:
+                self._recent.popitem(last=False)
+        return token
+
+    def _seal(self, environment_key: str, seq: int) -> str:
         where = environment_key.encode() + b"\0" + seq.to_bytes(_SEQ, "big")
         nonce = hmac.new(self._key, b"nonce\0" + where, hashlib.sha256).digest()[:_NONCE]
         body = bytes([VERSION]) + nonce + _xor(seq.to_bytes(_SEQ, "big"), self._pad(nonce))
