@@ -173,9 +173,14 @@ class ServerProcess:
 
 
 async def drive(
-    name: str, call: Callable[[], Awaitable[Any]], seconds: float, concurrency: int
+    name: str,
+    call: Callable[[], Awaitable[Any]],
+    seconds: float,
+    concurrency: int,
+    warmup: int = 20,
 ) -> Result:
-    """Runs `call` from `concurrency` workers for `seconds`; latency per call."""
+    """Runs `call` from `concurrency` workers for `seconds`, after `warmup`
+    calls; latency per call."""
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
@@ -192,7 +197,7 @@ async def drive(
             latencies.append((time.perf_counter() - t0) * 1000)
 
     # Warm-up: connections, caches, the first (slow) key verification.
-    for _ in range(20):
+    for _ in range(warmup):
         with contextlib.suppress(grpc.RpcError):
             await call()
     started = time.perf_counter()

@@ -42,6 +42,7 @@ from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
+from memoryd.domain.changes import WatchLog
 from memoryd.domain.clock import Clock, SystemClock
 from memoryd.domain.control import ControlStore
 from memoryd.domain.conversations.extraction import Extractor
@@ -52,6 +53,7 @@ from memoryd.domain.errors import DomainError
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
+from memoryd.domain.memories.recording import ChangeRecorder
 from memoryd.domain.memory import Embedder, SearchMode, VectorStore
 from memoryd.domain.operation_service import KindScopes, OperationService, Waiters
 from memoryd.domain.ports import SecretHasher
@@ -60,6 +62,7 @@ from memoryd.domain.projects import Ceilings, ProjectManager
 from memoryd.domain.prompts import PromptManager, PromptStore
 from memoryd.domain.tenancy import Scope
 from memoryd.domain.usage import UsageReporter
+from memoryd.domain.watch import WatchHub, WatchService
 from memoryd.embeddings import build_embedder
 from memoryd.extraction.llm import LlmExtractor
 from memoryd.extraction.verbatim import VerbatimExtractor
@@ -109,6 +112,7 @@ class App:
     vectors: VectorStore
     port: int = 0
     bootstrapped: Bootstrapped | None = None
+    watchers: WatchHub | None = None
     _health_checks: Sequence[Check] = ()
     _resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     _stopped: bool = False
@@ -129,6 +133,9 @@ class App:
         if self.settings.shutdown_delay_s > 0:
             await asyncio.sleep(self.settings.shutdown_delay_s)
         grace = self.settings.grace_period_s if grace is None else grace
+        if self.watchers is not None:
+            # streams end with UNAVAILABLE (clients resume elsewhere), not cancelled
+            await self.watchers.close()
         await self.server.stop(grace)
         await self.health.close()
         await self._resources.aclose()
@@ -186,10 +193,15 @@ async def _build(
     store = await _control_plane(stack, settings, on_change=health.recheck)
     control: ControlStore = metrics.timed("sql", store)
     limits = _limits(stack, settings, clock)
-    authenticator = await _authenticator(stack, settings, control, hasher, clock, limits.bus)
+    watchers = _watch_hub(settings, metrics, store)
+    authenticator = await _authenticator(
+        stack, settings, control, hasher, clock, limits.bus, watchers
+    )
     embedder = await _embedder(stack, settings, embedder)
     vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
-    domain = _services(settings, store, control, hasher, clock, limits, metrics, embedder, vectors)
+    domain = _services(
+        settings, store, control, hasher, clock, limits, metrics, embedder, vectors, watchers
+    )
     idempotency = Idempotency(metrics.timed("sql", store), clock)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
     server = _server(stack, settings, pipeline, domain, idempotency, health, clock, tracer_provider)
@@ -198,7 +210,13 @@ async def _build(
         stack,
         settings,
         metrics,
-        {**limits.counters, **_key_cache(authenticator), **_job_counts(domain.jobs)},
+        {
+            **limits.counters,
+            **_key_cache(authenticator),
+            **_job_counts(domain.jobs),
+            "memoryd_watch_streams_started": lambda: domain.watchers.joined,
+            "memoryd_watch_poll_failures": lambda: domain.watchers.poll_failures,
+        },
     )
     # Last, once the port, the model and the stores are in hand: an owner key
     # made before a step that then failed would never be shown.
@@ -208,6 +226,7 @@ async def _build(
     )
     _start_sweeper(stack, "expired request ids", idempotency.sweep, settings.sweep_interval_s)
     _start_jobs(stack, domain.jobs, store, settings, clock)
+    _start_watching(stack, domain.watchers, store, settings, clock)
     return App(
         settings=settings,
         server=server,
@@ -219,6 +238,7 @@ async def _build(
         vectors=vectors,
         port=port,
         bootstrapped=bootstrapped,
+        watchers=domain.watchers,
         _health_checks=_health_checks(settings, store, vectors),
         _resources=stack.pop_all(),
     )
@@ -322,6 +342,7 @@ async def _authenticator(
     hasher: SecretHasher,
     clock: Clock,
     bus: RevocationBus,
+    watchers: WatchHub,
 ) -> Authenticator:
     authenticator = Authenticator(
         control,
@@ -332,9 +353,29 @@ async def _authenticator(
         failures_per_minute=settings.auth_failures_per_minute,
     )
     _on_close(stack, authenticator.close)
-    await bus.start(authenticator.evict, on_resubscribed=authenticator.clear)
+
+    # a changed key ends its WatchMemories streams too: they outlive calls
+    def revoked(key_id: str) -> None:
+        authenticator.evict(key_id)
+        watchers.key_changed(key_id)
+
+    def resubscribed() -> None:
+        authenticator.clear()
+        watchers.keys_unknown()
+
+    await bus.start(revoked, on_resubscribed=resubscribed)
     _on_close(stack, bus.close)
     return authenticator
+
+
+def _watch_hub(settings: Settings, metrics: Metrics, store: SqlControlStore) -> WatchHub:
+    """The WatchMemories streams of this process and the recent change log
+    they share (started with the other background work)."""
+    return WatchHub(
+        metrics.timed("sql", store),
+        poll_interval_s=settings.watch_poll_interval_s,
+        max_watchers=settings.watch_max_streams,
+    )
 
 
 def _job_counts(runner: JobRunner) -> Readers:
@@ -465,6 +506,8 @@ class _Services:
     operations: OperationService
     jobs: JobRunner
     describe: Mapping[str, Describe]
+    watchers: WatchHub
+    watch: WatchService
 
 
 def _services(
@@ -477,12 +520,14 @@ def _services(
     metrics: Metrics,
     embedder: Embedder,
     vectors: VectorStore,
+    watchers: WatchHub,
 ) -> _Services:
     audit_file = JsonLinesAuditFile(settings.audit_log) if settings.audit_log else None
     auditor = Auditor(control, clock, audit_file)
     projects_cache = ProjectCache(control, clock, stale_s=settings.project_cache_stale_s)
     call_projects = CallProjects(projects_cache)
     ceilings = _ceilings(settings)
+    changes: WatchLog = metrics.timed("sql", store)
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -499,6 +544,7 @@ def _services(
         max_query_chars=settings.max_query_chars,
         auditor=auditor,
         default_search_mode=SearchMode(settings.search_default_mode),
+        changes=ChangeRecorder(changes, clock, on_append=watchers.appended),
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     projects = ProjectManager(
@@ -517,6 +563,8 @@ def _services(
         settings, store, memories, metrics.timed("embedder", embedder), clock, prompts
     )
     describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
+    retention = timedelta(hours=settings.change_retention_hours)
+    watch = WatchService(memories, changes, watchers, retention)
     return _Services(
         memories,
         keys,
@@ -531,6 +579,8 @@ def _services(
         operations,
         jobs,
         describe,
+        watchers,
+        watch,
     )
 
 
@@ -664,7 +714,13 @@ def _server(
     # every method of the three services; health and reflection stay open.
     pipeline.register(
         memory_pb2_grpc.add_MemoryServiceServicer_to_server,
-        MemoryServicer(domain.memories, idempotency, domain.conversations, domain.describe[KIND]),
+        MemoryServicer(
+            domain.memories,
+            idempotency,
+            domain.conversations,
+            domain.describe[KIND],
+            domain.watch,
+        ),
         server,
     )
     pipeline.register(
@@ -775,6 +831,21 @@ def _start_jobs(
         return await store.sweep_operations(clock.now() - retention, 1000)
 
     _start_sweeper(stack, "finished operations", sweep, settings.sweep_interval_s)
+
+
+def _start_watching(
+    stack: AsyncExitStack, hub: WatchHub, log: WatchLog, settings: Settings, clock: Clock
+) -> None:
+    """The watchers' poll of the change log (changes of other replicas),
+    and the trim of events past their retention."""
+    hub.start()
+    _on_close(stack, hub.close)
+    retention = timedelta(hours=settings.change_retention_hours)
+
+    async def trim() -> int:
+        return await log.trim(clock.now() - retention)
+
+    _start_sweeper(stack, "change events", trim, settings.sweep_interval_s)
 
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:

@@ -61,6 +61,9 @@ _POSITIVE = (
     "job_max_attempts",
     "job_poll_interval_s",
     "operation_retention_hours",
+    "change_retention_hours",
+    "watch_poll_interval_s",
+    "watch_max_streams",
 )
 
 
@@ -352,6 +355,21 @@ class Settings:
     )
     operation_retention_hours: float = _setting(
         24.0 * 7, "Finished operations (and their stored messages) are kept this long."
+    )
+
+    # --- change events (WatchMemories) ------------------------------------------------
+    change_retention_hours: float = _setting(
+        24.0 * 7,
+        "Change events are kept this long; a WatchMemories resume_token or start_time older "
+        "than that answers OUT_OF_RANGE (the client re-reads the state, then watches from now).",
+    )
+    watch_poll_interval_s: float = _setting(
+        0.2,
+        "Seconds between looks at the change log for changes made by other replicas (this "
+        "process's own changes wake its watchers at once).",
+    )
+    watch_max_streams: int = _setting(
+        1000, "WatchMemories streams one server process serves at once (more: RESOURCE_EXHAUSTED)."
     )
 
     # --- observability -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -17,8 +18,9 @@ from memoryd.api.errors import MAX_STOPPED_IMPORT_ERRORS, status_proto
 from memoryd.api.idempotent import Idempotent
 from memoryd.api.operations import Describe, operation_pb
 from memoryd.api.steps import OFFLOAD_DECODE_BYTES
+from memoryd.domain.changes import EventType
 from memoryd.domain.conversations.service import ConversationService
-from memoryd.domain.errors import DomainError, InvalidArgument, Violations
+from memoryd.domain.errors import DomainError, InvalidArgument, Unimplemented, Violations
 from memoryd.domain.idempotency import Idempotency, IdempotencyKey
 from memoryd.domain.memories import (
     MAX_FILTER_DEPTH,
@@ -40,6 +42,7 @@ from memoryd.domain.memory import (
     TimeRange,
     Validity,
 )
+from memoryd.domain.watch import Delivered, WatchRequest, WatchService
 from memoryd.v1 import memory_pb2, memory_pb2_grpc
 
 
@@ -50,13 +53,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         idempotency: Idempotency,
         conversations: ConversationService | None = None,
         describe: Describe | None = None,
+        watch: WatchService | None = None,
     ) -> None:
-        """`conversations` and `describe` serve AddMessages (UNIMPLEMENTED
-        without them)."""
+        """`conversations` and `describe` serve AddMessages, `watch`
+        WatchMemories (UNIMPLEMENTED without them)."""
         self._m = memories
         self._once = Idempotent(idempotency)
         self._conversations = conversations
         self._describe = describe
+        self._watch = watch
+        self._events = _EventCache()
 
     async def AddMessages(
         self, request: memory_pb2.AddMessagesRequest, context: Any
@@ -207,6 +213,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         ):
             yield memory(record, with_vector=request.include_embeddings)
 
+    async def WatchMemories(
+        self, request: memory_pb2.WatchMemoriesRequest, context: Any
+    ) -> AsyncIterator[memory_pb2.MemoryEvent]:
+        if self._watch is None:
+            raise Unimplemented("WatchMemories is not served by this server")
+        async for delivered in self._watch.watch(current_caller(), watch_request(request)):
+            yield self._events.of(delivered)
+
     async def ImportMemories(
         self, request_iterator: AsyncIterator[memory_pb2.ImportMemoriesRequest], context: Any
     ) -> memory_pb2.ImportMemoriesResponse:
@@ -243,6 +257,26 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         if stopped:
             raise _stopped_import(stopped[0], response)
         return response
+
+
+class _EventCache:
+    """The newest MemoryEvent messages by resume token, which names one
+    event for one environment: each is built once for every watcher of
+    that environment (they are never changed once built)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._built: OrderedDict[str, memory_pb2.MemoryEvent] = OrderedDict()
+
+    def of(self, delivered: Delivered) -> memory_pb2.MemoryEvent:
+        message = self._built.get(delivered.resume_token)
+        if message is None:
+            message = memory_event(delivered)
+            self._built[delivered.resume_token] = message
+            if len(self._built) > self.SIZE:
+                self._built.popitem(last=False)
+        return message
 
 
 def _stopped_import(err: DomainError, summary: memory_pb2.ImportMemoriesResponse) -> DomainError:
@@ -381,6 +415,51 @@ def validity(
     return Validity(
         include_invalidated=req.include_invalidated,
         as_of=convert.opt_ts(req, "as_of", "as_of"),
+    )
+
+
+_EVENT_TYPES = {
+    memory_pb2.MemoryEvent.CREATED: EventType.CREATED,
+    memory_pb2.MemoryEvent.UPDATED: EventType.UPDATED,
+    memory_pb2.MemoryEvent.SUPERSEDED: EventType.SUPERSEDED,
+    memory_pb2.MemoryEvent.DELETED: EventType.DELETED,
+    memory_pb2.MemoryEvent.EXPIRED: EventType.EXPIRED,
+    memory_pb2.MemoryEvent.PURGED: EventType.PURGED,
+}
+_EVENT_TYPES_PB = {v: k for k, v in _EVENT_TYPES.items()}
+
+
+def watch_request(req: memory_pb2.WatchMemoriesRequest) -> WatchRequest:
+    v = Violations()
+    types: set[EventType] = set()
+    for i, value in enumerate(req.event_types):
+        kind = _EVENT_TYPES.get(value)
+        if kind is None:
+            v.add(
+                f"event_types[{i}]",
+                "must be CREATED, UPDATED, SUPERSEDED, DELETED, EXPIRED or PURGED",
+            )
+        else:
+            types.add(kind)
+    v.raise_if_any()
+    return WatchRequest(
+        filter=to_filter(req.filter),
+        types=frozenset(types),
+        resume_token=req.resume_token,
+        start_time=convert.opt_ts(req, "start_time", "start_time"),
+    )
+
+
+def memory_event(d: Delivered) -> memory_pb2.MemoryEvent:
+    e = d.event
+    return memory_pb2.MemoryEvent(
+        type=_EVENT_TYPES_PB[e.type],
+        memory=memory(d.memory) if d.memory is not None else None,
+        memory_id=e.memory_id,
+        time=convert.ts(e.time),
+        operation_id=f"operations/{e.operation_id}" if e.operation_id else "",
+        request_id=e.request_id,
+        resume_token=d.resume_token,
     )
 
 

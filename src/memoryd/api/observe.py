@@ -224,6 +224,10 @@ COUNTERS: dict[str, str] = {
     "memoryd_operations_leases_lost": (
         "operations this process stopped because another worker took them over"
     ),
+    "memoryd_watch_streams_started": "WatchMemories streams this process started",
+    "memoryd_watch_poll_failures": (
+        "looks at the change log for other replicas' changes that failed (retried at the next)"
+    ),
 }
 """The counters other parts keep (name without `_total`: help text)."""
 

@@ -96,6 +96,21 @@ class Unavailable(DomainError):
         self.retry_after = retry_after
 
 
+class Unimplemented(DomainError):
+    """The server does not serve this method (not configured)."""
+
+    code = "UNIMPLEMENTED"
+    reason = "UNIMPLEMENTED"
+
+
+class OutOfRange(DomainError):
+    """A position is outside what is kept (a change-log position older than
+    its retention)."""
+
+    code = "OUT_OF_RANGE"
+    reason = "OUT_OF_RANGE"
+
+
 class DeadlineExceeded(DomainError):
     """The server's own time limit ran out (e.g. a client stream left idle)."""
 

@@ -93,6 +93,9 @@ COSTS: dict[str, Any] = {
     _MEMORY + "SearchMemories": _search_cost,
     _MEMORY + "ExportMemories": lambda req: 10,
     _MEMORY + "PurgeMemories": lambda req: 5,
+    # a stream that lasts: charged once when it starts (reading the log at
+    # its own pace costs no writer anything)
+    _MEMORY + "WatchMemories": lambda req: 1,
 }
 
 # Client streams: a meter per call, charged per message as the stream is read

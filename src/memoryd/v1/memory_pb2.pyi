@@ -337,6 +337,52 @@ class ExportMemoriesRequest(_message.Message):
     include_embeddings: bool
     def __init__(self, filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., include_embeddings: _Optional[bool] = ...) -> None: ...
 
+class WatchMemoriesRequest(_message.Message):
+    __slots__ = ("filter", "event_types", "resume_token", "start_time")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    filter: MemoryFilter
+    event_types: _containers.RepeatedScalarFieldContainer[MemoryEvent.Type]
+    resume_token: str
+    start_time: _timestamp_pb2.Timestamp
+    def __init__(self, filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., event_types: _Optional[_Iterable[_Union[MemoryEvent.Type, str]]] = ..., resume_token: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class MemoryEvent(_message.Message):
+    __slots__ = ("type", "memory", "memory_id", "time", "operation_id", "request_id", "resume_token")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[MemoryEvent.Type]
+        CREATED: _ClassVar[MemoryEvent.Type]
+        UPDATED: _ClassVar[MemoryEvent.Type]
+        SUPERSEDED: _ClassVar[MemoryEvent.Type]
+        DELETED: _ClassVar[MemoryEvent.Type]
+        EXPIRED: _ClassVar[MemoryEvent.Type]
+        PURGED: _ClassVar[MemoryEvent.Type]
+    TYPE_UNSPECIFIED: MemoryEvent.Type
+    CREATED: MemoryEvent.Type
+    UPDATED: MemoryEvent.Type
+    SUPERSEDED: MemoryEvent.Type
+    DELETED: MemoryEvent.Type
+    EXPIRED: MemoryEvent.Type
+    PURGED: MemoryEvent.Type
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    type: MemoryEvent.Type
+    memory: Memory
+    memory_id: str
+    time: _timestamp_pb2.Timestamp
+    operation_id: str
+    request_id: str
+    resume_token: str
+    def __init__(self, type: _Optional[_Union[MemoryEvent.Type, str]] = ..., memory: _Optional[_Union[Memory, _Mapping]] = ..., memory_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
 class ImportMemoriesRequest(_message.Message):
     __slots__ = ("memory",)
     MEMORY_FIELD_NUMBER: _ClassVar[int]

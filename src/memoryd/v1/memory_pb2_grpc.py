@@ -97,6 +97,11 @@ class MemoryServiceStub:
                 request_serializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesRequest.SerializeToString,
                 response_deserializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesResponse.FromString,
                 _registered_method=True)
+        self.WatchMemories = channel.unary_stream(
+                '/memoryd.v1.MemoryService/WatchMemories',
+                request_serializer=memoryd_dot_v1_dot_memory__pb2.WatchMemoriesRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_memory__pb2.MemoryEvent.FromString,
+                _registered_method=True)
         self.AddMessages = channel.unary_unary(
                 '/memoryd.v1.MemoryService/AddMessages',
                 request_serializer=memoryd_dot_v1_dot_memory__pb2.AddMessagesRequest.SerializeToString,
@@ -200,6 +205,26 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchMemories(self, request, context):
+        """Streams the changes to the tenant's memories as they happen: each
+        acknowledged create, update, supersession, delete, purge and expiry is
+        one MemoryEvent, in the order of the server's change log (so in order
+        per memory), for as long as the call lasts. The stream starts after
+        `resume_token`, else at `start_time`, else now (only new changes).
+        Reconnecting with the `resume_token` of the last event received gets
+        every later event, at least once and without a gap. The change log keeps
+        events for a set time (`MEMORYD_CHANGE_RETENTION_HOURS`, 7 days by
+        default): a token or start time older than that answers OUT_OF_RANGE,
+        and the client must read the state again (ListMemories or
+        ExportMemories) and then watch from now. A watcher sees exactly what its
+        key and `x-end-user-id` may read. The server ends streams with
+        UNAVAILABLE when it shuts down: reconnect with the last token.
+        Scope: memory:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddMessages(self, request, context):
         """Turns a conversation into memories, as a long-running operation: the
         messages are stored durably before the operation is returned, then a
@@ -272,6 +297,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ImportMemories,
                     request_deserializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesRequest.FromString,
                     response_serializer=memoryd_dot_v1_dot_memory__pb2.ImportMemoriesResponse.SerializeToString,
+            ),
+            'WatchMemories': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMemories,
+                    request_deserializer=memoryd_dot_v1_dot_memory__pb2.WatchMemoriesRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_memory__pb2.MemoryEvent.SerializeToString,
             ),
             'AddMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMessages,
@@ -582,6 +612,33 @@ class MemoryService:
             '/memoryd.v1.MemoryService/ImportMemories',
             memoryd_dot_v1_dot_memory__pb2.ImportMemoriesRequest.SerializeToString,
             memoryd_dot_v1_dot_memory__pb2.ImportMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memoryd.v1.MemoryService/WatchMemories',
+            memoryd_dot_v1_dot_memory__pb2.WatchMemoriesRequest.SerializeToString,
+            memoryd_dot_v1_dot_memory__pb2.MemoryEvent.FromString,
             options,
             channel_credentials,
             insecure,

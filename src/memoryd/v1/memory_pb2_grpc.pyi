@@ -81,6 +81,22 @@ class MemoryServiceStub:
     """Reads a stream of memories (as written by ExportMemories) and answers
     one summary at the end. Scope: memory:add.
     """
+    WatchMemories: _grpc.UnaryStreamMultiCallable[_memory_pb2.WatchMemoriesRequest, _memory_pb2.MemoryEvent]
+    """Streams the changes to the tenant's memories as they happen: each
+    acknowledged create, update, supersession, delete, purge and expiry is
+    one MemoryEvent, in the order of the server's change log (so in order
+    per memory), for as long as the call lasts. The stream starts after
+    `resume_token`, else at `start_time`, else now (only new changes).
+    Reconnecting with the `resume_token` of the last event received gets
+    every later event, at least once and without a gap. The change log keeps
+    events for a set time (`MEMORYD_CHANGE_RETENTION_HOURS`, 7 days by
+    default): a token or start time older than that answers OUT_OF_RANGE,
+    and the client must read the state again (ListMemories or
+    ExportMemories) and then watch from now. A watcher sees exactly what its
+    key and `x-end-user-id` may read. The server ends streams with
+    UNAVAILABLE when it shuts down: reconnect with the last token.
+    Scope: memory:read.
+    """
     AddMessages: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AddMessagesRequest, _operations_pb2.Operation]
     """Turns a conversation into memories, as a long-running operation: the
     messages are stored durably before the operation is returned, then a
@@ -143,6 +159,22 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     ImportMemories: _aio.StreamUnaryMultiCallable[_memory_pb2.ImportMemoriesRequest, _memory_pb2.ImportMemoriesResponse]  # type: ignore[assignment]
     """Reads a stream of memories (as written by ExportMemories) and answers
     one summary at the end. Scope: memory:add.
+    """
+    WatchMemories: _aio.UnaryStreamMultiCallable[_memory_pb2.WatchMemoriesRequest, _memory_pb2.MemoryEvent]  # type: ignore[assignment]
+    """Streams the changes to the tenant's memories as they happen: each
+    acknowledged create, update, supersession, delete, purge and expiry is
+    one MemoryEvent, in the order of the server's change log (so in order
+    per memory), for as long as the call lasts. The stream starts after
+    `resume_token`, else at `start_time`, else now (only new changes).
+    Reconnecting with the `resume_token` of the last event received gets
+    every later event, at least once and without a gap. The change log keeps
+    events for a set time (`MEMORYD_CHANGE_RETENTION_HOURS`, 7 days by
+    default): a token or start time older than that answers OUT_OF_RANGE,
+    and the client must read the state again (ListMemories or
+    ExportMemories) and then watch from now. A watcher sees exactly what its
+    key and `x-end-user-id` may read. The server ends streams with
+    UNAVAILABLE when it shuts down: reconnect with the last token.
+    Scope: memory:read.
     """
     AddMessages: _aio.UnaryUnaryMultiCallable[_memory_pb2.AddMessagesRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """Turns a conversation into memories, as a long-running operation: the
@@ -269,6 +301,28 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ImportMemoriesResponse, _abc.Awaitable[_memory_pb2.ImportMemoriesResponse]]:
         """Reads a stream of memories (as written by ExportMemories) and answers
         one summary at the end. Scope: memory:add.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchMemories(
+        self,
+        request: _memory_pb2.WatchMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_memory_pb2.MemoryEvent], _abc.AsyncIterator[_memory_pb2.MemoryEvent]]:
+        """Streams the changes to the tenant's memories as they happen: each
+        acknowledged create, update, supersession, delete, purge and expiry is
+        one MemoryEvent, in the order of the server's change log (so in order
+        per memory), for as long as the call lasts. The stream starts after
+        `resume_token`, else at `start_time`, else now (only new changes).
+        Reconnecting with the `resume_token` of the last event received gets
+        every later event, at least once and without a gap. The change log keeps
+        events for a set time (`MEMORYD_CHANGE_RETENTION_HOURS`, 7 days by
+        default): a token or start time older than that answers OUT_OF_RANGE,
+        and the client must read the state again (ListMemories or
+        ExportMemories) and then watch from now. A watcher sees exactly what its
+        key and `x-end-user-id` may read. The server ends streams with
+        UNAVAILABLE when it shuts down: reconnect with the last token.
+        Scope: memory:read.
         """
 
     @_abc_1.abstractmethod
