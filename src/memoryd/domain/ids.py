@@ -28,6 +28,15 @@ def new_audit_id() -> str:
     return "aud_" + _random(20)
 
 
+def new_webhook_id() -> str:
+    return "whk_" + _random(20)
+
+
+def new_delivery_id() -> str:
+    """A webhook delivery's id, sent as its `webhook-id` header."""
+    return "msg_" + _random(24)
+
+
 def new_memory_id() -> str:
     return str(uuid.uuid4())
 
