@@ -296,6 +296,10 @@ class WebhookStore(Protocol):
         LOCKED`: two replicas never take the same one."""
         ...
 
+    async def release_deliveries(self, claims: Sequence[DeliveryClaim]) -> None:
+        """Gives claimed deliveries back unattempted (due again at once)."""
+        ...
+
     async def record_attempt(
         self,
         claim: DeliveryClaim,

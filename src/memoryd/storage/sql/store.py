@@ -23,6 +23,7 @@ from memoryd.storage.sql.prompts import PromptTables
 from memoryd.storage.sql.schema import SCHEMA_VERSION, metadata, migrate, schema_version
 from memoryd.storage.sql.tenancy import TenancyTables
 from memoryd.storage.sql.tx import Tx
+from memoryd.storage.sql.webhooks import WebhookTables
 
 _PING_TIMEOUT_S = 1.5
 
@@ -73,10 +74,11 @@ class SqlControlStore(
     PromptTables,
     OperationTables,
     LlmUsageTables,
+    WebhookTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
-    `IdempotencyStore`, `PromptStore`, `OperationStore` and `TokenLedger`
-    (see `memoryd.domain`)."""
+    `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger` and
+    `WebhookStore` (see `memoryd.domain`)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self._url = url
