@@ -11,8 +11,10 @@ only to the webhooks of the event's own environment.
 `seq` is the log's position: assigned by the store when the event is
 appended, strictly increasing in append order within one store, and the
 basis of resume tokens. `memory` is the memory's state after the change
-as the JSON object of its API form (absent for deletions: then only
-`memory_id`).
+as the JSON object of its API form (`memoryd.domain.memories.snapshot`).
+For a deletion (DELETED, PURGED, EXPIRED) it is the memory's last state,
+kept in the log so that a watcher's or a webhook's filter still applies to
+the event; it is never shown for one: a client gets only `memory_id`.
 """
 
 from __future__ import annotations
@@ -86,4 +88,45 @@ class ChangeLog(Protocol):
 
     async def trim(self, before: datetime) -> int:
         """Deletes the events older than `before` (retention); answers how many."""
+        ...
+
+
+@dataclass(frozen=True)
+class LogHead:
+    """The log's head: the last position given (0: none yet), how many
+    trims deleted events (a watcher re-checks its position when this
+    moves), and the secret that signs resume tokens (one per log: a token
+    of another server's log does not verify)."""
+
+    seq: int
+    trims: int
+    secret: str
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    """The newest position and time among an environment's trimmed events."""
+
+    seq: int
+    time: datetime
+
+
+class WatchLog(ChangeLog, Protocol):
+    """What watchers read of the log besides the `ChangeLog` calls."""
+
+    async def log_head(self) -> LogHead: ...
+
+    async def trimmed(self, tenant: Tenant) -> Trimmed | None:
+        """The newest trimmed position and time of `tenant`'s environment
+        (None: none of its events was trimmed)."""
+        ...
+
+    async def first_at(self, tenant: Tenant, time: datetime) -> int | None:
+        """The position of the oldest kept event `tenant` may see whose
+        time is at or after `time` (None: none)."""
+        ...
+
+    async def environments_after(self, after: int, limit: int) -> list[tuple[int, str]]:
+        """(position, environment id) of up to `limit` events after
+        `after`, oldest first (which watchers have something new)."""
         ...

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memoryd.domain.errors import Unavailable
 from memoryd.storage.sql.audit import AuditTables
+from memoryd.storage.sql.changes import ChangeTables
 from memoryd.storage.sql.idempotency import IdempotencyTables
 from memoryd.storage.sql.keys import KeyTables
 from memoryd.storage.sql.operations import LlmUsageTables, OperationTables
@@ -74,11 +75,12 @@ class SqlControlStore(
     PromptTables,
     OperationTables,
     LlmUsageTables,
+    ChangeTables,
     WebhookTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
-    `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger` and
-    `WebhookStore` (see `memoryd.domain`)."""
+    `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger`,
+    `ChangeLog`/`WatchLog` and `WebhookStore` (see `memoryd.domain`)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self._url = url
