@@ -2,10 +2,10 @@
 
 An event goes to a webhook of its own environment when the webhook reaches
 the event's end user (`Webhook.reach`), was created before the event (its
-`start_seq`), takes the event's type, and its filter holds for the memory
-after the change. An event without a memory (a deletion) passes every
-filter: a receiver that mirrors memories must learn of the deletion, and
-it learns nothing but an id it may never have seen, of its own tenant.
+`start_seq`), takes the event's type, and its filter holds for the event's
+memory (after the change; for a deletion, its last state). An event that
+carries no memory passes every filter. A deletion (DELETED, PURGED,
+EXPIRED) is sent with the memory's id only, never its last state.
 
 The filter is the memory filter of ListMemories, evaluated here on the
 memory's API form (JSON) as the vector engine evaluates it on a point:
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from memoryd.domain.changes import ChangeEvent
+from memoryd.domain.changes import ChangeEvent, EventType
 from memoryd.domain.memory import (
     METADATA_PREFIX,
     Condition,
@@ -36,6 +36,8 @@ from memoryd.domain.webhooks.model import NewDelivery, Webhook
 # Fields of a memory's API form a webhook payload never carries: the vector
 # is large and says nothing a receiver can use.
 _LEFT_OUT = frozenset({"embedding"})
+# Events whose memory is gone: sent with its id only.
+DELETIONS = frozenset({EventType.DELETED, EventType.PURGED, EventType.EXPIRED})
 
 
 def matches(flt: Filter, memory: Mapping[str, Any]) -> bool:
@@ -137,7 +139,8 @@ def rfc3339(t: datetime) -> str:
 
 def payload(event: ChangeEvent) -> str:
     """The JSON body sent for `event`: what its environment may read of it,
-    the memory after the change (none for a deletion) and what caused it."""
+    the memory after the change (only its id for a deletion) and what
+    caused it."""
     data: dict[str, Any] = {
         "type": event.type.value,
         "memory_id": event.memory_id,
@@ -146,7 +149,7 @@ def payload(event: ChangeEvent) -> str:
         "request_id": event.request_id,
         "time": rfc3339(event.time),
     }
-    if event.memory is not None:
+    if event.memory is not None and event.type not in DELETIONS:
         data["memory"] = {k: v for k, v in event.memory.items() if k not in _LEFT_OUT}
     body = {
         "type": f"memory.{event.type.value.lower()}",
