@@ -68,7 +68,7 @@ async def _webhook(
     *,
     end_user: str = "",
     when: datetime = T0,
-    flt: Filter = Filter(),
+    flt: Filter | None = None,
     start_seq: int | None = None,
 ) -> tuple[Webhook, str]:
     w = Webhook(
@@ -76,7 +76,7 @@ async def _webhook(
         tenant=replace(tenant, end_user_id=end_user),
         url="https://example.com/hook",
         event_types=frozenset(),
-        filter=flt,
+        filter=flt or Filter(),
         description="",
         enabled=True,
         create_time=when,
@@ -130,7 +130,8 @@ async def test_webhooks_are_confined_to_their_tenant_and_end_users(store: SqlCon
         assert await store.get_webhook(outsider, whole.id) is None
         assert await store.get_webhook(outsider, alice.id) is None
         assert (await store.list_webhooks(outsider, 10, None)).items == []
-        assert await store.save_webhook(outsider, replace(whole, url="https://evil.example")) is None
+        evil = replace(whole, url="https://evil.example")
+        assert await store.save_webhook(outsider, evil) is None
         assert not await store.delete_webhook(outsider, whole.id)
         assert await store.rotate_webhook_secret(outsider, whole.id, new_secret(), None, T0) is None
         assert await store.list_deliveries(outsider, whole.id, None, 10, None) is None
@@ -159,7 +160,7 @@ async def test_list_pages_newest_first(store: SqlControlStore) -> None:
 
 async def test_save_and_rotate(store: SqlControlStore) -> None:
     a = await _environment(store)
-    w, first = await _webhook(store, a)
+    w, _ = await _webhook(store, a)
     everyone = a.across_end_users()
     changed = replace(
         w,
@@ -248,8 +249,10 @@ async def test_two_dispatchers_at_once_fan_out_each_event_once(store: SqlControl
     first, second = _dispatcher(store, clock, batch=7), _dispatcher(store, clock, batch=5)
 
     async def drain(d: Dispatcher) -> None:
-        while await d.step():
-            await asyncio.sleep(0)
+        passed = 1
+        while passed:
+            passed = await d.step()
+            await asyncio.sleep(0)  # let the other one in
 
     await asyncio.gather(drain(first), drain(second))
     assert await _all_deliveries(store, w) == [f"m{i:03d}" for i in range(60)]
@@ -367,7 +370,8 @@ async def test_redeliver(store: SqlControlStore) -> None:
     assert again.delivery_id == claim.delivery_id and again.attempt == 2
     assert await store.redeliver(everyone, w.id, "msg_nope", later, later) is None
     other = await _environment(store)
-    assert await store.redeliver(other.across_end_users(), w.id, claim.delivery_id, later, later) is None
+    outsider = other.across_end_users()
+    assert await store.redeliver(outsider, w.id, claim.delivery_id, later, later) is None
 
 
 async def test_the_sweep_deletes_finished_deliveries_only(store: SqlControlStore) -> None:

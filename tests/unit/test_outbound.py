@@ -12,6 +12,7 @@ The endpoints are real HTTP servers on loopback.
 from __future__ import annotations
 
 import ipaddress
+import re
 import ssl
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_the_allow_list_lets_listed_networks_through_and_nothing_else() -> None:
 
 def test_parse_networks_names_the_bad_one() -> None:
     assert parse_networks("") == []
-    with pytest.raises(ValueError, match="'10.0.0.0/33'"):
+    with pytest.raises(ValueError, match=re.escape("'10.0.0.0/33'")):
         parse_networks("127.0.0.0/8,10.0.0.0/33")
 
 
@@ -179,7 +180,9 @@ async def test_the_address_is_checked_again_at_every_call() -> None:
     # the name now resolves somewhere refused (a rebinding DNS server would
     # answer so between a webhook's creation and its delivery)
     table = {"hooks.test": ["127.0.0.1"]}
-    client = GuardedClient(AddressGuard(AddressPolicy(parse_networks("127.0.0.2/32")), resolver(table)))
+    client = GuardedClient(
+        AddressGuard(AddressPolicy(parse_networks("127.0.0.2/32")), resolver(table))
+    )
     with Receiver() as hook:
         answer = await client.post(f"http://hooks.test:{hook.port}/", b"{}", [])
         assert answer.status == 0

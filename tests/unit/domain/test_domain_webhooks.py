@@ -46,7 +46,7 @@ def webhook(
     tenant: Tenant = ENV,
     *,
     types: frozenset[EventType] = frozenset(),
-    flt: Filter = Filter(),
+    flt: Filter | None = None,
     start_seq: int = 0,
 ) -> Webhook:
     return Webhook(
@@ -54,7 +54,7 @@ def webhook(
         tenant=tenant,
         url="https://example.com/hook",
         event_types=types,
-        filter=flt,
+        filter=flt or Filter(),
         description="",
         enabled=True,
         create_time=T0,
@@ -247,9 +247,7 @@ def test_backoff_is_exponential_with_full_jitter_until_the_deliverys_expiry() ->
     expire = T0 + timedelta(hours=1)
     top = lambda lo, hi: hi  # noqa: E731 - the jitter's upper end
     bottom = lambda lo, hi: lo  # noqa: E731
-    waits = [
-        (policy.next_attempt(n, T0, expire, top) or T0) - T0 for n in range(1, 7)
-    ]
+    waits = [(policy.next_attempt(n, T0, expire, top) or T0) - T0 for n in range(1, 7)]
     assert [w.total_seconds() for w in waits] == [5, 10, 20, 40, 60, 60]
     assert policy.next_attempt(3, T0, expire, bottom) == T0
     rng = random.Random(7)
