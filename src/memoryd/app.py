@@ -53,6 +53,7 @@ from memoryd.domain.errors import DomainError
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
+from memoryd.domain.memories.recording import ChangeRecorder
 from memoryd.domain.memory import Embedder, VectorStore
 from memoryd.domain.operation_service import KindScopes, OperationService, Waiters
 from memoryd.domain.ports import SecretHasher
@@ -498,6 +499,7 @@ def _services(
         on_environment_count=metrics.environment_memories.observe,
         max_query_chars=settings.max_query_chars,
         auditor=auditor,
+        changes=ChangeRecorder(metrics.timed("sql", store), clock),
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     projects = ProjectManager(

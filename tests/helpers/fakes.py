@@ -53,6 +53,7 @@ from memoryd.domain.memory import (
     MatchAny,
     MemoryRecord,
     NumberRange,
+    OnDeleted,
     Page,
     ScoredRecord,
     TimeRange,
@@ -365,10 +366,14 @@ class FakeVectorStore:
     async def count(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
         return len(self._matching([tenant], flt, now, None))
 
-    async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
+    async def delete_matching(
+        self, tenant: Tenant, flt: Filter, now: datetime, on_deleted: OnDeleted | None = None
+    ) -> int:
         doomed = self._matching([tenant], flt, now, None)
         for r in doomed:
             del self.records[r.id]
+        if on_deleted is not None and doomed:
+            await on_deleted([replace(r, vector=None, revisions=()) for r in doomed])
         return len(doomed)
 
     async def delete_scope(
@@ -381,12 +386,16 @@ class FakeVectorStore:
 
         self.records = {i: r for i, r in self.records.items() if not inside(r.tenant)}
 
-    async def sweep_expired(self, now: datetime, limit: int = 10_000) -> int:
+    async def sweep_expired(
+        self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None
+    ) -> int:
         expired = [
-            i for i, r in self.records.items() if r.expire_time is not None and r.expire_time <= now
+            r for r in self.records.values() if r.expire_time is not None and r.expire_time <= now
         ][:limit]
-        for i in expired:
-            del self.records[i]
+        for r in expired:
+            del self.records[r.id]
+        if on_deleted is not None and expired:
+            await on_deleted([replace(r, vector=None, revisions=()) for r in expired])
         return len(expired)
 
 

@@ -531,6 +531,36 @@ async def test_sweep_deletes_expired_records_of_every_tenant_up_to_the_limit(
     assert ids(await store.get(A, [r.id for r in alive], NOW)) == ids(alive)
 
 
+async def test_deleting_calls_hand_each_deleted_batch_to_on_deleted(store: Store) -> None:
+    """For the change log: what delete_matching and sweep_expired deleted,
+    as records of their own tenants, and nothing they did not delete."""
+    from memoryd.storage.vectors import point_store
+
+    mine = [record(A, tags=("t",), metadata={"i": i}) for i in range(point_store.BATCH + 3)]
+    other = record(A_USER1, tags=("t",))
+    expired = [record(t, expire_time=NOW - timedelta(minutes=1)) for t in (A, OTHER_ORG, A_USER2)]
+    for r in [*mine, other, *expired]:
+        await store.upsert(r.tenant, [r])
+    seen: list[list[MemoryRecord]] = []
+
+    async def on_deleted(batch: Sequence[MemoryRecord]) -> None:
+        seen.append(list(batch))
+
+    tagged = Filter(must=(Match("tags", "t"),))
+    assert await store.delete_matching(A, tagged, NOW, on_deleted=on_deleted) == len(mine)
+    assert len(seen) == 2 and ids([r for b in seen for r in b]) == ids(mine)
+    got = {r.id: r for b in seen for r in b}
+    assert all(got[r.id].tenant == A and got[r.id].metadata == r.metadata for r in mine)
+    seen.clear()
+    assert await store.sweep_expired(NOW, on_deleted=on_deleted) == 3
+    swept = {r.id: r.tenant for b in seen for r in b}
+    assert swept == {r.id: r.tenant for r in expired}
+    seen.clear()
+    assert await store.sweep_expired(NOW, on_deleted=on_deleted) == 0
+    assert seen == []
+    assert ids(await store.get(A_USER1, [other.id], NOW)) == {other.id}
+
+
 # --- filters ------------------------------------------------------------------
 
 

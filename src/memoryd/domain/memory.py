@@ -7,7 +7,7 @@ server through qdrant-client). Both pass `tests/integration/test_vector_store_co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -184,6 +184,10 @@ class Page:
     next_cursor: Cursor | None = None
 
 
+# What a deleting call hands each batch of records it deleted (the change log).
+OnDeleted = Callable[[Sequence[MemoryRecord]], Awaitable[None]]
+
+
 class VectorStore(Protocol):
     """Stores memory points. Every method takes the tenant(s) and confines
     itself to them: a point of another tenant is never read, counted, changed
@@ -254,9 +258,13 @@ class VectorStore(Protocol):
         """The exact number of visible records matching `flt` (holding or not)."""
         ...
 
-    async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
+    async def delete_matching(
+        self, tenant: Tenant, flt: Filter, now: datetime, on_deleted: OnDeleted | None = None
+    ) -> int:
         """Deletes the visible records matching `flt`, holding or not;
-        answers how many."""
+        answers how many. `on_deleted` (when given) is awaited with each
+        batch of records (without vectors or revisions) once it is deleted;
+        if it raises, deleting stops there and the error propagates."""
         ...
 
     async def delete_scope(
@@ -265,8 +273,11 @@ class VectorStore(Protocol):
         """Deletes every record of a project (or one of its environments)."""
         ...
 
-    async def sweep_expired(self, now: datetime, limit: int = 10_000) -> int:
-        """Deletes up to `limit` expired records of any tenant; answers how many."""
+    async def sweep_expired(
+        self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None
+    ) -> int:
+        """Deletes up to `limit` expired records of any tenant; answers how
+        many. `on_deleted` as for `delete_matching`."""
         ...
 
 

@@ -15,6 +15,14 @@
 
 A re-run after a crash (or a lost lease) starts from the checkpoint, so the
 effect happens once even though the model is not asked twice.
+
+Change events (caused by the operation): ADD → CREATED; UPDATE → UPDATED;
+SUPERSEDE → SUPERSEDED for the old memory (it stops holding, its
+`superseded_by` names the new one) and CREATED for the new; DELETE →
+SUPERSEDED (the memory stops holding but stays as history, so it is not
+DELETED). A re-run records again the events of what an earlier run
+already did (that run may have crashed between a write and its event): a
+change is in the log at least once before the operation ends.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from memoryd.domain.changes import EventType
 from memoryd.domain.clock import Clock
 from memoryd.domain.conversations.extraction import (
     Candidate,
@@ -47,6 +56,7 @@ from memoryd.domain.conversations.model import (
 )
 from memoryd.domain.errors import DomainError, Unavailable
 from memoryd.domain.memories import MemoryService, MemoryUpdate, NewMemory
+from memoryd.domain.memories.recording import Cause
 from memoryd.domain.memory import Embedder, MemoryRecord, Origin
 from memoryd.domain.operations import (
     JobControl,
@@ -234,11 +244,14 @@ class AddMessagesJob:
         exist afterwards. An item refused (e.g. over a size limit) becomes
         NONE with the reason."""
         tenant = ctx.op.tenant
-        existing = {r.id for r in await self._memories.records(tenant, list(new_ids.values()))}
+        found = await self._memories.records(tenant, list(new_ids.values()))
+        existing = {r.id for r in found}
+        if found and ctx.rerun:
+            await self._memories.record_changes([(EventType.CREATED, r) for r in found], ctx.cause)
         todo = [(i, mid) for i, mid in new_ids.items() if mid not in existing]
         items = [ctx.new_memory(plan[i], mid) for i, mid in todo]
         if items:
-            results = await self._memories.create_for(tenant, items, ctx.op.key_id)
+            results = await self._memories.create_for(tenant, items, ctx.op.key_id, ctx.cause)
             for (i, mid), result in zip(todo, results, strict=True):
                 if isinstance(result, DomainError):
                     out[i] = Applied(Event.NONE, plan[i].fact.text, reason=_refused(result))
@@ -273,9 +286,11 @@ class AddMessagesJob:
                 update = MemoryUpdate(
                     paths=("content", "origin"), content=d.text, origin=ctx.origin(d.fact)
                 )
-                refused = await self._update(target, update)
+                refused = await self._update(ctx, target, update)
                 if refused:
                     return Applied(Event.NONE, fact, reason=refused)
+            elif ctx.rerun:
+                await self._memories.record_changes([(EventType.UPDATED, target)], ctx.cause)
             return Applied(
                 Event.UPDATE,
                 fact,
@@ -293,7 +308,7 @@ class AddMessagesJob:
             update = MemoryUpdate(
                 paths=paths, invalid_time=ctx.now, superseded_by=new_id if new_id else ""
             )
-            refused = await self._update(target, update)
+            refused = await self._update(ctx, target, update)
             if refused and d.event is Event.SUPERSEDE:  # the new memory is written
                 return Applied(
                     Event.ADD,
@@ -303,17 +318,20 @@ class AddMessagesJob:
                 )
             if refused:
                 return Applied(Event.NONE, fact, reason=refused)
+        elif ctx.rerun and (d.event is Event.DELETE or target.superseded_by == new_id):
+            # invalidated already, perhaps by an earlier run of this operation
+            await self._memories.record_changes([(EventType.SUPERSEDED, target)], ctx.cause)
         memory_id = new_id if d.event is Event.SUPERSEDE else target.id
         return Applied(
             d.event, fact, memory_id=memory_id, previous_memory_id=target.id, reason=d.reason
         )
 
-    async def _update(self, target: MemoryRecord, update: MemoryUpdate) -> str:
+    async def _update(self, ctx: _Writing, target: MemoryRecord, update: MemoryUpdate) -> str:
         """Applies `update`; "" when done, else why it was refused (the new
         text over the size limit, a memory whose valid_time is still ahead
         cannot stop holding now...). A store that does not answer raises."""
         try:
-            await self._memories.update_for(target, update)
+            await self._memories.update_for(target, update, ctx.cause)
         except Unavailable:
             raise
         except DomainError as err:
@@ -339,6 +357,9 @@ class _Writing:
         vectors: Mapping[str, Sequence[float]],
     ) -> None:
         self.op = op
+        self.cause = Cause(operation_id=op.id)
+        # a later attempt: an earlier one may have written without recording
+        self.rerun = op.attempts > 1
         self._vectors = vectors
         self.params = params
         self.extractor = extractor

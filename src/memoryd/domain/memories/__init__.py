@@ -9,6 +9,9 @@
 - `dedupe`: near-duplicates on write, stored or earlier in the same write;
 - `create`, `update`, `reads`, `search`: the work of each kind of call;
 - `export_import`: export pages and import chunks;
+- `recording`: every change's events in the change log; `snapshot` the
+  memory's API form they keep; `matching` the filter evaluated on one
+  memory (a watcher's events);
 - `service`: `MemoryService`, the calls' policy (scopes, end users, audit),
   composing the others.
 """

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from memoryd.domain.changes import EventType
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import Project
 from memoryd.domain.errors import DomainError
@@ -16,6 +17,7 @@ from memoryd.domain.ids import new_memory_id
 from memoryd.domain.memories.dedupe import duplicates
 from memoryd.domain.memories.model import Created, Defaults, NewMemory, WriteMeter
 from memoryd.domain.memories.quota import EnvironmentCounts, effective_quota, size_limits
+from memoryd.domain.memories.recording import NO_CAUSE, Cause, ChangeRecorder
 from memoryd.domain.memories.validation import validate_new
 from memoryd.domain.memory import Embedder, MemoryRecord, Origin, VectorStore
 from memoryd.domain.tenancy import Tenant
@@ -41,8 +43,10 @@ class Writer:
         counts: EnvironmentCounts,
         meter: WriteMeter,
         defaults: Defaults,
+        changes: ChangeRecorder | None = None,
     ) -> None:
         self._store = store
+        self._changes = changes or ChangeRecorder()
         self._embedder = embedder
         self._clock = clock
         self._counts = counts
@@ -57,19 +61,23 @@ class Writer:
         prefix: str,
         *,
         writer_key_id: str,
+        cause: Cause = NO_CAUSE,
     ) -> list[Created | DomainError]:
         """One result per item, in order: the created (or deduplicated)
         memory, or the item's error (field names prefixed with `prefix`,
         which may hold "{i}" for the item's index). A refused quota or a
         store failure fails the whole call. Each new memory's origin is its
-        item's, with `writer_key_id` (the calling key's id) as its writer."""
+        item's, with `writer_key_id` (the calling key's id) as its writer.
+        The new memories are recorded as CREATED (caused by `cause`); a
+        deduplicated item changes nothing and records nothing."""
         now = self._clock.now()
         results: list[Created | DomainError | None] = [None] * len(items)
         valid = self._validate(items, project, now, prefix, results)
         vectors = await self._vectors_for([v.item for v in valid], fairness_key=tenant.org_id)
         hits = await duplicates(self._store, tenant, project, [v.item for v in valid], vectors, now)
         outcomes = self._outcomes(tenant, valid, vectors, hits, now, writer_key_id)
-        await self._write(tenant, project, [c.record for c in outcomes if not c.deduplicated])
+        new = [c.record for c in outcomes if not c.deduplicated]
+        await self._write(tenant, project, new, cause)
         for v, outcome in zip(valid, outcomes, strict=True):
             results[v.index] = outcome
         return [r for r in results if r is not None]
@@ -130,12 +138,15 @@ class Writer:
                 outcomes.append(Created(_record(tenant, v, vector, now, writer_key_id)))
         return outcomes
 
-    async def _write(self, tenant: Tenant, project: Project, records: list[MemoryRecord]) -> None:
+    async def _write(
+        self, tenant: Tenant, project: Project, records: list[MemoryRecord], cause: Cause
+    ) -> None:
         if not records:
             return
         limit = effective_quota(self._defaults, project, "max_memories_per_environment")
         await self._counts.reserve(tenant, limit, len(records))
         await self._store.upsert(tenant, records)
+        await self._changes.record([(EventType.CREATED, r) for r in records], cause)
         await self._meter.memories_written(
             tenant, len(records), sum(len(r.content.encode()) for r in records)
         )

@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from memoryd.domain import paging
 from memoryd.domain.audit import Auditor, PendingEvent
+from memoryd.domain.changes import EventType
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import Project
 from memoryd.domain.errors import DomainError, InvalidArgument, NotFound
@@ -34,6 +35,7 @@ from memoryd.domain.memories.model import (
 )
 from memoryd.domain.memories.quota import EnvironmentCounts, size_limits
 from memoryd.domain.memories.reads import Reader, keyset_after
+from memoryd.domain.memories.recording import NO_CAUSE, Cause, ChangeRecorder
 from memoryd.domain.memories.search import (
     DEFAULT_MAX_QUERY_CHARS,
     Searcher,
@@ -73,6 +75,7 @@ class MemoryService:
         on_environment_count: Callable[[int], None] | None = None,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         auditor: Auditor | None = None,
+        changes: ChangeRecorder | None = None,
     ) -> None:
         """`defaults` are the server's quota defaults (`Defaults()` when None);
         `on_environment_count` sees each exact count of an environment's
@@ -80,7 +83,9 @@ class MemoryService:
         `max_query_chars` bounds a search's query text (it is embedded).
         `auditor` records deletes, purges, updates and imports (creates are not
         audited: they are the bulk of traffic, and usage metering counts them),
-        and the calls that reach every end user's memories."""
+        and the calls that reach every end user's memories. `changes`
+        records every change in the change log (see `recording`; None:
+        none is recorded)."""
         self._store = store
         self._auditor = auditor
         self._embedder = embedder
@@ -90,8 +95,9 @@ class MemoryService:
         defaults = defaults or Defaults()
         self._defaults = defaults
         self._counts = EnvironmentCounts(store, clock, on_environment_count or (lambda n: None))
-        self._writer = Writer(store, embedder, clock, self._counts, meter, defaults)
-        self._updater = Updater(store, embedder, meter, defaults)
+        self._changes = changes or ChangeRecorder()
+        self._writer = Writer(store, embedder, clock, self._counts, meter, defaults, self._changes)
+        self._updater = Updater(store, embedder, meter, defaults, self._changes)
         self._reader = Reader(store, clock)
         self._searcher = Searcher(store, embedder, projects, clock, max_query_chars)
         self._exporter = Exporter(store, clock)
@@ -161,7 +167,12 @@ class MemoryService:
         tenant, project = await self._tenant(caller, Scope.MEMORY_ADD)
         result = (
             await self._writer.create_many(
-                tenant, project, [item], "", writer_key_id=caller.principal.key_id
+                tenant,
+                project,
+                [item],
+                "",
+                writer_key_id=caller.principal.key_id,
+                cause=_cause(caller),
             )
         )[0]
         if isinstance(result, DomainError):
@@ -179,7 +190,12 @@ class MemoryService:
                 "requests", f"holds {len(items)} items; at most {MAX_BATCH} per call"
             )
         return await self._writer.create_many(
-            tenant, project, items, "requests[{i}].", writer_key_id=caller.principal.key_id
+            tenant,
+            project,
+            items,
+            "requests[{i}].",
+            writer_key_id=caller.principal.key_id,
+            cause=_cause(caller),
         )
 
     async def import_stream(
@@ -194,7 +210,12 @@ class MemoryService:
 
             async def create(chunk: Sequence[NewMemory]) -> list[Created | DomainError]:
                 return await self._writer.create_many(
-                    tenant, project, chunk, "", writer_key_id=caller.principal.key_id
+                    tenant,
+                    project,
+                    chunk,
+                    "",
+                    writer_key_id=caller.principal.key_id,
+                    cause=_cause(caller),
                 )
 
             summary = await import_items(items, create)
@@ -290,7 +311,7 @@ class MemoryService:
             validate_update(update, now, self._embedder.dimension)
             tenant = await self._reach(caller, tenant, "UpdateMemory")
             current = await self._reader.one(tenant, memory_id, with_vector=True)
-            return await self._updater.apply(project, current, update, now)
+            return await self._updater.apply(project, current, update, now, _cause(caller))
 
     async def delete(self, caller: Caller, memory_id: str) -> None:
         async with self._audited(caller, "memory.delete", memory_id):
@@ -299,6 +320,7 @@ class MemoryService:
             record = await self._reader.one(tenant, memory_id)
             await self._store.delete(tenant, [record.id])
             self._counts.forget(tenant)
+            await self._changes.record([(EventType.DELETED, record)], _cause(caller))
 
     async def purge(self, caller: Caller, flt: Filter, *, dry_run: bool, everything: bool) -> int:
         """Deletes (or with `dry_run` counts) the tenant's memories matching
@@ -323,9 +345,15 @@ class MemoryService:
         now = self._clock.now()
         if dry_run:
             return await self._store.count(tenant, flt, now)
-        count = await self._store.delete_matching(tenant, flt, now)
-        self._counts.forget(tenant)
-        return count
+        cause = _cause(caller)
+
+        async def purged(records: Sequence[MemoryRecord]) -> None:
+            await self._changes.record([(EventType.PURGED, r) for r in records], cause)
+
+        try:
+            return await self._store.delete_matching(tenant, flt, now, on_deleted=purged)
+        finally:
+            self._counts.forget(tenant)
 
     async def authorize(self, caller: Caller, scope: str) -> tuple[Tenant, Project]:
         """The tenant and project of a memory call by `caller` needing
@@ -362,28 +390,50 @@ class MemoryService:
         return await self._store.search([tenant], vector, Filter(), top_k, self._clock.now())
 
     async def create_for(
-        self, tenant: Tenant, items: Sequence[NewMemory], writer_key_id: str
+        self,
+        tenant: Tenant,
+        items: Sequence[NewMemory],
+        writer_key_id: str,
+        cause: Cause = NO_CAUSE,
     ) -> list[Created | DomainError]:
         """Creates memories for `tenant` (quotas and size limits apply), as
-        written by the key `writer_key_id`."""
+        written by the key `writer_key_id`, recorded as caused by `cause`."""
         project = await self.project_of(tenant)
         return await self._writer.create_many(
-            tenant, project, items, "", writer_key_id=writer_key_id
+            tenant, project, items, "", writer_key_id=writer_key_id, cause=cause
         )
 
-    async def update_for(self, current: MemoryRecord, update: MemoryUpdate) -> MemoryRecord:
+    async def update_for(
+        self, current: MemoryRecord, update: MemoryUpdate, cause: Cause = NO_CAUSE
+    ) -> MemoryRecord:
         """Applies `update` (which may name server-only paths) to `current`,
-        read with its vector."""
+        read with its vector, recorded as caused by `cause`."""
         project = await self.project_of(current.tenant)
-        return await self._updater.apply(project, current, update, self._clock.now())
+        return await self._updater.apply(project, current, update, self._clock.now(), cause)
+
+    async def record_changes(
+        self, changes: Sequence[tuple[EventType, MemoryRecord]], cause: Cause
+    ) -> None:
+        """Records events of changes already stored (a job's re-run records
+        again what an earlier run may have written without its event)."""
+        await self._changes.record(changes, cause)
 
     # --- maintenance -------------------------------------------------------------------
 
     async def sweep_expired(self) -> int:
-        return await self._store.sweep_expired(self._clock.now())
+        """Deletes expired memories (of every tenant), each recorded as EXPIRED."""
+
+        async def expired(records: Sequence[MemoryRecord]) -> None:
+            await self._changes.record([(EventType.EXPIRED, r) for r in records])
+
+        return await self._store.sweep_expired(self._clock.now(), on_deleted=expired)
 
     async def delete_scope(self, org_id: str, project_id: str, environment_id: str | None) -> None:
         await self._store.delete_scope(org_id, project_id, environment_id)
+
+
+def _cause(caller: Caller) -> Cause:
+    return Cause(request_id=caller.request_id)
 
 
 @asynccontextmanager

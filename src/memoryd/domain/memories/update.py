@@ -12,6 +12,7 @@ from memoryd.domain.control import Project
 from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.memories.model import Defaults, MemoryUpdate, WriteMeter
 from memoryd.domain.memories.quota import size_limits
+from memoryd.domain.memories.recording import NO_CAUSE, Cause, ChangeRecorder, update_event
 from memoryd.domain.memories.validation import holds_help
 from memoryd.domain.memory import Embedder, MemoryRecord, Origin, Revision, VectorStore
 
@@ -22,27 +23,42 @@ class Updater:
     """Applies a validated MemoryUpdate to a memory read with its vector."""
 
     def __init__(
-        self, store: VectorStore, embedder: Embedder, meter: WriteMeter, defaults: Defaults
+        self,
+        store: VectorStore,
+        embedder: Embedder,
+        meter: WriteMeter,
+        defaults: Defaults,
+        changes: ChangeRecorder | None = None,
     ) -> None:
         self._store = store
+        self._changes = changes or ChangeRecorder()
         self._embedder = embedder
         self._meter = meter
         self._defaults = defaults
 
     async def apply(
-        self, project: Project, current: MemoryRecord, update: MemoryUpdate, now: datetime
+        self,
+        project: Project,
+        current: MemoryRecord,
+        update: MemoryUpdate,
+        now: datetime,
+        cause: Cause = NO_CAUSE,
     ) -> MemoryRecord:
         """Stores and returns (without its vector) the new state of
-        `current`. Raises ResourceExhausted when the new content or metadata
-        is over the project's size limits, InvalidArgument when the new
-        state would hold at no time (invalid_time not after valid_time)."""
+        `current`, recorded as UPDATED or SUPERSEDED (`update_event`),
+        caused by `cause`. Raises ResourceExhausted when the new content or
+        metadata is over the project's size limits, InvalidArgument when
+        the new state would hold at no time (invalid_time not after
+        valid_time)."""
         updated = revised(current, update, None, now)
         size_limits(self._defaults, project).check(updated.content, updated.metadata)
         _check_holds(updated, update.paths)
         updated = replace(updated, vector=await self._vector(current, update, updated.content))
         await self._store.upsert(current.tenant, [updated])
+        stored = replace(updated, vector=None)
+        await self._changes.record([(update_event(current, updated), stored)], cause)
         await self._meter.memories_written(current.tenant, 1, len(updated.content.encode()))
-        return replace(updated, vector=None)
+        return stored
 
     async def _vector(
         self, current: MemoryRecord, update: MemoryUpdate, content: str

@@ -27,6 +27,7 @@ from memoryd.domain.memory import (
     Cursor,
     Filter,
     MemoryRecord,
+    OnDeleted,
     Page,
     ScoredRecord,
     Validity,
@@ -291,14 +292,19 @@ class PointStore(abc.ABC, Generic[C, F]):
         """The exact number of visible records of `tenant` matching `flt`."""
         return await self._count(self._read_filter([tenant], now, flt))
 
-    async def delete_matching(self, tenant: Tenant, flt: Filter, now: datetime) -> int:
+    async def delete_matching(
+        self, tenant: Tenant, flt: Filter, now: datetime, on_deleted: OnDeleted | None = None
+    ) -> int:
         """Deletes the visible records matching `flt`; answers how many. Works
         in batches: each batch deletes exactly the points it read, re-checked
-        against the filter, so a point changed meanwhile is not deleted."""
+        against the filter, so a point changed meanwhile is not deleted.
+        `on_deleted` sees each batch's records after it is deleted."""
         engine_filter = self._read_filter([tenant], now, flt)
         deleted = 0
-        while n := await self._delete_batch(engine_filter, BATCH):
-            deleted += n
+        while hits := await self._delete_batch(engine_filter, BATCH, on_deleted is not None):
+            deleted += len(hits)
+            if on_deleted is not None:
+                await on_deleted([_record(h) for h in hits])
         return deleted
 
     async def delete_scope(
@@ -310,15 +316,22 @@ class PointStore(abc.ABC, Generic[C, F]):
             must.append(self._c.match(p.ENVIRONMENT_ID, environment_id))
         await self._purge(self._c.filter(must=must))
 
-    async def sweep_expired(self, now: datetime, limit: int = 10_000) -> int:
-        """Deletes up to `limit` expired records of any tenant; answers how many."""
+    async def sweep_expired(
+        self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None
+    ) -> int:
+        """Deletes up to `limit` expired records of any tenant; answers how
+        many. `on_deleted` sees each batch's records after it is deleted."""
         engine_filter = self._c.filter(must=[cond.expired(self._c, now)])
         deleted = 0
         while deleted < limit:
-            n = await self._delete_batch(engine_filter, min(BATCH, limit - deleted))
-            if not n:
+            hits = await self._delete_batch(
+                engine_filter, min(BATCH, limit - deleted), on_deleted is not None
+            )
+            if not hits:
                 break
-            deleted += n
+            deleted += len(hits)
+            if on_deleted is not None:
+                await on_deleted([_record(h) for h in hits])
         return deleted
 
     # --- helpers ------------------------------------------------------------
@@ -385,14 +398,15 @@ class PointStore(abc.ABC, Generic[C, F]):
             log.info("upgraded %d memory points to payload layout %d", upgraded, p.LAYOUT)
         return upgraded
 
-    async def _delete_batch(self, flt: F, limit: int) -> int:
-        """Deletes up to `limit` points matching `flt`; answers how many."""
+    async def _delete_batch(self, flt: F, limit: int, with_payload: bool = False) -> list[Hit]:
+        """Deletes up to `limit` points matching `flt`; answers them (with
+        their payloads when asked)."""
         async with self._write_lock():
-            hits, _ = await self._scroll(flt, limit, with_payload=False)
+            hits, _ = await self._scroll(flt, limit, with_payload=with_payload)
             if hits:
                 ids = [h.id for h in hits]
                 await self._delete(self._c.filter(must=[self._c.nest(flt), self._c.has_id(ids)]))
-            return len(hits)
+            return hits
 
     async def _scroll_all(self, flt: F) -> list[Hit]:
         """Every point matching `flt`, read in batches."""
