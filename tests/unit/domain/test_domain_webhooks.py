@@ -19,7 +19,7 @@ from memoryd.domain.changes import ChangeEvent, EventType
 from memoryd.domain.memory import Filter, Match, MatchAny, NumberRange, TimeRange
 from memoryd.domain.tenancy import Tenant
 from memoryd.domain.webhooks import RetryPolicy, SigningKeys, Webhook
-from memoryd.domain.webhooks.matching import matches, payload, plan, receives
+from memoryd.domain.webhooks.matching import payload, plan, receives
 from memoryd.domain.webhooks.signing import delivery_headers, new_secret, signature
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -85,7 +85,7 @@ def event(
     )
 
 
-# --- the filter on a memory's API form -----------------------------------------------
+# --- the filter on the event's memory ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -94,37 +94,27 @@ def event(
         (Filter(), True),
         (Filter(must=(Match("agent_id", "planner"),)), True),
         (Filter(must=(Match("agent_id", "other"),)), False),
-        (Filter(must=(Match("tags", "drink"),)), True),
         (Filter(must=(MatchAny("tags", ("x", "food")),)), True),
-        (Filter(must=(MatchAny("tags", ("x", "y")),)), False),
         (Filter(must=(Match("end_user_id", "alice"),)), True),
-        (Filter(must=(Match("metadata.city", "Lisbon"),)), True),
         (Filter(must=(Match("metadata.score", 3),)), True),  # 3 equals 3.0
-        (Filter(must=(Match("metadata.score", "3"),)), False),  # a string is no number
-        (Filter(must=(Match("metadata.vip", True),)), True),
         (Filter(must=(Match("metadata.vip", 1),)), False),  # a bool is no number
-        (Filter(must=(Match("metadata.items.n", 7),)), True),  # arrays match any element
-        (Filter(must=(Match("metadata.missing", "x"),)), False),
         (Filter(must=(NumberRange("metadata.score", gt=2.5, lte=3),)), True),
-        (Filter(must=(NumberRange("metadata.score", gt=3),)), False),
-        (Filter(must=(NumberRange("metadata.vip", gte=0),)), False),
         (Filter(must=(TimeRange("create_time", start=T0 - timedelta(hours=1)),)), True),
-        (Filter(must=(TimeRange("create_time", end=T0 - timedelta(hours=1)),)), False),  # half-open
-        (Filter(must=(TimeRange("update_time", start=T0 - timedelta(minutes=30)),)), True),
+        (Filter(must=(TimeRange("update_time", end=T0 - timedelta(minutes=30)),)), False),
         (Filter(should=(Match("source", "email"), Match("source", "chat"))), True),
-        (Filter(should=(Match("source", "email"),)), False),
         (Filter(must_not=(Match("thread_id", "t-9"),)), False),
-        (Filter(must_not=(Match("thread_id", "t-1"),)), True),
-        (Filter(must=(Filter(should=(Match("agent_id", "x"), Match("tags", "food"))),)), True),
     ],
 )
-def test_the_filter_on_a_memory(flt: Filter, holds: bool) -> None:
-    assert matches(flt, MEMORY) is holds
+def test_the_filter_on_the_events_memory(flt: Filter, holds: bool) -> None:
+    """The filter means what ListMemories makes of it (the in-process
+    matcher is held to the engine by tests/integration/test_filter_matching.py)."""
+    assert receives(webhook(flt=flt), event()) is holds
 
 
-def test_a_missing_keyword_field_is_empty() -> None:
-    assert matches(Filter(must=(Match("agent_id", ""),)), {"id": "m"})
-    assert not matches(Filter(must=(Match("tags", "a"),)), {"id": "m"})
+def test_a_memory_that_is_not_a_memorys_api_form_passes_only_an_empty_filter() -> None:
+    broken = {"content": "no id, no times"}
+    assert receives(webhook(), event(memory=broken))
+    assert not receives(webhook(flt=Filter(must=(Match("agent_id", ""),))), event(memory=broken))
 
 
 # --- which webhooks an event goes to ---------------------------------------------------

@@ -7,30 +7,21 @@ memory (after the change; for a deletion, its last state). An event that
 carries no memory passes every filter. A deletion (DELETED, PURGED,
 EXPIRED) is sent with the memory's id only, never its last state.
 
-The filter is the memory filter of ListMemories, evaluated here on the
-memory's API form (JSON) as the vector engine evaluates it on a point:
-keyword fields equal, `tags` and metadata arrays match any element, numbers
-compare as numbers (3 equals 3.0, never `true`), times are half-open ranges.
+The filter is the memory filter of ListMemories, meaning what it means to
+the vector store (`memoryd.domain.memories.matching`, held to the engine).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from memoryd.domain.changes import ChangeEvent, EventType
-from memoryd.domain.memory import (
-    METADATA_PREFIX,
-    Condition,
-    Filter,
-    Match,
-    MatchAny,
-    NumberRange,
-    TimeRange,
-)
+from memoryd.domain.memories.matching import matches
+from memoryd.domain.memories.snapshot import memory_from_json
+from memoryd.domain.memory import Filter
 from memoryd.domain.webhooks.model import NewDelivery, Webhook
 
 # Fields of a memory's API form a webhook payload never carries: the vector
@@ -40,86 +31,16 @@ _LEFT_OUT = frozenset({"embedding"})
 DELETIONS = frozenset({EventType.DELETED, EventType.PURGED, EventType.EXPIRED})
 
 
-def matches(flt: Filter, memory: Mapping[str, Any]) -> bool:
-    """Whether `flt` holds for `memory` (its API form as JSON)."""
-    if not all(_holds(c, memory) for c in flt.must):
-        return False
-    if flt.should and not any(_holds(c, memory) for c in flt.should):
-        return False
-    return not any(_holds(c, memory) for c in flt.must_not)
-
-
-def _holds(cond: Condition, memory: Mapping[str, Any]) -> bool:
-    if isinstance(cond, Filter):
-        return matches(cond, memory)
-    values = list(_values(memory, cond.field))
-    if isinstance(cond, Match):
-        return any(_equal(v, cond.value) for v in values)
-    if isinstance(cond, MatchAny):
-        return any(_equal(v, want) for v in values for want in cond.values)
-    if isinstance(cond, NumberRange):
-        return any(_in_range(v, cond) for v in values)
-    return any(_in_time_range(v, cond) for v in values)
-
-
-def _values(memory: Mapping[str, Any], field: str) -> Iterator[Any]:
-    """The values `field` names in `memory`, arrays flattened (a missing
-    keyword field is the empty string, as the API shows it)."""
-    if field.startswith(METADATA_PREFIX):
-        yield from _walk(memory.get("metadata"), field[len(METADATA_PREFIX) :].split("."))
-        return
-    value = memory.get(field, [] if field == "tags" else "")
-    yield from value if isinstance(value, list) else [value]
-
-
-def _walk(node: Any, path: list[str]) -> Iterator[Any]:
-    if isinstance(node, list):
-        for item in node:
-            yield from _walk(item, path)
-        return
-    if not path:
-        yield node
-        return
-    if isinstance(node, dict) and path[0] in node:
-        yield from _walk(node[path[0]], path[1:])
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _equal(have: Any, want: Any) -> bool:
-    if isinstance(want, bool) or isinstance(have, bool):
-        return isinstance(want, bool) and isinstance(have, bool) and have == want
-    if isinstance(want, str) or isinstance(have, str):
-        return isinstance(want, str) and isinstance(have, str) and have == want
-    a, b = _number(have), _number(want)
-    return a is not None and b is not None and a == b
-
-
-def _in_range(have: Any, r: NumberRange) -> bool:
-    x = _number(have)
-    if x is None:
-        return False
-    return (
-        (r.gt is None or x > r.gt)
-        and (r.gte is None or x >= r.gte)
-        and (r.lt is None or x < r.lt)
-        and (r.lte is None or x <= r.lte)
-    )
-
-
-def _in_time_range(have: Any, r: TimeRange) -> bool:
-    if not isinstance(have, str) or not have:
-        return False
+def _holds(flt: Filter, event: ChangeEvent) -> bool:
+    """Whether `flt` holds for the event's memory (none: it holds), as the
+    vector store would decide it (`memoryd.domain.memories.matching`)."""
+    if flt.empty or event.memory is None:
+        return True
     try:
-        t = datetime.fromisoformat(have)
-    except ValueError:
+        record = memory_from_json(event.memory, event.tenant)
+    except (KeyError, TypeError, ValueError):  # not a memory's API form
         return False
-    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t
-    return (r.start is None or t >= r.start) and (r.end is None or t < r.end)
+    return matches(flt, record)
 
 
 def receives(webhook: Webhook, event: ChangeEvent) -> bool:
@@ -130,7 +51,7 @@ def receives(webhook: Webhook, event: ChangeEvent) -> bool:
         return False
     if webhook.event_types and event.type not in webhook.event_types:
         return False
-    return event.memory is None or matches(webhook.filter, event.memory)
+    return _holds(webhook.filter, event)
 
 
 def rfc3339(t: datetime) -> str:
