@@ -295,9 +295,7 @@ async def test_an_environment_has_at_most_so_many_webhooks(make_server: MakeServ
     env = await _env(await make_server(webhook_max_per_environment=2, **FAST))
     for i in range(2):
         await env.create(f"https://93.184.215.14/{i}")
-    err = await refused(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, env.create("https://93.184.215.14/3")
-    )
+    err = await refused(grpc.StatusCode.RESOURCE_EXHAUSTED, env.create("https://93.184.215.14/3"))
     assert reason_of(err) == "WEBHOOK_LIMIT"
 
 
@@ -668,3 +666,54 @@ async def test_webhook_scopes_are_data_key_scopes(server: RunningServer) -> None
         metadata=server.owner.md(),
     )
     assert sorted(made.api_key.scopes) == ["webhook:delete", "webhook:read", "webhook:write"]
+
+
+# method → (the scope it needs, a request)
+NEEDS: dict[str, tuple[str, Any]] = {
+    "CreateWebhook": (
+        "webhook:write",
+        webhooks_pb2.CreateWebhookRequest(webhook=Webhook(url="https://93.184.215.14/")),
+    ),
+    "ListWebhooks": ("webhook:read", webhooks_pb2.ListWebhooksRequest()),
+    "GetWebhook": ("webhook:read", webhooks_pb2.GetWebhookRequest(id="whk_x")),
+    "UpdateWebhook": (
+        "webhook:write",
+        webhooks_pb2.UpdateWebhookRequest(webhook=Webhook(id="whk_x"), update_mask=_mask("url")),
+    ),
+    "DeleteWebhook": ("webhook:delete", webhooks_pb2.DeleteWebhookRequest(id="whk_x")),
+    "RotateWebhookSecret": ("webhook:write", webhooks_pb2.RotateWebhookSecretRequest(id="whk_x")),
+    "ListWebhookDeliveries": (
+        "webhook:read",
+        webhooks_pb2.ListWebhookDeliveriesRequest(webhook_id="whk_x"),
+    ),
+    "RedeliverWebhookDelivery": (
+        "webhook:write",
+        webhooks_pb2.RedeliverWebhookDeliveryRequest(webhook_id="whk_x", delivery_id="msg_x"),
+    ),
+}
+
+
+def test_the_scope_table_covers_every_method() -> None:
+    service = webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"]
+    assert set(NEEDS) == {m.name for m in service.methods}
+
+
+@pytest.mark.parametrize("method", list(NEEDS))
+async def test_each_method_needs_its_scope_and_a_data_key(
+    server: RunningServer, method: str
+) -> None:
+    scope, request = NEEDS[method]
+    project = await server.project()
+    others = [s for s in ("webhook:read", "webhook:write", "webhook:delete") if s != scope]
+    lacking = server.client(await server.data_key(project, ("memory:*", *others)))
+    err = await refused(
+        grpc.StatusCode.PERMISSION_DENIED,
+        getattr(lacking.webhooks, method)(request, metadata=lacking.md()),
+    )
+    assert reason_of(err) == "SCOPE_MISSING" and f"'{scope}'" in (err.details() or "")
+    owner = server.owner  # an org key holding `*`
+    err = await refused(
+        grpc.StatusCode.PERMISSION_DENIED,
+        getattr(owner.webhooks, method)(request, metadata=owner.md()),
+    )
+    assert reason_of(err) == "DATA_KEY_REQUIRED"
