@@ -545,7 +545,11 @@ def _webhooks(
     """WebhookService, and the fan-out and senders of this process, all
     calling out through the one guarded client."""
     guard = AddressGuard(AddressPolicy(parse_networks(settings.outbound_allow_networks)))
-    sender = GuardedClient(guard, timeout_s=settings.webhook_timeout_s)
+    sender = GuardedClient(
+        guard,
+        timeout_s=settings.webhook_timeout_s,
+        connections_per_target=settings.webhook_workers,
+    )
     retry = RetryPolicy(
         base_s=settings.webhook_retry_base_s,
         max_s=settings.webhook_retry_max_s,

@@ -16,8 +16,9 @@ server name (SNI) and certificate check use the URL's host name. A DNS
 answer that changes between the check and the connection (DNS rebinding)
 cannot move the request elsewhere. Redirects are not followed, proxies from
 the environment are not used (a proxy would make its own connection), and
-each call has one deadline for everything (resolution included). Answers'
-bodies are not read.
+each call has one deadline for everything (resolution included). An
+answer's body is read and dropped up to 64 KiB (to keep the connection for
+the next call); a longer one closes the connection.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import h11
 import httpx
 
 from memoryd.domain.webhooks.model import Response
@@ -62,6 +64,9 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 MAX_ERROR_CHARS = 500
+# An answer's body up to this size is read (and dropped) to keep the
+# connection for the next request; a longer one closes it.
+MAX_DRAINED_BYTES = 64 * 1024
 ALLOW_HELP = "MEMORYD_OUTBOUND_ALLOW_NETWORKS lists networks the server may call"
 
 
@@ -235,12 +240,18 @@ def _parse(url: str) -> httpx.URL:
 
 
 class GuardedClient:
-    """POSTs to URLs through the guard (the webhooks' `Sender`).
+    """POSTs to URLs through the guard (the webhooks' `Sender`), HTTP/1.1.
 
-    Connections are pooled per (scheme, host name, checked address, port),
-    at most `max_targets` pools, the least recently used closed first: a
-    connection is never reused for another host name, nor for an address
-    the guard did not just check."""
+    Connections are pooled per (scheme, host name, checked address, port):
+    at most `connections_per_target` each, kept open between calls (up to
+    `IDLE_S` idle), at most `max_targets` pools (the least recently used
+    closed first). A connection is never reused for another host name, nor
+    for an address the guard did not just check.
+
+    The protocol is h11's (a state machine, no I/O of its own) over
+    asyncio streams: a general-purpose client's pool, which checks every
+    pooled connection on every request, cost more CPU per delivery than
+    the rest of the delivery together (measured; docs/performance.md)."""
 
     def __init__(
         self,
@@ -249,14 +260,16 @@ class GuardedClient:
         timeout_s: float = 10.0,
         verify: ssl.SSLContext | bool = True,
         max_targets: int = 64,
+        connections_per_target: int = 16,
         user_agent: str = "memoryd-webhooks",
     ) -> None:
         self._guard = guard
         self._timeout_s = timeout_s
-        self._verify = verify
+        self._tls = _tls_context(verify)
         self._max_targets = max_targets
-        self._user_agent = user_agent
-        self._clients: OrderedDict[tuple[str, str, str, int], httpx.AsyncClient] = OrderedDict()
+        self._connections = connections_per_target
+        self._user_agent = user_agent.encode()
+        self._pools: OrderedDict[tuple[str, str, str, int], _Pool] = OrderedDict()
 
     async def post(self, url: str, body: bytes, headers: Sequence[tuple[str, str]]) -> Response:
         started = time.perf_counter()
@@ -273,8 +286,10 @@ class GuardedClient:
             return answer(0, f"refused: {err}")
         except TimeoutError:
             return answer(0, f"no answer within {self._timeout_s:g} s")
-        except httpx.HTTPError as err:
-            return answer(0, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+        except ssl.SSLError as err:
+            return answer(0, f"TLS: {err.reason or err}")
+        except h11.ProtocolError as err:
+            return answer(0, f"the answer is not valid HTTP/1.1: {err}")
         except OSError as err:
             return answer(0, f"{type(err).__name__}: {err.strerror or err}")
         if 200 <= status < 300:
@@ -282,67 +297,178 @@ class GuardedClient:
         return answer(status, f"answered HTTP {status}")
 
     async def _post(self, target: Target, body: bytes, headers: Sequence[tuple[str, str]]) -> int:
-        """The status of the first address that takes a connection."""
-        last: Exception | None = None
+        """The status from the first address that takes a connection."""
+        request = h11.Request(
+            method="POST",
+            target=target.url.raw_path,
+            headers=[
+                (b"host", target.host_header.encode()),
+                (b"user-agent", self._user_agent),
+                (b"content-length", str(len(body)).encode()),
+                *((k.encode(), v.encode()) for k, v in headers),
+            ],
+        )
+        last: OSError | None = None
         for address in target.addresses:
-            client = self._client(target, address)
-            request = client.build_request(
-                "POST",
-                target.at(address),
-                content=body,
-                headers=[
-                    ("host", target.host_header),
-                    ("user-agent", self._user_agent),
-                    *headers,
-                ],
-                extensions=_sni(target),
-            )
+            pool = self._pool(target, address)
             try:
-                response = await client.send(request, stream=True)
-            except httpx.ConnectError as err:
+                return await pool.exchange(request, body)
+            except ConnectionRefusedError as err:  # nothing listens there: the next address
                 last = err
-                continue
-            await response.aclose()  # the body is not read
-            return response.status_code
         assert last is not None
         raise last
 
-    def _client(self, target: Target, address: str) -> httpx.AsyncClient:
+    def _pool(self, target: Target, address: str) -> _Pool:
         key = (target.url.scheme, target.host, address, target.port)
-        client = self._clients.get(key)
-        if client is not None:
-            self._clients.move_to_end(key)
-            return client
-        client = httpx.AsyncClient(
-            verify=self._verify,
-            trust_env=False,
-            follow_redirects=False,
-            timeout=httpx.Timeout(self._timeout_s),
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
-        )
-        self._clients[key] = client
-        while len(self._clients) > self._max_targets:
-            _, old = self._clients.popitem(last=False)
-            asyncio.get_running_loop().create_task(old.aclose())
-        return client
+        pool = self._pools.get(key)
+        if pool is not None:
+            self._pools.move_to_end(key)
+            return pool
+        tls = self._tls if target.url.scheme == "https" else None
+        pool = _Pool(address, target.port, tls, target.host, self._connections)
+        self._pools[key] = pool
+        while len(self._pools) > self._max_targets:
+            _, old = self._pools.popitem(last=False)
+            old.close()
+        return pool
 
     async def close(self) -> None:
-        clients = list(self._clients.values())
-        self._clients.clear()
-        for c in clients:
-            await c.aclose()
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for p in pools:
+            p.close()
 
 
-def _sni(target: Target) -> dict[str, str]:
-    """For https to a host name: the TLS server name and certificate check
-    use the name, while the connection goes to the checked address."""
-    if target.url.scheme != "https":
-        return {}
-    try:
-        ipaddress.ip_address(target.host)
-    except ValueError:
-        return {"sni_hostname": target.host}
-    return {}
+# A pooled connection idle longer than this is closed rather than reused
+# (endpoints close idle keep-alive connections on their own, often at 60 s).
+IDLE_S = 30.0
+
+
+class _Connection:
+    """One HTTP/1.1 connection (asyncio streams, h11 for the protocol)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(our_role=h11.CLIENT)
+        self.idle_since = time.monotonic()
+
+    def usable(self) -> bool:
+        return (
+            not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and time.monotonic() - self.idle_since < IDLE_S
+        )
+
+    async def exchange(self, request: h11.Request, body: bytes) -> tuple[int, bool]:
+        """Sends the request, reads the answer (its body up to
+        MAX_DRAINED_BYTES, dropped); answers (status, whether the connection
+        can carry another request)."""
+        conn = self.h11
+        self.writer.write(
+            conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        )
+        await self.writer.drain()
+        status = 0
+        read = 0
+        answered = False  # any byte of an answer
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.reader.read(65536)
+                if not data and not answered:
+                    raise ConnectionResetError(
+                        "the endpoint closed the connection without answering"
+                    )
+                answered = True
+                conn.receive_data(data)  # b"": the end (h11 judges what came before)
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                read += len(event.data)
+                if read > MAX_DRAINED_BYTES:
+                    return status, False
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self.idle_since = time.monotonic()
+            return status, True
+        return status, False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Pool:
+    """The connections to one (checked address, port) for one host name."""
+
+    def __init__(
+        self, address: str, port: int, tls: ssl.SSLContext | None, host: str, size: int
+    ) -> None:
+        self._address = address
+        self._port = port
+        self._tls = tls
+        self._host = host
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def exchange(self, request: h11.Request, body: bytes) -> int:
+        async with self._slots:
+            conn = self._reuse()
+            if conn is not None:
+                try:
+                    return await self._use(conn, request, body)
+                except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
+                    pass  # the endpoint closed it meanwhile: once more, on a new one
+            return await self._use(await self._connect(), request, body)
+
+    def _reuse(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self) -> _Connection:
+        reader, writer = await asyncio.open_connection(
+            self._address,
+            self._port,
+            ssl=self._tls,
+            # TLS names and checks the URL's host, on the checked address
+            server_hostname=self._host if self._tls is not None else None,
+        )
+        return _Connection(reader, writer)
+
+    async def _use(self, conn: _Connection, request: h11.Request, body: bytes) -> int:
+        keep = False
+        try:
+            status, keep = await conn.exchange(request, body)
+            return status
+        finally:
+            if keep:
+                self._idle.append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+def _tls_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _clip(text: str) -> str:

@@ -94,8 +94,13 @@ async def _delivered_after_restart(
                 memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="survives")),
                 metadata=api.md,
             )
-            if wait_attempt:
-                await hook.wait_requests(1, within=WITHIN_S)
+            if wait_attempt:  # until a failed attempt is on record: a retry is due
+
+                async def tried() -> bool:
+                    found = await _deliveries(api, made.webhook.id)
+                    return bool(found) and len(found[0].attempts) >= 1
+
+                await wait_for(tried, WITHIN_S)
         finally:
             first.kill()  # SIGKILL: no shutdown
         tried_before = len(hook.requests)

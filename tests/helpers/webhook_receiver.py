@@ -37,6 +37,7 @@ class Received:
     path: str
     headers: Mapping[str, str]
     body: bytes
+    client_port: int = 0  # tells connections apart
 
     @property
     def json(self) -> Any:
@@ -68,9 +69,15 @@ class Receiver:
         delay_s: float = 0.0,
         https: tuple[Path, Path] | None = None,
         headers: Mapping[str, str] | None = None,
+        keep_alive: bool = False,
+        body: bytes = b"ok",
     ) -> None:
+        """`keep_alive`: HTTP/1.1 with persistent connections (else HTTP/1.0,
+        one request per connection); `body`: what a non-204 answer carries."""
         self.default = default
         self.delay_s = delay_s
+        self.keep_alive = keep_alive
+        self.body = body
         self.extra_headers = dict(headers or {})
         self.requests: list[Received] = []
         self._script: deque[int] = deque()
@@ -128,6 +135,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
@@ -136,13 +145,16 @@ class Receiver:
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
                 with receiver._lock:
-                    receiver.requests.append(Received(self.path, headers, body))
+                    receiver.requests.append(
+                        Received(self.path, headers, body, self.client_address[1])
+                    )
                 self.send_response(status)
                 for k, v in receiver.extra_headers.items():
                     self.send_header(k, v)
-                self.send_header("content-length", "2")
+                answer = b"" if status in (204, 304) else receiver.body
+                self.send_header("content-length", str(len(answer)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(answer)
 
             def log_message(self, *args: Any) -> None:
                 return None

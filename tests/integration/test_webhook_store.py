@@ -30,8 +30,11 @@ from memoryd.domain.memory import Filter, Match
 from memoryd.domain.tenancy import EnvironmentKind, Tenant
 from memoryd.domain.webhooks import (
     Attempt,
+    DeliveryClaim,
     DeliveryState,
+    Disabled,
     Dispatcher,
+    Outcome,
     RetryPolicy,
     Webhook,
 )
@@ -95,8 +98,22 @@ def _event(tenant: Tenant, end_user: str = "", memory_id: str = "m", **memory: s
         tenant=replace(tenant, end_user_id=end_user),
         memory_id=memory_id,
         time=T0,
-        memory={"id": memory_id, "content": "x", **memory},
+        memory={"id": memory_id, "content": "x", "create_time": "2026-03-01T12:00:00Z", **memory},
     )
+
+
+async def _record(
+    store: SqlControlStore,
+    claim: DeliveryClaim,
+    attempt: Attempt,
+    state: DeliveryState,
+    due: datetime | None,
+    disable_after: int,
+) -> Disabled | None:
+    """One outcome recorded on its own: the webhook it disabled, if any."""
+    disabled = await store.record_attempts([Outcome(claim, attempt, state, due)], disable_after)
+    assert len(disabled) <= 1
+    return disabled[0] if disabled else None
 
 
 def _dispatcher(store: SqlControlStore, clock: ManualClock, batch: int = 500) -> Dispatcher:
@@ -280,9 +297,9 @@ async def test_a_claim_holds_a_delivery_until_its_lease_runs_out(store: SqlContr
     assert taken.delivery_id == claim.delivery_id
     # the first owner lost it: its late attempt is not recorded
     late = Attempt(T0 + timedelta(seconds=32), 200, 5)
-    assert await store.record_attempt(claim, late, DeliveryState.SUCCEEDED, None, 20) is None
+    assert await _record(store, claim, late, DeliveryState.SUCCEEDED, None, 20) is None
     ok = Attempt(T0 + timedelta(seconds=33), 200, 7)
-    assert await store.record_attempt(taken, ok, DeliveryState.SUCCEEDED, None, 20) is None
+    assert await _record(store, taken, ok, DeliveryState.SUCCEEDED, None, 20) is None
     page = await store.list_deliveries(w.tenant.across_end_users(), w.id, None, 10, None)
     assert page is not None
     [d] = page.items
@@ -305,7 +322,7 @@ async def test_a_retry_waits_and_counts_its_attempts(store: SqlControlStore) -> 
     [claim] = await store.claim_deliveries("one", T0, 30, 10, [])
     failed = Attempt(T0, 500, 12, "answered HTTP 500")
     retry_at = T0 + timedelta(seconds=10)
-    await store.record_attempt(claim, failed, DeliveryState.PENDING, retry_at, 20)
+    await _record(store, claim, failed, DeliveryState.PENDING, retry_at, 20)
     assert await store.claim_deliveries("one", T0 + timedelta(seconds=9), 30, 10, []) == []
     [again] = await store.claim_deliveries("one", retry_at, 30, 10, [])
     assert again.attempt == 2
@@ -323,9 +340,7 @@ async def test_a_run_of_failed_deliveries_disables_the_webhook_once(
     a, w, _ = await _queued(store, 4)
     claims = await store.claim_deliveries("one", T0, 30, 10, [])
     gave_up = Attempt(T0, 503, 3, "answered HTTP 503")
-    results = [
-        await store.record_attempt(c, gave_up, DeliveryState.FAILED, None, 3) for c in claims
-    ]
+    results = [await _record(store, c, gave_up, DeliveryState.FAILED, None, 3) for c in claims]
     assert results[:2] == [None, None]
     assert results[2] is not None and results[2].failures == 3
     assert results[3] is None  # already disabled
@@ -338,8 +353,8 @@ async def test_a_run_of_failed_deliveries_disables_the_webhook_once(
 async def test_a_success_resets_the_failure_run(store: SqlControlStore) -> None:
     a, w, _ = await _queued(store, 2)
     first, second = await store.claim_deliveries("one", T0, 30, 10, [])
-    await store.record_attempt(first, Attempt(T0, 500, 1, "x"), DeliveryState.FAILED, None, 5)
-    await store.record_attempt(second, Attempt(T0, 204, 1), DeliveryState.SUCCEEDED, None, 5)
+    await _record(store, first, Attempt(T0, 500, 1, "x"), DeliveryState.FAILED, None, 5)
+    await _record(store, second, Attempt(T0, 204, 1), DeliveryState.SUCCEEDED, None, 5)
     stored = await store.get_webhook(a.across_end_users(), w.id)
     assert stored is not None and stored.consecutive_failures == 0
 
@@ -362,7 +377,7 @@ async def test_redeliver(store: SqlControlStore) -> None:
     [claim] = await store.claim_deliveries("one", T0, 30, 10, [])
     with pytest.raises(FailedPrecondition):
         await store.redeliver(everyone, w.id, claim.delivery_id, T0, T0 + timedelta(hours=1))
-    await store.record_attempt(claim, Attempt(T0, 200, 1), DeliveryState.SUCCEEDED, None, 5)
+    await _record(store, claim, Attempt(T0, 200, 1), DeliveryState.SUCCEEDED, None, 5)
     later = T0 + timedelta(minutes=5)
     d = await store.redeliver(everyone, w.id, claim.delivery_id, later, later + timedelta(hours=1))
     assert d is not None and d.state is DeliveryState.PENDING and d.next_attempt_time == later
@@ -377,8 +392,43 @@ async def test_redeliver(store: SqlControlStore) -> None:
 async def test_the_sweep_deletes_finished_deliveries_only(store: SqlControlStore) -> None:
     _, w, _ = await _queued(store, 2)
     done, waiting = await store.claim_deliveries("one", T0, 30, 10, [])
-    await store.record_attempt(done, Attempt(T0, 200, 1), DeliveryState.SUCCEEDED, None, 5)
+    await _record(store, done, Attempt(T0, 200, 1), DeliveryState.SUCCEEDED, None, 5)
     await store.release_deliveries([waiting])
     assert await store.sweep_deliveries(T0, 100) == 0
     assert await store.sweep_deliveries(T0 + timedelta(seconds=1), 100) == 1
     assert len(await _all_deliveries(store, w)) == 1
+
+
+async def test_a_batch_of_outcomes_is_recorded_in_order_and_drops_lost_leases(
+    store: SqlControlStore,
+) -> None:
+    a, w, _ = await _queued(store, 5)
+    claims = await store.claim_deliveries("one", T0, 30, 10, [])
+    assert len(claims) == 5
+    lost = claims[4]
+    await store.release_deliveries([lost])
+    [retaken] = await store.claim_deliveries("two", T0, 30, 10, [])
+    assert retaken.delivery_id == lost.delivery_id
+    no = Attempt(T0, 500, 2, "answered HTTP 500")
+    yes = Attempt(T0, 200, 2)
+    outcomes = [
+        Outcome(claims[0], no, DeliveryState.FAILED),
+        Outcome(claims[1], no, DeliveryState.FAILED),
+        Outcome(claims[2], yes, DeliveryState.SUCCEEDED),
+        Outcome(claims[3], no, DeliveryState.FAILED),
+        Outcome(lost, yes, DeliveryState.SUCCEEDED),  # not held any more: dropped
+    ]
+    assert await store.record_attempts(outcomes, 3) == []
+    stored = await store.get_webhook(a.across_end_users(), w.id)
+    assert stored is not None and stored.consecutive_failures == 1 and stored.enabled
+    page = await store.list_deliveries(a.across_end_users(), w.id, None, 10, None)
+    assert page is not None
+    states = {d.id: (d.state, len(d.attempts)) for d in page.items}
+    assert states[lost.delivery_id] == (DeliveryState.PENDING, 0)  # "two" holds it
+    done = sorted(s.value for s, n in states.values() if n == 1)
+    assert done == ["FAILED", "FAILED", "FAILED", "SUCCEEDED"]
+    # the holder's outcome counts: two more failures reach the threshold of 3, once
+    more = await store.claim_deliveries("three", T0 + timedelta(seconds=10), 30, 10, [])
+    assert more == []  # "two" still holds the last one
+    disabled = await store.record_attempts([Outcome(retaken, no, DeliveryState.FAILED)], 2)
+    assert [d.webhook_id for d in disabled] == [w.id] and disabled[0].failures == 2

@@ -218,7 +218,54 @@ async def test_a_closed_port_is_a_failed_attempt_saying_so() -> None:
         url = hook.url
     answer = await client.post(url, b"{}", [])  # the receiver is gone
     assert answer.status == 0
-    assert "ConnectError" in answer.error
+    assert "ConnectionRefusedError" in answer.error
+    await client.close()
+
+
+async def test_connections_are_kept_between_calls_and_replaced_when_closed() -> None:
+    client = GuardedClient(AddressGuard(AddressPolicy(LOOPBACK)))
+    with Receiver(keep_alive=True) as kept, Receiver() as closing:
+        for _ in range(5):
+            assert (await client.post(kept.url, b"{}", [])).status == 200
+            assert (await client.post(closing.url, b"{}", [])).status == 200
+        assert len({r.client_port for r in kept.requests}) == 1  # one connection, reused
+        assert len({r.client_port for r in closing.requests}) == 5  # HTTP/1.0: one each
+    await client.close()
+
+
+async def test_a_large_answer_is_not_read_whole() -> None:
+    client = GuardedClient(AddressGuard(AddressPolicy(LOOPBACK)))
+    with Receiver(keep_alive=True, body=b"x" * (1 << 20)) as hook:
+        for _ in range(3):
+            answer = await client.post(hook.url, b"{}", [])
+            assert (answer.status, answer.error) == (200, "")
+        # each connection was dropped after 64 KiB of the answer
+        assert len({r.client_port for r in hook.requests}) == 3
+    await client.close()
+
+
+async def test_an_endpoint_that_answers_no_http_is_a_failed_attempt() -> None:
+    import socket as socket_
+
+    server = socket_.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        conn.close()
+
+    import threading
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    client = GuardedClient(AddressGuard(AddressPolicy(LOOPBACK)))
+    answer = await client.post(f"http://127.0.0.1:{port}/", b"{}", [])
+    assert answer.status == 0
+    assert "not valid HTTP/1.1" in answer.error
+    t.join(5)
+    server.close()
     await client.close()
 
 

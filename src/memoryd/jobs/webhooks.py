@@ -7,10 +7,12 @@ Each process runs one `WebhookRunner` with two loops:
   batch at a time, one replica at a time: the cursor row is locked), and
   looks again every `poll_interval_s` once the log is drained;
 - the senders claim due deliveries under a lease and make one attempt of
-  each (`Courier.deliver`), at most `workers` at once in the process and at
+  each (`Courier.attempt`), at most `workers` at once in the process and at
   most `per_webhook` of one webhook, so that a slow endpoint holds a few
   senders, never all of them. A claim is skipped for a webhook at its cap;
   deliveries claimed beyond a webhook's free places are given back at once.
+  Finished attempts are recorded together (`GroupCommit`): one transaction
+  per batch, not per attempt.
 
 A lease is twice the attempt's timeout plus a margin: an attempt always
 ends (the timeout covers it whole) before its lease runs out, and a
@@ -26,10 +28,11 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 
 from memoryd.domain.clock import Clock
 from memoryd.domain.errors import DomainError
-from memoryd.domain.webhooks import Courier, DeliveryClaim, Dispatcher, WebhookStore
+from memoryd.domain.webhooks import Courier, DeliveryClaim, Dispatcher, Outcome, WebhookStore
 from memoryd.jobs.runner import default_owner
 
 log = logging.getLogger("memoryd.webhooks")
@@ -65,6 +68,7 @@ class WebhookRunner:
         self._running: set[asyncio.Task[None]] = set()
         self._by_webhook: Counter[str] = Counter()
         self._loops: list[asyncio.Task[None]] = []
+        self._records = GroupCommit(courier.record)
         # what this process did (metrics)
         self.counts: Counter[str] = Counter()
 
@@ -92,6 +96,7 @@ class WebhookRunner:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self._records.close()
 
     # --- one step each (tests drive the runner with these) ----------------------------
 
@@ -176,14 +181,59 @@ class WebhookRunner:
         task.add_done_callback(done)
 
     async def _send(self, claim: DeliveryClaim) -> None:
+        """One attempt, then its record (with the others that finished
+        meanwhile); the sender's place is held until it is recorded."""
         try:
-            attempt = await self._courier.deliver(claim)
+            outcome = await self._courier.attempt(claim)
+            self.counts["attempts"] += 1
+            self.counts["succeeded" if outcome.attempt.succeeded else "attempts_failed"] += 1
+            await self._records.add(outcome)
         except DomainError as err:
-            # the attempt may have been made; its lease runs out and it is sent again
+            # the attempt was made; its lease runs out and it is sent again
             log.warning("webhook delivery %s: could not record: %s", claim.delivery_id, err.message)
-            return
         except Exception:
             log.exception("webhook delivery %s failed", claim.delivery_id)
-            return
-        self.counts["attempts"] += 1
-        self.counts["succeeded" if attempt.succeeded else "attempts_failed"] += 1
+
+
+class GroupCommit:
+    """Records finished attempts in batches: while one batch is written,
+    the attempts that finish queue for the next (one transaction each
+    instead of one per attempt). `add` returns once its outcome is written,
+    or raises what the write raised."""
+
+    def __init__(
+        self, write: Callable[[Sequence[Outcome]], Awaitable[None]], max_batch: int = 500
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, outcome: Outcome) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((outcome, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="memoryd-webhook-records")
+        await done
+
+    async def close(self) -> None:
+        """Stops writing (what is not written keeps its lease until it runs out)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                await self._write([o for o, _ in batch])
+            except Exception as err:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(err)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)

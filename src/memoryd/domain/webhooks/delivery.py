@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,6 +32,7 @@ from memoryd.domain.webhooks.model import (
     DeliveryClaim,
     DeliveryState,
     Disabled,
+    Outcome,
     Sender,
     WebhookStore,
 )
@@ -93,7 +94,9 @@ class Dispatcher:
 
 
 class Courier:
-    """Makes one attempt of a claimed delivery and records it."""
+    """Makes attempts of claimed deliveries (`attempt`) and records them
+    (`record`, many at a time: the senders of a process share one
+    transaction per batch of finished attempts)."""
 
     def __init__(
         self,
@@ -112,27 +115,33 @@ class Courier:
         self._auditor = auditor
         self._rng = rng or random.Random()
 
-    async def deliver(self, claim: DeliveryClaim) -> Attempt:
-        """POSTs the delivery, signed now, and records the attempt and
-        what follows: done, a retry, or given up (which may disable the
-        webhook)."""
+    async def attempt(self, claim: DeliveryClaim) -> Outcome:
+        """POSTs the delivery, signed now, and says what follows: done, a
+        retry, or given up. Records nothing (see `record`)."""
         started = self._clock.now()
         body = claim.payload.encode()
         headers = delivery_headers(claim.keys, claim.delivery_id, int(started.timestamp()), body)
         response = await self._sender.post(claim.url, body, headers)
         attempt = Attempt(started, response.status, response.latency_ms, response.error)
-        state, due = DeliveryState.SUCCEEDED, None
-        if not attempt.succeeded:
-            due = self._policy.next_attempt(
-                claim.attempt, self._clock.now(), claim.expire_time, self._rng.uniform
-            )
-            state = DeliveryState.PENDING if due is not None else DeliveryState.FAILED
-        disabled = await self._store.record_attempt(
-            claim, attempt, state, due, self._policy.disable_after
+        if attempt.succeeded:
+            return Outcome(claim, attempt, DeliveryState.SUCCEEDED)
+        due = self._policy.next_attempt(
+            claim.attempt, self._clock.now(), claim.expire_time, self._rng.uniform
         )
-        if disabled is not None:
+        state = DeliveryState.PENDING if due is not None else DeliveryState.FAILED
+        return Outcome(claim, attempt, state, due)
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Records attempts (one transaction for all of them), and audits
+        the webhooks their failures disabled."""
+        for disabled in await self._store.record_attempts(outcomes, self._policy.disable_after):
             await self._disabled(disabled)
-        return attempt
+
+    async def deliver(self, claim: DeliveryClaim) -> Attempt:
+        """One attempt, recorded on its own."""
+        outcome = await self.attempt(claim)
+        await self.record([outcome])
+        return outcome.attempt
 
     async def _disabled(self, d: Disabled) -> None:
         log.warning(

@@ -186,6 +186,18 @@ class DeliveryClaim:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """One attempt of a claimed delivery, and what follows: done
+    (SUCCEEDED), a retry at `next_attempt_time` (PENDING), or given up
+    (FAILED)."""
+
+    claim: DeliveryClaim
+    attempt: Attempt
+    state: DeliveryState
+    next_attempt_time: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Disabled:
     """A webhook the server just disabled after `failures` failed deliveries."""
 
@@ -205,7 +217,7 @@ class WebhookStore(Protocol):
     caller's `Tenant` and confines itself to it (its environment, and the
     end users it reaches: one, or all); another tenant's webhook or delivery
     is None/False exactly like a missing one. Only the dispatcher and the
-    senders (`dispatch`, `claim_deliveries`, `record_attempt`,
+    senders (`dispatch`, `claim_deliveries`, `record_attempts`,
     `sweep_deliveries`) work across tenants.
 
     Raises `Unavailable` when the database cannot be reached."""
@@ -300,18 +312,16 @@ class WebhookStore(Protocol):
         """Gives claimed deliveries back unattempted (due again at once)."""
         ...
 
-    async def record_attempt(
-        self,
-        claim: DeliveryClaim,
-        attempt: Attempt,
-        state: DeliveryState,
-        next_attempt_time: datetime | None,
-        disable_after: int,
-    ) -> Disabled | None:
-        """Records `attempt` and moves the delivery to `state` (PENDING:
-        due again at `next_attempt_time`), only while `claim` still holds
-        the lease. SUCCEEDED resets the webhook's failure count; FAILED adds
-        one, and at `disable_after` disables the webhook and answers it."""
+    async def record_attempts(
+        self, outcomes: Sequence[Outcome], disable_after: int
+    ) -> list[Disabled]:
+        """Records each outcome's attempt and moves its delivery to its
+        state (PENDING: due again at `next_attempt_time`), in one
+        transaction, for the outcomes whose claim still holds the lease
+        (the others are dropped: their delivery was taken over). In order
+        per webhook: SUCCEEDED resets its failure count, FAILED adds one;
+        a webhook that reaches `disable_after` is disabled and answered
+        (once: by the call that disabled it)."""
         ...
 
     async def sweep_deliveries(self, finished_before: datetime, limit: int) -> int:

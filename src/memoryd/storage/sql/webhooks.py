@@ -42,6 +42,7 @@ from memoryd.domain.webhooks.model import (
     DeliveryClaim,
     DeliveryState,
     Disabled,
+    Outcome,
     Plan,
     ReadEvents,
     SigningKeys,
@@ -605,62 +606,63 @@ class WebhookTables(Transacting):
                     .values(lease_owner="", lease_until=None)
                 )
 
-    async def record_attempt(
-        self,
-        claim: DeliveryClaim,
-        attempt: Attempt,
-        state: DeliveryState,
-        next_attempt_time: datetime | None,
-        disable_after: int,
-    ) -> Disabled | None:
-        d, w = webhook_deliveries.c, webhooks.c
+    async def record_attempts(
+        self, outcomes: Sequence[Outcome], disable_after: int
+    ) -> list[Disabled]:
+        if not outcomes:
+            return []
+        d = webhook_deliveries.c
+        ids = [o.claim.delivery_id for o in outcomes]
         async with self._begin() as conn:
-            held = await conn.execute(
-                webhook_deliveries.update()
-                .where(
-                    d.id == claim.delivery_id,
-                    d.lease_owner == claim.owner,
-                    d.lease_until == claim.lease_until,
-                    d.state == _PENDING,
+            rows = await conn.execute(
+                sa.select(d.id, d.lease_owner, d.lease_until, d.attempt_count).where(
+                    d.id.in_(ids), d.state == _PENDING
                 )
+            )
+            current = {r.id: r for r in rows}
+            held = [
+                (o, int(current[o.claim.delivery_id].attempt_count))
+                for o in outcomes
+                if _holds(current.get(o.claim.delivery_id), o.claim)
+            ]
+            if not held:
+                return []
+            await conn.execute(
+                webhook_deliveries.update()
+                .where(d.id == sa.bindparam("b_id"))
                 .values(
-                    state=state.value,
+                    state=sa.bindparam("b_state"),
                     attempt_count=d.attempt_count + 1,
-                    next_attempt_time=next_attempt_time or attempt.time,
+                    next_attempt_time=sa.bindparam("b_next"),
                     lease_owner="",
                     lease_until=None,
-                    update_time=attempt.time,
-                )
+                    update_time=sa.bindparam("b_time"),
+                ),
+                [
+                    {
+                        "b_id": o.claim.delivery_id,
+                        "b_state": o.state.value,
+                        "b_next": o.next_attempt_time or o.attempt.time,
+                        "b_time": o.attempt.time,
+                    }
+                    for o, _ in held
+                ],
             )
-            if held.rowcount != 1:
-                return None  # the lease ran out and the delivery was taken over
-            n = (
-                await conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(webhook_attempts.c.n), 0)).where(
-                        webhook_attempts.c.delivery_id == claim.delivery_id
-                    )
-                )
-            ).scalar_one()
             await conn.execute(
-                webhook_attempts.insert().values(
-                    delivery_id=claim.delivery_id,
-                    n=int(n) + 1,
-                    time=attempt.time,
-                    response_code=attempt.response_code,
-                    latency_ms=attempt.latency_ms,
-                    error=attempt.error[:MAX_ERROR_CHARS],
-                )
+                webhook_attempts.insert(),
+                [
+                    {
+                        "delivery_id": o.claim.delivery_id,
+                        "n": count + 1,
+                        "time": o.attempt.time,
+                        "response_code": o.attempt.response_code,
+                        "latency_ms": o.attempt.latency_ms,
+                        "error": o.attempt.error[:MAX_ERROR_CHARS],
+                    }
+                    for o, count in held
+                ],
             )
-            if state is DeliveryState.SUCCEEDED:
-                await conn.execute(
-                    webhooks.update()
-                    .where(w.id == claim.webhook_id, w.consecutive_failures != 0)
-                    .values(consecutive_failures=0)
-                )
-                return None
-            if state is DeliveryState.FAILED:
-                return await _count_failure(conn, claim, attempt.time, disable_after)
-        return None
+            return await _count_runs(conn, [o for o, _ in held], disable_after)
 
     async def sweep_deliveries(self, finished_before: datetime, limit: int) -> int:
         d = webhook_deliveries.c
@@ -725,31 +727,57 @@ def _claim(row: Any, owner: str, lease_until: datetime, now: datetime) -> Delive
     )
 
 
-async def _count_failure(
-    conn: AsyncConnection, claim: DeliveryClaim, now: datetime, disable_after: int
-) -> Disabled | None:
-    """One more failed delivery of the webhook; at `disable_after` in a row
-    the webhook is disabled (answered once, by the call that disabled it)."""
+def _holds(row: Any, claim: DeliveryClaim) -> bool:
+    """Whether a PENDING delivery's row is still leased by `claim`."""
+    return (
+        row is not None and row.lease_owner == claim.owner and row.lease_until == claim.lease_until
+    )
+
+
+async def _count_runs(
+    conn: AsyncConnection, outcomes: Sequence[Outcome], disable_after: int
+) -> list[Disabled]:
+    """The failure run of each webhook after `outcomes` (in order: a
+    success resets it, a failed delivery adds one); disables the webhooks
+    whose run reached `disable_after` and answers those this call disabled."""
     w = webhooks.c
-    await conn.execute(
-        webhooks.update()
-        .where(w.id == claim.webhook_id)
-        .values(consecutive_failures=w.consecutive_failures + 1)
+    runs: dict[str, tuple[bool, int]] = {}  # webhook → (reset, failures after)
+    tenants: dict[str, Tenant] = {}
+    for o in outcomes:
+        if o.state is DeliveryState.SUCCEEDED:
+            runs[o.claim.webhook_id] = (True, 0)
+        elif o.state is DeliveryState.FAILED:
+            reset, k = runs.get(o.claim.webhook_id, (False, 0))
+            runs[o.claim.webhook_id] = (reset, k + 1)
+            tenants[o.claim.webhook_id] = o.claim.tenant
+    for webhook_id, (reset, k) in runs.items():
+        if reset:
+            q = webhooks.update().where(w.id == webhook_id, w.consecutive_failures != k)
+            await conn.execute(q.values(consecutive_failures=k))
+        elif k:
+            q = webhooks.update().where(w.id == webhook_id)
+            await conn.execute(q.values(consecutive_failures=w.consecutive_failures + k))
+    failing = [webhook_id for webhook_id, (_, k) in runs.items() if k]
+    if disable_after <= 0 or not failing:
+        return []
+    rows = await conn.execute(
+        sa.select(w.id, w.consecutive_failures).where(
+            w.id.in_(failing), w.enabled.is_(True), w.consecutive_failures >= disable_after
+        )
     )
-    failures = (
-        await conn.execute(sa.select(w.consecutive_failures).where(w.id == claim.webhook_id))
-    ).scalar()
-    if failures is None or disable_after <= 0 or failures < disable_after:
-        return None
-    reason = (
-        f"{failures} deliveries in a row failed (every retry exhausted); "
-        "fix the endpoint, then enable the webhook"
-    )
-    disabled = await conn.execute(
-        webhooks.update()
-        .where(w.id == claim.webhook_id, w.enabled.is_(True))
-        .values(enabled=False, disable_reason=reason, disable_time=now, update_time=now)
-    )
-    if disabled.rowcount != 1:
-        return None
-    return Disabled(claim.webhook_id, claim.tenant, int(failures), reason)
+    out: list[Disabled] = []
+    now = max(o.attempt.time for o in outcomes)
+    for row in list(rows):
+        failures = int(row.consecutive_failures)
+        reason = (
+            f"{failures} deliveries in a row failed (every retry exhausted); "
+            "fix the endpoint, then enable the webhook"
+        )
+        disabled = await conn.execute(
+            webhooks.update()
+            .where(w.id == row.id, w.enabled.is_(True))
+            .values(enabled=False, disable_reason=reason, disable_time=now, update_time=now)
+        )
+        if disabled.rowcount == 1:
+            out.append(Disabled(row.id, tenants[row.id], failures, reason))
+    return out
