@@ -13,7 +13,10 @@ Measured, in one run:
   delivery arrived, and deliveries/s over that time;
 - delivery throughput: `events` memories written at once (batches of 100)
   to an environment with 10 webhooks, then deliveries/s from the first
-  write to the last delivery, and the delay of the last one.
+  write to the last delivery, the delay of the last one, and the server's
+  CPU per delivery;
+- slow endpoints: CreateMemory again, to an environment whose 10 webhooks
+  take 2 s to answer each (their deliveries pile up; the writes must not).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from memoryd.v1 import (
 
 WEBHOOKS = 10
 CHECK_EVERY = 50  # signatures checked with standardwebhooks, one request in this many
+SLOW_S = 2.0  # a slow endpoint's answer
 _ARRIVE_WITHIN_S = 600.0
 
 
@@ -55,6 +59,7 @@ class Sink:
     """The endpoint: counts requests, keeps their arrival times, checks a
     sample of signatures (by the path's webhook index)."""
 
+    delay_s: float = 0.0  # how long each answer takes (a slow endpoint)
     secrets: dict[str, str] = field(default_factory=dict)
     arrivals: list[float] = field(default_factory=list)
     checked: int = 0
@@ -75,6 +80,8 @@ class Sink:
                     n = len(sink.arrivals)
                 if n % CHECK_EVERY == 0:
                     sink._check(self.path, body, {k: v for k, v in self.headers.items()})
+                if sink.delay_s:
+                    time.sleep(sink.delay_s)
                 self.send_response(204)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -137,8 +144,8 @@ class Env:
     """A data key of one environment, and the stubs to use it."""
 
     md: tuple[tuple[str, str], ...]
-    memory: memory_pb2_grpc.MemoryServiceStub
-    webhooks: webhooks_pb2_grpc.WebhookServiceStub
+    memory: memory_pb2_grpc.MemoryServiceAsyncStub
+    webhooks: webhooks_pb2_grpc.WebhookServiceAsyncStub
 
 
 async def _environment(channel: aio.Channel, owner_key: str, name: str) -> Env:
@@ -195,13 +202,16 @@ async def run_webhooks(settings: Settings, seconds: float, concurrency: int, eve
                     print(line, flush=True)
                 for line in await _burst(channel, server, sink, texts, events):
                     print(line, flush=True)
+                # last: its backlog is never worked off
+                for line in await _slow(channel, server.owner_key, texts, seconds, concurrency):
+                    print(line, flush=True)
                 print(
                     f"  signatures checked with standardwebhooks: {sink.checked}, "
                     f"failed: {sink.bad}",
                     flush=True,
                 )
             finally:
-                await channel.close()
+                await channel.close(None)
 
 
 async def _writes(
@@ -273,8 +283,30 @@ async def _burst(
         f"{events * WEBHOOKS / (last - started):.0f}; the last arrived "
         f"{last - written:.2f} s after the writes",
         f"  server CPU per delivery made after the writes: "
-        f"{spent * 1000 / max(delivered_after, 1):.2f} ms ({spent / max(last - written, 1e-9):.2f} cores)",
+        f"{spent * 1000 / max(delivered_after, 1):.2f} ms "
+        f"({spent / max(last - written, 1e-9):.2f} cores)",
     ]
+
+
+async def _slow(
+    channel: aio.Channel, owner_key: str, texts: Any, seconds: float, concurrency: int
+) -> list[str]:
+    """Writes while the environment's 10 webhooks answer in 2 s each."""
+    env = await _environment(channel, owner_key, "slow")
+
+    async def create() -> Any:
+        return await env.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=next(texts))),
+            metadata=env.md,
+            timeout=30,
+        )
+
+    with Sink(delay_s=SLOW_S) as slow:
+        await _attach(env, slow, "s")
+        result = await drive(
+            f"CreateMemory, {WEBHOOKS} webhooks of {SLOW_S:g} s", create, seconds, concurrency
+        )
+        return [result.line(), f"  deliveries answered meanwhile: {slow.count}"]
 
 
 def _ratio(a: Result, b: Result) -> float:

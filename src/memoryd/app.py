@@ -572,6 +572,7 @@ def _webhooks(
         clock,
         workers=settings.webhook_workers,
         per_webhook=settings.webhook_workers_per_webhook,
+        per_environment=settings.webhook_workers_per_environment,
         timeout_s=settings.webhook_timeout_s,
         poll_interval_s=settings.webhook_poll_interval_s,
     )

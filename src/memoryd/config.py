@@ -65,6 +65,7 @@ _POSITIVE = (
     "webhook_retry_max_s",
     "webhook_workers",
     "webhook_workers_per_webhook",
+    "webhook_workers_per_environment",
     "webhook_poll_interval_s",
     "webhook_max_per_environment",
     "webhook_delivery_retention_hours",
@@ -367,6 +368,11 @@ class Settings:
         4,
         "Attempts to one webhook one server process makes at once (a slow endpoint holds "
         "at most this many senders).",
+    )
+    webhook_workers_per_environment: int = _setting(
+        8,
+        "Attempts to the webhooks of one environment one server process makes at once (a "
+        "tenant's many slow endpoints hold at most this many senders).",
     )
     webhook_poll_interval_s: float = _setting(
         1.0, "Seconds between looks at the change log and for due webhook retries."

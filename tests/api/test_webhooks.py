@@ -98,8 +98,8 @@ class Env:
         await wait_for(passed, 20.0)
 
 
-async def _env(server: RunningServer, scopes: Sequence[str] = SCOPES) -> Env:
-    project = await server.project()
+async def _env(server: RunningServer, scopes: Sequence[str] = SCOPES, name: str = "app") -> Env:
+    project = await server.project(name)
     key = await server.data_key(project, tuple(scopes))
     return Env(server, project, server.client(key))
 
@@ -723,3 +723,27 @@ async def test_each_method_needs_its_scope_and_a_data_key(
         getattr(owner.webhooks, method)(request, metadata=owner.md()),
     )
     assert reason_of(err) == "DATA_KEY_REQUIRED"
+
+
+async def test_a_tenants_slow_endpoints_hold_only_their_share_of_the_senders(
+    make_server: MakeServer,
+) -> None:
+    # 4 senders; one environment may hold 2 of them: another tenant's
+    # delivery goes out while the slow backlog is still being worked off
+    server = await make_server(
+        webhook_workers=4, webhook_workers_per_webhook=2, webhook_workers_per_environment=2, **FAST
+    )
+    slow_env = await _env(server, name="slow")
+    other = await _env(server, name="other")
+    with Receiver(delay_s=6.0) as slow, Receiver() as fast:
+        for _ in range(2):
+            await slow_env.create(slow.url)
+        made = await other.create(fast.url)
+        for i in range(5):
+            await slow_env.remember(f"slow {i}")  # 10 deliveries of 6 s, 2 at a time
+        await other.remember("fast")
+        [body] = await fast.wait_verified(made.secret, 1)
+        assert body["data"]["memory"]["content"] == "fast"
+        # before any slow one was answered: it did not wait for a sender
+        # (the receiver records a request once it answers it)
+        assert slow.requests == []

@@ -310,6 +310,7 @@ async def test_a_claim_holds_a_delivery_until_its_lease_runs_out(store: SqlContr
 async def test_claims_skip_capped_and_disabled_webhooks(store: SqlControlStore) -> None:
     a, w, _ = await _queued(store, 3)
     assert await store.claim_deliveries("one", T0, 30, 10, [w.id]) == []
+    assert await store.claim_deliveries("one", T0, 30, 10, [], [a.environment_id]) == []
     claims = await store.claim_deliveries("one", T0, 30, 2, [])
     assert len(claims) == 2
     await store.release_deliveries(claims)

@@ -8,9 +8,11 @@ Each process runs one `WebhookRunner` with two loops:
   looks again every `poll_interval_s` once the log is drained;
 - the senders claim due deliveries under a lease and make one attempt of
   each (`Courier.attempt`), at most `workers` at once in the process and at
-  most `per_webhook` of one webhook, so that a slow endpoint holds a few
-  senders, never all of them. A claim is skipped for a webhook at its cap;
-  deliveries claimed beyond a webhook's free places are given back at once.
+  most `per_webhook` of one webhook and `per_environment` of one
+  environment, so that a slow endpoint, or a tenant's many slow endpoints,
+  hold a few senders, never all of them. A claim skips webhooks and
+  environments at their cap; deliveries claimed beyond their free places
+  are given back at once.
   Finished attempts are recorded together (`GroupCommit`): one transaction
   per batch, not per attempt.
 
@@ -51,6 +53,7 @@ class WebhookRunner:
         owner: str = "",
         workers: int = 16,
         per_webhook: int = 4,
+        per_environment: int = 8,
         timeout_s: float = 10.0,
         poll_interval_s: float = 1.0,
     ) -> None:
@@ -61,12 +64,14 @@ class WebhookRunner:
         self._owner = owner or default_owner()
         self._workers = workers
         self._per_webhook = per_webhook
+        self._per_environment = per_environment
         self._lease_s = 2 * timeout_s + LEASE_MARGIN_S
         self._poll_s = poll_interval_s
         self._dispatch_wake = asyncio.Event()
         self._send_wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._by_webhook: Counter[str] = Counter()
+        self._by_environment: Counter[str] = Counter()
         self._loops: list[asyncio.Task[None]] = []
         self._records = GroupCommit(courier.record)
         # what this process did (metrics)
@@ -117,16 +122,19 @@ class WebhookRunner:
         if free <= 0:
             return 0
         capped = [w for w, n in self._by_webhook.items() if n >= self._per_webhook]
+        crowded = [e for e, n in self._by_environment.items() if n >= self._per_environment]
         claims = await self._store.claim_deliveries(
-            self._owner, self._clock.now(), self._lease_s, free, capped
+            self._owner, self._clock.now(), self._lease_s, free, capped, crowded
         )
         extra: list[DeliveryClaim] = []
-        taken: Counter[str] = Counter()
         for claim in claims:
-            if self._by_webhook[claim.webhook_id] + taken[claim.webhook_id] >= self._per_webhook:
+            env = claim.tenant.environment_id
+            if (
+                self._by_webhook[claim.webhook_id] >= self._per_webhook
+                or self._by_environment[env] >= self._per_environment
+            ):
                 extra.append(claim)
             else:
-                taken[claim.webhook_id] += 1
                 self._launch(claim)
         if extra:
             await self._store.release_deliveries(extra)
@@ -167,7 +175,9 @@ class WebhookRunner:
                 await asyncio.wait_for(self._send_wake.wait(), self._poll_s)
 
     def _launch(self, claim: DeliveryClaim) -> None:
+        env = claim.tenant.environment_id
         self._by_webhook[claim.webhook_id] += 1
+        self._by_environment[env] += 1
         task = asyncio.create_task(self._send(claim), name=f"memoryd-webhook-{claim.delivery_id}")
         self._running.add(task)
 
@@ -176,6 +186,9 @@ class WebhookRunner:
             self._by_webhook[claim.webhook_id] -= 1
             if self._by_webhook[claim.webhook_id] <= 0:
                 del self._by_webhook[claim.webhook_id]
+            self._by_environment[env] -= 1
+            if self._by_environment[env] <= 0:
+                del self._by_environment[env]
             self._send_wake.set()  # a sender is free
 
         task.add_done_callback(done)

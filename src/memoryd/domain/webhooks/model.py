@@ -301,9 +301,11 @@ class WebhookStore(Protocol):
         lease_s: float,
         limit: int,
         skip_webhooks: Sequence[str],
+        skip_environments: Sequence[str] = (),
     ) -> list[DeliveryClaim]:
         """Leases up to `limit` due PENDING deliveries of enabled webhooks
-        (oldest due first, none of `skip_webhooks`) to `owner`; a delivery
+        (oldest due first, none of `skip_webhooks` nor of
+        `skip_environments`) to `owner`; a delivery
         whose lease ran out is due again. On PostgreSQL `FOR UPDATE SKIP
         LOCKED`: two replicas never take the same one."""
         ...

@@ -544,6 +544,7 @@ class WebhookTables(Transacting):
         lease_s: float,
         limit: int,
         skip_webhooks: Sequence[str],
+        skip_environments: Sequence[str] = (),
     ) -> list[DeliveryClaim]:
         d, w = webhook_deliveries.c, webhooks.c
         due = sa.and_(
@@ -554,6 +555,8 @@ class WebhookTables(Transacting):
         q = sa.select(d.id).join(webhooks, w.id == d.webhook_id).where(due, w.enabled.is_(True))
         if skip_webhooks:
             q = q.where(d.webhook_id.notin_(list(skip_webhooks)))
+        if skip_environments:
+            q = q.where(d.environment_id.notin_(list(skip_environments)))
         q = (
             q.order_by(d.next_attempt_time, d.id)
             .limit(limit)
