@@ -40,6 +40,7 @@ from memoryd.jobs.runner import default_owner
 log = logging.getLogger("memoryd.webhooks")
 
 LEASE_MARGIN_S = 10.0
+CLAIM_GAP_S = 0.1
 
 
 class WebhookRunner:
@@ -72,6 +73,8 @@ class WebhookRunner:
         self._running: set[asyncio.Task[None]] = set()
         self._by_webhook: Counter[str] = Counter()
         self._by_environment: Counter[str] = Counter()
+        self._skipped = False  # the last claim left out webhooks or environments at their cap
+        self._slot_freed = False
         self._loops: list[asyncio.Task[None]] = []
         self._records = GroupCommit(courier.record)
         # what this process did (metrics)
@@ -123,6 +126,7 @@ class WebhookRunner:
             return 0
         capped = [w for w, n in self._by_webhook.items() if n >= self._per_webhook]
         crowded = [e for e, n in self._by_environment.items() if n >= self._per_environment]
+        self._skipped = bool(capped or crowded)
         claims = await self._store.claim_deliveries(
             self._owner, self._clock.now(), self._lease_s, free, capped, crowded
         )
@@ -162,6 +166,7 @@ class WebhookRunner:
     async def _send_loop(self) -> None:
         while True:
             self._send_wake.clear()
+            self._slot_freed = False
             started = 0
             try:
                 started = await self.send_once()
@@ -173,6 +178,12 @@ class WebhookRunner:
                 continue  # more may be due
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._send_wake.wait(), self._poll_s)
+            if not started and self._skipped and not self._slot_freed:
+                # woken by new deliveries while webhooks or environments are
+                # at their cap: a claim then reads past their backlog, so
+                # at most one such claim per CLAIM_GAP_S (a freed sender
+                # claims at once)
+                await asyncio.sleep(CLAIM_GAP_S)
 
     def _launch(self, claim: DeliveryClaim) -> None:
         env = claim.tenant.environment_id
@@ -189,6 +200,7 @@ class WebhookRunner:
             self._by_environment[env] -= 1
             if self._by_environment[env] <= 0:
                 del self._by_environment[env]
+            self._slot_freed = True
             self._send_wake.set()  # a sender is free
 
         task.add_done_callback(done)

@@ -114,7 +114,7 @@ webhook_deliveries = sa.Table(
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
     sa.UniqueConstraint("webhook_id", "event_seq", name="uq_webhook_deliveries_event"),
-    sa.Index("ix_webhook_deliveries_queue", "state", "next_attempt_time"),
+    sa.Index("ix_webhook_deliveries_queue", "state", "next_attempt_time", "id"),
     sa.Index("ix_webhook_deliveries_webhook_time", "webhook_id", "create_time"),
 )
 
