@@ -147,3 +147,42 @@ async def test_a_change_not_yet_fanned_out_is_delivered_after_kill_9(tmp_path: P
     await _delivered_after_restart(
         tmp_path, ("--webhook-poll-interval-s", "600"), wait_attempt=False
     )
+
+
+async def test_two_servers_on_one_postgresql_deliver_every_change_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    common = (*OPTIONS, "--database-url", pg_url, "--webhook-poll-interval-s", "0.1")
+    with Receiver() as hook:
+        a = Served(tmp_path / "a", tmp_path, 0, *common)
+        b = Served(tmp_path / "b", tmp_path, 1, *common, "--bootstrap", "false")
+        try:
+            key = await _data_key(a)
+            apis = [Api(a, key), Api(b, key)]
+            made = await apis[1].webhooks.CreateWebhook(
+                webhooks_pb2.CreateWebhookRequest(webhook=webhooks_pb2.Webhook(url=hook.url)),
+                metadata=apis[1].md,
+            )
+            written = []
+            for i in range(30):
+                api = apis[i % 2]
+                resp = await api.memory.CreateMemory(
+                    memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=f"fact {i}")),
+                    metadata=api.md,
+                )
+                written.append(resp.memory.id)
+            bodies = await hook.wait_verified(made.secret, 30, within=WITHIN_S)
+
+            async def settled() -> bool:
+                found = await _deliveries(apis[0], made.webhook.id)
+                return len(found) == 30 and all(d.state == WebhookDelivery.SUCCEEDED for d in found)
+
+            await wait_for(settled, WITHIN_S)
+            # both fan-outs and both sets of senders ran on one queue: each
+            # change went out once
+            assert sorted(b["data"]["memory_id"] for b in bodies) == sorted(written)
+            assert len(hook.requests) == 30
+            assert len({r.headers["webhook-id"] for r in hook.requests}) == 30
+        finally:
+            a.kill()
+            b.kill()
