@@ -270,6 +270,7 @@ class GuardedClient:
         self._connections = connections_per_target
         self._user_agent = user_agent.encode()
         self._pools: OrderedDict[tuple[str, str, str, int], _Pool] = OrderedDict()
+        self._swept = time.monotonic()
 
     async def post(self, url: str, body: bytes, headers: Sequence[tuple[str, str]]) -> Response:
         started = time.perf_counter()
@@ -319,6 +320,11 @@ class GuardedClient:
         raise last
 
     def _pool(self, target: Target, address: str) -> _Pool:
+        now = time.monotonic()
+        if now - self._swept > IDLE_S:  # idle connections do not stay open for long
+            self._swept = now
+            for p in self._pools.values():
+                p.close_idle()
         key = (target.url.scheme, target.host, address, target.port)
         pool = self._pools.get(key)
         if pool is not None:
@@ -454,6 +460,14 @@ class _Pool:
                 self._idle.append(conn)
             else:
                 conn.close()
+
+    def close_idle(self) -> None:
+        """Closes the idle connections that may not be reused any more."""
+        keep = [c for c in self._idle if c.usable()]
+        for c in self._idle:
+            if c not in keep:
+                c.close()
+        self._idle = keep
 
     def close(self) -> None:
         for conn in self._idle:
