@@ -160,10 +160,6 @@ class Target:
     port: int
     addresses: tuple[str, ...]
 
-    def at(self, address: str) -> httpx.URL:
-        """The URL with its host replaced by `address`."""
-        return self.url.copy_with(host=address)
-
     @property
     def host_header(self) -> str:
         default = 443 if self.url.scheme == "https" else 80
