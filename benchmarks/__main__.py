@@ -17,6 +17,7 @@ from benchmarks.auth import run_auth
 from benchmarks.conversations import run_conversations
 from benchmarks.memory import memory_suite
 from benchmarks.watch import run_watch
+from benchmarks.webhooks import run_webhooks
 from memoryd.cli import add_settings_options, configure_logging, settings_from_args
 from memoryd.config import ConfigError, Settings
 
@@ -27,16 +28,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Start `memoryd serve` with the given settings on a free port and measure "
         "it from outside: health Check against authenticated calls (auth, auth-redis), a "
         "seeded memory workload (memory), AddMessages operations (conversations), "
-        "WatchMemories latency and writes with watchers attached (watch). "
+        "WatchMemories latency and writes with watchers attached (watch), signed "
+        "webhook deliveries (webhooks). "
         "See docs/performance.md.",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
     parser.add_argument(
         "--suite",
-        default="auth,auth-redis,memory,conversations,watch",
+        default="auth,auth-redis,memory,conversations,watch,webhooks",
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
-        "conversations, watch (default: all)",
+        "conversations, watch, webhooks (default: all)",
     )
     parser.add_argument("--memories", type=int, default=100_000, help="memory suite: corpus size")
     parser.add_argument("--tenants", type=int, default=1_000, help="memory suite: tenants")
@@ -51,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--watchers", type=int, default=10, help="watch suite: watchers attached to writes"
+    )
+    parser.add_argument(
+        "--webhook-events",
+        type=int,
+        default=1_000,
+        help="webhooks suite: memories written at once for the delivery throughput",
     )
     add_settings_options(parser)
     return parser
@@ -76,6 +84,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             await run_watch(
                 settings, args.seconds, args.concurrency, args.write_rate, args.watchers
             )
+        elif suite == "webhooks":
+            await run_webhooks(settings, args.seconds, args.concurrency, args.webhook_events)
         else:
             print(f"unknown suite {suite!r}", file=sys.stderr)
             return 2

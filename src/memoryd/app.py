@@ -37,6 +37,7 @@ from memoryd.api.operations import add_to_server as operations_add_to_server
 from memoryd.api.pipeline import Pipeline
 from memoryd.api.server import SERVICE_NAMES, add_open_services, listen, new_server
 from memoryd.api.steps import CallObserver, RequestLimits
+from memoryd.api.webhooks import WebhookServicer
 from memoryd.auth.authenticator import Authenticator
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
@@ -63,10 +64,13 @@ from memoryd.domain.prompts import PromptManager, PromptStore
 from memoryd.domain.tenancy import Scope
 from memoryd.domain.usage import UsageReporter
 from memoryd.domain.watch import WatchHub, WatchService
+from memoryd.domain.webhooks import Courier, Dispatcher, RetryPolicy, WebhookManager
 from memoryd.embeddings import build_embedder
 from memoryd.extraction.llm import LlmExtractor
 from memoryd.extraction.verbatim import VerbatimExtractor
 from memoryd.jobs import JobRunner
+from memoryd.jobs.webhooks import WebhookRunner
+from memoryd.outbound import AddressGuard, AddressPolicy, GuardedClient, parse_networks
 from memoryd.ratelimit import (
     FailoverRateLimiter,
     Limit,
@@ -90,9 +94,22 @@ from memoryd.usage import (
     UsageRecorder,
     WriteRecorder,
 )
-from memoryd.v1 import admin_pb2_grpc, keys_pb2_grpc, memory_pb2_grpc
+from memoryd.v1 import (
+    admin_pb2_grpc,
+    keys_pb2_grpc,
+    memory_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
+)
 
 log = logging.getLogger("memoryd")
+
+# WebhookService's methods, and the largest request body each takes.
+WEBHOOK_METHODS = tuple(
+    f"/memoryd.v1.WebhookService/{m.name}"
+    for m in webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].methods
+)
+WEBHOOK_REQUEST_BYTES = 64 * 1024
 
 Readers = dict[str, Callable[[], float]]
 """Counters kept by a part, by metric name (see `memoryd.api.observe.COUNTERS`)."""
@@ -216,6 +233,7 @@ async def _build(
             **_job_counts(domain.jobs),
             "memoryd_watch_streams_started": lambda: domain.watchers.joined,
             "memoryd_watch_poll_failures": lambda: domain.watchers.poll_failures,
+            **_webhook_counts(domain.webhook_runner),
         },
     )
     # Last, once the port, the model and the stores are in hand: an owner key
@@ -227,6 +245,7 @@ async def _build(
     _start_sweeper(stack, "expired request ids", idempotency.sweep, settings.sweep_interval_s)
     _start_jobs(stack, domain.jobs, store, settings, clock)
     _start_watching(stack, domain.watchers, store, settings, clock)
+    _start_webhooks(stack, domain, store, settings, clock)
     return App(
         settings=settings,
         server=server,
@@ -386,6 +405,14 @@ def _job_counts(runner: JobRunner) -> Readers:
     return {f"memoryd_operations_{name}": reader(name) for name in names}
 
 
+def _webhook_counts(runner: WebhookRunner) -> Readers:
+    def reader(name: str) -> Callable[[], float]:
+        return lambda: float(runner.counts[name])
+
+    names = ("attempts", "succeeded", "attempts_failed")
+    return {f"memoryd_webhook_{name}": reader(name) for name in names}
+
+
 def _key_cache(authenticator: Authenticator) -> Readers:
     return {
         "memoryd_key_cache_hits": lambda: authenticator.cache_hits,
@@ -508,6 +535,9 @@ class _Services:
     describe: Mapping[str, Describe]
     watchers: WatchHub
     watch: WatchService
+    webhooks: WebhookManager
+    webhook_runner: WebhookRunner
+    webhook_sender: GuardedClient
 
 
 def _services(
@@ -565,6 +595,7 @@ def _services(
     describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
     retention = timedelta(hours=settings.change_retention_hours)
     watch = WatchService(memories, changes, watchers, retention)
+    webhooks, webhook_runner, webhook_sender = _webhooks(settings, store, auditor, clock)
     return _Services(
         memories,
         keys,
@@ -581,7 +612,50 @@ def _services(
         describe,
         watchers,
         watch,
+        webhooks,
+        webhook_runner,
+        webhook_sender,
     )
+
+
+def _webhooks(
+    settings: Settings, store: SqlControlStore, auditor: Auditor, clock: Clock
+) -> tuple[WebhookManager, WebhookRunner, GuardedClient]:
+    """WebhookService, and the fan-out and senders of this process, all
+    calling out through the one guarded client."""
+    guard = AddressGuard(AddressPolicy(parse_networks(settings.outbound_allow_networks)))
+    sender = GuardedClient(
+        guard,
+        timeout_s=settings.webhook_timeout_s,
+        connections_per_target=settings.webhook_workers,
+    )
+    retry = RetryPolicy(
+        base_s=settings.webhook_retry_base_s,
+        max_s=settings.webhook_retry_max_s,
+        max_age=timedelta(hours=settings.webhook_max_age_hours),
+        disable_after=settings.webhook_disable_after_failures,
+    )
+    manager = WebhookManager(
+        store,
+        guard,
+        auditor,
+        clock,
+        store.last,
+        max_per_environment=settings.webhook_max_per_environment,
+        max_age=retry.max_age,
+    )
+    runner = WebhookRunner(
+        Dispatcher(store, store, clock, retry),
+        store,
+        Courier(store, sender, clock, retry, auditor),
+        clock,
+        workers=settings.webhook_workers,
+        per_webhook=settings.webhook_workers_per_webhook,
+        per_environment=settings.webhook_workers_per_environment,
+        timeout_s=settings.webhook_timeout_s,
+        poll_interval_s=settings.webhook_poll_interval_s,
+    )
+    return manager, runner, sender
 
 
 def _conversations(
@@ -692,6 +766,10 @@ def _pipeline(
             per_method={
                 "/memoryd.v1.MemoryService/BatchCreateMemories": settings.max_batch_request_bytes,
                 "/memoryd.v1.MemoryService/AddMessages": settings.max_batch_request_bytes,
+                # a webhook is a URL, a filter and a few words
+                **dict.fromkeys(
+                    WEBHOOK_METHODS, min(WEBHOOK_REQUEST_BYTES, settings.max_request_bytes)
+                ),
             },
         ),
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
@@ -711,7 +789,7 @@ def _server(
 ) -> aio.Server:
     server = new_server(settings, _tracing(stack, settings, tracer_provider))
     # The pipeline (request id, auth, limits, errors, usage, metrics) wraps
-    # every method of the three services; health and reflection stay open.
+    # every method of memoryd's services; health and reflection stay open.
     pipeline.register(
         memory_pb2_grpc.add_MemoryServiceServicer_to_server,
         MemoryServicer(
@@ -734,6 +812,11 @@ def _server(
     pipeline.register(
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
         AdminServicer(domain.projects, domain.auditor, domain.usage, domain.prompts),
+        server,
+    )
+    pipeline.register(
+        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server,
+        WebhookServicer(domain.webhooks),
         server,
     )
     add_open_services(server, health)
@@ -846,6 +929,27 @@ def _start_watching(
         return await log.trim(clock.now() - retention)
 
     _start_sweeper(stack, "change events", trim, settings.sweep_interval_s)
+
+
+def _start_webhooks(
+    stack: AsyncExitStack,
+    domain: _Services,
+    store: SqlControlStore,
+    settings: Settings,
+    clock: Clock,
+) -> None:
+    """The webhook fan-out and senders of this process (stopped before the
+    outbound client and the stores close), and the sweep of finished
+    deliveries past their retention."""
+    _on_close(stack, domain.webhook_sender.close)
+    domain.webhook_runner.start()
+    _on_close(stack, domain.webhook_runner.stop)
+    retention = timedelta(hours=settings.webhook_delivery_retention_hours)
+
+    async def sweep() -> int:
+        return await store.sweep_deliveries(clock.now() - retention, 1000)
+
+    _start_sweeper(stack, "finished webhook deliveries", sweep, settings.sweep_interval_s)
 
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:

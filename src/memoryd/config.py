@@ -9,6 +9,7 @@ variable and saying what is expected.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -64,6 +65,16 @@ _POSITIVE = (
     "change_retention_hours",
     "watch_poll_interval_s",
     "watch_max_streams",
+    "webhook_timeout_s",
+    "webhook_max_age_hours",
+    "webhook_retry_base_s",
+    "webhook_retry_max_s",
+    "webhook_workers",
+    "webhook_workers_per_webhook",
+    "webhook_workers_per_environment",
+    "webhook_poll_interval_s",
+    "webhook_max_per_environment",
+    "webhook_delivery_retention_hours",
 )
 
 
@@ -371,6 +382,55 @@ class Settings:
     watch_max_streams: int = _setting(
         1000, "WatchMemories streams one server process serves at once (more: RESOURCE_EXHAUSTED)."
     )
+    # --- webhooks and outbound HTTP ------------------------------------------------------
+    outbound_allow_networks: str = _setting(
+        "",
+        "Comma-separated networks (CIDR) the server may call although they are private, "
+        "loopback, link-local or metadata addresses (webhook URLs are refused or not sent "
+        "otherwise), e.g. 10.20.0.0/16. A listed network is allowed whole: never list "
+        "169.254.0.0/16. Empty: public addresses only.",
+    )
+    webhook_timeout_s: float = _setting(
+        10.0,
+        "Time one webhook attempt may take, DNS, connection and answer included; "
+        "longer is a failed attempt.",
+    )
+    webhook_max_age_hours: float = _setting(
+        24.0,
+        "A webhook delivery is retried (exponential backoff, full jitter) until this long "
+        "after it was queued or redelivered, then it FAILED.",
+    )
+    webhook_retry_base_s: float = _setting(
+        5.0,
+        "Backoff of webhook retries: the n-th retry waits a random time up to "
+        "base * 2^(n-1) seconds, at most webhook_retry_max_s.",
+    )
+    webhook_retry_max_s: float = _setting(3600.0, "Longest wait between two webhook attempts.")
+    webhook_disable_after_failures: int = _setting(
+        20,
+        "A webhook whose deliveries FAILED this many times in a row is disabled (audit event "
+        "webhook.disabled; state DISABLED_BY_FAILURES) until it is enabled again. 0: never.",
+    )
+    webhook_workers: int = _setting(16, "Webhook attempts one server process makes at once.")
+    webhook_workers_per_webhook: int = _setting(
+        4,
+        "Attempts to one webhook one server process makes at once (a slow endpoint holds "
+        "at most this many senders).",
+    )
+    webhook_workers_per_environment: int = _setting(
+        8,
+        "Attempts to the webhooks of one environment one server process makes at once (a "
+        "tenant's many slow endpoints hold at most this many senders).",
+    )
+    webhook_poll_interval_s: float = _setting(
+        1.0, "Seconds between looks at the change log and for due webhook retries."
+    )
+    webhook_max_per_environment: int = _setting(
+        25, "Most webhooks an environment may have (every event is matched against each)."
+    )
+    webhook_delivery_retention_hours: float = _setting(
+        24.0 * 7, "Finished webhook deliveries (and their attempts) are kept this long."
+    )
 
     # --- observability -------------------------------------------------------------
     log_level: str = _setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -458,6 +518,7 @@ class Settings:
         self._validate_request_limits(bad)
         self._validate_tls(bad)
         self._validate_urls(bad)
+        self._validate_webhooks(bad)
 
     def _validate_tls(self, bad: Any) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -482,6 +543,19 @@ class Settings:
             raise bad("qdrant_url", "must start with http:// or https://")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+
+    def _validate_webhooks(self, bad: Any) -> None:
+        for part in (p.strip() for p in self.outbound_allow_networks.split(",")):
+            try:
+                if part:
+                    ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise bad(
+                    "outbound_allow_networks",
+                    f"{part!r} is not a network: give CIDRs such as 10.0.0.0/8, comma-separated",
+                ) from None
+        if self.webhook_retry_max_s < self.webhook_retry_base_s:
+            raise bad("webhook_retry_max_s", "must be at least webhook_retry_base_s")
 
     def _validate_request_limits(self, bad: Any) -> None:
         if self.stream_idle_timeout_s <= 0:

@@ -131,6 +131,7 @@ def test_list_shows_the_services(served: Served) -> None:
         "memoryd.v1.MemoryService",
         "memoryd.v1.KeyService",
         "memoryd.v1.AdminService",
+        "memoryd.v1.WebhookService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
@@ -265,3 +266,53 @@ def test_add_messages_and_its_operation_through_grpcurl(served: Served) -> None:
     assert decision["memory"]["content"] == "I moved to Lisbon last month"
     metadata = done["metadata"]
     assert isinstance(metadata, dict) and metadata["state"] == "SUCCEEDED"
+
+
+def test_webhooks_through_grpcurl(served: Served) -> None:
+    """WebhookService as the README shows it: listed and described by
+    reflection, a webhook created (its secret answered once) and listed
+    (without it)."""
+    methods = grpcurl(served.address, "list", "memoryd.v1.WebhookService").stdout.split()
+    assert "memoryd.v1.WebhookService.RotateWebhookSecret" in methods and len(methods) == 8
+    described = grpcurl(served.address, "describe", "memoryd.v1.WebhookService")
+    assert "`v1,<new> v1,<old>`" in described.stdout, described.stderr
+
+    def call(key: str, method: str, body: dict[str, object]) -> dict[str, object]:
+        result = grpcurl("-H", f"x-api-key: {key}", "-d", json.dumps(body), served.address, method)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    owner = served.owner_key
+    project = call(owner, "memoryd.v1.AdminService/CreateProject", {"project": {"name": "hooked"}})
+    envs = project["environments"]
+    assert isinstance(envs, list)
+    key = str(
+        call(
+            owner,
+            "memoryd.v1.KeyService/CreateApiKey",
+            {
+                "project_id": project["id"],
+                "environment_id": envs[0]["id"],
+                "name": "hooks",
+                "scopes": ["memory:*", "webhook:read", "webhook:write", "webhook:delete"],
+            },
+        )["secret"]
+    )
+    made = call(
+        key,
+        "memoryd.v1.WebhookService/CreateWebhook",
+        {
+            "webhook": {
+                "url": "https://93.184.215.14/memoryd",
+                "event_types": ["CREATED", "DELETED"],
+                "description": "cache sync",
+            }
+        },
+    )
+    assert str(made["secret"]).startswith("whsec_")
+    webhook = made["webhook"]
+    assert isinstance(webhook, dict)
+    assert webhook["state"] == "ACTIVE" and webhook["event_types"] == ["CREATED", "DELETED"]
+    listed = call(key, "memoryd.v1.WebhookService/ListWebhooks", {})
+    assert [w["id"] for w in listed["webhooks"]] == [webhook["id"]]  # type: ignore[union-attr]
+    assert str(made["secret"]) not in json.dumps(listed)

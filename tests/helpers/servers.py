@@ -19,7 +19,14 @@ from memoryd.app import App, build_app
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.clock import SystemClock
-from memoryd.v1 import admin_pb2, admin_pb2_grpc, keys_pb2, keys_pb2_grpc, memory_pb2_grpc
+from memoryd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    memory_pb2_grpc,
+    webhooks_pb2_grpc,
+)
 
 
 def fast_hasher() -> Argon2Hasher:
@@ -38,12 +45,14 @@ class Client:
     keys: keys_pb2_grpc.KeyServiceStub = field(init=False)
     admin: admin_pb2_grpc.AdminServiceStub = field(init=False)
     operations: operations_grpc_pb2.OperationsStub = field(init=False)
+    webhooks: webhooks_pb2_grpc.WebhookServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.memory = memory_pb2_grpc.MemoryServiceStub(self.channel)
         self.keys = keys_pb2_grpc.KeyServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.operations = operations_grpc_pb2.OperationsStub(self.channel)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
 
     def md(self, **extra: str) -> tuple[tuple[str, str], ...]:
         out = [("x-api-key", self.key)]

@@ -4,6 +4,7 @@ ConfigError naming the variable, overridable by the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ SPECIAL_STRINGS = {
     "qdrant_url": "https://qdrant.internal:6333",
     "redis_url": "redis://redis.internal:6379/2",
     "openai_base_url": "https://llm.internal/v1",
+    "outbound_allow_networks": "10.20.0.0/16,fd00::/8",
 }
 TLS = ("tls_cert", "tls_key", "tls_client_ca")
 
@@ -186,3 +188,23 @@ def test_redacted_hides_secrets_only() -> None:
         assert secret not in shown
     assert settings.redacted()["port"] == 50051
     assert settings.redacted()["qdrant_api_key"] == ""  # empty stays empty
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        (
+            {"MEMORYD_OUTBOUND_ALLOW_NETWORKS": "10.0.0.0/8,localhost"},
+            "'localhost' is not a network",
+        ),
+        ({"MEMORYD_OUTBOUND_ALLOW_NETWORKS": "10.0.0.0/33"}, "OUTBOUND_ALLOW_NETWORKS"),
+        ({"MEMORYD_WEBHOOK_TIMEOUT_S": "0"}, "MEMORYD_WEBHOOK_TIMEOUT_S: must be positive"),
+        (
+            {"MEMORYD_WEBHOOK_RETRY_BASE_S": "10", "MEMORYD_WEBHOOK_RETRY_MAX_S": "5"},
+            "MEMORYD_WEBHOOK_RETRY_MAX_S: must be at least webhook_retry_base_s",
+        ),
+    ],
+)
+def test_bad_webhook_settings_name_the_variable(environ: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        Settings.load(environ=environ)

@@ -228,6 +228,11 @@ COUNTERS: dict[str, str] = {
     "memoryd_watch_poll_failures": (
         "looks at the change log for other replicas' changes that failed (retried at the next)"
     ),
+    "memoryd_webhook_attempts": "webhook delivery attempts this process made",
+    "memoryd_webhook_succeeded": "webhook delivery attempts answered 2xx",
+    "memoryd_webhook_attempts_failed": (
+        "webhook delivery attempts not answered 2xx (refused, no answer, or another status)"
+    ),
 }
 """The counters other parts keep (name without `_total`: help text)."""
 

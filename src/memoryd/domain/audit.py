@@ -23,7 +23,7 @@ from memoryd.domain.control import AuditEvent, AuditQuery, ControlStore, ListPag
 from memoryd.domain.errors import DomainError, InvalidArgument, Unavailable
 from memoryd.domain.ids import new_audit_id
 from memoryd.domain.ports import AuditSink
-from memoryd.domain.tenancy import Caller, Scope
+from memoryd.domain.tenancy import Caller, KeyKind, Principal, Scope
 from memoryd.domain.text import escaped
 
 log = logging.getLogger("memoryd.audit")
@@ -83,6 +83,22 @@ class Auditor:
             raise
         finally:
             await self._write(caller, action, pending, outcome)
+
+    async def record_server_action(
+        self,
+        org_id: str,
+        action: str,
+        *,
+        target: str = "",
+        project_id: str = "",
+        environment_id: str = "",
+        details: dict[str, str] | None = None,
+    ) -> None:
+        """Records what the server itself did (no caller: the actor key id
+        is empty), e.g. disabling a failing webhook."""
+        server = Caller(Principal(key_id="", kind=KeyKind.DATA, org_id=org_id, scopes=frozenset()))
+        pending = PendingEvent(target, project_id, environment_id, dict(details or {}))
+        await self._write(server, action, pending, "OK")
 
     async def list(
         self, caller: Caller, query: AuditQuery, page_size: int, page_token: str

@@ -28,6 +28,21 @@ def new_audit_id() -> str:
     return "aud_" + _random(20)
 
 
+def new_webhook_id() -> str:
+    return "whk_" + _random(20)
+
+
+def new_delivery_id() -> str:
+    """A webhook delivery's id, sent as its `webhook-id` header (made in
+    bulk by the fan-out: one random draw, not one per character)."""
+    n = secrets.randbits(124)
+    out = []
+    for _ in range(24):
+        n, r = divmod(n, 36)
+        out.append(_ALPHABET[r])
+    return "msg_" + "".join(out)
+
+
 def new_memory_id() -> str:
     return str(uuid.uuid4())
 

@@ -42,6 +42,9 @@ class Scope:
     AUDIT_READ = "audit:read"
     USAGE_READ = "usage:read"
     ORG_CROSS_PROJECT_READ = "org:cross_project_read"
+    WEBHOOK_READ = "webhook:read"
+    WEBHOOK_WRITE = "webhook:write"
+    WEBHOOK_DELETE = "webhook:delete"
     ALL = "*"
 
 
@@ -58,6 +61,12 @@ MEMORY_SCOPES: frozenset[str] = frozenset(
         # with this scope; without it, only the memories that have no end user.
         Scope.MEMORY_ALL_END_USERS,
     }
+)
+# Webhooks belong to the environment of the data key that manages them
+# (WebhookService takes data keys only, like MemoryService); `memory:*` does
+# not imply them: a webhook sends memories out of the server.
+WEBHOOK_SCOPES: frozenset[str] = frozenset(
+    {Scope.WEBHOOK_READ, Scope.WEBHOOK_WRITE, Scope.WEBHOOK_DELETE}
 )
 # Scopes only an org key may hold: a data key administers nothing.
 ORG_ONLY_SCOPES: frozenset[str] = frozenset(

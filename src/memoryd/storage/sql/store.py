@@ -24,6 +24,7 @@ from memoryd.storage.sql.prompts import PromptTables
 from memoryd.storage.sql.schema import SCHEMA_VERSION, metadata, migrate, schema_version
 from memoryd.storage.sql.tenancy import TenancyTables
 from memoryd.storage.sql.tx import Tx
+from memoryd.storage.sql.webhooks import WebhookTables
 
 _PING_TIMEOUT_S = 1.5
 
@@ -75,10 +76,11 @@ class SqlControlStore(
     OperationTables,
     LlmUsageTables,
     ChangeTables,
+    WebhookTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
-    `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger` and
-    `ChangeLog`/`WatchLog` (see `memoryd.domain`)."""
+    `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger`,
+    `ChangeLog`/`WatchLog` and `WebhookStore` (see `memoryd.domain`)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self._url = url
