@@ -434,7 +434,11 @@ CASES: list[tuple[str, Call, str]] = [
     ("search-hybrid-blank-text", search(query=" ", query_embedding=vec(), mode=HYBRID), "query"),
     ("search-keyword-min-score", search(query="x", mode=KEYWORD, min_score=0.2), "min_score"),
     ("search-unknown-mode", search(query="x", mode=9), "mode"),
-    ("search-half-life-zero", search(query="x", recency_half_life=duration_pb2.Duration()), "recency_half_life"),
+    (
+        "search-half-life-zero",
+        search(query="x", recency_half_life=duration_pb2.Duration()),
+        "recency_half_life",
+    ),
     (
         "search-half-life-negative",
         search(query="x", recency_half_life=duration_pb2.Duration(seconds=-60)),
