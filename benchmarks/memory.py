@@ -410,7 +410,7 @@ async def memory_suite(
         rss_kb = _rss_kb(server.proc.pid)
         data_dir = _data_dir(server)
         lines.append(
-            f"server RSS {rss_kb / 1024:.0f} MiB; data dir {_du_mb(data_dir):.0f} MiB "
+            f"server RSS {rss_kb / 1024:.0f} MiB; data dir {du_mb(data_dir):.0f} MiB "
             f"({len(facts)} memories)"
         )
         await channel.close(None)
@@ -490,5 +490,5 @@ def _data_dir(server: ServerProcess) -> Path:
     return Path(server.data_dir)
 
 
-def _du_mb(path: Path) -> float:
+def du_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / (1 << 20)

@@ -17,7 +17,8 @@ on), so that the machine's drift falls on both alike:
 
 Each chunk is BatchCreateMemories of 100 per tenant with 4 in flight, as
 in the memory suite. Printed: memories/s per server (all its chunks'
-memories over their time), the median of its chunks, and the ratio.
+memories over their time), the median of its chunks, and the ratio; the
+size of each server's data dir at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import statistics
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from grpc import aio
 
@@ -34,6 +36,7 @@ from benchmarks.memory import (
     Metadata,
     corpus,
     create_env_keys,
+    du_mb,
     embed_texts,
     load_memories,
     tenant_metadata,
@@ -50,6 +53,7 @@ class _Side:
     """One server under test and the time its chunks took."""
 
     name: str
+    server: ServerProcess
     mem: memory_pb2_grpc.MemoryServiceAsyncStub
     env_keys: list[str]
     memories: dict[str, int] = field(default_factory=dict)
@@ -104,11 +108,12 @@ async def writes_suite(
             )
             stack.push_async_callback(channel.close, None)
             keys = await create_env_keys(channel, server.owner_key, n_envs)
-            sides.append(_Side(name, memory_pb2_grpc.MemoryServiceStub(channel), keys))
+            sides.append(_Side(name, server, memory_pb2_grpc.MemoryServiceStub(channel), keys))
         for phase, chunks in phases.items():
             for i, chunk in enumerate(chunks):
                 for side in sides if i % 2 == 0 else reversed(sides):
                     await side.load(phase, chunk)
+        sizes = {side.name: du_mb(Path(side.server.data_dir)) for side in sides}
     for phase in phases:
         for side in sides:
             lines.append(
@@ -121,6 +126,8 @@ async def writes_suite(
                 f"BatchCreate, {phase}: this checkout / baseline = "
                 f"{sides[0].rate(phase) / sides[1].rate(phase):.3f}"
             )
+    for name, size in sizes.items():
+        lines.append(f"data dir, {name}: {size:.0f} MiB ({len(facts)} memories)")
     return lines
 
 
