@@ -5,9 +5,11 @@ and committed as `evaluation/golden/<family>.{memories,questions}.jsonl`.
 
 Families (each in an environment of its own; a tenant index is an end user):
 
-- paraphrase: 100 end users x 30 personal facts (places, food, work, family,
-  hobbies, health), 5 questions each worded differently from the fact
-  ("Drinks green tea every morning" / "What is my usual morning beverage?").
+- paraphrase: 100 end users x 100 personal facts (each user 100 of 112
+  kinds: places, food, work, family, hobbies, health, home, money), 5
+  questions each worded differently from the fact ("Drinks green tea every
+  morning" / "What is my usual morning beverage?"): the shape of the outside
+  replay the issue quotes.
 - exact_term: 5 end users x 300 similar records told apart by one exact term
   (order codes, ticket ids, SKUs, full names, invoice numbers), 100 questions
   each naming the term ("What is the status of ORD-48213?").
@@ -15,6 +17,9 @@ Families (each in an environment of its own; a tenant index is an end user):
   holds from `valid_time` until `invalid_time` (set with UpdateMemory after
   loading), the new one from then on; the question asks for the current
   value and names the superseded memory as a wrong answer.
+- recency: 50 end users stating each of 10 kinds of fact three times with
+  different values, months apart, nothing invalidated; the question asks
+  for the value now: the latest statement is right, the earlier ones wrong.
 - knowledge: pending (needs KnowledgeService); no files.
 """
 

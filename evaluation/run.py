@@ -8,8 +8,9 @@ environment and data key per family, one end user per tenant index. The
 memories are loaded with BatchCreateMemories (server-side embedding), then
 the superseded ones get their `invalid_time` with UpdateMemory. Questions
 are asked one at a time with SearchMemories (top_k 10, the question as
-text); the latency is the call's, client side, the query's embedding
-included.
+text, the mode named, and the view's fields: include_invalidated,
+recency_half_life, diversity); the latency is the call's, client side, the
+query's embedding included.
 """
 
 from __future__ import annotations
