@@ -18,6 +18,7 @@ from benchmarks.conversations import run_conversations
 from benchmarks.memory import memory_suite
 from benchmarks.watch import run_watch
 from benchmarks.webhooks import run_webhooks
+from benchmarks.writes import writes_suite
 from memoryd.cli import add_settings_options, configure_logging, settings_from_args
 from memoryd.config import ConfigError, Settings
 
@@ -27,9 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Start `memoryd serve` with the given settings on a free port and measure "
         "it from outside: health Check against authenticated calls (auth, auth-redis), a "
-        "seeded memory workload (memory), AddMessages operations (conversations), "
-        "WatchMemories latency and writes with watchers attached (watch), signed "
-        "webhook deliveries (webhooks). "
+        "seeded memory workload (memory), BatchCreate against another checkout's server "
+        "(writes), AddMessages operations (conversations), WatchMemories latency and writes "
+        "with watchers attached (watch), signed webhook deliveries (webhooks). "
         "See docs/performance.md.",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
@@ -38,10 +39,20 @@ def _parser() -> argparse.ArgumentParser:
         "--suite",
         default="auth,auth-redis,memory,conversations,watch,webhooks",
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
-        "conversations, watch, webhooks (default: all)",
+        "conversations, watch, webhooks, writes (default: all but writes)",
     )
-    parser.add_argument("--memories", type=int, default=100_000, help="memory suite: corpus size")
-    parser.add_argument("--tenants", type=int, default=1_000, help="memory suite: tenants")
+    parser.add_argument(
+        "--memories", type=int, default=100_000, help="memory and writes suites: corpus size"
+    )
+    parser.add_argument(
+        "--tenants", type=int, default=1_000, help="memory and writes suites: tenants"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        default="",
+        help="writes suite: the src directory of another checkout (e.g. a git worktree of an "
+        "older commit) whose server is loaded in turns with this one's",
+    )
     parser.add_argument(
         "--operations",
         type=int,
@@ -78,6 +89,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         elif suite == "memory":
             for line in await memory_suite(settings, args.memories, args.tenants, args.seconds):
                 print(line, flush=True)
+        elif suite == "writes":
+            lines = await writes_suite(settings, args.memories, args.tenants, args.baseline_src)
+            for line in lines:
+                print(line, flush=True)
         elif suite == "conversations":
             await run_conversations(settings, args.seconds, args.concurrency, args.operations)
         elif suite == "watch":
@@ -94,6 +109,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.baseline_src:
+        args.baseline_src = os.path.abspath(args.baseline_src)
     try:
         settings = settings_from_args(args)
     except ConfigError as err:

@@ -9,9 +9,13 @@ answer is that fact, unique within its tenant. Measured, in one run:
 - BatchCreate throughput with server-side embedding (first 5% of the corpus,
   at least 2,000) and with client vectors (the rest; vectors computed by the
   bench process beforehand, with the same model);
-- SearchMemories with 4 concurrent clients: server-embedded query p50/p99,
-  client-vector p50/p99 and throughput (and h2load's ceiling for it);
-- recall@1 and recall@5 of the paraphrase questions;
+- SearchMemories with 4 concurrent clients: server-embedded query p50/p99
+  (the server's default mode); then with client vectors in each mode,
+  SEMANTIC (the vector), HYBRID (the vector and the question's words) and
+  KEYWORD (the words), the three taking turns in two rounds so that the
+  machine's drift falls on all of them alike: p50/p99 and throughput, and
+  h2load's ceiling for SEMANTIC and HYBRID;
+- recall@1 and recall@5 of the paraphrase questions in each mode;
 - server RSS and data-dir size; cold start to SERVING with the corpus on disk.
 """
 
@@ -24,8 +28,9 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -171,6 +176,112 @@ def corpus(n: int, tenants: int, seed: int = 7) -> list[Fact]:
     return out[:n]
 
 
+Metadata = tuple[tuple[str, str], ...]
+Mode: TypeAlias = memory_pb2.SearchMode
+
+
+async def create_env_keys(channel: aio.Channel, owner_key: str, n_envs: int) -> list[str]:
+    """Projects of 10 environments each (at least one project), `n_envs` in
+    all rounded down to tens; a data key (scopes memory:*) per environment."""
+    keys_stub = keys_pb2_grpc.KeyServiceStub(channel)
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    owner = (("x-api-key", owner_key),)
+    env_keys: list[str] = []
+    for p in range(max(1, n_envs // 10)):
+        project = await admin.CreateProject(
+            admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name=f"bench-{p}")),
+            metadata=owner,
+        )
+        env_ids = [project.environments[0].id]
+        for e in range(9):
+            env = await admin.CreateEnvironment(
+                admin_pb2.CreateEnvironmentRequest(
+                    project_id=project.id,
+                    environment=admin_pb2.Environment(
+                        name=f"env-{e}", kind=tenancy_pb2.ENVIRONMENT_KIND_TEST
+                    ),
+                ),
+                metadata=owner,
+            )
+            env_ids.append(env.id)
+        for env_id in env_ids:
+            created = await keys_stub.CreateApiKey(
+                keys_pb2.CreateApiKeyRequest(
+                    project_id=project.id,
+                    environment_id=env_id,
+                    name="bench",
+                    scopes=["memory:*"],
+                ),
+                metadata=owner,
+            )
+            env_keys.append(created.secret)
+    return env_keys
+
+
+def tenant_metadata(env_keys: list[str], tenant: int) -> Metadata:
+    """The call metadata of tenant number `tenant`: 10 end users per environment."""
+    return (
+        ("x-api-key", env_keys[(tenant // 10) % len(env_keys)]),
+        ("x-end-user-id", f"user-{tenant % 10}"),
+    )
+
+
+async def load_memories(
+    mem: memory_pb2_grpc.MemoryServiceAsyncStub,
+    md: Callable[[int], Metadata],
+    items: list[tuple[Fact, list[float] | None]],
+    concurrency: int,
+) -> float:
+    """BatchCreates `items` (with their vector, or embedded by the server when
+    None) in batches of 100 per tenant, `concurrency` in flight; memories/s."""
+    by_tenant: dict[int, list[tuple[Fact, list[float] | None]]] = {}
+    for item in items:
+        by_tenant.setdefault(item[0].tenant, []).append(item)
+    queue = [
+        (t, chunk[i : i + 100]) for t, chunk in by_tenant.items() for i in range(0, len(chunk), 100)
+    ]
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        while queue:
+            t, batch = queue.pop()
+            req = memory_pb2.BatchCreateMemoriesRequest(
+                requests=[
+                    memory_pb2.CreateMemoryRequest(
+                        memory=memory_pb2.Memory(content=f.content, embedding=v or [])
+                    )
+                    for f, v in batch
+                ]
+            )
+            resp = await mem.BatchCreateMemories(req, metadata=md(t), timeout=300)
+            if resp.failed_count:
+                raise RuntimeError(f"batch had {resp.failed_count} failures")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(items) / (time.perf_counter() - started)
+
+
+async def embed_texts(settings: Settings, texts: list[str]) -> list[list[float]]:
+    """`texts` embedded by the bench process with the server's local model."""
+    embedder = build_embedder(
+        "fastembed",
+        model_dir=settings.embedding_model_dir,
+        dimension=384,
+        openai_base_url="",
+        openai_api_key="",
+        openai_model="",
+        timeout_s=10,
+        threads=settings.embedding_threads,
+    )
+    out: list[list[float]] = []
+    try:
+        for i in range(0, len(texts), 512):
+            out.extend(await embedder.embed(texts[i : i + 512]))
+    finally:
+        await embedder.close()
+    return out
+
+
 async def memory_suite(
     settings: Settings, memories: int, tenants: int, seconds: float
 ) -> list[str]:
@@ -185,25 +296,12 @@ async def memory_suite(
         f"({n_envs} environments x 10 end users), model dir {settings.embedding_model_dir}"
     )
 
-    embedder = build_embedder(
-        "fastembed",
-        model_dir=settings.embedding_model_dir,
-        dimension=384,
-        openai_base_url="",
-        openai_api_key="",
-        openai_model="",
-        timeout_s=10,
-        threads=settings.embedding_threads,
-    )
     t0 = time.perf_counter()
     client_texts = [f.content for f in facts[server_part:]]
-    client_vectors: list[list[float]] = []
-    for i in range(0, len(client_texts), 512):
-        client_vectors.extend(await embedder.embed(client_texts[i : i + 512]))
-    questions = [f.question for f in facts[:: max(1, len(facts) // 400)]][:400]
     q_facts = facts[:: max(1, len(facts) // 400)][:400]
-    q_vectors = await embedder.embed(questions)
-    await embedder.close()
+    questions = [f.question for f in q_facts]
+    vectors = await embed_texts(settings, client_texts + questions)
+    client_vectors, q_vectors = vectors[: len(client_texts)], vectors[len(client_texts) :]
     lines.append(
         f"bench process embedded {len(client_texts) + len(questions)} texts in "
         f"{time.perf_counter() - t0:.0f} s (not part of the server's figures)"
@@ -213,77 +311,14 @@ async def memory_suite(
         channel = aio.insecure_channel(
             server.address, options=[("grpc.max_send_message_length", 64 << 20)]
         )
-        keys_stub = keys_pb2_grpc.KeyServiceStub(channel)
-        admin = admin_pb2_grpc.AdminServiceStub(channel)
         mem = memory_pb2_grpc.MemoryServiceStub(channel)
-        owner = (("x-api-key", server.owner_key),)
+        env_keys = await create_env_keys(channel, server.owner_key, n_envs)
 
-        env_keys: list[str] = []
-        for p in range(max(1, n_envs // 10)):
-            project = await admin.CreateProject(
-                admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name=f"bench-{p}")),
-                metadata=owner,
-            )
-            env_ids = [project.environments[0].id]
-            for e in range(9):
-                env = await admin.CreateEnvironment(
-                    admin_pb2.CreateEnvironmentRequest(
-                        project_id=project.id,
-                        environment=admin_pb2.Environment(
-                            name=f"env-{e}", kind=tenancy_pb2.ENVIRONMENT_KIND_TEST
-                        ),
-                    ),
-                    metadata=owner,
-                )
-                env_ids.append(env.id)
-            for env_id in env_ids:
-                created = await keys_stub.CreateApiKey(
-                    keys_pb2.CreateApiKeyRequest(
-                        project_id=project.id,
-                        environment_id=env_id,
-                        name="bench",
-                        scopes=["memory:*"],
-                    ),
-                    metadata=owner,
-                )
-                env_keys.append(created.secret)
+        def md(tenant: int) -> Metadata:
+            return tenant_metadata(env_keys, tenant)
 
-        def md(tenant: int) -> tuple[tuple[str, str], ...]:
-            return (
-                ("x-api-key", env_keys[(tenant // 10) % len(env_keys)]),
-                ("x-end-user-id", f"user-{tenant % 10}"),
-            )
-
-        # --- writes ------------------------------------------------------------------
         async def load(items: list[tuple[Fact, list[float] | None]], concurrency: int) -> float:
-            by_tenant: dict[int, list[tuple[Fact, list[float] | None]]] = {}
-            for item in items:
-                by_tenant.setdefault(item[0].tenant, []).append(item)
-            batches = [
-                (t, chunk[i : i + 100])
-                for t, chunk in by_tenant.items()
-                for i in range(0, len(chunk), 100)
-            ]
-            queue = list(batches)
-            started = time.perf_counter()
-
-            async def worker() -> None:
-                while queue:
-                    t, batch = queue.pop()
-                    req = memory_pb2.BatchCreateMemoriesRequest(
-                        requests=[
-                            memory_pb2.CreateMemoryRequest(
-                                memory=memory_pb2.Memory(content=f.content, embedding=v or [])
-                            )
-                            for f, v in batch
-                        ]
-                    )
-                    resp = await mem.BatchCreateMemories(req, metadata=md(t), timeout=300)
-                    if resp.failed_count:
-                        raise RuntimeError(f"batch had {resp.failed_count} failures")
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return len(items) / (time.perf_counter() - started)
+            return await load_memories(mem, md, items, concurrency)
 
         server_rate = await load([(f, None) for f in facts[:server_part]], 4)
         lines.append(
@@ -297,19 +332,28 @@ async def memory_suite(
         )
 
         # --- recall -------------------------------------------------------------------
-        hits1 = hits5 = 0
-        for fact, vec in zip(q_facts, q_vectors, strict=True):
-            resp = await mem.SearchMemories(
-                memory_pb2.SearchMemoriesRequest(query_embedding=vec, top_k=5),
-                metadata=md(fact.tenant),
+        def request(mode: Mode, i: int, top_k: int) -> memory_pb2.SearchMemoriesRequest:
+            """Question `i` in `mode`: SEMANTIC by its vector, KEYWORD by its
+            words, HYBRID by both."""
+            req = memory_pb2.SearchMemoriesRequest(mode=mode, top_k=top_k)
+            if mode != memory_pb2.KEYWORD:
+                req.query_embedding.extend(q_vectors[i])
+            if mode != memory_pb2.SEMANTIC:
+                req.query = questions[i]
+            return req
+
+        for name, mode in _MODES.items():
+            hits1 = hits5 = 0
+            for i, fact in enumerate(q_facts):
+                resp = await mem.SearchMemories(request(mode, i, 5), metadata=md(fact.tenant))
+                found = [r.memory.content for r in resp.results]
+                hits1 += bool(found) and found[0] == fact.content
+                hits5 += fact.content in found
+            lines.append(
+                f"{name:<8} recall@1 {hits1 / len(q_facts):.3f}   recall@5 "
+                f"{hits5 / len(q_facts):.3f}   ({len(q_facts)} paraphrase questions, each "
+                "within its tenant)"
             )
-            found = [r.memory.content for r in resp.results]
-            hits1 += bool(found) and found[0] == fact.content
-            hits5 += fact.content in found
-        lines.append(
-            f"recall@1 {hits1 / len(q_facts):.3f}   recall@5 {hits5 / len(q_facts):.3f}   "
-            f"({len(q_facts)} paraphrase questions, each within its tenant)"
-        )
 
         # --- search latency ---------------------------------------------------------------
         rng = random.Random(3)
@@ -321,36 +365,52 @@ async def memory_suite(
                 metadata=md(q_facts[i].tenant),
             )
 
-        async def by_vector() -> Any:
-            i = rng.randrange(len(q_facts))
-            return await mem.SearchMemories(
-                memory_pb2.SearchMemoriesRequest(query_embedding=q_vectors[i], top_k=5),
-                metadata=md(q_facts[i].tenant),
-            )
+        def in_mode(mode: Mode) -> Callable[[], Awaitable[Any]]:
+            async def call() -> Any:
+                i = rng.randrange(len(q_facts))
+                return await mem.SearchMemories(request(mode, i, 5), metadata=md(q_facts[i].tenant))
 
-        text: Result = await drive("Search, server-embedded query, 4 clients", by_text, seconds, 4)
-        vector: Result = await drive("Search, client vector, 4 clients", by_vector, seconds, 4)
-        lines += [text.line(), vector.line()]
-        body = memory_pb2.SearchMemoriesRequest(
-            query_embedding=q_vectors[0], top_k=5
-        ).SerializeToString()
-        ceiling = h2load(
-            server.address,
-            "/memoryd.v1.MemoryService/SearchMemories",
-            body,
-            dict(md(q_facts[0].tenant)),
+            return call
+
+        text: Result = await drive(
+            f"Search, server-embedded query ({settings.search_default_mode}), 4 clients",
+            by_text,
             seconds,
+            4,
         )
-        if ceiling:
-            lines.append(
-                f"Search, client vector, h2load (4 conns x 32 streams): {ceiling:.0f} req/s"
+        lines.append(text.line())
+        # the modes take turns, twice (S H K, then K H S), and each one's
+        # figures pool both turns
+        turns: dict[str, list[Result]] = {name: [] for name in _MODES}
+        for order in (list(_MODES), list(reversed(_MODES))):
+            for name in order:
+                turns[name].append(await drive(name, in_mode(_MODES[name]), seconds / 2, 4))
+        by_mode = {name: _pooled(_LABELS[name], results) for name, results in turns.items()}
+        lines += [r.line() for r in by_mode.values()]
+        semantic, hybrid = by_mode["SEMANTIC"], by_mode["HYBRID"]
+        lines.append(
+            f"HYBRID - SEMANTIC: p50 {hybrid.pct(0.5) - semantic.pct(0.5):+.2f} ms, "
+            f"p99 {hybrid.pct(0.99) - semantic.pct(0.99):+.2f} ms"
+        )
+        for name in ("SEMANTIC", "HYBRID"):
+            ceiling = h2load(
+                server.address,
+                "/memoryd.v1.MemoryService/SearchMemories",
+                request(_MODES[name], 0, 5).SerializeToString(),
+                dict(md(q_facts[0].tenant)),
+                seconds,
             )
+            if ceiling:
+                lines.append(
+                    f"Search {name}, client vector, h2load (4 conns x 32 streams): "
+                    f"{ceiling:.0f} req/s"
+                )
 
         assert server.proc is not None
         rss_kb = _rss_kb(server.proc.pid)
         data_dir = _data_dir(server)
         lines.append(
-            f"server RSS {rss_kb / 1024:.0f} MiB; data dir {_du_mb(data_dir):.0f} MiB "
+            f"server RSS {rss_kb / 1024:.0f} MiB; data dir {du_mb(data_dir):.0f} MiB "
             f"({len(facts)} memories)"
         )
         await channel.close(None)
@@ -382,6 +442,29 @@ async def memory_suite(
     return lines
 
 
+_MODES: dict[str, Mode] = {
+    "SEMANTIC": memory_pb2.SEMANTIC,
+    "HYBRID": memory_pb2.HYBRID,
+    "KEYWORD": memory_pb2.KEYWORD,
+}
+_LABELS = {
+    "SEMANTIC": "Search SEMANTIC, client vector, 4 clients",
+    "HYBRID": "Search HYBRID, client vector + words, 4 clients",
+    "KEYWORD": "Search KEYWORD, words, 4 clients",
+}
+
+
+def _pooled(name: str, results: list[Result]) -> Result:
+    """One result of several measurements of the same call."""
+    return Result(
+        name,
+        sum(r.calls for r in results),
+        sum(r.seconds for r in results),
+        [x for r in results for x in r.latencies_ms],
+        sum(r.errors for r in results),
+    )
+
+
 async def _until_serving(address: str, started: float) -> float:
     async with aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -407,5 +490,5 @@ def _data_dir(server: ServerProcess) -> Path:
     return Path(server.data_dir)
 
 
-def _du_mb(path: Path) -> float:
+def du_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / (1 << 20)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from evaluation import golden
 from evaluation.metrics import markdown_table
-from evaluation.run import evaluate
+from evaluation.run import MODES, evaluate
 from memoryd.cli import add_settings_options, configure_logging, settings_from_args
 from memoryd.config import ConfigError
 
@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(golden.FAMILIES),
         help=f"comma-separated families to run (default: all of {', '.join(golden.FAMILIES)})",
     )
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated search modes to ask (default: all of {', '.join(MODES)})",
+    )
     add_settings_options(parser)
     return parser
 
@@ -53,9 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    unknown = sorted(set(families) - set(golden.FAMILIES))
+    modes = [m.strip().upper() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(families) - set(golden.FAMILIES)) + sorted(set(modes) - set(MODES))
     if unknown:
-        print(f"evaluation: unknown families {', '.join(unknown)}", file=sys.stderr)
+        print(f"evaluation: unknown families or modes {', '.join(unknown)}", file=sys.stderr)
         return 2
     try:
         settings = settings_from_args(args)
@@ -72,9 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings.embedding_provider} {settings.embedding_model_dir}; cores {os.cpu_count()}",
         flush=True,
     )
-    rows = asyncio.run(evaluate(settings, data, families))
+    report = asyncio.run(evaluate(settings, data, families, modes))
     print()
-    print(markdown_table(rows))
+    print(markdown_table(report.rows))
+    if report.slices:
+        print()
+        print(markdown_table(sorted(report.slices, key=lambda r: r.family)))
     return 0
 
 

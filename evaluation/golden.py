@@ -5,9 +5,11 @@ and committed as `evaluation/golden/<family>.{memories,questions}.jsonl`.
 
 Families (each in an environment of its own; a tenant index is an end user):
 
-- paraphrase: 100 end users x 30 personal facts (places, food, work, family,
-  hobbies, health), 5 questions each worded differently from the fact
-  ("Drinks green tea every morning" / "What is my usual morning beverage?").
+- paraphrase: 100 end users x 100 personal facts (each user 100 of 112
+  kinds: places, food, work, family, hobbies, health, home, money), 5
+  questions each worded differently from the fact ("Drinks green tea every
+  morning" / "What is my usual morning beverage?"): the shape of the outside
+  replay the issue quotes.
 - exact_term: 5 end users x 300 similar records told apart by one exact term
   (order codes, ticket ids, SKUs, full names, invoice numbers), 100 questions
   each naming the term ("What is the status of ORD-48213?").
@@ -15,6 +17,9 @@ Families (each in an environment of its own; a tenant index is an end user):
   holds from `valid_time` until `invalid_time` (set with UpdateMemory after
   loading), the new one from then on; the question asks for the current
   value and names the superseded memory as a wrong answer.
+- recency: 50 end users stating each of 10 kinds of fact three times with
+  different values, months apart, nothing invalidated; the question asks
+  for the value now: the latest statement is right, the earlier ones wrong.
 - knowledge: pending (needs KnowledgeService); no files.
 """
 
@@ -30,7 +35,7 @@ from typing import Any
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 SEED = 11
-FAMILIES = ("paraphrase", "exact_term", "current_truth")
+FAMILIES = ("paraphrase", "exact_term", "current_truth", "recency")
 # Families whose questions need a service that does not exist yet: name → why.
 PENDING_FAMILIES = {"knowledge": "pending (needs KnowledgeService)"}
 
@@ -145,6 +150,93 @@ _VALUES: dict[str, tuple[str, ...]] = {
     ),
     "team": ("Benfica", "Arsenal", "Ajax", "Celtic", "Boca Juniors", "Napoli", "Galatasaray"),
     "phone": ("Pixel", "Galaxy", "Fairphone", "OnePlus", "Nokia", "Motorola"),
+    "nationality": ("Portuguese", "Canadian", "Kenyan", "Japanese", "Polish", "Chilean", "Irish"),
+    "breakfast": (
+        "porridge", "scrambled eggs", "granola", "toast with jam", "pancakes",
+        "yoghurt with berries",
+    ),
+    "evening": ("red wine", "craft beer", "whisky", "gin and tonic", "herbal tea", "cider"),
+    "snack": ("almonds", "dark chocolate", "crisps", "apples", "rice cakes", "popcorn"),
+    "dessert": ("tiramisu", "cheesecake", "apple pie", "crème brûlée", "baklava", "mochi"),
+    "bake": ("sourdough bread", "banana bread", "cinnamon rolls", "focaccia", "scones", "bagels"),
+    "dish": ("paella", "lasagne", "ramen", "chili con carne", "lamb curry", "mushroom risotto"),
+    "intolerance": ("lactose", "gluten", "fructose", "caffeine", "onions", "spicy food"),
+    "payday": ("1st", "10th", "15th", "25th", "28th"),
+    "floor": ("second", "third", "fifth", "ninth", "twelfth"),
+    "weekday": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday"),
+    "business": (
+        "candle-making", "dog-walking", "web design", "maths tutoring", "vintage clothing",
+        "honey",
+    ),
+    "subject": (
+        "biology", "economics", "philosophy", "mechanical engineering", "art history",
+        "computer science",
+    ),
+    "laptop": ("ThinkPad", "MacBook", "Dell XPS", "Surface", "Chromebook", "Framework"),
+    "lunchplace": ("ramen bar", "salad place", "bakery", "canteen", "food truck", "sushi counter"),
+    "age": ("4", "7", "10", "13", "16", "19"),
+    "school": ("Riverside", "Oakwood", "St Mary's", "Hillcrest", "Greenfield"),
+    "distance": ("5 km", "10 km", "3 miles", "8 km", "half a marathon"),
+    "exercise": ("yoga", "pilates", "tai chi", "meditation", "breathing exercises"),
+    "game": ("chess", "Catan", "poker", "Scrabble", "Monopoly", "bridge"),
+    "videogame": ("Minecraft", "FIFA", "Zelda", "Tetris", "Stardew Valley", "Mario Kart"),
+    "show": ("The Office", "Breaking Bad", "The Crown", "Friends", "Succession", "Dark"),
+    "film": ("Casablanca", "The Matrix", "Amélie", "Spirited Away", "Jaws", "Alien"),
+    "author": (
+        "Tolkien", "Agatha Christie", "Haruki Murakami", "Jane Austen", "Stephen King",
+        "Terry Pratchett",
+    ),
+    "topic": ("history", "true crime", "economics", "science", "comedy", "football"),
+    "plant": ("tomatoes", "roses", "strawberries", "herbs", "sunflowers", "chillies"),
+    "collectible": (
+        "vinyl records", "stamps", "old coins", "postcards", "comic books", "fountain pens",
+    ),
+    "craft": (
+        "knitting", "pottery", "woodworking", "watercolour painting", "photography", "embroidery",
+    ),
+    "dance": ("salsa", "tango", "swing", "ballet", "hip hop", "flamenco"),
+    "band": ("Coldplay", "Radiohead", "Beyoncé", "Metallica", "Adele", "Daft Punk"),
+    "choir": ("church", "gospel", "community", "jazz", "chamber"),
+    "laps": ("twenty", "thirty", "forty", "fifty", "sixty"),
+    "trail": (
+        "Camino de Santiago", "Inca Trail", "West Highland Way", "Tour du Mont Blanc",
+        "Kungsleden",
+    ),
+    "volunteer": ("animal shelter", "food bank", "public library", "hospital", "soup kitchen"),
+    "club": ("book", "rowing", "cycling", "photography", "astronomy", "hiking"),
+    "dwelling": (
+        "studio flat", "terraced house", "houseboat", "farmhouse", "loft apartment", "bungalow",
+    ),
+    "rent": ("650", "800", "950", "1,200", "1,450"),
+    "watch": ("Casio", "Seiko", "Apple", "Garmin", "Swatch", "Omega"),
+    "blood": ("A positive", "O negative", "B positive", "AB positive", "O positive"),
+    "sight": ("reading", "driving", "screen work", "seeing far away"),
+    "doctor": ("Patel", "Okafor", "Lindgren", "Moreau", "Nakamura", "Haddad"),
+    "interval": ("six months", "year", "three months", "two years"),
+    "bone": ("left wrist", "right ankle", "collarbone", "left leg", "two ribs"),
+    "hours": ("six", "seven", "eight", "nine"),
+    "supplement": ("vitamin D", "iron", "magnesium", "omega-3", "zinc"),
+    "season": ("spring", "summer", "autumn", "winter"),
+    "zodiac": ("Leo", "Virgo", "Pisces", "Taurus", "Scorpio", "Gemini"),
+    "flower": ("tulips", "peonies", "lilies", "sunflowers", "orchids"),
+    "holidaystyle": ("beach", "city", "camping", "skiing", "cruise"),
+    "social": ("Instagram", "TikTok", "Mastodon", "Facebook", "Flickr"),
+    "newspaper": ("The Guardian", "Le Monde", "El País", "The Times", "Die Zeit"),
+    "dreamcar": (
+        "Porsche 911", "Land Rover Defender", "vintage Beetle", "Ferrari", "camper van",
+    ),
+    "topping": ("pineapple", "pepperoni", "mushrooms", "anchovies", "extra cheese"),
+    "number": ("3", "7", "13", "21", "42", "8"),
+    "hero": (
+        "Marie Curie", "Nelson Mandela", "David Attenborough", "Serena Williams", "Frida Kahlo",
+    ),
+    "bank": ("ING", "Monzo", "Santander", "Revolut", "HSBC", "N26"),
+    "goal": ("new kitchen", "house deposit", "round-the-world trip", "electric car", "wedding"),
+    "tattoo": ("rose", "anchor", "compass", "wolf", "swallow", "dragon"),
+    "haircolour": ("purple", "blonde", "blue", "red", "silver"),
+    "shoe": ("38", "39", "41", "42", "44", "45"),
+    "height": ("1.62 m", "1.70 m", "1.75 m", "1.80 m", "1.88 m"),
+    "gift": ("new bicycle", "camera", "cookbook", "pair of concert tickets", "telescope"),
 }  # fmt: skip
 
 
@@ -160,6 +252,7 @@ class _Kind:
 # --- paraphrase ----------------------------------------------------------------------------
 
 _PARAPHRASE_USERS = 100
+_PARAPHRASE_FACTS_PER_USER = 100
 _PARAPHRASE_QUESTIONS_PER_USER = 5
 _PERSONAL: tuple[_Kind, ...] = (
     _Kind(
@@ -315,6 +408,422 @@ _PERSONAL: tuple[_Kind, ...] = (
         ("Supports {team} in football.", "Is a lifelong {team} fan."),
         ("Which club do I cheer for?", "Whose matches do I never miss on TV?"),
     ),
+    _Kind(
+        "university",
+        ("Studied at university in {city}.", "Went to college in {city}."),
+        ("Where did I get my degree?", "In which city was I a student?"),
+    ),
+    _Kind(
+        "parents",
+        ("Their parents still live in {city}.", "Mum and dad are settled in {city}."),
+        ("Where are my mother and father living?", "Which city do my folks call home?"),
+    ),
+    _Kind(
+        "next_trip",
+        ("Has a trip to {country} booked for next month.", "Flies to {country} in a few weeks."),
+        ("Where am I travelling to soon?", "What is the destination of my upcoming journey?"),
+    ),
+    _Kind(
+        "honeymoon",
+        ("Went on honeymoon in {country}.", "Spent their honeymoon touring {country}."),
+        ("Where did we go right after the wedding?", "Which country did I visit as a newlywed?"),
+    ),
+    _Kind(
+        "passport",
+        ("Holds a {nationality} passport.", "Is a {nationality} citizen."),
+        ("What is my nationality?", "Which country issued my travel document?"),
+    ),
+    _Kind(
+        "breakfast",
+        ("Eats {breakfast} for breakfast.", "Has {breakfast} every morning before leaving."),
+        ("What is my first meal of the day?", "What do I usually eat when I get up?"),
+    ),
+    _Kind(
+        "evening_drink",
+        ("Enjoys a glass of {evening} in the evening.", "Unwinds with {evening} after dinner."),
+        ("What do I sip to relax at night?", "What is my usual nightcap?"),
+    ),
+    _Kind(
+        "snack",
+        ("Snacks on {snack} in the afternoon.", "Always keeps {snack} in the desk drawer."),
+        ("What do I nibble between meals?", "What is my go-to treat when I get peckish?"),
+    ),
+    _Kind(
+        "dessert",
+        ("Their favourite dessert is {dessert}.", "Can never say no to {dessert}."),
+        ("What sweet do I order at the end of a meal?", "Which pudding do I love?"),
+    ),
+    _Kind(
+        "baking",
+        ("Bakes {bake} every Sunday.", "Makes homemade {bake} at the weekend."),
+        ("What comes out of my oven on weekends?", "What do I bake regularly?"),
+    ),
+    _Kind(
+        "signature_dish",
+        ("Is known among friends for cooking {dish}.", "Makes the best {dish} in the family."),
+        ("What meal am I famous for?", "Which recipe do guests always ask me to make?"),
+    ),
+    _Kind(
+        "intolerance",
+        ("Cannot digest {intolerance} well.", "Gets stomach aches from {intolerance}."),
+        ("What upsets my digestion?", "What gives me tummy trouble?"),
+    ),
+    _Kind(
+        "payday",
+        ("Gets paid on the {payday} of each month.", "Receives the monthly pay on the {payday}."),
+        ("When does my wage land in my account?", "On which date do I get my money from work?"),
+    ),
+    _Kind(
+        "office_floor",
+        ("Sits on the {floor} floor of the office.", "Has a desk on the {floor} floor at work."),
+        ("Where is my workstation in the building?", "Which level of the building do I work on?"),
+    ),
+    _Kind(
+        "desk_neighbour",
+        ("Shares a desk with a colleague named {person}.", "Sits next to {person} at work."),
+        ("Who is seated beside me in the office?", "Which coworker is my desk neighbour?"),
+    ),
+    _Kind(
+        "remote_day",
+        ("Works from home on {weekday}s.", "Stays home to work every {weekday}."),
+        ("Which day am I remote?", "When do I skip going in to the office?"),
+    ),
+    _Kind(
+        "side_business",
+        ("Runs a small {business} business on the side.", "Earns extra money with {business}."),
+        ("What is my side hustle?", "What do I do to make a bit of additional income?"),
+    ),
+    _Kind(
+        "career_goal",
+        ("Hopes to become {job} one day.", "Dreams of retraining as {job}."),
+        ("What is my dream career?", "Which profession do I aspire to?"),
+    ),
+    _Kind(
+        "first_job",
+        ("Their first job was as {job}.", "Started out working as {job}."),
+        ("What did I do for work when I was starting out?", "What was my very first position?"),
+    ),
+    _Kind(
+        "degree",
+        ("Has a degree in {subject}.", "Majored in {subject}."),
+        ("What did I study?", "What is my academic background?"),
+    ),
+    _Kind(
+        "team_meeting",
+        ("Has a team meeting every {weekday} morning.", "Meets the whole team each {weekday}."),
+        ("When does my team get together each week?", "On which day is our weekly catch-up?"),
+    ),
+    _Kind(
+        "laptop",
+        ("Works on a {laptop} laptop.", "Uses a {laptop} for work."),
+        ("What computer do I use in my job?", "Which notebook machine do I type on?"),
+    ),
+    _Kind(
+        "lunch",
+        ("Has lunch at the {lunchplace} near the office.", "Eats at the {lunchplace} at noon."),
+        ("Where do I grab food at midday?", "Where do I go on my lunch break?"),
+    ),
+    _Kind(
+        "mother",
+        ("Their mother's name is {person}.", "Their mum is called {person}."),
+        ("What is my mom's first name?", "Who is the woman who raised me?"),
+    ),
+    _Kind(
+        "father_job",
+        ("Their father works as {job}.", "Their dad is {job}."),
+        ("What does my father do?", "What is my old man's occupation?"),
+    ),
+    _Kind(
+        "niece",
+        ("Has a niece named {person}.", "Is an aunt or uncle to little {person}."),
+        ("What is my sibling's daughter called?", "Who is my niece?"),
+    ),
+    _Kind(
+        "grandmother",
+        ("Their grandmother lives in {city}.", "Visits their grandma in {city} every year."),
+        ("Where does my granny live?", "Which city do I travel to to see my nan?"),
+    ),
+    _Kind(
+        "anniversary",
+        ("Their wedding anniversary is in {month}.", "Got married in {month}."),
+        ("When do I celebrate the day I tied the knot?", "In which month was my wedding?"),
+    ),
+    _Kind(
+        "eldest_age",
+        ("Their eldest child is {age} years old.", "Their oldest kid just turned {age}."),
+        ("How old is my firstborn?", "What age is my oldest son or daughter?"),
+    ),
+    _Kind(
+        "school",
+        ("Their kids go to {school} School.", "Drops the children off at {school} School."),
+        ("Where do my children study?", "Which school do my little ones attend?"),
+    ),
+    _Kind(
+        "neighbour",
+        ("Gets on well with their neighbour {person}.", "Their next-door neighbour is {person}."),
+        ("Who lives next door to me?", "Who is the person in the house beside mine?"),
+    ),
+    _Kind(
+        "flatmate",
+        ("Shares a flat with {person}.", "Lives with a roommate called {person}."),
+        ("Who do I split the rent with?", "Who is my housemate?"),
+    ),
+    _Kind(
+        "mentor",
+        ("Was mentored by {person} early in their career.", "Learned the trade from {person}."),
+        ("Who guided me when I was new to my field?", "Who taught me the ropes professionally?"),
+    ),
+    _Kind(
+        "childhood_pet",
+        ("Had a pet {pet} as a child.", "Grew up with a {pet} in the house."),
+        (
+            "What animal did I have when I was little?",
+            "Which creature did we keep at home in my youth?",
+        ),
+    ),
+    _Kind(
+        "running",
+        ("Runs {distance} every morning.", "Jogs {distance} before breakfast."),
+        ("How far do I go on my daily jog?", "What distance do I cover when I go out running?"),
+    ),
+    _Kind(
+        "relaxation",
+        ("Practises {exercise} to relax.", "Does {exercise} to calm down after work."),
+        ("What calming activity do I do?", "How do I de-stress in the evening?"),
+    ),
+    _Kind(
+        "board_game",
+        ("Loves playing {game} with friends.", "Hosts a {game} night every month."),
+        ("What do we play at game night?", "Which tabletop game am I really into?"),
+    ),
+    _Kind(
+        "video_game",
+        ("Plays {videogame} in the evenings.", "Is hooked on the game {videogame}."),
+        ("Which console title am I obsessed with?", "What do I play on my gaming system?"),
+    ),
+    _Kind(
+        "tv_show",
+        ("Is binge-watching {show}.", "Is halfway through every season of {show}."),
+        ("Which series am I streaming lately?", "What programme am I glued to on TV?"),
+    ),
+    _Kind(
+        "film",
+        ("Their favourite film is {film}.", "Has seen {film} more than twenty times."),
+        ("Which movie could I watch again and again?", "What is my all-time best picture?"),
+    ),
+    _Kind(
+        "author",
+        ("Their favourite author is {author}.", "Has read everything written by {author}."),
+        ("Whose novels do I love most?", "Which writer do I admire?"),
+    ),
+    _Kind(
+        "podcast",
+        ("Listens to a podcast about {topic} on the way to work.", "Follows a {topic} podcast."),
+        (
+            "What is the show in my earbuds about?",
+            "What subject does my favourite audio series cover?",
+        ),
+    ),
+    _Kind(
+        "garden",
+        ("Grows {plant} in the garden.", "Has a vegetable patch full of {plant}."),
+        ("What do I cultivate outdoors?", "What is growing in my backyard?"),
+    ),
+    _Kind(
+        "collection",
+        ("Collects {collectible}.", "Has a large collection of {collectible}."),
+        ("What have I been gathering for years?", "What do I hoard as a collector?"),
+    ),
+    _Kind(
+        "craft",
+        ("Enjoys {craft} as a hobby.", "Spends free afternoons on {craft}."),
+        ("What do I make with my hands in my spare time?", "What is my creative pastime?"),
+    ),
+    _Kind(
+        "dance",
+        ("Takes {dance} classes on Thursdays.", "Goes {dance} dancing every week."),
+        ("What style of dancing am I learning?", "Which dance do I practise?"),
+    ),
+    _Kind(
+        "concert",
+        ("Saw {band} live last year.", "Went to a {band} concert recently."),
+        ("Whose gig did I attend?", "Which performer did I see on stage?"),
+    ),
+    _Kind(
+        "choir",
+        ("Sings in a {choir} choir.", "Is a member of the local {choir} choir."),
+        ("What group do I sing with?", "What kind of vocal ensemble am I part of?"),
+    ),
+    _Kind(
+        "swimming",
+        ("Swims {laps} lengths at the pool on Fridays.", "Does {laps} laps of the pool weekly."),
+        ("How much do I swim?", "What is my routine in the water?"),
+    ),
+    _Kind(
+        "hike",
+        ("Hiked the {trail} last autumn.", "Walked the whole {trail} on foot."),
+        ("Which long-distance trek have I completed?", "What famous route did I walk?"),
+    ),
+    _Kind(
+        "volunteering",
+        ("Volunteers at the {volunteer} on Saturdays.", "Helps out unpaid at a {volunteer}."),
+        ("Where do I give my time for free?", "What charity work do I do?"),
+    ),
+    _Kind(
+        "club",
+        ("Is a member of a {club} club.", "Joined the local {club} society."),
+        ("Which club do I belong to?", "What association did I sign up for?"),
+    ),
+    _Kind(
+        "dwelling",
+        ("Lives in a {dwelling}.", "Calls a {dwelling} home."),
+        ("What kind of property do I live in?", "What type of house is my residence?"),
+    ),
+    _Kind(
+        "rent",
+        ("Pays {rent} euros a month in rent.", "Their rent is {rent} euros monthly."),
+        ("How much does my accommodation cost me?", "What do I pay my landlord?"),
+    ),
+    _Kind(
+        "bike",
+        ("Rides a {colour} road bike.", "Owns a {colour} racing bicycle."),
+        ("What colour is my bicycle?", "What does my two-wheeler look like?"),
+    ),
+    _Kind(
+        "watch",
+        ("Wears a {watch} watch.", "Never takes off their {watch} watch."),
+        ("What is on my wrist?", "Which timepiece do I wear?"),
+    ),
+    _Kind(
+        "favourite_colour",
+        ("Their favourite colour is {colour}.", "Likes {colour} more than any other colour."),
+        ("Which shade do I like best?", "What hue would I pick for everything?"),
+    ),
+    _Kind(
+        "blood_type",
+        ("Has blood type {blood}.", "Their blood group is {blood}."),
+        ("What should a hospital know before a transfusion for me?", "What is my blood group?"),
+    ),
+    _Kind(
+        "glasses",
+        ("Wears glasses for {sight}.", "Needs spectacles for {sight}."),
+        ("When do I need my specs?", "What do I put my glasses on for?"),
+    ),
+    _Kind(
+        "doctor",
+        ("Their family doctor is Dr {doctor}.", "Sees Dr {doctor} at the local practice."),
+        ("Who is my GP?", "Which physician do I book appointments with?"),
+    ),
+    _Kind(
+        "dentist",
+        ("Sees the dentist every {interval}.", "Gets a dental check-up every {interval}."),
+        ("How often do I get my teeth looked at?", "How regularly do I visit the tooth doctor?"),
+    ),
+    _Kind(
+        "injury",
+        ("Broke their {bone} skiing years ago.", "Fractured their {bone} in a ski accident."),
+        ("What did I break on the slopes?", "Which bone did I injure in the snow?"),
+    ),
+    _Kind(
+        "sleep_need",
+        ("Needs {hours} hours of sleep to feel rested.", "Feels best after {hours} hours in bed."),
+        ("How much rest do I need each night?", "How long should I sleep?"),
+    ),
+    _Kind(
+        "supplement",
+        ("Takes {supplement} supplements.", "Swallows a {supplement} tablet with breakfast."),
+        ("Which vitamins or minerals do I take?", "What pill do I take for my wellbeing?"),
+    ),
+    _Kind(
+        "season",
+        ("Loves {season} more than any other season.", "Their favourite time of year is {season}."),
+        ("Which part of the year do I enjoy most?", "When is the weather at its best for me?"),
+    ),
+    _Kind(
+        "star_sign",
+        ("Is a {zodiac}.", "Their zodiac sign is {zodiac}."),
+        ("What is my horoscope sign?", "Which constellation was I born under?"),
+    ),
+    _Kind(
+        "flowers",
+        ("Their favourite flowers are {flower}.", "Always buys {flower} at the market."),
+        ("What bouquet would delight me?", "Which blooms do I like?"),
+    ),
+    _Kind(
+        "holiday_style",
+        ("Prefers {holidaystyle} holidays.", "Always books {holidaystyle} holidays."),
+        ("What type of vacation suits me?", "What kind of getaway do I choose?"),
+    ),
+    _Kind(
+        "social_media",
+        ("Posts photos on {social} every day.", "Is very active on {social}."),
+        ("Which app do I share pictures on?", "Where do my followers see my posts?"),
+    ),
+    _Kind(
+        "newspaper",
+        ("Reads {newspaper} every morning.", "Subscribes to {newspaper}."),
+        ("Where do I get my news?", "Which paper do I read?"),
+    ),
+    _Kind(
+        "dream_car",
+        ("Would love to own a {dreamcar} one day.", "Dreams of buying a {dreamcar}."),
+        ("What is my dream vehicle?", "Which car would I get if I won the lottery?"),
+    ),
+    _Kind(
+        "pizza",
+        ("Always orders pizza with {topping}.", "Puts {topping} on every pizza."),
+        ("What do I like on my pizza?", "What is my favourite topping?"),
+    ),
+    _Kind(
+        "lucky_number",
+        ("Their lucky number is {number}.", "Believes {number} brings good luck."),
+        ("Which number brings me good fortune?", "What figure do I pick in the lottery?"),
+    ),
+    _Kind(
+        "role_model",
+        ("Admires {hero} more than anyone.", "Their role model is {hero}."),
+        ("Who is my hero?", "Which famous person inspires me?"),
+    ),
+    _Kind(
+        "bank",
+        ("Banks with {bank}.", "Has a current account at {bank}."),
+        ("Where do I keep my money?", "Which financial institution holds my savings?"),
+    ),
+    _Kind(
+        "savings_goal",
+        ("Is saving up for a {goal}.", "Puts money aside every month for a {goal}."),
+        ("What am I saving for?", "What big purchase am I budgeting towards?"),
+    ),
+    _Kind(
+        "tattoo",
+        ("Has a tattoo of a {tattoo} on their arm.", "Got a {tattoo} tattooed on their shoulder."),
+        ("What ink do I have on my skin?", "What design is my body art?"),
+    ),
+    _Kind(
+        "hair",
+        ("Dyed their hair {haircolour} last month.", "Now has {haircolour} hair."),
+        ("What colour is my hair at the moment?", "How did I change my look at the hairdresser?"),
+    ),
+    _Kind(
+        "shoe_size",
+        ("Wears size {shoe} shoes.", "Their shoe size is {shoe}."),
+        ("What size are my feet?", "Which size should I buy when getting trainers?"),
+    ),
+    _Kind(
+        "height",
+        ("Is {height} tall.", "Measures {height} in height."),
+        ("How tall am I?", "What is my height?"),
+    ),
+    _Kind(
+        "birthday_wish",
+        ("Wants a {gift} for their next birthday.", "Has asked for a {gift} as a present."),
+        ("What should someone give me as a gift?", "What is on my wish list?"),
+    ),
+    _Kind(
+        "mother_tongue",
+        ("Speaks {language} at home with family.", "Grew up speaking {language}."),
+        ("What is my native language?", "What language did I learn first as a baby?"),
+    ),
 )
 
 
@@ -331,13 +840,14 @@ def _paraphrase(rng: random.Random) -> tuple[list[GoldenMemory], list[GoldenQues
     questions: list[GoldenQuestion] = []
     for user in range(_PARAPHRASE_USERS):
         gids: dict[str, str] = {}
-        for kind in _PERSONAL:
+        kinds = rng.sample(_PERSONAL, _PARAPHRASE_FACTS_PER_USER)
+        for kind in kinds:
             gid = f"pp-u{user:03d}-{kind.name}"
             gids[kind.name] = gid
             memories.append(
                 GoldenMemory(gid, "paraphrase", user, _fill(rng, rng.choice(kind.facts)))
             )
-        for kind in rng.sample(_PERSONAL, _PARAPHRASE_QUESTIONS_PER_USER):
+        for kind in rng.sample(kinds, _PARAPHRASE_QUESTIONS_PER_USER):
             questions.append(
                 GoldenQuestion(
                     f"pp-q{len(questions):04d}",
@@ -598,11 +1108,56 @@ def _current_truth(rng: random.Random) -> tuple[list[GoldenMemory], list[GoldenQ
     return memories, questions
 
 
+# --- recency ----------------------------------------------------------------------------------
+
+_RECENCY_USERS = 50
+_RECENCY_STATEMENTS = 3
+_RECENCY_QUESTIONS_PER_USER = 4
+# The statements' months are drawn from the 34 months from January 2023 on.
+_RECENCY_MONTHS = 34
+
+
+def _recency(rng: random.Random) -> tuple[list[GoldenMemory], list[GoldenQuestion]]:
+    """Each user states every kind of `_CHANGES` three times with a different
+    value, months apart, and nothing is invalidated: only the times tell
+    which statement is the latest."""
+    memories: list[GoldenMemory] = []
+    questions: list[GoldenQuestion] = []
+    for user in range(_RECENCY_USERS):
+        latest: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for change in _CHANGES:
+            values = rng.sample(_VALUES[change.slot], _RECENCY_STATEMENTS)
+            months = sorted(rng.sample(range(_RECENCY_MONTHS), _RECENCY_STATEMENTS))
+            gids = []
+            for i, (value, month) in enumerate(zip(values, months, strict=True)):
+                gid = f"rc-u{user:03d}-{change.name}-{i}"
+                gids.append(gid)
+                day = rng.randrange(1, 29)
+                valid = f"{2023 + month // 12}-{month % 12 + 1:02d}-{day:02d}T00:00:00Z"
+                text = rng.choice(change.old + change.new).format(x=value)
+                memories.append(GoldenMemory(gid, "recency", user, text, valid))
+            latest[change.name] = (gids[-1], tuple(gids[:-1]))
+        for change in rng.sample(_CHANGES, _RECENCY_QUESTIONS_PER_USER):
+            expected, older = latest[change.name]
+            questions.append(
+                GoldenQuestion(
+                    f"rc-q{len(questions):04d}",
+                    "recency",
+                    user,
+                    rng.choice(change.questions),
+                    (expected,),
+                    older,
+                )
+            )
+    return memories, questions
+
+
 _Generator = Callable[[random.Random], tuple[list[GoldenMemory], list[GoldenQuestion]]]
 _GENERATORS: dict[str, _Generator] = {
     "paraphrase": _paraphrase,
     "exact_term": _exact_term,
     "current_truth": _current_truth,
+    "recency": _recency,
 }
 
 

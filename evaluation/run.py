@@ -8,8 +8,9 @@ environment and data key per family, one end user per tenant index. The
 memories are loaded with BatchCreateMemories (server-side embedding), then
 the superseded ones get their `invalid_time` with UpdateMemory. Questions
 are asked one at a time with SearchMemories (top_k 10, the question as
-text); the latency is the call's, client side, the query's embedding
-included.
+text, the mode named, and the view's fields: include_invalidated,
+recency_half_life, diversity); the latency is the call's, client side, the
+query's embedding included.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from grpc import aio
 
 from benchmarks.harness import ServerProcess
@@ -40,25 +42,44 @@ from memoryd.v1 import (
 
 TOP_K = 10
 # The search modes: name → the fields the mode sets on SearchMemoriesRequest,
-# or None while the server has no such mode. SEMANTIC is today's search (the
-# request has no mode field yet). Adding a mode is replacing its None, e.g.
-# "KEYWORD": {"mode": memory_pb2.SearchMemoriesRequest.KEYWORD}.
+# or None while the server has no such mode (printed as pending). Every mode
+# is named: a request without one ranks by the server's default mode.
 MODES: dict[str, dict[str, Any] | None] = {
-    "SEMANTIC": {},
-    "KEYWORD": None,
-    "HYBRID": None,
+    "SEMANTIC": {"mode": memory_pb2.SEMANTIC},
+    "KEYWORD": {"mode": memory_pb2.KEYWORD},
+    "HYBRID": {"mode": memory_pb2.HYBRID},
 }
 PENDING_MODE = "pending (needs SearchMemoriesRequest.mode)"
-# What is scored: (label, family, request fields every question adds). The
-# current_truth questions are asked twice: as a client would (superseded
-# memories hidden) and with them shown, which tells what the ranking alone
-# would answer without the time of truth.
-VIEWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("paraphrase", "paraphrase", {}),
-    ("exact_term", "exact_term", {}),
-    ("current_truth", "current_truth", {}),
-    ("current_truth, include_invalidated", "current_truth", {"include_invalidated": True}),
+# What is scored: (label, family, request fields every question adds, the
+# modes asked (all when empty)). current_truth is asked twice: as a client
+# would (superseded memories hidden) and with them shown, which tells what
+# the ranking alone would answer without the time of truth. recency is asked
+# without and with a half-life (its questions want the latest of three
+# statements, and only the times tell which that is); paraphrase once more
+# with diversity, to check MMR costs no answers.
+HALF_LIFE_DAYS = 365
+DIVERSITY = 0.3
+VIEWS: tuple[tuple[str, str, dict[str, Any], tuple[str, ...]], ...] = (
+    ("paraphrase", "paraphrase", {}, ()),
+    (f"paraphrase, diversity {DIVERSITY}", "paraphrase", {"diversity": DIVERSITY}, ()),
+    ("exact_term", "exact_term", {}, ()),
+    ("current_truth", "current_truth", {}, ()),
+    ("current_truth, include_invalidated", "current_truth", {"include_invalidated": True}, ()),
+    ("recency", "recency", {}, ()),
+    (
+        f"recency, half-life {HALF_LIFE_DAYS} d",
+        "recency",
+        {"recency_half_life": duration_pb2.Duration(seconds=HALF_LIFE_DAYS * 86400)},
+        (),
+    ),
 )
+# Families also scored per kind of question (a second table): family → the
+# kind of a question. exact_term's kinds are its record kinds (orders,
+# tickets, skus, people, invoices; the issue's "exact order codes among 300
+# similar orders" is its `orders` kind).
+SLICES: dict[str, Callable[[GoldenQuestion], str]] = {
+    "exact_term": lambda q: q.expected[0].split("-")[1],
+}
 # Limits high enough that loading the set is never refused.
 _HIGH_LIMITS = {
     "MEMORYD_KEY_REQUESTS_PER_SECOND": "1000000",
@@ -73,10 +94,25 @@ _LOADERS = 4
 Metadata = tuple[tuple[str, str], ...]
 
 
-async def evaluate(settings: Settings, golden: GoldenSet, families: Sequence[str]) -> list[Row]:
+@dataclass(frozen=True)
+class Report:
+    """The scores of a run: per view and mode (`rows`), and per view, kind
+    of question and mode for the families of SLICES (`slices`)."""
+
+    rows: list[Row]
+    slices: list[Row]
+
+
+async def evaluate(
+    settings: Settings,
+    golden: GoldenSet,
+    families: Sequence[str],
+    modes: Sequence[str] = tuple(MODES),
+) -> Report:
     """Loads the memories of `families` into a fresh server started from
-    `settings`, asks their questions in every mode and returns the table's
-    rows (pending modes and families included). Progress goes to stdout."""
+    `settings`, asks their questions in each of `modes` and returns the
+    tables' rows (pending modes and families included). Progress goes to
+    stdout."""
     async with (
         ServerProcess(settings, extra_env=_HIGH_LIMITS) as server,
         aio.insecure_channel(server.address) as channel,
@@ -103,28 +139,39 @@ async def evaluate(settings: Settings, golden: GoldenSet, families: Sequence[str
             for q in golden.of(family).questions[:5]:
                 await _ask(mem, q, {}, tenant(family, q.tenant))
 
-        rows: list[Row] = []
-        for label, family, extra in VIEWS:
+        report = Report([], [])
+        for label, family, extra, only in VIEWS:
             if family not in families:
                 continue
             questions = golden.of(family).questions
-            for mode, fields in MODES.items():
+            for mode in modes:
+                if only and mode not in only:
+                    continue
+                fields = MODES[mode]
                 if fields is None:
-                    rows.append(Row(label, mode, pending=PENDING_MODE))
+                    report.rows.append(Row(label, mode, pending=PENDING_MODE))
                     continue
                 started = time.perf_counter()
                 answers = [
                     await _ask(mem, q, {**fields, **extra}, tenant(family, q.tenant))
                     for q in questions
                 ]
-                rows.append(Row(label, mode, score(answers)))
+                report.rows.append(Row(label, mode, score(answers)))
+                if kind_of := SLICES.get(family):
+                    by_kind: dict[str, list[Answer]] = defaultdict(list)
+                    for q, a in zip(questions, answers, strict=True):
+                        by_kind[kind_of(q)].append(a)
+                    report.slices.extend(
+                        Row(f"{label}: {kind}", mode, score(kind_answers))
+                        for kind, kind_answers in by_kind.items()
+                    )
                 print(
                     f"{label} / {mode}: {len(answers)} questions in "
                     f"{time.perf_counter() - started:.1f} s",
                     flush=True,
                 )
-    rows += [Row(family, "all", pending=why) for family, why in PENDING_FAMILIES.items()]
-    return rows
+    report.rows.extend(Row(family, "all", pending=why) for family, why in PENDING_FAMILIES.items())
+    return report
 
 
 async def _data_keys(

@@ -244,14 +244,14 @@ class Settings:
         "pieces of it anyway); longer is refused with INVALID_ARGUMENT.",
     )
     search_default_mode: str = _setting(
-        "hybrid",
+        "semantic",
         "How SearchMemories ranks when the request names no mode and gives a query text: "
         "semantic (embeddings), keyword (BM25) or hybrid (both, fused). With only a "
         "query_embedding it is always semantic.",
         choices=("semantic", "keyword", "hybrid"),
     )
     search_fusion: str = _setting(
-        "rrf",
+        "dbsf",
         "How HYBRID fuses its semantic and keyword results: rrf (reciprocal rank fusion, "
         "weighted), dbsf (distribution-based score fusion, unweighted) or sum (semantic "
         "weight x cosine similarity + keyword weight x bm25 / (bm25 + saturation)).",

@@ -56,8 +56,10 @@ def test_every_family_is_present_and_knowledge_is_pending(committed: golden.Gold
         assert part.memories and part.questions, family
     assert "knowledge" in golden.PENDING_FAMILIES
     assert not committed.of("knowledge").questions
+    # the shape of the outside replay the issue quotes: 100 users x 100 facts, 500 questions
     paraphrase = committed.of("paraphrase")
     assert len({m.tenant for m in paraphrase.memories}) == 100
+    assert all(sum(m.tenant == t for m in paraphrase.memories) == 100 for t in range(100))
     assert len(paraphrase.questions) == 500
     exact = committed.of("exact_term")
     assert all(sum(m.tenant == t for m in exact.memories) == 300 for t in range(5))
@@ -79,12 +81,28 @@ def test_every_answer_is_a_memory_of_the_tenant_asking(committed: golden.GoldenS
         # the right answer holds now; a superseded one stopped holding when it began
         for gid in q.expected:
             assert not memories[gid].invalid_time, q
-        if q.superseded:
+        if q.superseded and q.family == "current_truth":
             (old,), (new,) = q.superseded, q.expected
             since, until = memories[old].valid_time, memories[old].invalid_time
             assert since < until == memories[new].valid_time, q
             assert datetime.fromisoformat(until) < datetime.now(UTC), q
     assert any(q.superseded for q in committed.of("current_truth").questions)
+
+
+def test_each_recency_question_wants_the_latest_of_its_kind(committed: golden.GoldenSet) -> None:
+    recency = committed.of("recency")
+    memories = {m.gid: m for m in recency.memories}
+    assert recency.questions
+    for q in recency.questions:
+        (latest,) = q.expected
+        assert len(q.superseded) == 2, q
+        # the same kind of fact, all still valid: only the times tell the latest
+        kind = latest.rsplit("-", 1)[0]
+        times = [memories[gid].valid_time for gid in (*q.superseded, latest)]
+        assert all(gid.rsplit("-", 1)[0] == kind for gid in q.superseded), q
+        assert not any(memories[gid].invalid_time for gid in (*q.superseded, latest)), q
+        assert times == sorted(times) and len(set(times)) == 3, q
+        assert datetime.fromisoformat(times[-1]) < datetime.now(UTC), q
 
 
 def test_each_exact_term_question_names_a_term_of_its_answer_alone(
