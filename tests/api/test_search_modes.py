@@ -83,9 +83,11 @@ async def test_a_keyword_search_finds_an_exact_code_among_look_alikes(client: Cl
     assert len(await search(client, query="ORD-31003", mode=memory_pb2.KEYWORD, top_k=3)) == 3
 
 
-async def test_a_text_search_naming_no_mode_is_hybrid_and_a_vector_alone_semantic(
-    client: Client,
+async def test_a_search_naming_no_mode_ranks_by_the_default_and_a_vector_alone_semantic(
+    make_server: MakeServer,
 ) -> None:
+    srv = await make_server(search_default_mode="hybrid", search_fusion="rrf", **NO_LIMITS)
+    client = srv.client(await srv.data_key(await srv.project("app")))
     recs = await orders(client, 5)
     unmoded = await search(client, query="ORD-31002 phone case")
     hybrid = await search(client, query="ORD-31002 phone case", mode=memory_pb2.HYBRID)

@@ -359,14 +359,15 @@ async def test_search_takes_a_query_a_vector_or_both() -> None:
         await search(m, d.data_caller(prj), query=" ")
     assert fields(info.value) == {"query"}
     vector = (1.0,) * d.embedder.dimension
-    # a vector alone ranks by meaning; with a text, by the default (hybrid),
-    # the vector its semantic side and the text its words
+    # a vector alone ranks by meaning; with a text, by the default (semantic)
+    # or the mode asked for: in HYBRID the vector is its semantic side and
+    # the text its words
     await search(m, d.data_caller(prj), query="", vector=vector)
-    await search(m, d.data_caller(prj), query="rivers", vector=vector)
     await search(m, d.data_caller(prj), query="rivers")
+    await search(m, d.data_caller(prj), query="rivers", vector=vector, mode=SearchMode.HYBRID)
     assert [(r.mode, r.text) for r in d.vectors.rankings] == [
         (SearchMode.SEMANTIC, ""),
-        (SearchMode.HYBRID, "rivers"),
+        (SearchMode.SEMANTIC, "rivers"),
         (SearchMode.HYBRID, "rivers"),
     ]
 

@@ -40,7 +40,7 @@ class Searcher:
         projects: ProjectSource,
         clock: Clock,
         max_query_chars: int,
-        default_mode: SearchMode = SearchMode.HYBRID,
+        default_mode: SearchMode = SearchMode.SEMANTIC,
     ) -> None:
         """`max_query_chars` bounds a query text (it is embedded);
         `default_mode` ranks a search with a query text that names no mode."""

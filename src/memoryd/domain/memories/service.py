@@ -77,7 +77,7 @@ class MemoryService:
         on_environment_count: Callable[[int], None] | None = None,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         auditor: Auditor | None = None,
-        default_search_mode: SearchMode = SearchMode.HYBRID,
+        default_search_mode: SearchMode = SearchMode.SEMANTIC,
         changes: ChangeRecorder | None = None,
     ) -> None:
         """`defaults` are the server's quota defaults (`Defaults()` when None);
