@@ -13,11 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 import pytest
 import sqlalchemy as sa
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
-from helpers.errors import reason_of, refused
 from helpers.openai_server import ScriptedOpenAI, facts_reply
 from helpers.polling import wait_for
 from helpers.servers import Client, MakeServer, RunningServer
@@ -244,16 +242,26 @@ async def test_the_ttl_sweep_records_expired(
     assert their_event.memory_id == theirs.memory.id
 
 
-async def test_a_change_whose_event_cannot_be_recorded_fails_unavailable(
+async def test_events_of_writes_during_a_change_log_outage_are_held_then_appended_in_order(
     srv: RunningServer, project: admin_pb2.Project, client: Client
 ) -> None:
+    """While the log cannot be written (its table gone: the store answers
+    Unavailable, as in a database outage), writes are acknowledged and
+    their events held in memory; the first write after it answers again
+    appends them first, in order."""
     async with srv.app.store.engine.begin() as conn:
         await conn.execute(sa.text("ALTER TABLE change_events RENAME TO change_events_away"))
-    err = await refused(grpc.StatusCode.UNAVAILABLE, create(client, "stored, not recorded"))
-    assert reason_of(err) == "CHANGE_LOG_UNAVAILABLE"
-    # the change itself is stored (documented: it may exist without its event)
-    page = await client.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=client.md())
-    assert [m.content for m in page.memories] == ["stored, not recorded"]
+    held = [(await create(client, f"held {i}")).id for i in range(2)]
+    async with srv.app.store.engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE change_events_away RENAME TO change_events"))
+    after = (await create(client, "after")).id
+    async with srv.app.store.engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                sa.text("SELECT memory_id FROM change_events WHERE type = 'CREATED' ORDER BY seq")
+            )
+        ).all()
+    assert [r[0] for r in rows][-3:] == [*held, after]
 
 
 # --- AddMessages' job -----------------------------------------------------------------------

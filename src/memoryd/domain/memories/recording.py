@@ -21,6 +21,7 @@ the change (its last state for a deletion).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,10 +54,22 @@ def update_event(before: MemoryRecord, after: MemoryRecord) -> EventType:
     return EventType.UPDATED
 
 
+# Events of writes acknowledged while the control store is down, held in
+# memory until it answers again, at most this many.
+MAX_HELD_EVENTS = 100_000
+
+
 class ChangeRecorder:
     """Appends the events of a store write to the change log (none: records
     nothing, for a service built without one); `on_append` (the in-process
-    wake-up of watchers) sees each appended batch."""
+    wake-up of watchers) sees each appended batch.
+
+    During a control-store outage (the log raises Unavailable) memory writes
+    go on, as they do with stale project settings: their events are held in
+    memory, in order, and appended before the next ones once the log
+    answers. A process killed during the outage loses the events it held
+    (like the audit events it holds); more than MAX_HELD_EVENTS fail the
+    call UNAVAILABLE as before."""
 
     def __init__(
         self,
@@ -67,6 +80,8 @@ class ChangeRecorder:
         self._log = log
         self._clock = clock or SystemClock()
         self._on_append = on_append
+        self._held: list[NewEvent] = []
+        self._lock = asyncio.Lock()
 
     async def record(
         self, changes: Sequence[tuple[EventType, MemoryRecord]], cause: Cause = NO_CAUSE
@@ -88,19 +103,43 @@ class ChangeRecorder:
             )
             for kind, record in changes
         ]
+        async with self._lock:  # held events go first, once
+            await self._append(events)
+
+    async def _append(self, events: list[NewEvent]) -> None:
+        assert self._log is not None
+        pending = [*self._held, *events]
         try:
-            appended = await self._log.append(events)
+            appended = await self._log.append(pending)
+        except Unavailable as err:
+            if len(pending) > MAX_HELD_EVENTS:
+                raise self._lost(len(events), err) from err
+            if not self._held:
+                log.warning(
+                    "the change log is unavailable: holding change events in memory until it "
+                    "answers again (%s)",
+                    err.reason,
+                )
+            self._held = pending
+            return
         except Exception as err:
-            log.warning(
-                "a change was stored but its %d change event(s) could not be recorded: %s",
-                len(events),
-                type(err).__name__,
-            )
-            raise Unavailable(
-                "the change was stored but the change log could not record it; "
-                "read the memory again before retrying",
-                reason="CHANGE_LOG_UNAVAILABLE",
-                retry_after=1.0,
-            ) from err
+            raise self._lost(len(events), err) from err
+        if self._held:
+            log.warning("the change log answers again: %d held events appended", len(self._held))
+            self._held = []
         if self._on_append is not None:
             self._on_append(appended)
+
+    @staticmethod
+    def _lost(count: int, err: Exception) -> Unavailable:
+        log.warning(
+            "a change was stored but its %d change event(s) could not be recorded: %s",
+            count,
+            type(err).__name__,
+        )
+        return Unavailable(
+            "the change was stored but the change log could not record it; "
+            "read the memory again before retrying",
+            reason="CHANGE_LOG_UNAVAILABLE",
+            retry_after=1.0,
+        )
