@@ -1,0 +1,1 @@
+"""Knowledge: documents, folders and their chunks, kept apart from memories."""
