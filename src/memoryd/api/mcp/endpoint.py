@@ -103,6 +103,8 @@ class McpEndpoint:
         self._authenticate = authenticate
         self._side_channel = side_channel
         self._tools = {t.name: t for t in tools}
+        # JSON schemas are made once: a call's arguments are checked against them
+        self._listings = {t.name: t.listing() for t in tools}
         self._host = host
         self._sock = _bind(host, port)
         self.port: int = self._sock.getsockname()[1]
@@ -111,8 +113,10 @@ class McpEndpoint:
             "memoryd",
             version=__version__,
             instructions=INSTRUCTIONS,
-            # the list depends on the key: never shared between callers
-            cache_hints={"tools/list": CacheHint(ttl_ms=0, scope="private")},
+            # the list depends on the key (its scopes are fixed): kept by
+            # each client for a minute, never shared between callers
+            cache_hints={"tools/list": CacheHint(ttl_ms=60_000, scope="private")},
+            get_tool_input_schema=self._input_schema,
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
         )
@@ -191,7 +195,12 @@ class McpEndpoint:
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         caller = _caller_of(ctx)
-        return types.ListToolsResult(tools=[t.listing() for t in self._allowed(caller.principal)])
+        allowed = self._allowed(caller.principal)
+        return types.ListToolsResult(tools=[self._listings[t.name] for t in allowed])
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        listing = self._listings.get(name)
+        return listing.input_schema if listing is not None else None
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
