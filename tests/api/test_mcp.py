@@ -17,6 +17,7 @@ from mcp_types import CallToolResult
 
 from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, tenancy_pb2
 from tests.helpers.errors import refused
+from tests.helpers.polling import wait_for
 from tests.helpers.servers import MakeServer, RunningServer
 
 READ_TOOLS = {"search_memories", "get_memory", "list_memories", "get_operation"}
@@ -314,3 +315,26 @@ async def test_mcp_mutations_are_audited(make_server: MakeServer) -> None:
         assert event.request_id.startswith("mcp-")  # an MCP call, told apart
         assert event.peer == "unix:"
         assert event.details["end_user_id"] == "carol"
+
+
+async def test_add_messages_answers_the_operation_when_not_done_in_time(
+    make_server: MakeServer,
+) -> None:
+    server = await mcp_server(make_server, mcp_add_messages_wait_s=0.0)
+    project = await server.project()
+    key = await server.data_key(project, ("memory:*",))
+    async with agent(server, key) as client:
+        op = await call(
+            client, "add_messages", messages=[{"role": "user", "content": "I play the cello"}]
+        )
+        assert op["done"] is False and op["state"] in ("PENDING", "RUNNING"), op
+        assert op["name"]
+
+        async def done() -> bool:
+            return bool((await call(client, "get_operation", name=op["name"]))["done"])
+
+        await wait_for(done, within=30.0)
+        finished = await call(client, "get_operation", name=op["name"])
+        assert finished["state"] == "SUCCEEDED"
+        assert finished["response"]["decisions"][0]["memory"]["content"] == "I play the cello"
+        await failed(client, "get_operation", "NOT_FOUND", name="operations/nope")
