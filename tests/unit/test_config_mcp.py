@@ -19,7 +19,7 @@ def test_the_endpoint_is_off_by_default_and_port_0_picks_one() -> None:
         ("mcp_port", "70000"),
         ("mcp_port", "-1"),
         ("mcp_port", "http"),
-        ("mcp_port", "８７"),  # digits, but not ASCII ones
+        ("mcp_port", "\uff18\uff17"),  # digits, but not ASCII ones
         ("mcp_add_messages_wait_s", "61"),
         ("mcp_add_messages_wait_s", "-1"),
     ],
