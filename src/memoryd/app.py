@@ -29,7 +29,7 @@ from memoryd.api.call import CallProjects
 from memoryd.api.conversations import AddMessagesView
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
-from memoryd.api.mcp.endpoint import GrpcSideChannel, McpEndpoint
+from memoryd.api.mcp.endpoint import GrpcSideChannel, McpEndpoint, Tls
 from memoryd.api.mcp.knowledge import knowledge_tools
 from memoryd.api.mcp.tools import memory_tools
 from memoryd.api.memory import MemoryServicer
@@ -851,6 +851,9 @@ def _mcp_endpoint(
         host=settings.mcp_host,
         port=settings.mcp_port_number,
         max_request_bytes=settings.max_batch_request_bytes,
+        tls=Tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.tls_enabled
+        else None,
     )
     _on_close(stack, lambda: endpoint.stop(0))
     return endpoint

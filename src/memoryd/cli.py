@@ -154,7 +154,7 @@ async def _serve(settings: Settings) -> int:
     await app.start()
     print(f"memoryd listening on {settings.host}:{app.port}", file=sys.stderr, flush=True)
     if app.mcp is not None:
-        mcp_url = f"http://{settings.mcp_host}:{app.mcp.port}/mcp"
+        mcp_url = f"{app.mcp.scheme}://{settings.mcp_host}:{app.mcp.port}/mcp"
         print(f"memoryd MCP endpoint on {mcp_url}", file=sys.stderr, flush=True)
     await stop.wait()
     logging.getLogger("memoryd").info(

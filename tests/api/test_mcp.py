@@ -4,20 +4,26 @@ end users, keys refused with HTTP 401, rate limits and audit as for gRPC."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import httpx2
+import pytest
+from grpc import aio
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, tenancy_pb2
+from tests.helpers.certs import make_pki
 from tests.helpers.errors import refused
 from tests.helpers.polling import wait_for
+from tests.helpers.servers import Client as GrpcClient
 from tests.helpers.servers import MakeServer, RunningServer
 
 READ_TOOLS = {"search_memories", "get_memory", "list_memories", "get_operation"}
@@ -26,19 +32,24 @@ WRITE_TOOLS = {"add_memory", "add_messages", "update_memory", "delete_memory"}
 
 def url(server: RunningServer) -> str:
     assert server.app.mcp is not None
-    return f"http://127.0.0.1:{server.app.mcp.port}/mcp"
+    return f"{server.app.mcp.scheme}://127.0.0.1:{server.app.mcp.port}/mcp"
 
 
 @asynccontextmanager
 async def agent(
-    server: RunningServer, key: str, end_user: str = "", *, header: str = "authorization"
+    server: RunningServer,
+    key: str,
+    end_user: str = "",
+    *,
+    header: str = "authorization",
+    verify: ssl.SSLContext | bool = True,
 ) -> AsyncIterator[Client]:
     """The SDK's client, sending `key` as a bearer token (or in `x-api-key`)."""
     headers = {"Authorization": f"Bearer {key}"} if header == "authorization" else {header: key}
     if end_user:
         headers["x-end-user-id"] = end_user
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        httpx2.AsyncClient(headers=headers, timeout=30, verify=verify) as http,
         Client(streamable_http_client(url(server), http_client=http)) as client,
     ):
         yield client
@@ -338,3 +349,37 @@ async def test_add_messages_answers_the_operation_when_not_done_in_time(
         assert finished["state"] == "SUCCEEDED"
         assert finished["response"]["decisions"][0]["memory"]["content"] == "I play the cello"
         await failed(client, "get_operation", "NOT_FOUND", name="operations/nope")
+
+
+async def test_with_mtls_the_endpoint_is_https_and_wants_a_client_certificate(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """The gRPC port's TLS settings hold for the endpoint; its tools still
+    reach the gRPC services (over the private side channel)."""
+    pki = make_pki(tmp_path)
+    server = await mcp_server(
+        make_server,
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        tls_client_ca=str(pki.ca),
+    )
+    assert url(server).startswith("https://")
+    credentials = grpc.ssl_channel_credentials(
+        pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+    )
+    async with aio.secure_channel(f"localhost:{server.app.port}", credentials) as channel:
+        owner = GrpcClient(channel, server.owner_key)
+        project = await server.project(client=owner)
+        key = await server.data_key(project, ("memory:*",), client=owner)
+
+    with_certificate = ssl.create_default_context(cafile=str(pki.ca))
+    with_certificate.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    async with agent(server, key, verify=with_certificate) as client:
+        added = await call(client, "add_memory", content="over mTLS")
+        found = await call(client, "get_memory", id=added["memory"]["id"])
+        assert found["memory"]["content"] == "over mTLS"
+
+    without_certificate = ssl.create_default_context(cafile=str(pki.ca))
+    async with httpx.AsyncClient(verify=without_certificate, timeout=30) as http:
+        with pytest.raises(httpx.HTTPError):
+            await http.post(url(server), json={}, headers={"Authorization": f"Bearer {key}"})

@@ -24,6 +24,7 @@ import logging
 import math
 import shutil
 import socket
+import ssl
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -81,6 +82,22 @@ class GrpcSideChannel:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """The gRPC port's certificate, for HTTPS; with a client CA, clients
+    must present a certificate it signed (mTLS), as on the gRPC port."""
+
+    cert: str
+    key: str
+    client_ca: str = ""
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"ssl_certfile": self.cert, "ssl_keyfile": self.key}
+        if self.client_ca:
+            options |= {"ssl_ca_certs": self.client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        return options
+
+
+@dataclass(frozen=True)
 class _Caller:
     principal: Principal
     metadata: tuple[tuple[str, str], ...]
@@ -99,6 +116,7 @@ class McpEndpoint:
         host: str,
         port: int,
         max_request_bytes: int,
+        tls: Tls | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._side_channel = side_channel
@@ -133,7 +151,9 @@ class McpEndpoint:
             access_log=False,
             lifespan="on",
             server_header=False,
+            **(tls.uvicorn_options() if tls is not None else {}),
         )
+        self.scheme = "https" if tls is not None else "http"
         self._server = uvicorn.Server(config)
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -149,7 +169,7 @@ class McpEndpoint:
         self._server.lifespan = config.lifespan_class(config)
         await self._server.startup(sockets=[self._sock])
         self._loop_task = asyncio.get_running_loop().create_task(self._server.main_loop())
-        log.info("MCP endpoint on http://%s:%d%s", self._host, self.port, PATH)
+        log.info("MCP endpoint on %s://%s:%d%s", self.scheme, self._host, self.port, PATH)
 
     async def stop(self, grace: float) -> None:
         """Stops taking requests; those in flight get `grace` seconds."""
