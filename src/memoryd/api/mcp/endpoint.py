@@ -151,6 +151,7 @@ class McpEndpoint:
             access_log=False,
             lifespan="on",
             server_header=False,
+            proxy_headers=False,  # the peer is the connection's, as on the gRPC port
             **(tls.uvicorn_options() if tls is not None else {}),
         )
         self.scheme = "https" if tls is not None else "http"
