@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from memoryd import __version__
 from memoryd.api.call import CROSS_PROJECT_HEADER
-from memoryd.api.mcp.tools import Rpc, Tool
+from memoryd.api.mcp.tools import Rpc, Stubs, Tool
 from memoryd.api.server import StartupError
 from memoryd.domain.errors import DomainError
 from memoryd.domain.tenancy import KeyKind, Principal, scope_grants
@@ -104,8 +104,9 @@ class _Caller:
 
 
 class McpEndpoint:
-    """The HTTP server of the MCP endpoint: `bind` at build time (the port
-    is known, a busy one is a start-up error), `start`, then `stop`."""
+    """The HTTP server of the MCP endpoint. Its port is bound when it is
+    made (so the port is known, and a busy one is a start-up error); then
+    `start` and `stop`."""
 
     def __init__(
         self,
@@ -127,6 +128,7 @@ class McpEndpoint:
         self._sock = _bind(host, port)
         self.port: int = self._sock.getsockname()[1]
         self._channel: aio.Channel | None = None
+        self._stubs: Stubs | None = None
         mcp = Server(
             "memoryd",
             version=__version__,
@@ -162,6 +164,7 @@ class McpEndpoint:
         self._channel = aio.insecure_channel(
             self._side_channel.target, options=[("grpc.primary_user_agent", "memoryd-mcp")]
         )
+        self._stubs = Stubs(self._channel)
         config = self._server.config
         if not config.loaded:
             config.load()
@@ -229,10 +232,10 @@ class McpEndpoint:
         tool = self._tools.get(params.name)
         if tool is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"unknown tool: {params.name}")
-        assert self._channel is not None, "the endpoint was not started"
+        assert self._stubs is not None, "the endpoint was not started"
         # A tool the key may not use is called all the same: the gRPC
         # pipeline refuses it (PERMISSION_DENIED), audited as any refusal.
-        rpc = Rpc(self._channel, _caller_of(ctx).metadata)
+        rpc = Rpc(self._stubs, _caller_of(ctx).metadata)
         return await tool.call(rpc, dict(params.arguments or {}))
 
 

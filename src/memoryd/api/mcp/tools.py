@@ -49,21 +49,34 @@ class Arguments(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Stubs:
+    """memoryd's gRPC services on one channel (made once, shared by calls)."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self.channel = channel
+        self.memory = memory_pb2_grpc.MemoryServiceStub(channel)
+        self.operations = operations_grpc_pb2.OperationsStub(channel)
+
+
 @dataclass(frozen=True)
 class Rpc:
     """memoryd's gRPC services as one caller sees them: every call carries
     the caller's key, end user and request id."""
 
-    channel: aio.Channel
+    stubs: Stubs
     metadata: tuple[tuple[str, str], ...]
 
     @property
+    def channel(self) -> aio.Channel:
+        return self.stubs.channel
+
+    @property
     def memory(self) -> memory_pb2_grpc.MemoryServiceStub:
-        return memory_pb2_grpc.MemoryServiceStub(self.channel)
+        return self.stubs.memory
 
     @property
     def operations(self) -> operations_grpc_pb2.OperationsStub:
-        return operations_grpc_pb2.OperationsStub(self.channel)
+        return self.stubs.operations
 
     async def __call__(
         self, method: Any, request: Message, deadline_s: float = CALL_TIMEOUT_S
