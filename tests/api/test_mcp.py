@@ -4,8 +4,9 @@ end users, keys refused with HTTP 401, rate limits and audit as for gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
+from memoryd.app import build_app
+from memoryd.config import Settings
+from memoryd.embeddings.hashing import HashingEmbedder
 from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, tenancy_pb2
 from tests.helpers.certs import make_pki
 from tests.helpers.errors import refused
 from tests.helpers.polling import wait_for
 from tests.helpers.servers import Client as GrpcClient
-from tests.helpers.servers import MakeServer, RunningServer
+from tests.helpers.servers import MakeServer, RunningServer, fast_hasher
 
 READ_TOOLS = {"search_memories", "get_memory", "list_memories", "get_operation"}
 WRITE_TOOLS = {"add_memory", "add_messages", "update_memory", "delete_memory"}
@@ -383,3 +387,91 @@ async def test_with_mtls_the_endpoint_is_https_and_wants_a_client_certificate(
     async with httpx.AsyncClient(verify=without_certificate, timeout=30) as http:
         with pytest.raises(httpx.HTTPError):
             await http.post(url(server), json={}, headers={"Authorization": f"Bearer {key}"})
+
+
+class HeldEmbedder:
+    """Hashing vectors, once the test lets embedding go on: a call can be
+    held in flight."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.go = asyncio.Event()
+        self._hashing = HashingEmbedder(8)
+
+    @property
+    def model_id(self) -> str:
+        return "held:8"
+
+    @property
+    def dimension(self) -> int:
+        return 8
+
+    async def embed(self, texts: Sequence[str], *, fairness_key: str = "") -> list[list[float]]:
+        self.waiting.set()
+        await self.go.wait()
+        return [self._hashing.embed_one(t) for t in texts]
+
+    async def close(self) -> None:
+        self.go.set()
+
+
+async def test_stop_lets_a_call_in_flight_finish_and_takes_no_new_one(tmp_path: Path) -> None:
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        data_dir=str(tmp_path / "data"),
+        embedding_provider="hashing",
+        embedding_dimension=8,
+        shutdown_delay_s=0.0,
+        log_level="WARNING",
+        mcp_port="0",
+    )
+    embedder = HeldEmbedder()
+    app = await build_app(settings, hasher=fast_hasher(), embedder=embedder)
+    await app.start()
+    assert app.bootstrapped is not None and app.mcp is not None
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            owner = GrpcClient(channel, app.bootstrapped.plaintext)
+            project = await owner.admin.CreateProject(
+                admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name="p")),
+                metadata=owner.md(),
+            )
+            key = await owner.keys.CreateApiKey(
+                keys_pb2.CreateApiKeyRequest(
+                    project_id=project.id,
+                    environment_id=project.environments[0].id,
+                    name="agent",
+                    scopes=["memory:*"],
+                ),
+                metadata=owner.md(),
+            )
+        endpoint = f"http://127.0.0.1:{app.mcp.port}/mcp"
+        headers = {"Authorization": f"Bearer {key.secret}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=30) as http,
+            Client(streamable_http_client(endpoint, http_client=http)) as client,
+        ):
+            # listed first: the client reads the listing (kept a minute) after a call
+            await client.list_tools()
+            in_flight = asyncio.create_task(client.call_tool("add_memory", {"content": "last"}))
+            await asyncio.wait_for(embedder.waiting.wait(), 10)
+            stopping = asyncio.create_task(app.stop(grace=30))
+
+            async def refused() -> bool:
+                try:
+                    async with httpx.AsyncClient(timeout=5) as fresh:
+                        await fresh.post(endpoint, json={}, headers=headers)
+                except httpx.ConnectError:
+                    return True
+                return False
+
+            await wait_for(refused, within=10.0)
+            assert not in_flight.done()
+            embedder.go.set()
+            result = await asyncio.wait_for(in_flight, 30)
+            assert not result.is_error, result.content
+            await asyncio.wait_for(stopping, 30)
+    finally:
+        embedder.go.set()
+        await app.stop(0)
