@@ -29,6 +29,7 @@ from tests.helpers.errors import refused
 from tests.helpers.polling import wait_for
 from tests.helpers.servers import Client as GrpcClient
 from tests.helpers.servers import MakeServer, RunningServer, fast_hasher
+from tests.helpers.stores import REDIS_URL
 
 READ_TOOLS = {"search_memories", "get_memory", "list_memories", "get_operation"}
 WRITE_TOOLS = {"add_memory", "add_messages", "update_memory", "delete_memory"}
@@ -293,10 +294,16 @@ async def test_no_bad_or_revoked_key_is_http_401(make_server: MakeServer) -> Non
             assert revoked.secret not in answer.text
 
 
+@pytest.mark.parametrize("backend", ["local", "redis"])
 async def test_rate_limit_refusal_is_a_resource_exhausted_tool_error(
-    make_server: MakeServer,
+    make_server: MakeServer, backend: str
 ) -> None:
-    server = await mcp_server(make_server, key_requests_per_second=0.01, key_burst=3)
+    server = await mcp_server(
+        make_server,
+        key_requests_per_second=0.01,
+        key_burst=3,
+        redis_url=REDIS_URL if backend == "redis" else "",
+    )
     project = await server.project()
     key = await server.data_key(project, ("memory:*",))
     async with agent(server, key) as client:
