@@ -482,3 +482,26 @@ async def test_stop_lets_a_call_in_flight_finish_and_takes_no_new_one(tmp_path: 
     finally:
         embedder.go.set()
         await app.stop(0)
+
+
+async def test_add_messages_whose_wait_is_refused_still_answers_its_operation(
+    make_server: MakeServer,
+) -> None:
+    """The messages are stored: a rate-limited wait is not an error to retry."""
+    server = await mcp_server(make_server)
+    project = await server.owner.admin.CreateProject(
+        admin_pb2.CreateProjectRequest(
+            project=admin_pb2.Project(
+                name="one-call",
+                rate_limits=admin_pb2.RateLimits(key_requests_per_second=0.001, key_burst=1),
+            )
+        ),
+        metadata=server.owner.md(),
+    )
+    key = await server.data_key(project, ("memory:*",))
+    async with agent(server, key) as client:
+        await client.list_tools()  # not a gRPC call: nothing charged
+        op = await call(client, "add_messages", messages=[{"role": "user", "content": "hi"}])
+        assert op["name"] and op["done"] is False, op
+        # the burst is spent: the next call is refused, as the wait was
+        await failed(client, "get_operation", "RESOURCE_EXHAUSTED", name=op["name"])

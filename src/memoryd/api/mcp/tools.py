@@ -9,6 +9,7 @@ ones. A failed call becomes a tool error carrying the gRPC code and reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -356,7 +357,10 @@ def add_messages(wait_s: float) -> Callable[[Rpc, AddMessagesArgs], Awaitable[An
                 name=op.name,
                 timeout=duration_pb2.Duration(seconds=int(wait_s), nanos=int(wait_s % 1 * 1e9)),
             )
-            op = await rpc(rpc.operations.WaitOperation, wait, CALL_TIMEOUT_S + wait_s)
+            # The messages are stored: a failed wait (rate limited, say) must
+            # not read as a failed add_messages, which an agent would repeat.
+            with contextlib.suppress(grpc.RpcError):
+                op = await rpc(rpc.operations.WaitOperation, wait, CALL_TIMEOUT_S + wait_s)
         return _operation_answer(op)
 
     return run
