@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from benchmarks.auth import SUITES as AUTH_SUITES
 from benchmarks.auth import run_auth
 from benchmarks.conversations import run_conversations
+from benchmarks.mcp import mcp_suite
 from benchmarks.memory import memory_suite
 from benchmarks.watch import run_watch
 from benchmarks.webhooks import run_webhooks
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         "--suite",
         default="auth,auth-redis,memory,conversations,watch,webhooks",
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
-        "conversations, watch, webhooks, writes (default: all but writes)",
+        "conversations, watch, webhooks, writes, mcp (MCP search_memories against gRPC "
+        "SearchMemories) (default: all but writes and mcp)",
     )
     parser.add_argument(
         "--memories", type=int, default=100_000, help="memory and writes suites: corpus size"
@@ -92,6 +94,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         elif suite == "writes":
             lines = await writes_suite(settings, args.memories, args.tenants, args.baseline_src)
             for line in lines:
+                print(line, flush=True)
+        elif suite == "mcp":
+            for line in await mcp_suite(settings, args.memories, args.seconds, args.concurrency):
                 print(line, flush=True)
         elif suite == "conversations":
             await run_conversations(settings, args.seconds, args.concurrency, args.operations)

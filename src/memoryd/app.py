@@ -29,6 +29,9 @@ from memoryd.api.call import CallProjects
 from memoryd.api.conversations import AddMessagesView
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
+from memoryd.api.mcp.endpoint import GrpcSideChannel, McpEndpoint, Tls
+from memoryd.api.mcp.knowledge import knowledge_tools
+from memoryd.api.mcp.tools import memory_tools
 from memoryd.api.memory import MemoryServicer
 from memoryd.api.memory import memory as memory_pb
 from memoryd.api.observe import CallbackCounters, CallLogger, Metrics
@@ -130,6 +133,7 @@ class App:
     port: int = 0
     bootstrapped: Bootstrapped | None = None
     watchers: WatchHub | None = None
+    mcp: McpEndpoint | None = None
     _health_checks: Sequence[Check] = ()
     _resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     _stopped: bool = False
@@ -137,6 +141,8 @@ class App:
     async def start(self) -> None:
         await self.server.start()
         await self.health.start(self._health_checks)
+        if self.mcp is not None:
+            await self.mcp.start()
         log.info("memoryd serving on %s:%d", self.settings.host, self.port)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -153,6 +159,8 @@ class App:
         if self.watchers is not None:
             # streams end with UNAVAILABLE (clients resume elsewhere), not cancelled
             await self.watchers.close()
+        if self.mcp is not None:  # its calls in flight still need the gRPC server
+            await self.mcp.stop(grace)
         await self.server.stop(grace)
         await self.health.close()
         await self._resources.aclose()
@@ -223,6 +231,7 @@ async def _build(
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
     server = _server(stack, settings, pipeline, domain, idempotency, health, clock, tracer_provider)
     port = listen(server, settings)
+    mcp = _mcp_endpoint(stack, settings, server, authenticator)
     _metrics_endpoint(
         stack,
         settings,
@@ -258,6 +267,7 @@ async def _build(
         port=port,
         bootstrapped=bootstrapped,
         watchers=domain.watchers,
+        mcp=mcp,
         _health_checks=_health_checks(settings, store, vectors),
         _resources=stack.pop_all(),
     )
@@ -821,6 +831,32 @@ def _server(
     )
     add_open_services(server, health)
     return server
+
+
+def _mcp_endpoint(
+    stack: AsyncExitStack, settings: Settings, server: aio.Server, authenticator: Authenticator
+) -> McpEndpoint | None:
+    """The MCP endpoint, when `mcp_port` is set: its tools call this server
+    over a private socket, so they run the gRPC pipeline (endpoint.py)."""
+    if settings.mcp_port_number is None:
+        return None
+    side = GrpcSideChannel()
+    _on_close(stack, side.close)
+    side.add_to(server)
+    tools = (*memory_tools(settings.mcp_add_messages_wait_s), *knowledge_tools())
+    endpoint = McpEndpoint(
+        authenticator.authenticate,
+        side,
+        tools,
+        host=settings.mcp_host,
+        port=settings.mcp_port_number,
+        max_request_bytes=settings.max_batch_request_bytes,
+        tls=Tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.tls_enabled
+        else None,
+    )
+    _on_close(stack, lambda: endpoint.stop(0))
+    return endpoint
 
 
 def _tracing(stack: AsyncExitStack, settings: Settings, tracer_provider: Any) -> list[Any]:

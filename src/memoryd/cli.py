@@ -153,6 +153,9 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     print(f"memoryd listening on {settings.host}:{app.port}", file=sys.stderr, flush=True)
+    if app.mcp is not None:
+        mcp_url = f"{app.mcp.scheme}://{settings.mcp_host}:{app.mcp.port}/mcp"
+        print(f"memoryd MCP endpoint on {mcp_url}", file=sys.stderr, flush=True)
     await stop.wait()
     logging.getLogger("memoryd").info(
         "signal received: draining for up to %.0f s", settings.grace_period_s

@@ -448,6 +448,19 @@ class Settings:
     metrics_port: int = _setting(0, "Prometheus metrics on this HTTP port (0: off).")
     metrics_host: str = _setting("127.0.0.1", "Address of the metrics endpoint.")
 
+    # --- MCP (AI agents) -------------------------------------------------------------------
+    mcp_port: str = _setting(
+        "",
+        "Port of the MCP endpoint for AI agents (streamable HTTP at /mcp, memoryd's API keys). "
+        "Empty: off; 0 picks a free one.",
+    )
+    mcp_host: str = _setting("127.0.0.1", "Address of the MCP endpoint (0.0.0.0 for all).")
+    mcp_add_messages_wait_s: float = _setting(
+        5.0,
+        "MCP add_messages: seconds to wait for the operation to finish before answering with "
+        "its id and state (0: answer at once; at most 60).",
+    )
+
     # --- derived -----------------------------------------------------------------------
 
     @property
@@ -455,6 +468,11 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'memoryd.db'}"
+
+    @property
+    def mcp_port_number(self) -> int | None:
+        """The MCP endpoint's port (0: any free one), None when it is off."""
+        return int(self.mcp_port) if self.mcp_port else None
 
     @property
     def tls_enabled(self) -> bool:
@@ -512,6 +530,11 @@ class Settings:
             raise bad("port", f"must be a port number 0..65535, got {self.port}")
         if self.metrics_port > 65535:
             raise bad("metrics_port", f"must be a port number 0..65535, got {self.metrics_port}")
+        mcp = self.mcp_port
+        if mcp and not (mcp.isascii() and mcp.isdigit() and int(mcp) <= 65535):
+            raise bad("mcp_port", f"must be empty (off) or a port number 0..65535, got {mcp!r}")
+        if self.mcp_add_messages_wait_s > 60:
+            raise bad("mcp_add_messages_wait_s", "must be at most 60 seconds")
         for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")

@@ -21,6 +21,7 @@ SPECIAL_STRINGS = {
     "redis_url": "redis://redis.internal:6379/2",
     "openai_base_url": "https://llm.internal/v1",
     "outbound_allow_networks": "10.20.0.0/16,fd00::/8",
+    "mcp_port": "8765",
 }
 TLS = ("tls_cert", "tls_key", "tls_client_ca")
 

@@ -1,0 +1,1 @@
+"""The MCP endpoint for AI agents (see `endpoint`)."""
