@@ -48,7 +48,9 @@ class EnvironmentCounts:
     most every `ttl_s` seconds of `clock.monotonic()`) and counted up by
     this replica's writes in between; replicas may each admit a few
     seconds' worth past the quota. `on_count` sees each exact count (for a
-    metric)."""
+    metric); `on_level` sees each reserve's environment, its count before
+    and after it (or, refused, before it only) and the limit (for quota
+    alerts; it must be cheap and never raise)."""
 
     def __init__(
         self,
@@ -56,11 +58,13 @@ class EnvironmentCounts:
         clock: Clock,
         on_count: Callable[[int], None],
         ttl_s: float = COUNT_TTL_S,
+        on_level: Callable[[Tenant, int, int], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_count = on_count
         self._ttl_s = ttl_s
+        self._on_level = on_level
         # environment key -> (monotonic time the count expires, count)
         self._counts: dict[str, tuple[float, int]] = {}
         self._lock = asyncio.Lock()
@@ -78,10 +82,14 @@ class EnvironmentCounts:
                 expires, count = cached
             else:
                 expires, count = mono + self._ttl_s, await self._exact(env_tenant)
+            if self._on_level is not None:
+                self._on_level(env_tenant, count, limit)
             if count + n > limit:
                 self._counts[key] = (mono + self._ttl_s, count)
                 raise _exceeded(tenant, count, limit)
             self._counts[key] = (expires, count + n)
+            if self._on_level is not None:
+                self._on_level(env_tenant, count + n, limit)
 
     def forget(self, tenant: Tenant) -> None:
         """Drops the count of `tenant`'s environment (after deletes), so the
