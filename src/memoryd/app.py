@@ -601,7 +601,7 @@ def _services(
     prompt_store: PromptStore = metrics.timed("sql", store)
     prompts = PromptManager(prompt_store, control, auditor, clock)
     conversations, operations, jobs = _conversations(
-        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts
+        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts, alerts
     )
     describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
     retention = timedelta(hours=settings.change_retention_hours)
@@ -677,6 +677,7 @@ def _conversations(
     embedder: Embedder,
     clock: Clock,
     prompts: PromptManager,
+    alerts: AlertMonitor,
 ) -> tuple[ConversationService, OperationService, JobRunner]:
     """AddMessages: the service that stores operations, the job that runs
     them, the runner of this process and the Operations it answers."""
@@ -702,6 +703,8 @@ def _conversations(
         ledger=store,
         candidates=settings.llm_candidates,
         context_messages=settings.llm_context_messages,
+        default_tokens_per_day=settings.llm_tokens_per_day,
+        on_token_level=lambda t, used, limit: alerts.quota(t, Resource.LLM_TOKENS, used, limit),
     )
     waiters = Waiters()
     runner = JobRunner(

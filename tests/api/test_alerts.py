@@ -2,7 +2,8 @@
 webhook_receiver.py) that check each signature with `standardwebhooks`:
 80% and 100% of an environment's memory quota are one alert each per
 crossing, again after the count fell back below the threshold (by the
-re-arm margin); sustained rate limiting is one alert per episode (a
+re-arm margin); so are 80% and 100% of a project's daily model tokens
+(a real scripted OpenAI-compatible server); sustained rate limiting is one alert per episode (a
 ManualClock drives the limiter and the episodes); a webhook gets alerts
 only when it names their type; another environment's webhook never gets
 them; WatchMemories never streams them."""
@@ -16,9 +17,11 @@ from typing import Any
 import grpc
 import pytest
 from helpers.errors import reason_of
+from helpers.openai_server import ScriptedOpenAI
 from helpers.polling import wait_for
 from helpers.servers import Client, MakeServer, RunningServer
 from helpers.webhook_receiver import Receiver
+from test_add_messages import add, meta, wait
 
 from memoryd.domain.clock import ManualClock
 from memoryd.v1 import admin_pb2, memory_pb2, webhooks_pb2
@@ -242,3 +245,34 @@ async def test_an_alert_type_is_a_valid_event_type(make_server: MakeServer) -> N
         webhooks_pb2.GetWebhookRequest(id=made.webhook.id), metadata=api.md()
     )
     assert list(got.event_types) == [Webhook.CREATED, Webhook.QUOTA_REACHED]
+
+
+async def test_the_daily_model_token_quota_alerts_at_80_and_100(
+    make_server: MakeServer,
+) -> None:
+    with ScriptedOpenAI() as llm:
+        server = await make_server(
+            extractor="llm",
+            llm_base_url=llm.base_url,
+            llm_api_key="sk-test-secret",
+            llm_model="test-model",
+            llm_timeout_s=5.0,
+            llm_max_retries=1,
+            job_max_attempts=1,
+            **FAST,
+        )
+        project = await server.project("budget")
+        api = server.client(await server.data_key(project, SCOPES))
+        # two model calls of 100 + 20 tokens each: 120 (80%), then 240 (past 100%)
+        await _update_project(server, project, quotas=admin_pb2.Quotas(llm_tokens_per_day=150))
+        with Receiver() as hook:
+            made = await _create(api, hook.url, event_types=[Webhook.QUOTA_REACHED])
+            done = await wait(api, await add(api, "I like tea", infer=True))
+            assert meta(done).llm_input_tokens > 0
+            bodies = await hook.wait_verified(made.secret, 2)
+            await _settled(server)
+            assert len(hook.requests) == 2
+    assert sorted(_alerts(bodies)) == [("alert.quota_reached", 80), ("alert.quota_reached", 100)]
+    [eighty] = [b["data"] for b in bodies if b["data"]["threshold_percent"] == 80]
+    assert eighty["resource"] == "llm_tokens" and eighty["limit"] == 150
+    assert eighty["used"] >= 120

@@ -6,10 +6,15 @@ events.
 
 Quota thresholds: 80% and 100% of an environment's memory quota
 (`max_memories_per_environment`), checked against the count the quota
-check itself keeps (no extra query). An alert is raised once per
-crossing: a threshold raised stays raised until the usage falls below it
-by `rearm_percent` points of the limit (hysteresis: a count that wobbles
-around 80% alerts once), then it is armed again.
+check itself keeps (no extra query); and of a project's daily model
+tokens (`llm_tokens_per_day`), checked by the AddMessages job after each
+model call, raised in the environment of the operation that made the call
+(each environment whose operations go on past the threshold hears it
+once). An alert is raised once per crossing: a threshold raised stays
+raised until the usage falls below it by `rearm_percent` points of the
+limit (hysteresis: a count that wobbles around 80% alerts once), then it
+is armed again (the day's tokens start again from 0, so the first model
+call of a new day re-arms the token alerts).
 
 Sustained rate limiting: an environment's calls refused by the rate
 limiter (its key's or its project's bucket) for `rate_limited_s` seconds,
@@ -52,6 +57,7 @@ MAX_PENDING = 10_000
 
 class Resource(enum.Enum):
     MEMORIES = "memories"  # memories of an environment, against max_memories_per_environment
+    LLM_TOKENS = "llm_tokens"  # a project's model tokens today (UTC), against llm_tokens_per_day
     RATE_LIMIT = "rate_limit"  # calls refused by the rate limiter
 
 
