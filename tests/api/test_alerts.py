@@ -24,7 +24,7 @@ from helpers.webhook_receiver import Receiver
 from test_add_messages import add, meta, wait
 
 from memoryd.domain.clock import ManualClock
-from memoryd.v1 import admin_pb2, memory_pb2, webhooks_pb2
+from memoryd.v1 import admin_pb2, memory_pb2, tenancy_pb2, webhooks_pb2
 from memoryd.v1.webhooks_pb2 import Webhook
 
 SCOPES = ("memory:*", "webhook:read", "webhook:write", "webhook:delete")
@@ -276,3 +276,44 @@ async def test_the_daily_model_token_quota_alerts_at_80_and_100(
     [eighty] = [b["data"] for b in bodies if b["data"]["threshold_percent"] == 80]
     assert eighty["resource"] == "llm_tokens" and eighty["limit"] == 150
     assert eighty["used"] >= 120
+
+
+async def test_an_alert_reaches_only_its_environments_environment_wide_webhooks(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(**FAST)
+    project = await server.project("p1")
+    staging = await server.owner.admin.CreateEnvironment(
+        admin_pb2.CreateEnvironmentRequest(
+            project_id=project.id,
+            environment=admin_pb2.Environment(
+                name="staging", kind=tenancy_pb2.ENVIRONMENT_KIND_TEST
+            ),
+        ),
+        metadata=server.owner.md(),
+    )
+    other_org = await server.new_org("org-b")
+    foreign_project = await server.project("pb", client=other_org)
+    prod_key = await server.data_key(project, SCOPES)
+    api = server.client(prod_key)
+    alice = server.client(prod_key, "alice")
+    staging_api = server.client(await server.data_key(project, SCOPES, environment_id=staging.id))
+    foreign = server.client(await server.data_key(foreign_project, SCOPES, client=other_org))
+    await _update_project(server, project, quotas=admin_pb2.Quotas(max_memories_per_environment=5))
+    with (
+        Receiver() as whole,
+        Receiver() as alices,
+        Receiver() as staging_hook,
+        Receiver() as foreign_hook,
+    ):
+        made = await _create(api, whole.url, event_types=ALERTS)
+        await _create(alice, alices.url, event_types=ALERTS)
+        await _create(staging_api, staging_hook.url, event_types=ALERTS)
+        await _create(foreign, foreign_hook.url, event_types=ALERTS)
+        await _write(alice, 4)  # alice's memories count in the environment: 80%
+        await whole.wait_verified(made.secret, 1)
+        await _write(staging_api, 3)  # 60% of staging's own quota: nothing
+        await _settled(server)
+        assert len(whole.requests) == 1
+        assert not alices.requests  # an end user's webhook: memory events only
+        assert not staging_hook.requests and not foreign_hook.requests
