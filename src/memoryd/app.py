@@ -585,7 +585,9 @@ def _services(
         auditor=auditor,
         default_search_mode=SearchMode(settings.search_default_mode),
         changes=ChangeRecorder(changes, clock, on_append=watchers.appended),
-        on_memory_level=lambda t, used, limit: alerts.quota(t, Resource.MEMORIES, used, limit),
+        on_memory_level=lambda t, used, limit, exact: alerts.quota(
+            t, Resource.MEMORIES, used, limit, exact=exact
+        ),
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     projects = ProjectManager(

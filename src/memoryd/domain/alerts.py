@@ -125,8 +125,12 @@ class AlertMonitor:
 
     # --- what the calls report --------------------------------------------------------
 
-    def quota(self, tenant: Tenant, resource: Resource, used: int, limit: int) -> None:
-        """`tenant`'s environment uses `used` of `limit` units of `resource`."""
+    def quota(
+        self, tenant: Tenant, resource: Resource, used: int, limit: int, *, exact: bool = True
+    ) -> None:
+        """`tenant`'s environment uses `used` of `limit` units of `resource`;
+        not `exact`: `used` may miss other replicas' use (it may raise an
+        alert, never re-arm one)."""
         if limit <= 0:
             return
         env = _environment(tenant)
@@ -143,7 +147,7 @@ class AlertMonitor:
                         "limit": limit,
                     }
                     self._submit(key, self._event(EventType.QUOTA_REACHED, env, details))
-            elif percent < threshold - self._rearm and self._raised.get(key) is not False:
+            elif exact and percent < threshold - self._rearm and self._raised.get(key) is not False:
                 self._raised[key] = False
                 self._submit(key, None)
 

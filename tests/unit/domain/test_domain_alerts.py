@@ -62,6 +62,20 @@ async def test_a_wobbling_count_alerts_once_until_it_falls_past_the_margin() -> 
     assert _levels(store)[2:] == [("memories", 80, 80), ("memories", 100, 100)]
 
 
+async def test_a_count_counted_up_by_one_replica_raises_but_never_rearms() -> None:
+    store = FakeAlertStore()
+    monitor = AlertMonitor(store, ManualClock(T0))
+    monitor.quota(ENV, Resource.MEMORIES, 8, 10, exact=False)  # may raise
+    monitor.quota(ENV, Resource.MEMORIES, 5, 10, exact=False)  # stale: other replicas wrote
+    monitor.quota(ENV, Resource.MEMORIES, 8, 10, exact=False)
+    await monitor.drain()
+    assert _levels(store) == [("memories", 80, 8)]
+    monitor.quota(ENV, Resource.MEMORIES, 5, 10)  # read from the store: re-armed
+    monitor.quota(ENV, Resource.MEMORIES, 8, 10, exact=False)
+    await monitor.drain()
+    assert _levels(store) == [("memories", 80, 8), ("memories", 80, 8)]
+
+
 async def test_states_are_per_environment_and_resource() -> None:
     store = FakeAlertStore()
     monitor = AlertMonitor(store, ManualClock(T0))

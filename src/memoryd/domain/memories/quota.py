@@ -48,9 +48,13 @@ class EnvironmentCounts:
     most every `ttl_s` seconds of `clock.monotonic()`) and counted up by
     this replica's writes in between; replicas may each admit a few
     seconds' worth past the quota. `on_count` sees each exact count (for a
-    metric); `on_level` sees each reserve's environment, its count before
-    and after it (or, refused, before it only) and the limit (for quota
-    alerts; it must be cheap and never raise)."""
+    metric); `on_level` sees each reserve's environment, its count and the
+    limit, and whether the count is exact (just read from the store, plus
+    this write) rather than counted up from an older one (for quota
+    alerts: a count this replica counted up misses other replicas' writes,
+    so only an exact one may say the level fell; it must be cheap and never
+    raise). It sees the count before the write when that was just read,
+    and the count after it unless refused."""
 
     def __init__(
         self,
@@ -58,7 +62,7 @@ class EnvironmentCounts:
         clock: Clock,
         on_count: Callable[[int], None],
         ttl_s: float = COUNT_TTL_S,
-        on_level: Callable[[Tenant, int, int], None] | None = None,
+        on_level: Callable[[Tenant, int, int, bool], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -79,17 +83,18 @@ class EnvironmentCounts:
             mono = self._clock.monotonic()
             cached = self._counts.get(key)
             if cached is not None and cached[0] >= mono:
-                expires, count = cached
+                (expires, count), exact = cached, False
             else:
                 expires, count = mono + self._ttl_s, await self._exact(env_tenant)
-            if self._on_level is not None:
-                self._on_level(env_tenant, count, limit)
+                exact = True
+                if self._on_level is not None:
+                    self._on_level(env_tenant, count, limit, True)
             if count + n > limit:
                 self._counts[key] = (mono + self._ttl_s, count)
                 raise _exceeded(tenant, count, limit)
             self._counts[key] = (expires, count + n)
             if self._on_level is not None:
-                self._on_level(env_tenant, count + n, limit)
+                self._on_level(env_tenant, count + n, limit, exact)
 
     def forget(self, tenant: Tenant) -> None:
         """Drops the count of `tenant`'s environment (after deletes), so the

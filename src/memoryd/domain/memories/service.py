@@ -79,7 +79,7 @@ class MemoryService:
         auditor: Auditor | None = None,
         default_search_mode: SearchMode = SearchMode.SEMANTIC,
         changes: ChangeRecorder | None = None,
-        on_memory_level: Callable[[Tenant, int, int], None] | None = None,
+        on_memory_level: Callable[[Tenant, int, int, bool], None] | None = None,
     ) -> None:
         """`defaults` are the server's quota defaults (`Defaults()` when None);
         `on_environment_count` sees each exact count of an environment's
@@ -91,7 +91,8 @@ class MemoryService:
         and the calls that reach every end user's memories. `changes`
         records every change in the change log (see `recording`; None:
         none is recorded). `on_memory_level` sees an environment's memory
-        count against its quota at every write (quota alerts)."""
+        count against its quota at every write, and whether it is exact
+        (quota alerts, see `quota.EnvironmentCounts`)."""
         self._store = store
         self._auditor = auditor
         self._embedder = embedder
