@@ -44,6 +44,7 @@ from memoryd.api.webhooks import WebhookServicer
 from memoryd.auth.authenticator import Authenticator
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
+from memoryd.domain.alerts import AlertMonitor, Resource
 from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
 from memoryd.domain.changes import WatchLog
@@ -548,6 +549,7 @@ class _Services:
     webhooks: WebhookManager
     webhook_runner: WebhookRunner
     webhook_sender: GuardedClient
+    alerts: AlertMonitor
 
 
 def _services(
@@ -568,6 +570,14 @@ def _services(
     call_projects = CallProjects(projects_cache)
     ceilings = _ceilings(settings)
     changes: WatchLog = metrics.timed("sql", store)
+    alerts = AlertMonitor(
+        store,
+        clock,
+        rearm_percent=settings.alert_rearm_percent,
+        rate_limited_s=settings.alert_rate_limited_s,
+        quiet_s=settings.alert_quiet_s,
+        on_append=watchers.appended,
+    )
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -585,6 +595,9 @@ def _services(
         auditor=auditor,
         default_search_mode=SearchMode(settings.search_default_mode),
         changes=ChangeRecorder(changes, clock, on_append=watchers.appended),
+        on_memory_level=lambda t, used, limit, exact: alerts.quota(
+            t, Resource.MEMORIES, used, limit, exact=exact
+        ),
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     projects = ProjectManager(
@@ -600,7 +613,7 @@ def _services(
     prompt_store: PromptStore = metrics.timed("sql", store)
     prompts = PromptManager(prompt_store, control, auditor, clock)
     conversations, operations, jobs = _conversations(
-        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts
+        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts, alerts
     )
     describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
     retention = timedelta(hours=settings.change_retention_hours)
@@ -625,6 +638,7 @@ def _services(
         webhooks,
         webhook_runner,
         webhook_sender,
+        alerts,
     )
 
 
@@ -675,6 +689,7 @@ def _conversations(
     embedder: Embedder,
     clock: Clock,
     prompts: PromptManager,
+    alerts: AlertMonitor,
 ) -> tuple[ConversationService, OperationService, JobRunner]:
     """AddMessages: the service that stores operations, the job that runs
     them, the runner of this process and the Operations it answers."""
@@ -700,6 +715,8 @@ def _conversations(
         ledger=store,
         candidates=settings.llm_candidates,
         context_messages=settings.llm_context_messages,
+        default_tokens_per_day=settings.llm_tokens_per_day,
+        on_token_level=lambda t, used, limit: alerts.quota(t, Resource.LLM_TOKENS, used, limit),
     )
     waiters = Waiters()
     runner = JobRunner(
@@ -762,6 +779,7 @@ def _pipeline(
         key_limit=Limit(settings.key_requests_per_second, settings.key_burst),
         project_limit=Limit(settings.project_requests_per_second, settings.project_burst),
         ceiling=Limit(domain.ceilings.requests_per_second, domain.ceilings.burst),
+        on_refused=domain.alerts.rate_limited,
     )
     observers: list[CallObserver] = [metrics, CallLogger()]
     return Pipeline(
@@ -978,6 +996,7 @@ def _start_webhooks(
     outbound client and the stores close), and the sweep of finished
     deliveries past their retention."""
     _on_close(stack, domain.webhook_sender.close)
+    _on_close(stack, domain.alerts.close)
     domain.webhook_runner.start()
     _on_close(stack, domain.webhook_runner.stop)
     retention = timedelta(hours=settings.webhook_delivery_retention_hours)

@@ -75,6 +75,8 @@ _POSITIVE = (
     "webhook_poll_interval_s",
     "webhook_max_per_environment",
     "webhook_delivery_retention_hours",
+    "alert_rate_limited_s",
+    "alert_quiet_s",
 )
 
 
@@ -432,6 +434,24 @@ class Settings:
         24.0 * 7, "Finished webhook deliveries (and their attempts) are kept this long."
     )
 
+    # --- alerts (change events sent to webhooks that name them) ----------------------------
+    alert_rearm_percent: float = _setting(
+        5.0,
+        "A quota alert (80% and 100% of an environment's memory quota) is raised once per "
+        "crossing and armed again when the usage falls this many percentage points of the "
+        "quota below its threshold (0 to 50).",
+    )
+    alert_rate_limited_s: float = _setting(
+        60.0,
+        "An environment whose calls the rate limiter refuses for this many seconds (no gap of "
+        "alert_quiet_s between two refusals) raises one RATE_LIMITED alert.",
+    )
+    alert_quiet_s: float = _setting(
+        120.0,
+        "Seconds without a refused call that end an episode of rate limiting; the next "
+        "episode may raise a new alert.",
+    )
+
     # --- observability -------------------------------------------------------------
     log_level: str = _setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _setting(
@@ -579,6 +599,8 @@ class Settings:
                 ) from None
         if self.webhook_retry_max_s < self.webhook_retry_base_s:
             raise bad("webhook_retry_max_s", "must be at least webhook_retry_base_s")
+        if self.alert_rearm_percent >= 50:
+            raise bad("alert_rearm_percent", "must be below 50 (percentage points)")
 
     def _validate_request_limits(self, bad: Any) -> None:
         if self.stream_idle_timeout_s <= 0:

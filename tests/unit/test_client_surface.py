@@ -54,6 +54,29 @@ CALLS = {
     "expire_time: 'dt.datetime | None' = None, timeout: 'float | None' = None, "
     "call_metadata: 'CallMetadata' = ())",
     "whoami": "(self, *, timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
+    # webhooks
+    "create_webhook": "(self, url: 'str', *, event_types: 'Iterable[str]' = (), "
+    "filter: 'memory_pb2.MemoryFilter | None' = None, description: 'str' = '', "
+    "timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
+    "list_webhooks": "(self, *, page_size: 'int' = 0, page_token: 'str' = '', "
+    "timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
+    "get_webhook": "(self, webhook_id: 'str', *, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "update_webhook": "(self, webhook_id: 'str', *, url: 'str | None' = None, "
+    "event_types: 'Iterable[str] | None' = None, "
+    "filter: 'memory_pb2.MemoryFilter | None' = None, description: 'str | None' = None, "
+    "enabled: 'bool | None' = None, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "delete_webhook": "(self, webhook_id: 'str', *, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "rotate_webhook_secret": "(self, webhook_id: 'str', *, "
+    "grace_period: 'float | dt.timedelta | None' = None, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "list_webhook_deliveries": "(self, webhook_id: 'str', *, state: 'str' = '', "
+    "page_size: 'int' = 0, page_token: 'str' = '', timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "redeliver_webhook_delivery": "(self, webhook_id: 'str', delivery_id: 'str', *, "
+    "timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
 }
 
 

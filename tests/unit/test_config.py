@@ -137,6 +137,9 @@ def test_bad_choices_name_the_variable_and_the_choices(name: str) -> None:
         ("qdrant_url", "qdrant.internal:6333"),
         ("redis_url", "http://redis"),
         ("tls_cert", "/no/such/cert.pem"),
+        ("alert_rearm_percent", "50"),
+        ("alert_rate_limited_s", "0"),
+        ("alert_quiet_s", "0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, raw: str) -> None:

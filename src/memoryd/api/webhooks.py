@@ -133,7 +133,8 @@ def draft(msg: webhooks_pb2.Webhook, *, with_filter: bool) -> WebhookDraft:
         else:
             v.add(
                 f"webhook.event_types[{i}]",
-                "must be CREATED, UPDATED, SUPERSEDED, DELETED, EXPIRED or PURGED",
+                "must be CREATED, UPDATED, SUPERSEDED, DELETED, EXPIRED, PURGED, "
+                "QUOTA_REACHED or RATE_LIMITED",
             )
     v.raise_if_any()
     return WebhookDraft(

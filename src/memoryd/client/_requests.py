@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
 
-from memoryd.v1 import keys_pb2, memory_pb2
+from memoryd.v1 import keys_pb2, memory_pb2, webhooks_pb2
 
 
 def where(conditions: Mapping[str, Any]) -> memory_pb2.MemoryFilter:
@@ -161,3 +161,71 @@ def create_api_key(
     if expire_time is not None:
         request.expire_time.CopyFrom(_timestamp(expire_time))
     return request
+
+
+def _event_types(names: Iterable[str]) -> list[Any]:
+    """Event type names ("CREATED", "quota_reached", …) as the enum's values
+    (ValueError for a name the client does not know)."""
+    return [webhooks_pb2.Webhook.EventType.Value(name.upper()) for name in names]
+
+
+def create_webhook(
+    url: str,
+    *,
+    event_types: Iterable[str],
+    filter: memory_pb2.MemoryFilter | None,
+    description: str,
+) -> webhooks_pb2.CreateWebhookRequest:
+    webhook = webhooks_pb2.Webhook(
+        url=url, event_types=_event_types(event_types), filter=filter, description=description
+    )
+    return webhooks_pb2.CreateWebhookRequest(webhook=webhook)
+
+
+def update_webhook(
+    webhook_id: str, changes: Mapping[str, Any]
+) -> webhooks_pb2.UpdateWebhookRequest:
+    """An UpdateWebhook request changing exactly the fields given (not None)."""
+    webhook = webhooks_pb2.Webhook(id=webhook_id)
+    paths: list[str] = []
+    for name, value in changes.items():
+        if value is None:
+            continue
+        paths.append(name)
+        if name == "event_types":
+            webhook.event_types.extend(_event_types(value))
+        elif name == "filter":
+            webhook.filter.CopyFrom(value)
+        else:
+            setattr(webhook, name, value)
+    if not paths:
+        raise ValueError("update_webhook needs at least one field to change")
+    return webhooks_pb2.UpdateWebhookRequest(
+        webhook=webhook, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+
+
+def rotate_webhook_secret(
+    webhook_id: str, grace_period: float | dt.timedelta | None
+) -> webhooks_pb2.RotateWebhookSecretRequest:
+    """`grace_period` None: the server's default (24 hours)."""
+    request = webhooks_pb2.RotateWebhookSecretRequest(id=webhook_id)
+    if grace_period is not None:
+        request.grace_period.CopyFrom(_duration(grace_period))
+    return request
+
+
+def list_webhook_deliveries(
+    webhook_id: str, state: str, page_size: int, page_token: str
+) -> webhooks_pb2.ListWebhookDeliveriesRequest:
+    """`state`: "pending", "succeeded", "failed" or "" (every delivery)."""
+    return webhooks_pb2.ListWebhookDeliveriesRequest(
+        webhook_id=webhook_id,
+        state=webhooks_pb2.WebhookDelivery.State.Name(
+            webhooks_pb2.WebhookDelivery.State.Value(state.upper())
+        )
+        if state
+        else None,
+        page_size=page_size,
+        page_token=page_token,
+    )

@@ -18,6 +18,8 @@ from memoryd.v1 import (
     keys_pb2_grpc,
     memory_pb2,
     memory_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -29,7 +31,7 @@ class MemorydClient:
     optionally one end user). Thread-safe, like the channel under it.
 
     Convenience methods cover the common calls and raise `MemorydError`
-    with the decoded `google.rpc` details; `memory`, `keys` and `admin` are
+    with the decoded `google.rpc` details; `memory`, `keys`, `admin` and `webhooks` are
     the generated stubs for everything else (their errors are plain
     `grpc.RpcError`: `MemorydError.from_rpc_error(e)` decodes them).
 
@@ -61,6 +63,7 @@ class MemorydClient:
         self.memory = memory_pb2_grpc.MemoryServiceStub(self.channel)
         self.keys = keys_pb2_grpc.KeyServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
 
     def __enter__(self) -> MemorydClient:
         return self
@@ -334,3 +337,156 @@ class MemorydClient:
             )
         )
         return response.purged_count
+
+    # --- webhooks --------------------------------------------------------------
+
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        event_types: Iterable[str] = (),
+        filter: memory_pb2.MemoryFilter | None = None,
+        description: str = "",
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> webhooks_pb2.CreateWebhookResponse:
+        """A webhook of the key's environment (event types by name, e.g.
+        "CREATED" or "QUOTA_REACHED"; none: every memory event); the
+        response's `secret` signs its deliveries and is shown only here."""
+        request = req.create_webhook(
+            url, event_types=event_types, filter=filter, description=description
+        )
+        return self._call(
+            lambda: self.webhooks.CreateWebhook(
+                request, timeout=self._deadline(timeout), metadata=call_metadata
+            )
+        )
+
+    def list_webhooks(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> webhooks_pb2.ListWebhooksResponse:
+        """One page of webhooks, newest first (never their secrets)."""
+        return self._call(
+            lambda: self.webhooks.ListWebhooks(
+                webhooks_pb2.ListWebhooksRequest(page_size=page_size, page_token=page_token),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )
+
+    def get_webhook(
+        self, webhook_id: str, *, timeout: float | None = None, call_metadata: CallMetadata = ()
+    ) -> webhooks_pb2.Webhook:
+        """One webhook with its state; NOT_FOUND also for another tenant's."""
+        return self._call(
+            lambda: self.webhooks.GetWebhook(
+                webhooks_pb2.GetWebhookRequest(id=webhook_id),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )
+
+    def update_webhook(
+        self,
+        webhook_id: str,
+        *,
+        url: str | None = None,
+        event_types: Iterable[str] | None = None,
+        filter: memory_pb2.MemoryFilter | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> webhooks_pb2.Webhook:
+        """Changes the fields given (the update mask is built from them);
+        `enabled=True` also resumes a webhook the server disabled."""
+        request = req.update_webhook(
+            webhook_id,
+            {
+                "url": url,
+                "event_types": event_types,
+                "filter": filter,
+                "description": description,
+                "enabled": enabled,
+            },
+        )
+        return self._call(
+            lambda: self.webhooks.UpdateWebhook(
+                request, timeout=self._deadline(timeout), metadata=call_metadata
+            )
+        )
+
+    def delete_webhook(
+        self, webhook_id: str, *, timeout: float | None = None, call_metadata: CallMetadata = ()
+    ) -> None:
+        """Deletes a webhook and its delivery history."""
+        self._call(
+            lambda: self.webhooks.DeleteWebhook(
+                webhooks_pb2.DeleteWebhookRequest(id=webhook_id),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )
+
+    def rotate_webhook_secret(
+        self,
+        webhook_id: str,
+        *,
+        grace_period: float | dt.timedelta | None = None,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> webhooks_pb2.RotateWebhookSecretResponse:
+        """A new signing secret (in the response only); the old one also
+        signs for `grace_period` (seconds or a timedelta; None: the
+        server's default, 24 hours)."""
+        return self._call(
+            lambda: self.webhooks.RotateWebhookSecret(
+                req.rotate_webhook_secret(webhook_id, grace_period),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )
+
+    def list_webhook_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        state: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> webhooks_pb2.ListWebhookDeliveriesResponse:
+        """One page of a webhook's deliveries with their attempts, newest
+        first; `state` "pending", "succeeded" or "failed" narrows them."""
+        return self._call(
+            lambda: self.webhooks.ListWebhookDeliveries(
+                req.list_webhook_deliveries(webhook_id, state, page_size, page_token),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )
+
+    def redeliver_webhook_delivery(
+        self,
+        webhook_id: str,
+        delivery_id: str,
+        *,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> webhooks_pb2.WebhookDelivery:
+        """Sends a delivery again, with the same `webhook-id`."""
+        return self._call(
+            lambda: self.webhooks.RedeliverWebhookDelivery(
+                webhooks_pb2.RedeliverWebhookDeliveryRequest(
+                    webhook_id=webhook_id, delivery_id=delivery_id
+                ),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )

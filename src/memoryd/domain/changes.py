@@ -35,13 +35,24 @@ class EventType(enum.Enum):
     DELETED = "DELETED"
     EXPIRED = "EXPIRED"
     PURGED = "PURGED"
+    # alerts (`memoryd.domain.alerts`): about an environment, not a memory
+    QUOTA_REACHED = "QUOTA_REACHED"
+    RATE_LIMITED = "RATE_LIMITED"
+
+
+# The alert types: no memory, `details` says what happened; never streamed
+# to watchers, sent only to webhooks that name them.
+ALERTS = frozenset({EventType.QUOTA_REACHED, EventType.RATE_LIMITED})
+# The memory events: what a watcher, or a webhook naming no types, receives.
+MEMORY_EVENTS = frozenset(EventType) - ALERTS
 
 
 @dataclass(frozen=True)
 class NewEvent:
     """An event to append: what changed, for whom, and what caused it
     (`operation_id` of a long-running operation, or the `request_id` of
-    the call, either may be "")."""
+    the call, either may be ""). An alert has no memory (`memory_id` "")
+    and says what happened in `details` (JSON values)."""
 
     type: EventType
     tenant: Tenant
@@ -50,6 +61,7 @@ class NewEvent:
     memory: Mapping[str, Any] | None = None
     operation_id: str = ""
     request_id: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,6 @@ class ChangeEvent(NewEvent):
     """An event as stored, with its position in the log."""
 
     seq: int = 0
-    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ChangeLog(Protocol):

@@ -9,12 +9,12 @@ Some methods cost more than one unit (`costs`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from memoryd.domain.control import Project
 from memoryd.domain.errors import QuotaViolation, ResourceExhausted
-from memoryd.domain.tenancy import KeyKind, Principal
+from memoryd.domain.tenancy import KeyKind, Principal, Tenant
 from memoryd.ratelimit.gcra import Limit, api_key_bucket, org_key_bucket, project_bucket
 from memoryd.ratelimit.limiter import RateLimiter
 from memoryd.v1 import memory_pb2
@@ -120,9 +120,13 @@ class RateLimitAdmission:
         key_limit: Limit,
         project_limit: Limit,
         ceiling: Limit | None = None,
+        on_refused: Callable[[Tenant], None] | None = None,
     ) -> None:
         """`ceiling` caps a project's overrides (stored before a ceiling
-        existed or was lowered); UpdateProject refuses higher ones."""
+        existed or was lowered); UpdateProject refuses higher ones.
+        `on_refused` sees the environment of each data key's refused call
+        (rate-limit alerts; it must be cheap and never raise)."""
+        self._on_refused = on_refused
         self._limiter = limiter
         self._projects = projects
         self._key_limit = key_limit
@@ -143,6 +147,10 @@ class RateLimitAdmission:
         decision = await self._limiter.check(checks, cost)
         trailers = decision.trailers()
         if not decision.allowed:
+            if self._on_refused is not None and principal.kind is KeyKind.DATA:
+                self._on_refused(
+                    Tenant(principal.org_id, principal.project_id, principal.environment_id)
+                )
             raise ResourceExhausted(
                 f"rate limit exceeded; retry in {decision.retry_after_s:.3f} s",
                 [

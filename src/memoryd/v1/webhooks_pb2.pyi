@@ -25,6 +25,8 @@ class Webhook(_message.Message):
         DELETED: _ClassVar[Webhook.EventType]
         EXPIRED: _ClassVar[Webhook.EventType]
         PURGED: _ClassVar[Webhook.EventType]
+        QUOTA_REACHED: _ClassVar[Webhook.EventType]
+        RATE_LIMITED: _ClassVar[Webhook.EventType]
     EVENT_TYPE_UNSPECIFIED: Webhook.EventType
     CREATED: Webhook.EventType
     UPDATED: Webhook.EventType
@@ -32,6 +34,8 @@ class Webhook(_message.Message):
     DELETED: Webhook.EventType
     EXPIRED: Webhook.EventType
     PURGED: Webhook.EventType
+    QUOTA_REACHED: Webhook.EventType
+    RATE_LIMITED: Webhook.EventType
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Webhook.State]

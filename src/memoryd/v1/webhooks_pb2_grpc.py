@@ -29,6 +29,8 @@ if _version_not_supported:
 class WebhookServiceStub:
     """WebhookService manages the webhooks of an environment: HTTP endpoints
     that receive a signed POST for every change to the environment's memories
+    (and, when they name them, the environment's alerts: QUOTA_REACHED,
+    RATE_LIMITED)
     (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`
     v1, HMAC-SHA256 with the webhook's secret). Data keys only: a webhook
     belongs to the environment of the key that manages it. A webhook made
@@ -89,6 +91,8 @@ class WebhookServiceStub:
 class WebhookServiceServicer:
     """WebhookService manages the webhooks of an environment: HTTP endpoints
     that receive a signed POST for every change to the environment's memories
+    (and, when they name them, the environment's alerts: QUOTA_REACHED,
+    RATE_LIMITED)
     (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`
     v1, HMAC-SHA256 with the webhook's secret). Data keys only: a webhook
     belongs to the environment of the key that manages it. A webhook made
@@ -221,6 +225,8 @@ def add_WebhookServiceServicer_to_server(servicer, server):
 class WebhookService:
     """WebhookService manages the webhooks of an environment: HTTP endpoints
     that receive a signed POST for every change to the environment's memories
+    (and, when they name them, the environment's alerts: QUOTA_REACHED,
+    RATE_LIMITED)
     (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`
     v1, HMAC-SHA256 with the webhook's secret). Data keys only: a webhook
     belongs to the environment of the key that manages it. A webhook made

@@ -30,6 +30,8 @@ GRPC_VERSION: str
 class WebhookServiceStub:
     """WebhookService manages the webhooks of an environment: HTTP endpoints
     that receive a signed POST for every change to the environment's memories
+    (and, when they name them, the environment's alerts: QUOTA_REACHED,
+    RATE_LIMITED)
     (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`
     v1, HMAC-SHA256 with the webhook's secret). Data keys only: a webhook
     belongs to the environment of the key that manages it. A webhook made
@@ -83,6 +85,8 @@ class WebhookServiceStub:
 class WebhookServiceAsyncStub(WebhookServiceStub):
     """WebhookService manages the webhooks of an environment: HTTP endpoints
     that receive a signed POST for every change to the environment's memories
+    (and, when they name them, the environment's alerts: QUOTA_REACHED,
+    RATE_LIMITED)
     (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`
     v1, HMAC-SHA256 with the webhook's secret). Data keys only: a webhook
     belongs to the environment of the key that manages it. A webhook made
@@ -132,6 +136,8 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """WebhookService manages the webhooks of an environment: HTTP endpoints
     that receive a signed POST for every change to the environment's memories
+    (and, when they name them, the environment's alerts: QUOTA_REACHED,
+    RATE_LIMITED)
     (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`
     v1, HMAC-SHA256 with the webhook's secret). Data keys only: a webhook
     belongs to the environment of the key that manages it. A webhook made

@@ -28,9 +28,9 @@ change is in the log at least once before the operation ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from memoryd.domain.changes import EventType
@@ -66,7 +66,7 @@ from memoryd.domain.operations import (
     OpState,
     StoredMessage,
 )
-from memoryd.domain.tenancy import Scope, scope_grants
+from memoryd.domain.tenancy import Scope, Tenant, scope_grants
 
 log = logging.getLogger("memoryd.conversations")
 
@@ -94,9 +94,17 @@ class AddMessagesJob:
         candidates: int = 5,
         context_messages: int = 10,
         builtin_prompt_version: str = "builtin-1",
+        default_tokens_per_day: int = 0,
+        on_token_level: Callable[[Tenant, int, int], None] | None = None,
     ) -> None:
         """`verbatim` serves operations with infer false, `inferring` those
-        with infer true (the same extractor when the server has no model)."""
+        with infer true (the same extractor when the server has no model).
+        `on_token_level` sees the project's model tokens of the day against
+        its daily quota (the project's, else `default_tokens_per_day`)
+        after each model call that used some (quota alerts; cheap, never
+        raises)."""
+        self._default_tokens = default_tokens_per_day
+        self._on_token_level = on_token_level
         self._ops = operations
         self._memories = memories
         self._embedder = embedder
@@ -204,6 +212,23 @@ class AddMessagesJob:
         if self._ledger is not None and usage.total:
             day = self._clock.now().date()
             await self._ledger.add_tokens(op.tenant, day, usage.input_tokens, usage.output_tokens)
+            if self._on_token_level is not None:
+                await self._token_level(op.tenant, day)
+
+    async def _token_level(self, tenant: Tenant, day: date) -> None:
+        """Reports the project's tokens of `day` against its quota; a failure
+        to read them is logged, never the operation's."""
+        assert self._ledger is not None and self._on_token_level is not None
+        try:
+            project = await self._memories.project_of(tenant)
+            quota = project.quotas.llm_tokens_per_day or self._default_tokens
+            if quota <= 0:
+                return
+            used = await self._ledger.project_tokens(tenant.org_id, tenant.project_id, day)
+        except DomainError as err:
+            log.warning("token quota alert skipped: %s", err.message)
+            return
+        self._on_token_level(tenant, used, quota)
 
     # --- apply -------------------------------------------------------------------
 

@@ -48,7 +48,13 @@ class EnvironmentCounts:
     most every `ttl_s` seconds of `clock.monotonic()`) and counted up by
     this replica's writes in between; replicas may each admit a few
     seconds' worth past the quota. `on_count` sees each exact count (for a
-    metric)."""
+    metric); `on_level` sees each reserve's environment, its count and the
+    limit, and whether the count is exact (just read from the store, plus
+    this write) rather than counted up from an older one (for quota
+    alerts: a count this replica counted up misses other replicas' writes,
+    so only an exact one may say the level fell; it must be cheap and never
+    raise). It sees the count before the write when that was just read,
+    and the count after it unless refused."""
 
     def __init__(
         self,
@@ -56,11 +62,13 @@ class EnvironmentCounts:
         clock: Clock,
         on_count: Callable[[int], None],
         ttl_s: float = COUNT_TTL_S,
+        on_level: Callable[[Tenant, int, int, bool], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_count = on_count
         self._ttl_s = ttl_s
+        self._on_level = on_level
         # environment key -> (monotonic time the count expires, count)
         self._counts: dict[str, tuple[float, int]] = {}
         self._lock = asyncio.Lock()
@@ -75,13 +83,18 @@ class EnvironmentCounts:
             mono = self._clock.monotonic()
             cached = self._counts.get(key)
             if cached is not None and cached[0] >= mono:
-                expires, count = cached
+                (expires, count), exact = cached, False
             else:
                 expires, count = mono + self._ttl_s, await self._exact(env_tenant)
+                exact = True
+                if self._on_level is not None:
+                    self._on_level(env_tenant, count, limit, True)
             if count + n > limit:
                 self._counts[key] = (mono + self._ttl_s, count)
                 raise _exceeded(tenant, count, limit)
             self._counts[key] = (expires, count + n)
+            if self._on_level is not None:
+                self._on_level(env_tenant, count + n, limit, exact)
 
     def forget(self, tenant: Tenant) -> None:
         """Drops the count of `tenant`'s environment (after deletes), so the

@@ -79,6 +79,7 @@ class MemoryService:
         auditor: Auditor | None = None,
         default_search_mode: SearchMode = SearchMode.SEMANTIC,
         changes: ChangeRecorder | None = None,
+        on_memory_level: Callable[[Tenant, int, int, bool], None] | None = None,
     ) -> None:
         """`defaults` are the server's quota defaults (`Defaults()` when None);
         `on_environment_count` sees each exact count of an environment's
@@ -89,7 +90,9 @@ class MemoryService:
         audited: they are the bulk of traffic, and usage metering counts them),
         and the calls that reach every end user's memories. `changes`
         records every change in the change log (see `recording`; None:
-        none is recorded)."""
+        none is recorded). `on_memory_level` sees an environment's memory
+        count against its quota at every write, and whether it is exact
+        (quota alerts, see `quota.EnvironmentCounts`)."""
         self._store = store
         self._auditor = auditor
         self._embedder = embedder
@@ -98,7 +101,9 @@ class MemoryService:
         meter = meter or NoMeter()
         defaults = defaults or Defaults()
         self._defaults = defaults
-        self._counts = EnvironmentCounts(store, clock, on_environment_count or (lambda n: None))
+        self._counts = EnvironmentCounts(
+            store, clock, on_environment_count or (lambda n: None), on_level=on_memory_level
+        )
         self._changes = changes or ChangeRecorder()
         self._writer = Writer(store, embedder, clock, self._counts, meter, defaults, self._changes)
         self._updater = Updater(store, embedder, meter, defaults, self._changes)

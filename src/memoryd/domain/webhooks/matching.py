@@ -7,6 +7,13 @@ memory (after the change; for a deletion, its last state). An event that
 carries no memory passes every filter. A deletion (DELETED, PURGED,
 EXPIRED) is sent with the memory's id only, never its last state.
 
+Alerts (`memoryd.domain.alerts`: QUOTA_REACHED, RATE_LIMITED) go only to
+webhooks that name their type (a webhook naming no types receives every
+memory event, not alerts: a receiver that syncs memories is not sent
+events it does not know) and that reach every end user of the
+environment (an alert is about the environment); filters, which are about
+memories, do not apply to them.
+
 The filter is the memory filter of ListMemories, meaning what it means to
 the vector store (`memoryd.domain.memories.matching`, held to the engine).
 """
@@ -18,7 +25,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from memoryd.domain.changes import ChangeEvent, EventType
+from memoryd.domain.changes import ALERTS, ChangeEvent, EventType
 from memoryd.domain.memories.matching import matches
 from memoryd.domain.memories.snapshot import memory_from_json
 from memoryd.domain.memory import Filter
@@ -49,6 +56,8 @@ def receives(webhook: Webhook, event: ChangeEvent) -> bool:
         return False
     if not webhook.reach.sees(event.tenant.key, event.tenant.end_user_id):
         return False
+    if event.type in ALERTS:
+        return event.type in webhook.event_types
     if webhook.event_types and event.type not in webhook.event_types:
         return False
     return _holds(webhook.filter, event)
@@ -61,7 +70,21 @@ def rfc3339(t: datetime) -> str:
 def payload(event: ChangeEvent) -> str:
     """The JSON body sent for `event`: what its environment may read of it,
     the memory after the change (only its id for a deletion) and what
-    caused it."""
+    caused it; for an alert, its details (resource, threshold_percent, used,
+    limit, environment_id; or, for rate limiting, refused_for_seconds)."""
+    if event.type in ALERTS:
+        return _dumps(
+            {
+                "type": f"alert.{event.type.value.lower()}",
+                "timestamp": rfc3339(event.time),
+                "data": {
+                    **event.details,
+                    "project_id": event.tenant.project_id,
+                    "environment_id": event.tenant.environment_id,
+                    "time": rfc3339(event.time),
+                },
+            }
+        )
     data: dict[str, Any] = {
         "type": event.type.value,
         "memory_id": event.memory_id,
@@ -77,6 +100,10 @@ def payload(event: ChangeEvent) -> str:
         "timestamp": rfc3339(event.time),
         "data": data,
     }
+    return _dumps(body)
+
+
+def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from memoryd.domain.changes import ChangeEvent, EventType, LogHead, NewEvent, Trimmed
+from memoryd.domain.changes import ALERTS, ChangeEvent, EventType, LogHead, NewEvent, Trimmed
 from memoryd.domain.tenancy import EndUsers, Tenant
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata
 from memoryd.storage.sql.tx import Transacting
@@ -77,7 +77,7 @@ change_events = sa.Table(
     sa.Column("type", SafeString(16), nullable=False),
     sa.Column("memory_id", SafeString(100), nullable=False),
     # the memory's API form as JSON, also for deletions (filters apply to
-    # it); NULL when the event has none
+    # it); for an alert, its details; NULL when the event has none
     sa.Column("memory", sa.Text),
     sa.Column("operation_id", SafeString(40), nullable=False),
     sa.Column("request_id", SafeString(100), nullable=False),
@@ -121,14 +121,18 @@ def _visible(tenant: Tenant) -> list[sa.ColumnElement[bool]]:
 
 
 def _event(row: Any) -> ChangeEvent:
+    kind = EventType(row.type)
+    data = json.loads(row.memory) if row.memory is not None else None
+    alert = kind in ALERTS
     return ChangeEvent(
-        type=EventType(row.type),
+        type=kind,
         tenant=Tenant(row.org_id, row.project_id, row.environment_id, row.end_user_id),
         memory_id=row.memory_id,
         time=row.time,
-        memory=json.loads(row.memory) if row.memory is not None else None,
+        memory=None if alert else data,
         operation_id=row.operation_id,
         request_id=row.request_id,
+        details=(data or {}) if alert else {},
         seq=row.seq,
     )
 
@@ -146,11 +150,18 @@ def _row(seq: int, e: NewEvent) -> dict[str, Any]:
         "end_user_id": t.end_user_id,
         "type": e.type.value,
         "memory_id": fit(c.memory_id, e.memory_id),
-        "memory": json_dump(dict(e.memory)) if e.memory is not None else None,
+        "memory": _data(e),
         "operation_id": fit(c.operation_id, e.operation_id),
         "request_id": fit(c.request_id, e.request_id),
         "time": e.time,
     }
+
+
+def _data(e: NewEvent) -> str | None:
+    """What the `memory` column holds: the memory, or an alert's details."""
+    if e.type in ALERTS:
+        return json_dump(dict(e.details))
+    return json_dump(dict(e.memory)) if e.memory is not None else None
 
 
 class ChangeTables(Transacting):
@@ -278,7 +289,16 @@ def _trimmed_query(tenant: Tenant) -> sa.Select[Any]:
     )
 
 
-_NEW_FIELDS = ("type", "tenant", "memory_id", "time", "memory", "operation_id", "request_id")
+_NEW_FIELDS = (
+    "type",
+    "tenant",
+    "memory_id",
+    "time",
+    "memory",
+    "operation_id",
+    "request_id",
+    "details",
+)
 
 
 async def _advance(conn: AsyncConnection, n: int) -> int:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memoryd.domain.errors import Unavailable
+from memoryd.storage.sql.alerts import AlertTables
 from memoryd.storage.sql.audit import AuditTables
 from memoryd.storage.sql.changes import ChangeTables
 from memoryd.storage.sql.idempotency import IdempotencyTables
@@ -77,10 +78,11 @@ class SqlControlStore(
     LlmUsageTables,
     ChangeTables,
     WebhookTables,
+    AlertTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
     `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger`,
-    `ChangeLog`/`WatchLog` and `WebhookStore` (see `memoryd.domain`)."""
+    `ChangeLog`/`WatchLog`, `WebhookStore` and `AlertStore` (see `memoryd.domain`)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self._url = url
