@@ -27,6 +27,7 @@ from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
 from memoryd.api.call import CallProjects
 from memoryd.api.conversations import AddMessagesView
+from memoryd.api.exports import ExportEndpoints, ExportView, export_line
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
 from memoryd.api.mcp.endpoint import GrpcSideChannel, McpEndpoint, Tls
@@ -55,12 +56,15 @@ from memoryd.domain.conversations.job import AddMessagesJob
 from memoryd.domain.conversations.model import KIND
 from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.errors import DomainError
+from memoryd.domain.exports import KIND as EXPORT
+from memoryd.domain.exports import ExportJob, ExportService
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memories.recording import ChangeRecorder
 from memoryd.domain.memory import Embedder, SearchMode, VectorStore
 from memoryd.domain.operation_service import KindScopes, OperationService, Waiters
+from memoryd.domain.operations import JobHandler
 from memoryd.domain.ports import SecretHasher
 from memoryd.domain.project_cache import ProjectCache
 from memoryd.domain.projects import Ceilings, ProjectManager
@@ -86,6 +90,7 @@ from memoryd.ratelimit import (
 from memoryd.ratelimit.admission import COSTS, STREAM_COSTS, RateLimitAdmission
 from memoryd.storage.audit_file import JsonLinesAuditFile
 from memoryd.storage.disk import MIB, check_free_space, check_writable
+from memoryd.storage.export_files import LocalExportFiles
 from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.sql import SqlControlStore
@@ -254,6 +259,7 @@ async def _build(
     )
     _start_sweeper(stack, "expired request ids", idempotency.sweep, settings.sweep_interval_s)
     _start_jobs(stack, domain.jobs, store, settings, clock)
+    _start_export_sweep(stack, domain.export_files, settings, clock)
     _start_watching(stack, domain.watchers, store, settings, clock)
     _start_webhooks(stack, domain, store, settings, clock)
     return App(
@@ -550,6 +556,8 @@ class _Services:
     webhook_runner: WebhookRunner
     webhook_sender: GuardedClient
     alerts: AlertMonitor
+    exports: ExportService
+    export_files: LocalExportFiles
 
 
 def _services(
@@ -600,22 +608,51 @@ def _services(
         ),
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
+    export_files = LocalExportFiles(Path(settings.data_dir) / "exports", _min_free_bytes(settings))
+
+    async def delete_scope(org_id: str, project_id: str, environment_id: str | None) -> None:
+        await memories.delete_scope(org_id, project_id, environment_id)
+        export_files.remove_scope(org_id, project_id, environment_id)
+
     projects = ProjectManager(
         control,
         auditor,
         clock,
         limits.bus.publish,
-        memories.delete_scope,
+        delete_scope,
         on_change=projects_cache.forget,
         ceilings=ceilings,
     )
     usage = UsageReporter(limits.meter, clock, tokens=store)
     prompt_store: PromptStore = metrics.timed("sql", store)
     prompts = PromptManager(prompt_store, control, auditor, clock)
+    export_job = ExportJob(memories, export_files, export_line, clock, settings.export_max_memories)
+    more_jobs = {
+        EXPORT: (export_job, KindScopes(read=Scope.EXPORT_READ, manage=Scope.EXPORT_WRITE))
+    }
     conversations, operations, jobs = _conversations(
-        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts, alerts
+        settings,
+        store,
+        memories,
+        metrics.timed("embedder", embedder),
+        clock,
+        prompts,
+        alerts,
+        more_jobs,
     )
-    describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
+    exports = ExportService(
+        memories,
+        store,
+        operations,
+        export_files,
+        clock,
+        timedelta(hours=settings.export_retention_hours),
+        on_stored=jobs.wake,
+    )
+    describe: dict[str, Describe] = {
+        KIND: AddMessagesView(memories, memory_pb),
+        EXPORT: ExportView(exports),
+    }
     retention = timedelta(hours=settings.change_retention_hours)
     watch = WatchService(memories, changes, watchers, retention)
     webhooks, webhook_runner, webhook_sender = _webhooks(settings, store, auditor, clock)
@@ -639,6 +676,8 @@ def _services(
         webhook_runner,
         webhook_sender,
         alerts,
+        exports,
+        export_files,
     )
 
 
@@ -690,9 +729,11 @@ def _conversations(
     clock: Clock,
     prompts: PromptManager,
     alerts: AlertMonitor,
+    more_jobs: Mapping[str, tuple[JobHandler, KindScopes]],
 ) -> tuple[ConversationService, OperationService, JobRunner]:
     """AddMessages: the service that stores operations, the job that runs
-    them, the runner of this process and the Operations it answers."""
+    them, the runner of this process and the Operations it answers;
+    `more_jobs` are the other kinds of operations (handler, scopes)."""
     verbatim = VerbatimExtractor()
     inferring: Extractor = verbatim
     if settings.extractor == "llm":
@@ -721,7 +762,7 @@ def _conversations(
     waiters = Waiters()
     runner = JobRunner(
         store,
-        {KIND: job},
+        {KIND: job, **{kind: handler for kind, (handler, _) in more_jobs.items()}},
         clock,
         workers=settings.job_workers,
         per_project=settings.job_workers_per_project,
@@ -739,7 +780,10 @@ def _conversations(
         default_tokens_per_day=settings.llm_tokens_per_day,
         on_stored=runner.wake,
     )
-    kinds = {KIND: KindScopes(read=Scope.MEMORY_READ, manage=Scope.MEMORY_ADD)}
+    kinds = {
+        KIND: KindScopes(read=Scope.MEMORY_READ, manage=Scope.MEMORY_ADD),
+        **{kind: scopes for kind, (_, scopes) in more_jobs.items()},
+    }
     return conversations, OperationService(store, kinds, waiters), runner
 
 
@@ -826,6 +870,7 @@ def _server(
             domain.conversations,
             domain.describe[KIND],
             domain.watch,
+            ExportEndpoints(domain.exports, ExportView(domain.exports)),
         ),
         server,
     )
@@ -968,6 +1013,18 @@ def _start_jobs(
         return await store.sweep_operations(clock.now() - retention, 1000)
 
     _start_sweeper(stack, "finished operations", sweep, settings.sweep_interval_s)
+
+
+def _start_export_sweep(
+    stack: AsyncExitStack, files: LocalExportFiles, settings: Settings, clock: Clock
+) -> None:
+    """Deletes export files past their retention."""
+    retention = timedelta(hours=settings.export_retention_hours)
+
+    async def sweep() -> int:
+        return await asyncio.to_thread(files.sweep, clock.now() - retention)
+
+    _start_sweeper(stack, "expired export files", sweep, settings.sweep_interval_s)
 
 
 def _start_watching(

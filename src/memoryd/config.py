@@ -62,6 +62,8 @@ _POSITIVE = (
     "job_max_attempts",
     "job_poll_interval_s",
     "operation_retention_hours",
+    "export_retention_hours",
+    "export_max_memories",
     "change_retention_hours",
     "watch_poll_interval_s",
     "watch_max_streams",
@@ -368,6 +370,14 @@ class Settings:
     )
     operation_retention_hours: float = _setting(
         24.0 * 7, "Finished operations (and their stored messages) are kept this long."
+    )
+    export_retention_hours: float = _setting(
+        72.0,
+        "An export's file (CreateExport) can be downloaded this long after it is complete, "
+        "then it is deleted (its operation stays until the operation retention).",
+    )
+    export_max_memories: int = _setting(
+        1_000_000, "At most this many memories in one export; a larger one fails (narrow it)."
     )
 
     # --- change events (WatchMemories) ------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2, json_format
@@ -45,6 +45,9 @@ from memoryd.domain.memory import (
 from memoryd.domain.watch import Delivered, WatchRequest, WatchService
 from memoryd.v1 import memory_pb2, memory_pb2_grpc
 
+if TYPE_CHECKING:
+    from memoryd.api.exports import ExportEndpoints
+
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(
@@ -54,14 +57,17 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         conversations: ConversationService | None = None,
         describe: Describe | None = None,
         watch: WatchService | None = None,
+        exports: ExportEndpoints | None = None,
     ) -> None:
         """`conversations` and `describe` serve AddMessages, `watch`
-        WatchMemories (UNIMPLEMENTED without them)."""
+        WatchMemories, `exports` the export jobs (UNIMPLEMENTED without
+        them)."""
         self._m = memories
         self._once = Idempotent(idempotency)
         self._conversations = conversations
         self._describe = describe
         self._watch = watch
+        self._exports = exports
         self._events = _EventCache()
 
     async def AddMessages(
@@ -71,6 +77,27 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             return await super().AddMessages(request, context)
         op = await self._conversations.add_messages(current_caller(), add_messages(request))
         return await operation_pb(op, self._describe)
+
+    async def CreateExport(
+        self, request: memory_pb2.CreateExportRequest, context: Any
+    ) -> operations_pb2.Operation:
+        return await self._export_jobs().create(request)
+
+    async def ListExports(
+        self, request: memory_pb2.ListExportsRequest, context: Any
+    ) -> memory_pb2.ListExportsResponse:
+        return await self._export_jobs().list(request)
+
+    async def ReadExport(
+        self, request: memory_pb2.ReadExportRequest, context: Any
+    ) -> AsyncIterator[memory_pb2.ReadExportResponse]:
+        async for piece in self._export_jobs().read(request):
+            yield piece
+
+    def _export_jobs(self) -> ExportEndpoints:
+        if self._exports is None:
+            raise Unimplemented("export jobs are not served by this server")
+        return self._exports
 
     async def CreateMemory(
         self, request: memory_pb2.CreateMemoryRequest, context: Any

@@ -45,6 +45,10 @@ class Scope:
     WEBHOOK_READ = "webhook:read"
     WEBHOOK_WRITE = "webhook:write"
     WEBHOOK_DELETE = "webhook:delete"
+    # export jobs take an environment's memories out in bulk: never implied
+    # by `memory:*` nor granted by default
+    EXPORT_READ = "export:read"
+    EXPORT_WRITE = "export:write"
     ALL = "*"
 
 

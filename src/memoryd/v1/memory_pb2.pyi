@@ -22,10 +22,17 @@ class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEMANTIC: _ClassVar[SearchMode]
     KEYWORD: _ClassVar[SearchMode]
     HYBRID: _ClassVar[SearchMode]
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    JSONL: _ClassVar[ExportFormat]
 SEARCH_MODE_UNSPECIFIED: SearchMode
 SEMANTIC: SearchMode
 KEYWORD: SearchMode
 HYBRID: SearchMode
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+JSONL: ExportFormat
 
 class Memory(_message.Message):
     __slots__ = ("id", "content", "metadata", "agent_id", "thread_id", "source", "tags", "end_user_id", "project_id", "environment_id", "create_time", "update_time", "expire_time", "revision", "embedding", "valid_time", "invalid_time", "superseded_by", "origin")
@@ -514,3 +521,107 @@ class AddMessagesMetadata(_message.Message):
     message_count: int
     thread_id: str
     def __init__(self, state: _Optional[_Union[AddMessagesMetadata.State, str]] = ..., progress_percent: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_input_tokens: _Optional[int] = ..., llm_output_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., extractor: _Optional[str] = ..., prompt_versions: _Optional[_Iterable[str]] = ..., message_count: _Optional[int] = ..., thread_id: _Optional[str] = ...) -> None: ...
+
+class CreateExportRequest(_message.Message):
+    __slots__ = ("filter", "format", "include_embeddings", "description")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    filter: MemoryFilter
+    format: ExportFormat
+    include_embeddings: bool
+    description: str
+    def __init__(self, filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., include_embeddings: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+
+class Export(_message.Message):
+    __slots__ = ("name", "state", "format", "include_embeddings", "description", "memory_count", "size_bytes", "sha256", "create_time", "complete_time", "expire_time", "expired")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: ExportMetadata.State
+    format: ExportFormat
+    include_embeddings: bool
+    description: str
+    memory_count: int
+    size_bytes: int
+    sha256: str
+    create_time: _timestamp_pb2.Timestamp
+    complete_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    expired: bool
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ExportMetadata.State, str]] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., include_embeddings: _Optional[bool] = ..., description: _Optional[str] = ..., memory_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[bool] = ...) -> None: ...
+
+class ExportMetadata(_message.Message):
+    __slots__ = ("state", "memories_written", "bytes_written", "create_time", "start_time", "end_time", "attempts")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[ExportMetadata.State]
+        PENDING: _ClassVar[ExportMetadata.State]
+        RUNNING: _ClassVar[ExportMetadata.State]
+        SUCCEEDED: _ClassVar[ExportMetadata.State]
+        FAILED: _ClassVar[ExportMetadata.State]
+        CANCELLED: _ClassVar[ExportMetadata.State]
+    STATE_UNSPECIFIED: ExportMetadata.State
+    PENDING: ExportMetadata.State
+    RUNNING: ExportMetadata.State
+    SUCCEEDED: ExportMetadata.State
+    FAILED: ExportMetadata.State
+    CANCELLED: ExportMetadata.State
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MEMORIES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    state: ExportMetadata.State
+    memories_written: int
+    bytes_written: int
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    attempts: int
+    def __init__(self, state: _Optional[_Union[ExportMetadata.State, str]] = ..., memories_written: _Optional[int] = ..., bytes_written: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class ListExportsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListExportsResponse(_message.Message):
+    __slots__ = ("exports", "next_page_token")
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    exports: _containers.RepeatedCompositeFieldContainer[Export]
+    next_page_token: str
+    def __init__(self, exports: _Optional[_Iterable[_Union[Export, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ReadExportRequest(_message.Message):
+    __slots__ = ("name", "offset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    offset: int
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ReadExportResponse(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

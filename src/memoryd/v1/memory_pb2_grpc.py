@@ -107,6 +107,21 @@ class MemoryServiceStub:
                 request_serializer=memoryd_dot_v1_dot_memory__pb2.AddMessagesRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.CreateExport = channel.unary_unary(
+                '/memoryd.v1.MemoryService/CreateExport',
+                request_serializer=memoryd_dot_v1_dot_memory__pb2.CreateExportRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.ListExports = channel.unary_unary(
+                '/memoryd.v1.MemoryService/ListExports',
+                request_serializer=memoryd_dot_v1_dot_memory__pb2.ListExportsRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_memory__pb2.ListExportsResponse.FromString,
+                _registered_method=True)
+        self.ReadExport = channel.unary_stream(
+                '/memoryd.v1.MemoryService/ReadExport',
+                request_serializer=memoryd_dot_v1_dot_memory__pb2.ReadExportRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_memory__pb2.ReadExportResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -240,6 +255,35 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateExport(self, request, context):
+        """--- export jobs -------------------------------------------------------
+        Writes every memory matching `filter` (whether it still holds or not,
+        like ExportMemories) to a JSON-lines file on the server, as a
+        long-running operation; download it with ReadExport until it expires.
+        The end-user rules of reads apply (a call with `x-end-user-id` exports
+        that end user's memories). Scope: export:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExports(self, request, context):
+        """Lists the caller's exports, newest first (running, finished and
+        expired). Scope: export:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadExport(self, request, context):
+        """Streams a finished export's file, from `offset`. Another tenant's
+        export, or one whose file expired, answers NOT_FOUND. Scope:
+        export:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +351,21 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.AddMessages,
                     request_deserializer=memoryd_dot_v1_dot_memory__pb2.AddMessagesRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'CreateExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExport,
+                    request_deserializer=memoryd_dot_v1_dot_memory__pb2.CreateExportRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'ListExports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExports,
+                    request_deserializer=memoryd_dot_v1_dot_memory__pb2.ListExportsRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_memory__pb2.ListExportsResponse.SerializeToString,
+            ),
+            'ReadExport': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadExport,
+                    request_deserializer=memoryd_dot_v1_dot_memory__pb2.ReadExportRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_memory__pb2.ReadExportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -666,6 +725,87 @@ class MemoryService:
             '/memoryd.v1.MemoryService/AddMessages',
             memoryd_dot_v1_dot_memory__pb2.AddMessagesRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.MemoryService/CreateExport',
+            memoryd_dot_v1_dot_memory__pb2.CreateExportRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.MemoryService/ListExports',
+            memoryd_dot_v1_dot_memory__pb2.ListExportsRequest.SerializeToString,
+            memoryd_dot_v1_dot_memory__pb2.ListExportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memoryd.v1.MemoryService/ReadExport',
+            memoryd_dot_v1_dot_memory__pb2.ReadExportRequest.SerializeToString,
+            memoryd_dot_v1_dot_memory__pb2.ReadExportResponse.FromString,
             options,
             channel_credentials,
             insecure,

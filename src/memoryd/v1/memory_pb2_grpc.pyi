@@ -108,6 +108,23 @@ class MemoryServiceStub:
     Scope: memory:add (decisions that change or invalidate existing
     memories also need memory:update / memory:delete, or are downgraded).
     """
+    CreateExport: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CreateExportRequest, _operations_pb2.Operation]
+    """--- export jobs -------------------------------------------------------
+    Writes every memory matching `filter` (whether it still holds or not,
+    like ExportMemories) to a JSON-lines file on the server, as a
+    long-running operation; download it with ReadExport until it expires.
+    The end-user rules of reads apply (a call with `x-end-user-id` exports
+    that end user's memories). Scope: export:write.
+    """
+    ListExports: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListExportsRequest, _memory_pb2.ListExportsResponse]
+    """Lists the caller's exports, newest first (running, finished and
+    expired). Scope: export:read.
+    """
+    ReadExport: _grpc.UnaryStreamMultiCallable[_memory_pb2.ReadExportRequest, _memory_pb2.ReadExportResponse]
+    """Streams a finished export's file, from `offset`. Another tenant's
+    export, or one whose file expired, answers NOT_FOUND. Scope:
+    export:read.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -186,6 +203,23 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     `google.longrunning.Operations` (GetOperation, WaitOperation).
     Scope: memory:add (decisions that change or invalidate existing
     memories also need memory:update / memory:delete, or are downgraded).
+    """
+    CreateExport: _aio.UnaryUnaryMultiCallable[_memory_pb2.CreateExportRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """--- export jobs -------------------------------------------------------
+    Writes every memory matching `filter` (whether it still holds or not,
+    like ExportMemories) to a JSON-lines file on the server, as a
+    long-running operation; download it with ReadExport until it expires.
+    The end-user rules of reads apply (a call with `x-end-user-id` exports
+    that end user's memories). Scope: export:write.
+    """
+    ListExports: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListExportsRequest, _memory_pb2.ListExportsResponse]  # type: ignore[assignment]
+    """Lists the caller's exports, newest first (running, finished and
+    expired). Scope: export:read.
+    """
+    ReadExport: _aio.UnaryStreamMultiCallable[_memory_pb2.ReadExportRequest, _memory_pb2.ReadExportResponse]  # type: ignore[assignment]
+    """Streams a finished export's file, from `offset`. Another tenant's
+    export, or one whose file expired, answers NOT_FOUND. Scope:
+    export:read.
     """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -340,6 +374,41 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         `google.longrunning.Operations` (GetOperation, WaitOperation).
         Scope: memory:add (decisions that change or invalidate existing
         memories also need memory:update / memory:delete, or are downgraded).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateExport(
+        self,
+        request: _memory_pb2.CreateExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """--- export jobs -------------------------------------------------------
+        Writes every memory matching `filter` (whether it still holds or not,
+        like ExportMemories) to a JSON-lines file on the server, as a
+        long-running operation; download it with ReadExport until it expires.
+        The end-user rules of reads apply (a call with `x-end-user-id` exports
+        that end user's memories). Scope: export:write.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExports(
+        self,
+        request: _memory_pb2.ListExportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ListExportsResponse, _abc.Awaitable[_memory_pb2.ListExportsResponse]]:
+        """Lists the caller's exports, newest first (running, finished and
+        expired). Scope: export:read.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadExport(
+        self,
+        request: _memory_pb2.ReadExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_memory_pb2.ReadExportResponse], _abc.AsyncIterator[_memory_pb2.ReadExportResponse]]:
+        """Streams a finished export's file, from `offset`. Another tenant's
+        export, or one whose file expired, answers NOT_FOUND. Scope:
+        export:read.
         """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

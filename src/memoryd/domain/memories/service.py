@@ -317,6 +317,22 @@ class MemoryService:
         async for record in self._exporter.export(tenant, flt, with_vectors):
             yield record
 
+    async def export_tenant(self, caller: Caller, scope: str) -> Tenant:
+        """The memories an export job of `caller` reaches (`scope` and
+        memory:read held; the end-user rules of `export`), for a job that
+        runs later with this tenant."""
+        tenant, _ = await self._tenant(caller, scope)
+        caller.principal.require(Scope.MEMORY_READ)
+        return await self._reach(caller, tenant, "CreateExport")
+
+    def export_records(
+        self, tenant: Tenant, flt: Filter, with_vectors: bool
+    ) -> AsyncIterator[MemoryRecord]:
+        """What `export` streams, for a job acting for `tenant` (authorized
+        when its operation was accepted, see `export_tenant`)."""
+        validate_filter(flt)
+        return self._exporter.export(tenant, flt, with_vectors)
+
     # --- change ---------------------------------------------------------------------
 
     async def update(self, caller: Caller, memory_id: str, update: MemoryUpdate) -> MemoryRecord:

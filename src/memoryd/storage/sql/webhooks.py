@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from memoryd.domain.changes import EventType
 from memoryd.domain.control import ListPage
 from memoryd.domain.errors import AlreadyExists, FailedPrecondition
-from memoryd.domain.memory import Condition, Filter, Match, MatchAny, NumberRange, TimeRange
+from memoryd.domain.filter_json import filter_from_json, filter_to_json
 from memoryd.domain.tenancy import EndUsers, Tenant
 from memoryd.domain.webhooks.model import (
     Attempt,
@@ -165,58 +165,6 @@ def _visible(table: sa.Table, tenant: Tenant) -> list[sa.ColumnElement[bool]]:
     return conds
 
 
-# --- filters as JSON ------------------------------------------------------------------
-
-
-def _filter_json(flt: Filter) -> dict[str, Any]:
-    return {
-        g: [_condition_json(c) for c in getattr(flt, g)] for g in ("must", "should", "must_not")
-    }
-
-
-def _condition_json(c: Condition) -> dict[str, Any]:
-    if isinstance(c, Filter):
-        return {"filter": _filter_json(c)}
-    if isinstance(c, Match):
-        return {"field": c.field, "equals": c.value}
-    if isinstance(c, MatchAny):
-        return {"field": c.field, "any_of": list(c.values)}
-    if isinstance(c, NumberRange):
-        bounds = {"gt": c.gt, "gte": c.gte, "lt": c.lt, "lte": c.lte}
-        return {"field": c.field, "range": {k: v for k, v in bounds.items() if v is not None}}
-    times = {"start": c.start, "end": c.end}
-    return {
-        "field": c.field,
-        "time_range": {k: v.isoformat() for k, v in times.items() if v is not None},
-    }
-
-
-def _filter_from(data: dict[str, Any]) -> Filter:
-    return Filter(
-        **{
-            g: tuple(_condition_from(c) for c in data.get(g, ()))
-            for g in ("must", "should", "must_not")
-        }
-    )
-
-
-def _condition_from(d: dict[str, Any]) -> Condition:
-    if "filter" in d:
-        return _filter_from(d["filter"])
-    if "equals" in d:
-        return Match(d["field"], d["equals"])
-    if "any_of" in d:
-        return MatchAny(d["field"], tuple(d["any_of"]))
-    if "range" in d:
-        return NumberRange(d["field"], **d["range"])
-    t = d["time_range"]
-    return TimeRange(
-        d["field"],
-        start=datetime.fromisoformat(t["start"]) if "start" in t else None,
-        end=datetime.fromisoformat(t["end"]) if "end" in t else None,
-    )
-
-
 # --- rows -----------------------------------------------------------------------------
 
 
@@ -226,7 +174,7 @@ def _webhook(row: Any) -> Webhook:
         tenant=Tenant(row.org_id, row.project_id, row.environment_id, row.end_user_id),
         url=row.url,
         event_types=frozenset(EventType(t) for t in json.loads(row.event_types)),
-        filter=_filter_from(json.loads(row.filter)),
+        filter=filter_from_json(json.loads(row.filter)),
         description=row.description,
         enabled=row.enabled,
         create_time=row.create_time,
@@ -246,7 +194,7 @@ def _changeable(w: Webhook) -> dict[str, Any]:
         "url": w.url,
         "description": w.description,
         "event_types": json.dumps(sorted(t.value for t in w.event_types)),
-        "filter": json_dump(_filter_json(w.filter)),
+        "filter": json_dump(filter_to_json(w.filter)),
         "enabled": w.enabled,
         "disable_reason": w.disable_reason,
         "disable_time": w.disable_time,
