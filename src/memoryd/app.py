@@ -30,6 +30,7 @@ from memoryd.api.conversations import AddMessagesView
 from memoryd.api.exports import ExportEndpoints, ExportView, export_line
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
+from memoryd.api.knowledge import IngestView, KnowledgeServicer
 from memoryd.api.mcp.endpoint import GrpcSideChannel, McpEndpoint, Tls
 from memoryd.api.mcp.knowledge import knowledge_tools
 from memoryd.api.mcp.tools import memory_tools
@@ -45,6 +46,7 @@ from memoryd.api.webhooks import WebhookServicer
 from memoryd.auth.authenticator import Authenticator
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
+from memoryd.documents import Reader, splitter_for
 from memoryd.domain.alerts import AlertMonitor, Resource
 from memoryd.domain.audit import Auditor
 from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org
@@ -60,6 +62,10 @@ from memoryd.domain.exports import KIND as EXPORT
 from memoryd.domain.exports import ExportJob, ExportService
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
+from memoryd.domain.knowledge.job import IngestJob
+from memoryd.domain.knowledge.model import KIND as INGEST
+from memoryd.domain.knowledge.service import KnowledgeService
+from memoryd.domain.knowledge.service import Limits as KnowledgeLimits
 from memoryd.domain.memories import Defaults, MemoryService
 from memoryd.domain.memories.recording import ChangeRecorder
 from memoryd.domain.memory import Embedder, SearchMode, VectorStore
@@ -76,6 +82,7 @@ from memoryd.domain.webhooks import Courier, Dispatcher, RetryPolicy, WebhookMan
 from memoryd.embeddings import build_embedder
 from memoryd.extraction.llm import LlmExtractor
 from memoryd.extraction.verbatim import VerbatimExtractor
+from memoryd.fetch import UrlFetcher
 from memoryd.jobs import JobRunner
 from memoryd.jobs.webhooks import WebhookRunner
 from memoryd.outbound import AddressGuard, AddressPolicy, GuardedClient, parse_networks
@@ -93,6 +100,7 @@ from memoryd.storage.disk import MIB, check_free_space, check_writable
 from memoryd.storage.export_files import LocalExportFiles
 from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
+from memoryd.storage.spool import LocalSpool
 from memoryd.storage.sql import SqlControlStore
 from memoryd.storage.vectors.edge import EdgeVectorStore
 from memoryd.storage.vectors.ranking import Fusion, Tuning
@@ -106,6 +114,7 @@ from memoryd.usage import (
 from memoryd.v1 import (
     admin_pb2_grpc,
     keys_pb2_grpc,
+    knowledge_pb2_grpc,
     memory_pb2_grpc,
     webhooks_pb2,
     webhooks_pb2_grpc,
@@ -140,6 +149,8 @@ class App:
     bootstrapped: Bootstrapped | None = None
     watchers: WatchHub | None = None
     mcp: McpEndpoint | None = None
+    # the knowledge chunks' vector store (tests read it)
+    chunks: VectorStore | None = None
     _health_checks: Sequence[Check] = ()
     _resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     _stopped: bool = False
@@ -230,8 +241,19 @@ async def _build(
     )
     embedder = await _embedder(stack, settings, embedder)
     vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
+    chunks = await _vectors(stack, settings, embedder, health.recheck, "knowledge")
     domain = _services(
-        settings, store, control, hasher, clock, limits, metrics, embedder, vectors, watchers
+        settings,
+        store,
+        control,
+        hasher,
+        clock,
+        limits,
+        metrics,
+        embedder,
+        vectors,
+        watchers,
+        chunks,
     )
     idempotency = Idempotency(metrics.timed("sql", store), clock)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
@@ -271,6 +293,7 @@ async def _build(
         metrics=metrics,
         memories=domain.memories,
         vectors=vectors,
+        chunks=chunks,
         port=port,
         bootstrapped=bootstrapped,
         watchers=domain.watchers,
@@ -464,9 +487,13 @@ async def _embedder(
 
 
 async def _vectors(
-    stack: AsyncExitStack, settings: Settings, embedder: Embedder, on_change: Callable[[], None]
+    stack: AsyncExitStack,
+    settings: Settings,
+    embedder: Embedder,
+    on_change: Callable[[], None],
+    name: str = "vectors",
 ) -> VectorStore:
-    vectors = _vector_store(settings, on_change)
+    vectors = _vector_store(settings, on_change, name)
     await vectors.open(embedder.model_id, embedder.dimension)
     _on_close(stack, vectors.close)
     return vectors
@@ -488,14 +515,20 @@ async def open_vector_store(settings: Settings) -> VectorStore:
     return vectors
 
 
-def _vector_store(settings: Settings, on_change: Callable[[], None]) -> VectorStore:
+def _vector_store(
+    settings: Settings, on_change: Callable[[], None], name: str = "vectors"
+) -> VectorStore:
+    """The memories' vector store ("vectors"), or another of the same
+    engine: the knowledge chunks' ("knowledge", a directory or a collection
+    of its own, so a memory call can never reach a chunk)."""
     tuning = search_tuning(settings)
     if settings.qdrant_url:
         from memoryd.storage.vectors.qdrant import QdrantVectorStore
 
-        return QdrantVectorStore(qdrant_client(settings), tuning=tuning)
+        prefix = "memoryd" if name == "vectors" else f"memoryd_{name}"
+        return QdrantVectorStore(qdrant_client(settings), collection_prefix=prefix, tuning=tuning)
     return EdgeVectorStore(
-        Path(settings.data_dir) / "vectors",
+        Path(settings.data_dir) / name,
         sync_writes=settings.vector_sync_writes,
         min_free_bytes=_min_free_bytes(settings),
         timeout_s=settings.storage_timeout_s,
@@ -558,6 +591,7 @@ class _Services:
     alerts: AlertMonitor
     exports: ExportService
     export_files: LocalExportFiles
+    knowledge: KnowledgeService
 
 
 def _services(
@@ -571,6 +605,7 @@ def _services(
     embedder: Embedder,
     vectors: VectorStore,
     watchers: WatchHub,
+    chunks: VectorStore,
 ) -> _Services:
     audit_file = JsonLinesAuditFile(settings.audit_log) if settings.audit_log else None
     auditor = Auditor(control, clock, audit_file)
@@ -612,6 +647,7 @@ def _services(
 
     async def delete_scope(org_id: str, project_id: str, environment_id: str | None) -> None:
         await memories.delete_scope(org_id, project_id, environment_id)
+        await chunks.delete_scope(org_id, project_id, environment_id)
         export_files.remove_scope(org_id, project_id, environment_id)
 
     projects = ProjectManager(
@@ -627,8 +663,12 @@ def _services(
     prompt_store: PromptStore = metrics.timed("sql", store)
     prompts = PromptManager(prompt_store, control, auditor, clock)
     export_job = ExportJob(memories, export_files, export_line, clock, settings.export_max_memories)
-    more_jobs = {
-        EXPORT: (export_job, KindScopes(read=Scope.EXPORT_READ, manage=Scope.EXPORT_WRITE))
+    knowledge, ingest_job = _knowledge(
+        settings, store, chunks, memories, embedder, clock, auditor, lambda: jobs.wake()
+    )
+    more_jobs: dict[str, tuple[JobHandler, KindScopes]] = {
+        EXPORT: (export_job, KindScopes(read=Scope.EXPORT_READ, manage=Scope.EXPORT_WRITE)),
+        INGEST: (ingest_job, KindScopes(read=Scope.INGEST_READ, manage=Scope.INGEST_WRITE)),
     }
     conversations, operations, jobs = _conversations(
         settings,
@@ -652,6 +692,7 @@ def _services(
     describe: dict[str, Describe] = {
         KIND: AddMessagesView(memories, memory_pb),
         EXPORT: ExportView(exports),
+        INGEST: IngestView(knowledge),
     }
     retention = timedelta(hours=settings.change_retention_hours)
     watch = WatchService(memories, changes, watchers, retention)
@@ -678,7 +719,57 @@ def _services(
         alerts,
         exports,
         export_files,
+        knowledge,
     )
+
+
+def _knowledge(
+    settings: Settings,
+    store: SqlControlStore,
+    chunks: VectorStore,
+    memories: MemoryService,
+    embedder: Embedder,
+    clock: Clock,
+    auditor: Auditor,
+    wake: Callable[[], None],
+) -> tuple[KnowledgeService, IngestJob]:
+    """KnowledgeService and its ingest job: the parsers and the splitter
+    (sized by the embedding model's tokenizer), the spool, URL downloads
+    through the outbound guard."""
+    data = Path(settings.data_dir)
+    reader = Reader()
+    model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
+    splitter = splitter_for(
+        model_dir, settings.knowledge_chunk_tokens, settings.knowledge_chunk_overlap
+    )
+    spool = LocalSpool(data / "uploads", _min_free_bytes(settings))
+    limits = KnowledgeLimits(
+        max_upload_bytes=settings.knowledge_max_upload_bytes,
+        max_documents=settings.knowledge_max_documents_per_environment,
+        max_bytes=settings.knowledge_max_bytes_per_environment,
+    )
+    knowledge = KnowledgeService(
+        store, chunks, memories, reader, spool, clock, limits, auditor=auditor, on_stored=wake
+    )
+    guard = AddressGuard(AddressPolicy(parse_networks(settings.outbound_allow_networks)))
+    fetcher = UrlFetcher(
+        guard,
+        max_bytes=settings.knowledge_max_upload_bytes,
+        timeout_s=settings.knowledge_fetch_timeout_s,
+    )
+    job = IngestJob(
+        knowledge,
+        store,
+        chunks,
+        embedder,
+        reader,
+        splitter,
+        spool,
+        fetcher,
+        clock,
+        max_attempts=settings.job_max_attempts,
+    )
+    return knowledge, job
 
 
 def _webhooks(
@@ -872,6 +963,11 @@ def _server(
             domain.watch,
             ExportEndpoints(domain.exports, ExportView(domain.exports)),
         ),
+        server,
+    )
+    pipeline.register(
+        knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
+        KnowledgeServicer(domain.knowledge, domain.describe[INGEST]),
         server,
     )
     pipeline.register(

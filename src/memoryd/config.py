@@ -64,6 +64,8 @@ _POSITIVE = (
     "operation_retention_hours",
     "export_retention_hours",
     "export_max_memories",
+    "knowledge_max_upload_bytes",
+    "knowledge_fetch_timeout_s",
     "change_retention_hours",
     "watch_poll_interval_s",
     "watch_max_streams",
@@ -370,6 +372,28 @@ class Settings:
     )
     operation_retention_hours: float = _setting(
         24.0 * 7, "Finished operations (and their stored messages) are kept this long."
+    )
+    # --- knowledge (KnowledgeService) ------------------------------------------------
+    knowledge_max_upload_bytes: int = _setting(
+        50 * 1024 * 1024,
+        "The largest document accepted (an upload, a text, or a URL's body), in bytes.",
+    )
+    knowledge_max_documents_per_environment: int = _setting(
+        10_000, "Documents an environment may hold (0: no limit)."
+    )
+    knowledge_max_bytes_per_environment: int = _setting(
+        1024**3, "Bytes of source documents an environment may hold (0: no limit)."
+    )
+    knowledge_chunk_tokens: int = _setting(
+        0,
+        "Tokens per chunk (the embedding model's own); 0: the model's input limit "
+        "(126 for all-MiniLM-L6-v2).",
+    )
+    knowledge_chunk_overlap: int = _setting(
+        24, "Tokens two consecutive chunks of a document share."
+    )
+    knowledge_fetch_timeout_s: float = _setting(
+        30.0, "The time a URL ingest may take to download its document."
     )
     export_retention_hours: float = _setting(
         72.0,

@@ -21,13 +21,14 @@ from grpc import aio
 from memoryd.api import reflection
 from memoryd.api.health import Health
 from memoryd.config import Settings
-from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, webhooks_pb2
+from memoryd.v1 import admin_pb2, keys_pb2, knowledge_pb2, memory_pb2, webhooks_pb2
 
 SERVICE_NAMES = (
     memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name,
     operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
 )
 

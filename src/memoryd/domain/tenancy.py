@@ -45,6 +45,13 @@ class Scope:
     WEBHOOK_READ = "webhook:read"
     WEBHOOK_WRITE = "webhook:write"
     WEBHOOK_DELETE = "webhook:delete"
+    # knowledge (documents) and its ingest operations: data-key scopes, not
+    # implied by `memory:*`
+    KNOWLEDGE_READ = "knowledge:read"
+    KNOWLEDGE_WRITE = "knowledge:write"
+    KNOWLEDGE_DELETE = "knowledge:delete"
+    INGEST_READ = "ingest:read"
+    INGEST_WRITE = "ingest:write"
     # export jobs take an environment's memories out in bulk: never implied
     # by `memory:*` nor granted by default
     EXPORT_READ = "export:read"

@@ -20,6 +20,8 @@ from memoryd.ratelimit.limiter import RateLimiter
 from memoryd.v1 import memory_pb2
 
 _MEMORY = "/memoryd.v1.MemoryService/"
+_KNOWLEDGE = "/memoryd.v1.KnowledgeService/"
+_MIB = 1024 * 1024
 
 # One unit of rate limit buys this much work: ten memories written, or 16 KiB
 # of their text (embedding time grows with the text), whichever is more.
@@ -77,6 +79,29 @@ class ImportMeter:
         return max(due, 0)
 
 
+class UploadMeter:
+    """The running cost of an UploadDocument stream: one unit per MiB read
+    (the first prepaid), so a large file weighs more than a small one; its
+    chunks' embeddings run in the ingest job, bounded by the job queue."""
+
+    prepaid = 1
+
+    def __init__(self) -> None:
+        self._bytes = 0
+        self._charged = self.prepaid
+
+    def add(self, message: Any) -> int:
+        self._bytes += len(message.data)
+        due = 1 + self._bytes // _MIB - self._charged
+        self._charged += max(due, 0)
+        return max(due, 0)
+
+
+def _search_knowledge_cost(req: Any) -> int:
+    embeds = req.query and not req.query_embedding
+    return 2 + (work_cost(1, _utf8_len(req.query)) if embeds else 0)
+
+
 # Units of rate limit a call costs, from its request (default 1): the one
 # table of costs. A batch pays for its work (`work_cost`), so that batching
 # stays the cheap way to write many memories while a 1,000-item batch, or one
@@ -96,12 +121,15 @@ COSTS: dict[str, Any] = {
     # a stream that lasts: charged once when it starts (reading the log at
     # its own pace costs no writer anything)
     _MEMORY + "WatchMemories": lambda req: 1,
+    _KNOWLEDGE + "CreateDocument": lambda req: 1 + _utf8_len(req.text) // _MIB,
+    _KNOWLEDGE + "SearchKnowledge": _search_knowledge_cost,
 }
 
 # Client streams: a meter per call, charged per message as the stream is read
 # (the call is charged the meter's `prepaid` units before it reads anything).
 STREAM_COSTS: dict[str, Any] = {
     _MEMORY + "ImportMemories": ImportMeter,
+    _KNOWLEDGE + "UploadDocument": UploadMeter,
 }
 
 

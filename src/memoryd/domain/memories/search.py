@@ -99,6 +99,19 @@ class Searcher:
         v.raise_if_any()
         return Ranking(mode, query, recency_half_life, diversity)
 
+    async def query_vector(
+        self, query: str, vector: Sequence[float] | None, org_id: str
+    ) -> Sequence[float]:
+        """The vector of a query for a search of another store (knowledge):
+        the client's, checked, or the query text embedded (bounded)."""
+        self._check_query(query)
+        if vector:
+            v = Violations()
+            check_vector(v, "query_embedding", vector, self._embedder.dimension)
+            v.raise_if_any()
+            return vector
+        return (await self._embedder.embed([query], fairness_key=org_id))[0]
+
     def _check_query(self, query: str) -> None:
         """Refuses a query text longer than `max_query_chars` before it
         reaches the model (which reads only its first few hundred word

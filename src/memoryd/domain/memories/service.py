@@ -317,6 +317,12 @@ class MemoryService:
         async for record in self._exporter.export(tenant, flt, with_vectors):
             yield record
 
+    async def query_vector(
+        self, caller: Caller, query: str, vector: Sequence[float] | None
+    ) -> Sequence[float]:
+        """A search's query vector for another store (knowledge)."""
+        return await self._searcher.query_vector(query, vector, caller.principal.org_id)
+
     async def export_tenant(self, caller: Caller, scope: str) -> Tenant:
         """The memories an export job of `caller` reaches (`scope` and
         memory:read held; the end-user rules of `export`), for a job that

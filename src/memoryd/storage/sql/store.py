@@ -19,6 +19,7 @@ from memoryd.storage.sql.audit import AuditTables
 from memoryd.storage.sql.changes import ChangeTables
 from memoryd.storage.sql.idempotency import IdempotencyTables
 from memoryd.storage.sql.keys import KeyTables
+from memoryd.storage.sql.knowledge import KnowledgeTables
 from memoryd.storage.sql.operations import LlmUsageTables, OperationTables
 from memoryd.storage.sql.outage import Guarded, Reachability, discard_broken_connections
 from memoryd.storage.sql.prompts import PromptTables
@@ -79,10 +80,12 @@ class SqlControlStore(
     ChangeTables,
     WebhookTables,
     AlertTables,
+    KnowledgeTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
     `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger`,
-    `ChangeLog`/`WatchLog`, `WebhookStore` and `AlertStore` (see `memoryd.domain`)."""
+    `ChangeLog`/`WatchLog`, `WebhookStore`, `AlertStore` and `KnowledgeStore`
+    (see `memoryd.domain`)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self._url = url
