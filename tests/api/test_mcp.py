@@ -15,6 +15,7 @@ import grpc
 import httpx
 import httpx2
 import pytest
+from google.longrunning import operations_pb2
 from grpc import aio
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -23,7 +24,14 @@ from mcp_types import CallToolResult
 from memoryd.app import build_app
 from memoryd.config import Settings
 from memoryd.embeddings.hashing import HashingEmbedder
-from memoryd.v1 import admin_pb2, keys_pb2, memory_pb2, tenancy_pb2
+from memoryd.v1 import (
+    admin_pb2,
+    keys_pb2,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
+    memory_pb2,
+    tenancy_pb2,
+)
 from tests.helpers.certs import make_pki
 from tests.helpers.errors import refused
 from tests.helpers.polling import wait_for
@@ -505,3 +513,39 @@ async def test_add_messages_whose_wait_is_refused_still_answers_its_operation(
         assert op["name"] and op["done"] is False, op
         # the burst is spent: the next call is refused, as the wait was
         await failed(client, "get_operation", "RESOURCE_EXHAUSTED", name=op["name"])
+
+
+async def test_search_knowledge_finds_the_keys_own_documents(make_server: MakeServer) -> None:
+    server = await mcp_server(make_server)
+    project = await server.project()
+    scopes = ("knowledge:read", "knowledge:write", "ingest:write", "ingest:read")
+    key = await server.data_key(project, scopes)
+    owner = server.client(key)
+    k = knowledge_pb2_grpc.KnowledgeServiceStub(owner.channel)
+    op = await k.CreateDocument(
+        knowledge_pb2.CreateDocumentRequest(
+            text="The boiler room key hangs behind the reception desk.", display_name="keys"
+        ),
+        metadata=owner.md(),
+    )
+    done = await owner.operations.WaitOperation(
+        operations_pb2.WaitOperationRequest(name=op.name, timeout={"seconds": 20}),
+        metadata=owner.md(),
+    )
+    assert done.done and done.WhichOneof("result") == "response"
+
+    async with agent(server, key) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "search_knowledge" in names and "search_memories" not in names
+        found = await call(client, "search_knowledge", query="boiler room key", top_k=3)
+        [hit] = found["results"]
+        assert hit["document_name"] == "keys" and "reception desk" in hit["text"]
+    # another project's key finds nothing of it
+    other = await server.data_key(await server.project("other"), scopes)
+    async with agent(server, other) as client:
+        assert (await call(client, "search_knowledge", query="boiler room key"))["results"] == []
+    # without knowledge:read the tool is not listed, and refused
+    memory_only = await server.data_key(project, ("memory:read",))
+    async with agent(server, memory_only) as client:
+        assert "search_knowledge" not in {t.name for t in (await client.list_tools()).tools}
+        await failed(client, "search_knowledge", "PERMISSION_DENIED", query="boiler")

@@ -1,29 +1,20 @@
 """The `search_knowledge` tool: KnowledgeService.SearchKnowledge for agents.
 
-Listed only when this build has a KnowledgeService (`available()`). The
-request is built from proto JSON, so it follows the contract's field names
-(query, filter, folder, top_k, min_score) whatever the filter message is
-called; each result is answered as the proto has it (document id and name,
-chunk index, character offsets, text, score).
+The request is built from proto JSON (query, filter, folder, top_k,
+min_score); each result is answered as the proto has it (document id and
+name, chunk index, character offsets, text, score).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any
 
 from google.protobuf import json_format
 from pydantic import Field
 
 from memoryd.api.mcp.tools import Answer, Arguments, BadArgument, Rpc, Tool, to_json
-
-KNOWLEDGE_READ = "knowledge:read"
-
-
-def available() -> bool:
-    """Whether the generated KnowledgeService code is part of this build."""
-    return importlib.util.find_spec("memoryd.v1.knowledge_pb2") is not None
+from memoryd.domain.tenancy import Scope
+from memoryd.v1 import knowledge_pb2, knowledge_pb2_grpc
 
 
 class SearchKnowledgeArgs(Arguments):
@@ -37,27 +28,23 @@ class SearchKnowledgeArgs(Arguments):
 
 
 async def search_knowledge(rpc: Rpc, a: SearchKnowledgeArgs) -> Answer:
-    pb2 = importlib.import_module("memoryd.v1.knowledge_pb2")
-    grpc_pb2 = importlib.import_module("memoryd.v1.knowledge_pb2_grpc")
     body: dict[str, Any] = {"query": a.query, "top_k": a.top_k, "min_score": a.min_score}
     if a.folder:
         body["folder"] = a.folder
     if a.filter is not None:
         body["filter"] = a.filter
     try:
-        request = json_format.ParseDict(body, pb2.SearchKnowledgeRequest())
+        request = json_format.ParseDict(body, knowledge_pb2.SearchKnowledgeRequest())
     except json_format.ParseError as err:
         raise BadArgument("filter", str(err)) from None
-    stub = grpc_pb2.KnowledgeServiceStub(rpc.channel)
+    stub = knowledge_pb2_grpc.KnowledgeServiceStub(rpc.channel)
     response = await rpc(stub.SearchKnowledge, request)
     results = [to_json(r) for r in response.results]
     return Answer(f"{len(results)} chunks found", {"results": results})
 
 
 def knowledge_tools() -> tuple[Tool, ...]:
-    """`search_knowledge`, when the build has a KnowledgeService; else nothing."""
-    if not available():
-        return ()
+    """`search_knowledge`."""
     return (
         Tool(
             "search_knowledge",
@@ -66,7 +53,7 @@ def knowledge_tools() -> tuple[Tool, ...]:
             "name, position and score. Use it for facts from documents, search_memories for "
             "what was learned about the user.",
             SearchKnowledgeArgs,
-            KNOWLEDGE_READ,
+            Scope.KNOWLEDGE_READ,
             search_knowledge,
             read_only=True,
         ),
