@@ -6,7 +6,8 @@ chunks and memories never meet."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -458,3 +459,70 @@ async def test_bad_requests_name_their_fields(server: RunningServer) -> None:
     assert "query" in violations(err)
     err = await refused(grpc.StatusCode.INVALID_ARGUMENT, search(client, "x", top_k=101))
     assert "top_k" in violations(err)
+
+
+# --- cancelling -------------------------------------------------------------------------
+
+
+class HeldEmbedder:
+    """The hashing embedder, but its second call (a document's second batch
+    of chunks) waits until the test lets it go: an ingest is caught half
+    way, without depending on timing."""
+
+    def __init__(self) -> None:
+        from memoryd.embeddings.hashing import HashingEmbedder
+
+        self._inner = HashingEmbedder(64)
+        self.calls = 0
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @property
+    def model_id(self) -> str:
+        return self._inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self._inner.dimension
+
+    async def embed(self, texts: Sequence[str], *, fairness_key: str = "") -> list[list[float]]:
+        self.calls += 1
+        if self.calls == 2:
+            self.held.set()
+            await self.release.wait()
+        return await self._inner.embed(texts, fairness_key=fairness_key)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def test_a_cancelled_ingest_leaves_nothing_searchable(make_server: Any) -> None:
+    held = HeldEmbedder()
+    server = await make_server(embedder=held, knowledge_chunk_tokens=16, knowledge_chunk_overlap=0)
+    project = await server.project()
+    client = await knowing(server, project=project)
+    text = "\n\n".join(
+        f"Fact {i}: the blue lighthouse number {i} stands on a cliff." for i in range(200)
+    )
+    op = await stub(client).CreateDocument(
+        knowledge_pb2.CreateDocumentRequest(text=text), metadata=client.md()
+    )
+    await asyncio.wait_for(held.held.wait(), 30)  # one batch stored, the second held
+    running = await client.operations.GetOperation(
+        operations_pb2.GetOperationRequest(name=op.name), metadata=client.md()
+    )
+    assert meta(running).chunks_embedded == 64 and meta(running).chunks > 64
+    await client.operations.CancelOperation(
+        operations_pb2.CancelOperationRequest(name=op.name), metadata=client.md()
+    )
+    done = await wait(client, op)
+    assert done.error.code == grpc.StatusCode.CANCELLED.value[0]
+    held.release.set()
+
+    doc = await stub(client).GetDocument(
+        knowledge_pb2.GetDocumentRequest(name=meta(done).document), metadata=client.md()
+    )
+    assert doc.state == knowledge_pb2.Document.FAILED and "cancelled" in doc.error
+    assert not await search(client, "blue lighthouse on a cliff")
+    assert await chunk_count(server, project, doc) == 0
+    assert not server_uploads(server)

@@ -127,6 +127,7 @@ async def start_server(
     clock: Any = None,
     bootstrap_if_empty: bool = True,
     tracer_provider: Any = None,
+    embedder: Any = None,
     **overrides: Any,
 ) -> RunningServer:
     """A started server with test defaults; `overrides` are Settings fields."""
@@ -156,6 +157,7 @@ async def start_server(
         hasher=fast_hasher(),
         bootstrap_if_empty=bootstrap_if_empty,
         tracer_provider=tracer_provider,
+        embedder=embedder,
     )
     await app.start()
     address = f"127.0.0.1:{app.port}"
