@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from benchmarks.auth import SUITES as AUTH_SUITES
 from benchmarks.auth import run_auth
 from benchmarks.conversations import run_conversations
+from benchmarks.knowledge import knowledge_suite
 from benchmarks.mcp import mcp_suite
 from benchmarks.memory import memory_suite
 from benchmarks.watch import run_watch
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         default="auth,auth-redis,memory,conversations,watch,webhooks",
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
         "conversations, watch, webhooks, writes, mcp (MCP search_memories against gRPC "
-        "SearchMemories) (default: all but writes and mcp)",
+        "SearchMemories), knowledge (ingest and SearchKnowledge) (default: all but writes, mcp "
+        "and knowledge)",
     )
     parser.add_argument(
         "--memories", type=int, default=100_000, help="memory and writes suites: corpus size"
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         default=1_000,
         help="webhooks suite: memories written at once for the delivery throughput",
     )
+    parser.add_argument(
+        "--chunks", type=int, default=100_000, help="knowledge suite: chunks for the search"
+    )
+    parser.add_argument(
+        "--environments", type=int, default=100, help="knowledge suite: environments"
+    )
     add_settings_options(parser)
     return parser
 
@@ -95,6 +103,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             lines = await writes_suite(settings, args.memories, args.tenants, args.baseline_src)
             for line in lines:
                 print(line, flush=True)
+        elif suite == "knowledge":
+            lines = await knowledge_suite(
+                settings, args.chunks, args.environments, args.seconds, args.concurrency
+            )
+            print("\n".join(lines), flush=True)
         elif suite == "mcp":
             for line in await mcp_suite(settings, args.memories, args.seconds, args.concurrency):
                 print(line, flush=True)

@@ -28,7 +28,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -180,9 +180,11 @@ Metadata = tuple[tuple[str, str], ...]
 Mode: TypeAlias = memory_pb2.SearchMode
 
 
-async def create_env_keys(channel: aio.Channel, owner_key: str, n_envs: int) -> list[str]:
+async def create_env_keys(
+    channel: aio.Channel, owner_key: str, n_envs: int, scopes: Sequence[str] = ("memory:*",)
+) -> list[str]:
     """Projects of 10 environments each (at least one project), `n_envs` in
-    all rounded down to tens; a data key (scopes memory:*) per environment."""
+    all rounded down to tens; a data key (`scopes`) per environment."""
     keys_stub = keys_pb2_grpc.KeyServiceStub(channel)
     admin = admin_pb2_grpc.AdminServiceStub(channel)
     owner = (("x-api-key", owner_key),)
@@ -210,7 +212,7 @@ async def create_env_keys(channel: aio.Channel, owner_key: str, n_envs: int) -> 
                     project_id=project.id,
                     environment_id=env_id,
                     name="bench",
-                    scopes=["memory:*"],
+                    scopes=list(scopes),
                 ),
                 metadata=owner,
             )
