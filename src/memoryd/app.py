@@ -613,6 +613,7 @@ def _services(
     call_projects = CallProjects(projects_cache)
     ceilings = _ceilings(settings)
     changes: WatchLog = metrics.timed("sql", store)
+    recorder = ChangeRecorder(changes, clock, on_append=watchers.appended)
     alerts = AlertMonitor(
         store,
         clock,
@@ -637,7 +638,7 @@ def _services(
         max_query_chars=settings.max_query_chars,
         auditor=auditor,
         default_search_mode=SearchMode(settings.search_default_mode),
-        changes=ChangeRecorder(changes, clock, on_append=watchers.appended),
+        changes=recorder,
         on_memory_level=lambda t, used, limit, exact: alerts.quota(
             t, Resource.MEMORIES, used, limit, exact=exact
         ),
@@ -664,7 +665,7 @@ def _services(
     prompts = PromptManager(prompt_store, control, auditor, clock)
     export_job = ExportJob(memories, export_files, export_line, clock, settings.export_max_memories)
     knowledge, ingest_job = _knowledge(
-        settings, store, chunks, memories, embedder, clock, auditor, lambda: jobs.wake()
+        settings, store, chunks, memories, embedder, clock, auditor, lambda: jobs.wake(), recorder
     )
     more_jobs: dict[str, tuple[JobHandler, KindScopes]] = {
         EXPORT: (export_job, KindScopes(read=Scope.EXPORT_READ, manage=Scope.EXPORT_WRITE)),
@@ -732,6 +733,7 @@ def _knowledge(
     clock: Clock,
     auditor: Auditor,
     wake: Callable[[], None],
+    changes: ChangeRecorder,
 ) -> tuple[KnowledgeService, IngestJob]:
     """KnowledgeService and its ingest job: the parsers and the splitter
     (sized by the embedding model's tokenizer), the spool, URL downloads
@@ -749,7 +751,16 @@ def _knowledge(
         max_bytes=settings.knowledge_max_bytes_per_environment,
     )
     knowledge = KnowledgeService(
-        store, chunks, memories, reader, spool, clock, limits, auditor=auditor, on_stored=wake
+        store,
+        chunks,
+        memories,
+        reader,
+        spool,
+        clock,
+        limits,
+        auditor=auditor,
+        on_stored=wake,
+        changes=changes,
     )
     guard = AddressGuard(AddressPolicy(parse_networks(settings.outbound_allow_networks)))
     fetcher = UrlFetcher(

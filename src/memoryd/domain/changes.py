@@ -38,13 +38,22 @@ class EventType(enum.Enum):
     # alerts (`memoryd.domain.alerts`): about an environment, not a memory
     QUOTA_REACHED = "QUOTA_REACHED"
     RATE_LIMITED = "RATE_LIMITED"
+    # knowledge (`memoryd.domain.knowledge`): about a document, not a memory
+    DOCUMENT_READY = "DOCUMENT_READY"
+    DOCUMENT_FAILED = "DOCUMENT_FAILED"
+    DOCUMENT_DELETED = "DOCUMENT_DELETED"
 
 
 # The alert types: no memory, `details` says what happened; never streamed
 # to watchers, sent only to webhooks that name them.
 ALERTS = frozenset({EventType.QUOTA_REACHED, EventType.RATE_LIMITED})
+# The document events: no memory, `details` says which document (id, name,
+# folder, state, chunks); sent only to webhooks that name them.
+DOCUMENT_EVENTS = frozenset(
+    {EventType.DOCUMENT_READY, EventType.DOCUMENT_FAILED, EventType.DOCUMENT_DELETED}
+)
 # The memory events: what a watcher, or a webhook naming no types, receives.
-MEMORY_EVENTS = frozenset(EventType) - ALERTS
+MEMORY_EVENTS = frozenset(EventType) - ALERTS - DOCUMENT_EVENTS
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from memoryd.v1 import memory_pb2 as memoryd_dot_v1_dot_memory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19memoryd/v1/webhooks.proto\x12\nmemoryd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17memoryd/v1/memory.proto\"\xd2\x06\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x32\n\x0b\x65vent_types\x18\x03 \x03(\x0e\x32\x1d.memoryd.v1.Webhook.EventType\x12(\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.memoryd.v1.Webhook.State\x12\x16\n\x0e\x64isable_reason\x18\x08 \x01(\t\x12\x30\n\x0c\x64isable_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\n \x01(\x05\x12\x13\n\x0b\x65nd_user_id\x18\x0b \x01(\t\x12\x12\n\nproject_id\x18\x0c \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brotate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x1bprevious_secret_expire_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x12 \x01(\t\"\x9c\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07UPDATED\x10\x02\x12\x0e\n\nSUPERSEDED\x10\x03\x12\x0b\n\x07\x44\x45LETED\x10\x04\x12\x0b\n\x07\x45XPIRED\x10\x05\x12\n\n\x06PURGED\x10\x06\x12\x11\n\rQUOTA_REACHED\x10\x07\x12\x10\n\x0cRATE_LIMITED\x10\x08\"P\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\n\n\x06PAUSED\x10\x02\x12\x18\n\x14\x44ISABLED_BY_FAILURES\x10\x03\"\x8c\x01\n\x0eWebhookAttempt\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rresponse_code\x18\x02 \x01(\x05\x12*\n\x07latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xe8\x03\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x31\n\nevent_type\x18\x03 \x01(\x0e\x32\x1d.memoryd.v1.Webhook.EventType\x12\x11\n\tmemory_id\x18\x04 \x01(\t\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x05state\x18\x06 \x01(\x0e\x32!.memoryd.v1.WebhookDelivery.State\x12,\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1a.memoryd.v1.WebhookAttempt\x12\x35\n\x11next_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tSUCCEEDED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"<\n\x14\x43reateWebhookRequest\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\"M\n\x15\x43reateWebhookResponse\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListWebhooksResponse\x12%\n\x08webhooks\x18\x01 \x03(\x0b\x32\x13.memoryd.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11GetWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"m\n\x14UpdateWebhookRequest\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x14\x44\x65leteWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Y\n\x1aRotateWebhookSecretRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"S\n\x1bRotateWebhookSecretResponse\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x8b\x01\n\x1cListWebhookDeliveriesRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.memoryd.v1.WebhookDelivery.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"i\n\x1dListWebhookDeliveriesResponse\x12/\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1b.memoryd.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x1fRedeliverWebhookDeliveryRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x02 \x01(\t2\xca\x05\n\x0eWebhookService\x12T\n\rCreateWebhook\x12 .memoryd.v1.CreateWebhookRequest\x1a!.memoryd.v1.CreateWebhookResponse\x12Q\n\x0cListWebhooks\x12\x1f.memoryd.v1.ListWebhooksRequest\x1a .memoryd.v1.ListWebhooksResponse\x12@\n\nGetWebhook\x12\x1d.memoryd.v1.GetWebhookRequest\x1a\x13.memoryd.v1.Webhook\x12\x46\n\rUpdateWebhook\x12 .memoryd.v1.UpdateWebhookRequest\x1a\x13.memoryd.v1.Webhook\x12I\n\rDeleteWebhook\x12 .memoryd.v1.DeleteWebhookRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\x13RotateWebhookSecret\x12&.memoryd.v1.RotateWebhookSecretRequest\x1a\'.memoryd.v1.RotateWebhookSecretResponse\x12l\n\x15ListWebhookDeliveries\x12(.memoryd.v1.ListWebhookDeliveriesRequest\x1a).memoryd.v1.ListWebhookDeliveriesResponse\x12\x64\n\x18RedeliverWebhookDelivery\x12+.memoryd.v1.RedeliverWebhookDeliveryRequest\x1a\x1b.memoryd.v1.WebhookDeliveryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19memoryd/v1/webhooks.proto\x12\nmemoryd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17memoryd/v1/memory.proto\"\x91\x07\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x32\n\x0b\x65vent_types\x18\x03 \x03(\x0e\x32\x1d.memoryd.v1.Webhook.EventType\x12(\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x18.memoryd.v1.MemoryFilter\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.memoryd.v1.Webhook.State\x12\x16\n\x0e\x64isable_reason\x18\x08 \x01(\t\x12\x30\n\x0c\x64isable_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\n \x01(\x05\x12\x13\n\x0b\x65nd_user_id\x18\x0b \x01(\t\x12\x12\n\nproject_id\x18\x0c \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brotate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x1bprevious_secret_expire_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x12 \x01(\t\"\xdb\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07UPDATED\x10\x02\x12\x0e\n\nSUPERSEDED\x10\x03\x12\x0b\n\x07\x44\x45LETED\x10\x04\x12\x0b\n\x07\x45XPIRED\x10\x05\x12\n\n\x06PURGED\x10\x06\x12\x11\n\rQUOTA_REACHED\x10\x07\x12\x10\n\x0cRATE_LIMITED\x10\x08\x12\x12\n\x0e\x44OCUMENT_READY\x10\t\x12\x13\n\x0f\x44OCUMENT_FAILED\x10\n\x12\x14\n\x10\x44OCUMENT_DELETED\x10\x0b\"P\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\n\n\x06PAUSED\x10\x02\x12\x18\n\x14\x44ISABLED_BY_FAILURES\x10\x03\"\x8c\x01\n\x0eWebhookAttempt\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rresponse_code\x18\x02 \x01(\x05\x12*\n\x07latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xe8\x03\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x31\n\nevent_type\x18\x03 \x01(\x0e\x32\x1d.memoryd.v1.Webhook.EventType\x12\x11\n\tmemory_id\x18\x04 \x01(\t\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x05state\x18\x06 \x01(\x0e\x32!.memoryd.v1.WebhookDelivery.State\x12,\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1a.memoryd.v1.WebhookAttempt\x12\x35\n\x11next_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tSUCCEEDED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"<\n\x14\x43reateWebhookRequest\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\"M\n\x15\x43reateWebhookResponse\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListWebhooksResponse\x12%\n\x08webhooks\x18\x01 \x03(\x0b\x32\x13.memoryd.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11GetWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"m\n\x14UpdateWebhookRequest\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x14\x44\x65leteWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Y\n\x1aRotateWebhookSecretRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"S\n\x1bRotateWebhookSecretResponse\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.memoryd.v1.Webhook\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x8b\x01\n\x1cListWebhookDeliveriesRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.memoryd.v1.WebhookDelivery.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"i\n\x1dListWebhookDeliveriesResponse\x12/\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1b.memoryd.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x1fRedeliverWebhookDeliveryRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x02 \x01(\t2\xca\x05\n\x0eWebhookService\x12T\n\rCreateWebhook\x12 .memoryd.v1.CreateWebhookRequest\x1a!.memoryd.v1.CreateWebhookResponse\x12Q\n\x0cListWebhooks\x12\x1f.memoryd.v1.ListWebhooksRequest\x1a .memoryd.v1.ListWebhooksResponse\x12@\n\nGetWebhook\x12\x1d.memoryd.v1.GetWebhookRequest\x1a\x13.memoryd.v1.Webhook\x12\x46\n\rUpdateWebhook\x12 .memoryd.v1.UpdateWebhookRequest\x1a\x13.memoryd.v1.Webhook\x12I\n\rDeleteWebhook\x12 .memoryd.v1.DeleteWebhookRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\x13RotateWebhookSecret\x12&.memoryd.v1.RotateWebhookSecretRequest\x1a\'.memoryd.v1.RotateWebhookSecretResponse\x12l\n\x15ListWebhookDeliveries\x12(.memoryd.v1.ListWebhookDeliveriesRequest\x1a).memoryd.v1.ListWebhookDeliveriesResponse\x12\x64\n\x18RedeliverWebhookDelivery\x12+.memoryd.v1.RedeliverWebhookDeliveryRequest\x1a\x1b.memoryd.v1.WebhookDeliveryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,41 +37,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memoryd.v1.webhooks_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WEBHOOK']._serialized_start=195
-  _globals['_WEBHOOK']._serialized_end=1045
+  _globals['_WEBHOOK']._serialized_end=1108
   _globals['_WEBHOOK_EVENTTYPE']._serialized_start=807
-  _globals['_WEBHOOK_EVENTTYPE']._serialized_end=963
-  _globals['_WEBHOOK_STATE']._serialized_start=965
-  _globals['_WEBHOOK_STATE']._serialized_end=1045
-  _globals['_WEBHOOKATTEMPT']._serialized_start=1048
-  _globals['_WEBHOOKATTEMPT']._serialized_end=1188
-  _globals['_WEBHOOKDELIVERY']._serialized_start=1191
-  _globals['_WEBHOOKDELIVERY']._serialized_end=1679
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=1609
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=1679
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=1681
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=1741
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=1743
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=1820
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=1822
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1882
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1884
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1970
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=1972
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=2003
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=2005
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=2114
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=2116
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=2150
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=2152
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=2241
-  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_start=2243
-  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_end=2326
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=2329
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=2468
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=2470
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=2575
-  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_start=2577
-  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_end=2651
-  _globals['_WEBHOOKSERVICE']._serialized_start=2654
-  _globals['_WEBHOOKSERVICE']._serialized_end=3368
+  _globals['_WEBHOOK_EVENTTYPE']._serialized_end=1026
+  _globals['_WEBHOOK_STATE']._serialized_start=1028
+  _globals['_WEBHOOK_STATE']._serialized_end=1108
+  _globals['_WEBHOOKATTEMPT']._serialized_start=1111
+  _globals['_WEBHOOKATTEMPT']._serialized_end=1251
+  _globals['_WEBHOOKDELIVERY']._serialized_start=1254
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1742
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=1672
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=1742
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=1744
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=1804
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=1806
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=1883
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=1885
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1945
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1947
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=2033
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=2035
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=2066
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=2068
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=2177
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=2179
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=2213
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=2215
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=2304
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_start=2306
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_end=2389
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=2392
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=2531
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=2533
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=2638
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_start=2640
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_end=2714
+  _globals['_WEBHOOKSERVICE']._serialized_start=2717
+  _globals['_WEBHOOKSERVICE']._serialized_end=3431
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,9 @@ class Webhook(_message.Message):
         PURGED: _ClassVar[Webhook.EventType]
         QUOTA_REACHED: _ClassVar[Webhook.EventType]
         RATE_LIMITED: _ClassVar[Webhook.EventType]
+        DOCUMENT_READY: _ClassVar[Webhook.EventType]
+        DOCUMENT_FAILED: _ClassVar[Webhook.EventType]
+        DOCUMENT_DELETED: _ClassVar[Webhook.EventType]
     EVENT_TYPE_UNSPECIFIED: Webhook.EventType
     CREATED: Webhook.EventType
     UPDATED: Webhook.EventType
@@ -36,6 +39,9 @@ class Webhook(_message.Message):
     PURGED: Webhook.EventType
     QUOTA_REACHED: Webhook.EventType
     RATE_LIMITED: Webhook.EventType
+    DOCUMENT_READY: Webhook.EventType
+    DOCUMENT_FAILED: Webhook.EventType
+    DOCUMENT_DELETED: Webhook.EventType
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Webhook.State]

@@ -18,9 +18,10 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from memoryd.domain.changes import EventType
 from memoryd.domain.clock import Clock
 from memoryd.domain.errors import DomainError, FailedPrecondition, NotFound, Unavailable
 from memoryd.domain.knowledge.model import CHUNK_SOURCE, Document, Ready
@@ -138,6 +139,11 @@ class IngestJob:
             ready = Ready(op.id, mime, size, sha, len(pieces), parsed.pages)
             if not await self._store.document_ready(doc.tenant, doc.id, ready, self._clock.now()):
                 raise NotFound("the document was deleted while it was ingested")
+            now_ready = await self._store.get_document(doc.tenant, doc.id)
+            if now_ready is not None:
+                await self._knowledge.record(
+                    EventType.DOCUMENT_READY, now_ready, operation_id=op.id
+                )
         except Unavailable as err:
             if op.attempts < self._max_attempts:
                 raise  # tried again later, from the spooled file
@@ -210,6 +216,11 @@ class IngestJob:
         try:
             await self._knowledge.delete_chunks(doc.tenant, doc.id, only=op_id)
             await self._store.document_failed(doc.tenant, doc.id, op_id, why, self._clock.now())
+            failed = await self._store.get_document(doc.tenant, doc.id)
+            if failed is not None:
+                await self._knowledge.record(
+                    EventType.DOCUMENT_FAILED, replace(failed, error=why), operation_id=op_id
+                )
         except Exception:
             log.exception("could not clean up the failed ingest of document %s", doc.id)
         self._spool.remove(op_id)

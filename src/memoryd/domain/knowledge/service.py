@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from memoryd.domain import paging
 from memoryd.domain.audit import Auditor, PendingEvent
+from memoryd.domain.changes import EventType, NewEvent
 from memoryd.domain.clock import Clock
 from memoryd.domain.errors import (
     AlreadyExists,
@@ -44,6 +45,7 @@ from memoryd.domain.memories import MemoryService
 from memoryd.domain.memories.export_import import EVERY_TIME
 from memoryd.domain.memories.filters import validate_filter
 from memoryd.domain.memories.matching import matches
+from memoryd.domain.memories.recording import ChangeRecorder
 from memoryd.domain.memories.validation import check_metadata
 from memoryd.domain.memory import Filter, Match, MemoryRecord, VectorStore
 from memoryd.domain.operations import Operation, OpState, new_operation_id
@@ -144,6 +146,7 @@ class KnowledgeService:
         *,
         auditor: Auditor | None = None,
         on_stored: Callable[[], None] = lambda: None,
+        changes: ChangeRecorder | None = None,
     ) -> None:
         """`memories` gives a call's tenant (the end-user rules) and embeds
         queries; `chunks` is the knowledge vector store."""
@@ -156,6 +159,7 @@ class KnowledgeService:
         self.limits = limits
         self._auditor = auditor
         self._on_stored = on_stored
+        self._changes = changes or ChangeRecorder()
 
     # --- accepting documents --------------------------------------------------------
 
@@ -368,6 +372,7 @@ class KnowledgeService:
             if not await self._store.delete_document(tenant, doc.id):
                 raise _not_found(name)
             await self.delete_chunks(doc.tenant, doc.id)
+            await self.record(EventType.DOCUMENT_DELETED, doc, request_id=caller.request_id)
 
     async def delete_chunks(
         self, tenant: Tenant, doc_id: str, *, keep: str | None = None, only: str | None = None
@@ -394,6 +399,36 @@ class KnowledgeService:
         if stale:
             await self._chunks.delete(tenant, stale)
         return len(stale)
+
+    async def record(
+        self, kind: EventType, doc: Document, *, operation_id: str = "", request_id: str = ""
+    ) -> None:
+        """Appends a document event to the change log (webhooks that name it)."""
+        await self._changes.record_events(
+            [self._event(kind, doc, operation_id=operation_id, request_id=request_id)]
+        )
+
+    def _event(
+        self, kind: EventType, doc: Document, *, operation_id: str = "", request_id: str = ""
+    ) -> NewEvent:
+        return NewEvent(
+            type=kind,
+            tenant=doc.tenant,
+            memory_id="",
+            time=self._clock.now(),
+            operation_id=operation_id,
+            request_id=request_id,
+            details={
+                "document": DOCUMENT_PREFIX + doc.id,
+                "document_id": doc.id,
+                "display_name": doc.display_name,
+                "folder": doc.folder,
+                "state": doc.state.value,
+                "mime_type": doc.mime_type,
+                "chunk_count": doc.chunk_count,
+                "error": doc.error,
+            },
+        )
 
     async def _restamp(self, doc: Document) -> None:
         """Writes a document's folder and metadata onto its chunks, which
@@ -517,6 +552,12 @@ class KnowledgeService:
             )
             for doc in docs.values():
                 await self.delete_chunks(doc.tenant, doc.id)
+            await self._changes.record_events(
+                [
+                    self._event(EventType.DOCUMENT_DELETED, d, request_id=caller.request_id)
+                    for d in docs.values()
+                ]
+            )
 
     async def _ensure_folder(self, tenant: Tenant, name: str) -> None:
         if await self._store.get_folder(tenant, name) is None:

@@ -106,6 +106,13 @@ class ChangeRecorder:
         async with self._lock:  # held events go first, once
             await self._append(events)
 
+    async def record_events(self, events: Sequence[NewEvent]) -> None:
+        """Appends events made elsewhere (documents), in order, like `record`."""
+        if not events or self._log is None:
+            return
+        async with self._lock:
+            await self._append(list(events))
+
     async def _append(self, events: list[NewEvent]) -> None:
         assert self._log is not None
         pending = [*self._held, *events]

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from memoryd.domain.changes import ALERTS, ChangeEvent, EventType, LogHead, WatchLog
+from memoryd.domain.changes import MEMORY_EVENTS, ChangeEvent, EventType, LogHead, WatchLog
 from memoryd.domain.errors import OutOfRange
 from memoryd.domain.memories import MemoryService, validate_filter
 from memoryd.domain.memories.matching import matches
@@ -169,7 +169,7 @@ class WatchService:
         """The entry for the stream, or None when the request's types or
         filter leave it out."""
         e, record = entry.event, entry.record
-        if e.type in ALERTS:  # about the environment, for webhooks only
+        if e.type not in MEMORY_EVENTS:  # alerts, documents: for webhooks only
             return None
         if request.types and e.type not in request.types:
             return None

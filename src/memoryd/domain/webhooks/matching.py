@@ -14,6 +14,11 @@ events it does not know) and that reach every end user of the
 environment (an alert is about the environment); filters, which are about
 memories, do not apply to them.
 
+Document events (DOCUMENT_READY, DOCUMENT_FAILED, DOCUMENT_DELETED) go,
+like alerts, only to webhooks that name their type, and like memory
+events only to webhooks that reach the document's end user; memory
+filters do not apply to them.
+
 The filter is the memory filter of ListMemories, meaning what it means to
 the vector store (`memoryd.domain.memories.matching`, held to the engine).
 """
@@ -25,7 +30,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from memoryd.domain.changes import ALERTS, ChangeEvent, EventType
+from memoryd.domain.changes import ALERTS, DOCUMENT_EVENTS, ChangeEvent, EventType
 from memoryd.domain.memories.matching import matches
 from memoryd.domain.memories.snapshot import memory_from_json
 from memoryd.domain.memory import Filter
@@ -56,7 +61,7 @@ def receives(webhook: Webhook, event: ChangeEvent) -> bool:
         return False
     if not webhook.reach.sees(event.tenant.key, event.tenant.end_user_id):
         return False
-    if event.type in ALERTS:
+    if event.type in ALERTS or event.type in DOCUMENT_EVENTS:
         return event.type in webhook.event_types
     if webhook.event_types and event.type not in webhook.event_types:
         return False
@@ -81,6 +86,21 @@ def payload(event: ChangeEvent) -> str:
                     **event.details,
                     "project_id": event.tenant.project_id,
                     "environment_id": event.tenant.environment_id,
+                    "time": rfc3339(event.time),
+                },
+            }
+        )
+    if event.type in DOCUMENT_EVENTS:
+        kind = event.type.value.removeprefix("DOCUMENT_").lower()
+        return _dumps(
+            {
+                "type": f"document.{kind}",
+                "timestamp": rfc3339(event.time),
+                "data": {
+                    **event.details,
+                    "end_user_id": event.tenant.end_user_id,
+                    "operation_id": event.operation_id,
+                    "request_id": event.request_id,
                     "time": rfc3339(event.time),
                 },
             }

@@ -40,7 +40,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from memoryd.domain.changes import ALERTS, ChangeEvent, EventType, LogHead, NewEvent, Trimmed
+from memoryd.domain.changes import (
+    MEMORY_EVENTS,
+    ChangeEvent,
+    EventType,
+    LogHead,
+    NewEvent,
+    Trimmed,
+)
 from memoryd.domain.tenancy import EndUsers, Tenant
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata
 from memoryd.storage.sql.tx import Transacting
@@ -123,7 +130,7 @@ def _visible(tenant: Tenant) -> list[sa.ColumnElement[bool]]:
 def _event(row: Any) -> ChangeEvent:
     kind = EventType(row.type)
     data = json.loads(row.memory) if row.memory is not None else None
-    alert = kind in ALERTS
+    alert = kind not in MEMORY_EVENTS  # an alert or a document event: details
     return ChangeEvent(
         type=kind,
         tenant=Tenant(row.org_id, row.project_id, row.environment_id, row.end_user_id),
@@ -158,8 +165,9 @@ def _row(seq: int, e: NewEvent) -> dict[str, Any]:
 
 
 def _data(e: NewEvent) -> str | None:
-    """What the `memory` column holds: the memory, or an alert's details."""
-    if e.type in ALERTS:
+    """What the `memory` column holds: the memory, or the details of an
+    alert or a document event."""
+    if e.type not in MEMORY_EVENTS:
         return json_dump(dict(e.details))
     return json_dump(dict(e.memory)) if e.memory is not None else None
 
