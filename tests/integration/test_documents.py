@@ -87,6 +87,18 @@ def test_an_encrypted_pdf_is_refused_saying_so(tmp_path: Path) -> None:
     assert err.value.reason == "DOCUMENT_ENCRYPTED" and "password" in err.value.message
 
 
+def test_a_pdf_with_an_owner_password_only_is_read(tmp_path: Path) -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    for page in PdfReader(io.BytesIO(pdf_bytes(["open to read, locked to edit"]))).pages:
+        writer.add_page(page)
+    writer.encrypt(user_password="", owner_password="owner-secret")
+    out = io.BytesIO()
+    writer.write(out)
+    assert "open to read" in read(tmp_path, "owner.pdf", out.getvalue()).text
+
+
 def test_a_truncated_pdf_is_corrupt(tmp_path: Path) -> None:
     data = pdf_bytes(["one", "two"])
     with pytest.raises(UnreadableDocument) as err:
@@ -183,6 +195,15 @@ def test_json_is_read_as_readable_text(tmp_path: Path) -> None:
 def test_text_in_any_encoding(tmp_path: Path, data: bytes, expected: str) -> None:
     doc = read(tmp_path, "notes.txt", data)
     assert doc.mime_type == PLAIN and expected in doc.text
+
+
+def test_utf8_cut_inside_a_character_and_utf16_without_bom(tmp_path: Path) -> None:
+    cjk = ("日本語のテキストです。" * 2000).encode()
+    # the head the type is sniffed from ends inside a three-byte character
+    assert reader.detect(cjk[:8191], "", "notes.txt") == PLAIN
+    assert "テキスト" in read(tmp_path, "notes.txt", cjk).text
+    le = "Plain text written as UTF-16 without a byte order mark.".encode("utf-16-le")
+    assert "without a byte order mark" in read(tmp_path, "u16.txt", le).text
 
 
 def test_markdown_by_name_or_declaration(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ _DECLARED = {
     "text/csv": CSV,
     "application/json": JSON,
 }
+_WESTERN = ("cp1252", "latin_1", "iso8859_15")
 # Text larger than this is not sniffed as JSON by parsing it whole.
 _SNIFF_JSON_BYTES = 8 * 1024 * 1024
 
@@ -150,11 +151,31 @@ def _declared(declared: str, name: str) -> str:
 def _looks_like_text(head: bytes) -> bool:
     if not head:
         return True
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a BOM
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _utf16_without_bom(head):
         return True
     if b"\x00" in head:
         return False
+    try:
+        head.decode("utf-8")
+        return True
+    except UnicodeDecodeError as err:
+        if err.start >= len(head) - 3 and err.reason == "unexpected end of data":
+            return True  # the head ends inside a character
     return from_bytes(head).best() is not None
+
+
+def _utf16_without_bom(head: bytes) -> str:
+    """ "utf-16-le" or "utf-16-be" when the bytes read as such (Latin text:
+    every other byte zero), else ""."""
+    sample = head[: len(head) - len(head) % 2][:4096]
+    if len(sample) < 4:
+        return ""
+    even, odd = sample[0::2], sample[1::2]
+    if odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.1 * len(even):
+        return "utf-16-le"
+    if even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
+        return "utf-16-be"
+    return ""
 
 
 def _is_json(head: bytes) -> bool:
@@ -173,13 +194,21 @@ def _decode(data: bytes) -> str:
         return data[3:].decode("utf-8", errors="replace")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16", errors="replace")
+    if utf16 := _utf16_without_bom(data):
+        return data.decode(utf16, errors="replace")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    best = from_bytes(data).best()
+    matches = from_bytes(data)
+    best = matches.best()
     if best is None:
         raise UnsupportedType("application/octet-stream")
+    # short Western text reads about as well as Central European: prefer
+    # Windows-1252 / Latin-1 then (è stays è, not č)
+    for m in matches:
+        if m.encoding in _WESTERN and m.chaos <= best.chaos + 0.05:
+            return str(m)
     return str(best)
 
 
@@ -198,10 +227,11 @@ def _pdf(path: Path, on_page: Callable[[int], None] | None) -> ParsedDocument:
 
     try:
         reader = PdfReader(str(path))
-        encrypted = reader.is_encrypted
-    except PdfReadError as err:
+        # a PDF with an owner password only opens with the empty user password
+        encrypted = reader.is_encrypted and not reader.decrypt("")
+    except PdfReadError:
         raise UnreadableDocument(
-            f"the PDF is corrupt or truncated ({err}); check the file and upload it again",
+            "the PDF is corrupt or truncated; check the file and upload it again",
             reason="DOCUMENT_CORRUPT",
         ) from None
     if encrypted:
