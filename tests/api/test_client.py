@@ -423,3 +423,23 @@ async def test_tls_channel_sends_the_key_as_call_credentials(
         with pytest.raises(MemorydError) as caught:
             await client.whoami()
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_async_clients_streams_carry_the_key(make_server: MakeServer) -> None:
+    # grpc.aio files a multi-kind interceptor under its first kind only: the
+    # key must reach server streams (ExportMemories, WatchMemories) and
+    # client streams (ImportMemories), not only unary calls
+    server = await make_server()
+    key, _ = await _data_key(server)
+    async with AsyncMemorydClient(server.address, key, end_user_id="ana") as client:
+        await client.create_memory("streamed out")
+        exported = [
+            m async for m in client.memory.ExportMemories(memory_pb2.ExportMemoriesRequest())
+        ]
+        assert [m.content for m in exported] == ["streamed out"]
+
+        async def items() -> AsyncIterator[memory_pb2.ImportMemoriesRequest]:
+            yield memory_pb2.ImportMemoriesRequest(memory=memory_pb2.Memory(content="streamed in"))
+
+        summary = await client.memory.ImportMemories(items())
+        assert summary.imported_count == 1

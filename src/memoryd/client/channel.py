@@ -223,13 +223,8 @@ class AuthInterceptor(
         return continuation(self._details(client_call_details), request_iterator)
 
 
-class AsyncAuthInterceptor(
-    aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-    aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-    aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
-):
-    """Adds the auth headers to every call of a plaintext asyncio channel."""
+class _AsyncAuth:
+    """Adds the auth headers to the calls of a plaintext asyncio channel."""
 
     def __init__(self, metadata: Metadata) -> None:
         self._metadata = metadata
@@ -243,25 +238,42 @@ class AsyncAuthInterceptor(
             wait_for_ready=d.wait_for_ready,
         )
 
+
+# grpc.aio files an interceptor under the first kind of call it intercepts
+# (an `elif` chain), so one object for all four would leave the streams
+# without the key: one interceptor per kind of call.
+class _UnaryUnaryAuth(_AsyncAuth, aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _UnaryStreamAuth(_AsyncAuth, aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _StreamUnaryAuth(_AsyncAuth, aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
 
+
+class _StreamStreamAuth(_AsyncAuth, aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
+
+
+def async_auth_interceptors(metadata: Metadata) -> list[_AsyncAuth]:
+    """The auth interceptors of a plaintext asyncio channel, one per kind of call."""
+    kinds = (_UnaryUnaryAuth, _UnaryStreamAuth, _StreamUnaryAuth, _StreamStreamAuth)
+    return [kind(metadata) for kind in kinds]
 
 
 def channel_options(
@@ -324,5 +336,5 @@ def secure_or_plain_async(
         target,
         options=options,
         # grpc-stubs wants a cast for any interceptor list.
-        interceptors=[AsyncAuthInterceptor(auth_metadata(api_key, end_user_id))],  # type: ignore[list-item]
+        interceptors=async_auth_interceptors(auth_metadata(api_key, end_user_id)),  # type: ignore[arg-type]
     )
