@@ -30,7 +30,9 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         default = f.default if not meta.get("secret") or not f.default else "***"
+        # argparse formats help with %: a literal one is doubled
         help_text = f"{meta['help']} [env {env_name(f.name)}; default: {default!r}]"
+        help_text = help_text.replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
