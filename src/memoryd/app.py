@@ -27,6 +27,7 @@ from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
 from memoryd.api.call import CallProjects
 from memoryd.api.conversations import AddMessagesView
+from memoryd.api.erasure import describe_erasure
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
 from memoryd.api.memory import MemoryServicer
@@ -50,6 +51,8 @@ from memoryd.domain.conversations.extraction import Extractor
 from memoryd.domain.conversations.job import AddMessagesJob
 from memoryd.domain.conversations.model import KIND
 from memoryd.domain.conversations.service import ConversationService
+from memoryd.domain.erasure import KIND as ERASE_KIND
+from memoryd.domain.erasure import Erasable, EraseJob, ErasureService, HoldCheck, NoHolds
 from memoryd.domain.errors import DomainError
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
@@ -80,12 +83,14 @@ from memoryd.ratelimit import (
     is_org_key_bucket,
 )
 from memoryd.ratelimit.admission import COSTS, STREAM_COSTS, RateLimitAdmission
+from memoryd.storage import erasables
 from memoryd.storage.audit_file import JsonLinesAuditFile
 from memoryd.storage.disk import MIB, check_free_space, check_writable
 from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.sql import SqlControlStore
 from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.ranking import Fusion, Tuning
 from memoryd.usage import (
     LocalUsageMeter,
@@ -538,6 +543,7 @@ class _Services:
     webhooks: WebhookManager
     webhook_runner: WebhookRunner
     webhook_sender: GuardedClient
+    erasure: ErasureService
 
 
 def _services(
@@ -589,10 +595,16 @@ def _services(
     usage = UsageReporter(limits.meter, clock, tokens=store)
     prompt_store: PromptStore = metrics.timed("sql", store)
     prompts = PromptManager(prompt_store, control, auditor, clock)
+    holds: HoldCheck = NoHolds()
+    erase = _erase_job(store, vectors, clock, holds, auditor)
     conversations, operations, jobs = _conversations(
-        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts
+        settings, store, memories, metrics.timed("embedder", embedder), clock, prompts, erase
     )
-    describe: dict[str, Describe] = {KIND: AddMessagesView(memories, memory_pb)}
+    erasure = ErasureService(store, control, clock, holds, on_stored=jobs.wake)
+    describe: dict[str, Describe] = {
+        KIND: AddMessagesView(memories, memory_pb),
+        ERASE_KIND: describe_erasure,
+    }
     retention = timedelta(hours=settings.change_retention_hours)
     watch = WatchService(memories, changes, watchers, retention)
     webhooks, webhook_runner, webhook_sender = _webhooks(settings, store, auditor, clock)
@@ -615,7 +627,29 @@ def _services(
         webhooks,
         webhook_runner,
         webhook_sender,
+        erasure,
     )
+
+
+def _erase_job(
+    store: SqlControlStore, vectors: VectorStore, clock: Clock, holds: HoldCheck, auditor: Auditor
+) -> EraseJob:
+    """EraseEndUser's job over every store that keeps end-user data, in the
+    order it erases them (see `memoryd.storage.erasables`); a new store
+    (knowledge) adds its adapter here."""
+    if not isinstance(vectors, PointStore):
+        raise TypeError("EraseEndUser needs a memoryd vector store")
+    stores: list[Erasable] = [
+        erasables.Operations(store),
+        erasables.Memories(vectors),
+        erasables.WebhookDeliveries(store),
+        erasables.ChangeEvents(store),
+        erasables.IdempotencyEntries(store),
+    ]
+    if isinstance(vectors, EdgeVectorStore):
+        return EraseJob(stores, clock, holds, auditor, vacuum=vectors.optimize)
+    reason = "not run: the Qdrant server vacuums deleted points on its optimizer's schedule"
+    return EraseJob(stores, clock, holds, auditor, no_vacuum_reason=reason)
 
 
 def _webhooks(
@@ -665,6 +699,7 @@ def _conversations(
     embedder: Embedder,
     clock: Clock,
     prompts: PromptManager,
+    erase: EraseJob,
 ) -> tuple[ConversationService, OperationService, JobRunner]:
     """AddMessages: the service that stores operations, the job that runs
     them, the runner of this process and the Operations it answers."""
@@ -694,7 +729,7 @@ def _conversations(
     waiters = Waiters()
     runner = JobRunner(
         store,
-        {KIND: job},
+        {KIND: job, ERASE_KIND: erase},
         clock,
         workers=settings.job_workers,
         per_project=settings.job_workers_per_project,
@@ -712,7 +747,10 @@ def _conversations(
         default_tokens_per_day=settings.llm_tokens_per_day,
         on_stored=runner.wake,
     )
-    kinds = {KIND: KindScopes(read=Scope.MEMORY_READ, manage=Scope.MEMORY_ADD)}
+    kinds = {
+        KIND: KindScopes(read=Scope.MEMORY_READ, manage=Scope.MEMORY_ADD),
+        ERASE_KIND: KindScopes(read=Scope.MEMORY_DELETE, manage=Scope.MEMORY_DELETE),
+    }
     return conversations, OperationService(store, kinds, waiters), runner
 
 
@@ -798,6 +836,7 @@ def _server(
             domain.conversations,
             domain.describe[KIND],
             domain.watch,
+            domain.erasure,
         ),
         server,
     )

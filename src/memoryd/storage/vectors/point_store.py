@@ -356,6 +356,32 @@ class PointStore(abc.ABC, Generic[C, F]):
                 await on_deleted([_record(h) for h in hits])
         return deleted
 
+    async def end_user_points(self, tenant: Tenant) -> tuple[int, int]:
+        """(points, revisions they keep) of `tenant`'s end user, in every
+        state: expired and invalidated too (what an erasure must reach)."""
+        flt = self._c.filter(must=cond.tenant_conditions(self._c, [tenant]))
+        points = revisions = 0
+        offset: str | None = None
+        while True:
+            hits, offset = await self._scroll(flt, BATCH, offset=offset)
+            points += len(hits)
+            revisions += sum(len(h.payload.get(p.REVISIONS) or ()) for h in hits)
+            if offset is None:
+                return points, revisions
+
+    async def erase_end_user(self, tenant: Tenant) -> int:
+        """Deletes every point of `tenant`'s end user, in every state;
+        answers how many."""
+        flt = self._c.filter(must=cond.tenant_conditions(self._c, [tenant]))
+        erased = 0
+        while hits := await self._delete_batch(flt, BATCH):
+            erased += len(hits)
+        return erased
+
+    async def count_end_user(self, tenant: Tenant) -> int:
+        """The points of `tenant`'s end user left, in every state."""
+        return await self._count(self._c.filter(must=cond.tenant_conditions(self._c, [tenant])))
+
     # --- helpers ------------------------------------------------------------
 
     def _read_conditions(
