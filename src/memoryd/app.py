@@ -52,8 +52,9 @@ from memoryd.domain.conversations.job import AddMessagesJob
 from memoryd.domain.conversations.model import KIND
 from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.erasure import KIND as ERASE_KIND
-from memoryd.domain.erasure import Erasable, EraseJob, ErasureService, HoldCheck, NoHolds
+from memoryd.domain.erasure import Erasable, EraseJob, ErasureService, HoldCheck
 from memoryd.domain.errors import DomainError
+from memoryd.domain.holds import HoldGuard, LegalHolds
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.memories import Defaults, MemoryService
@@ -544,6 +545,7 @@ class _Services:
     webhook_runner: WebhookRunner
     webhook_sender: GuardedClient
     erasure: ErasureService
+    legal_holds: LegalHolds
 
 
 def _services(
@@ -564,6 +566,7 @@ def _services(
     call_projects = CallProjects(projects_cache)
     ceilings = _ceilings(settings)
     changes: WatchLog = metrics.timed("sql", store)
+    holds = HoldGuard(metrics.timed("sql", store))
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -581,6 +584,7 @@ def _services(
         auditor=auditor,
         default_search_mode=SearchMode(settings.search_default_mode),
         changes=ChangeRecorder(changes, clock, on_append=watchers.appended),
+        holds=holds,
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     projects = ProjectManager(
@@ -591,11 +595,11 @@ def _services(
         memories.delete_scope,
         on_change=projects_cache.forget,
         ceilings=ceilings,
+        holds=holds,
     )
     usage = UsageReporter(limits.meter, clock, tokens=store)
     prompt_store: PromptStore = metrics.timed("sql", store)
     prompts = PromptManager(prompt_store, control, auditor, clock)
-    holds: HoldCheck = NoHolds()
     erase = _erase_job(store, vectors, clock, holds, auditor)
     conversations, operations, jobs = _conversations(
         settings, store, memories, metrics.timed("embedder", embedder), clock, prompts, erase
@@ -628,6 +632,7 @@ def _services(
         webhook_runner,
         webhook_sender,
         erasure,
+        LegalHolds(store, control, auditor, clock),
     )
 
 
@@ -850,7 +855,9 @@ def _server(
     )
     pipeline.register(
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
-        AdminServicer(domain.projects, domain.auditor, domain.usage, domain.prompts),
+        AdminServicer(
+            domain.projects, domain.auditor, domain.usage, domain.prompts, domain.legal_holds
+        ),
         server,
     )
     pipeline.register(

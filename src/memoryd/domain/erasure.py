@@ -90,13 +90,13 @@ Vacuum = Callable[[], Awaitable[bool]]
 
 class HoldCheck(Protocol):
     """Refuses (FailedPrecondition, LEGAL_HOLD) when a legal hold covers
-    the tenant's end user or its environment."""
+    the tenant's end user or its environment (`memoryd.domain.holds`)."""
 
-    async def check(self, tenant: Tenant) -> None: ...
+    async def check(self, tenant: Tenant, what: str = "the erasure") -> None: ...
 
 
 class NoHolds:
-    async def check(self, tenant: Tenant) -> None:
+    async def check(self, tenant: Tenant, what: str = "the erasure") -> None:
         return None
 
 

@@ -17,6 +17,7 @@ from memoryd.domain.errors import Unavailable
 from memoryd.storage.sql.audit import AuditTables
 from memoryd.storage.sql.changes import ChangeTables
 from memoryd.storage.sql.erasure import ErasureTables, add_missing_columns
+from memoryd.storage.sql.holds import HoldTables
 from memoryd.storage.sql.idempotency import IdempotencyTables
 from memoryd.storage.sql.keys import KeyTables
 from memoryd.storage.sql.operations import LlmUsageTables, OperationTables
@@ -79,6 +80,7 @@ class SqlControlStore(
     ChangeTables,
     WebhookTables,
     ErasureTables,
+    HoldTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
     `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger`,

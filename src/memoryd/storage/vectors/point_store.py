@@ -339,11 +339,19 @@ class PointStore(abc.ABC, Generic[C, F]):
         await self._purge(self._c.filter(must=must))
 
     async def sweep_expired(
-        self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None
+        self,
+        now: datetime,
+        limit: int = 10_000,
+        on_deleted: OnDeleted | None = None,
+        keep: Sequence[Tenant] = (),
     ) -> int:
-        """Deletes up to `limit` expired records of any tenant; answers how
-        many. `on_deleted` sees each batch's records after it is deleted."""
-        engine_filter = self._c.filter(must=[cond.expired(self._c, now)])
+        """Deletes up to `limit` expired records of any tenant but those of
+        `keep`; answers how many. `on_deleted` sees each batch's records
+        after it is deleted."""
+        held = [
+            self._c.nest(self._c.filter(must=cond.tenant_conditions(self._c, [t]))) for t in keep
+        ]
+        engine_filter = self._c.filter(must=[cond.expired(self._c, now)], must_not=held)
         deleted = 0
         while deleted < limit:
             hits = await self._delete_batch(
@@ -355,6 +363,16 @@ class PointStore(abc.ABC, Generic[C, F]):
             if on_deleted is not None:
                 await on_deleted([_record(h) for h in hits])
         return deleted
+
+    async def count_expired(self, now: datetime, within: Sequence[Tenant]) -> int:
+        """The expired records of the tenants `within`."""
+        if not within:
+            return 0
+        any_of = [
+            self._c.nest(self._c.filter(must=cond.tenant_conditions(self._c, [t]))) for t in within
+        ]
+        expired = self._c.filter(must=[cond.expired(self._c, now)], should=any_of)
+        return await self._count(expired)
 
     async def end_user_points(self, tenant: Tenant) -> tuple[int, int]:
         """(points, revisions they keep) of `tenant`'s end user, in every
