@@ -2,9 +2,9 @@
 PostgreSQL: the test holds a lock on the change log, so the erasure stops
 deterministically at the first store that reads it (webhook deliveries),
 after the operations and the memories were erased and checkpointed; the
-server is killed there, the lock let go, and a new server takes the job over (once its lease ran out) and completes it. The
-receipt counts each store once: what the first attempt erased is not lost,
-nor counted again."""
+server is killed there, the lock let go, and a new server takes the job
+over (once its lease ran out) and completes it. The receipt counts each
+store once: what the first attempt erased is not lost, nor counted again."""
 
 from __future__ import annotations
 
