@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from benchmarks.auth import SUITES as AUTH_SUITES
 from benchmarks.auth import run_auth
 from benchmarks.conversations import run_conversations
+from benchmarks.erasure import run_erasure
 from benchmarks.memory import memory_suite
 from benchmarks.watch import run_watch
 from benchmarks.webhooks import run_webhooks
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "--suite",
         default="auth,auth-redis,memory,conversations,watch,webhooks",
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
-        "conversations, watch, webhooks, writes (default: all but writes)",
+        "conversations, watch, webhooks, writes, erasure (default: all but writes, erasure)",
     )
     parser.add_argument(
         "--memories", type=int, default=100_000, help="memory and writes suites: corpus size"
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1_000,
         help="webhooks suite: memories written at once for the delivery throughput",
     )
+    parser.add_argument(
+        "--erase-memories", type=int, default=10_000, help="erasure suite: the end user's memories"
+    )
     add_settings_options(parser)
     return parser
 
@@ -101,6 +105,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             )
         elif suite == "webhooks":
             await run_webhooks(settings, args.seconds, args.concurrency, args.webhook_events)
+        elif suite == "erasure":
+            await run_erasure(settings, args.erase_memories)
         else:
             print(f"unknown suite {suite!r}", file=sys.stderr)
             return 2
