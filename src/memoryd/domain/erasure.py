@@ -345,8 +345,17 @@ class EraseJob:
             }
             state["done"] = True
             await job.checkpoint(progress.info(n), "")
-        vacuum_time, vacuum = await self._run_vacuum()
+        # a write racing the erasure (a job of the end user that was already
+        # running) is caught here and erased in a second pass
         left = {s.name: await s.remaining(tenant) for s in self._stores}
+        for store in self._stores:
+            if left[store.name]:
+                counts = progress.stores[store.name]["counts"]
+                for k, v in (await store.erase(tenant)).items():
+                    counts[k] = int(counts.get(k, 0)) + int(v)
+                left[store.name] = await store.remaining(tenant)
+        await job.checkpoint(progress.info(n), "")
+        vacuum_time, vacuum = await self._run_vacuum()
         counts = {k: 0 for k in COUNTS}
         for state in progress.stores.values():
             for k, v in state.get("counts", {}).items():
