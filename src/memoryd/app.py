@@ -52,7 +52,7 @@ from memoryd.domain.conversations.job import AddMessagesJob
 from memoryd.domain.conversations.model import KIND
 from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.erasure import KIND as ERASE_KIND
-from memoryd.domain.erasure import Erasable, EraseJob, ErasureService, HoldCheck
+from memoryd.domain.erasure import Erasable, EraseJob, ErasureService, HoldCheck, WatchWindow
 from memoryd.domain.errors import DomainError
 from memoryd.domain.holds import HoldGuard, LegalHolds
 from memoryd.domain.idempotency import Idempotency
@@ -600,7 +600,7 @@ def _services(
     usage = UsageReporter(limits.meter, clock, tokens=store)
     prompt_store: PromptStore = metrics.timed("sql", store)
     prompts = PromptManager(prompt_store, control, auditor, clock)
-    erase = _erase_job(store, vectors, clock, holds, auditor)
+    erase = _erase_job(store, vectors, clock, holds, auditor, watchers)
     conversations, operations, jobs = _conversations(
         settings, store, memories, metrics.timed("embedder", embedder), clock, prompts, erase
     )
@@ -637,7 +637,12 @@ def _services(
 
 
 def _erase_job(
-    store: SqlControlStore, vectors: VectorStore, clock: Clock, holds: HoldCheck, auditor: Auditor
+    store: SqlControlStore,
+    vectors: VectorStore,
+    clock: Clock,
+    holds: HoldCheck,
+    auditor: Auditor,
+    watchers: WatchHub,
 ) -> EraseJob:
     """EraseEndUser's job over every store that keeps end-user data, in the
     order it erases them (see `memoryd.storage.erasables`); a new store
@@ -650,6 +655,7 @@ def _erase_job(
         erasables.WebhookDeliveries(store),
         erasables.ChangeEvents(store),
         erasables.IdempotencyEntries(store),
+        WatchWindow(watchers.window),
     ]
     if isinstance(vectors, EdgeVectorStore):
         return EraseJob(stores, clock, holds, auditor, vacuum=vectors.optimize)

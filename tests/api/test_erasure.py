@@ -290,3 +290,33 @@ async def test_org_key_names_the_environment(server: RunningServer) -> None:
             metadata=other.md(),
         ),
     )
+
+
+async def test_the_watch_window_of_this_process_forgets_the_end_user(
+    server: RunningServer,
+) -> None:
+    project = await server.project("app")
+    key = await server.data_key(project)
+    alice, bob = server.client(key, "alice"), server.client(key, "bob")
+    hub = server.app.watchers
+    assert hub is not None
+    before = hub.joined
+    stream = alice.memory.WatchMemories(memory_pb2.WatchMemoriesRequest(), metadata=alice.md())
+    await wait_for(lambda: hub.joined > before, 10)
+    await remember(alice, "ZEBRA watched one")
+    await remember(alice, "ZEBRA watched two")
+    await remember(bob, "OKAPI bob watched")
+    seen = [await stream.read(), await stream.read()]
+    assert [e.memory.content for e in seen] == ["ZEBRA watched one", "ZEBRA watched two"]
+    env = project.environments[0].id
+    gone = Tenant(server.org_id, project.id, env, "alice")
+    kept = Tenant(server.org_id, project.id, env, "bob")
+    assert hub.window.forget(gone, count_only=True) == 2
+
+    receipt = await erase(alice)
+
+    assert receipt.change_events == 2
+    assert receipt.cache_entries == 2  # the window's copies
+    assert hub.window.forget(gone, count_only=True) == 0
+    assert hub.window.forget(kept, count_only=True) == 1
+    stream.cancel()  # open until here: the window is kept while someone watches

@@ -40,6 +40,7 @@ from memoryd.domain.operations import (
     new_operation_id,
 )
 from memoryd.domain.tenancy import Caller, KeyKind, Scope, Tenant
+from memoryd.domain.watch.hub import Window
 
 KIND = "erase_end_user"
 
@@ -397,3 +398,23 @@ class EraseJob:
             return None, self._no_vacuum or "the vector engine offers no vacuum call"
         ran = await self._vacuum()
         return self._clock.now(), "ran" if ran else "ran (nothing to vacuum)"
+
+
+class WatchWindow:
+    """This process's window of recent change events (WatchMemories reads
+    it before the log): its copies of the end user's events. Other
+    replicas' windows drop them as newer events push them out."""
+
+    name = "watch_window"
+
+    def __init__(self, window: Window) -> None:
+        self._window = window
+
+    async def count(self, tenant: Tenant) -> Mapping[str, int]:
+        return {"cache_entries": self._window.forget(tenant, count_only=True)}
+
+    async def erase(self, tenant: Tenant) -> Mapping[str, int]:
+        return {"cache_entries": self._window.forget(tenant)}
+
+    async def remaining(self, tenant: Tenant) -> int:
+        return self._window.forget(tenant, count_only=True)
