@@ -274,6 +274,15 @@ async def test_org_key_names_the_environment(server: RunningServer) -> None:
         return await listed(writer) == []
 
     await wait_for(erased, 30.0)
+    await refused(  # an end-user id the header could not carry
+        grpc.StatusCode.INVALID_ARGUMENT,
+        owner.memory.EraseEndUser(
+            memory_pb2.EraseEndUserRequest(
+                end_user_id="x" * 129, project_id=project.id, environment_id=env_id
+            ),
+            metadata=owner.md(),
+        ),
+    )
     await refused(  # an org key must name the environment
         grpc.StatusCode.INVALID_ARGUMENT,
         owner.memory.EraseEndUser(

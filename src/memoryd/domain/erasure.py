@@ -44,6 +44,9 @@ from memoryd.domain.watch.hub import Window
 
 KIND = "erase_end_user"
 
+# As the x-end-user-id header allows.
+MAX_END_USER_CHARS = 128
+
 # The counts of a receipt, in order (a store reports the ones it holds).
 COUNTS = (
     "memories",
@@ -254,6 +257,10 @@ class ErasureService:
             raise InvalidArgument.field(
                 missing[0] if missing else "end_user_id",
                 "is required with an org key: name the project, environment and end user",
+            )
+        if len(end_user_id) > MAX_END_USER_CHARS or not end_user_id.isprintable():
+            raise InvalidArgument.field(
+                "end_user_id", f"must be 1 to {MAX_END_USER_CHARS} printable characters"
             )
         env = await self._control.get_environment(org_id, environment_id)
         if env is None or env.project_id != project_id:

@@ -29,7 +29,7 @@ from memoryd.domain.keys import shown
 from memoryd.domain.tenancy import Caller, EndUsers, Scope, Tenant
 
 MAX_REASON_CHARS = 1000
-MAX_END_USER_CHARS = 200
+MAX_END_USER_CHARS = 128  # as the x-end-user-id header allows
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,8 @@ class LegalHolds:
                 v.add("project_id", "is required")
             if not environment_id:
                 v.add("environment_id", "is required")
-            if len(end_user_id) > MAX_END_USER_CHARS:
-                v.add("end_user_id", f"is at most {MAX_END_USER_CHARS} characters")
+            if len(end_user_id) > MAX_END_USER_CHARS or not end_user_id.isprintable():
+                v.add("end_user_id", f"is at most {MAX_END_USER_CHARS} printable characters")
             if not reason.strip() or len(reason) > MAX_REASON_CHARS:
                 v.add("reason", f"is required: 1 to {MAX_REASON_CHARS} characters")
             v.raise_if_any()
