@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from benchmarks.auth import SUITES as AUTH_SUITES
 from benchmarks.auth import run_auth
 from benchmarks.conversations import run_conversations
+from benchmarks.erasure import run_erasure
 from benchmarks.knowledge import knowledge_suite
 from benchmarks.mcp import mcp_suite
 from benchmarks.memory import memory_suite
@@ -42,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         default="auth,auth-redis,memory,conversations,watch,webhooks",
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
         "conversations, watch, webhooks, writes, mcp (MCP search_memories against gRPC "
-        "SearchMemories), knowledge (ingest and SearchKnowledge) (default: all but writes, mcp "
-        "and knowledge)",
+        "SearchMemories), knowledge (ingest and SearchKnowledge), erasure (default: all but "
+        "writes, mcp, knowledge and erasure)",
     )
     parser.add_argument(
         "--memories", type=int, default=100_000, help="memory and writes suites: corpus size"
@@ -80,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--environments", type=int, default=100, help="knowledge suite: environments"
+    )
+    parser.add_argument(
+        "--erase-memories", type=int, default=10_000, help="erasure suite: the end user's memories"
     )
     add_settings_options(parser)
     return parser
@@ -119,6 +123,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             )
         elif suite == "webhooks":
             await run_webhooks(settings, args.seconds, args.concurrency, args.webhook_events)
+        elif suite == "erasure":
+            await run_erasure(settings, args.erase_memories)
         else:
             print(f"unknown suite {suite!r}", file=sys.stderr)
             return 2

@@ -27,6 +27,7 @@ from memoryd.api import tracing
 from memoryd.api.admin import AdminServicer
 from memoryd.api.call import CallProjects
 from memoryd.api.conversations import AddMessagesView
+from memoryd.api.erasure import describe_erasure
 from memoryd.api.exports import ExportEndpoints, ExportView, export_line
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
@@ -57,9 +58,12 @@ from memoryd.domain.conversations.extraction import Extractor
 from memoryd.domain.conversations.job import AddMessagesJob
 from memoryd.domain.conversations.model import KIND
 from memoryd.domain.conversations.service import ConversationService
+from memoryd.domain.erasure import KIND as ERASE_KIND
+from memoryd.domain.erasure import Erasable, EraseJob, ErasureService, HoldCheck, WatchWindow
 from memoryd.domain.errors import DomainError
 from memoryd.domain.exports import KIND as EXPORT
 from memoryd.domain.exports import ExportJob, ExportService
+from memoryd.domain.holds import HoldGuard, LegalHolds
 from memoryd.domain.idempotency import Idempotency
 from memoryd.domain.keys import KeyManager
 from memoryd.domain.knowledge.job import IngestJob
@@ -95,6 +99,7 @@ from memoryd.ratelimit import (
     is_org_key_bucket,
 )
 from memoryd.ratelimit.admission import COSTS, STREAM_COSTS, RateLimitAdmission
+from memoryd.storage import erasables
 from memoryd.storage.audit_file import JsonLinesAuditFile
 from memoryd.storage.disk import MIB, check_free_space, check_writable
 from memoryd.storage.export_files import LocalExportFiles
@@ -103,6 +108,8 @@ from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, R
 from memoryd.storage.spool import LocalSpool
 from memoryd.storage.sql import SqlControlStore
 from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.lazy import LazyVectorStore
+from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.ranking import Fusion, Tuning
 from memoryd.usage import (
     LocalUsageMeter,
@@ -493,7 +500,18 @@ async def _vectors(
     on_change: Callable[[], None],
     name: str = "vectors",
 ) -> VectorStore:
-    vectors = _vector_store(settings, on_change, name)
+    """The memories' vector store, or (`name` "knowledge") the documents'
+    chunks' own, made at its first use (an embedded server that never
+    ingests a document has none: no directory, no engine process)."""
+    path = Path(settings.data_dir) / name
+    vectors: VectorStore = (
+        _vector_store(settings, on_change)
+        if name == "vectors"
+        else LazyVectorStore(
+            lambda: _vector_store(settings, on_change, name),
+            lambda: bool(settings.qdrant_url) or path.exists(),
+        )
+    )
     await vectors.open(embedder.model_id, embedder.dimension)
     _on_close(stack, vectors.close)
     return vectors
@@ -592,6 +610,8 @@ class _Services:
     exports: ExportService
     export_files: LocalExportFiles
     knowledge: KnowledgeService
+    erasure: ErasureService
+    legal_holds: LegalHolds
 
 
 def _services(
@@ -622,6 +642,7 @@ def _services(
         quiet_s=settings.alert_quiet_s,
         on_append=watchers.appended,
     )
+    holds = HoldGuard(metrics.timed("sql", store))
     memories = MemoryService(
         metrics.timed("qdrant", vectors),
         metrics.timed("embedder", embedder),
@@ -642,6 +663,7 @@ def _services(
         on_memory_level=lambda t, used, limit, exact: alerts.quota(
             t, Resource.MEMORIES, used, limit, exact=exact
         ),
+        holds=holds,
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     export_files = LocalExportFiles(Path(settings.data_dir) / "exports", _min_free_bytes(settings))
@@ -659,6 +681,7 @@ def _services(
         delete_scope,
         on_change=projects_cache.forget,
         ceilings=ceilings,
+        holds=holds,
     )
     usage = UsageReporter(limits.meter, clock, tokens=store)
     prompt_store: PromptStore = metrics.timed("sql", store)
@@ -667,9 +690,11 @@ def _services(
     knowledge, ingest_job = _knowledge(
         settings, store, chunks, memories, embedder, clock, auditor, lambda: jobs.wake(), recorder
     )
+    erase = _erase_job(store, vectors, chunks, clock, holds, auditor, watchers, export_files)
     more_jobs: dict[str, tuple[JobHandler, KindScopes]] = {
         EXPORT: (export_job, KindScopes(read=Scope.EXPORT_READ, manage=Scope.EXPORT_WRITE)),
         INGEST: (ingest_job, KindScopes(read=Scope.INGEST_READ, manage=Scope.INGEST_WRITE)),
+        ERASE_KIND: (erase, KindScopes(read=Scope.MEMORY_DELETE, manage=Scope.MEMORY_DELETE)),
     }
     conversations, operations, jobs = _conversations(
         settings,
@@ -690,10 +715,12 @@ def _services(
         timedelta(hours=settings.export_retention_hours),
         on_stored=jobs.wake,
     )
+    erasure = ErasureService(store, control, clock, holds, on_stored=jobs.wake)
     describe: dict[str, Describe] = {
         KIND: AddMessagesView(memories, memory_pb),
         EXPORT: ExportView(exports),
         INGEST: IngestView(knowledge),
+        ERASE_KIND: describe_erasure,
     }
     retention = timedelta(hours=settings.change_retention_hours)
     watch = WatchService(memories, changes, watchers, retention)
@@ -721,6 +748,8 @@ def _services(
         exports,
         export_files,
         knowledge,
+        erasure,
+        LegalHolds(store, control, auditor, clock),
     )
 
 
@@ -781,6 +810,37 @@ def _knowledge(
         max_attempts=settings.job_max_attempts,
     )
     return knowledge, job
+
+
+def _erase_job(
+    store: SqlControlStore,
+    vectors: VectorStore,
+    chunks: VectorStore,
+    clock: Clock,
+    holds: HoldCheck,
+    auditor: Auditor,
+    watchers: WatchHub,
+    export_files: LocalExportFiles,
+) -> EraseJob:
+    """EraseEndUser's job over every store that keeps end-user data, in the
+    order it erases them (see `memoryd.storage.erasables`); a new store
+    adds its adapter here."""
+    if not isinstance(vectors, PointStore):
+        raise TypeError("EraseEndUser needs a memoryd vector store")
+    stores: list[Erasable] = [
+        erasables.ExportFiles(store, export_files),
+        erasables.Operations(store),
+        erasables.Memories(vectors),
+        erasables.Knowledge(store, chunks),
+        erasables.WebhookDeliveries(store),
+        erasables.ChangeEvents(store),
+        erasables.IdempotencyEntries(store),
+        WatchWindow(watchers.window),
+    ]
+    if isinstance(vectors, EdgeVectorStore):
+        return EraseJob(stores, clock, holds, auditor, vacuum=vectors.optimize)
+    reason = "not run: the Qdrant server vacuums deleted points on its optimizer's schedule"
+    return EraseJob(stores, clock, holds, auditor, no_vacuum_reason=reason)
 
 
 def _webhooks(
@@ -973,6 +1033,7 @@ def _server(
             domain.describe[KIND],
             domain.watch,
             ExportEndpoints(domain.exports, ExportView(domain.exports)),
+            domain.erasure,
         ),
         server,
     )
@@ -991,7 +1052,9 @@ def _server(
     )
     pipeline.register(
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
-        AdminServicer(domain.projects, domain.auditor, domain.usage, domain.prompts),
+        AdminServicer(
+            domain.projects, domain.auditor, domain.usage, domain.prompts, domain.legal_holds
+        ),
         server,
     )
     pipeline.register(

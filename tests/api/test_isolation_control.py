@@ -228,3 +228,44 @@ async def test_whoami_tells_each_org_its_own(server: RunningServer) -> None:
     assert (a_me.organization_name, b_me.organization_name) == ("default", "org-b")
     assert a_me.organization_id != b_me.organization_id
     assert b_me.kind == keys_pb2.KEY_KIND_ORG
+
+
+async def test_other_orgs_legal_holds_are_not_found_nor_listed(
+    server: RunningServer, org_a: OrgA
+) -> None:
+    o = server.owner
+    held = await o.admin.SetLegalHold(
+        admin_pb2.SetLegalHoldRequest(
+            legal_hold=admin_pb2.LegalHold(
+                project_id=org_a.project.id,
+                environment_id=org_a.staging.id,
+                end_user_id="ana",
+                reason="matter",
+            )
+        ),
+        metadata=o.md(),
+    )
+    b: Client = await server.new_org("org-b")
+    await refused(
+        grpc.StatusCode.NOT_FOUND,
+        b.admin.ReleaseLegalHold(admin_pb2.ReleaseLegalHoldRequest(id=held.id), metadata=b.md()),
+    )
+    for query in (
+        admin_pb2.ListLegalHoldsRequest(),
+        admin_pb2.ListLegalHoldsRequest(project_id=org_a.project.id),
+        admin_pb2.ListLegalHoldsRequest(environment_id=org_a.staging.id),
+    ):
+        assert list((await b.admin.ListLegalHolds(query, metadata=b.md())).legal_holds) == []
+    await refused(  # B cannot hold (nor learn about) A's environment
+        grpc.StatusCode.NOT_FOUND,
+        b.admin.SetLegalHold(
+            admin_pb2.SetLegalHoldRequest(
+                legal_hold=admin_pb2.LegalHold(
+                    project_id=org_a.project.id, environment_id=org_a.staging.id, reason="x"
+                )
+            ),
+            metadata=b.md(),
+        ),
+    )
+    mine = await o.admin.ListLegalHolds(admin_pb2.ListLegalHoldsRequest(), metadata=o.md())
+    assert [h.id for h in mine.legal_holds] == [held.id]  # untouched by B's attempts

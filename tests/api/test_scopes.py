@@ -291,6 +291,33 @@ async def _delete_prompt(m: Matrix, c: Client) -> Any:
     )
 
 
+def _hold_request(project_id: str, env_id: str) -> admin_pb2.SetLegalHoldRequest:
+    return admin_pb2.SetLegalHoldRequest(
+        legal_hold=admin_pb2.LegalHold(
+            project_id=project_id, environment_id=env_id, end_user_id="ana", reason="matter"
+        )
+    )
+
+
+async def _set_hold(m: Matrix, c: Client) -> Any:
+    project_id, env_id = await m.new_prompt()
+    return await c.admin.SetLegalHold(_hold_request(project_id, env_id), metadata=c.md())
+
+
+async def _release_hold(m: Matrix, c: Client) -> Any:
+    project_id, env_id = await m.new_prompt()
+    held = await m.owner.admin.SetLegalHold(
+        _hold_request(project_id, env_id), metadata=m.owner.md()
+    )
+    return await c.admin.ReleaseLegalHold(
+        admin_pb2.ReleaseLegalHoldRequest(id=held.id), metadata=c.md()
+    )
+
+
+async def _list_holds(m: Matrix, c: Client) -> Any:
+    return await c.admin.ListLegalHolds(admin_pb2.ListLegalHoldsRequest(), metadata=c.md())
+
+
 # method → (the scope API.md requires, or None for any key; a valid call)
 METHODS: dict[str, tuple[str | None, Call]] = {
     "KeyService.CreateApiKey": ("keys:write", _create_key),
@@ -314,6 +341,9 @@ METHODS: dict[str, tuple[str | None, Call]] = {
     "AdminService.ListPrompts": ("admin:read", _list_prompts),
     "AdminService.UpdatePrompt": ("admin:write", _update_prompt),
     "AdminService.DeletePrompt": ("admin:write", _delete_prompt),
+    "AdminService.SetLegalHold": ("admin:write", _set_hold),
+    "AdminService.ReleaseLegalHold": ("admin:write", _release_hold),
+    "AdminService.ListLegalHolds": ("admin:read", _list_holds),
 }
 
 

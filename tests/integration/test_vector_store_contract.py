@@ -1435,3 +1435,53 @@ async def test_points_of_layout_1_are_upgraded_in_place_on_open(
     assert "upgraded" not in caplog.text
     assert await s.count(A_ALL, Filter(), NOW) == len(old) + 1
     await s.close()
+
+
+async def test_erasing_an_end_user_reaches_every_state_and_nothing_else(store: Store) -> None:
+    """EraseEndUser's vector share: the end user's points, expired and
+    invalidated too, with the revisions they keep; no other tenant's."""
+    past = Revision(
+        revision=1,
+        content="old",
+        metadata={},
+        tags=(),
+        agent_id="",
+        thread_id="",
+        source="",
+        update_time=NOW - timedelta(hours=2),
+        replace_time=NOW - timedelta(hours=1),
+    )
+    gone = A_USER1
+    mine = [
+        record(gone, revision=3, revisions=(past, past)),
+        record(gone, expire_time=NOW - timedelta(days=1)),
+        record(gone, invalid_time=NOW - timedelta(hours=1)),
+    ]
+    others = [record(t) for t in (*STRANGERS.values(), A)]
+    await store.upsert(gone, mine)
+    for r in others:
+        await store.upsert(r.tenant, [r])
+    one_user_elsewhere = Tenant("org_a", "prj_a", "env_b", "user1")
+    await store.upsert(one_user_elsewhere, [record(one_user_elsewhere)])
+
+    assert await store.end_user_points(gone) == (3, 2)
+    assert await store.erase_end_user(gone) == 3
+    assert await store.erase_end_user(gone) == 0
+    assert await store.count_end_user(gone) == 0
+    assert await store.count_end_user(one_user_elsewhere) == 1
+    for r in others:
+        assert ids(await store.get(r.tenant, [r.id], NOW)) == {r.id}
+
+
+async def test_the_sweep_keeps_held_tenants_and_counts_them(store: Store) -> None:
+    expired = NOW - timedelta(minutes=1)
+    held_user = record(A_USER1, expire_time=expired)
+    other_user = record(A_USER2, expire_time=expired)
+    elsewhere = record(OTHER_ENV, expire_time=expired)
+    for r in (held_user, other_user, elsewhere):
+        await store.upsert(r.tenant, [r])
+    keep = [A_USER1, OTHER_ENV.across_end_users()]
+    assert await store.count_expired(NOW, keep) == 2
+    assert await store.sweep_expired(NOW, keep=keep) == 1  # A_USER2's only
+    assert await store.count_expired(NOW, keep) == 2
+    assert await store.sweep_expired(NOW) == 2

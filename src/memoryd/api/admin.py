@@ -12,6 +12,7 @@ from memoryd.api.call import current_caller
 from memoryd.domain.audit import Auditor
 from memoryd.domain.control import AuditQuery, UsageRecord
 from memoryd.domain.errors import InvalidArgument
+from memoryd.domain.holds import LegalHold, LegalHolds
 from memoryd.domain.projects import ProjectManager
 from memoryd.domain.prompts import PromptManager
 from memoryd.domain.tenancy import Caller
@@ -38,11 +39,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         auditor: Auditor,
         usage: UsageReport,
         prompts: PromptManager,
+        holds: LegalHolds,
     ) -> None:
         self._projects = projects
         self._audit = auditor
         self._usage = usage
         self._prompts = prompts
+        self._holds = holds
 
     async def CreateProject(
         self, request: admin_pb2.CreateProjectRequest, context: Any
@@ -205,6 +208,46 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             current_caller(), request.project_id, request.environment_id, request.name
         )
         return empty_pb2.Empty()
+
+    async def SetLegalHold(
+        self, request: admin_pb2.SetLegalHoldRequest, context: Any
+    ) -> admin_pb2.LegalHold:
+        h = request.legal_hold
+        hold = await self._holds.set(
+            current_caller(), h.project_id, h.environment_id, h.end_user_id, h.reason
+        )
+        return _hold(hold)
+
+    async def ReleaseLegalHold(
+        self, request: admin_pb2.ReleaseLegalHoldRequest, context: Any
+    ) -> admin_pb2.LegalHold:
+        return _hold(await self._holds.release(current_caller(), request.id))
+
+    async def ListLegalHolds(
+        self, request: admin_pb2.ListLegalHoldsRequest, context: Any
+    ) -> admin_pb2.ListLegalHoldsResponse:
+        page = await self._holds.list(
+            current_caller(),
+            request.project_id,
+            request.environment_id,
+            request.page_size,
+            request.page_token,
+        )
+        return admin_pb2.ListLegalHoldsResponse(
+            legal_holds=[_hold(h) for h in page.holds], next_page_token=page.next_page_token
+        )
+
+
+def _hold(h: LegalHold) -> admin_pb2.LegalHold:
+    return admin_pb2.LegalHold(
+        id=h.id,
+        project_id=h.project_id,
+        environment_id=h.environment_id,
+        end_user_id=h.end_user_id,
+        reason=h.reason,
+        created_by=h.created_by,
+        create_time=convert.ts(h.create_time),
+    )
 
 
 def _date(value: str, field: str) -> date | None:

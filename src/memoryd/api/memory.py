@@ -14,12 +14,14 @@ from google.protobuf import empty_pb2, json_format
 from memoryd.api import convert
 from memoryd.api.call import current_call, current_caller
 from memoryd.api.conversations import add_messages
+from memoryd.api.erasure import describe_erasure
 from memoryd.api.errors import MAX_STOPPED_IMPORT_ERRORS, status_proto
 from memoryd.api.idempotent import Idempotent
 from memoryd.api.operations import Describe, operation_pb
 from memoryd.api.steps import OFFLOAD_DECODE_BYTES
 from memoryd.domain.changes import EventType
 from memoryd.domain.conversations.service import ConversationService
+from memoryd.domain.erasure import ErasureService
 from memoryd.domain.errors import DomainError, InvalidArgument, Unimplemented, Violations
 from memoryd.domain.idempotency import Idempotency, IdempotencyKey
 from memoryd.domain.memories import (
@@ -58,16 +60,18 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         describe: Describe | None = None,
         watch: WatchService | None = None,
         exports: ExportEndpoints | None = None,
+        erasure: ErasureService | None = None,
     ) -> None:
         """`conversations` and `describe` serve AddMessages, `watch`
-        WatchMemories, `exports` the export jobs (UNIMPLEMENTED without
-        them)."""
+        WatchMemories, `exports` the export jobs, `erasure` EraseEndUser
+        (UNIMPLEMENTED without them)."""
         self._m = memories
         self._once = Idempotent(idempotency)
         self._conversations = conversations
         self._describe = describe
         self._watch = watch
         self._exports = exports
+        self._erasure = erasure
         self._events = _EventCache()
 
     async def AddMessages(
@@ -98,6 +102,20 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         if self._exports is None:
             raise Unimplemented("export jobs are not served by this server")
         return self._exports
+
+    async def EraseEndUser(
+        self, request: memory_pb2.EraseEndUserRequest, context: Any
+    ) -> operations_pb2.Operation:
+        if self._erasure is None:
+            return await super().EraseEndUser(request, context)
+        op = await self._erasure.erase(
+            current_caller(),
+            request.end_user_id,
+            request.project_id,
+            request.environment_id,
+            request.request_id,
+        )
+        return await operation_pb(op, describe_erasure)
 
     async def CreateMemory(
         self, request: memory_pb2.CreateMemoryRequest, context: Any

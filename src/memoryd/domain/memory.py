@@ -316,10 +316,19 @@ class VectorStore(Protocol):
         ...
 
     async def sweep_expired(
-        self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None
+        self,
+        now: datetime,
+        limit: int = 10_000,
+        on_deleted: OnDeleted | None = None,
+        keep: Sequence[Tenant] = (),
     ) -> int:
-        """Deletes up to `limit` expired records of any tenant; answers how
-        many. `on_deleted` as for `delete_matching`."""
+        """Deletes up to `limit` expired records of any tenant but those of
+        `keep` (legal holds); answers how many. `on_deleted` as for
+        `delete_matching`."""
+        ...
+
+    async def count_expired(self, now: datetime, within: Sequence[Tenant]) -> int:
+        """The expired records of the tenants `within` (held from the sweep)."""
         ...
 
 

@@ -28,6 +28,7 @@ from memoryd.domain.control import (
     RateLimits,
 )
 from memoryd.domain.errors import NotFound, Violations
+from memoryd.domain.holds import HoldGuard
 from memoryd.domain.ids import new_environment_id, new_project_id
 from memoryd.domain.keys import shown
 from memoryd.domain.ports import KeyInvalidator
@@ -97,8 +98,10 @@ class ProjectManager:
         delete_memories: MemoryScopeDeleter | None = None,
         on_change: Callable[[str, str], None] | None = None,
         ceilings: Ceilings = Ceilings(),
+        holds: HoldGuard | None = None,
     ) -> None:
         self._store = store
+        self._holds = holds
         self._ceilings = ceilings
         self._audit = auditor
         self._clock = clock
@@ -187,6 +190,8 @@ class ProjectManager:
         ):
             p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
             await self._project(p, project_id)
+            if self._holds is not None:
+                await self._holds.check_scope(p.org_id, project_id, None)
             key_ids = await self._key_ids(p.org_id, project_id, "")
             await self._store.delete_project(p.org_id, project_id)
             self._on_change(p.org_id, project_id)
@@ -248,6 +253,8 @@ class ProjectManager:
             if env is None:
                 raise NotFound(f"environment {shown(environment_id)} not found")
             ev.project_id = env.project_id
+            if self._holds is not None:
+                await self._holds.check_scope(p.org_id, env.project_id, env.id)
             key_ids = await self._key_ids(p.org_id, env.project_id, env.id)
             await self._store.delete_environment(p.org_id, env.id)
             for key_id in key_ids:

@@ -70,6 +70,10 @@ class LocalExportFiles:
             while piece := await asyncio.to_thread(f.read, PIECE):
                 yield piece
 
+    def exists(self, tenant: Tenant, export_id: str) -> bool:
+        """Whether the export has a file (complete or being written)."""
+        return any(self._path(tenant, export_id, x).exists() for x in (_DONE, _PART))
+
     def remove(self, tenant: Tenant, export_id: str) -> None:
         for suffix in (_DONE, _PART):
             self._path(tenant, export_id, suffix).unlink(missing_ok=True)

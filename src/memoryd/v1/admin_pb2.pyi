@@ -13,6 +13,56 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LegalHold(_message.Message):
+    __slots__ = ("id", "project_id", "environment_id", "end_user_id", "reason", "created_by", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    END_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    project_id: str
+    environment_id: str
+    end_user_id: str
+    reason: str
+    created_by: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., end_user_id: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetLegalHoldRequest(_message.Message):
+    __slots__ = ("legal_hold",)
+    LEGAL_HOLD_FIELD_NUMBER: _ClassVar[int]
+    legal_hold: LegalHold
+    def __init__(self, legal_hold: _Optional[_Union[LegalHold, _Mapping]] = ...) -> None: ...
+
+class ReleaseLegalHoldRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListLegalHoldsRequest(_message.Message):
+    __slots__ = ("project_id", "environment_id", "page_size", "page_token")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    environment_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListLegalHoldsResponse(_message.Message):
+    __slots__ = ("legal_holds", "next_page_token")
+    LEGAL_HOLDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    legal_holds: _containers.RepeatedCompositeFieldContainer[LegalHold]
+    next_page_token: str
+    def __init__(self, legal_holds: _Optional[_Iterable[_Union[LegalHold, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class ProjectSettings(_message.Message):
     __slots__ = ("require_end_user_id", "dedupe_threshold", "default_ttl")
     REQUIRE_END_USER_ID_FIELD_NUMBER: _ClassVar[int]

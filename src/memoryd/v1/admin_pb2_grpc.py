@@ -113,6 +113,21 @@ class AdminServiceStub:
                 request_serializer=memoryd_dot_v1_dot_admin__pb2.DeletePromptRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SetLegalHold = channel.unary_unary(
+                '/memoryd.v1.AdminService/SetLegalHold',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.SetLegalHoldRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.LegalHold.FromString,
+                _registered_method=True)
+        self.ReleaseLegalHold = channel.unary_unary(
+                '/memoryd.v1.AdminService/ReleaseLegalHold',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.ReleaseLegalHoldRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.LegalHold.FromString,
+                _registered_method=True)
+        self.ListLegalHolds = channel.unary_unary(
+                '/memoryd.v1.AdminService/ListLegalHolds',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -234,6 +249,31 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLegalHold(self, request, context):
+        """Sets a legal hold on an environment, or on one end user of it. While
+        it exists, deletes of the held data (DeleteMemory, PurgeMemories,
+        EraseEndUser, DeleteEnvironment, DeleteProject) are refused with
+        FAILED_PRECONDITION (reason LEGAL_HOLD, the message naming the hold)
+        and the TTL sweep keeps held memories. Audited. Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLegalHold(self, request, context):
+        """Releases a legal hold (deletes it). Audited. Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLegalHolds(self, request, context):
+        """Lists the organization's legal holds, by id. Scope: admin:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +351,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeletePrompt,
                     request_deserializer=memoryd_dot_v1_dot_admin__pb2.DeletePromptRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'SetLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLegalHold,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.SetLegalHoldRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.LegalHold.SerializeToString,
+            ),
+            'ReleaseLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLegalHold,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.ReleaseLegalHoldRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.LegalHold.SerializeToString,
+            ),
+            'ListLegalHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLegalHolds,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -721,6 +776,87 @@ class AdminService:
             '/memoryd.v1.AdminService/DeletePrompt',
             memoryd_dot_v1_dot_admin__pb2.DeletePromptRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/SetLegalHold',
+            memoryd_dot_v1_dot_admin__pb2.SetLegalHoldRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.LegalHold.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/ReleaseLegalHold',
+            memoryd_dot_v1_dot_admin__pb2.ReleaseLegalHoldRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.LegalHold.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLegalHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/ListLegalHolds',
+            memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,17 @@ class AdminServiceStub:
     """Deletes a prompt with its versions; the built-in one applies again.
     Scope: admin:write.
     """
+    SetLegalHold: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetLegalHoldRequest, _admin_pb2.LegalHold]
+    """Sets a legal hold on an environment, or on one end user of it. While
+    it exists, deletes of the held data (DeleteMemory, PurgeMemories,
+    EraseEndUser, DeleteEnvironment, DeleteProject) are refused with
+    FAILED_PRECONDITION (reason LEGAL_HOLD, the message naming the hold)
+    and the TTL sweep keeps held memories. Audited. Scope: admin:write.
+    """
+    ReleaseLegalHold: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReleaseLegalHoldRequest, _admin_pb2.LegalHold]
+    """Releases a legal hold (deletes it). Audited. Scope: admin:write."""
+    ListLegalHolds: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]
+    """Lists the organization's legal holds, by id. Scope: admin:read."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -136,6 +147,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Deletes a prompt with its versions; the built-in one applies again.
     Scope: admin:write.
     """
+    SetLegalHold: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetLegalHoldRequest, _admin_pb2.LegalHold]  # type: ignore[assignment]
+    """Sets a legal hold on an environment, or on one end user of it. While
+    it exists, deletes of the held data (DeleteMemory, PurgeMemories,
+    EraseEndUser, DeleteEnvironment, DeleteProject) are refused with
+    FAILED_PRECONDITION (reason LEGAL_HOLD, the message naming the hold)
+    and the TTL sweep keeps held memories. Audited. Scope: admin:write.
+    """
+    ReleaseLegalHold: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReleaseLegalHoldRequest, _admin_pb2.LegalHold]  # type: ignore[assignment]
+    """Releases a legal hold (deletes it). Audited. Scope: admin:write."""
+    ListLegalHolds: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]  # type: ignore[assignment]
+    """Lists the organization's legal holds, by id. Scope: admin:read."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService administers one organization: its projects, environments,
@@ -277,5 +299,34 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a prompt with its versions; the built-in one applies again.
         Scope: admin:write.
         """
+
+    @_abc_1.abstractmethod
+    def SetLegalHold(
+        self,
+        request: _admin_pb2.SetLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LegalHold, _abc.Awaitable[_admin_pb2.LegalHold]]:
+        """Sets a legal hold on an environment, or on one end user of it. While
+        it exists, deletes of the held data (DeleteMemory, PurgeMemories,
+        EraseEndUser, DeleteEnvironment, DeleteProject) are refused with
+        FAILED_PRECONDITION (reason LEGAL_HOLD, the message naming the hold)
+        and the TTL sweep keeps held memories. Audited. Scope: admin:write.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseLegalHold(
+        self,
+        request: _admin_pb2.ReleaseLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LegalHold, _abc.Awaitable[_admin_pb2.LegalHold]]:
+        """Releases a legal hold (deletes it). Audited. Scope: admin:write."""
+
+    @_abc_1.abstractmethod
+    def ListLegalHolds(
+        self,
+        request: _admin_pb2.ListLegalHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListLegalHoldsResponse, _abc.Awaitable[_admin_pb2.ListLegalHoldsResponse]]:
+        """Lists the organization's legal holds, by id. Scope: admin:read."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

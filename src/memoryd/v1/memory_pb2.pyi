@@ -625,3 +625,77 @@ class ReadExportResponse(_message.Message):
     offset: int
     data: bytes
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class EraseEndUserRequest(_message.Message):
+    __slots__ = ("end_user_id", "project_id", "environment_id", "request_id")
+    END_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    end_user_id: str
+    project_id: str
+    environment_id: str
+    request_id: str
+    def __init__(self, end_user_id: _Optional[str] = ..., project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ErasureReceipt(_message.Message):
+    __slots__ = ("org_id", "project_id", "environment_id", "end_user_hash", "memories", "revisions", "chunks", "conversation_messages", "operations", "change_events", "webhook_deliveries", "cache_entries", "start_time", "finish_time", "verified", "vacuum_time", "vacuum", "digest", "documents", "export_files")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    END_USER_HASH_FIELD_NUMBER: _ClassVar[int]
+    MEMORIES_FIELD_NUMBER: _ClassVar[int]
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    VACUUM_TIME_FIELD_NUMBER: _ClassVar[int]
+    VACUUM_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FILES_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    project_id: str
+    environment_id: str
+    end_user_hash: str
+    memories: int
+    revisions: int
+    chunks: int
+    conversation_messages: int
+    operations: int
+    change_events: int
+    webhook_deliveries: int
+    cache_entries: int
+    start_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    verified: bool
+    vacuum_time: _timestamp_pb2.Timestamp
+    vacuum: str
+    digest: str
+    documents: int
+    export_files: int
+    def __init__(self, org_id: _Optional[str] = ..., project_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., end_user_hash: _Optional[str] = ..., memories: _Optional[int] = ..., revisions: _Optional[int] = ..., chunks: _Optional[int] = ..., conversation_messages: _Optional[int] = ..., operations: _Optional[int] = ..., change_events: _Optional[int] = ..., webhook_deliveries: _Optional[int] = ..., cache_entries: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verified: _Optional[bool] = ..., vacuum_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vacuum: _Optional[str] = ..., digest: _Optional[str] = ..., documents: _Optional[int] = ..., export_files: _Optional[int] = ...) -> None: ...
+
+class EraseEndUserMetadata(_message.Message):
+    __slots__ = ("state", "progress_percent", "create_time", "start_time", "end_time", "attempts", "stores_done")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    STORES_DONE_FIELD_NUMBER: _ClassVar[int]
+    state: AddMessagesMetadata.State
+    progress_percent: int
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    attempts: int
+    stores_done: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, state: _Optional[_Union[AddMessagesMetadata.State, str]] = ..., progress_percent: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., stores_done: _Optional[_Iterable[str]] = ...) -> None: ...

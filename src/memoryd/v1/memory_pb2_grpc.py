@@ -122,6 +122,11 @@ class MemoryServiceStub:
                 request_serializer=memoryd_dot_v1_dot_memory__pb2.ReadExportRequest.SerializeToString,
                 response_deserializer=memoryd_dot_v1_dot_memory__pb2.ReadExportResponse.FromString,
                 _registered_method=True)
+        self.EraseEndUser = channel.unary_unary(
+                '/memoryd.v1.MemoryService/EraseEndUser',
+                request_serializer=memoryd_dot_v1_dot_memory__pb2.EraseEndUserRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -284,6 +289,22 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseEndUser(self, request, context):
+        """Erases everything memoryd keeps of one end user of an environment:
+        memories in every state with their revisions, stored conversation
+        messages and operations, change-log events, webhook delivery payloads
+        and cached responses; then proves none is left and answers an
+        `ErasureReceipt` (also written to the audit log, without content). A
+        data key erases the end user of its `x-end-user-id` header (scope
+        memory:delete); an org key names project, environment and end user
+        (scope admin:write). Refused with FAILED_PRECONDITION (reason
+        LEGAL_HOLD) while a legal hold covers the end user or its environment.
+        Idempotent, and resumed after a crash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -366,6 +387,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ReadExport,
                     request_deserializer=memoryd_dot_v1_dot_memory__pb2.ReadExportRequest.FromString,
                     response_serializer=memoryd_dot_v1_dot_memory__pb2.ReadExportResponse.SerializeToString,
+            ),
+            'EraseEndUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseEndUser,
+                    request_deserializer=memoryd_dot_v1_dot_memory__pb2.EraseEndUserRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -806,6 +832,33 @@ class MemoryService:
             '/memoryd.v1.MemoryService/ReadExport',
             memoryd_dot_v1_dot_memory__pb2.ReadExportRequest.SerializeToString,
             memoryd_dot_v1_dot_memory__pb2.ReadExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseEndUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.MemoryService/EraseEndUser',
+            memoryd_dot_v1_dot_memory__pb2.EraseEndUserRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -125,6 +125,18 @@ class MemoryServiceStub:
     export, or one whose file expired, answers NOT_FOUND. Scope:
     export:read.
     """
+    EraseEndUser: _grpc.UnaryUnaryMultiCallable[_memory_pb2.EraseEndUserRequest, _operations_pb2.Operation]
+    """Erases everything memoryd keeps of one end user of an environment:
+    memories in every state with their revisions, stored conversation
+    messages and operations, change-log events, webhook delivery payloads
+    and cached responses; then proves none is left and answers an
+    `ErasureReceipt` (also written to the audit log, without content). A
+    data key erases the end user of its `x-end-user-id` header (scope
+    memory:delete); an org key names project, environment and end user
+    (scope admin:write). Refused with FAILED_PRECONDITION (reason
+    LEGAL_HOLD) while a legal hold covers the end user or its environment.
+    Idempotent, and resumed after a crash.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -220,6 +232,18 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Streams a finished export's file, from `offset`. Another tenant's
     export, or one whose file expired, answers NOT_FOUND. Scope:
     export:read.
+    """
+    EraseEndUser: _aio.UnaryUnaryMultiCallable[_memory_pb2.EraseEndUserRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Erases everything memoryd keeps of one end user of an environment:
+    memories in every state with their revisions, stored conversation
+    messages and operations, change-log events, webhook delivery payloads
+    and cached responses; then proves none is left and answers an
+    `ErasureReceipt` (also written to the audit log, without content). A
+    data key erases the end user of its `x-end-user-id` header (scope
+    memory:delete); an org key names project, environment and end user
+    (scope admin:write). Refused with FAILED_PRECONDITION (reason
+    LEGAL_HOLD) while a legal hold covers the end user or its environment.
+    Idempotent, and resumed after a crash.
     """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -409,6 +433,24 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams a finished export's file, from `offset`. Another tenant's
         export, or one whose file expired, answers NOT_FOUND. Scope:
         export:read.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseEndUser(
+        self,
+        request: _memory_pb2.EraseEndUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Erases everything memoryd keeps of one end user of an environment:
+        memories in every state with their revisions, stored conversation
+        messages and operations, change-log events, webhook delivery payloads
+        and cached responses; then proves none is left and answers an
+        `ErasureReceipt` (also written to the audit log, without content). A
+        data key erases the end user of its `x-end-user-id` header (scope
+        memory:delete); an org key names project, environment and end user
+        (scope admin:write). Refused with FAILED_PRECONDITION (reason
+        LEGAL_HOLD) while a legal hold covers the end user or its environment.
+        Idempotent, and resumed after a crash.
         """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ tenant always comes from the caller's key.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
@@ -19,6 +20,7 @@ from memoryd.domain.changes import EventType
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import Project
 from memoryd.domain.errors import DomainError, InvalidArgument, NotFound
+from memoryd.domain.holds import HoldGuard
 from memoryd.domain.memories.create import Writer
 from memoryd.domain.memories.export_import import Exporter, import_items
 from memoryd.domain.memories.filters import validate_filter
@@ -59,6 +61,8 @@ from memoryd.domain.tenancy import Caller, Principal, Scope, Tenant, scope_grant
 
 MAX_BATCH = 1000
 
+log = logging.getLogger("memoryd.memories")
+
 # The audit action of a call that reaches every end user's memories (a key
 # holding memory:all_end_users, without x-end-user-id); its target is the
 # method's name.
@@ -80,6 +84,7 @@ class MemoryService:
         default_search_mode: SearchMode = SearchMode.SEMANTIC,
         changes: ChangeRecorder | None = None,
         on_memory_level: Callable[[Tenant, int, int, bool], None] | None = None,
+        holds: HoldGuard | None = None,
     ) -> None:
         """`defaults` are the server's quota defaults (`Defaults()` when None);
         `on_environment_count` sees each exact count of an environment's
@@ -92,8 +97,13 @@ class MemoryService:
         records every change in the change log (see `recording`; None:
         none is recorded). `on_memory_level` sees an environment's memory
         count against its quota at every write, and whether it is exact
-        (quota alerts, see `quota.EnvironmentCounts`)."""
+        (quota alerts, see `quota.EnvironmentCounts`). `holds` refuses
+        deletes of held data and keeps it from the TTL sweep (None: no legal
+        holds)."""
         self._store = store
+        self._holds = holds
+        # expired memories the last sweep kept under a legal hold
+        self.sweep_held = 0
         self._auditor = auditor
         self._embedder = embedder
         self._projects = projects
@@ -357,6 +367,8 @@ class MemoryService:
             tenant, _ = await self._tenant(caller, Scope.MEMORY_DELETE)
             tenant = await self._reach(caller, tenant, "DeleteMemory")
             record = await self._reader.one(tenant, memory_id)
+            if self._holds is not None:
+                await self._holds.check(tenant, "DeleteMemory")
             await self._store.delete(tenant, [record.id])
             self._counts.forget(tenant)
             await self._changes.record([(EventType.DELETED, record)], _cause(caller))
@@ -384,6 +396,8 @@ class MemoryService:
         now = self._clock.now()
         if dry_run:
             return await self._store.count(tenant, flt, now)
+        if self._holds is not None:
+            await self._holds.check(tenant, "PurgeMemories")
         cause = _cause(caller)
 
         async def purged(records: Sequence[MemoryRecord]) -> None:
@@ -470,7 +484,13 @@ class MemoryService:
         async def expired(records: Sequence[MemoryRecord]) -> None:
             await self._changes.record([(EventType.EXPIRED, r) for r in records])
 
-        return await self._store.sweep_expired(self._clock.now(), on_deleted=expired)
+        keep = await self._holds.held() if self._holds is not None else []
+        now = self._clock.now()
+        swept = await self._store.sweep_expired(now, on_deleted=expired, keep=keep)
+        self.sweep_held = await self._store.count_expired(now, keep) if keep else 0
+        if self.sweep_held:
+            log.info("kept %d expired memories under legal hold", self.sweep_held)
+        return swept
 
     async def delete_scope(self, org_id: str, project_id: str, environment_id: str | None) -> None:
         await self._store.delete_scope(org_id, project_id, environment_id)

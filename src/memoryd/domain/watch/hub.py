@@ -130,6 +130,21 @@ class Window:
                 del self._by_env[old.event.tenant.environment_id]
             self.base = old.seq
 
+    def forget(self, tenant: Tenant, *, count_only: bool = False) -> int:
+        """Drops the entries of `tenant`'s end user (erasure; the log no
+        longer has them either); answers how many there were."""
+
+        def mine(e: Entry) -> bool:
+            t = e.event.tenant
+            return t.key == tenant.key and t.end_user_id == tenant.end_user_id
+
+        env = self._by_env.get(tenant.environment_id, deque())
+        found = sum(1 for e in env if mine(e))
+        if found and not count_only:
+            self._entries = deque(e for e in self._entries if not mine(e))
+            self._by_env[tenant.environment_id] = deque(e for e in env if not mine(e))
+        return found
+
     def after(self, tenant: Tenant, position: int, limit: int) -> tuple[list[Entry], int]:
         """The entries `tenant` may see after `position` (which the window
         covers), oldest first, at most `limit`; and the position read up to."""

@@ -158,6 +158,7 @@ def plan(
                     payload=body,
                     create_time=now,
                     expire_time=now + max_age,
+                    subject_end_user_id=event.tenant.end_user_id,
                 )
             )
     return out

@@ -166,6 +166,7 @@ class NewDelivery:
     payload: str
     create_time: datetime
     expire_time: datetime
+    subject_end_user_id: str = ""  # the event's end user (erasure finds it by this)
 
 
 @dataclass(frozen=True)

@@ -316,6 +316,22 @@ class KnowledgeTables(Transacting):
             ).one()
         return Usage(int(row[0]), int(row[1]))
 
+    async def end_user_documents(self, tenant: Tenant) -> int:
+        """Documents of the end user `tenant` names (EraseEndUser)."""
+        t = knowledge_documents
+        async with self._begin() as conn:
+            q = sa.select(sa.func.count()).select_from(t).where(*_visible(t, tenant))
+            return int((await conn.execute(q)).scalar_one())
+
+    async def erase_end_user_documents(self, tenant: Tenant) -> int:
+        """Deletes the end user's documents and folders; answers how many
+        documents."""
+        t, f = knowledge_documents, knowledge_folders
+        async with self._begin() as conn:
+            done = await conn.execute(t.delete().where(*_visible(t, tenant)))
+            await conn.execute(f.delete().where(*_visible(f, tenant)))
+        return int(done.rowcount or 0)
+
     async def create_folder(self, tenant: Tenant, folder: Folder) -> Folder:
         async with self._begin(parent="environment") as conn:
             await conn.execute(

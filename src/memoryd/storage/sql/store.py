@@ -17,6 +17,8 @@ from memoryd.domain.errors import Unavailable
 from memoryd.storage.sql.alerts import AlertTables
 from memoryd.storage.sql.audit import AuditTables
 from memoryd.storage.sql.changes import ChangeTables
+from memoryd.storage.sql.erasure import ErasureTables, add_missing_columns
+from memoryd.storage.sql.holds import HoldTables
 from memoryd.storage.sql.idempotency import IdempotencyTables
 from memoryd.storage.sql.keys import KeyTables
 from memoryd.storage.sql.knowledge import KnowledgeTables
@@ -81,6 +83,8 @@ class SqlControlStore(
     WebhookTables,
     AlertTables,
     KnowledgeTables,
+    ErasureTables,
+    HoldTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
     `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger`,
@@ -146,6 +150,7 @@ class SqlControlStore(
 
         async with self._begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(add_missing_columns)
             version = (await conn.execute(sa.select(schema_version.c.version))).scalar()
             if version is None:
                 await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))

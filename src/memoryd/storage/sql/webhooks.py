@@ -100,6 +100,8 @@ webhook_deliveries = sa.Table(
     sa.Column("project_id", SafeString(40), nullable=False),
     sa.Column("environment_id", SafeString(40), nullable=False),
     sa.Column("end_user_id", SafeString(200), nullable=False),  # the webhook's
+    # the event's end user ("" none); NULL in rows written before it existed
+    sa.Column("subject_end_user_id", SafeString(200)),
     sa.Column("event_seq", sa.BigInteger, nullable=False),
     sa.Column("event_type", SafeString(16), nullable=False),
     sa.Column("memory_id", SafeString(100), nullable=False),
@@ -446,6 +448,7 @@ class WebhookTables(Transacting):
                             "project_id": nd.tenant.project_id,
                             "environment_id": nd.tenant.environment_id,
                             "end_user_id": nd.tenant.end_user_id,
+                            "subject_end_user_id": nd.subject_end_user_id,
                             "event_seq": nd.event_seq,
                             "event_type": nd.event_type.value,
                             "memory_id": fit(webhook_deliveries.c.memory_id, nd.memory_id),

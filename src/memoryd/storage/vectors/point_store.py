@@ -339,11 +339,19 @@ class PointStore(abc.ABC, Generic[C, F]):
         await self._purge(self._c.filter(must=must))
 
     async def sweep_expired(
-        self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None
+        self,
+        now: datetime,
+        limit: int = 10_000,
+        on_deleted: OnDeleted | None = None,
+        keep: Sequence[Tenant] = (),
     ) -> int:
-        """Deletes up to `limit` expired records of any tenant; answers how
-        many. `on_deleted` sees each batch's records after it is deleted."""
-        engine_filter = self._c.filter(must=[cond.expired(self._c, now)])
+        """Deletes up to `limit` expired records of any tenant but those of
+        `keep`; answers how many. `on_deleted` sees each batch's records
+        after it is deleted."""
+        held = [
+            self._c.nest(self._c.filter(must=cond.tenant_conditions(self._c, [t]))) for t in keep
+        ]
+        engine_filter = self._c.filter(must=[cond.expired(self._c, now)], must_not=held)
         deleted = 0
         while deleted < limit:
             hits = await self._delete_batch(
@@ -355,6 +363,42 @@ class PointStore(abc.ABC, Generic[C, F]):
             if on_deleted is not None:
                 await on_deleted([_record(h) for h in hits])
         return deleted
+
+    async def count_expired(self, now: datetime, within: Sequence[Tenant]) -> int:
+        """The expired records of the tenants `within`."""
+        if not within:
+            return 0
+        any_of = [
+            self._c.nest(self._c.filter(must=cond.tenant_conditions(self._c, [t]))) for t in within
+        ]
+        expired = self._c.filter(must=[cond.expired(self._c, now)], should=any_of)
+        return await self._count(expired)
+
+    async def end_user_points(self, tenant: Tenant) -> tuple[int, int]:
+        """(points, revisions they keep) of `tenant`'s end user, in every
+        state: expired and invalidated too (what an erasure must reach)."""
+        flt = self._c.filter(must=cond.tenant_conditions(self._c, [tenant]))
+        points = revisions = 0
+        offset: str | None = None
+        while True:
+            hits, offset = await self._scroll(flt, BATCH, offset=offset)
+            points += len(hits)
+            revisions += sum(len(h.payload.get(p.REVISIONS) or ()) for h in hits)
+            if offset is None:
+                return points, revisions
+
+    async def erase_end_user(self, tenant: Tenant) -> int:
+        """Deletes every point of `tenant`'s end user, in every state;
+        answers how many."""
+        flt = self._c.filter(must=cond.tenant_conditions(self._c, [tenant]))
+        erased = 0
+        while hits := await self._delete_batch(flt, BATCH):
+            erased += len(hits)
+        return erased
+
+    async def count_end_user(self, tenant: Tenant) -> int:
+        """The points of `tenant`'s end user left, in every state."""
+        return await self._count(self._c.filter(must=cond.tenant_conditions(self._c, [tenant])))
 
     # --- helpers ------------------------------------------------------------
 
