@@ -207,6 +207,8 @@ def _digest(r: memory_pb2.ErasureReceipt) -> str:
         "change_events",
         "webhook_deliveries",
         "cache_entries",
+        "documents",
+        "export_files",
     ]
 
     def iso(ts: Any) -> str:
@@ -329,3 +331,76 @@ async def test_the_watch_window_of_this_process_forgets_the_end_user(
     assert hub.window.forget(gone, count_only=True) == 0
     assert hub.window.forget(kept, count_only=True) == 1
     stream.cancel()  # open until here: the window is kept while someone watches
+
+
+async def test_erasure_reaches_documents_chunks_and_export_files(server: RunningServer) -> None:
+    from memoryd.v1 import knowledge_pb2, knowledge_pb2_grpc
+
+    project = await server.project()
+    scopes = (
+        "memory:*",
+        "knowledge:read",
+        "knowledge:write",
+        "ingest:read",
+        "ingest:write",
+        "export:read",
+        "export:write",
+    )
+    key = await server.data_key(project, scopes)
+    alice, bob = server.client(key, "alice"), server.client(key, "bob")
+    everyone = server.client(key)  # memory:* holds memory:all_end_users
+    k = knowledge_pb2_grpc.KnowledgeServiceStub(alice.channel)
+    for who in (alice, bob):
+        await remember(who, f"{who.end_user} keeps a spare key under the mat")
+        for i in range(2):
+            await finished(
+                who,
+                await k.CreateDocument(
+                    knowledge_pb2.CreateDocumentRequest(
+                        text=f"{who.end_user}'s private diary, page {i}.", folder="diary"
+                    ),
+                    metadata=who.md(),
+                ),
+            )
+    own = await finished(
+        alice,
+        await alice.memory.CreateExport(memory_pb2.CreateExportRequest(), metadata=alice.md()),
+    )
+    whole = await finished(
+        everyone,
+        await everyone.memory.CreateExport(
+            memory_pb2.CreateExportRequest(), metadata=everyone.md()
+        ),
+    )
+    bobs = await finished(
+        bob, await bob.memory.CreateExport(memory_pb2.CreateExportRequest(), metadata=bob.md())
+    )
+
+    receipt = await erase(alice)
+    assert receipt.documents == 2 and receipt.chunks == 2
+    # her own export and the environment's export of every end user held her memories
+    assert receipt.export_files == 2
+    assert receipt.verified
+    listed = await k.ListDocuments(knowledge_pb2.ListDocumentsRequest(), metadata=alice.md())
+    assert not listed.documents
+    found = await k.SearchKnowledge(
+        knowledge_pb2.SearchKnowledgeRequest(query="private diary"), metadata=alice.md()
+    )
+    assert not found.results
+    for reader, op in ((alice, own), (everyone, whole)):
+        name = "exports/" + op.name.removeprefix("operations/")
+        await refused(grpc.StatusCode.NOT_FOUND, _read_all(reader, name))
+    # bob keeps his documents and his export
+    bob_docs = await k.ListDocuments(knowledge_pb2.ListDocumentsRequest(), metadata=bob.md())
+    assert len(bob_docs.documents) == 2
+    data = await _read_all(bob, "exports/" + bobs.name.removeprefix("operations/"))
+    assert b"bob keeps a spare key" in data
+
+
+async def _read_all(c: Client, name: str) -> bytes:
+    out = b""
+    async for piece in c.memory.ReadExport(
+        memory_pb2.ReadExportRequest(name=name), metadata=c.md()
+    ):
+        out += piece.data
+    return out
