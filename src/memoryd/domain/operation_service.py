@@ -208,7 +208,8 @@ def parse_filter(text: str) -> OperationQuery:
 def _bad_filter(term: str) -> InvalidArgument:
     return InvalidArgument.field(
         "filter",
-        f'cannot read {term!r}; use terms joined by AND: done = true|false, kind = "add_messages"',
+        f"cannot read {term!r}; use terms joined by AND: done = true|false, "
+        'kind = "add_messages" | "ingest_document" | "export" | "erase_end_user"',
     )
 
 
