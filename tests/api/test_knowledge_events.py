@@ -78,3 +78,53 @@ async def test_document_events_reach_the_webhooks_that_name_them(make_server: Ma
     assert not plain_hook.verified(plain.secret)  # names no types: memory events only
     assert not bobs.verified(bob_hook.secret)  # another end user's documents
     assert not foreign.requests  # another project's environment
+
+
+async def test_a_watcher_that_names_document_events_gets_them(make_server: MakeServer) -> None:
+    import asyncio
+
+    import grpc
+    from helpers.errors import refused
+
+    from memoryd.v1 import memory_pb2
+
+    server = await make_server()
+    project = await server.project("app")
+    ana = server.client(await server.data_key(project, (*SCOPES, "memory:add")), "ana")
+    named = [
+        memory_pb2.MemoryEvent.DOCUMENT_READY,
+        memory_pb2.MemoryEvent.DOCUMENT_DELETED,
+        memory_pb2.MemoryEvent.CREATED,
+    ]
+    stream = ana.memory.WatchMemories(
+        memory_pb2.WatchMemoriesRequest(event_types=named), metadata=ana.md()
+    )
+    plain = ana.memory.WatchMemories(memory_pb2.WatchMemoriesRequest(), metadata=ana.md())
+    done = await _ingest(ana, text="Bikes are stored in the courtyard shed.", folder="rules")
+    doc = knowledge_pb2.Document()
+    assert done.response.Unpack(doc)
+    await knowledge_pb2_grpc.KnowledgeServiceStub(ana.channel).DeleteDocument(
+        knowledge_pb2.DeleteDocumentRequest(name=doc.name), metadata=ana.md()
+    )
+    await ana.memory.CreateMemory(
+        memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="a memory")),
+        metadata=ana.md(),
+    )
+    events = [await asyncio.wait_for(stream.read(), 20) for _ in range(3)]
+    assert [e.type for e in events] == named
+    ready = events[0].document
+    assert (ready.document, ready.folder, ready.state) == (doc.name, "rules", "READY")
+    assert ready.chunk_count == doc.chunk_count and not events[0].memory_id
+    assert events[1].document.document_id == doc.id and events[2].memory.content == "a memory"
+    # a watcher naming no types gets the memory events only
+    first = await asyncio.wait_for(plain.read(), 20)
+    assert first.type == memory_pb2.MemoryEvent.CREATED
+    stream.cancel()
+    plain.cancel()
+
+    # document events need knowledge:read
+    memory_only = server.client(await server.data_key(project, ("memory:read",)), "ana")
+    call = memory_only.memory.WatchMemories(
+        memory_pb2.WatchMemoriesRequest(event_types=named[:1]), metadata=memory_only.md()
+    )
+    await refused(grpc.StatusCode.PERMISSION_DENIED, call.read())

@@ -19,7 +19,7 @@ from memoryd.api.errors import MAX_STOPPED_IMPORT_ERRORS, status_proto
 from memoryd.api.idempotent import Idempotent
 from memoryd.api.operations import Describe, operation_pb
 from memoryd.api.steps import OFFLOAD_DECODE_BYTES
-from memoryd.domain.changes import EventType
+from memoryd.domain.changes import DOCUMENT_EVENTS, EventType
 from memoryd.domain.conversations.service import ConversationService
 from memoryd.domain.erasure import ErasureService
 from memoryd.domain.errors import DomainError, InvalidArgument, Unimplemented, Violations
@@ -470,6 +470,9 @@ _EVENT_TYPES = {
     memory_pb2.MemoryEvent.DELETED: EventType.DELETED,
     memory_pb2.MemoryEvent.EXPIRED: EventType.EXPIRED,
     memory_pb2.MemoryEvent.PURGED: EventType.PURGED,
+    memory_pb2.MemoryEvent.DOCUMENT_READY: EventType.DOCUMENT_READY,
+    memory_pb2.MemoryEvent.DOCUMENT_FAILED: EventType.DOCUMENT_FAILED,
+    memory_pb2.MemoryEvent.DOCUMENT_DELETED: EventType.DOCUMENT_DELETED,
 }
 _EVENT_TYPES_PB = {v: k for k, v in _EVENT_TYPES.items()}
 
@@ -482,7 +485,8 @@ def watch_request(req: memory_pb2.WatchMemoriesRequest) -> WatchRequest:
         if kind is None:
             v.add(
                 f"event_types[{i}]",
-                "must be CREATED, UPDATED, SUPERSEDED, DELETED, EXPIRED or PURGED",
+                "must be CREATED, UPDATED, SUPERSEDED, DELETED, EXPIRED, PURGED, "
+                "DOCUMENT_READY, DOCUMENT_FAILED or DOCUMENT_DELETED",
             )
         else:
             types.add(kind)
@@ -497,6 +501,24 @@ def watch_request(req: memory_pb2.WatchMemoriesRequest) -> WatchRequest:
 
 def memory_event(d: Delivered) -> memory_pb2.MemoryEvent:
     e = d.event
+    if e.type in DOCUMENT_EVENTS:
+        x = e.details
+        return memory_pb2.MemoryEvent(
+            type=_EVENT_TYPES_PB[e.type],
+            time=convert.ts(e.time),
+            operation_id=f"operations/{e.operation_id}" if e.operation_id else "",
+            request_id=e.request_id,
+            resume_token=d.resume_token,
+            document=memory_pb2.DocumentChange(
+                document=str(x.get("document", "")),
+                document_id=str(x.get("document_id", "")),
+                display_name=str(x.get("display_name", "")),
+                folder=str(x.get("folder", "")),
+                state=str(x.get("state", "")),
+                chunk_count=int(x.get("chunk_count", 0)),
+                error=str(x.get("error", "")),
+            ),
+        )
     return memory_pb2.MemoryEvent(
         type=_EVENT_TYPES_PB[e.type],
         memory=memory(d.memory) if d.memory is not None else None,

@@ -357,7 +357,7 @@ class WatchMemoriesRequest(_message.Message):
     def __init__(self, filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., event_types: _Optional[_Iterable[_Union[MemoryEvent.Type, str]]] = ..., resume_token: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class MemoryEvent(_message.Message):
-    __slots__ = ("type", "memory", "memory_id", "time", "operation_id", "request_id", "resume_token")
+    __slots__ = ("type", "memory", "memory_id", "time", "operation_id", "request_id", "resume_token", "document")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[MemoryEvent.Type]
@@ -367,6 +367,9 @@ class MemoryEvent(_message.Message):
         DELETED: _ClassVar[MemoryEvent.Type]
         EXPIRED: _ClassVar[MemoryEvent.Type]
         PURGED: _ClassVar[MemoryEvent.Type]
+        DOCUMENT_READY: _ClassVar[MemoryEvent.Type]
+        DOCUMENT_FAILED: _ClassVar[MemoryEvent.Type]
+        DOCUMENT_DELETED: _ClassVar[MemoryEvent.Type]
     TYPE_UNSPECIFIED: MemoryEvent.Type
     CREATED: MemoryEvent.Type
     UPDATED: MemoryEvent.Type
@@ -374,6 +377,9 @@ class MemoryEvent(_message.Message):
     DELETED: MemoryEvent.Type
     EXPIRED: MemoryEvent.Type
     PURGED: MemoryEvent.Type
+    DOCUMENT_READY: MemoryEvent.Type
+    DOCUMENT_FAILED: MemoryEvent.Type
+    DOCUMENT_DELETED: MemoryEvent.Type
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -381,6 +387,7 @@ class MemoryEvent(_message.Message):
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     type: MemoryEvent.Type
     memory: Memory
     memory_id: str
@@ -388,7 +395,26 @@ class MemoryEvent(_message.Message):
     operation_id: str
     request_id: str
     resume_token: str
-    def __init__(self, type: _Optional[_Union[MemoryEvent.Type, str]] = ..., memory: _Optional[_Union[Memory, _Mapping]] = ..., memory_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., resume_token: _Optional[str] = ...) -> None: ...
+    document: DocumentChange
+    def __init__(self, type: _Optional[_Union[MemoryEvent.Type, str]] = ..., memory: _Optional[_Union[Memory, _Mapping]] = ..., memory_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., document: _Optional[_Union[DocumentChange, _Mapping]] = ...) -> None: ...
+
+class DocumentChange(_message.Message):
+    __slots__ = ("document", "document_id", "display_name", "folder", "state", "chunk_count", "error")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    document: str
+    document_id: str
+    display_name: str
+    folder: str
+    state: str
+    chunk_count: int
+    error: str
+    def __init__(self, document: _Optional[str] = ..., document_id: _Optional[str] = ..., display_name: _Optional[str] = ..., folder: _Optional[str] = ..., state: _Optional[str] = ..., chunk_count: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ImportMemoriesRequest(_message.Message):
     __slots__ = ("memory",)

@@ -21,7 +21,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from memoryd.domain.changes import MEMORY_EVENTS, ChangeEvent, EventType, LogHead, WatchLog
+from memoryd.domain.changes import (
+    DOCUMENT_EVENTS,
+    MEMORY_EVENTS,
+    ChangeEvent,
+    EventType,
+    LogHead,
+    WatchLog,
+)
 from memoryd.domain.errors import OutOfRange
 from memoryd.domain.memories import MemoryService, validate_filter
 from memoryd.domain.memories.matching import matches
@@ -82,6 +89,8 @@ class WatchService:
         behind the retention), ResourceExhausted (too many streams on this
         server), Unavailable (the log cannot be read; the server shuts down)."""
         tenant, _ = await self._memories.authorize(caller, Scope.MEMORY_READ)
+        if request.types & DOCUMENT_EVENTS:
+            caller.principal.require(Scope.KNOWLEDGE_READ)
         validate_filter(request.filter)
         head = await self._log.log_head()
         tokens = self._tokens_of(head.secret)
@@ -169,7 +178,11 @@ class WatchService:
         """The entry for the stream, or None when the request's types or
         filter leave it out."""
         e, record = entry.event, entry.record
-        if e.type not in MEMORY_EVENTS:  # alerts, documents: for webhooks only
+        if e.type in DOCUMENT_EVENTS:  # only when named (memory filters do not apply)
+            if e.type not in request.types:
+                return None
+            return Delivered(e, None, tokens.issue(tenant.key, e.seq))
+        if e.type not in MEMORY_EVENTS:  # alerts: for webhooks only
             return None
         if request.types and e.type not in request.types:
             return None
