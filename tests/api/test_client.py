@@ -443,3 +443,44 @@ async def test_the_async_clients_streams_carry_the_key(make_server: MakeServer) 
 
         summary = await client.memory.ImportMemories(items())
         assert summary.imported_count == 1
+
+
+KNOWING = ("knowledge:read", "knowledge:write", "knowledge:delete", "ingest:read", "ingest:write")
+
+
+async def test_async_knowledge_round_trip(make_server: MakeServer) -> None:
+    from memoryd.v1 import knowledge_pb2
+
+    server = await make_server()
+    key, _ = await _data_key(server, KNOWING)
+    async with AsyncMemorydClient(server.address, key) as client:
+        op = await client.create_document(
+            "The loading dock opens at seven.", display_name="dock.txt", folder="site"
+        )
+        done = await client.wait_operation(op.name)
+        doc = knowledge_pb2.Document()
+        assert done.response.Unpack(doc) and doc.state == knowledge_pb2.Document.READY
+        uploaded = await client.upload_document(
+            [b"# Gate\n\n", b"The north gate closes at ten."], display_name="gate.md"
+        )
+        assert (await client.wait_operation(uploaded.name)).done
+        [hit] = await client.search_knowledge("when does the loading dock open", folder="site")
+        assert hit.document == doc.name and "seven" in hit.text
+        assert (await client.get_document(doc.name)).display_name == "dock.txt"
+        await client.delete_document(doc.name)
+        with pytest.raises(MemorydError) as err:
+            await client.get_document(doc.name)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_sync_knowledge_round_trip(make_server: MakeServer) -> None:
+    server = await make_server()
+    key, _ = await _data_key(server, KNOWING)
+
+    def run() -> list[str]:
+        with MemorydClient(server.address, key) as client:
+            op = client.upload_document(b"Visitors sign in at the front desk.", display_name="v")
+            assert client.wait_operation(op.name).done
+            return [c.text for c in client.search_knowledge("where do visitors sign in")]
+
+    assert await asyncio.to_thread(run) == ["Visitors sign in at the front desk."]

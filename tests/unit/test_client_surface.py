@@ -77,6 +77,25 @@ CALLS = {
     "call_metadata: 'CallMetadata' = ())",
     "redeliver_webhook_delivery": "(self, webhook_id: 'str', delivery_id: 'str', *, "
     "timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
+    # knowledge
+    "create_document": "(self, text: 'str' = '', *, source_uri: 'str' = '', display_name: 'str' = '', "
+    "folder: 'str' = '', mime_type: 'str' = '', metadata: 'Mapping[str, "
+    "Any] | None' = None, replace: 'bool' = False, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "upload_document": "(self, data: 'bytes | Iterable[bytes]', *, display_name: 'str' = '', "
+    "folder: 'str' = '', mime_type: 'str' = '', metadata: 'Mapping[str, "
+    "Any] | None' = None, replace: 'bool' = False, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "wait_operation": "(self, name: 'str', *, wait_s: 'float' = 30.0, "
+    "call_metadata: 'CallMetadata' = ())",
+    "search_knowledge": "(self, query: 'str' = '', *, embedding: 'Sequence[float] | None' = None, "
+    "folder: 'str' = '', filter: 'memory_pb2.MemoryFilter | None' = None, "
+    "top_k: 'int' = 0, min_score: 'float | None' = None, "
+    "timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
+    "get_document": "(self, name: 'str', *, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
+    "delete_document": "(self, name: 'str', *, timeout: 'float | None' = None, "
+    "call_metadata: 'CallMetadata' = ())",
 }
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
 
-from memoryd.v1 import keys_pb2, memory_pb2, webhooks_pb2
+from memoryd.v1 import keys_pb2, knowledge_pb2, memory_pb2, webhooks_pb2
 
 
 def where(conditions: Mapping[str, Any]) -> memory_pb2.MemoryFilter:
@@ -229,3 +230,76 @@ def list_webhook_deliveries(
         page_size=page_size,
         page_token=page_token,
     )
+
+
+def create_document(
+    text: str,
+    *,
+    source_uri: str,
+    display_name: str,
+    folder: str,
+    mime_type: str,
+    metadata: Mapping[str, Any] | None,
+    replace: bool,
+) -> knowledge_pb2.CreateDocumentRequest:
+    """A document from `text`, or from `source_uri` when given."""
+    request = knowledge_pb2.CreateDocumentRequest(
+        display_name=display_name, folder=folder, mime_type=mime_type, replace=replace
+    )
+    if source_uri:
+        request.source_uri = source_uri
+    else:
+        request.text = text
+    if metadata:
+        request.metadata.update(dict(metadata))
+    return request
+
+
+def upload_messages(
+    data: bytes | Iterable[bytes],
+    *,
+    display_name: str,
+    folder: str,
+    mime_type: str,
+    metadata: Mapping[str, Any] | None,
+    replace: bool,
+    piece: int = 64 * 1024,
+) -> Iterator[knowledge_pb2.UploadDocumentRequest]:
+    """UploadDocument's stream: the header, then the bytes in pieces."""
+    header = knowledge_pb2.UploadHeader(
+        display_name=display_name, folder=folder, mime_type=mime_type, replace=replace
+    )
+    if metadata:
+        header.metadata.update(dict(metadata))
+    yield knowledge_pb2.UploadDocumentRequest(header=header)
+    chunks = [data] if isinstance(data, bytes) else data
+    for chunk in chunks:
+        for i in range(0, len(chunk), piece):
+            yield knowledge_pb2.UploadDocumentRequest(data=chunk[i : i + piece])
+
+
+def search_knowledge(
+    query: str,
+    *,
+    embedding: Sequence[float] | None,
+    folder: str,
+    filter: memory_pb2.MemoryFilter | None,
+    top_k: int,
+    min_score: float | None,
+) -> knowledge_pb2.SearchKnowledgeRequest:
+    request = knowledge_pb2.SearchKnowledgeRequest(
+        query=query,
+        query_embedding=list(embedding or ()),
+        folder=folder,
+        filter=filter,
+        top_k=top_k,
+    )
+    if min_score is not None:
+        request.min_score = min_score
+    return request
+
+
+def wait_operation(name: str, wait_s: float) -> operations_pb2.WaitOperationRequest:
+    request = operations_pb2.WaitOperationRequest(name=name)
+    request.timeout.FromTimedelta(dt.timedelta(seconds=wait_s))
+    return request

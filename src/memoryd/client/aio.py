@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.longrunning import operations_grpc_pb2, operations_pb2
 from grpc import aio
 
 from memoryd.client import _requests as req
@@ -21,6 +22,8 @@ from memoryd.v1 import (
     admin_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
     memory_pb2,
     memory_pb2_grpc,
     webhooks_pb2,
@@ -69,6 +72,8 @@ class AsyncMemorydClient:
         self.keys = keys_pb2_grpc.KeyServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
+        self.knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(self.channel)
+        self.operations = operations_grpc_pb2.OperationsStub(self.channel)
 
     async def __aenter__(self) -> AsyncMemorydClient:
         return self
@@ -490,6 +495,130 @@ class AsyncMemorydClient:
                 webhooks_pb2.RedeliverWebhookDeliveryRequest(
                     webhook_id=webhook_id, delivery_id=delivery_id
                 ),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )
+
+    # --- knowledge -----------------------------------------------------------------
+
+    async def create_document(
+        self,
+        text: str = "",
+        *,
+        source_uri: str = "",
+        display_name: str = "",
+        folder: str = "",
+        mime_type: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        replace: bool = False,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> operations_pb2.Operation:
+        """Ingests a document from `text` or `source_uri`: its operation
+        (`wait_operation` for the `Document`)."""
+        request = req.create_document(
+            text,
+            source_uri=source_uri,
+            display_name=display_name,
+            folder=folder,
+            mime_type=mime_type,
+            metadata=metadata,
+            replace=replace,
+        )
+        return await self._call(
+            self.knowledge.CreateDocument(
+                request, timeout=self._deadline(timeout), metadata=call_metadata
+            )
+        )
+
+    async def upload_document(
+        self,
+        data: bytes | Iterable[bytes],
+        *,
+        display_name: str = "",
+        folder: str = "",
+        mime_type: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        replace: bool = False,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> operations_pb2.Operation:
+        """Uploads a file (its bytes, or an iterable of byte chunks), streamed
+        in 64 KiB messages: its ingest operation."""
+        messages = req.upload_messages(
+            data,
+            display_name=display_name,
+            folder=folder,
+            mime_type=mime_type,
+            metadata=metadata,
+            replace=replace,
+        )
+        return await self._call(
+            self.knowledge.UploadDocument(
+                messages, timeout=self._deadline(timeout), metadata=call_metadata
+            )
+        )
+
+    async def wait_operation(
+        self, name: str, *, wait_s: float = 30.0, call_metadata: CallMetadata = ()
+    ) -> operations_pb2.Operation:
+        """The operation once done, or as it is after `wait_s` (at most 60)."""
+        return await self._call(
+            self.operations.WaitOperation(
+                req.wait_operation(name, wait_s),
+                timeout=self._deadline(wait_s + 10),
+                metadata=call_metadata,
+            )
+        )
+
+    async def search_knowledge(
+        self,
+        query: str = "",
+        *,
+        embedding: Sequence[float] | None = None,
+        folder: str = "",
+        filter: memory_pb2.MemoryFilter | None = None,
+        top_k: int = 0,
+        min_score: float | None = None,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> list[knowledge_pb2.KnowledgeChunk]:
+        """The best chunks of the environment's documents for `query`."""
+        request = req.search_knowledge(
+            query,
+            embedding=embedding,
+            folder=folder,
+            filter=filter,
+            top_k=top_k,
+            min_score=min_score,
+        )
+        response = await self._call(
+            self.knowledge.SearchKnowledge(
+                request, timeout=self._deadline(timeout), metadata=call_metadata
+            )
+        )
+        return list(response.results)
+
+    async def get_document(
+        self, name: str, *, timeout: float | None = None, call_metadata: CallMetadata = ()
+    ) -> knowledge_pb2.Document:
+        """One document (`documents/{id}` or the id)."""
+        return await self._call(
+            self.knowledge.GetDocument(
+                knowledge_pb2.GetDocumentRequest(name=name),
+                timeout=self._deadline(timeout),
+                metadata=call_metadata,
+            )
+        )
+
+    async def delete_document(
+        self, name: str, *, timeout: float | None = None, call_metadata: CallMetadata = ()
+    ) -> None:
+        """Deletes a document and its chunks."""
+        await self._call(
+            self.knowledge.DeleteDocument(
+                knowledge_pb2.DeleteDocumentRequest(name=name),
                 timeout=self._deadline(timeout),
                 metadata=call_metadata,
             )
