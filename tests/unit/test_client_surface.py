@@ -78,7 +78,8 @@ CALLS = {
     "redeliver_webhook_delivery": "(self, webhook_id: 'str', delivery_id: 'str', *, "
     "timeout: 'float | None' = None, call_metadata: 'CallMetadata' = ())",
     # knowledge
-    "create_document": "(self, text: 'str' = '', *, source_uri: 'str' = '', display_name: 'str' = '', "
+    "create_document": "(self, text: 'str' = '', *, source_uri: 'str' = '', "
+    "display_name: 'str' = '', "
     "folder: 'str' = '', mime_type: 'str' = '', metadata: 'Mapping[str, "
     "Any] | None' = None, replace: 'bool' = False, timeout: 'float | None' = None, "
     "call_metadata: 'CallMetadata' = ())",
