@@ -48,8 +48,8 @@ from memoryd.domain.changes import (
     NewEvent,
     Trimmed,
 )
-from memoryd.domain.tenancy import EndUsers, Tenant
-from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata
+from memoryd.domain.tenancy import Tenant
+from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata, visible_to
 from memoryd.storage.sql.tx import Transacting
 
 # Events deleted per transaction of a trim (a first trim after a long
@@ -114,17 +114,7 @@ change_trims = sa.Table(
 def _visible(tenant: Tenant) -> list[sa.ColumnElement[bool]]:
     """The events `tenant` may see: its environment's, of the end users it
     reaches (its own; none when it names none; any with all_end_users)."""
-    c = change_events.c
-    conds = [
-        c.org_id == tenant.org_id,
-        c.project_id == tenant.project_id,
-        c.environment_id == tenant.environment_id,
-    ]
-    if tenant.end_users is EndUsers.ONE:
-        conds.append(c.end_user_id == tenant.end_user_id)
-    elif tenant.end_users is EndUsers.NONE:
-        conds.append(c.end_user_id == "")
-    return conds
+    return visible_to(change_events, tenant)
 
 
 def _event(row: Any) -> ChangeEvent:

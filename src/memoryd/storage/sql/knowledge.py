@@ -18,10 +18,10 @@ import sqlalchemy as sa
 
 from memoryd.domain.knowledge.model import DocState, Document, Folder, Ready, Usage
 from memoryd.domain.operations import Operation
-from memoryd.domain.tenancy import EndUsers, Tenant
+from memoryd.domain.tenancy import Tenant
 from memoryd.storage.sql.operations import _row as operation_row
 from memoryd.storage.sql.operations import operations
-from memoryd.storage.sql.schema import SafeString, UTCDateTime, json_dump, metadata
+from memoryd.storage.sql.schema import SafeString, UTCDateTime, json_dump, metadata, visible_to
 from memoryd.storage.sql.tx import Transacting
 
 
@@ -78,17 +78,7 @@ knowledge_documents = sa.Table(
 def _visible(table: sa.Table, tenant: Tenant) -> list[sa.ColumnElement[bool]]:
     """The rows `tenant` may see: its environment, and the end users it
     reaches (its own; none when it names none; any with all_end_users)."""
-    c = table.c
-    conds = [
-        c.org_id == tenant.org_id,
-        c.project_id == tenant.project_id,
-        c.environment_id == tenant.environment_id,
-    ]
-    if tenant.end_users is EndUsers.ONE:
-        conds.append(c.end_user_id == tenant.end_user_id)
-    elif tenant.end_users is EndUsers.NONE:
-        conds.append(c.end_user_id == "")
-    return conds
+    return visible_to(table, tenant)
 
 
 def _owner(tenant: Tenant) -> dict[str, str]:

@@ -32,8 +32,8 @@ from memoryd.domain.operations import (
     OpState,
     StoredMessage,
 )
-from memoryd.domain.tenancy import EndUsers, Tenant
-from memoryd.storage.sql.schema import SafeString, UTCDateTime, json_dump, metadata
+from memoryd.domain.tenancy import Tenant
+from memoryd.storage.sql.schema import SafeString, UTCDateTime, json_dump, metadata, visible_to
 from memoryd.storage.sql.tx import Transacting
 
 operations = sa.Table(
@@ -109,17 +109,7 @@ _QUEUED = (OpState.PENDING.value, OpState.RUNNING.value)
 def _visible(tenant: Tenant) -> list[sa.ColumnElement[bool]]:
     """The operations `tenant` may see: its environment, and the end users
     it reaches (its own; none when it names none; any with all_end_users)."""
-    c = operations.c
-    conds = [
-        c.org_id == tenant.org_id,
-        c.project_id == tenant.project_id,
-        c.environment_id == tenant.environment_id,
-    ]
-    if tenant.end_users is EndUsers.ONE:
-        conds.append(c.end_user_id == tenant.end_user_id)
-    elif tenant.end_users is EndUsers.NONE:
-        conds.append(c.end_user_id == "")
-    return conds
+    return visible_to(operations, tenant)
 
 
 def _op(row: Any) -> Operation:

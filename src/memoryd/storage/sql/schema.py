@@ -14,6 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from memoryd.domain.tenancy import EndUsers, Tenant
+
 SCHEMA_VERSION = 2
 
 
@@ -145,6 +147,24 @@ audit_events = sa.Table(
     sa.Column("details", sa.Text, nullable=False, server_default="{}"),
     sa.Index("ix_audit_org_time", "org_id", "time"),
 )
+
+
+def visible_to(table: sa.Table, tenant: Tenant) -> list[sa.ColumnElement[bool]]:
+    """The conditions confining a read of `table` (with the tenant columns
+    org_id, project_id, environment_id, end_user_id) to what `tenant` may
+    see: its environment, and the end users it reaches (its own; none when
+    it names none; any with all_end_users)."""
+    c = table.c
+    conds = [
+        c.org_id == tenant.org_id,
+        c.project_id == tenant.project_id,
+        c.environment_id == tenant.environment_id,
+    ]
+    if tenant.end_users is EndUsers.ONE:
+        conds.append(c.end_user_id == tenant.end_user_id)
+    elif tenant.end_users is EndUsers.NONE:
+        conds.append(c.end_user_id == "")
+    return conds
 
 
 def json_dump(value: dict[str, Any]) -> str:

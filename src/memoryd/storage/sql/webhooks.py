@@ -35,7 +35,7 @@ from memoryd.domain.changes import EventType
 from memoryd.domain.control import ListPage
 from memoryd.domain.errors import AlreadyExists, FailedPrecondition
 from memoryd.domain.filter_json import filter_from_json, filter_to_json
-from memoryd.domain.tenancy import EndUsers, Tenant
+from memoryd.domain.tenancy import Tenant
 from memoryd.domain.webhooks.model import (
     Attempt,
     Delivery,
@@ -49,7 +49,7 @@ from memoryd.domain.webhooks.model import (
     Webhook,
 )
 from memoryd.storage.sql.paging import keyset, next_after
-from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata
+from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata, visible_to
 from memoryd.storage.sql.tx import Transacting
 
 webhooks = sa.Table(
@@ -154,17 +154,7 @@ def _visible(table: sa.Table, tenant: Tenant) -> list[sa.ColumnElement[bool]]:
     reaches (its own; any with all_end_users; with neither, those of no end
     user, which no webhook has since one of the whole environment needs
     all_end_users to be made)."""
-    c = table.c
-    conds = [
-        c.org_id == tenant.org_id,
-        c.project_id == tenant.project_id,
-        c.environment_id == tenant.environment_id,
-    ]
-    if tenant.end_users is EndUsers.ONE:
-        conds.append(c.end_user_id == tenant.end_user_id)
-    elif tenant.end_users is EndUsers.NONE:
-        conds.append(c.end_user_id == "")
-    return conds
+    return visible_to(table, tenant)
 
 
 # --- rows -----------------------------------------------------------------------------
