@@ -33,6 +33,8 @@ class CallState:
     code: str = "OK"
     reason: str = ""
     request_bytes: int = 0  # size of the (unary) request body
+    # the call's deadline as the server first saw it (None: no deadline)
+    timeout_s: float | None = None
     # Extra `google.rpc.Status` details (protobuf messages) for the call's
     # error status, should it fail: an import's summary of what was stored.
     error_details: list[Any] = field(default_factory=list)
