@@ -791,7 +791,7 @@ def _knowledge(
         on_stored=wake,
         changes=changes,
     )
-    guard = AddressGuard(AddressPolicy(parse_networks(settings.outbound_allow_networks)))
+    guard = _outbound_guard(settings)
     fetcher = UrlFetcher(
         guard,
         max_bytes=settings.knowledge_max_upload_bytes,
@@ -843,12 +843,17 @@ def _erase_job(
     return EraseJob(stores, clock, holds, auditor, no_vacuum_reason=reason)
 
 
+def _outbound_guard(settings: Settings) -> AddressGuard:
+    """The one address policy of every outbound call (webhooks, URL ingest)."""
+    return AddressGuard(AddressPolicy(parse_networks(settings.outbound_allow_networks)))
+
+
 def _webhooks(
     settings: Settings, store: SqlControlStore, auditor: Auditor, clock: Clock
 ) -> tuple[WebhookManager, WebhookRunner, GuardedClient]:
     """WebhookService, and the fan-out and senders of this process, all
     calling out through the one guarded client."""
-    guard = AddressGuard(AddressPolicy(parse_networks(settings.outbound_allow_networks)))
+    guard = _outbound_guard(settings)
     sender = GuardedClient(
         guard,
         timeout_s=settings.webhook_timeout_s,

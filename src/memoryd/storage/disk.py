@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from memoryd.domain.errors import QuotaViolation, ResourceExhausted
+from memoryd.domain.errors import DomainError, QuotaViolation, ResourceExhausted, Unavailable
 
 MIB = 1024 * 1024
 
@@ -103,3 +103,12 @@ def _why(err: OSError) -> str:
         errno.EDQUOT: "the disk quota is exceeded",
     }
     return reasons.get(err.errno or 0, err.strerror or str(err))
+
+
+def write_error(err: OSError, path: Path, floor_bytes: int, what: str) -> DomainError:
+    """A failed write of a file of `what` (export files, document uploads):
+    a full disk is RESOURCE_EXHAUSTED (DISK_FULL) like any refused write,
+    anything else UNAVAILABLE naming the cause."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(disk_space(path.parent), floor_bytes, what=what)
+    return Unavailable(f"cannot write a file of {what}: {os.strerror(err.errno or 0)}")

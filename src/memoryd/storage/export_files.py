@@ -10,7 +10,6 @@ client's text.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import os
 import re
@@ -20,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from memoryd.domain.errors import NotFound, ResourceExhausted, Unavailable
+from memoryd.domain.errors import DomainError, NotFound
 from memoryd.domain.tenancy import Tenant
-from memoryd.storage.disk import check_free_space, disk_full, disk_space
+from memoryd.storage.disk import check_free_space, write_error
 
 PIECE = 64 * 1024
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -150,7 +149,5 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _io_error(err: OSError, path: Path, floor: int) -> ResourceExhausted | Unavailable:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return disk_full(disk_space(path.parent), floor, what="exports")
-    return Unavailable(f"cannot write the export file: {os.strerror(err.errno or 0)}")
+def _io_error(err: OSError, path: Path, floor: int) -> DomainError:
+    return write_error(err, path, floor, "exports")

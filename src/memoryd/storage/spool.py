@@ -5,15 +5,14 @@ operation ends."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
 from pathlib import Path
 from typing import IO
 
-from memoryd.domain.errors import DomainError, Unavailable
-from memoryd.storage.disk import check_free_space, disk_full, disk_space
+from memoryd.domain.errors import DomainError
+from memoryd.storage.disk import check_free_space, write_error
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HEAD = 8192
@@ -84,6 +83,4 @@ class SpooledFile:
 
 
 def _io_error(err: OSError, path: Path, floor: int) -> DomainError:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return disk_full(disk_space(path.parent), floor, what="document uploads")
-    return Unavailable(f"cannot write the document's file: {os.strerror(err.errno or 0)}")
+    return write_error(err, path, floor, "document uploads")

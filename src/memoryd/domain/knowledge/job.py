@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from memoryd.domain.changes import EventType
 from memoryd.domain.clock import Clock
-from memoryd.domain.errors import DomainError, FailedPrecondition, NotFound, Unavailable
+from memoryd.domain.errors import DomainError, NotFound, Unavailable
 from memoryd.domain.knowledge.model import CHUNK_SOURCE, Document, Ready
 from memoryd.domain.knowledge.reading import DocumentReader, Splitter, TextChunk
 from memoryd.domain.knowledge.service import HEAD_BYTES, KnowledgeService, Spool, SpoolFile
@@ -102,7 +102,7 @@ class IngestJob:
             self._spool.remove(op.id)
             raise NotFound("the document was deleted before it was ingested")
         try:
-            mime, size, sha = await self._source(job, p, doc)
+            mime, size, sha = await self._source(job, p)
             pages = [0]
 
             def on_page(n: int) -> None:
@@ -158,7 +158,7 @@ class IngestJob:
         info |= {"progress_percent": 100}
         return JobOutcome(OpState.SUCCEEDED, info, json.dumps({"document_id": doc.id}))
 
-    async def _source(self, job: JobControl, p: _Payload, doc: Document) -> tuple[str, int, str]:
+    async def _source(self, job: JobControl, p: _Payload) -> tuple[str, int, str]:
         """The document's type, size and digest, its bytes in the spool
         (downloaded now for a URL)."""
         op = job.operation
@@ -234,7 +234,3 @@ def ingest_info(info: Mapping[str, Any]) -> dict[str, int]:
     """The progress counters of an ingest operation's info."""
     keys = ("bytes_read", "pages", "chunks", "chunks_embedded", "progress_percent")
     return {k: int(info.get(k, 0)) for k in keys}
-
-
-def refused(message: str) -> FailedPrecondition:
-    return FailedPrecondition(message, reason="URL_REFUSED")

@@ -668,12 +668,11 @@ def _check_folder(v: Violations, name: str, folder: str, *, required: bool) -> N
 
 def _check_metadata_only(flt: Filter) -> None:
     """A knowledge filter names document metadata only."""
-    from memoryd.domain.memory import Filter as F
 
-    def fields(f: F) -> list[str]:
+    def fields(f: Filter) -> list[str]:
         out: list[str] = []
         for c in (*f.must, *f.should, *f.must_not):
-            out += fields(c) if isinstance(c, F) else [c.field]
+            out += fields(c) if isinstance(c, Filter) else [c.field]
         return out
 
     bad = sorted({f for f in fields(flt) if not f.startswith("metadata.")})
@@ -702,11 +701,9 @@ def _as_record(d: Document) -> MemoryRecord:
 
 
 def _default_name(uri: str) -> str:
-    if uri:
-        tail = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-        if (tail and "." in tail) or tail:
-            return tail[:MAX_NAME_CHARS]
-    return "document"
+    """A URL's last path segment, else "document"."""
+    tail = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] if uri else ""
+    return tail[:MAX_NAME_CHARS] or "document"
 
 
 def _not_found(name: str) -> NotFound:
