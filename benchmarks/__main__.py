@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--erase-memories", type=int, default=10_000, help="erasure suite: the end user's memories"
     )
+    parser.add_argument(
+        "--erase-documents",
+        type=int,
+        default=100,
+        help="erasure suite: the end user's knowledge documents (about ten chunks each)",
+    )
     add_settings_options(parser)
     return parser
 
@@ -124,7 +130,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         elif suite == "webhooks":
             await run_webhooks(settings, args.seconds, args.concurrency, args.webhook_events)
         elif suite == "erasure":
-            await run_erasure(settings, args.erase_memories)
+            await run_erasure(settings, args.erase_memories, args.erase_documents)
         else:
             print(f"unknown suite {suite!r}", file=sys.stderr)
             return 2
