@@ -16,9 +16,9 @@ from memoryd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     keys_pb2,
+    keys_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
-    keys_pb2_grpc,
     memory_pb2,
     memory_pb2_grpc,
 )
