@@ -86,6 +86,8 @@ class ServerProcess:
         self.port = 0
         self.owner_key = ""
         self.data_dir = ""
+        # The server's environment, for starting it again on the same data dir.
+        self.env: dict[str, str] = {}
 
     async def __aenter__(self) -> ServerProcess:
         data_dir = self._settings.data_dir
@@ -105,6 +107,7 @@ class ServerProcess:
         for name, value in vars_of(self._settings).items():
             if name not in ("data_dir", "port", "log_level"):
                 env.setdefault(f"MEMORYD_{name.upper()}", str(value))
+        self.env = env
         exe = Path(sys.executable).with_name("memoryd")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not per call
             [str(exe), "serve"],

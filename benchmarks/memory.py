@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 import subprocess
 import sys
@@ -420,13 +419,11 @@ async def memory_suite(
         # --- cold start -----------------------------------------------------------------
         server.proc.send_signal(15)
         await asyncio.to_thread(server.proc.wait, 120)
+        # the same settings (embedder included) as the first start, on its port
         child_env = {
-            **os.environ,
-            **HIGH_LIMITS,
+            **server.env,
             "MEMORYD_DATA_DIR": str(data_dir),
             "MEMORYD_PORT": str(server.port),
-            "MEMORYD_LOG_LEVEL": "WARNING",
-            "MEMORYD_EMBEDDING_MODEL_DIR": settings.embedding_model_dir,
         }
         started = time.perf_counter()
         proc = subprocess.Popen(  # noqa: ASYNC220 - measuring the start itself
