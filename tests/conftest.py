@@ -28,6 +28,9 @@ async def make_server(tmp_path: Any) -> AsyncIterator[MakeServer]:
     started: list[RunningServer] = []
 
     async def make(data_dir: str | None = None, **options: Any) -> RunningServer:
+        # the servers of one test are replicas of one deployment: they share
+        # the key-encryption key (as replicas share MEMORYD_KEK_FILE)
+        options.setdefault("kek_file", str(tmp_path / "kek.key"))
         server = await start_server(data_dir or str(tmp_path / f"data-{len(started)}"), **options)
         started.append(server)
         return server

@@ -47,6 +47,8 @@ from memoryd.api.webhooks import WebhookServicer
 from memoryd.auth.authenticator import Authenticator
 from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
+from memoryd.crypto.kek import AwsKms, KekProviders, LocalKeyFile
+from memoryd.crypto.sealer import Sealer
 from memoryd.documents import Reader, splitter_for
 from memoryd.domain.alerts import AlertMonitor, Resource
 from memoryd.domain.audit import Auditor
@@ -247,8 +249,10 @@ async def _build(
         stack, settings, control, hasher, clock, limits.bus, watchers
     )
     embedder = await _embedder(stack, settings, embedder)
-    vectors = await _vectors(stack, settings, embedder, on_change=health.recheck)
-    chunks = await _vectors(stack, settings, embedder, health.recheck, "knowledge")
+    sealer = _sealer(settings, store)
+    store.seal_with(sealer)
+    vectors = await _vectors(stack, settings, embedder, sealer, on_change=health.recheck)
+    chunks = await _vectors(stack, settings, embedder, sealer, health.recheck, "knowledge")
     domain = _services(
         settings,
         store,
@@ -493,10 +497,24 @@ async def _embedder(
     return embedder
 
 
+def _sealer(settings: Settings, store: SqlControlStore) -> Sealer:
+    """Seals content with per-environment data keys wrapped by each
+    organization's key-encryption key (local key file or AWS KMS)."""
+    local = LocalKeyFile(Path(settings.kek_file or Path(settings.data_dir) / "kek.key"))
+    kms = AwsKms(settings.kms_endpoint_url, settings.kms_region, settings.kms_timeout_s)
+    return Sealer(
+        store,
+        KekProviders(local, kms),
+        enabled=settings.encryption,
+        cache_size=settings.encryption_key_cache,
+    )
+
+
 async def _vectors(
     stack: AsyncExitStack,
     settings: Settings,
     embedder: Embedder,
+    sealer: Sealer,
     on_change: Callable[[], None],
     name: str = "vectors",
 ) -> VectorStore:
@@ -505,10 +523,10 @@ async def _vectors(
     ingests a document has none: no directory, no engine process)."""
     path = Path(settings.data_dir) / name
     vectors: VectorStore = (
-        _vector_store(settings, on_change)
+        _vector_store(settings, on_change, sealer=sealer)
         if name == "vectors"
         else LazyVectorStore(
-            lambda: _vector_store(settings, on_change, name),
+            lambda: _vector_store(settings, on_change, name, sealer),
             lambda: bool(settings.qdrant_url) or path.exists(),
         )
     )
@@ -534,7 +552,10 @@ async def open_vector_store(settings: Settings) -> VectorStore:
 
 
 def _vector_store(
-    settings: Settings, on_change: Callable[[], None], name: str = "vectors"
+    settings: Settings,
+    on_change: Callable[[], None],
+    name: str = "vectors",
+    sealer: Sealer | None = None,
 ) -> VectorStore:
     """The memories' vector store ("vectors"), or another of the same
     engine: the knowledge chunks' ("knowledge", a directory or a collection
@@ -544,7 +565,9 @@ def _vector_store(
         from memoryd.storage.vectors.qdrant import QdrantVectorStore
 
         prefix = "memoryd" if name == "vectors" else f"memoryd_{name}"
-        return QdrantVectorStore(qdrant_client(settings), collection_prefix=prefix, tuning=tuning)
+        return QdrantVectorStore(
+            qdrant_client(settings), collection_prefix=prefix, tuning=tuning, sealer=sealer
+        )
     return EdgeVectorStore(
         Path(settings.data_dir) / name,
         sync_writes=settings.vector_sync_writes,
@@ -553,6 +576,7 @@ def _vector_store(
         on_change=on_change,
         process=settings.vector_engine_process,
         tuning=tuning,
+        sealer=sealer,
     )
 
 

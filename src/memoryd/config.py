@@ -81,6 +81,8 @@ _POSITIVE = (
     "webhook_delivery_retention_hours",
     "alert_rate_limited_s",
     "alert_quiet_s",
+    "encryption_key_cache",
+    "kms_timeout_s",
 )
 
 
@@ -177,6 +179,31 @@ class Settings:
         "answering). Off: the engine runs on a thread of the server (no child process; a hung "
         "disk then freezes the whole server).",
     )
+    # --- encryption at rest ---
+    encryption: bool = _setting(
+        True,
+        "Seal content at rest (memory text and revisions, conversation messages, document "
+        "text, operation payloads, change events, webhook payloads, cached responses, export "
+        "files) with a data key per environment (AES-256-GCM), wrapped by the organization's "
+        "key-encryption key. Off: new content is written in clear; sealed content stays "
+        "readable while its keys are.",
+    )
+    kek_file: str = _setting(
+        "",
+        "The local key-encryption key file (made with permissions 0600 on first start; the "
+        "server refuses a file others can read). Back it up apart from the data: without it "
+        "nothing sealed can be read. Empty: data_dir/kek.key.",
+    )
+    encryption_key_cache: int = _setting(
+        10_000, "Unwrapped data keys kept in memory (one per environment in use)."
+    )
+    kms_endpoint_url: str = _setting(
+        "",
+        "AWS KMS endpoint for organizations whose key is 'aws-kms:<key>' (empty: the "
+        "region's AWS endpoint). Credentials come from the usual AWS_* variables or role.",
+    )
+    kms_region: str = _setting("us-east-1", "AWS KMS region.")
+    kms_timeout_s: float = _setting(5.0, "Timeout of one AWS KMS call.")
     redis_url: str = _setting(
         "",
         "Redis for rate limits, usage and key-revocation fan-out (redis://host:6379/0). "

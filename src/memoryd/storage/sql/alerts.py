@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from memoryd.domain.alerts import AlertKey
 from memoryd.domain.changes import ChangeEvent, NewEvent
-from memoryd.storage.sql.changes import _advance, _row, change_events
+from memoryd.storage.sql.changes import _advance, _data, _row, change_events
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, metadata
 from memoryd.storage.sql.tx import Transacting
 
@@ -85,7 +85,8 @@ class AlertTables(Transacting):
             if (await conn.execute(stmt)).first() is None:
                 return None  # raised already
             seq = await _advance(conn, 1)
-            await conn.execute(change_events.insert(), [_row(seq, event)])
+            # an alert's details hold no content: stored in clear
+            await conn.execute(change_events.insert(), [_row(seq, event, _data(event))])
         return ChangeEvent(
             type=event.type,
             tenant=event.tenant,

@@ -50,6 +50,7 @@ from memoryd.domain.changes import (
 )
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata, visible_to
+from memoryd.storage.sql.sealing import Sealing
 from memoryd.storage.sql.tx import Transacting
 
 # Events deleted per transaction of a trim (a first trim after a long
@@ -117,9 +118,10 @@ def _visible(tenant: Tenant) -> list[sa.ColumnElement[bool]]:
     return visible_to(change_events, tenant)
 
 
-def _event(row: Any) -> ChangeEvent:
+def _event(row: Any, memory: str | None) -> ChangeEvent:
+    """The event of `row`, whose `memory` column opened is `memory`."""
     kind = EventType(row.type)
-    data = json.loads(row.memory) if row.memory is not None else None
+    data = json.loads(memory) if memory is not None else None
     alert = kind not in MEMORY_EVENTS  # an alert or a document event: details
     return ChangeEvent(
         type=kind,
@@ -134,7 +136,7 @@ def _event(row: Any) -> ChangeEvent:
     )
 
 
-def _row(seq: int, e: NewEvent) -> dict[str, Any]:
+def _row(seq: int, e: NewEvent, memory: str | None) -> dict[str, Any]:
     t = e.tenant
     if t.all_end_users:
         raise ValueError("an event belongs to one end user or none, never to all of them")
@@ -147,7 +149,7 @@ def _row(seq: int, e: NewEvent) -> dict[str, Any]:
         "end_user_id": t.end_user_id,
         "type": e.type.value,
         "memory_id": fit(c.memory_id, e.memory_id),
-        "memory": _data(e),
+        "memory": memory,
         "operation_id": fit(c.operation_id, e.operation_id),
         "request_id": fit(c.request_id, e.request_id),
         "time": e.time,
@@ -162,16 +164,23 @@ def _data(e: NewEvent) -> str | None:
     return json_dump(dict(e.memory)) if e.memory is not None else None
 
 
-class ChangeTables(Transacting):
-    """The change log calls of `SqlControlStore` (`ChangeLog`, `WatchLog`)."""
+class ChangeTables(Transacting, Sealing):
+    """The change log calls of `SqlControlStore` (`ChangeLog`, `WatchLog`).
+    The `memory` column (a memory's content, an event's details) is sealed."""
 
     async def append(self, events: Sequence[NewEvent]) -> list[ChangeEvent]:
         if not events:
             return []
+        await self._keys_for_writing(e.tenant for e in events)
+        data = [_data(e) for e in events]
+        sealed = [
+            None if d is None else self._seal(e.tenant, "memory", d)
+            for e, d in zip(events, data, strict=True)
+        ]
         async with self._begin(parent="environment") as conn:
             last = await _advance(conn, len(events))
             first = last - len(events) + 1
-            rows = [_row(first + i, e) for i, e in enumerate(events)]
+            rows = [_row(first + i, e, sealed[i]) for i, e in enumerate(events)]
             await conn.execute(change_events.insert(), rows)
         return [
             ChangeEvent(**{f: getattr(e, f) for f in _NEW_FIELDS}, seq=first + i)
@@ -187,13 +196,19 @@ class ChangeTables(Transacting):
             .limit(limit)
         )
         async with self._begin() as conn:
-            return [_event(r) for r in await conn.execute(q)]
+            rows = (await conn.execute(q)).all()
+        return await self._events(rows)
 
     async def read_all(self, after: int, limit: int) -> list[ChangeEvent]:
         c = change_events.c
         q = sa.select(change_events).where(c.seq > after).order_by(c.seq).limit(limit)
         async with self._begin() as conn:
-            return [_event(r) for r in await conn.execute(q)]
+            rows = (await conn.execute(q)).all()
+        return await self._events(rows)
+
+    async def _events(self, rows: Sequence[Any]) -> list[ChangeEvent]:
+        await self._keys_for_reading(rows, "memory")
+        return [_event(r, self._open(r, "memory")) for r in rows]
 
     async def oldest(self) -> int | None:
         async with self._begin() as conn:
@@ -257,8 +272,9 @@ class ChangeTables(Transacting):
             .limit(limit)
         )
         async with self._begin() as conn:
-            events = [_event(r) for r in await conn.execute(q)]
+            rows = (await conn.execute(q)).all()
             row = (await conn.execute(_trimmed_query(tenant))).first()
+        events = await self._events(rows)
         return events, Trimmed(int(row.seq), row.time) if row else None
 
     async def trimmed(self, tenant: Tenant) -> Trimmed | None:

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from memoryd.domain.idempotency import IdempotencyKey, StoredRequest
+from memoryd.domain.tenancy import Tenant
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, metadata
+from memoryd.storage.sql.sealing import Sealing
 from memoryd.storage.sql.tx import Transacting
 
 PENDING = "pending"
@@ -64,8 +66,9 @@ async def _offloaded(fn: Any, data: bytes) -> bytes:
     return bytes(fn(data))
 
 
-class IdempotencyTables(Transacting):
-    """The `IdempotencyStore` calls of `SqlControlStore`."""
+class IdempotencyTables(Transacting, Sealing):
+    """The `IdempotencyStore` calls of `SqlControlStore`. A stored response
+    is compressed, then sealed."""
 
     async def claim_idempotency_key(
         self, key: IdempotencyKey, fingerprint: bytes, claim: str, now: datetime
@@ -106,6 +109,9 @@ class IdempotencyTables(Transacting):
         self, key: IdempotencyKey, claim: str, response: bytes
     ) -> bool:
         compressed = await _offloaded(zlib.compress, response)
+        tenant = Tenant(key.org_id, key.project_id, key.environment_id)
+        await self._keys_for_writing([tenant])
+        compressed = self._seal_bytes(tenant, "response", compressed)
         async with self._begin() as conn:
             result = await conn.execute(
                 idempotency_keys.update()
@@ -124,12 +130,22 @@ class IdempotencyTables(Transacting):
         async with self._begin() as conn:
             row = (
                 await conn.execute(
-                    sa.select(_c.fingerprint, _c.claim, _c.create_time, _c.response).where(_is(key))
+                    sa.select(
+                        _c.org_id,
+                        _c.project_id,
+                        _c.environment_id,
+                        _c.fingerprint,
+                        _c.claim,
+                        _c.create_time,
+                        _c.response,
+                    ).where(_is(key))
                 )
             ).first()
         if row is None:
             return None
-        response = None if row.response is None else await _offloaded(zlib.decompress, row.response)
+        await self._keys_for_reading([row], "response")
+        sealed = self._open(row, "response")
+        response = None if sealed is None else await _offloaded(zlib.decompress, sealed)
         return StoredRequest(bytes(row.fingerprint), row.claim, row.create_time, response)
 
     async def delete_idempotency_keys(self, before: datetime, limit: int) -> int:

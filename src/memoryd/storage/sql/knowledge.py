@@ -22,6 +22,7 @@ from memoryd.domain.tenancy import Tenant
 from memoryd.storage.sql.operations import _row as operation_row
 from memoryd.storage.sql.operations import operations
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, json_dump, metadata, visible_to
+from memoryd.storage.sql.sealing import Sealing
 from memoryd.storage.sql.tx import Transacting
 
 
@@ -134,13 +135,19 @@ def _doc_row(d: Document) -> dict[str, Any]:
     }
 
 
-class KnowledgeTables(Transacting):
+class KnowledgeTables(Transacting, Sealing):
     """The knowledge calls of `SqlControlStore` (`KnowledgeStore`)."""
 
     async def create_document(
         self, doc: Document, op: Operation, *, new_folder: Folder | None
     ) -> None:
         t = knowledge_documents
+        await self._keys_for_writing([op.tenant])  # the operation's payload is sealed
+        op_row = operation_row(
+            op,
+            self._seal(op.tenant, "payload", op.payload),
+            self._seal(op.tenant, "result", op.result),
+        )
         async with self._begin(parent="environment") as conn:
             if new_folder is not None:
                 exists = await conn.execute(
@@ -159,7 +166,7 @@ class KnowledgeTables(Transacting):
                             create_time=new_folder.create_time,
                         )
                     )
-            await conn.execute(operations.insert().values(**operation_row(op)))
+            await conn.execute(operations.insert().values(**op_row))
             found = await conn.execute(
                 sa.select(t.c.id).where(*_visible(t, doc.tenant), t.c.id == doc.id)
             )

@@ -34,6 +34,7 @@ from memoryd.domain.operations import (
 )
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, json_dump, metadata, visible_to
+from memoryd.storage.sql.sealing import Sealing
 from memoryd.storage.sql.tx import Transacting
 
 operations = sa.Table(
@@ -112,7 +113,8 @@ def _visible(tenant: Tenant) -> list[sa.ColumnElement[bool]]:
     return visible_to(operations, tenant)
 
 
-def _op(row: Any) -> Operation:
+def _op(row: Any, payload: str, result: str) -> Operation:
+    """The operation of `row`, whose payload and result opened are given."""
     error = None
     if row.error_code:
         error = OpError(row.error_code, row.error_reason, row.error_message)
@@ -123,14 +125,14 @@ def _op(row: Any) -> Operation:
         key_id=row.key_id,
         scopes=frozenset(json.loads(row.scopes)),
         state=OpState(row.state),
-        payload=row.payload,
+        payload=payload,
         create_time=row.create_time,
         update_time=row.update_time,
         request_id=row.request_id or "",
         fingerprint=row.fingerprint,
         thread_id=row.thread_id,
         info=json.loads(row.info),
-        result=row.result,
+        result=result,
         error=error,
         attempts=row.attempts,
         start_time=row.start_time,
@@ -139,7 +141,7 @@ def _op(row: Any) -> Operation:
     )
 
 
-def _row(op: Operation) -> dict[str, Any]:
+def _row(op: Operation, payload: str, result: str) -> dict[str, Any]:
     t = op.tenant
     return {
         "id": op.id,
@@ -154,9 +156,9 @@ def _row(op: Operation) -> dict[str, Any]:
         "scopes": json.dumps(sorted(op.scopes)),
         "thread_id": op.thread_id,
         "state": op.state.value,
-        "payload": op.payload,
+        "payload": payload,
         "info": json_dump(dict(op.info)),
-        "result": op.result,
+        "result": result,
         "error_code": op.error.code if op.error else "",
         "error_reason": op.error.reason if op.error else "",
         "error_message": op.error.message if op.error else "",
@@ -172,17 +174,38 @@ def _row(op: Operation) -> dict[str, Any]:
     }
 
 
-def _message(row: Any) -> StoredMessage:
-    return StoredMessage(row.idx, row.role, row.content, row.name, row.create_time)
+def _message(row: Any, content: str) -> StoredMessage:
+    return StoredMessage(row.idx, row.role, content, row.name, row.create_time)
 
 
-class OperationTables(Transacting):
-    """The operation calls of `SqlControlStore` (`OperationStore`)."""
+# a message with its operation's tenant (which names the key it is sealed with)
+_MESSAGE_COLUMNS = (
+    conversation_messages,
+    operations.c.org_id,
+    operations.c.project_id,
+    operations.c.environment_id,
+)
+
+
+class OperationTables(Transacting, Sealing):
+    """The operation calls of `SqlControlStore` (`OperationStore`). An
+    operation's payload and result and its messages' content are sealed."""
+
+    async def _ops(self, rows: Sequence[Any]) -> list[Operation]:
+        await self._keys_for_reading(rows, "payload", "result")
+        return [_op(r, self._open(r, "payload"), self._open(r, "result")) for r in rows]
+
+    async def _messages(self, rows: Sequence[Any]) -> list[StoredMessage]:
+        await self._keys_for_reading(rows, "content")
+        return [_message(r, self._open(r, "content")) for r in rows]
 
     async def create_operation(self, op: Operation, messages: Sequence[StoredMessage]) -> Operation:
+        await self._keys_for_writing([op.tenant])
+        t = op.tenant
+        row = _row(op, self._seal(t, "payload", op.payload), self._seal(t, "result", op.result))
         try:
             async with self._begin(parent="environment") as conn:
-                await conn.execute(operations.insert().values(**_row(op)))
+                await conn.execute(operations.insert().values(**row))
                 if messages:
                     await conn.execute(
                         conversation_messages.insert(),
@@ -191,7 +214,7 @@ class OperationTables(Transacting):
                                 "operation_id": op.id,
                                 "idx": m.index,
                                 "role": m.role,
-                                "content": m.content,
+                                "content": self._seal(t, "content", m.content),
                                 "name": m.name,
                                 "create_time": m.create_time,
                             }
@@ -214,7 +237,7 @@ class OperationTables(Transacting):
         )
         async with self._begin() as conn:
             row = (await conn.execute(q)).first()
-        return _op(row) if row else None
+        return (await self._ops([row]))[0] if row else None
 
     async def release_request_id(self, tenant: Tenant, kind: str, request_id: str) -> None:
         """Frees `request_id` of the tenant's operation of `kind` (after its
@@ -231,7 +254,7 @@ class OperationTables(Transacting):
         q = sa.select(operations).where(operations.c.id == op_id, *_visible(tenant))
         async with self._begin() as conn:
             row = (await conn.execute(q)).first()
-        return _op(row) if row else None
+        return (await self._ops([row]))[0] if row else None
 
     async def list_operations(
         self,
@@ -253,7 +276,8 @@ class OperationTables(Transacting):
             q = q.where(sa.or_(c.create_time < t, sa.and_(c.create_time == t, c.id < ident)))
         q = q.order_by(c.create_time.desc(), c.id.desc()).limit(limit)
         async with self._begin() as conn:
-            return [_op(r) for r in await conn.execute(q)]
+            rows = (await conn.execute(q)).all()
+        return await self._ops(rows)
 
     async def delete_operation(self, tenant: Tenant, op_id: str) -> bool:
         async with self._begin() as conn:
@@ -284,13 +308,19 @@ class OperationTables(Transacting):
             row = (
                 await conn.execute(sa.select(operations).where(c.id == op_id, *_visible(tenant)))
             ).first()
-        return _op(row) if row else None
+        return (await self._ops([row]))[0] if row else None
 
     async def messages(self, op_id: str) -> list[StoredMessage]:
         m = conversation_messages.c
-        q = sa.select(conversation_messages).where(m.operation_id == op_id).order_by(m.idx)
+        q = (
+            sa.select(*_MESSAGE_COLUMNS)
+            .join(operations, operations.c.id == m.operation_id)
+            .where(m.operation_id == op_id)
+            .order_by(m.idx)
+        )
         async with self._begin() as conn:
-            return [_message(r) for r in await conn.execute(q)]
+            rows = (await conn.execute(q)).all()
+        return await self._messages(rows)
 
     async def thread_messages(
         self, tenant: Tenant, thread_id: str, before: datetime, exclude_op: str, limit: int
@@ -299,7 +329,7 @@ class OperationTables(Transacting):
             return []
         c, m = operations.c, conversation_messages.c
         q = (
-            sa.select(conversation_messages)
+            sa.select(*_MESSAGE_COLUMNS)
             .join(operations, operations.c.id == m.operation_id)
             .where(
                 *_visible(tenant),
@@ -312,7 +342,7 @@ class OperationTables(Transacting):
         )
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
-        return [_message(r) for r in reversed(rows)]
+        return await self._messages(rows[::-1])
 
     # --- the runner -----------------------------------------------------------
 
@@ -353,7 +383,7 @@ class OperationTables(Transacting):
             if result.rowcount != 1:
                 return None
             row = (await conn.execute(sa.select(operations).where(c.id == op_id))).first()
-        return Claim(_op(row), owner, lease_until)
+        return Claim((await self._ops([row]))[0], owner, lease_until)
 
     def _held(self, claim: Claim) -> list[sa.ColumnElement[bool]]:
         c = operations.c
@@ -383,6 +413,8 @@ class OperationTables(Transacting):
         return Claim(op, claim.owner, lease_until)
 
     async def save_progress(self, claim: Claim, info: Mapping[str, Any], result: str) -> bool:
+        await self._keys_for_writing([claim.operation.tenant])
+        result = self._seal(claim.operation.tenant, "result", result)
         async with self._begin() as conn:
             res = await conn.execute(
                 operations.update()
@@ -400,6 +432,8 @@ class OperationTables(Transacting):
         result: str = "",
         error: OpError | None = None,
     ) -> bool:
+        await self._keys_for_writing([claim.operation.tenant])
+        result = self._seal(claim.operation.tenant, "result", result)
         async with self._begin() as conn:
             res = await conn.execute(
                 operations.update()

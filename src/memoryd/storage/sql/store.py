@@ -17,6 +17,7 @@ from memoryd.domain.errors import Unavailable
 from memoryd.storage.sql.alerts import AlertTables
 from memoryd.storage.sql.audit import AuditTables
 from memoryd.storage.sql.changes import ChangeTables
+from memoryd.storage.sql.data_keys import DataKeyTables
 from memoryd.storage.sql.erasure import ErasureTables, add_missing_columns
 from memoryd.storage.sql.holds import HoldTables
 from memoryd.storage.sql.idempotency import IdempotencyTables
@@ -85,6 +86,7 @@ class SqlControlStore(
     KnowledgeTables,
     ErasureTables,
     HoldTables,
+    DataKeyTables,
 ):
     """The control store on SQLAlchemy Core async: `ControlStore`,
     `IdempotencyStore`, `PromptStore`, `OperationStore`, `TokenLedger`,

@@ -50,6 +50,7 @@ from memoryd.domain.webhooks.model import (
 )
 from memoryd.storage.sql.paging import keyset, next_after
 from memoryd.storage.sql.schema import SafeString, UTCDateTime, fit, json_dump, metadata, visible_to
+from memoryd.storage.sql.sealing import Sealing
 from memoryd.storage.sql.tx import Transacting
 
 webhooks = sa.Table(
@@ -221,7 +222,7 @@ def _attempt(row: Any) -> Attempt:
 _DELIVERY_COLUMNS = [c for c in webhook_deliveries.c if c.name != "payload"]
 
 
-class WebhookTables(Transacting):
+class WebhookTables(Transacting, Sealing):
     """The webhook calls of `SqlControlStore` (`WebhookStore`)."""
 
     # --- a caller's webhooks ------------------------------------------------------
@@ -428,6 +429,8 @@ class WebhookTables(Transacting):
             )
             deliveries = plan(events, [_webhook(r) for r in rows])
             if deliveries:
+                # (nested reads of the key store: this task holds the lock)
+                await self._keys_for_writing(nd.tenant for nd in deliveries)
                 await conn.execute(
                     webhook_deliveries.insert(),
                     [
@@ -443,7 +446,7 @@ class WebhookTables(Transacting):
                             "event_type": nd.event_type.value,
                             "memory_id": fit(webhook_deliveries.c.memory_id, nd.memory_id),
                             "event_time": nd.event_time,
-                            "payload": nd.payload,
+                            "payload": self._seal(nd.tenant, "payload", nd.payload),
                             "state": _PENDING,
                             "attempt_count": 0,
                             "next_attempt_time": nd.create_time,
@@ -513,7 +516,7 @@ class WebhookTables(Transacting):
                 .where(d.id.in_(ids), due)
                 .values(lease_owner=owner, lease_until=lease_until)
             )
-            rows = await conn.execute(
+            claimed = await conn.execute(
                 sa.select(
                     d.id,
                     d.webhook_id,
@@ -533,8 +536,9 @@ class WebhookTables(Transacting):
                 .where(d.id.in_(ids), d.lease_owner == owner, d.lease_until == lease_until)
                 .order_by(d.next_attempt_time, d.id)
             )
-            claims = [_claim(r, owner, lease_until, now) for r in rows]
-        return claims
+            rows = claimed.all()
+        await self._keys_for_reading(rows, "payload")
+        return [_claim(r, self._open(r, "payload"), owner, lease_until, now) for r in rows]
 
     async def release_deliveries(self, claims: Sequence[DeliveryClaim]) -> None:
         d = webhook_deliveries.c
@@ -654,7 +658,9 @@ async def _delete_deliveries(conn: AsyncConnection, ids: Any) -> None:
     await conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.id.in_(ids)))
 
 
-def _claim(row: Any, owner: str, lease_until: datetime, now: datetime) -> DeliveryClaim:
+def _claim(
+    row: Any, payload: str, owner: str, lease_until: datetime, now: datetime
+) -> DeliveryClaim:
     grace = row.previous_secret_expire_time
     previous = row.previous_secret if grace is not None and now < grace else ""
     return DeliveryClaim(
@@ -662,7 +668,7 @@ def _claim(row: Any, owner: str, lease_until: datetime, now: datetime) -> Delive
         webhook_id=row.webhook_id,
         tenant=Tenant(row.org_id, row.project_id, row.environment_id, row.end_user_id),
         url=row.url,
-        payload=row.payload,
+        payload=payload,
         keys=SigningKeys(row.secret, previous),
         attempt=int(row.attempt_count) + 1,
         expire_time=row.expire_time,

@@ -72,6 +72,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from memoryd.crypto.sealer import Sealer
 from memoryd.domain.errors import FailedPrecondition, Unavailable
 from memoryd.storage.vectors import ranking as rk
 from memoryd.storage.vectors.edge_backends import Backend, ChildBackend, ThreadBackend, crashed
@@ -123,8 +124,9 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         on_change: Callable[[], None] | None = None,
         process: bool = False,
         tuning: rk.Tuning | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
-        super().__init__(tuning)
+        super().__init__(tuning, sealer)
         self._path = Path(path)
         self._engine_kwargs: dict[str, Any] = {
             "path": str(self._path),

@@ -169,6 +169,11 @@ def to_payload(record: MemoryRecord) -> dict[str, Any]:
     return payload
 
 
+def environment_of(payload: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(org, project, environment) of a point's payload."""
+    return (payload[ORG_ID], payload[PROJECT_ID], payload[ENVIRONMENT_ID])
+
+
 def upgrade(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The fields to set on a point of layout 1 to bring it to this layout:
     it holds since its creation, and still does."""

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Generic
 
+from memoryd.crypto.sealer import Sealer
+from memoryd.domain.encryption import EnvRef
 from memoryd.domain.errors import AlreadyExists, InvalidArgument, Unavailable
 from memoryd.domain.memory import (
     BY_MEANING,
@@ -56,9 +58,11 @@ class PointStore(abc.ABC, Generic[C, F]):
     # other processes write to the same collection (no lock spans them).
     _recheck_owners = False
 
-    def __init__(self, tuning: rk.Tuning | None = None) -> None:
+    def __init__(self, tuning: rk.Tuning | None = None, sealer: Sealer | None = None) -> None:
         self._dimension: int | None = None
         self._tuning = tuning or rk.Tuning()
+        # content and revisions are sealed with their environment's data key
+        self._sealer = sealer
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -152,6 +156,8 @@ class PointStore(abc.ABC, Generic[C, F]):
         """
         if not records:
             return
+        if self._sealer is not None:
+            await self._sealer.ready([_env_of(tenant)], create=True)
         # The guard repeats the owner check inside the write itself, so a point
         # of another tenant that appears between the check and the write is
         # still not overwritten.
@@ -173,7 +179,7 @@ class PointStore(abc.ABC, Generic[C, F]):
                 )
             words = rk.document_keywords(r.content)
             keywords = None if words is None else (words.indices, words.values)
-            points.append(Point(pid, list(map(float, r.vector)), p.to_payload(r), keywords))
+            points.append(Point(pid, list(map(float, r.vector)), self._payload(r), keywords))
         async with self._write_lock():
             owners = await self._owners([pt.id for pt in points])
             if any(not cond.can_see(tenant, *owner) for owner in owners.values()):
@@ -199,7 +205,7 @@ class PointStore(abc.ABC, Generic[C, F]):
             hits, _ = await self._scroll(flt, len(chunk), with_vectors=with_vectors)
             # by id: a caller may be about to update the record, whose
             # history it must carry on (or list)
-            out.extend(_record(h, with_vectors=with_vectors, with_revisions=True) for h in hits)
+            out.extend(await self._records(hits, with_vectors=with_vectors, with_revisions=True))
         return out
 
     async def delete(self, tenant: Tenant, ids: Sequence[str]) -> None:
@@ -249,7 +255,8 @@ class PointStore(abc.ABC, Generic[C, F]):
         if query is None:
             return []
         hits = await self._query(engine_filter, query)
-        return [ScoredRecord(_record(h), h.score) for h in hits]
+        records = await self._records(hits)
+        return [ScoredRecord(r, h.score) for r, h in zip(records, hits, strict=True)]
 
     async def scroll(
         self,
@@ -303,7 +310,7 @@ class PointStore(abc.ABC, Generic[C, F]):
                 )
             rows += [(h.payload[p.CREATE_TIME], h.id, h) for h in hits]
         rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
-        records = [_record(h) for _, _, h in rows[:limit]]
+        records = await self._records([h for _, _, h in rows[:limit]])
         more = len(rows) > limit
         return Page(
             records=records,
@@ -326,7 +333,7 @@ class PointStore(abc.ABC, Generic[C, F]):
         while hits := await self._delete_batch(engine_filter, BATCH, on_deleted is not None):
             deleted += len(hits)
             if on_deleted is not None:
-                await on_deleted([_record(h) for h in hits])
+                await on_deleted(await self._records(hits))
         return deleted
 
     async def delete_scope(
@@ -361,7 +368,7 @@ class PointStore(abc.ABC, Generic[C, F]):
                 break
             deleted += len(hits)
             if on_deleted is not None:
-                await on_deleted([_record(h) for h in hits])
+                await on_deleted(await self._records(hits))
         return deleted
 
     async def count_expired(self, now: datetime, within: Sequence[Tenant]) -> int:
@@ -401,6 +408,48 @@ class PointStore(abc.ABC, Generic[C, F]):
         return await self._count(self._c.filter(must=cond.tenant_conditions(self._c, [tenant])))
 
     # --- helpers ------------------------------------------------------------
+
+    def _payload(self, record: MemoryRecord) -> dict[str, Any]:
+        """The payload of `record`'s point, its texts sealed."""
+        payload = p.to_payload(record)
+        if self._sealer is not None:
+            env = _env_of(record.tenant)
+            seal = self._sealer.seal
+            payload[p.CONTENT] = seal(env, p.CONTENT, payload[p.CONTENT])
+            for revision in payload[p.REVISIONS]:
+                revision["content"] = seal(env, p.REVISIONS, revision["content"])
+        return payload
+
+    async def _records(
+        self, hits: Sequence[Hit], *, with_vectors: bool = False, with_revisions: bool = False
+    ) -> list[MemoryRecord]:
+        """The records of `hits`, their texts opened (loading the data keys
+        they need first)."""
+        sealer = self._sealer
+        if sealer is None:
+            return [
+                _record(h, with_vectors=with_vectors, with_revisions=with_revisions) for h in hits
+            ]
+        await sealer.ready_for((p.environment_of(h.payload), h.payload[p.CONTENT]) for h in hits)
+        out = []
+        for h in hits:
+            env = p.environment_of(h.payload)
+            opened = dict(h.payload)
+            opened[p.CONTENT] = sealer.open(env, p.CONTENT, opened[p.CONTENT])
+            if with_revisions and opened.get(p.REVISIONS):
+                opened[p.REVISIONS] = [
+                    {**r, "content": sealer.open(env, p.REVISIONS, r["content"])}
+                    for r in opened[p.REVISIONS]
+                ]
+            out.append(
+                p.from_payload(
+                    h.id,
+                    opened,
+                    h.vector if with_vectors else None,
+                    with_revisions=with_revisions,
+                )
+            )
+        return out
 
     def _read_conditions(
         self,
@@ -490,6 +539,10 @@ def _taken() -> AlreadyExists:
         "a memory with this id already exists; omit the id to have one assigned",
         reason="MEMORY_ID_TAKEN",
     )
+
+
+def _env_of(tenant: Tenant) -> EnvRef:
+    return (tenant.org_id, tenant.project_id, tenant.environment_id)
 
 
 def _point_ids(ids: Sequence[str]) -> list[str]:

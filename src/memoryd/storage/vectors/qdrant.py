@@ -34,6 +34,7 @@ import httpx
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from memoryd.crypto.sealer import Sealer
 from memoryd.domain.errors import FailedPrecondition, Unavailable
 from memoryd.storage.vectors import layout as p
 from memoryd.storage.vectors import ranking as rk
@@ -242,8 +243,9 @@ class QdrantVectorStore(PointStore[QdrantCondition, models.Filter]):
         collection: str | None = None,
         collection_prefix: str = "memoryd",
         tuning: rk.Tuning | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
-        super().__init__(tuning)
+        super().__init__(tuning, sealer)
         self._api: _Api = (
             cast(_Api, _InThread(client)) if isinstance(client, QdrantClient) else client
         )
