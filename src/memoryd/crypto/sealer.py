@@ -33,6 +33,7 @@ from memoryd.domain.encryption import (
     KeyWrapper,
     OrgKey,
     WrappedKey,
+    context,
     key_unavailable,
 )
 
@@ -41,11 +42,6 @@ CLEAR = "\x1eclr:"
 _SEALED_B = SEALED.encode()
 _CLEAR_B = CLEAR.encode()
 _NONCE = 12
-
-
-def context(env: EnvRef) -> str:
-    """How a data key's environment is named to its KEK (and in errors)."""
-    return f"environment {env[0]}/{env[1]}/{env[2]}"
 
 
 def is_sealed(value: object) -> bool:
@@ -69,6 +65,11 @@ class Sealer:
         self._cache_size = max(1, cache_size)
         self._keys: OrderedDict[EnvRef, tuple[str, AESGCM]] = OrderedDict()
         self._loading: dict[EnvRef, asyncio.Lock] = {}
+
+    @property
+    def wrapper(self) -> KeyWrapper:
+        """The provider of the key-encryption keys."""
+        return self._wrapper
 
     # --- keys ---------------------------------------------------------------
 

@@ -151,7 +151,7 @@ class ExportWriter(Protocol):
 class ExportFiles(Protocol):
     """Where export files are kept, one directory per environment."""
 
-    def writer(self, tenant: Tenant, export_id: str) -> ExportWriter:
+    async def writer(self, tenant: Tenant, export_id: str) -> ExportWriter:
         """A new file for the export (starting over any earlier attempt's)."""
         ...
 
@@ -284,7 +284,7 @@ class ExportJob:
         request = ExportRequest.of(op)
         all_end_users = bool(json.loads(op.payload).get("all_end_users"))
         tenant = op.tenant.across_end_users() if all_end_users else op.tenant
-        writer = self._files.writer(op.tenant, op.id)
+        writer = await self._files.writer(op.tenant, op.id)
         count = written = 0
         try:
             records = self._memories.export_records(

@@ -13,6 +13,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EncryptionKey(_message.Message):
+    __slots__ = ("kek_ref", "version", "data_keys", "update_time", "encryption")
+    KEK_REF_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_KEYS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_FIELD_NUMBER: _ClassVar[int]
+    kek_ref: str
+    version: int
+    data_keys: int
+    update_time: _timestamp_pb2.Timestamp
+    encryption: bool
+    def __init__(self, kek_ref: _Optional[str] = ..., version: _Optional[int] = ..., data_keys: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encryption: _Optional[bool] = ...) -> None: ...
+
+class GetEncryptionKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetEncryptionKeyRequest(_message.Message):
+    __slots__ = ("kek_ref",)
+    KEK_REF_FIELD_NUMBER: _ClassVar[int]
+    kek_ref: str
+    def __init__(self, kek_ref: _Optional[str] = ...) -> None: ...
+
+class RotateEncryptionKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class LegalHold(_message.Message):
     __slots__ = ("id", "project_id", "environment_id", "end_user_id", "reason", "created_by", "create_time")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -93,6 +93,25 @@ class AdminServiceStub:
     """Releases a legal hold (deletes it). Audited. Scope: admin:write."""
     ListLegalHolds: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]
     """Lists the organization's legal holds, by id. Scope: admin:read."""
+    GetEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEncryptionKeyRequest, _admin_pb2.EncryptionKey]
+    """The organization's key-encryption key: which one wraps its data keys
+    (one per environment, which seal its content at rest). Scope:
+    admin:read.
+    """
+    SetEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.EncryptionKey]
+    """Attaches a key-encryption key to the caller's organization ("local",
+    or "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+    organization with it; content is not re-encrypted. The key is tried
+    first: one the server cannot use answers UNAVAILABLE (reason
+    ENCRYPTION_KEY_UNAVAILABLE) and changes nothing. Audited. Scope:
+    admin:write.
+    """
+    RotateEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.EncryptionKey]
+    """Rewraps every data key of the organization with the next version of
+    its key-encryption key (a new derived key for "local"; for AWS KMS a
+    fresh encryption under the key, whose own rotation KMS manages).
+    Content is not re-encrypted. Audited. Scope: admin:write.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -158,6 +177,25 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Releases a legal hold (deletes it). Audited. Scope: admin:write."""
     ListLegalHolds: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]  # type: ignore[assignment]
     """Lists the organization's legal holds, by id. Scope: admin:read."""
+    GetEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEncryptionKeyRequest, _admin_pb2.EncryptionKey]  # type: ignore[assignment]
+    """The organization's key-encryption key: which one wraps its data keys
+    (one per environment, which seal its content at rest). Scope:
+    admin:read.
+    """
+    SetEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.EncryptionKey]  # type: ignore[assignment]
+    """Attaches a key-encryption key to the caller's organization ("local",
+    or "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+    organization with it; content is not re-encrypted. The key is tried
+    first: one the server cannot use answers UNAVAILABLE (reason
+    ENCRYPTION_KEY_UNAVAILABLE) and changes nothing. Audited. Scope:
+    admin:write.
+    """
+    RotateEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.EncryptionKey]  # type: ignore[assignment]
+    """Rewraps every data key of the organization with the next version of
+    its key-encryption key (a new derived key for "local"; for AWS KMS a
+    fresh encryption under the key, whose own rotation KMS manages).
+    Content is not re-encrypted. Audited. Scope: admin:write.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService administers one organization: its projects, environments,
@@ -328,5 +366,42 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListLegalHoldsResponse, _abc.Awaitable[_admin_pb2.ListLegalHoldsResponse]]:
         """Lists the organization's legal holds, by id. Scope: admin:read."""
+
+    @_abc_1.abstractmethod
+    def GetEncryptionKey(
+        self,
+        request: _admin_pb2.GetEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EncryptionKey, _abc.Awaitable[_admin_pb2.EncryptionKey]]:
+        """The organization's key-encryption key: which one wraps its data keys
+        (one per environment, which seal its content at rest). Scope:
+        admin:read.
+        """
+
+    @_abc_1.abstractmethod
+    def SetEncryptionKey(
+        self,
+        request: _admin_pb2.SetEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EncryptionKey, _abc.Awaitable[_admin_pb2.EncryptionKey]]:
+        """Attaches a key-encryption key to the caller's organization ("local",
+        or "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+        organization with it; content is not re-encrypted. The key is tried
+        first: one the server cannot use answers UNAVAILABLE (reason
+        ENCRYPTION_KEY_UNAVAILABLE) and changes nothing. Audited. Scope:
+        admin:write.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateEncryptionKey(
+        self,
+        request: _admin_pb2.RotateEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EncryptionKey, _abc.Awaitable[_admin_pb2.EncryptionKey]]:
+        """Rewraps every data key of the organization with the next version of
+        its key-encryption key (a new derived key for "local"; for AWS KMS a
+        fresh encryption under the key, whose own rotation KMS manages).
+        Content is not re-encrypted. Audited. Scope: admin:write.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
