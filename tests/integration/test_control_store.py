@@ -555,6 +555,9 @@ async def test_a_version_1_schema_gains_audit_details_on_open(database_url: str)
     org = await _org(s)
     async with s.engine.begin() as conn:  # as a version 1 server left it
         await conn.execute(sa.text("ALTER TABLE audit_events DROP COLUMN details"))
+        for table in ("projects", "environments"):
+            for column in ("delete_time", "purge_time"):
+                await conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         await conn.execute(sa.text("UPDATE schema_version SET version = 1"))
         await conn.execute(
             sa.text(
@@ -577,7 +580,7 @@ async def test_a_version_1_schema_gains_audit_details_on_open(database_url: str)
             ("project.create", {}),
         ]
         async with s.engine.begin() as conn:
-            assert (await conn.execute(sa.text("SELECT version FROM schema_version"))).scalar() == 2
+            assert (await conn.execute(sa.text("SELECT version FROM schema_version"))).scalar() == 3
     finally:
         await s.close()
 
