@@ -339,6 +339,8 @@ class ProjectManager:
         now = self._clock.now()
         days = project.settings.deletion_retention_days
         window = timedelta(days=self._retention_days if days is None else days)
+        if force:  # due now: a purge cut short (kill -9) is finished by the next sweep
+            window = timedelta(0)
         if not await self._store.mark_deleted(
             org_id, project.id, environment_id, now, now + window
         ):
@@ -347,7 +349,7 @@ class ProjectManager:
         self._on_change(org_id, project.id)
         # The keys stop at once: authentication reads the deleted scope anew.
         await self._evict_keys(org_id, project.id, environment_id or "")
-        if force or window <= timedelta(0):
+        if window <= timedelta(0):
             await self._purge(org_id, project.id, environment_id)
 
     async def _purge(self, org_id: str, project_id: str, environment_id: str | None) -> bool:
@@ -366,6 +368,10 @@ class ProjectManager:
                 )
                 return False
         key_ids = await self._key_ids(org_id, project_id, environment_id or "")
+        # The vectors and files first, the rows last: a purge cut short is
+        # still due, and the next sweep finishes it (every step is idempotent).
+        if self._delete_memories is not None:
+            await self._delete_memories(org_id, project_id, environment_id)
         if environment_id is None:
             await self._store.delete_project(org_id, project_id)
         else:
@@ -373,8 +379,6 @@ class ProjectManager:
         self._on_change(org_id, project_id)
         for key_id in key_ids:
             await self._invalidate_key(key_id)
-        if self._delete_memories is not None:
-            await self._delete_memories(org_id, project_id, environment_id)
         await self._audit.record_server_action(
             org_id,
             "environment.purge" if environment_id else "project.purge",
