@@ -161,6 +161,8 @@ class App:
     mcp: McpEndpoint | None = None
     # the knowledge chunks' vector store (tests read it)
     chunks: VectorStore | None = None
+    # projects and environments (tests run the purge sweep with it)
+    projects: ProjectManager | None = None
     _health_checks: Sequence[Check] = ()
     _resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     _stopped: bool = False
@@ -282,6 +284,7 @@ async def _build(
             **_key_cache(authenticator),
             **_job_counts(domain.jobs),
             "memoryd_watch_streams_started": lambda: domain.watchers.joined,
+            "memoryd_purges_held": lambda: domain.projects.purges_held,
             "memoryd_watch_poll_failures": lambda: domain.watchers.poll_failures,
             **_webhook_counts(domain.webhook_runner),
         },
@@ -293,6 +296,12 @@ async def _build(
         stack, "expired memories", domain.memories.sweep_expired, settings.sweep_interval_s
     )
     _start_sweeper(stack, "expired request ids", idempotency.sweep, settings.sweep_interval_s)
+    _start_sweeper(
+        stack,
+        "deleted projects and environments",
+        domain.projects.purge_due,
+        settings.sweep_interval_s,
+    )
     _start_jobs(stack, domain.jobs, store, settings, clock)
     _start_export_sweep(stack, domain.export_files, settings, clock)
     _start_watching(stack, domain.watchers, store, settings, clock)
@@ -311,6 +320,7 @@ async def _build(
         bootstrapped=bootstrapped,
         watchers=domain.watchers,
         mcp=mcp,
+        projects=domain.projects,
         _health_checks=_health_checks(settings, store, vectors),
         _resources=stack.pop_all(),
     )
@@ -717,6 +727,7 @@ def _services(
         on_change=projects_cache.forget,
         ceilings=ceilings,
         holds=holds,
+        retention_days=settings.deletion_retention_days,
     )
     usage = UsageReporter(limits.meter, clock, tokens=store)
     prompt_store: PromptStore = metrics.timed("sql", store)

@@ -400,6 +400,11 @@ class Settings:
     operation_retention_hours: float = _setting(
         24.0 * 7, "Finished operations (and their stored messages) are kept this long."
     )
+    deletion_retention_days: int = _setting(
+        30,
+        "Days a deleted project or environment stays restorable (Undelete) before it is "
+        "erased; 0: erased at once. A project's settings.deletion_retention_days overrides it.",
+    )
     # --- knowledge (KnowledgeService) ------------------------------------------------
     knowledge_max_upload_bytes: int = _setting(
         50 * 1024 * 1024,
@@ -614,6 +619,8 @@ class Settings:
         mcp = self.mcp_port
         if mcp and not (mcp.isascii() and mcp.isdigit() and int(mcp) <= 65535):
             raise bad("mcp_port", f"must be empty (off) or a port number 0..65535, got {mcp!r}")
+        if self.deletion_retention_days > 3650:
+            raise bad("deletion_retention_days", "must be at most 3650 days")
         if self.mcp_add_messages_wait_s > 60:
             raise bad("mcp_add_messages_wait_s", "must be at most 60 seconds")
         for name in _POSITIVE:

@@ -389,7 +389,9 @@ async def test_deleting_a_project_stops_its_keys(server: RunningServer) -> None:
     kept_key = await server.data_key(kept)
     for key in [*doomed_keys, kept_key]:
         await whoami(server, key)  # cached
-    await o.admin.DeleteProject(admin_pb2.DeleteProjectRequest(id=doomed.id), metadata=o.md())
+    await o.admin.DeleteProject(
+        admin_pb2.DeleteProjectRequest(id=doomed.id, force=True), metadata=o.md()
+    )
     for key in doomed_keys:
         await refused(grpc.StatusCode.UNAUTHENTICATED, whoami(server, key))
     await whoami(server, kept_key)
@@ -417,7 +419,7 @@ async def test_deleting_an_environment_stops_its_keys(server: RunningServer) -> 
     live_key = await server.data_key(project)
     await whoami(server, staging_key)
     await o.admin.DeleteEnvironment(
-        admin_pb2.DeleteEnvironmentRequest(id=staging.id), metadata=o.md()
+        admin_pb2.DeleteEnvironmentRequest(id=staging.id, force=True), metadata=o.md()
     )
     await refused(grpc.StatusCode.UNAUTHENTICATED, whoami(server, staging_key))
     assert (await whoami(server, live_key)).environment_id == project.environments[0].id

@@ -294,7 +294,7 @@ async def test_erasing_an_environment_destroys_its_data_key(server: RunningServe
     copy = sealer.seal(env, "content", "shredded soon")
 
     await server.owner.admin.DeleteProject(
-        admin_pb2.DeleteProjectRequest(id=project.id), metadata=server.owner.md()
+        admin_pb2.DeleteProjectRequest(id=project.id, force=True), metadata=server.owner.md()
     )
     assert await server.app.store.data_key(env) is None
     fresh = Sealer(server.app.store, _wrapper(server))

@@ -295,7 +295,7 @@ async def test_deleting_an_environment_erases_its_export_files(server: RunningSe
     assert len(export_files(server)) == 2
 
     await server.owner.admin.DeleteEnvironment(
-        admin_pb2.DeleteEnvironmentRequest(id=env.id), metadata=server.owner.md()
+        admin_pb2.DeleteEnvironmentRequest(id=env.id, force=True), metadata=server.owner.md()
     )
     left = export_files(server)
     assert len(left) == 1 and env.id not in str(left[0])

@@ -175,7 +175,7 @@ async def test_deleting_the_environment_deletes_its_documents_and_chunks(
         operations_pb2.WaitOperationRequest(name=op.name, timeout=WAIT), metadata=client.md()
     )
     await server.owner.admin.DeleteEnvironment(
-        admin_pb2.DeleteEnvironmentRequest(id=env.id), metadata=server.owner.md()
+        admin_pb2.DeleteEnvironmentRequest(id=env.id, force=True), metadata=server.owner.md()
     )
     from datetime import UTC, datetime
 

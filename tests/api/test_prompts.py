@@ -407,7 +407,7 @@ async def test_deleting_the_environment_or_project_deletes_its_prompts(
     manager = _prompt_set(backend)
 
     await o.admin.DeleteEnvironment(
-        admin_pb2.DeleteEnvironmentRequest(id=staging.environment_id), metadata=o.md()
+        admin_pb2.DeleteEnvironmentRequest(id=staging.environment_id, force=True), metadata=o.md()
     )
     # read past the API's environment check: the rows are gone, not hidden
     assert await manager.prompt_set(backend.org_id, project.id, staging.environment_id) == (
@@ -417,5 +417,7 @@ async def test_deleting_the_environment_or_project_deletes_its_prompts(
     for _, call in staging.every_call():
         await refused(grpc.StatusCode.NOT_FOUND, call())
 
-    await o.admin.DeleteProject(admin_pb2.DeleteProjectRequest(id=project.id), metadata=o.md())
+    await o.admin.DeleteProject(
+        admin_pb2.DeleteProjectRequest(id=project.id, force=True), metadata=o.md()
+    )
     assert await manager.prompt_set(backend.org_id, project.id, env.environment_id) == (PromptSet())

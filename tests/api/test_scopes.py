@@ -200,6 +200,34 @@ async def _delete_project(m: Matrix, c: Client) -> Any:
     )
 
 
+async def _undelete_project(m: Matrix, c: Client) -> Any:
+    target = await m.new_project()
+    await m.owner.admin.DeleteProject(
+        admin_pb2.DeleteProjectRequest(id=target.id), metadata=m.owner.md()
+    )
+    return await c.admin.UndeleteProject(
+        admin_pb2.UndeleteProjectRequest(id=target.id), metadata=c.md()
+    )
+
+
+async def _undelete_environment(m: Matrix, c: Client) -> Any:
+    env = await m.owner.admin.CreateEnvironment(
+        admin_pb2.CreateEnvironmentRequest(
+            project_id=m.project.id,
+            environment=admin_pb2.Environment(
+                name=_unique("back"), kind=tenancy_pb2.ENVIRONMENT_KIND_TEST
+            ),
+        ),
+        metadata=m.owner.md(),
+    )
+    await m.owner.admin.DeleteEnvironment(
+        admin_pb2.DeleteEnvironmentRequest(id=env.id), metadata=m.owner.md()
+    )
+    return await c.admin.UndeleteEnvironment(
+        admin_pb2.UndeleteEnvironmentRequest(id=env.id), metadata=c.md()
+    )
+
+
 async def _create_environment(m: Matrix, c: Client) -> Any:
     return await c.admin.CreateEnvironment(
         admin_pb2.CreateEnvironmentRequest(
@@ -334,6 +362,8 @@ METHODS: dict[str, tuple[str | None, Call]] = {
     "AdminService.CreateEnvironment": ("admin:write", _create_environment),
     "AdminService.ListEnvironments": ("admin:read", _list_environments),
     "AdminService.DeleteEnvironment": ("admin:write", _delete_environment),
+    "AdminService.UndeleteEnvironment": ("admin:write", _undelete_environment),
+    "AdminService.UndeleteProject": ("admin:write", _undelete_project),
     "AdminService.GetUsage": ("usage:read", _get_usage),
     "AdminService.ListAuditEvents": ("audit:read", _list_audit),
     "AdminService.CreatePrompt": ("admin:write", _create_prompt),

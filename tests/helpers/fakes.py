@@ -118,18 +118,80 @@ class FakeControlStore:
         for env in environments:
             self.environments[env.id] = env
 
-    async def get_project(self, org_id: str, project_id: str) -> Project | None:
+    async def get_project(
+        self, org_id: str, project_id: str, show_deleted: bool = False
+    ) -> Project | None:
         project = self.projects.get(project_id)
         if project is None or project.org_id != org_id:
             return None
-        envs = tuple(e for e in self.environments.values() if e.project_id == project_id)
+        if project.delete_time is not None and not show_deleted:
+            return None
+        envs = tuple(
+            e
+            for e in self.environments.values()
+            if e.project_id == project_id and (show_deleted or e.delete_time is None)
+        )
         return replace(project, environments=envs)
 
     async def list_projects(
-        self, org_id: str, limit: int, after: tuple[str, str] | None
+        self, org_id: str, limit: int, after: tuple[str, str] | None, show_deleted: bool = False
     ) -> ListPage[Project]:
-        mine = (p for p in self.projects.values() if p.org_id == org_id)
+        mine = (
+            p
+            for p in self.projects.values()
+            if p.org_id == org_id and (show_deleted or p.delete_time is None)
+        )
         return _page(mine, _by_time, limit, after)
+
+    async def mark_deleted(
+        self,
+        org_id: str,
+        project_id: str,
+        environment_id: str | None,
+        delete_time: datetime,
+        purge_time: datetime,
+    ) -> bool:
+        if environment_id is None:
+            p = self.projects.get(project_id)
+            if p is None or p.org_id != org_id or p.delete_time is not None:
+                return False
+            self.projects[project_id] = replace(p, delete_time=delete_time, purge_time=purge_time)
+            return True
+        e = self.environments.get(environment_id)
+        if e is None or e.org_id != org_id or e.delete_time is not None:
+            return False
+        self.environments[environment_id] = replace(
+            e, delete_time=delete_time, purge_time=purge_time
+        )
+        return True
+
+    async def undelete(self, org_id: str, project_id: str, environment_id: str | None) -> bool:
+        if environment_id is None:
+            p = self.projects.get(project_id)
+            if p is None or p.org_id != org_id or p.delete_time is None:
+                return False
+            self.projects[project_id] = replace(p, delete_time=None, purge_time=None)
+            return True
+        e = self.environments.get(environment_id)
+        if e is None or e.org_id != org_id or e.delete_time is None:
+            return False
+        self.environments[environment_id] = replace(e, delete_time=None, purge_time=None)
+        return True
+
+    async def due_purges(self, now: datetime, limit: int) -> list[tuple[str, str, str | None]]:
+        out: list[tuple[str, str, str | None]] = [
+            (p.org_id, p.id, None)
+            for p in self.projects.values()
+            if p.purge_time is not None and p.purge_time <= now
+        ]
+        out.extend(
+            (e.org_id, e.project_id, e.id)
+            for e in self.environments.values()
+            if e.purge_time is not None
+            and e.purge_time <= now
+            and self.projects[e.project_id].delete_time is None
+        )
+        return out[:limit]
 
     async def update_project(self, project: Project) -> None:
         if await self.get_project(project.org_id, project.id) is None:
@@ -137,7 +199,7 @@ class FakeControlStore:
         self.projects[project.id] = replace(project, environments=())
 
     async def delete_project(self, org_id: str, project_id: str) -> None:
-        if await self.get_project(org_id, project_id) is None:
+        if await self.get_project(org_id, project_id, show_deleted=True) is None:
             return
         del self.projects[project_id]
         for env in [e for e in self.environments.values() if e.project_id == project_id]:
@@ -152,17 +214,32 @@ class FakeControlStore:
             raise AlreadyExists(f"an environment named {env.name!r} exists")
         self.environments[env.id] = env
 
-    async def get_environment(self, org_id: str, environment_id: str) -> Environment | None:
+    async def get_environment(
+        self, org_id: str, environment_id: str, show_deleted: bool = False
+    ) -> Environment | None:
         env = self.environments.get(environment_id)
-        return env if env is not None and env.org_id == org_id else None
+        if env is None or env.org_id != org_id:
+            return None
+        if not show_deleted and (
+            env.delete_time is not None or self.projects[env.project_id].delete_time is not None
+        ):
+            return None
+        return env
 
     async def list_environments(
-        self, org_id: str, project_id: str, limit: int, after: tuple[str, str] | None
+        self,
+        org_id: str,
+        project_id: str,
+        limit: int,
+        after: tuple[str, str] | None,
+        show_deleted: bool = False,
     ) -> ListPage[Environment]:
         mine = (
             e
             for e in self.environments.values()
-            if e.org_id == org_id and e.project_id == project_id
+            if e.org_id == org_id
+            and e.project_id == project_id
+            and (show_deleted or e.delete_time is None)
         )
         return _page(mine, _by_time, limit, after)
 
@@ -172,7 +249,7 @@ class FakeControlStore:
         return [e for e in self.environments.values() if e.org_id == org_id and e.kind is kind]
 
     async def delete_environment(self, org_id: str, environment_id: str) -> None:
-        if await self.get_environment(org_id, environment_id) is None:
+        if await self.get_environment(org_id, environment_id, show_deleted=True) is None:
             return
         del self.environments[environment_id]
         self.keys = {k: v for k, v in self.keys.items() if v.environment_id != environment_id}

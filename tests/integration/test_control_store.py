@@ -555,6 +555,9 @@ async def test_a_version_1_schema_gains_audit_details_on_open(database_url: str)
     org = await _org(s)
     async with s.engine.begin() as conn:  # as a version 1 server left it
         await conn.execute(sa.text("ALTER TABLE audit_events DROP COLUMN details"))
+        for table in ("projects", "environments"):
+            for column in ("delete_time", "purge_time"):
+                await conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         await conn.execute(sa.text("UPDATE schema_version SET version = 1"))
         await conn.execute(
             sa.text(
@@ -577,7 +580,7 @@ async def test_a_version_1_schema_gains_audit_details_on_open(database_url: str)
             ("project.create", {}),
         ]
         async with s.engine.begin() as conn:
-            assert (await conn.execute(sa.text("SELECT version FROM schema_version"))).scalar() == 2
+            assert (await conn.execute(sa.text("SELECT version FROM schema_version"))).scalar() == 3
     finally:
         await s.close()
 
@@ -588,3 +591,71 @@ async def test_an_owner_key_for_an_unknown_organization_is_org_not_found(
     with pytest.raises(NotFound) as missing:
         await mint_owner_key(store, fast_hasher(), ManualClock(T0), "org_doesnotexist00")
     assert missing.value.reason == "ORG_NOT_FOUND"
+
+
+# --- soft delete (retention) ----------------------------------------------------------------
+
+
+async def test_a_soft_deleted_environment_hides_until_undeleted_and_comes_due(
+    store: SqlControlStore,
+) -> None:
+    org = await _org(store)
+    project, live = await _project_with_env(store, org, "app")
+    staging = _env(project, "staging", EnvironmentKind.TEST)
+    await store.create_environment(staging)
+    key = _key(org, staging)
+    await store.create_key(key)
+    purge = T0 + timedelta(days=30)
+
+    assert await store.mark_deleted(org.id, project.id, staging.id, T0, purge)
+    assert not await store.mark_deleted(org.id, project.id, staging.id, T0, purge)  # once
+    assert await store.get_environment(org.id, staging.id) is None
+    shown = await store.get_environment(org.id, staging.id, show_deleted=True)
+    assert shown is not None and (shown.delete_time, shown.purge_time) == (T0, purge)
+    got = await store.get_project(org.id, project.id)
+    assert got is not None and [e.id for e in got.environments] == [live.id]
+    listed = await store.list_environments(org.id, project.id, 10, None, show_deleted=True)
+    assert {e.id for e in listed.items} == {live.id, staging.id}
+    assert [e.id for e in (await store.list_environments(org.id, project.id, 10, None)).items] == [
+        live.id
+    ]
+    assert await store.list_environments_of_kind(org.id, EnvironmentKind.TEST) == []
+    stored_key = await store.get_key(key.id)
+    assert stored_key is not None and stored_key.scope_deleted
+    with pytest.raises(NotFound):  # no new key in a deleted environment
+        await store.create_key(_key(org, staging))
+    # another organization neither deletes nor restores it
+    other = await _org(store, "other")
+    assert not await store.undelete(other.id, project.id, staging.id)
+
+    assert await store.due_purges(purge - timedelta(seconds=1), 10) == []
+    assert await store.due_purges(purge, 10) == [(org.id, project.id, staging.id)]
+    assert await store.undelete(org.id, project.id, staging.id)
+    assert not await store.undelete(org.id, project.id, staging.id)  # not deleted
+    assert await store.get_environment(org.id, staging.id) is not None
+    stored_key = await store.get_key(key.id)
+    assert stored_key is not None and not stored_key.scope_deleted
+    assert await store.due_purges(purge, 10) == []
+
+
+async def test_a_soft_deleted_project_hides_its_environments_and_is_purged_whole(
+    store: SqlControlStore,
+) -> None:
+    org = await _org(store)
+    project, live = await _project_with_env(store, org, "app")
+    staging = _env(project, "staging", EnvironmentKind.TEST)
+    await store.create_environment(staging)
+    purge = T0 + timedelta(days=1)
+    # the environment on its own first, then its project: purged with the project only
+    assert await store.mark_deleted(org.id, project.id, staging.id, T0, purge)
+    assert await store.mark_deleted(org.id, project.id, None, T0, purge)
+    assert await store.get_project(org.id, project.id) is None
+    assert await store.get_environment(org.id, live.id) is None
+    assert (await store.list_projects(org.id, 10, None)).items == []
+    (shown,) = (await store.list_projects(org.id, 10, None, show_deleted=True)).items
+    assert shown.delete_time == T0 and len(shown.environments) == 2
+    assert await store.due_purges(purge, 10) == [(org.id, project.id, None)]
+    await store.delete_project(org.id, project.id)
+    assert await store.get_project(org.id, project.id, show_deleted=True) is None
+    assert await store.get_environment(org.id, staging.id, show_deleted=True) is None
+    assert await store.due_purges(purge, 10) == []

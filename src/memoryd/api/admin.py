@@ -65,7 +65,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListProjectsRequest, context: Any
     ) -> admin_pb2.ListProjectsResponse:
         result = await self._projects.list_projects(
-            current_caller(), request.page_size, request.page_token
+            current_caller(), request.page_size, request.page_token, request.show_deleted
         )
         return admin_pb2.ListProjectsResponse(
             projects=[convert.project(p) for p in result.projects],
@@ -84,8 +84,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DeleteProject(
         self, request: admin_pb2.DeleteProjectRequest, context: Any
     ) -> empty_pb2.Empty:
-        await self._projects.delete_project(current_caller(), request.id)
+        await self._projects.delete_project(current_caller(), request.id, request.force)
         return empty_pb2.Empty()
+
+    async def UndeleteProject(
+        self, request: admin_pb2.UndeleteProjectRequest, context: Any
+    ) -> admin_pb2.Project:
+        return convert.project(await self._projects.undelete_project(current_caller(), request.id))
 
     async def CreateEnvironment(
         self, request: admin_pb2.CreateEnvironmentRequest, context: Any
@@ -102,7 +107,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListEnvironmentsRequest, context: Any
     ) -> admin_pb2.ListEnvironmentsResponse:
         result = await self._projects.list_environments(
-            current_caller(), request.project_id, request.page_size, request.page_token
+            current_caller(),
+            request.project_id,
+            request.page_size,
+            request.page_token,
+            request.show_deleted,
         )
         return admin_pb2.ListEnvironmentsResponse(
             environments=[convert.environment(e) for e in result.environments],
@@ -112,8 +121,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DeleteEnvironment(
         self, request: admin_pb2.DeleteEnvironmentRequest, context: Any
     ) -> empty_pb2.Empty:
-        await self._projects.delete_environment(current_caller(), request.id)
+        await self._projects.delete_environment(current_caller(), request.id, request.force)
         return empty_pb2.Empty()
+
+    async def UndeleteEnvironment(
+        self, request: admin_pb2.UndeleteEnvironmentRequest, context: Any
+    ) -> admin_pb2.Environment:
+        env = await self._projects.undelete_environment(current_caller(), request.id)
+        return convert.environment(env)
 
     async def GetUsage(
         self, request: admin_pb2.GetUsageRequest, context: Any

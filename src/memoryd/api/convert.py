@@ -113,6 +113,8 @@ def environment(env: Environment) -> admin_pb2.Environment:
         name=env.name,
         kind=env_kind_to_pb(env.kind),  # type: ignore[arg-type]
         create_time=ts(env.create_time),
+        delete_time=ts(env.delete_time),
+        purge_time=ts(env.purge_time),
     )
 
 
@@ -126,12 +128,15 @@ def project(p: Project) -> admin_pb2.Project:
             require_end_user_id=s.require_end_user_id,
             dedupe_threshold=s.dedupe_threshold,
             default_ttl=duration(s.default_ttl),
+            deletion_retention_days=s.deletion_retention_days,
         ),
         rate_limits=admin_pb2.RateLimits(**vars(p.rate_limits)),
         quotas=admin_pb2.Quotas(**vars(p.quotas)),
         environments=[environment(e) for e in p.environments],
         create_time=ts(p.create_time),
         update_time=ts(p.update_time),
+        delete_time=ts(p.delete_time),
+        purge_time=ts(p.purge_time),
     )
 
 
@@ -154,6 +159,9 @@ def project_from_pb(msg: admin_pb2.Project) -> Project:
             require_end_user_id=s.require_end_user_id,
             dedupe_threshold=s.dedupe_threshold,
             default_ttl=ttl,
+            deletion_retention_days=(
+                s.deletion_retention_days if s.HasField("deletion_retention_days") else None
+            ),
         ),
         rate_limits=RateLimits(
             project_requests_per_second=r.project_requests_per_second,

@@ -225,6 +225,7 @@ COUNTERS: dict[str, str] = {
         "operations this process stopped because another worker took them over"
     ),
     "memoryd_watch_streams_started": "WatchMemories streams this process started",
+    "memoryd_purges_held": "purges of deleted projects or environments skipped under a legal hold",
     "memoryd_watch_poll_failures": (
         "looks at the change log for other replicas' changes that failed (retried at the next)"
     ),

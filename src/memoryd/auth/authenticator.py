@@ -42,6 +42,7 @@ from memoryd.domain.clock import Clock
 from memoryd.domain.control import ApiKeyRecord, ControlStore
 from memoryd.domain.errors import (
     InvalidArgument,
+    NotFound,
     QuotaViolation,
     ResourceExhausted,
     Unauthenticated,
@@ -338,6 +339,15 @@ class Authenticator:
                     "this API key has expired; create a new one (KeyService.CreateApiKey)",
                     reason="API_KEY_EXPIRED",
                 ),
+            )
+        if record.scope_deleted:
+            # Told only to who holds the secret; not remembered, so an
+            # Undelete restores the key on the next call.
+            raise NotFound(
+                "the project or environment of this API key is deleted; an org key "
+                "may restore it within the retention window (AdminService.UndeleteEnvironment, "
+                "UndeleteProject)",
+                reason="SCOPE_DELETED",
             )
         valid_until = min(valid_until, self._valid_until(record, now))
 

@@ -28,6 +28,9 @@ class ProjectSettings:
     require_end_user_id: bool = False
     dedupe_threshold: float = 0.0
     default_ttl: timedelta | None = None
+    # how long a deleted project or environment stays restorable; None: the
+    # server's MEMORYD_DELETION_RETENTION_DAYS
+    deletion_retention_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class Environment:
     name: str
     kind: EnvironmentKind
     create_time: datetime
+    # set while deleted (restorable until purge_time)
+    delete_time: datetime | None = None
+    purge_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,9 @@ class Project:
     create_time: datetime
     update_time: datetime
     environments: tuple[Environment, ...] = ()
+    # set while deleted (restorable until purge_time)
+    delete_time: datetime | None = None
+    purge_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,8 @@ class ApiKeyRecord:
     rotate_time: datetime | None = None
     previous_secret_hash: str = ""
     previous_secret_expire_time: datetime | None = None
+    # read by `get_key` only: the key's project or environment is soft-deleted
+    scope_deleted: bool = False
 
     @property
     def prefix_kind(self) -> str:
@@ -198,25 +209,65 @@ class ControlStore(Protocol):
         """Creates the project with its first environments, atomically."""
         ...
 
-    async def get_project(self, org_id: str, project_id: str) -> Project | None: ...
+    async def get_project(
+        self, org_id: str, project_id: str, show_deleted: bool = False
+    ) -> Project | None:
+        """The project (None when deleted, unless `show_deleted`), with its
+        environments that are not deleted (all of them with `show_deleted`)."""
+        ...
+
     async def list_projects(
-        self, org_id: str, limit: int, after: tuple[str, str] | None
+        self, org_id: str, limit: int, after: tuple[str, str] | None, show_deleted: bool = False
     ) -> ListPage[Project]: ...
     async def update_project(self, project: Project) -> None: ...
     async def delete_project(self, org_id: str, project_id: str) -> None:
-        """Deletes the project, its environments and its keys."""
+        """Erases the project, its environments and its keys (the purge)."""
+        ...
+
+    async def mark_deleted(
+        self,
+        org_id: str,
+        project_id: str,
+        environment_id: str | None,
+        delete_time: datetime,
+        purge_time: datetime,
+    ) -> bool:
+        """Soft-deletes the project (environment_id None) or the environment;
+        False when it is missing or deleted already."""
+        ...
+
+    async def undelete(self, org_id: str, project_id: str, environment_id: str | None) -> bool:
+        """Restores a soft-deleted project or environment; False when it is
+        missing (purged) or not deleted."""
+        ...
+
+    async def due_purges(self, now: datetime, limit: int) -> list[tuple[str, str, str | None]]:
+        """(org_id, project_id, environment_id or None) of the deleted
+        projects and environments whose purge_time has passed; an environment
+        of a deleted project is purged with its project, never alone."""
         ...
 
     async def create_environment(self, env: Environment) -> None: ...
-    async def get_environment(self, org_id: str, environment_id: str) -> Environment | None: ...
+    async def get_environment(
+        self, org_id: str, environment_id: str, show_deleted: bool = False
+    ) -> Environment | None:
+        """The environment; None when it or its project is deleted, unless
+        `show_deleted`."""
+        ...
+
     async def list_environments(
-        self, org_id: str, project_id: str, limit: int, after: tuple[str, str] | None
+        self,
+        org_id: str,
+        project_id: str,
+        limit: int,
+        after: tuple[str, str] | None,
+        show_deleted: bool = False,
     ) -> ListPage[Environment]: ...
     async def list_environments_of_kind(
         self, org_id: str, kind: EnvironmentKind
     ) -> list[Environment]: ...
     async def delete_environment(self, org_id: str, environment_id: str) -> None:
-        """Deletes the environment and its keys."""
+        """Erases the environment and its keys (the purge)."""
         ...
 
     # keys

@@ -161,7 +161,9 @@ class LegalHolds:
             if not reason.strip() or len(reason) > MAX_REASON_CHARS:
                 v.add("reason", f"is required: 1 to {MAX_REASON_CHARS} characters")
             v.raise_if_any()
-            env = await self._control.get_environment(p.org_id, environment_id)
+            # A deleted environment (still restorable) may be held: the hold
+            # then keeps its purge waiting until released.
+            env = await self._control.get_environment(p.org_id, environment_id, show_deleted=True)
             if env is None or env.project_id != project_id:
                 raise NotFound(
                     f"environment {shown(environment_id)} of project {shown(project_id)} not found"

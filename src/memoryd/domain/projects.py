@@ -2,13 +2,23 @@
 
 Only org keys administer, and only their own organization: a project or
 environment of another organization answers NOT_FOUND. A new project starts
-with a `production` environment of kind live. Deleting a project or an
-environment deletes its keys (evicted on every replica) and its memories.
+with a `production` environment of kind live.
+
+Deleting a project or an environment is a soft delete: at once it answers
+NOT_FOUND to every admin call naming it and its keys stop working (evicted
+on every replica), but its data stays restorable (Undelete) for the
+retention window (MEMORYD_DELETION_RETENTION_DAYS, or the project's
+`deletion_retention_days`). When the window has passed, `purge_due` (the
+sweeper) erases its keys, memories, knowledge chunks and export files, and
+then its rows, audited (`environment.purge` / `project.purge`). `force`
+purges at once. A legal hold refuses the delete, and a purge of a scope
+held meanwhile waits (skipped and counted) until the hold is released.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +37,7 @@ from memoryd.domain.control import (
     Quotas,
     RateLimits,
 )
-from memoryd.domain.errors import NotFound, Violations
+from memoryd.domain.errors import FailedPrecondition, NotFound, Violations
 from memoryd.domain.holds import HoldGuard
 from memoryd.domain.ids import new_environment_id, new_project_id
 from memoryd.domain.keys import shown
@@ -39,6 +49,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 NAME_RULE = "must be 1 to 63 lowercase letters, digits or '-', starting with a letter"
 MAX_DISPLAY_NAME = 200
 MAX_TTL = timedelta(days=3650)
+MAX_DELETION_RETENTION_DAYS = 3650
+
+log = logging.getLogger(__name__)
 
 # Deletes the memories of a project, or of one of its environments.
 MemoryScopeDeleter = Callable[[str, str, str | None], Awaitable[None]]
@@ -99,7 +112,10 @@ class ProjectManager:
         on_change: Callable[[str, str], None] | None = None,
         ceilings: Ceilings = Ceilings(),
         holds: HoldGuard | None = None,
+        retention_days: int = 30,
     ) -> None:
+        self._retention_days = retention_days
+        self.purges_held = 0  # purges skipped under a legal hold (a metric)
         self._store = store
         self._holds = holds
         self._ceilings = ceilings
@@ -138,12 +154,14 @@ class ProjectManager:
         p = caller.admin(Scope.ADMIN_READ)
         return await self._project(p, project_id)
 
-    async def list_projects(self, caller: Caller, page_size: int, page_token: str) -> ProjectList:
+    async def list_projects(
+        self, caller: Caller, page_size: int, page_token: str, show_deleted: bool = False
+    ) -> ProjectList:
         p = caller.admin(Scope.ADMIN_READ)
         size = paging.page_size(page_size)
-        fp = paging.fingerprint("projects", p.org_id)
+        fp = paging.fingerprint("projects", p.org_id, *(["deleted"] if show_deleted else []))
         after = paging.decode_keyset(page_token, fp)
-        page = await self._store.list_projects(p.org_id, size, after)
+        page = await self._store.list_projects(p.org_id, size, after, show_deleted)
         token = paging.encode_keyset(fp, page.next_after)
         return ProjectList(page.items, token)
 
@@ -184,21 +202,29 @@ class ProjectManager:
             self._on_change(p.org_id, updated.id)
             return updated
 
-    async def delete_project(self, caller: Caller, project_id: str) -> None:
+    async def delete_project(self, caller: Caller, project_id: str, force: bool = False) -> None:
         async with self._audit.action(
             caller, "project.delete", target=project_id, project_id=project_id
-        ):
+        ) as ev:
             p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
-            await self._project(p, project_id)
+            project = await self._project(p, project_id)
             if self._holds is not None:
                 await self._holds.check_scope(p.org_id, project_id, None)
-            key_ids = await self._key_ids(p.org_id, project_id, "")
-            await self._store.delete_project(p.org_id, project_id)
+            await self._soft_delete(p.org_id, project, None, force)
+            ev.details["force"] = str(force).lower()
+
+    async def undelete_project(self, caller: Caller, project_id: str) -> Project:
+        async with self._audit.action(
+            caller, "project.undelete", target=project_id, project_id=project_id
+        ):
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            if not project_id or not await self._store.undelete(p.org_id, project_id, None):
+                raise NotFound(f"deleted project {shown(project_id)} not found")
             self._on_change(p.org_id, project_id)
-            for key_id in key_ids:
-                await self._invalidate_key(key_id)
-            if self._delete_memories is not None:
-                await self._delete_memories(p.org_id, project_id, None)
+            await self._evict_keys(p.org_id, project_id, "")
+            return await self._project(p, project_id)
+
+    # --- environments -------------------------------------------------------------
 
     # --- environments -------------------------------------------------------------
 
@@ -229,18 +255,27 @@ class ProjectManager:
             return env
 
     async def list_environments(
-        self, caller: Caller, project_id: str, page_size: int, page_token: str
+        self,
+        caller: Caller,
+        project_id: str,
+        page_size: int,
+        page_token: str,
+        show_deleted: bool = False,
     ) -> EnvironmentList:
         p = caller.admin(Scope.ADMIN_READ)
         size = paging.page_size(page_size)
-        await self._project(p, project_id)
-        fp = paging.fingerprint("environments", p.org_id, project_id)
+        await self._project(p, project_id, show_deleted)
+        fp = paging.fingerprint(
+            "environments", p.org_id, project_id, *(["deleted"] if show_deleted else [])
+        )
         after = paging.decode_keyset(page_token, fp)
-        page = await self._store.list_environments(p.org_id, project_id, size, after)
+        page = await self._store.list_environments(p.org_id, project_id, size, after, show_deleted)
         token = paging.encode_keyset(fp, page.next_after)
         return EnvironmentList(page.items, token)
 
-    async def delete_environment(self, caller: Caller, environment_id: str) -> None:
+    async def delete_environment(
+        self, caller: Caller, environment_id: str, force: bool = False
+    ) -> None:
         async with self._audit.action(
             caller, "environment.delete", target=environment_id, environment_id=environment_id
         ) as ev:
@@ -255,20 +290,123 @@ class ProjectManager:
             ev.project_id = env.project_id
             if self._holds is not None:
                 await self._holds.check_scope(p.org_id, env.project_id, env.id)
-            key_ids = await self._key_ids(p.org_id, env.project_id, env.id)
-            await self._store.delete_environment(p.org_id, env.id)
-            for key_id in key_ids:
-                await self._invalidate_key(key_id)
-            if self._delete_memories is not None:
-                await self._delete_memories(p.org_id, env.project_id, env.id)
+            project = await self._project(p, env.project_id)
+            await self._soft_delete(p.org_id, project, env.id, force)
+            ev.details["force"] = str(force).lower()
+
+    async def undelete_environment(self, caller: Caller, environment_id: str) -> Environment:
+        async with self._audit.action(
+            caller, "environment.undelete", target=environment_id, environment_id=environment_id
+        ) as ev:
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            env = (
+                await self._store.get_environment(p.org_id, environment_id, show_deleted=True)
+                if environment_id
+                else None
+            )
+            if env is None or env.delete_time is None:
+                raise NotFound(f"deleted environment {shown(environment_id)} not found")
+            ev.project_id = env.project_id
+            if await self._store.get_project(p.org_id, env.project_id) is None:
+                raise FailedPrecondition(
+                    f"the project {shown(env.project_id)} of this environment is deleted; "
+                    "undelete the project first (UndeleteProject)",
+                    reason="PROJECT_DELETED",
+                )
+            if not await self._store.undelete(p.org_id, env.project_id, env.id):
+                raise NotFound(f"deleted environment {shown(environment_id)} not found")
+            self._on_change(p.org_id, env.project_id)
+            await self._evict_keys(p.org_id, env.project_id, env.id)
+            return replace(env, delete_time=None, purge_time=None)
+
+    # --- retention ------------------------------------------------------------------
+
+    async def purge_due(self) -> int:
+        """Purges the deleted projects and environments whose window has
+        passed (the sweeper); answers how many were purged. One held by a
+        legal hold is skipped, counted in `purges_held` and logged."""
+        purged = 0
+        for org_id, project_id, environment_id in await self._store.due_purges(
+            self._clock.now(), 100
+        ):
+            if await self._purge(org_id, project_id, environment_id):
+                purged += 1
+        return purged
+
+    async def _soft_delete(
+        self, org_id: str, project: Project, environment_id: str | None, force: bool
+    ) -> None:
+        now = self._clock.now()
+        days = project.settings.deletion_retention_days
+        window = timedelta(days=self._retention_days if days is None else days)
+        if force:  # due now: a purge cut short (kill -9) is finished by the next sweep
+            window = timedelta(0)
+        if not await self._store.mark_deleted(
+            org_id, project.id, environment_id, now, now + window
+        ):
+            what = "environment" if environment_id else "project"
+            raise NotFound(f"{what} {shown(environment_id or project.id)} not found")
+        self._on_change(org_id, project.id)
+        # The keys stop at once: authentication reads the deleted scope anew.
+        await self._evict_keys(org_id, project.id, environment_id or "")
+        if window <= timedelta(0):
+            await self._purge(org_id, project.id, environment_id)
+
+    async def _purge(self, org_id: str, project_id: str, environment_id: str | None) -> bool:
+        """Erases a deleted project or environment: keys, memories, knowledge
+        chunks, export files, then its rows; audited. False (nothing erased)
+        while a legal hold covers it."""
+        if self._holds is not None:
+            try:
+                await self._holds.check_scope(org_id, project_id, environment_id)
+            except FailedPrecondition:
+                self.purges_held += 1
+                log.warning(
+                    "purge of %s %s waits for a legal hold",
+                    "environment" if environment_id else "project",
+                    environment_id or project_id,
+                )
+                return False
+        key_ids = await self._key_ids(org_id, project_id, environment_id or "")
+        # The vectors and files first, the rows last: a purge cut short is
+        # still due, and the next sweep finishes it (every step is idempotent).
+        if self._delete_memories is not None:
+            await self._delete_memories(org_id, project_id, environment_id)
+        if environment_id is None:
+            await self._store.delete_project(org_id, project_id)
+        else:
+            await self._store.delete_environment(org_id, environment_id)
+        self._on_change(org_id, project_id)
+        for key_id in key_ids:
+            await self._invalidate_key(key_id)
+        await self._audit.record_server_action(
+            org_id,
+            "environment.purge" if environment_id else "project.purge",
+            target=environment_id or project_id,
+            project_id=project_id,
+            environment_id=environment_id or "",
+            details={
+                "scope": "environment" if environment_id else "project",
+                "keys": str(len(key_ids)),
+            },
+        )
+        return True
 
     # --- helpers --------------------------------------------------------------------
 
-    async def _project(self, p: Principal, project_id: str) -> Project:
-        project = await self._store.get_project(p.org_id, project_id) if project_id else None
+    async def _project(self, p: Principal, project_id: str, show_deleted: bool = False) -> Project:
+        project = (
+            await self._store.get_project(p.org_id, project_id, show_deleted)
+            if project_id
+            else None
+        )
         if project is None:
             raise NotFound(f"project {shown(project_id)} not found")
         return project
+
+    async def _evict_keys(self, org_id: str, project_id: str, environment_id: str) -> None:
+        for key_id in await self._key_ids(org_id, project_id, environment_id):
+            await self._invalidate_key(key_id)
 
     async def _key_ids(self, org_id: str, project_id: str, environment_id: str) -> list[str]:
         out: list[str] = []
@@ -307,6 +445,12 @@ def _check_project_values(v: Violations, project: Project, prefix: str, ceilings
         v.add(f"{prefix}settings.dedupe_threshold", "must be between 0 and 1")
     if s.default_ttl is not None and not (timedelta(0) < s.default_ttl <= MAX_TTL):
         v.add(f"{prefix}settings.default_ttl", "must be positive and at most 3650 days")
+    days = s.deletion_retention_days
+    if days is not None and not (0 <= days <= MAX_DELETION_RETENTION_DAYS):
+        v.add(
+            f"{prefix}settings.deletion_retention_days",
+            f"must be between 0 (erase at once) and {MAX_DELETION_RETENTION_DAYS} days",
+        )
     for group in ("rate_limits", "quotas"):
         values = getattr(project, group)
         for f in dataclasses.fields(values):

@@ -92,14 +92,16 @@ class ListLegalHoldsResponse(_message.Message):
     def __init__(self, legal_holds: _Optional[_Iterable[_Union[LegalHold, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ProjectSettings(_message.Message):
-    __slots__ = ("require_end_user_id", "dedupe_threshold", "default_ttl")
+    __slots__ = ("require_end_user_id", "dedupe_threshold", "default_ttl", "deletion_retention_days")
     REQUIRE_END_USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEDUPE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    DELETION_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
     require_end_user_id: bool
     dedupe_threshold: float
     default_ttl: _duration_pb2.Duration
-    def __init__(self, require_end_user_id: _Optional[bool] = ..., dedupe_threshold: _Optional[float] = ..., default_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    deletion_retention_days: int
+    def __init__(self, require_end_user_id: _Optional[bool] = ..., dedupe_threshold: _Optional[float] = ..., default_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., deletion_retention_days: _Optional[int] = ...) -> None: ...
 
 class RateLimits(_message.Message):
     __slots__ = ("project_requests_per_second", "project_burst", "key_requests_per_second", "key_burst")
@@ -126,7 +128,7 @@ class Quotas(_message.Message):
     def __init__(self, max_memories_per_environment: _Optional[int] = ..., max_content_bytes: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ..., llm_tokens_per_day: _Optional[int] = ...) -> None: ...
 
 class Project(_message.Message):
-    __slots__ = ("id", "name", "display_name", "settings", "rate_limits", "quotas", "environments", "create_time", "update_time")
+    __slots__ = ("id", "name", "display_name", "settings", "rate_limits", "quotas", "environments", "create_time", "update_time", "delete_time", "purge_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +138,8 @@ class Project(_message.Message):
     ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PURGE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     display_name: str
@@ -145,21 +149,27 @@ class Project(_message.Message):
     environments: _containers.RepeatedCompositeFieldContainer[Environment]
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., display_name: _Optional[str] = ..., settings: _Optional[_Union[ProjectSettings, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., quotas: _Optional[_Union[Quotas, _Mapping]] = ..., environments: _Optional[_Iterable[_Union[Environment, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    delete_time: _timestamp_pb2.Timestamp
+    purge_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., display_name: _Optional[str] = ..., settings: _Optional[_Union[ProjectSettings, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., quotas: _Optional[_Union[Quotas, _Mapping]] = ..., environments: _Optional[_Iterable[_Union[Environment, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Environment(_message.Message):
-    __slots__ = ("id", "project_id", "name", "kind", "create_time")
+    __slots__ = ("id", "project_id", "name", "kind", "create_time", "delete_time", "purge_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PURGE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     project_id: str
     name: str
     kind: _tenancy_pb2.EnvironmentKind
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[_tenancy_pb2.EnvironmentKind, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    delete_time: _timestamp_pb2.Timestamp
+    purge_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[_tenancy_pb2.EnvironmentKind, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
     __slots__ = ("project",)
@@ -174,12 +184,14 @@ class GetProjectRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListProjectsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "show_deleted")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHOW_DELETED_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    show_deleted: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., show_deleted: _Optional[bool] = ...) -> None: ...
 
 class ListProjectsResponse(_message.Message):
     __slots__ = ("projects", "next_page_token")
@@ -198,6 +210,14 @@ class UpdateProjectRequest(_message.Message):
     def __init__(self, project: _Optional[_Union[Project, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class DeleteProjectRequest(_message.Message):
+    __slots__ = ("id", "force")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    force: bool
+    def __init__(self, id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class UndeleteProjectRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -212,14 +232,16 @@ class CreateEnvironmentRequest(_message.Message):
     def __init__(self, project_id: _Optional[str] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ...) -> None: ...
 
 class ListEnvironmentsRequest(_message.Message):
-    __slots__ = ("project_id", "page_size", "page_token")
+    __slots__ = ("project_id", "page_size", "page_token", "show_deleted")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHOW_DELETED_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     page_size: int
     page_token: str
-    def __init__(self, project_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    show_deleted: bool
+    def __init__(self, project_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., show_deleted: _Optional[bool] = ...) -> None: ...
 
 class ListEnvironmentsResponse(_message.Message):
     __slots__ = ("environments", "next_page_token")
@@ -230,6 +252,14 @@ class ListEnvironmentsResponse(_message.Message):
     def __init__(self, environments: _Optional[_Iterable[_Union[Environment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteEnvironmentRequest(_message.Message):
+    __slots__ = ("id", "force")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    force: bool
+    def __init__(self, id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class UndeleteEnvironmentRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str

@@ -78,6 +78,16 @@ class AdminServiceStub:
                 request_serializer=memoryd_dot_v1_dot_admin__pb2.DeleteEnvironmentRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.UndeleteEnvironment = channel.unary_unary(
+                '/memoryd.v1.AdminService/UndeleteEnvironment',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.UndeleteEnvironmentRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.Environment.FromString,
+                _registered_method=True)
+        self.UndeleteProject = channel.unary_unary(
+                '/memoryd.v1.AdminService/UndeleteProject',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.UndeleteProjectRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.Project.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/memoryd.v1.AdminService/GetUsage',
                 request_serializer=memoryd_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
@@ -182,8 +192,13 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteProject(self, request, context):
-        """Deletes a project with its environments, keys and memories.
-        Scope: admin:write.
+        """Deletes a project with its environments, keys and memories: at once it
+        answers NOT_FOUND (its keys too), but it stays restorable with
+        UndeleteProject for the retention window (the server's
+        MEMORYD_DELETION_RETENTION_DAYS or the project's
+        `settings.deletion_retention_days`), then it is erased (audited
+        `project.purge`). `force`: erased now. FAILED_PRECONDITION (LEGAL_HOLD)
+        while a legal hold exists in it. Scope: admin:write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,7 +219,28 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteEnvironment(self, request, context):
-        """Deletes an environment with its keys and memories. Scope: admin:write.
+        """Deletes an environment with its keys and memories, as DeleteProject
+        does (restorable for the retention window, then erased, audited
+        `environment.purge`; `force`: erased now). Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteEnvironment(self, request, context):
+        """Restores a deleted environment (AIP-164): its keys, memories and
+        knowledge work again. NOT_FOUND when it is not deleted or was purged;
+        FAILED_PRECONDITION (PROJECT_DELETED) while its project is deleted.
+        Audited. Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteProject(self, request, context):
+        """Restores a deleted project with the environments it had (those deleted
+        on their own before stay deleted). NOT_FOUND when it is not deleted or
+        was purged. Audited. Scope: admin:write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -362,6 +398,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteEnvironment,
                     request_deserializer=memoryd_dot_v1_dot_admin__pb2.DeleteEnvironmentRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'UndeleteEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteEnvironment,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.UndeleteEnvironmentRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.Environment.SerializeToString,
+            ),
+            'UndeleteProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteProject,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.UndeleteProjectRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.Project.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -648,6 +694,60 @@ class AdminService:
             '/memoryd.v1.AdminService/DeleteEnvironment',
             memoryd_dot_v1_dot_admin__pb2.DeleteEnvironmentRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/UndeleteEnvironment',
+            memoryd_dot_v1_dot_admin__pb2.UndeleteEnvironmentRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/UndeleteProject',
+            memoryd_dot_v1_dot_admin__pb2.UndeleteProjectRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.Project.FromString,
             options,
             channel_credentials,
             insecure,

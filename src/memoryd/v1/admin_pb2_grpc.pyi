@@ -50,15 +50,34 @@ class AdminServiceStub:
     named by `update_mask`. Scope: admin:write.
     """
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteProjectRequest, _empty_pb2.Empty]
-    """Deletes a project with its environments, keys and memories.
-    Scope: admin:write.
+    """Deletes a project with its environments, keys and memories: at once it
+    answers NOT_FOUND (its keys too), but it stays restorable with
+    UndeleteProject for the retention window (the server's
+    MEMORYD_DELETION_RETENTION_DAYS or the project's
+    `settings.deletion_retention_days`), then it is erased (audited
+    `project.purge`). `force`: erased now. FAILED_PRECONDITION (LEGAL_HOLD)
+    while a legal hold exists in it. Scope: admin:write.
     """
     CreateEnvironment: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateEnvironmentRequest, _admin_pb2.Environment]
     """Creates an environment in a project. Scope: admin:write."""
     ListEnvironments: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEnvironmentsRequest, _admin_pb2.ListEnvironmentsResponse]
     """Lists a project's environments, oldest first. Scope: admin:read."""
     DeleteEnvironment: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteEnvironmentRequest, _empty_pb2.Empty]
-    """Deletes an environment with its keys and memories. Scope: admin:write."""
+    """Deletes an environment with its keys and memories, as DeleteProject
+    does (restorable for the retention window, then erased, audited
+    `environment.purge`; `force`: erased now). Scope: admin:write.
+    """
+    UndeleteEnvironment: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UndeleteEnvironmentRequest, _admin_pb2.Environment]
+    """Restores a deleted environment (AIP-164): its keys, memories and
+    knowledge work again. NOT_FOUND when it is not deleted or was purged;
+    FAILED_PRECONDITION (PROJECT_DELETED) while its project is deleted.
+    Audited. Scope: admin:write.
+    """
+    UndeleteProject: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UndeleteProjectRequest, _admin_pb2.Project]
+    """Restores a deleted project with the environments it had (those deleted
+    on their own before stay deleted). NOT_FOUND when it is not deleted or
+    was purged. Audited. Scope: admin:write.
+    """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]
     """Usage per project, environment and day. Scope: usage:read."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
@@ -134,15 +153,34 @@ class AdminServiceAsyncStub(AdminServiceStub):
     named by `update_mask`. Scope: admin:write.
     """
     DeleteProject: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteProjectRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a project with its environments, keys and memories.
-    Scope: admin:write.
+    """Deletes a project with its environments, keys and memories: at once it
+    answers NOT_FOUND (its keys too), but it stays restorable with
+    UndeleteProject for the retention window (the server's
+    MEMORYD_DELETION_RETENTION_DAYS or the project's
+    `settings.deletion_retention_days`), then it is erased (audited
+    `project.purge`). `force`: erased now. FAILED_PRECONDITION (LEGAL_HOLD)
+    while a legal hold exists in it. Scope: admin:write.
     """
     CreateEnvironment: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateEnvironmentRequest, _admin_pb2.Environment]  # type: ignore[assignment]
     """Creates an environment in a project. Scope: admin:write."""
     ListEnvironments: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEnvironmentsRequest, _admin_pb2.ListEnvironmentsResponse]  # type: ignore[assignment]
     """Lists a project's environments, oldest first. Scope: admin:read."""
     DeleteEnvironment: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteEnvironmentRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes an environment with its keys and memories. Scope: admin:write."""
+    """Deletes an environment with its keys and memories, as DeleteProject
+    does (restorable for the retention window, then erased, audited
+    `environment.purge`; `force`: erased now). Scope: admin:write.
+    """
+    UndeleteEnvironment: _aio.UnaryUnaryMultiCallable[_admin_pb2.UndeleteEnvironmentRequest, _admin_pb2.Environment]  # type: ignore[assignment]
+    """Restores a deleted environment (AIP-164): its keys, memories and
+    knowledge work again. NOT_FOUND when it is not deleted or was purged;
+    FAILED_PRECONDITION (PROJECT_DELETED) while its project is deleted.
+    Audited. Scope: admin:write.
+    """
+    UndeleteProject: _aio.UnaryUnaryMultiCallable[_admin_pb2.UndeleteProjectRequest, _admin_pb2.Project]  # type: ignore[assignment]
+    """Restores a deleted project with the environments it had (those deleted
+    on their own before stay deleted). NOT_FOUND when it is not deleted or
+    was purged. Audited. Scope: admin:write.
+    """
     GetUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Usage per project, environment and day. Scope: usage:read."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
@@ -245,8 +283,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DeleteProjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a project with its environments, keys and memories.
-        Scope: admin:write.
+        """Deletes a project with its environments, keys and memories: at once it
+        answers NOT_FOUND (its keys too), but it stays restorable with
+        UndeleteProject for the retention window (the server's
+        MEMORYD_DELETION_RETENTION_DAYS or the project's
+        `settings.deletion_retention_days`), then it is erased (audited
+        `project.purge`). `force`: erased now. FAILED_PRECONDITION (LEGAL_HOLD)
+        while a legal hold exists in it. Scope: admin:write.
         """
 
     @_abc_1.abstractmethod
@@ -271,7 +314,33 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DeleteEnvironmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes an environment with its keys and memories. Scope: admin:write."""
+        """Deletes an environment with its keys and memories, as DeleteProject
+        does (restorable for the retention window, then erased, audited
+        `environment.purge`; `force`: erased now). Scope: admin:write.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteEnvironment(
+        self,
+        request: _admin_pb2.UndeleteEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Environment, _abc.Awaitable[_admin_pb2.Environment]]:
+        """Restores a deleted environment (AIP-164): its keys, memories and
+        knowledge work again. NOT_FOUND when it is not deleted or was purged;
+        FAILED_PRECONDITION (PROJECT_DELETED) while its project is deleted.
+        Audited. Scope: admin:write.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteProject(
+        self,
+        request: _admin_pb2.UndeleteProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Project, _abc.Awaitable[_admin_pb2.Project]]:
+        """Restores a deleted project with the environments it had (those deleted
+        on their own before stay deleted). NOT_FOUND when it is not deleted or
+        was purged. Audited. Scope: admin:write.
+        """
 
     @_abc_1.abstractmethod
     def GetUsage(

@@ -234,8 +234,8 @@ async def test_deleting_a_project_evicts_its_keys_and_deletes_its_memories() -> 
     )
     await keys.revoke(caller, gone.record.id)
     d.invalidated.key_ids.clear()
-    await projects.delete_project(caller, made.id)
-    assert sorted(d.invalidated.key_ids) == sorted([live.record.id, gone.record.id])
+    await projects.delete_project(caller, made.id, force=True)
+    assert set(d.invalidated.key_ids) == {live.record.id, gone.record.id}
     assert d.deleted_scopes.scopes == [("org_1", made.id, None)]
     assert made.id not in d.control.projects
 
@@ -244,7 +244,7 @@ async def test_deleting_an_environment_deletes_only_its_memories() -> None:
     d, projects, caller = await owner()
     made = await projects.create_project(caller, draft())
     staging = await projects.create_environment(caller, made.id, "staging", EnvironmentKind.TEST)
-    await projects.delete_environment(caller, staging.id)
+    await projects.delete_environment(caller, staging.id, force=True)
     assert d.deleted_scopes.scopes == [("org_1", made.id, staging.id)]
     assert [e.action for e in d.sink.events][-1] == "environment.delete"
 
@@ -266,3 +266,41 @@ async def test_update_checks_only_the_masked_fields() -> None:
     with pytest.raises(InvalidArgument) as info:
         await projects.update_project(caller, read, ["quotas"])
     assert fields(info.value) == {"project.quotas.max_content_bytes"}
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+async def test_a_delete_waits_out_the_window_and_the_sweep_purges_it_once() -> None:
+    d, projects, caller = await owner()
+    made = await projects.create_project(caller, draft())
+    staging = await projects.create_environment(caller, made.id, "staging", EnvironmentKind.TEST)
+    await projects.delete_environment(caller, staging.id)
+    assert d.deleted_scopes.scopes == []  # nothing erased yet
+    d.clock.advance(timedelta(days=30).total_seconds() - 1)
+    assert await projects.purge_due() == 0
+    d.clock.advance(1)
+    assert await projects.purge_due() == 1
+    assert d.deleted_scopes.scopes == [("org_1", made.id, staging.id)]
+    assert staging.id not in d.control.environments
+    assert await projects.purge_due() == 0
+
+
+async def test_a_forced_purge_cut_short_is_finished_by_the_next_sweep() -> None:
+    d, projects, caller = await owner()
+    made = await projects.create_project(caller, draft())
+    calls = 0
+
+    async def failing_once(org_id: str, project_id: str, environment_id: str | None) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("killed")
+
+    projects._delete_memories = failing_once
+    with pytest.raises(RuntimeError):
+        await projects.delete_project(caller, made.id, force=True)
+    assert made.id in d.control.projects  # the rows go last
+    assert d.control.projects[made.id].delete_time is not None
+    assert await projects.purge_due() == 1  # due at once, without waiting the window
+    assert made.id not in d.control.projects and calls == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,7 @@ from memoryd.domain.control import ApiKeyRecord, KeyQuery, ListPage
 from memoryd.domain.errors import NotFound
 from memoryd.domain.tenancy import EnvironmentKind, KeyKind
 from memoryd.storage.sql.paging import keyset, next_after
-from memoryd.storage.sql.schema import api_keys, environments
+from memoryd.storage.sql.schema import api_keys, environments, projects
 from memoryd.storage.sql.tx import Transacting
 
 
@@ -37,6 +38,7 @@ class KeyTables(Transacting):
                     environments.c.id == key.environment_id,
                     environments.c.org_id == key.org_id,
                     environments.c.project_id == key.project_id,
+                    environments.c.delete_time.is_(None),
                 )
                 .with_for_update(read=True)
             )
@@ -50,7 +52,35 @@ class KeyTables(Transacting):
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         async with self._begin() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
-        return _key(row) if row else None
+            if row is None:
+                return None
+            deleted = False
+            if row.project_id:  # one indexed read each: the key's project, its environment
+                deleted = bool(
+                    (
+                        await conn.execute(
+                            sa.select(sa.func.count())
+                            .select_from(projects)
+                            .where(
+                                projects.c.id == row.project_id, projects.c.delete_time.isnot(None)
+                            )
+                        )
+                    ).scalar_one()
+                )
+            if row.environment_id and not deleted:
+                deleted = bool(
+                    (
+                        await conn.execute(
+                            sa.select(sa.func.count())
+                            .select_from(environments)
+                            .where(
+                                environments.c.id == row.environment_id,
+                                environments.c.delete_time.isnot(None),
+                            )
+                        )
+                    ).scalar_one()
+                )
+        return replace(_key(row), scope_deleted=deleted)
 
     async def get_org_key(self, org_id: str, key_id: str) -> ApiKeyRecord | None:
         async with self._begin() as conn:

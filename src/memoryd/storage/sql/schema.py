@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from memoryd.domain.tenancy import EndUsers, Tenant
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -85,6 +85,10 @@ projects = sa.Table(
     sa.Column("quotas", sa.Text, nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
+    # soft delete (schema version 3): set by DeleteProject, cleared by
+    # UndeleteProject; the row goes when purge_time passes
+    sa.Column("delete_time", UTCDateTime),
+    sa.Column("purge_time", UTCDateTime),
     sa.UniqueConstraint("org_id", "name", name="uq_projects_org_name"),
 )
 
@@ -102,6 +106,8 @@ environments = sa.Table(
     sa.Column("name", SafeString(63), nullable=False),
     sa.Column("kind", SafeString(8), nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("delete_time", UTCDateTime),  # as projects' (schema version 3)
+    sa.Column("purge_time", UTCDateTime),
     sa.UniqueConstraint("project_id", "name", name="uq_environments_project_name"),
     sa.Index("ix_environments_org_kind", "org_id", "kind"),
 )
@@ -178,4 +184,9 @@ async def migrate(conn: AsyncConnection, version: int) -> None:
         await conn.execute(
             sa.text("ALTER TABLE audit_events ADD COLUMN details TEXT NOT NULL DEFAULT '{}'")
         )
+    if version < 3:  # projects and environments gain their soft delete
+        for table in ("projects", "environments"):
+            for column in ("delete_time", "purge_time"):
+                kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name != "sqlite" else "DATETIME"
+                await conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
     await conn.execute(schema_version.update().values(version=SCHEMA_VERSION))

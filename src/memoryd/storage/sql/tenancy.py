@@ -91,44 +91,106 @@ class TenancyTables(Transacting):
                 await conn.execute(environments.insert().values(**_env_row(env)))
 
     async def _envs_of(
-        self, conn: AsyncConnection, project_ids: Sequence[str]
+        self, conn: AsyncConnection, project_ids: Sequence[str], show_deleted: bool = False
     ) -> dict[str, list[Environment]]:
         out: dict[str, list[Environment]] = {pid: [] for pid in project_ids}
         if not project_ids:
             return out
-        rows = await conn.execute(
-            sa.select(environments)
-            .where(environments.c.project_id.in_(project_ids))
-            .order_by(environments.c.create_time, environments.c.id)
-        )
+        q = sa.select(environments).where(environments.c.project_id.in_(project_ids))
+        if not show_deleted:
+            q = q.where(environments.c.delete_time.is_(None))
+        rows = await conn.execute(q.order_by(environments.c.create_time, environments.c.id))
         for row in rows:
             out[row.project_id].append(_env(row))
         return out
 
-    async def get_project(self, org_id: str, project_id: str) -> Project | None:
+    async def get_project(
+        self, org_id: str, project_id: str, show_deleted: bool = False
+    ) -> Project | None:
+        q = sa.select(projects).where(projects.c.id == project_id, projects.c.org_id == org_id)
+        if not show_deleted:
+            q = q.where(projects.c.delete_time.is_(None))
         async with self._begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(projects).where(
-                        projects.c.id == project_id, projects.c.org_id == org_id
-                    )
-                )
-            ).first()
+            row = (await conn.execute(q)).first()
             if row is None:
                 return None
-            envs = await self._envs_of(conn, [row.id])
+            envs = await self._envs_of(conn, [row.id], show_deleted)
         return _project(row, envs[row.id])
 
     async def list_projects(
-        self, org_id: str, limit: int, after: tuple[str, str] | None
+        self, org_id: str, limit: int, after: tuple[str, str] | None, show_deleted: bool = False
     ) -> ListPage[Project]:
         q = sa.select(projects).where(projects.c.org_id == org_id)
+        if not show_deleted:
+            q = q.where(projects.c.delete_time.is_(None))
         q = keyset(q, projects.c.create_time, projects.c.id, after, limit, descending=False)
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
-            envs = await self._envs_of(conn, [r.id for r in rows[:limit]])
+            envs = await self._envs_of(conn, [r.id for r in rows[:limit]], show_deleted)
         items = [_project(r, envs[r.id]) for r in rows[:limit]]
         return ListPage(items, next_after(items, limit, len(rows), lambda p: (p.create_time, p.id)))
+
+    async def mark_deleted(
+        self,
+        org_id: str,
+        project_id: str,
+        environment_id: str | None,
+        delete_time: datetime,
+        purge_time: datetime,
+    ) -> bool:
+        table = projects if environment_id is None else environments
+        cond = (
+            [projects.c.id == project_id]
+            if environment_id is None
+            else [environments.c.id == environment_id, environments.c.project_id == project_id]
+        )
+        async with self._begin() as conn:
+            result = await conn.execute(
+                table.update()
+                .where(table.c.org_id == org_id, table.c.delete_time.is_(None), *cond)
+                .values(delete_time=delete_time, purge_time=purge_time)
+            )
+        return bool(result.rowcount == 1)
+
+    async def undelete(self, org_id: str, project_id: str, environment_id: str | None) -> bool:
+        table = projects if environment_id is None else environments
+        cond = (
+            [projects.c.id == project_id]
+            if environment_id is None
+            else [environments.c.id == environment_id, environments.c.project_id == project_id]
+        )
+        async with self._begin() as conn:
+            result = await conn.execute(
+                table.update()
+                .where(table.c.org_id == org_id, table.c.delete_time.isnot(None), *cond)
+                .values(delete_time=None, purge_time=None)
+            )
+        return bool(result.rowcount == 1)
+
+    async def due_purges(self, now: datetime, limit: int) -> list[tuple[str, str, str | None]]:
+        async with self._begin() as conn:
+            prjs = await conn.execute(
+                sa.select(projects.c.org_id, projects.c.id)
+                .where(projects.c.purge_time.isnot(None), projects.c.purge_time <= now)
+                .order_by(projects.c.purge_time)
+                .limit(limit)
+            )
+            out: list[tuple[str, str, str | None]] = [(r.org_id, r.id, None) for r in prjs]
+            live_project = sa.select(projects.c.id).where(
+                projects.c.id == environments.c.project_id, projects.c.delete_time.is_(None)
+            )
+            envs = await conn.execute(
+                sa.select(environments.c.org_id, environments.c.project_id, environments.c.id)
+                .where(
+                    environments.c.purge_time.isnot(None),
+                    environments.c.purge_time <= now,
+                    sa.exists(live_project),
+                )
+                .order_by(environments.c.purge_time)
+                .limit(limit)
+            )
+            out.extend((r.org_id, r.project_id, r.id) for r in envs)
+        return out[:limit]
 
     async def update_project(self, project: Project) -> None:
         row = _project_row(project)
@@ -164,23 +226,34 @@ class TenancyTables(Transacting):
         async with self._begin(parent="project") as conn:
             await conn.execute(environments.insert().values(**_env_row(env)))
 
-    async def get_environment(self, org_id: str, environment_id: str) -> Environment | None:
+    async def get_environment(
+        self, org_id: str, environment_id: str, show_deleted: bool = False
+    ) -> Environment | None:
+        q = sa.select(environments).where(
+            environments.c.id == environment_id, environments.c.org_id == org_id
+        )
+        if not show_deleted:
+            live_project = sa.select(projects.c.id).where(
+                projects.c.id == environments.c.project_id, projects.c.delete_time.is_(None)
+            )
+            q = q.where(environments.c.delete_time.is_(None), sa.exists(live_project))
         async with self._begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(environments).where(
-                        environments.c.id == environment_id, environments.c.org_id == org_id
-                    )
-                )
-            ).first()
+            row = (await conn.execute(q)).first()
         return _env(row) if row else None
 
     async def list_environments(
-        self, org_id: str, project_id: str, limit: int, after: tuple[str, str] | None
+        self,
+        org_id: str,
+        project_id: str,
+        limit: int,
+        after: tuple[str, str] | None,
+        show_deleted: bool = False,
     ) -> ListPage[Environment]:
         q = sa.select(environments).where(
             environments.c.org_id == org_id, environments.c.project_id == project_id
         )
+        if not show_deleted:
+            q = q.where(environments.c.delete_time.is_(None))
         q = keyset(q, environments.c.create_time, environments.c.id, after, limit, descending=False)
         async with self._begin() as conn:
             rows = list(await conn.execute(q))
@@ -193,7 +266,15 @@ class TenancyTables(Transacting):
         async with self._begin() as conn:
             rows = await conn.execute(
                 sa.select(environments).where(
-                    environments.c.org_id == org_id, environments.c.kind == kind.value
+                    environments.c.org_id == org_id,
+                    environments.c.kind == kind.value,
+                    environments.c.delete_time.is_(None),  # a deleted one is invisible
+                    sa.exists(
+                        sa.select(projects.c.id).where(
+                            projects.c.id == environments.c.project_id,
+                            projects.c.delete_time.is_(None),
+                        )
+                    ),
                 )
             )
             return [_env(r) for r in rows]
@@ -249,6 +330,8 @@ def _project(row: Any, envs: Sequence[Environment] = ()) -> Project:
         create_time=row.create_time,
         update_time=row.update_time,
         environments=tuple(envs),
+        delete_time=row.delete_time,
+        purge_time=row.purge_time,
     )
 
 
@@ -260,6 +343,8 @@ def _env(row: Any) -> Environment:
         name=row.name,
         kind=EnvironmentKind(row.kind),
         create_time=row.create_time,
+        delete_time=row.delete_time,
+        purge_time=row.purge_time,
     )
 
 
@@ -270,6 +355,7 @@ def _settings_to_json(s: ProjectSettings) -> str:
             "require_end_user_id": s.require_end_user_id,
             "dedupe_threshold": s.dedupe_threshold,
             "default_ttl_s": ttl,
+            "deletion_retention_days": s.deletion_retention_days,
         }
     )
 
@@ -281,4 +367,5 @@ def _settings_from_json(raw: str) -> ProjectSettings:
         require_end_user_id=bool(d.get("require_end_user_id", False)),
         dedupe_threshold=float(d.get("dedupe_threshold", 0.0)),
         default_ttl=timedelta(seconds=ttl) if ttl is not None else None,
+        deletion_retention_days=d.get("deletion_retention_days"),
     )
