@@ -60,6 +60,7 @@ from memoryd.domain.conversations.extraction import Extractor
 from memoryd.domain.conversations.job import AddMessagesJob
 from memoryd.domain.conversations.model import KIND
 from memoryd.domain.conversations.service import ConversationService
+from memoryd.domain.encryption import EncryptionKeys
 from memoryd.domain.erasure import KIND as ERASE_KIND
 from memoryd.domain.erasure import Erasable, EraseJob, ErasureService, HoldCheck, WatchWindow
 from memoryd.domain.errors import DomainError
@@ -265,6 +266,7 @@ async def _build(
         vectors,
         watchers,
         chunks,
+        sealer,
     )
     idempotency = Idempotency(metrics.timed("sql", store), clock)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
@@ -636,6 +638,7 @@ class _Services:
     knowledge: KnowledgeService
     erasure: ErasureService
     legal_holds: LegalHolds
+    encryption_keys: EncryptionKeys
 
 
 def _services(
@@ -650,6 +653,7 @@ def _services(
     vectors: VectorStore,
     watchers: WatchHub,
     chunks: VectorStore,
+    sealer: Sealer,
 ) -> _Services:
     audit_file = JsonLinesAuditFile(settings.audit_log) if settings.audit_log else None
     auditor = Auditor(control, clock, audit_file)
@@ -696,6 +700,12 @@ def _services(
         await memories.delete_scope(org_id, project_id, environment_id)
         await chunks.delete_scope(org_id, project_id, environment_id)
         export_files.remove_scope(org_id, project_id, environment_id)
+        # crypto-shredding, last: whatever copy of the scope's sealed content
+        # is left (a backup, a write-ahead log) can no longer be opened. The
+        # environments' rows cascade to their data keys already; this also
+        # covers a store that keeps the rows (and drops cached keys).
+        await store.drop_data_keys(org_id, project_id, environment_id)
+        sealer.forget(org_id, project_id, environment_id)
 
     projects = ProjectManager(
         control,
@@ -774,6 +784,9 @@ def _services(
         knowledge,
         erasure,
         LegalHolds(store, control, auditor, clock),
+        EncryptionKeys(
+            store, sealer.wrapper, auditor, clock, encryption_enabled=settings.encryption
+        ),
     )
 
 
@@ -1082,7 +1095,12 @@ def _server(
     pipeline.register(
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
         AdminServicer(
-            domain.projects, domain.auditor, domain.usage, domain.prompts, domain.legal_holds
+            domain.projects,
+            domain.auditor,
+            domain.usage,
+            domain.prompts,
+            domain.legal_holds,
+            domain.encryption_keys,
         ),
         server,
     )

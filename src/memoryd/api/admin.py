@@ -11,6 +11,7 @@ from memoryd.api import convert
 from memoryd.api.call import current_caller
 from memoryd.domain.audit import Auditor
 from memoryd.domain.control import AuditQuery, UsageRecord
+from memoryd.domain.encryption import EncryptionKeys, KeyStatus, Rewrapped
 from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.holds import LegalHold, LegalHolds
 from memoryd.domain.projects import ProjectManager
@@ -40,12 +41,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         usage: UsageReport,
         prompts: PromptManager,
         holds: LegalHolds,
+        encryption_keys: EncryptionKeys,
     ) -> None:
         self._projects = projects
         self._audit = auditor
         self._usage = usage
         self._prompts = prompts
         self._holds = holds
+        self._keys = encryption_keys
 
     async def CreateProject(
         self, request: admin_pb2.CreateProjectRequest, context: Any
@@ -236,6 +239,38 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListLegalHoldsResponse(
             legal_holds=[_hold(h) for h in page.holds], next_page_token=page.next_page_token
         )
+
+    async def GetEncryptionKey(
+        self, request: admin_pb2.GetEncryptionKeyRequest, context: Any
+    ) -> admin_pb2.EncryptionKey:
+        return _encryption_key(await self._keys.get(current_caller()))
+
+    async def SetEncryptionKey(
+        self, request: admin_pb2.SetEncryptionKeyRequest, context: Any
+    ) -> admin_pb2.RewrapEncryptionKeysResponse:
+        return _rewrapped(await self._keys.set(current_caller(), request.kek_ref))
+
+    async def RotateEncryptionKey(
+        self, request: admin_pb2.RotateEncryptionKeyRequest, context: Any
+    ) -> admin_pb2.RewrapEncryptionKeysResponse:
+        return _rewrapped(await self._keys.rotate(current_caller()))
+
+
+def _encryption_key(s: KeyStatus) -> admin_pb2.EncryptionKey:
+    return admin_pb2.EncryptionKey(
+        kek_ref=s.key.kek_ref,
+        version=s.key.version,
+        data_keys=s.data_keys,
+        stale_data_keys=s.stale_data_keys,
+        update_time=convert.ts(s.key.update_time),
+        encryption_enabled=s.encryption_enabled,
+    )
+
+
+def _rewrapped(r: Rewrapped) -> admin_pb2.RewrapEncryptionKeysResponse:
+    return admin_pb2.RewrapEncryptionKeysResponse(
+        encryption_key=_encryption_key(r.status), rewrapped_data_keys=r.rewrapped
+    )
 
 
 def _hold(h: LegalHold) -> admin_pb2.LegalHold:

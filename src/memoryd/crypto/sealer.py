@@ -33,6 +33,7 @@ from memoryd.domain.encryption import (
     KeyWrapper,
     OrgKey,
     WrappedKey,
+    data_key_context,
     key_unavailable,
 )
 
@@ -43,9 +44,7 @@ _CLEAR_B = CLEAR.encode()
 _NONCE = 12
 
 
-def context(env: EnvRef) -> str:
-    """How a data key's environment is named to its KEK (and in errors)."""
-    return f"environment {env[0]}/{env[1]}/{env[2]}"
+context = data_key_context
 
 
 def is_sealed(value: object) -> bool:
@@ -69,6 +68,11 @@ class Sealer:
         self._cache_size = max(1, cache_size)
         self._keys: OrderedDict[EnvRef, tuple[str, AESGCM]] = OrderedDict()
         self._loading: dict[EnvRef, asyncio.Lock] = {}
+
+    @property
+    def wrapper(self) -> KeyWrapper:
+        """The KEK providers the data keys are wrapped with."""
+        return self._wrapper
 
     # --- keys ---------------------------------------------------------------
 

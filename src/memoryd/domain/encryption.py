@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from memoryd.domain.audit import Auditor
+from memoryd.domain.clock import Clock
 from memoryd.domain.errors import FailedPrecondition, InvalidArgument, Unavailable
+from memoryd.domain.tenancy import Caller, Scope
 
 # The KEK of an organization that never attached one.
 LOCAL = "local"
@@ -113,3 +116,107 @@ def wrong_kek(ref: str) -> FailedPrecondition:
         f"the key-encryption key {ref!r} could not be used; nothing was changed",
         reason=UNAVAILABLE_REASON,
     )
+
+
+def data_key_context(env: EnvRef) -> str:
+    """How a data key's environment is named to its KEK (and in errors)."""
+    return f"environment {env[0]}/{env[1]}/{env[2]}"
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """GetEncryptionKey: the organization's KEK and its data keys."""
+
+    key: OrgKey
+    data_keys: int
+    stale_data_keys: int
+    encryption_enabled: bool
+
+
+@dataclass(frozen=True)
+class Rewrapped:
+    """SetEncryptionKey and RotateEncryptionKey: the KEK after the change
+    and how many data keys were rewrapped with it."""
+
+    status: KeyStatus
+    rewrapped: int
+
+
+class EncryptionKeys:
+    """GetEncryptionKey, SetEncryptionKey, RotateEncryptionKey (org keys).
+
+    A change first proves the new KEK wraps and unwraps (nothing is changed
+    when it cannot: UNAVAILABLE), then records it (data keys made from then
+    on are wrapped by it), then rewraps every older data key of the
+    organization in one transaction: each is unwrapped by the KEK that
+    wrapped it and wrapped again by the new one. Content is never touched.
+    Data keys still wrapped by an older local version stay readable (every
+    version of a local KEK can be derived again); rewrapping is idempotent,
+    so a change interrupted half-way is completed by running it again.
+    """
+
+    def __init__(
+        self,
+        store: DataKeyStore,
+        wrapper: KeyWrapper,
+        auditor: Auditor,
+        clock: Clock,
+        *,
+        encryption_enabled: bool = True,
+    ) -> None:
+        self._store = store
+        self._wrapper = wrapper
+        self._audit = auditor
+        self._clock = clock
+        self._enabled = encryption_enabled
+
+    async def get(self, caller: Caller) -> KeyStatus:
+        p = caller.admin(Scope.ADMIN_READ)
+        return await self._status(await self._store.org_key(p.org_id))
+
+    async def set(self, caller: Caller, kek_ref: str) -> Rewrapped:
+        async with self._audit.action(caller, "encryption_key.set") as ev:
+            p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
+            ref = check_ref("kek_ref", kek_ref)
+            ev.details["kek_ref"] = ref
+            current = await self._store.org_key(p.org_id)
+            return await self._change(
+                OrgKey(p.org_id, ref, current.version + 1, self._clock.now()), ev.details
+            )
+
+    async def rotate(self, caller: Caller) -> Rewrapped:
+        async with self._audit.action(caller, "encryption_key.rotate") as ev:
+            p = caller.admin(Scope.ADMIN_WRITE)
+            current = await self._store.org_key(p.org_id)
+            ev.details["kek_ref"] = current.kek_ref
+            return await self._change(
+                OrgKey(p.org_id, current.kek_ref, current.version + 1, self._clock.now()),
+                ev.details,
+            )
+
+    async def _change(self, new: OrgKey, details: dict[str, str]) -> Rewrapped:
+        probe = f"organization {new.org_id} key check"
+        secret = b"\0" * 32
+        if await self._wrapper.unwrap(new, probe, await self._wrapper.wrap(new, probe, secret)) != (
+            secret
+        ):
+            raise key_unavailable(f"the key-encryption key {new.kek_ref!r} does not round-trip")
+        await self._store.set_org_key(new)
+        rewrapped = []
+        for key in await self._store.org_data_keys(new.org_id):
+            if (key.kek_ref, key.kek_version) == (new.kek_ref, new.version):
+                continue
+            name = data_key_context(key.env)
+            old = OrgKey(new.org_id, key.kek_ref, key.kek_version)
+            clear = await self._wrapper.unwrap(old, name, key.wrapped)
+            wrapped = await self._wrapper.wrap(new, name, clear)
+            rewrapped.append(WrappedKey(key.env, key.key_id, wrapped, new.kek_ref, new.version))
+        await self._store.rewrap(rewrapped)
+        details["version"] = str(new.version)
+        details["rewrapped_data_keys"] = str(len(rewrapped))
+        return Rewrapped(await self._status(new), len(rewrapped))
+
+    async def _status(self, key: OrgKey) -> KeyStatus:
+        keys = await self._store.org_data_keys(key.org_id)
+        stale = sum((k.kek_ref, k.kek_version) != (key.kek_ref, key.version) for k in keys)
+        return KeyStatus(key, len(keys), stale, self._enabled)

@@ -128,6 +128,21 @@ class AdminServiceStub:
                 request_serializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsRequest.SerializeToString,
                 response_deserializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsResponse.FromString,
                 _registered_method=True)
+        self.GetEncryptionKey = channel.unary_unary(
+                '/memoryd.v1.AdminService/GetEncryptionKey',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.GetEncryptionKeyRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.EncryptionKey.FromString,
+                _registered_method=True)
+        self.SetEncryptionKey = channel.unary_unary(
+                '/memoryd.v1.AdminService/SetEncryptionKey',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.SetEncryptionKeyRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
+                _registered_method=True)
+        self.RotateEncryptionKey = channel.unary_unary(
+                '/memoryd.v1.AdminService/RotateEncryptionKey',
+                request_serializer=memoryd_dot_v1_dot_admin__pb2.RotateEncryptionKeyRequest.SerializeToString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -274,6 +289,35 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEncryptionKey(self, request, context):
+        """The organization's key-encryption key (KEK): its reference, version
+        and how many data keys it wraps. Never the key material. Scope:
+        admin:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEncryptionKey(self, request, context):
+        """Attaches a KEK reference to the caller's organization ("local", or
+        "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+        organization with it; the content is not re-encrypted. A KEK that
+        cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+        and changes nothing. Audited. Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateEncryptionKey(self, request, context):
+        """Rotates the organization's KEK (a new version of the same reference)
+        and rewraps every data key of the organization with it; the content is
+        not re-encrypted. Audited. Scope: admin:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -366,6 +410,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListLegalHolds,
                     request_deserializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsRequest.FromString,
                     response_serializer=memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsResponse.SerializeToString,
+            ),
+            'GetEncryptionKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEncryptionKey,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.GetEncryptionKeyRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.EncryptionKey.SerializeToString,
+            ),
+            'SetEncryptionKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEncryptionKey,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.SetEncryptionKeyRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.SerializeToString,
+            ),
+            'RotateEncryptionKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateEncryptionKey,
+                    request_deserializer=memoryd_dot_v1_dot_admin__pb2.RotateEncryptionKeyRequest.FromString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -857,6 +916,87 @@ class AdminService:
             '/memoryd.v1.AdminService/ListLegalHolds',
             memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsRequest.SerializeToString,
             memoryd_dot_v1_dot_admin__pb2.ListLegalHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEncryptionKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/GetEncryptionKey',
+            memoryd_dot_v1_dot_admin__pb2.GetEncryptionKeyRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.EncryptionKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEncryptionKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/SetEncryptionKey',
+            memoryd_dot_v1_dot_admin__pb2.SetEncryptionKeyRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateEncryptionKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memoryd.v1.AdminService/RotateEncryptionKey',
+            memoryd_dot_v1_dot_admin__pb2.RotateEncryptionKeyRequest.SerializeToString,
+            memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

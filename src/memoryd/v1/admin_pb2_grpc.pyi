@@ -93,6 +93,23 @@ class AdminServiceStub:
     """Releases a legal hold (deletes it). Audited. Scope: admin:write."""
     ListLegalHolds: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]
     """Lists the organization's legal holds, by id. Scope: admin:read."""
+    GetEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEncryptionKeyRequest, _admin_pb2.EncryptionKey]
+    """The organization's key-encryption key (KEK): its reference, version
+    and how many data keys it wraps. Never the key material. Scope:
+    admin:read.
+    """
+    SetEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]
+    """Attaches a KEK reference to the caller's organization ("local", or
+    "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+    organization with it; the content is not re-encrypted. A KEK that
+    cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+    and changes nothing. Audited. Scope: admin:write.
+    """
+    RotateEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]
+    """Rotates the organization's KEK (a new version of the same reference)
+    and rewraps every data key of the organization with it; the content is
+    not re-encrypted. Audited. Scope: admin:write.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -158,6 +175,23 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Releases a legal hold (deletes it). Audited. Scope: admin:write."""
     ListLegalHolds: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]  # type: ignore[assignment]
     """Lists the organization's legal holds, by id. Scope: admin:read."""
+    GetEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEncryptionKeyRequest, _admin_pb2.EncryptionKey]  # type: ignore[assignment]
+    """The organization's key-encryption key (KEK): its reference, version
+    and how many data keys it wraps. Never the key material. Scope:
+    admin:read.
+    """
+    SetEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]  # type: ignore[assignment]
+    """Attaches a KEK reference to the caller's organization ("local", or
+    "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+    organization with it; the content is not re-encrypted. A KEK that
+    cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+    and changes nothing. Audited. Scope: admin:write.
+    """
+    RotateEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]  # type: ignore[assignment]
+    """Rotates the organization's KEK (a new version of the same reference)
+    and rewraps every data key of the organization with it; the content is
+    not re-encrypted. Audited. Scope: admin:write.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService administers one organization: its projects, environments,
@@ -328,5 +362,40 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListLegalHoldsResponse, _abc.Awaitable[_admin_pb2.ListLegalHoldsResponse]]:
         """Lists the organization's legal holds, by id. Scope: admin:read."""
+
+    @_abc_1.abstractmethod
+    def GetEncryptionKey(
+        self,
+        request: _admin_pb2.GetEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EncryptionKey, _abc.Awaitable[_admin_pb2.EncryptionKey]]:
+        """The organization's key-encryption key (KEK): its reference, version
+        and how many data keys it wraps. Never the key material. Scope:
+        admin:read.
+        """
+
+    @_abc_1.abstractmethod
+    def SetEncryptionKey(
+        self,
+        request: _admin_pb2.SetEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RewrapEncryptionKeysResponse, _abc.Awaitable[_admin_pb2.RewrapEncryptionKeysResponse]]:
+        """Attaches a KEK reference to the caller's organization ("local", or
+        "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+        organization with it; the content is not re-encrypted. A KEK that
+        cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+        and changes nothing. Audited. Scope: admin:write.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateEncryptionKey(
+        self,
+        request: _admin_pb2.RotateEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RewrapEncryptionKeysResponse, _abc.Awaitable[_admin_pb2.RewrapEncryptionKeysResponse]]:
+        """Rotates the organization's KEK (a new version of the same reference)
+        and rewraps every data key of the organization with it; the content is
+        not re-encrypted. Audited. Scope: admin:write.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
