@@ -153,8 +153,8 @@ async def writes_suite(
             lines.append(
                 f"Search (top 10, 4 clients), {side.name}: median of {len(turns)} turns "
                 f"{statistics.median(t.rps for t in turns):.0f} calls/s, p50 "
-                f"{statistics.median(t.pct(50) for t in turns):.2f} ms, p99 "
-                f"{statistics.median(t.pct(99) for t in turns):.2f} ms, errors "
+                f"{statistics.median(t.pct(0.5) for t in turns):.2f} ms, p99 "
+                f"{statistics.median(t.pct(0.99) for t in turns):.2f} ms, errors "
                 f"{sum(t.errors for t in turns)}"
             )
         on, off = (statistics.median(t.rps for t in searches[s.name]) for s in sides)

@@ -694,7 +694,9 @@ def _services(
         holds=holds,
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
-    export_files = LocalExportFiles(Path(settings.data_dir) / "exports", _min_free_bytes(settings))
+    export_files = LocalExportFiles(
+        Path(settings.data_dir) / "exports", _min_free_bytes(settings), sealer
+    )
 
     async def delete_scope(org_id: str, project_id: str, environment_id: str | None) -> None:
         await memories.delete_scope(org_id, project_id, environment_id)

@@ -42,6 +42,8 @@ SCOPES = (
     "knowledge:write",
     "webhook:read",
     "webhook:write",
+    "export:read",
+    "export:write",
 )
 FAST = {
     "outbound_allow_networks": "127.0.0.0/8",
@@ -171,7 +173,26 @@ async def write_everything(server: RunningServer, hook: Receiver) -> dict[str, s
     )
     assert any(s["document"] in c.text for c in found.results)
     await wait_for(lambda: any(s["webhook"] in r.body.decode() for r in list(hook.requests)), 20.0)
+
+    # an export file, read back in clear (whole, and from an offset)
+    done = await waited(
+        client,
+        await client.memory.CreateExport(memory_pb2.CreateExportRequest(), metadata=client.md()),
+    )
+    name = "exports/" + done.name.removeprefix("operations/")
+    whole = await read_export(client, name)
+    assert s["memory"].encode() in whole and s["batch"].encode() in whole
+    assert await read_export(client, name, 17) == whole[17:]
     return s
+
+
+async def read_export(client: Client, name: str, offset: int = 0) -> bytes:
+    out = b""
+    async for piece in client.memory.ReadExport(
+        memory_pb2.ReadExportRequest(name=name, offset=offset), metadata=client.md()
+    ):
+        out += piece.data
+    return out
 
 
 @pytest.mark.parametrize("encryption", [True, False])

@@ -164,3 +164,37 @@ async def test_rotation_rewraps_and_content_still_opens(tmp_path: Path) -> None:
     fresh = sealer(tmp_path, store)  # no cache: unwraps with version 2
     await fresh.ready_for([(A, sealed)])
     assert fresh.open(A, "content", sealed) == "kept"
+
+
+async def test_a_sealed_export_file_reads_from_any_offset(tmp_path: Path) -> None:
+    from memoryd.domain.tenancy import Tenant
+    from memoryd.storage.export_files import PIECE, LocalExportFiles
+
+    store = MemoryKeys()
+    s = sealer(tmp_path, store)
+    files = LocalExportFiles(tmp_path / "exports", 0, s)
+    tenant = Tenant(*A)
+    await files.prepare(tenant)
+    clear = b"".join(b'{"content": "line %06d secretword"}\n' % i for i in range(7000))
+    writer = files.writer(tenant, "exp_1")
+    for i in range(0, len(clear), 1000):
+        writer.write(clear[i : i + 1000])
+    size, _ = writer.commit()
+    assert size == len(clear) and len(clear) > 3 * PIECE
+    on_disk = next((tmp_path / "exports").rglob("*.jsonl")).read_bytes()
+    assert b"secretword" not in on_disk
+    for offset in (0, 1, PIECE - 1, PIECE, PIECE + 7, 3 * PIECE, len(clear) - 1, len(clear)):
+        got = b"".join([p async for p in files.read(tenant, "exp_1", offset)])
+        assert got == clear[offset:], offset
+    with pytest.raises(Unavailable):  # another environment's key does not open it
+        other = Tenant(*A2)
+        await s.ready([A2], create=True)
+        path = next((tmp_path / "exports").rglob("*.jsonl"))
+        target = files._path(other, "exp_1", ".jsonl")
+        target.parent.mkdir(parents=True)
+        target.write_bytes(path.read_bytes())
+        _ = [p async for p in files.read(other, "exp_1", 0)]
+    truncated = on_disk[: len(on_disk) - PIECE]  # whole frames cut off the end
+    path.write_bytes(truncated)
+    with pytest.raises(Unavailable):
+        _ = [p async for p in files.read(tenant, "exp_1", 0)]
