@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         help="conversations suite: operations of the flooding tenant (fairness)",
     )
     parser.add_argument(
+        "--encryption-ab",
+        action="store_true",
+        help="writes suite: compare this checkout with encryption at rest on and off "
+        "(writes, then searches in alternating turns)",
+    )
+    parser.add_argument(
         "--write-rate", type=float, default=200.0, help="watch suite: writes/s for the latency"
     )
     parser.add_argument(
@@ -110,7 +116,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             for line in await memory_suite(settings, args.memories, args.tenants, args.seconds):
                 print(line, flush=True)
         elif suite == "writes":
-            lines = await writes_suite(settings, args.memories, args.tenants, args.baseline_src)
+            lines = await writes_suite(
+                settings,
+                args.memories,
+                args.tenants,
+                args.baseline_src,
+                args.encryption_ab,
+                args.seconds,
+            )
             for line in lines:
                 print(line, flush=True)
         elif suite == "knowledge":

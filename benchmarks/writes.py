@@ -19,18 +19,27 @@ Each chunk is BatchCreateMemories of 100 per tenant with 4 in flight, as
 in the memory suite. Printed: memories/s per server (all its chunks'
 memories over their time), the median of its chunks, and the ratio; the
 size of each server's data dir at the end.
+
+With `--encryption-ab` the two servers are both this checkout, one with
+encryption at rest on and one with it off (MEMORYD_ENCRYPTION), and after
+the load both are searched in alternating turns (SearchMemories of a
+corpus text, top 10, 4 clients, `--seconds` per turn, 4 turns each):
+the overhead of sealing on writes and of opening on reads, in one run.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 
-from benchmarks.harness import HIGH_LIMITS, ServerProcess
+from benchmarks.harness import HIGH_LIMITS, Result, ServerProcess, drive
 from benchmarks.memory import (
     Fact,
     Metadata,
@@ -42,7 +51,7 @@ from benchmarks.memory import (
     tenant_metadata,
 )
 from memoryd.config import Settings
-from memoryd.v1 import memory_pb2_grpc
+from memoryd.v1 import memory_pb2, memory_pb2_grpc
 
 _SERVER_CHUNK = 500
 _CLIENT_CHUNK = 5_000
@@ -74,7 +83,12 @@ class _Side:
 
 
 async def writes_suite(
-    settings: Settings, memories: int, tenants: int, baseline_src: str
+    settings: Settings,
+    memories: int,
+    tenants: int,
+    baseline_src: str,
+    encryption_ab: bool = False,
+    seconds: float = 5.0,
 ) -> list[str]:
     """Loads the corpus into this checkout's server and, when `baseline_src`
     is given, into one running that code, taking turns; the figures as lines."""
@@ -95,7 +109,12 @@ async def writes_suite(
         ),
     }
     envs: dict[str, dict[str, str]] = {"this checkout": {}}
-    if baseline_src:
+    if encryption_ab:
+        envs = {
+            "encryption on": {"MEMORYD_ENCRYPTION": "true"},
+            "encryption off": {"MEMORYD_ENCRYPTION": "false"},
+        }
+    elif baseline_src:
         envs[f"baseline ({baseline_src})"] = {"PYTHONPATH": baseline_src}
     async with AsyncExitStack() as stack:
         sides: list[_Side] = []
@@ -113,6 +132,8 @@ async def writes_suite(
             for i, chunk in enumerate(chunks):
                 for side in sides if i % 2 == 0 else reversed(sides):
                     await side.load(phase, chunk)
+        if encryption_ab:
+            searches = await _search_turns(sides, facts, seconds)
         sizes = {side.name: du_mb(Path(side.server.data_dir)) for side in sides}
     for phase in phases:
         for side in sides:
@@ -123,12 +144,52 @@ async def writes_suite(
             )
         if len(sides) == 2:
             lines.append(
-                f"BatchCreate, {phase}: this checkout / baseline = "
+                f"BatchCreate, {phase}: {sides[0].name} / {sides[1].name} = "
                 f"{sides[0].rate(phase) / sides[1].rate(phase):.3f}"
             )
+    if encryption_ab:
+        for side in sides:
+            turns = searches[side.name]
+            lines.append(
+                f"Search (top 10, 4 clients), {side.name}: median of {len(turns)} turns "
+                f"{statistics.median(t.rps for t in turns):.0f} calls/s, p50 "
+                f"{statistics.median(t.pct(0.5) for t in turns):.2f} ms, p99 "
+                f"{statistics.median(t.pct(0.99) for t in turns):.2f} ms, errors "
+                f"{sum(t.errors for t in turns)}"
+            )
+        on, off = (statistics.median(t.rps for t in searches[s.name]) for s in sides)
+        lines.append(f"Search: encryption on / off = {on / off:.3f} (calls/s)")
     for name, size in sizes.items():
         lines.append(f"data dir, {name}: {size:.0f} MiB ({len(facts)} memories)")
     return lines
+
+
+async def _search_turns(
+    sides: list[_Side], facts: list[Fact], seconds: float, turns: int = 4
+) -> dict[str, list[Result]]:
+    """Each side searched `turns` times, taking turns (drift falls on both)."""
+    rng = random.Random(11)
+    picked = [facts[rng.randrange(len(facts))] for _ in range(500)]
+    out: dict[str, list[Result]] = {side.name: [] for side in sides}
+
+    def searching(side: _Side) -> Callable[[], Awaitable[Any]]:
+        i = 0
+
+        async def call() -> Any:
+            nonlocal i
+            fact = picked[i % len(picked)]
+            i += 1
+            return await side.mem.SearchMemories(
+                memory_pb2.SearchMemoriesRequest(query=fact.content, top_k=10),
+                metadata=side.md(fact.tenant),
+            )
+
+        return call
+
+    for turn in range(turns):
+        for side in sides if turn % 2 == 0 else reversed(sides):
+            out[side.name].append(await drive(side.name, searching(side), seconds, 4))
+    return out
 
 
 def _chunks(

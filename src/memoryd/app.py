@@ -648,7 +648,7 @@ class _Services:
     knowledge: KnowledgeService
     erasure: ErasureService
     legal_holds: LegalHolds
-    encryption: EncryptionKeys
+    encryption_keys: EncryptionKeys
 
 
 def _services(
@@ -712,9 +712,10 @@ def _services(
         await memories.delete_scope(org_id, project_id, environment_id)
         await chunks.delete_scope(org_id, project_id, environment_id)
         export_files.remove_scope(org_id, project_id, environment_id)
-        # crypto-shredding: what a backup or a log still holds of the scope
-        # can no longer be opened (the environment's row cascades to its key
-        # too; this also covers a database that does not cascade)
+        # crypto-shredding, last: whatever copy of the scope's sealed content
+        # is left (a backup, a write-ahead log) can no longer be opened. The
+        # environments' rows cascade to their data keys already; this also
+        # covers a store that keeps the rows (and drops cached keys).
         await store.drop_data_keys(org_id, project_id, environment_id)
         sealer.forget(org_id, project_id, environment_id)
 
@@ -796,7 +797,9 @@ def _services(
         knowledge,
         erasure,
         LegalHolds(store, control, auditor, clock),
-        EncryptionKeys(store, sealer.wrapper, auditor, clock, encryption=settings.encryption),
+        EncryptionKeys(
+            store, sealer.wrapper, auditor, clock, encryption_enabled=settings.encryption
+        ),
     )
 
 
@@ -1110,7 +1113,7 @@ def _server(
             domain.usage,
             domain.prompts,
             domain.legal_holds,
-            domain.encryption,
+            domain.encryption_keys,
         ),
         server,
     )

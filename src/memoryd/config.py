@@ -183,10 +183,10 @@ class Settings:
     encryption: bool = _setting(
         True,
         "Seal content at rest (memory text and revisions, conversation messages, document "
-        "text, operation payloads, change events, webhook payloads, cached responses, export "
-        "files) with a data key per environment (AES-256-GCM), wrapped by the organization's "
-        "key-encryption key. Off: new content is written in clear; sealed content stays "
-        "readable while its keys are.",
+        "text, operation payloads, change events, webhook payloads, cached responses; not "
+        "export files nor the upload spool) with a data key per environment (AES-256-GCM), "
+        "wrapped by the organization's key-encryption key. Off: new content is written in "
+        "clear; sealed content stays readable while its keys are.",
     )
     kek_file: str = _setting(
         "",

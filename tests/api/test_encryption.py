@@ -1,389 +1,455 @@
-"""Encryption at rest on a real server: content written through every path
-(memories and their revisions, conversation messages, a knowledge document,
-an export, a cached idempotent response, change events) is nowhere in
-clear in the data dir; the wrong key file or a disabled KMS key answers
-UNAVAILABLE (never plaintext); rotation and a switch to AWS KMS (moto's
-real local KMS server) rewrap data keys and keep everything readable;
-erasing an environment destroys its data key; the admin calls are scoped,
-validated, audited and per organization."""
+"""Encryption at rest on a real server (SQLite control plane, Qdrant Edge
+shards, both in the data dir): content written through every path is not
+found in clear in any file of the data dir once the server has stopped;
+the same writes with encryption off are found (so the search can fail);
+the organization's key-encryption key (KEK) is read, changed and rotated
+through AdminService (rewrapping data keys, content untouched, audited);
+AWS KMS through a real local KMS endpoint (moto's server); a missing, wrong
+or unreachable KEK answers UNAVAILABLE (ENCRYPTION_KEY_UNAVAILABLE) with a
+clear message, never the content in clear; erasing an environment destroys
+its data key; and KEK state is confined to its organization."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.longrunning import operations_pb2
-from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2
-from helpers.errors import reason_of, refused
-from helpers.servers import Client, MakeServer, RunningServer
+from google.protobuf import duration_pb2
+from helpers.errors import reason_of, refused, violations
+from helpers.polling import wait_for
+from helpers.servers import Client, RunningServer, start_server
+from helpers.webhook_receiver import Receiver
+from moto.server import ThreadedMotoServer
 
-from memoryd.app import build_app
-from memoryd.config import Settings
-from memoryd.crypto.kek import KeyFileError, LocalKeyFile
-from memoryd.crypto.sealer import Sealer
-from memoryd.domain.encryption import key_unavailable
-from memoryd.domain.errors import Unavailable
-from memoryd.v1 import admin_pb2, knowledge_pb2, knowledge_pb2_grpc, memory_pb2
+from memoryd.crypto.kek import KeyFileError
+from memoryd.storage.sql.data_keys import data_keys
+from memoryd.v1 import admin_pb2, knowledge_pb2, knowledge_pb2_grpc, memory_pb2, webhooks_pb2
 
-WAIT = duration_pb2.Duration(seconds=30)
+WAIT = duration_pb2.Duration(seconds=20)  # an upper bound: done long before on any box
 SCOPES = (
     "memory:*",
-    "export:read",
-    "export:write",
+    "ingest:write",
+    "ingest:read",
     "knowledge:read",
     "knowledge:write",
-    "ingest:read",
-    "ingest:write",
+    "webhook:read",
+    "webhook:write",
+    "export:read",
+    "export:write",
 )
+FAST = {
+    "outbound_allow_networks": "127.0.0.0/8",
+    "webhook_poll_interval_s": 0.05,
+    "webhook_retry_base_s": 0.01,
+    "webhook_retry_max_s": 0.05,
+}
+REASON = "ENCRYPTION_KEY_UNAVAILABLE"
 
 
-def unique(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:12]}"
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[list[RunningServer]]:
+    """Servers a test starts (and may stop itself: `stop`); stopped after."""
+    started: list[RunningServer] = []
+    yield started
+    for s in reversed(started):
+        await stop(s)
 
 
-def files_holding(data_dir: str, needle: str) -> list[Path]:
-    """The files under `data_dir` whose bytes hold `needle` (UTF-8)."""
-    raw = needle.encode()
-    return [p for p in Path(data_dir).rglob("*") if p.is_file() and raw in p.read_bytes()]
+async def start(started: list[RunningServer], data_dir: Path, **options: Any) -> RunningServer:
+    server = await start_server(str(data_dir), **options)
+    started.append(server)
+    return server
 
 
-async def client_of(server: RunningServer, end_user: str = "ana") -> Client:
-    project = await server.project(unique("app"))
-    return server.client(await server.data_key(project, SCOPES), end_user)
+async def stop(server: RunningServer) -> None:
+    if not getattr(server, "stopped", False):
+        server.stopped = True  # type: ignore[attr-defined]
+        await server.stop()
 
 
-async def wait(client: Client, op: operations_pb2.Operation) -> operations_pb2.Operation:
-    done = await client.operations.WaitOperation(
-        operations_pb2.WaitOperationRequest(name=op.name, timeout=WAIT), metadata=client.md()
-    )
-    assert done.done and not done.HasField("error"), done
-    return done
+async def data_client(
+    server: RunningServer, name: str = "app", owner: Client | None = None
+) -> tuple[Client, Any]:
+    owner = owner or server.owner
+    project = await server.project(name, client=owner)
+    return server.client(await server.data_key(project, SCOPES, client=owner)), project
 
 
-async def remember(client: Client, content: str, **fields: Any) -> memory_pb2.Memory:
+async def remember(client: Client, content: str) -> memory_pb2.Memory:
     resp = await client.memory.CreateMemory(
-        memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=content), **fields),
+        memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=content)),
         metadata=client.md(),
     )
     return resp.memory
 
 
-async def read(client: Client, memory_id: str) -> memory_pb2.Memory:
+async def get(client: Client, memory_id: str) -> memory_pb2.Memory:
     return await client.memory.GetMemory(
         memory_pb2.GetMemoryRequest(id=memory_id), metadata=client.md()
     )
 
 
-async def test_content_written_every_way_is_not_on_disk_in_clear(
-    make_server: MakeServer,
-) -> None:
-    server = await make_server()
-    data_dir = server.app.settings.data_dir
-    client = await client_of(server)
-    secret = unique("okapi")
-    label = unique("label")  # metadata stays in clear: proves the search reads the files
+async def waited(client: Client, op: operations_pb2.Operation) -> operations_pb2.Operation:
+    done = await client.operations.WaitOperation(
+        operations_pb2.WaitOperationRequest(name=op.name, timeout=WAIT), metadata=client.md()
+    )
+    assert done.done, "the operation did not finish within the wait"
+    assert done.WhichOneof("result") == "response", done.error
+    return done
 
-    first = await remember(client, f"the {secret} first", request_id=str(uuid.uuid4()))
-    await client.memory.UpdateMemory(
-        memory_pb2.UpdateMemoryRequest(
-            memory=memory_pb2.Memory(
-                id=first.id,
-                content=f"the {secret} second",
-                metadata=struct_pb2.Struct(fields={"label": struct_pb2.Value(string_value=label)}),
-            ),
-            update_mask=field_mask_pb2.FieldMask(paths=["content", "metadata"]),
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    """Every file under `root` whose bytes contain `needle` (UTF-8)."""
+    raw = needle.encode()
+    return [
+        p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and raw in p.read_bytes()
+    ]
+
+
+async def write_everything(server: RunningServer, hook: Receiver) -> dict[str, str]:
+    """Content through every path that stores it; answers the unique strings
+    (by what carried them), each read back in clear through the API."""
+    tag = secrets.token_hex(4)
+    s = {
+        k: f"zq{k}{tag}marker"
+        for k in ("memory", "revision", "message", "document", "webhook", "batch")
+    }
+    client, _ = await data_client(server)
+    await client.webhooks.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=webhooks_pb2.Webhook(url=hook.url)),
+        metadata=client.md(),
+    )
+    first = await remember(client, f"the old note {s['revision']}")
+    update = memory_pb2.UpdateMemoryRequest(
+        memory=memory_pb2.Memory(id=first.id, content=f"the note {s['memory']}")
+    )
+    update.update_mask.paths.append("content")
+    updated = await client.memory.UpdateMemory(update, metadata=client.md())
+    await remember(client, f"webhook body {s['webhook']}")
+    await client.memory.BatchCreateMemories(
+        memory_pb2.BatchCreateMemoriesRequest(
+            requests=[
+                memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content=f"b {s['batch']}"))
+            ]
         ),
         metadata=client.md(),
     )
-    said = await client.memory.AddMessages(
+    op = await client.memory.AddMessages(
         memory_pb2.AddMessagesRequest(
-            messages=[memory_pb2.Message(role="user", content=f"I keep a {secret} at home")]
+            messages=[memory_pb2.Message(role="user", content=f"I said {s['message']}")]
         ),
         metadata=client.md(),
     )
-    await wait(client, said)
-    knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(server.channel)
-    ingest = await knowledge.CreateDocument(
-        knowledge_pb2.CreateDocumentRequest(text=f"# Handbook\n\nThe {secret} rule applies."),
+    await waited(client, op)
+    knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(client.channel)
+    doc_op = await knowledge.CreateDocument(
+        knowledge_pb2.CreateDocumentRequest(text=f"# Guide\n\nThe secret word is {s['document']}."),
         metadata=client.md(),
     )
-    await wait(client, ingest)
-    export = await wait(
+    await waited(client, doc_op)
+
+    # everything reads back in clear
+    assert s["memory"] in updated.content
+    revisions = await client.memory.ListMemoryRevisions(
+        memory_pb2.ListMemoryRevisionsRequest(id=first.id), metadata=client.md()
+    )
+    assert any(s["revision"] in r.content for r in revisions.revisions)
+    listed = await client.memory.ListMemories(
+        memory_pb2.ListMemoriesRequest(page_size=100), metadata=client.md()
+    )
+    contents = " ".join(m.content for m in listed.memories)
+    for k in ("memory", "message", "webhook", "batch"):
+        assert s[k] in contents, k
+    found = await knowledge.SearchKnowledge(
+        knowledge_pb2.SearchKnowledgeRequest(query="secret word"), metadata=client.md()
+    )
+    assert any(s["document"] in c.text for c in found.results)
+    await wait_for(lambda: any(s["webhook"] in r.body.decode() for r in list(hook.requests)), 20.0)
+
+    # an export file, read back in clear (whole, and from an offset)
+    done = await waited(
         client,
         await client.memory.CreateExport(memory_pb2.CreateExportRequest(), metadata=client.md()),
     )
-
-    # everything reads back in clear through the API
-    assert (await read(client, first.id)).content == f"the {secret} second"
-    found = await client.memory.SearchMemories(
-        memory_pb2.SearchMemoriesRequest(query=secret, top_k=10), metadata=client.md()
-    )
-    assert any(secret in r.memory.content for r in found.results)
-    chunks = await knowledge.SearchKnowledge(
-        knowledge_pb2.SearchKnowledgeRequest(query=secret), metadata=client.md()
-    )
-    assert any(secret in c.text for c in chunks.results)
-    exported = b"".join(
-        [
-            piece.data
-            async for piece in client.memory.ReadExport(
-                memory_pb2.ReadExportRequest(name="exports/" + export.name.split("/")[-1]),
-                metadata=client.md(),
-            )
-        ]
-    )
-    assert secret.encode() in exported
-    tail = b"".join(
-        [
-            piece.data
-            async for piece in client.memory.ReadExport(
-                memory_pb2.ReadExportRequest(
-                    name="exports/" + export.name.split("/")[-1], offset=10
-                ),
-                metadata=client.md(),
-            )
-        ]
-    )
-    assert tail == exported[10:]
-
-    await server.stop()  # flushes the engines
-    assert files_holding(data_dir, label), "the metadata (clear) should be found"
-    assert files_holding(data_dir, secret) == []
+    name = "exports/" + done.name.removeprefix("operations/")
+    whole = await read_export(client, name)
+    assert s["memory"].encode() in whole and s["batch"].encode() in whole
+    assert await read_export(client, name, 17) == whole[17:]
+    return s
 
 
-async def test_a_restart_with_another_key_file_answers_unavailable_never_content(
-    make_server: MakeServer, tmp_path: Path
+async def read_export(client: Client, name: str, offset: int = 0) -> bytes:
+    out = b""
+    async for piece in client.memory.ReadExport(
+        memory_pb2.ReadExportRequest(name=name, offset=offset), metadata=client.md()
+    ):
+        out += piece.data
+    return out
+
+
+@pytest.mark.parametrize("encryption", [True, False])
+async def test_content_on_disk_is_not_readable_in_clear(
+    servers: list[RunningServer], tmp_path: Path, encryption: bool
 ) -> None:
-    data_dir = str(tmp_path / "data")
-    server = await make_server(data_dir, kek_file=str(tmp_path / "right.key"))
-    client = await client_of(server)
-    secret = unique("secret")
-    memory = await remember(client, f"the {secret}")
-    key = client.key
-    await server.stop()
-
-    wrong = await make_server(
-        data_dir, kek_file=str(tmp_path / "wrong.key"), bootstrap_if_empty=False
-    )
-    err = await refused(grpc.StatusCode.UNAVAILABLE, read(wrong.client(key, "ana"), memory.id))
-    assert reason_of(err) == "ENCRYPTION_KEY_UNAVAILABLE"
-    assert "fingerprint" in str(err.details())
-    assert secret not in str(err.details())
-    await wrong.stop()
-
-    right = await make_server(
-        data_dir, kek_file=str(tmp_path / "right.key"), bootstrap_if_empty=False
-    )
-    assert (await read(right.client(key, "ana"), memory.id)).content == f"the {secret}"
+    data = tmp_path / "data"
+    server = await start(servers, data, encryption=encryption, **FAST)
+    with Receiver() as hook:
+        strings = await write_everything(server, hook)
+    await stop(server)  # the shards and the WAL flushed and closed
+    found = {k: files_containing(data, v) for k, v in strings.items()}
+    if encryption:
+        assert found == {k: [] for k in strings}
+    else:  # the same search finds every string when content is stored in clear
+        assert all(found.values()), found
 
 
-async def test_a_key_file_others_can_read_or_of_another_kind_stops_the_start(
-    tmp_path: Path,
+async def test_rotation_rewraps_data_keys_and_keeps_everything_readable(
+    servers: list[RunningServer], tmp_path: Path
 ) -> None:
-    loose = tmp_path / "loose.key"
-    LocalKeyFile(loose)
-    assert oct(loose.stat().st_mode & 0o777) == "0o600"
-    os.chmod(loose, 0o644)
-    with pytest.raises(KeyFileError, match="chmod 600"):
-        LocalKeyFile(loose)
-    junk = tmp_path / "junk.key"
-    junk.write_text("not a key\n")
-    os.chmod(junk, 0o600)
-    with pytest.raises(KeyFileError, match="not a memoryd key file"):
-        await build_app(
-            Settings(
-                data_dir=str(tmp_path / "d"),
-                port=0,
-                embedding_provider="hashing",
-                embedding_dimension=64,
-                kek_file=str(junk),
-            )
-        )
-
-
-async def test_rotation_rewraps_data_keys_and_everything_still_reads(
-    make_server: MakeServer, tmp_path: Path
-) -> None:
-    data_dir = str(tmp_path / "data")
-    server = await make_server(data_dir)
+    data = tmp_path / "data"
+    server = await start(servers, data)
     owner = server.owner
+    client, _ = await data_client(server)
+    other, _ = await data_client(server, "other")
+    m1 = await remember(client, "prefers window seats")
+    m2 = await remember(other, "allergic to peanuts")
     before = await owner.admin.GetEncryptionKey(
         admin_pb2.GetEncryptionKeyRequest(), metadata=owner.md()
     )
-    assert (before.kek_ref, before.version, before.data_keys, before.encryption) == (
-        "local",
-        1,
-        0,
-        True,
-    )
-    client = await client_of(server)
-    memory = await remember(client, "a rotated fact")
-    env = next(iter(await server.app.store.org_data_keys(server.org_id))).env
-    wrapped_before = (await server.app.store.data_key(env)).wrapped  # type: ignore[union-attr]
+    assert (before.kek_ref, before.version, before.data_keys) == ("local", 1, 2)
+    assert before.encryption_enabled and before.stale_data_keys == 0
+    rows_before = await _key_rows(server)
 
     rotated = await owner.admin.RotateEncryptionKey(
         admin_pb2.RotateEncryptionKeyRequest(), metadata=owner.md()
     )
-    assert (rotated.kek_ref, rotated.version, rotated.data_keys) == ("local", 2, 1)
-    assert rotated.HasField("update_time")
-    after = await server.app.store.data_key(env)
-    assert after is not None and after.kek_version == 2 and after.wrapped != wrapped_before
-    assert (await read(client, memory.id)).content == "a rotated fact"
-    key = client.key
-    await server.stop()
+    assert rotated.rewrapped_data_keys == 2
+    k = rotated.encryption_key
+    assert (k.kek_ref, k.version, k.data_keys, k.stale_data_keys) == ("local", 2, 2, 0)
+    assert k.HasField("update_time")
+    rows_after = await _key_rows(server)
+    # the same data keys (so content was not re-encrypted), wrapped anew
+    assert {e: r[0] for e, r in rows_after.items()} == {e: r[0] for e, r in rows_before.items()}
+    assert all(rows_after[e][1] != rows_before[e][1] for e in rows_before)
 
-    # a new process unwraps with the rotated key (nothing cached)
-    again = await make_server(data_dir, bootstrap_if_empty=False)
-    assert (await read(again.client(key, "ana"), memory.id)).content == "a rotated fact"
-
-
-async def test_admin_calls_are_scoped_validated_audited_and_per_organization(
-    server: RunningServer,
-) -> None:
-    owner = server.owner
-    err = await refused(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        owner.admin.SetEncryptionKey(
-            admin_pb2.SetEncryptionKeyRequest(kek_ref="vault:transit/memoryd"), metadata=owner.md()
-        ),
-    )
-    assert "kek_ref" in str(err.details())
-    data = await client_of(server)
-    await refused(
-        grpc.StatusCode.PERMISSION_DENIED,
-        data.admin.RotateEncryptionKey(admin_pb2.RotateEncryptionKeyRequest(), metadata=data.md()),
-    )
-    await remember(data, "one fact")
-    await owner.admin.RotateEncryptionKey(
-        admin_pb2.RotateEncryptionKeyRequest(), metadata=owner.md()
-    )
-
-    other = await server.new_org("other")
-    theirs = await other.admin.GetEncryptionKey(
-        admin_pb2.GetEncryptionKeyRequest(), metadata=other.md()
-    )
-    assert (theirs.version, theirs.data_keys) == (1, 0)  # untouched by our rotation
-    ours = await owner.admin.GetEncryptionKey(
-        admin_pb2.GetEncryptionKeyRequest(), metadata=owner.md()
-    )
-    assert (ours.version, ours.data_keys) == (2, 1)
-
-    events = await owner.admin.ListAuditEvents(
+    audit = await owner.admin.ListAuditEvents(
         admin_pb2.ListAuditEventsRequest(), metadata=owner.md()
     )
-    actions = [(e.action, e.outcome) for e in events.events]
-    assert ("encryption_key.rotate", "OK") in actions
-    assert ("encryption_key.set", "INVALID_ARGUMENT") in actions
+    events = [e for e in audit.events if e.action == "encryption_key.rotate"]
+    assert events and events[0].details["rewrapped_data_keys"] == "2"
 
-
-async def test_erasing_an_environment_destroys_its_data_key(server: RunningServer) -> None:
-    project = await server.project("doomed")
-    client = server.client(await server.data_key(project, SCOPES), "ana")
-    await remember(client, "shredded soon")
-    env = (server.org_id, project.id, project.environments[0].id)
-    stored = await server.app.store.data_key(env)
-    assert stored is not None
-    # a sealed value of the environment, as a backup would keep it
-    sealer = Sealer(server.app.store, _wrapper(server))
-    await sealer.ready([env], create=False)
-    copy = sealer.seal(env, "content", "shredded soon")
-
-    await server.owner.admin.DeleteProject(
-        admin_pb2.DeleteProjectRequest(id=project.id, force=True), metadata=server.owner.md()
+    # a restarted server (no cached key) opens everything with the new version
+    await stop(server)
+    server = await start(servers, data)
+    client, other = server.client(client.key), server.client(other.key)
+    assert (await get(client, m1.id)).content == "prefers window seats"
+    assert (await get(other, m2.id)).content == "allergic to peanuts"
+    owner = server.client(owner.key)
+    again = await owner.admin.RotateEncryptionKey(
+        admin_pb2.RotateEncryptionKeyRequest(), metadata=owner.md()
     )
-    assert await server.app.store.data_key(env) is None
-    fresh = Sealer(server.app.store, _wrapper(server))
-    await fresh.ready_for([(env, copy)])
-    with pytest.raises(Unavailable) as gone:
-        fresh.open(env, "content", copy)
-    assert gone.value.reason == key_unavailable("").reason
+    assert again.encryption_key.version == 3 and again.rewrapped_data_keys == 2
 
 
-def _wrapper(server: RunningServer) -> Any:
-    from memoryd.crypto.kek import KekProviders
+async def _key_rows(server: RunningServer) -> dict[str, tuple[str, bytes]]:
+    engine = server.app.store.engine
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(data_keys))).all()
+    return {r.environment_id: (r.key_id, bytes(r.wrapped)) for r in rows}
 
-    return KekProviders(LocalKeyFile(Path(server.app.settings.kek_file)), None)
+
+async def test_a_different_key_file_answers_unavailable_never_content(
+    servers: list[RunningServer], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    server = await start(servers, data)
+    client, _ = await data_client(server)
+    m = await remember(client, "the vault code is 4711")
+    await stop(server)
+    (data / "kek.key").rename(tmp_path / "kek.key.saved")  # a fresh key file is made
+    server = await start(servers, data)
+    client = server.client(client.key)
+    for call in (
+        get(client, m.id),
+        client.memory.SearchMemories(
+            memory_pb2.SearchMemoriesRequest(query="vault code"), metadata=client.md()
+        ),
+        client.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=client.md()),
+    ):
+        err = await refused(grpc.StatusCode.UNAVAILABLE, call)
+        assert reason_of(err) == REASON
+        assert "key file" in (err.details() or "") and "4711" not in (err.details() or "")
+    await stop(server)
+    # the original key file back: everything opens again
+    (tmp_path / "kek.key.saved").replace(data / "kek.key")
+    server = await start(servers, data)
+    assert (await get(server.client(client.key), m.id)).content == "the vault code is 4711"
+
+
+def test_a_key_file_others_can_read_or_not_a_key_file_refuses_to_start(tmp_path: Path) -> None:
+    import asyncio
+
+    loose = tmp_path / "loose.key"
+    loose.write_text("memoryd-kek-v1 " + "A" * 43 + "=\n")
+    os.chmod(loose, 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        asyncio.run(start_server(str(tmp_path / "d1"), kek_file=str(loose)))
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    os.chmod(garbage, 0o600)
+    with pytest.raises(KeyFileError, match="not a memoryd key file"):
+        asyncio.run(start_server(str(tmp_path / "d2"), kek_file=str(garbage)))
+    made = tmp_path / "d3" / "kek.key"
+    from memoryd.crypto.kek import LocalKeyFile
+
+    LocalKeyFile(made)
+    assert made.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.fixture
-def kms(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """moto's KMS server (a real HTTP endpoint speaking the AWS KMS API) on
-    a free port, with test credentials; yields (endpoint URL, boto3 client,
-    the server)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+def kms(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadedMotoServer, str]]:
+    """A real local AWS KMS endpoint (moto's server) on a free port."""
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_SESSION_TOKEN", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(name, value)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     host, port = moto.get_host_and_port()
-    url = f"http://{host}:{port}"
     try:
-        yield url, boto3.client("kms", endpoint_url=url, region_name="us-east-1"), moto
+        yield moto, f"http://{host}:{port}"
     finally:
-        with contextlib.suppress(Exception):  # the test may have stopped it
-            moto.stop()
+        moto.stop()
 
 
-async def test_an_organization_on_aws_kms(
-    make_server: MakeServer, tmp_path: Path, kms: Any
+async def test_aws_kms_key_wraps_data_keys_and_its_loss_is_unavailable(
+    servers: list[RunningServer], tmp_path: Path, kms: tuple[ThreadedMotoServer, str]
 ) -> None:
-    url, client_kms, moto = kms
-    key_id = client_kms.create_key(Description="memoryd test")["KeyMetadata"]["KeyId"]
-    data_dir = str(tmp_path / "data")
-    server = await make_server(data_dir, kms_endpoint_url=url)
+    moto, url = kms
+    key_id = boto3.client("kms", endpoint_url=url, region_name="us-east-1").create_key()[
+        "KeyMetadata"
+    ]["KeyId"]
+    data = tmp_path / "data"
+    options = {"kms_endpoint_url": url, "kms_timeout_s": 2.0}
+    server = await start(servers, data, **options)
     owner = server.owner
-    client = await client_of(server)
-    memory = await remember(client, "kept under KMS")
+    client, _ = await data_client(server)
+    m = await remember(client, "met Bob at the harbour")
 
-    # a key KMS does not have: refused, nothing changed
+    # a key KMS does not have: UNAVAILABLE, and nothing changed
     err = await refused(
         grpc.StatusCode.UNAVAILABLE,
         owner.admin.SetEncryptionKey(
-            admin_pb2.SetEncryptionKeyRequest(kek_ref="aws-kms:" + str(uuid.uuid4())),
+            admin_pb2.SetEncryptionKeyRequest(kek_ref="aws-kms:" + "0" * 8 + "-missing"),
             metadata=owner.md(),
         ),
     )
-    assert reason_of(err) == "ENCRYPTION_KEY_UNAVAILABLE"
-    assert "NotFoundException" in err.details()
-    unchanged = await owner.admin.GetEncryptionKey(
+    assert reason_of(err) == REASON and "AWS KMS refused" in (err.details() or "")
+    still = await owner.admin.GetEncryptionKey(
         admin_pb2.GetEncryptionKeyRequest(), metadata=owner.md()
     )
-    assert unchanged.kek_ref == "local"
+    assert (still.kek_ref, still.version) == ("local", 1)
 
-    moved = await owner.admin.SetEncryptionKey(
-        admin_pb2.SetEncryptionKeyRequest(kek_ref="aws-kms:" + key_id), metadata=owner.md()
+    changed = await owner.admin.SetEncryptionKey(
+        admin_pb2.SetEncryptionKeyRequest(kek_ref=f"aws-kms:{key_id}"), metadata=owner.md()
     )
-    assert (moved.kek_ref, moved.version, moved.data_keys) == ("aws-kms:" + key_id, 2, 1)
-    stored = next(iter(await server.app.store.org_data_keys(server.org_id)))
-    assert stored.kek_ref == "aws-kms:" + key_id and stored.wrapped.startswith(b"K1")
-    later = await client_of(server, "bo")  # a new environment: its key is made under KMS
-    fact = await remember(later, "made under KMS")
-    key, later_key = client.key, later.key
-    await server.stop()
+    assert changed.rewrapped_data_keys == 1
+    assert changed.encryption_key.kek_ref == f"aws-kms:{key_id}"
+    assert changed.encryption_key.version == 2
+    fresh, _ = await data_client(server, "fresh")  # a new environment: a KMS-wrapped key
+    await remember(fresh, "a new environment's first memory")
+    await stop(server)
 
-    # a new process unwraps through KMS
-    again = await make_server(data_dir, kms_endpoint_url=url, bootstrap_if_empty=False)
-    assert (await read(again.client(key, "ana"), memory.id)).content == "kept under KMS"
-    assert (await read(again.client(later_key, "bo"), fact.id)).content == "made under KMS"
-    await again.stop()
+    server = await start(servers, data, **options)  # no cached key: KMS unwraps
+    assert (await get(server.client(client.key), m.id)).content == "met Bob at the harbour"
+    await stop(server)
 
-    # KMS out of reach (moto does not enforce DisableKey, so the outage is
-    # the server stopped): UNAVAILABLE naming why, never the content
-    moto.stop()
-    cut_off = await make_server(
-        data_dir, kms_endpoint_url=url, kms_timeout_s=1.0, bootstrap_if_empty=False
+    moto.stop()  # the KMS is gone
+    server = await start(servers, data, **options)
+    err = await refused(grpc.StatusCode.UNAVAILABLE, get(server.client(client.key), m.id))
+    assert reason_of(err) == REASON
+    assert "AWS KMS could not be reached" in (err.details() or "")
+    assert "harbour" not in (err.details() or "")
+    newer, _ = await data_client(
+        server, "newer", server.client(owner.key)
+    )  # a new data key cannot be wrapped either
+    err = await refused(grpc.StatusCode.UNAVAILABLE, remember(newer, "nothing stored"))
+    assert reason_of(err) == REASON
+
+
+async def test_set_encryption_key_refuses_unknown_references(
+    servers: list[RunningServer], tmp_path: Path
+) -> None:
+    server = await start(servers, tmp_path / "data")
+    owner = server.owner
+    for bad in ("", "vault:transit/x", "aws-kms:", "aws-kms:" + "k" * 3000):
+        err = await refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            owner.admin.SetEncryptionKey(
+                admin_pb2.SetEncryptionKeyRequest(kek_ref=bad), metadata=owner.md()
+            ),
+        )
+        assert "kek_ref" in violations(err)
+
+
+async def test_erasing_an_environment_destroys_its_data_key(
+    servers: list[RunningServer], tmp_path: Path
+) -> None:
+    server = await start(servers, tmp_path / "data")
+    owner = server.owner
+    client, project = await data_client(server)
+    kept, _ = await data_client(server, "kept")
+    await remember(client, "to be shredded")
+    await remember(kept, "to be kept")
+    env_id = project.environments[0].id
+    assert env_id in await _key_rows(server)
+    # a delete keeps the data (and its key) restorable for the window ...
+    await owner.admin.DeleteEnvironment(
+        admin_pb2.DeleteEnvironmentRequest(id=env_id), metadata=owner.md()
     )
-    err = await refused(grpc.StatusCode.UNAVAILABLE, read(cut_off.client(key, "ana"), memory.id))
-    assert reason_of(err) == "ENCRYPTION_KEY_UNAVAILABLE"
-    assert "could not be reached" in err.details() and "kept under" not in err.details()
+    assert env_id in await _key_rows(server)
+    await owner.admin.UndeleteEnvironment(
+        admin_pb2.UndeleteEnvironmentRequest(id=env_id), metadata=owner.md()
+    )
+    # ... the purge (here at once: force) destroys the key with the content
+    await owner.admin.DeleteEnvironment(
+        admin_pb2.DeleteEnvironmentRequest(id=env_id, force=True), metadata=owner.md()
+    )
+    rows = await _key_rows(server)
+    assert env_id not in rows and len(rows) == 1
+    status = await owner.admin.GetEncryptionKey(
+        admin_pb2.GetEncryptionKeyRequest(), metadata=owner.md()
+    )
+    assert status.data_keys == 1
+
+
+async def test_key_state_is_confined_to_its_organization(
+    servers: list[RunningServer], tmp_path: Path
+) -> None:
+    server = await start(servers, tmp_path / "data")
+    a = server.owner
+    client, _ = await data_client(server)
+    await remember(client, "org a's memory")
+    b = await server.new_org("b")
+    b_status = await b.admin.GetEncryptionKey(admin_pb2.GetEncryptionKeyRequest(), metadata=b.md())
+    assert (b_status.data_keys, b_status.version) == (0, 1)
+    rotated = await b.admin.RotateEncryptionKey(
+        admin_pb2.RotateEncryptionKeyRequest(), metadata=b.md()
+    )
+    assert rotated.rewrapped_data_keys == 0
+    a_status = await a.admin.GetEncryptionKey(admin_pb2.GetEncryptionKeyRequest(), metadata=a.md())
+    assert (a_status.data_keys, a_status.version) == (1, 1)
+    assert (
+        await client.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=client.md())
+    ).memories

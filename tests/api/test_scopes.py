@@ -346,6 +346,22 @@ async def _list_holds(m: Matrix, c: Client) -> Any:
     return await c.admin.ListLegalHolds(admin_pb2.ListLegalHoldsRequest(), metadata=c.md())
 
 
+async def _get_kek(m: Matrix, c: Client) -> Any:
+    return await c.admin.GetEncryptionKey(admin_pb2.GetEncryptionKeyRequest(), metadata=c.md())
+
+
+async def _set_kek(m: Matrix, c: Client) -> Any:
+    return await c.admin.SetEncryptionKey(
+        admin_pb2.SetEncryptionKeyRequest(kek_ref="local"), metadata=c.md()
+    )
+
+
+async def _rotate_kek(m: Matrix, c: Client) -> Any:
+    return await c.admin.RotateEncryptionKey(
+        admin_pb2.RotateEncryptionKeyRequest(), metadata=c.md()
+    )
+
+
 # method → (the scope API.md requires, or None for any key; a valid call)
 METHODS: dict[str, tuple[str | None, Call]] = {
     "KeyService.CreateApiKey": ("keys:write", _create_key),
@@ -374,6 +390,9 @@ METHODS: dict[str, tuple[str | None, Call]] = {
     "AdminService.SetLegalHold": ("admin:write", _set_hold),
     "AdminService.ReleaseLegalHold": ("admin:write", _release_hold),
     "AdminService.ListLegalHolds": ("admin:read", _list_holds),
+    "AdminService.GetEncryptionKey": ("admin:read", _get_kek),
+    "AdminService.SetEncryptionKey": ("admin:write", _set_kek),
+    "AdminService.RotateEncryptionKey": ("admin:write", _rotate_kek),
 }
 
 

@@ -11,7 +11,7 @@ from memoryd.api import convert
 from memoryd.api.call import current_caller
 from memoryd.domain.audit import Auditor
 from memoryd.domain.control import AuditQuery, UsageRecord
-from memoryd.domain.encryption import EncryptionKeys, KeyStatus
+from memoryd.domain.encryption import EncryptionKeys, KeyStatus, Rewrapped
 from memoryd.domain.errors import InvalidArgument
 from memoryd.domain.holds import LegalHold, LegalHolds
 from memoryd.domain.projects import ProjectManager
@@ -41,14 +41,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         usage: UsageReport,
         prompts: PromptManager,
         holds: LegalHolds,
-        encryption: EncryptionKeys,
+        encryption_keys: EncryptionKeys,
     ) -> None:
         self._projects = projects
         self._audit = auditor
         self._usage = usage
         self._prompts = prompts
         self._holds = holds
-        self._encryption = encryption
+        self._keys = encryption_keys
 
     async def CreateProject(
         self, request: admin_pb2.CreateProjectRequest, context: Any
@@ -258,17 +258,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetEncryptionKey(
         self, request: admin_pb2.GetEncryptionKeyRequest, context: Any
     ) -> admin_pb2.EncryptionKey:
-        return _encryption_key(await self._encryption.get(current_caller()))
+        return _encryption_key(await self._keys.get(current_caller()))
 
     async def SetEncryptionKey(
         self, request: admin_pb2.SetEncryptionKeyRequest, context: Any
-    ) -> admin_pb2.EncryptionKey:
-        return _encryption_key(await self._encryption.set(current_caller(), request.kek_ref))
+    ) -> admin_pb2.RewrapEncryptionKeysResponse:
+        return _rewrapped(await self._keys.set(current_caller(), request.kek_ref))
 
     async def RotateEncryptionKey(
         self, request: admin_pb2.RotateEncryptionKeyRequest, context: Any
-    ) -> admin_pb2.EncryptionKey:
-        return _encryption_key(await self._encryption.rotate(current_caller()))
+    ) -> admin_pb2.RewrapEncryptionKeysResponse:
+        return _rewrapped(await self._keys.rotate(current_caller()))
+
+
+def _encryption_key(s: KeyStatus) -> admin_pb2.EncryptionKey:
+    return admin_pb2.EncryptionKey(
+        kek_ref=s.key.kek_ref,
+        version=s.key.version,
+        data_keys=s.data_keys,
+        stale_data_keys=s.stale_data_keys,
+        update_time=convert.ts(s.key.update_time),
+        encryption_enabled=s.encryption_enabled,
+    )
+
+
+def _rewrapped(r: Rewrapped) -> admin_pb2.RewrapEncryptionKeysResponse:
+    return admin_pb2.RewrapEncryptionKeysResponse(
+        encryption_key=_encryption_key(r.status), rewrapped_data_keys=r.rewrapped
+    )
 
 
 def _hold(h: LegalHold) -> admin_pb2.LegalHold:
@@ -290,15 +307,3 @@ def _date(value: str, field: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise InvalidArgument.field(field, "must be a date YYYY-MM-DD") from None
-
-
-def _encryption_key(status: KeyStatus) -> admin_pb2.EncryptionKey:
-    out = admin_pb2.EncryptionKey(
-        kek_ref=status.key.kek_ref,
-        version=status.key.version,
-        data_keys=status.data_keys,
-        encryption=status.encryption,
-    )
-    if status.key.update_time is not None:
-        out.update_time.FromDatetime(status.key.update_time)
-    return out

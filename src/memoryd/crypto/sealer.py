@@ -33,7 +33,7 @@ from memoryd.domain.encryption import (
     KeyWrapper,
     OrgKey,
     WrappedKey,
-    context,
+    data_key_context,
     key_unavailable,
 )
 
@@ -42,6 +42,9 @@ CLEAR = "\x1eclr:"
 _SEALED_B = SEALED.encode()
 _CLEAR_B = CLEAR.encode()
 _NONCE = 12
+
+
+context = data_key_context
 
 
 def is_sealed(value: object) -> bool:
@@ -68,7 +71,7 @@ class Sealer:
 
     @property
     def wrapper(self) -> KeyWrapper:
-        """The provider of the key-encryption keys."""
+        """The KEK providers the data keys are wrapped with."""
         return self._wrapper
 
     # --- keys ---------------------------------------------------------------
@@ -76,6 +79,8 @@ class Sealer:
     async def ready(self, envs: Iterable[EnvRef], *, create: bool) -> None:
         """Loads the data keys of `envs` (making them when `create` and
         sealing is on). Raises Unavailable when a KEK cannot unwrap one."""
+        if create and not self.enabled:
+            return  # nothing is sealed: writes need no key (and no store read)
         for env in envs:
             if env in self._keys:
                 self._keys.move_to_end(env)

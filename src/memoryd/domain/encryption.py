@@ -16,15 +16,14 @@ the vectors (they leak meaning) and the keyword vectors (hashed words).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from memoryd.domain.audit import Auditor
 from memoryd.domain.clock import Clock
-from memoryd.domain.errors import InvalidArgument, Unavailable
+from memoryd.domain.errors import FailedPrecondition, InvalidArgument, Unavailable
 from memoryd.domain.tenancy import Caller, Scope
 
 # The KEK of an organization that never attached one.
@@ -35,12 +34,6 @@ UNAVAILABLE_REASON = "ENCRYPTION_KEY_UNAVAILABLE"
 
 # (org_id, project_id, environment_id): what a data key belongs to.
 EnvRef = tuple[str, str, str]
-
-
-def context(env: EnvRef) -> str:
-    """How a data key's environment is named to its KEK (the KMS encryption
-    context, the local key's associated data) and in errors."""
-    return f"environment {env[0]}/{env[1]}/{env[2]}"
 
 
 def key_unavailable(message: str) -> Unavailable:
@@ -118,18 +111,49 @@ class DataKeyStore(Protocol):
         ...
 
 
+def wrong_kek(ref: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the key-encryption key {ref!r} could not be used; nothing was changed",
+        reason=UNAVAILABLE_REASON,
+    )
+
+
+def data_key_context(env: EnvRef) -> str:
+    """How a data key's environment is named to its KEK (and in errors)."""
+    return f"environment {env[0]}/{env[1]}/{env[2]}"
+
+
 @dataclass(frozen=True)
 class KeyStatus:
-    """What GetEncryptionKey shows: the organization's KEK and its reach."""
+    """GetEncryptionKey: the organization's KEK and its data keys."""
 
     key: OrgKey
     data_keys: int
-    encryption: bool
+    stale_data_keys: int
+    encryption_enabled: bool
+
+
+@dataclass(frozen=True)
+class Rewrapped:
+    """SetEncryptionKey and RotateEncryptionKey: the KEK after the change
+    and how many data keys were rewrapped with it."""
+
+    status: KeyStatus
+    rewrapped: int
 
 
 class EncryptionKeys:
-    """AdminService's encryption calls: an organization's KEK reference,
-    attached and rotated by rewrapping its data keys (never the content)."""
+    """GetEncryptionKey, SetEncryptionKey, RotateEncryptionKey (org keys).
+
+    A change first proves the new KEK wraps and unwraps (nothing is changed
+    when it cannot: UNAVAILABLE), then records it (data keys made from then
+    on are wrapped by it), then rewraps every older data key of the
+    organization in one transaction: each is unwrapped by the KEK that
+    wrapped it and wrapped again by the new one. Content is never touched.
+    Data keys still wrapped by an older local version stay readable (every
+    version of a local KEK can be derived again); rewrapping is idempotent,
+    so a change interrupted half-way is completed by running it again.
+    """
 
     def __init__(
         self,
@@ -138,61 +162,61 @@ class EncryptionKeys:
         auditor: Auditor,
         clock: Clock,
         *,
-        encryption: bool,
+        encryption_enabled: bool = True,
     ) -> None:
         self._store = store
         self._wrapper = wrapper
         self._audit = auditor
         self._clock = clock
-        self._encryption = encryption
+        self._enabled = encryption_enabled
 
     async def get(self, caller: Caller) -> KeyStatus:
         p = caller.admin(Scope.ADMIN_READ)
-        key = await self._store.org_key(p.org_id)
-        count = len(await self._store.org_data_keys(p.org_id))
-        return KeyStatus(key, count, self._encryption)
+        return await self._status(await self._store.org_key(p.org_id))
 
-    async def set(self, caller: Caller, kek_ref: str) -> KeyStatus:
-        async with self._audit.action(caller, "encryption_key.set", target=kek_ref) as ev:
+    async def set(self, caller: Caller, kek_ref: str) -> Rewrapped:
+        async with self._audit.action(caller, "encryption_key.set") as ev:
             p = caller.admin(Scope.ADMIN_WRITE)  # inside: refusals are audited too
-            ref = check_ref("kek_ref", kek_ref.strip())
-            old = await self._store.org_key(p.org_id)
-            new = OrgKey(p.org_id, ref, old.version + 1, self._clock.now())
-            status = await self._rewrap(new)
-            ev.details["data_keys"] = str(status.data_keys)
-            return status
+            ref = check_ref("kek_ref", kek_ref)
+            ev.details["kek_ref"] = ref
+            current = await self._store.org_key(p.org_id)
+            return await self._change(
+                OrgKey(p.org_id, ref, current.version + 1, self._clock.now()), ev.details
+            )
 
-    async def rotate(self, caller: Caller) -> KeyStatus:
+    async def rotate(self, caller: Caller) -> Rewrapped:
         async with self._audit.action(caller, "encryption_key.rotate") as ev:
             p = caller.admin(Scope.ADMIN_WRITE)
-            old = await self._store.org_key(p.org_id)
-            ev.target = old.kek_ref
-            new = replace(old, version=old.version + 1, update_time=self._clock.now())
-            status = await self._rewrap(new)
-            ev.details["data_keys"] = str(status.data_keys)
-            return status
+            current = await self._store.org_key(p.org_id)
+            ev.details["kek_ref"] = current.kek_ref
+            return await self._change(
+                OrgKey(p.org_id, current.kek_ref, current.version + 1, self._clock.now()),
+                ev.details,
+            )
 
-    async def _rewrap(self, new: OrgKey) -> KeyStatus:
-        """Tries `new` (a random key there and back), rewraps every data key
-        of its organization with it in one transaction, then records it. A
-        crash between the two leaves each data key naming the KEK that
-        wrapped it, so every one still opens."""
-        probe = os.urandom(32)
-        back = await self._wrapper.unwrap(
-            new, "a key check", await self._wrapper.wrap(new, "a key check", probe)
-        )
-        if back != probe:
-            raise key_unavailable(f"the key-encryption key {new.kek_ref!r} did not give back a key")
-        keys = await self._store.org_data_keys(new.org_id)
-        rewrapped = []
-        for k in keys:
-            clear = await self._wrapper.unwrap(
-                OrgKey(new.org_id, k.kek_ref, k.kek_version), context(k.env), k.wrapped
-            )
-            wrapped = await self._wrapper.wrap(new, context(k.env), clear)
-            rewrapped.append(
-                replace(k, wrapped=wrapped, kek_ref=new.kek_ref, kek_version=new.version)
-            )
-        await self._store.rewrap(rewrapped)
+    async def _change(self, new: OrgKey, details: dict[str, str]) -> Rewrapped:
+        probe = f"organization {new.org_id} key check"
+        secret = b"\0" * 32
+        if await self._wrapper.unwrap(new, probe, await self._wrapper.wrap(new, probe, secret)) != (
+            secret
+        ):
+            raise key_unavailable(f"the key-encryption key {new.kek_ref!r} does not round-trip")
         await self._store.set_org_key(new)
-        return KeyStatus(new, len(rewrapped), self._encryption)
+        rewrapped = []
+        for key in await self._store.org_data_keys(new.org_id):
+            if (key.kek_ref, key.kek_version) == (new.kek_ref, new.version):
+                continue
+            name = data_key_context(key.env)
+            old = OrgKey(new.org_id, key.kek_ref, key.kek_version)
+            clear = await self._wrapper.unwrap(old, name, key.wrapped)
+            wrapped = await self._wrapper.wrap(new, name, clear)
+            rewrapped.append(WrappedKey(key.env, key.key_id, wrapped, new.kek_ref, new.version))
+        await self._store.rewrap(rewrapped)
+        details["version"] = str(new.version)
+        details["rewrapped_data_keys"] = str(len(rewrapped))
+        return Rewrapped(await self._status(new), len(rewrapped))
+
+    async def _status(self, key: OrgKey) -> KeyStatus:
+        keys = await self._store.org_data_keys(key.org_id)
+        stale = sum((k.kek_ref, k.kek_version) != (key.kek_ref, key.version) for k in keys)
+        return KeyStatus(key, len(keys), stale, self._enabled)

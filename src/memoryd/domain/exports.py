@@ -151,8 +151,14 @@ class ExportWriter(Protocol):
 class ExportFiles(Protocol):
     """Where export files are kept, one directory per environment."""
 
-    async def writer(self, tenant: Tenant, export_id: str) -> ExportWriter:
-        """A new file for the export (starting over any earlier attempt's)."""
+    async def prepare(self, tenant: Tenant) -> None:
+        """Loads what writing the tenant's files needs (its data key when
+        files are sealed); raises Unavailable when it cannot be had."""
+        ...
+
+    def writer(self, tenant: Tenant, export_id: str) -> ExportWriter:
+        """A new file for the export (starting over any earlier attempt's);
+        `prepare` was awaited for the tenant."""
         ...
 
     def read(self, tenant: Tenant, export_id: str, offset: int) -> AsyncIterator[bytes]:
@@ -284,7 +290,8 @@ class ExportJob:
         request = ExportRequest.of(op)
         all_end_users = bool(json.loads(op.payload).get("all_end_users"))
         tenant = op.tenant.across_end_users() if all_end_users else op.tenant
-        writer = await self._files.writer(op.tenant, op.id)
+        await self._files.prepare(op.tenant)
+        writer = self._files.writer(op.tenant, op.id)
         count = written = 0
         try:
             records = self._memories.export_records(

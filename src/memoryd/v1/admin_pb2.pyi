@@ -14,18 +14,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EncryptionKey(_message.Message):
-    __slots__ = ("kek_ref", "version", "data_keys", "update_time", "encryption")
+    __slots__ = ("kek_ref", "version", "data_keys", "stale_data_keys", "update_time", "encryption_enabled")
     KEK_REF_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DATA_KEYS_FIELD_NUMBER: _ClassVar[int]
+    STALE_DATA_KEYS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
-    ENCRYPTION_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_ENABLED_FIELD_NUMBER: _ClassVar[int]
     kek_ref: str
     version: int
     data_keys: int
+    stale_data_keys: int
     update_time: _timestamp_pb2.Timestamp
-    encryption: bool
-    def __init__(self, kek_ref: _Optional[str] = ..., version: _Optional[int] = ..., data_keys: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encryption: _Optional[bool] = ...) -> None: ...
+    encryption_enabled: bool
+    def __init__(self, kek_ref: _Optional[str] = ..., version: _Optional[int] = ..., data_keys: _Optional[int] = ..., stale_data_keys: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encryption_enabled: _Optional[bool] = ...) -> None: ...
 
 class GetEncryptionKeyRequest(_message.Message):
     __slots__ = ()
@@ -40,6 +42,14 @@ class SetEncryptionKeyRequest(_message.Message):
 class RotateEncryptionKeyRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RewrapEncryptionKeysResponse(_message.Message):
+    __slots__ = ("encryption_key", "rewrapped_data_keys")
+    ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
+    REWRAPPED_DATA_KEYS_FIELD_NUMBER: _ClassVar[int]
+    encryption_key: EncryptionKey
+    rewrapped_data_keys: int
+    def __init__(self, encryption_key: _Optional[_Union[EncryptionKey, _Mapping]] = ..., rewrapped_data_keys: _Optional[int] = ...) -> None: ...
 
 class LegalHold(_message.Message):
     __slots__ = ("id", "project_id", "environment_id", "end_user_id", "reason", "created_by", "create_time")

@@ -146,12 +146,12 @@ class AdminServiceStub:
         self.SetEncryptionKey = channel.unary_unary(
                 '/memoryd.v1.AdminService/SetEncryptionKey',
                 request_serializer=memoryd_dot_v1_dot_admin__pb2.SetEncryptionKeyRequest.SerializeToString,
-                response_deserializer=memoryd_dot_v1_dot_admin__pb2.EncryptionKey.FromString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
                 _registered_method=True)
         self.RotateEncryptionKey = channel.unary_unary(
                 '/memoryd.v1.AdminService/RotateEncryptionKey',
                 request_serializer=memoryd_dot_v1_dot_admin__pb2.RotateEncryptionKeyRequest.SerializeToString,
-                response_deserializer=memoryd_dot_v1_dot_admin__pb2.EncryptionKey.FromString,
+                response_deserializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
                 _registered_method=True)
 
 
@@ -326,8 +326,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEncryptionKey(self, request, context):
-        """The organization's key-encryption key: which one wraps its data keys
-        (one per environment, which seal its content at rest). Scope:
+        """The organization's key-encryption key (KEK): its reference, version
+        and how many data keys it wraps. Never the key material. Scope:
         admin:read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -335,22 +335,20 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetEncryptionKey(self, request, context):
-        """Attaches a key-encryption key to the caller's organization ("local",
-        or "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
-        organization with it; content is not re-encrypted. The key is tried
-        first: one the server cannot use answers UNAVAILABLE (reason
-        ENCRYPTION_KEY_UNAVAILABLE) and changes nothing. Audited. Scope:
-        admin:write.
+        """Attaches a KEK reference to the caller's organization ("local", or
+        "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+        organization with it; the content is not re-encrypted. A KEK that
+        cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+        and changes nothing. Audited. Scope: admin:write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RotateEncryptionKey(self, request, context):
-        """Rewraps every data key of the organization with the next version of
-        its key-encryption key (a new derived key for "local"; for AWS KMS a
-        fresh encryption under the key, whose own rotation KMS manages).
-        Content is not re-encrypted. Audited. Scope: admin:write.
+        """Rotates the organization's KEK (a new version of the same reference)
+        and rewraps every data key of the organization with it; the content is
+        not re-encrypted. Audited. Scope: admin:write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -467,12 +465,12 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'SetEncryptionKey': grpc.unary_unary_rpc_method_handler(
                     servicer.SetEncryptionKey,
                     request_deserializer=memoryd_dot_v1_dot_admin__pb2.SetEncryptionKeyRequest.FromString,
-                    response_serializer=memoryd_dot_v1_dot_admin__pb2.EncryptionKey.SerializeToString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.SerializeToString,
             ),
             'RotateEncryptionKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateEncryptionKey,
                     request_deserializer=memoryd_dot_v1_dot_admin__pb2.RotateEncryptionKeyRequest.FromString,
-                    response_serializer=memoryd_dot_v1_dot_admin__pb2.EncryptionKey.SerializeToString,
+                    response_serializer=memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1071,7 +1069,7 @@ class AdminService:
             target,
             '/memoryd.v1.AdminService/SetEncryptionKey',
             memoryd_dot_v1_dot_admin__pb2.SetEncryptionKeyRequest.SerializeToString,
-            memoryd_dot_v1_dot_admin__pb2.EncryptionKey.FromString,
+            memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1098,7 +1096,7 @@ class AdminService:
             target,
             '/memoryd.v1.AdminService/RotateEncryptionKey',
             memoryd_dot_v1_dot_admin__pb2.RotateEncryptionKeyRequest.SerializeToString,
-            memoryd_dot_v1_dot_admin__pb2.EncryptionKey.FromString,
+            memoryd_dot_v1_dot_admin__pb2.RewrapEncryptionKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

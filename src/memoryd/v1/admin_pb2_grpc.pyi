@@ -113,23 +113,21 @@ class AdminServiceStub:
     ListLegalHolds: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]
     """Lists the organization's legal holds, by id. Scope: admin:read."""
     GetEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEncryptionKeyRequest, _admin_pb2.EncryptionKey]
-    """The organization's key-encryption key: which one wraps its data keys
-    (one per environment, which seal its content at rest). Scope:
+    """The organization's key-encryption key (KEK): its reference, version
+    and how many data keys it wraps. Never the key material. Scope:
     admin:read.
     """
-    SetEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.EncryptionKey]
-    """Attaches a key-encryption key to the caller's organization ("local",
-    or "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
-    organization with it; content is not re-encrypted. The key is tried
-    first: one the server cannot use answers UNAVAILABLE (reason
-    ENCRYPTION_KEY_UNAVAILABLE) and changes nothing. Audited. Scope:
-    admin:write.
+    SetEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]
+    """Attaches a KEK reference to the caller's organization ("local", or
+    "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+    organization with it; the content is not re-encrypted. A KEK that
+    cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+    and changes nothing. Audited. Scope: admin:write.
     """
-    RotateEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.EncryptionKey]
-    """Rewraps every data key of the organization with the next version of
-    its key-encryption key (a new derived key for "local"; for AWS KMS a
-    fresh encryption under the key, whose own rotation KMS manages).
-    Content is not re-encrypted. Audited. Scope: admin:write.
+    RotateEncryptionKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]
+    """Rotates the organization's KEK (a new version of the same reference)
+    and rewraps every data key of the organization with it; the content is
+    not re-encrypted. Audited. Scope: admin:write.
     """
 
 @_typing.type_check_only
@@ -216,23 +214,21 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListLegalHolds: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLegalHoldsRequest, _admin_pb2.ListLegalHoldsResponse]  # type: ignore[assignment]
     """Lists the organization's legal holds, by id. Scope: admin:read."""
     GetEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEncryptionKeyRequest, _admin_pb2.EncryptionKey]  # type: ignore[assignment]
-    """The organization's key-encryption key: which one wraps its data keys
-    (one per environment, which seal its content at rest). Scope:
+    """The organization's key-encryption key (KEK): its reference, version
+    and how many data keys it wraps. Never the key material. Scope:
     admin:read.
     """
-    SetEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.EncryptionKey]  # type: ignore[assignment]
-    """Attaches a key-encryption key to the caller's organization ("local",
-    or "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
-    organization with it; content is not re-encrypted. The key is tried
-    first: one the server cannot use answers UNAVAILABLE (reason
-    ENCRYPTION_KEY_UNAVAILABLE) and changes nothing. Audited. Scope:
-    admin:write.
+    SetEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]  # type: ignore[assignment]
+    """Attaches a KEK reference to the caller's organization ("local", or
+    "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+    organization with it; the content is not re-encrypted. A KEK that
+    cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+    and changes nothing. Audited. Scope: admin:write.
     """
-    RotateEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.EncryptionKey]  # type: ignore[assignment]
-    """Rewraps every data key of the organization with the next version of
-    its key-encryption key (a new derived key for "local"; for AWS KMS a
-    fresh encryption under the key, whose own rotation KMS manages).
-    Content is not re-encrypted. Audited. Scope: admin:write.
+    RotateEncryptionKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateEncryptionKeyRequest, _admin_pb2.RewrapEncryptionKeysResponse]  # type: ignore[assignment]
+    """Rotates the organization's KEK (a new version of the same reference)
+    and rewraps every data key of the organization with it; the content is
+    not re-encrypted. Audited. Scope: admin:write.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -442,8 +438,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetEncryptionKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.EncryptionKey, _abc.Awaitable[_admin_pb2.EncryptionKey]]:
-        """The organization's key-encryption key: which one wraps its data keys
-        (one per environment, which seal its content at rest). Scope:
+        """The organization's key-encryption key (KEK): its reference, version
+        and how many data keys it wraps. Never the key material. Scope:
         admin:read.
         """
 
@@ -452,13 +448,12 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.SetEncryptionKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.EncryptionKey, _abc.Awaitable[_admin_pb2.EncryptionKey]]:
-        """Attaches a key-encryption key to the caller's organization ("local",
-        or "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
-        organization with it; content is not re-encrypted. The key is tried
-        first: one the server cannot use answers UNAVAILABLE (reason
-        ENCRYPTION_KEY_UNAVAILABLE) and changes nothing. Audited. Scope:
-        admin:write.
+    ) -> _typing.Union[_admin_pb2.RewrapEncryptionKeysResponse, _abc.Awaitable[_admin_pb2.RewrapEncryptionKeysResponse]]:
+        """Attaches a KEK reference to the caller's organization ("local", or
+        "aws-kms:<key id, ARN or alias>") and rewraps every data key of the
+        organization with it; the content is not re-encrypted. A KEK that
+        cannot be used answers UNAVAILABLE (reason ENCRYPTION_KEY_UNAVAILABLE)
+        and changes nothing. Audited. Scope: admin:write.
         """
 
     @_abc_1.abstractmethod
@@ -466,11 +461,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.RotateEncryptionKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.EncryptionKey, _abc.Awaitable[_admin_pb2.EncryptionKey]]:
-        """Rewraps every data key of the organization with the next version of
-        its key-encryption key (a new derived key for "local"; for AWS KMS a
-        fresh encryption under the key, whose own rotation KMS manages).
-        Content is not re-encrypted. Audited. Scope: admin:write.
+    ) -> _typing.Union[_admin_pb2.RewrapEncryptionKeysResponse, _abc.Awaitable[_admin_pb2.RewrapEncryptionKeysResponse]]:
+        """Rotates the organization's KEK (a new version of the same reference)
+        and rewraps every data key of the organization with it; the content is
+        not re-encrypted. Audited. Scope: admin:write.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
