@@ -373,21 +373,69 @@ async def memory_suite(
 
             return call
 
+        # Server CPU per call (server process and the vector engine's child,
+        # from /proc): 500 sequential calls, each question asked once (so no
+        # cache of query embeddings helps), then with client vectors.
+        asked = {f.question for f in q_facts}
+        fresh = [f for f in facts if f.question not in asked][:: max(1, len(facts) // 500)][:500]
+
+        async def sequential(make: Callable[[int], Awaitable[Any]], n: int) -> tuple[float, float]:
+            cpu, t0 = server.cpu_seconds(), time.perf_counter()
+            for i in range(n):
+                await make(i)
+            return (
+                (server.cpu_seconds() - cpu) / n * 1000,
+                (time.perf_counter() - t0) / n * 1000,
+            )
+
+        def fresh_text(i: int) -> Awaitable[Any]:
+            fact = fresh[i % len(fresh)]
+            return mem.SearchMemories(
+                memory_pb2.SearchMemoriesRequest(query=fact.question, top_k=5),
+                metadata=md(fact.tenant),
+            )
+
+        def by_vector(i: int) -> Awaitable[Any]:
+            j = i % len(q_facts)
+            req = request(memory_pb2.SEMANTIC, j, 5)
+            return mem.SearchMemories(req, metadata=md(q_facts[j].tenant))
+
+        for label, make in (
+            ("server-embedded query, each asked once", fresh_text),
+            ("client vector (SEMANTIC)", by_vector),
+        ):
+            cpu_ms, wall_ms = await sequential(make, len(fresh))
+            lines.append(
+                f"Search, {label}, {len(fresh)} sequential calls: server CPU "
+                f"{cpu_ms:.2f} ms/call, wall {wall_ms:.2f} ms/call"
+            )
+
+        cpu = server.cpu_seconds()
         text: Result = await drive(
             f"Search, server-embedded query ({settings.search_default_mode}), 4 clients",
             by_text,
             seconds,
             4,
         )
-        lines.append(text.line())
+        text_cpu = (server.cpu_seconds() - cpu) / max(text.calls + text.errors + 20, 1) * 1000
+        lines.append(
+            f"{text.line()}   server CPU {text_cpu:.2f} ms/call "
+            f"({len(q_facts)} questions drawn at random, so most repeat)"
+        )
         # the modes take turns, twice (S H K, then K H S), and each one's
         # figures pool both turns
         turns: dict[str, list[Result]] = {name: [] for name in _MODES}
+        cpu_of: dict[str, float] = {name: 0.0 for name in _MODES}
         for order in (list(_MODES), list(reversed(_MODES))):
             for name in order:
-                turns[name].append(await drive(name, in_mode(_MODES[name]), seconds / 2, 4))
+                cpu = server.cpu_seconds()
+                result = await drive(name, in_mode(_MODES[name]), seconds / 2, 4)
+                cpu_of[name] += server.cpu_seconds() - cpu
+                turns[name].append(result)
         by_mode = {name: _pooled(_LABELS[name], results) for name, results in turns.items()}
-        lines += [r.line() for r in by_mode.values()]
+        for name, r in by_mode.items():
+            per_call = cpu_of[name] / max(r.calls + r.errors + 40, 1) * 1000  # 2 x 20 warm-up
+            lines.append(f"{r.line()}   server CPU {per_call:.2f} ms/call")
         semantic, hybrid = by_mode["SEMANTIC"], by_mode["HYBRID"]
         lines.append(
             f"HYBRID - SEMANTIC: p50 {hybrid.pct(0.5) - semantic.pct(0.5):+.2f} ms, "
