@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import random
 import subprocess
 import sys
@@ -373,21 +374,82 @@ async def memory_suite(
 
             return call
 
+        # Server CPU per call (server process and the vector engine's child,
+        # from /proc): 500 sequential calls with a query text never asked
+        # before (the corpus has few distinct questions, so each gets a
+        # numbered suffix; no cache of query vectors helps), then with client
+        # vectors.
+        asked = itertools.count()
+
+        def fresh_request(i: int) -> memory_pb2.SearchMemoriesRequest:
+            text = f"{questions[i]} (case {next(asked)})"
+            return memory_pb2.SearchMemoriesRequest(query=text, top_k=5)
+
+        async def sequential(make: Callable[[int], Awaitable[Any]], n: int) -> tuple[float, float]:
+            cpu, t0 = server.cpu_seconds(), time.perf_counter()
+            for i in range(n):
+                await make(i)
+            return (
+                (server.cpu_seconds() - cpu) / n * 1000,
+                (time.perf_counter() - t0) / n * 1000,
+            )
+
+        def fresh_text(i: int) -> Awaitable[Any]:
+            j = i % len(q_facts)
+            return mem.SearchMemories(fresh_request(j), metadata=md(q_facts[j].tenant))
+
+        def by_vector(i: int) -> Awaitable[Any]:
+            j = i % len(q_facts)
+            req = request(memory_pb2.SEMANTIC, j, 5)
+            return mem.SearchMemories(req, metadata=md(q_facts[j].tenant))
+
+        for label, make in (
+            ("server-embedded query, each text new", fresh_text),
+            ("client vector (SEMANTIC)", by_vector),
+        ):
+            cpu_ms, wall_ms = await sequential(make, 500)
+            lines.append(
+                f"Search, {label}, 500 sequential calls: server CPU "
+                f"{cpu_ms:.2f} ms/call, wall {wall_ms:.2f} ms/call"
+            )
+
+        cpu = server.cpu_seconds()
         text: Result = await drive(
             f"Search, server-embedded query ({settings.search_default_mode}), 4 clients",
             by_text,
             seconds,
             4,
         )
-        lines.append(text.line())
+        text_cpu = (server.cpu_seconds() - cpu) / max(text.calls + text.errors + 20, 1) * 1000
+        lines.append(
+            f"{text.line()}   server CPU {text_cpu:.2f} ms/call "
+            f"({len(q_facts)} questions drawn at random, so most repeat)"
+        )
+
+        async def fresh_by_text() -> Any:
+            i = rng.randrange(len(q_facts))
+            return await mem.SearchMemories(fresh_request(i), metadata=md(q_facts[i].tenant))
+
+        cpu = server.cpu_seconds()
+        fresh: Result = await drive(
+            "Search, server-embedded query, each text new, 4 clients", fresh_by_text, seconds, 4
+        )
+        fresh_cpu = (server.cpu_seconds() - cpu) / max(fresh.calls + fresh.errors + 20, 1) * 1000
+        lines.append(f"{fresh.line()}   server CPU {fresh_cpu:.2f} ms/call")
         # the modes take turns, twice (S H K, then K H S), and each one's
         # figures pool both turns
         turns: dict[str, list[Result]] = {name: [] for name in _MODES}
+        cpu_of: dict[str, float] = {name: 0.0 for name in _MODES}
         for order in (list(_MODES), list(reversed(_MODES))):
             for name in order:
-                turns[name].append(await drive(name, in_mode(_MODES[name]), seconds / 2, 4))
+                cpu = server.cpu_seconds()
+                result = await drive(name, in_mode(_MODES[name]), seconds / 2, 4)
+                cpu_of[name] += server.cpu_seconds() - cpu
+                turns[name].append(result)
         by_mode = {name: _pooled(_LABELS[name], results) for name, results in turns.items()}
-        lines += [r.line() for r in by_mode.values()]
+        for name, r in by_mode.items():
+            per_call = cpu_of[name] / max(r.calls + r.errors + 40, 1) * 1000  # 2 x 20 warm-up
+            lines.append(f"{r.line()}   server CPU {per_call:.2f} ms/call")
         semantic, hybrid = by_mode["SEMANTIC"], by_mode["HYBRID"]
         lines.append(
             f"HYBRID - SEMANTIC: p50 {hybrid.pct(0.5) - semantic.pct(0.5):+.2f} ms, "

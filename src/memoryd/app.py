@@ -504,6 +504,7 @@ async def _embedder(
             batch_texts=settings.embedding_batch_texts,
             batch_chars=settings.embedding_batch_chars,
             queued_texts=settings.embedding_queue_texts,
+            cache_size=settings.embedding_cache_size,
         )
     _on_close(stack, embedder.close)
     return embedder

@@ -250,6 +250,11 @@ class Settings:
     )
     embedding_dimension: int = _setting(384, "Vector dimension (must match the model).")
     embedding_threads: int = _setting(2, "Threads of the local model.")
+    embedding_cache_size: int = _setting(
+        4096,
+        "Search query vectors kept per server (LRU, about 3 KiB each), keyed by organization "
+        "and exact query text, so a repeated query skips the model; 0 turns it off.",
+    )
     embedding_timeout_s: float = _setting(10.0, "Timeout of one remote embedding call.")
     openai_base_url: str = _setting(
         "https://api.openai.com/v1", "Base URL of the embeddings endpoint."

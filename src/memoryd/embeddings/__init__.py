@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from memoryd.domain.memory import Embedder
 from memoryd.embeddings.batcher import MicroBatcher
+from memoryd.embeddings.cache import CachingEmbedder
 from memoryd.embeddings.fastembed_local import (
     DEFAULT_DIMENSION,
     DEFAULT_MODEL,
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_DIMENSION",
     "DEFAULT_MODEL",
     "PROVIDERS",
+    "CachingEmbedder",
     "FastEmbedEmbedder",
     "HashingEmbedder",
     "MicroBatcher",
@@ -52,6 +54,7 @@ def build_embedder(
     batch_texts: int = 64,
     batch_chars: int = 16384,
     queued_texts: int = 4096,
+    cache_size: int = 0,
 ) -> Embedder:
     """The embedder for `provider` (one of `PROVIDERS`).
 
@@ -67,6 +70,40 @@ def build_embedder(
     dimension that the model does not make, or a bad setting.
     `fastembed` loads its model here, so call this at start-up.
     """
+    embedder = _provider(
+        provider,
+        model_dir=model_dir,
+        dimension=dimension,
+        openai_base_url=openai_base_url,
+        openai_api_key=openai_api_key,
+        openai_model=openai_model,
+        timeout_s=timeout_s,
+        threads=threads,
+        batch_texts=batch_texts,
+        batch_chars=batch_chars,
+        queued_texts=queued_texts,
+    )
+    if cache_size < 0:
+        raise ValueError(f"the embedding cache size must not be negative, got {cache_size}")
+    if cache_size == 0 or isinstance(embedder, NoEmbedder):
+        return embedder
+    return CachingEmbedder(embedder, cache_size)
+
+
+def _provider(
+    provider: str,
+    *,
+    model_dir: str,
+    dimension: int,
+    openai_base_url: str,
+    openai_api_key: str,
+    openai_model: str,
+    timeout_s: float,
+    threads: int,
+    batch_texts: int,
+    batch_chars: int,
+    queued_texts: int,
+) -> Embedder:
     name = provider.strip().lower()
     if name == "fastembed":
         return FastEmbedEmbedder(
