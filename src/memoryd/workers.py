@@ -40,15 +40,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from memoryd.config import Settings, env_name, setting_fields
+from memoryd.storage.vectors.edge_backends import start_host
 
 log = logging.getLogger("memoryd.workers")
 
 _QUICK_DEATH_S = 10.0
 _QUICK_DEATHS = 3
-_HOST_BOOT = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
-    "from memoryd.storage.vectors.edge_child import main; sys.exit(main(sys.argv))"
-)
 _WORKER_BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
     "from memoryd.cli import main; sys.exit(main(['serve']))"
@@ -99,26 +96,8 @@ class Supervisor:
     # --- start ----------------------------------------------------------------
 
     async def _start_hosts(self) -> None:
-        level = logging.getLevelName(logging.getLogger("memoryd").getEffectiveLevel())
         for name in _STORES:
-            path = self._dir / f"{name}.sock"
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                _HOST_BOOT,
-                json.dumps(sys.path),
-                "--host",
-                str(path),
-                str(os.getpid()),
-                str(level),
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-            self._hosts.append(proc)
-            deadline = time.monotonic() + 30
-            while not path.exists():
-                if proc.returncode is not None or time.monotonic() > deadline:
-                    raise OSError(f"the engine host for {name} did not start")
-                await asyncio.sleep(0.02)
+            self._hosts.append(await start_host(str(self._dir / f"{name}.sock")))
 
     def _reserve_port(self) -> None:
         """Binds (without listening) the gRPC port with SO_REUSEPORT: port 0

@@ -213,6 +213,32 @@ class ChildBackend:
             await self._reading
 
 
+async def start_host(socket_path: str) -> asyncio.subprocess.Process:
+    """Starts the shared engine host (`edge_child.host`) on `socket_path`
+    and returns once it listens. It exits on SIGTERM (closing the engine)
+    or when this process dies; OSError when it does not start."""
+    level = logging.getLevelName(logging.getLogger("memoryd").getEffectiveLevel())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _BOOT,
+        json.dumps(sys.path),
+        "--host",
+        socket_path,
+        str(os.getpid()),
+        str(level),
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await asyncio.to_thread(os.path.exists, socket_path):
+        if proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise OSError(f"the vector engine host for {socket_path} did not start")
+        await asyncio.sleep(0.02)
+    return proc
+
+
 class HostBackend:
     """A connection to the engine host that a `memoryd serve --workers N`
     parent runs for its workers (`edge_child.host`): the same protocol as

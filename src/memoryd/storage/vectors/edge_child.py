@@ -186,15 +186,17 @@ def host(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s",
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     _die_with_parent(parent_pid)
     shared = SharedEngine()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # bound and listening before the path appears: a client never finds it refusing
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    listener.bind(path)
+        os.unlink(path + ".new")
+    listener.bind(path + ".new")
     listener.listen(64)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    os.replace(path + ".new", path)
 
     def accept() -> None:
         with contextlib.suppress(OSError):
