@@ -67,7 +67,7 @@ def test_every_setting_is_read_from_its_variable(name: str) -> None:
 def test_workers_are_read_and_need_redis() -> None:
     redis = {env_name("redis_url"): "redis://127.0.0.1:6379/0"}
     assert Settings.load(environ={env_name("workers"): "4", **redis}).workers == 4
-    with pytest.raises(ConfigError, match="MEMORYD_WORKERS.*MEMORYD_REDIS_URL"):
+    with pytest.raises(ConfigError, match=r"MEMORYD_WORKERS.*MEMORYD_REDIS_URL"):
         Settings.load(environ={env_name("workers"): "2"})
     with pytest.raises(ConfigError, match="MEMORYD_WORKERS"):
         Settings.load(environ={env_name("workers"): "0", **redis})
