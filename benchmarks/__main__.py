@@ -19,6 +19,7 @@ from benchmarks.erasure import run_erasure
 from benchmarks.knowledge import knowledge_suite
 from benchmarks.mcp import mcp_suite
 from benchmarks.memory import memory_suite
+from benchmarks.scale import scale_suite
 from benchmarks.watch import run_watch
 from benchmarks.webhooks import run_webhooks
 from benchmarks.writes import writes_suite
@@ -43,8 +44,15 @@ def _parser() -> argparse.ArgumentParser:
         default="auth,auth-redis,memory,conversations,watch,webhooks",
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
         "conversations, watch, webhooks, writes, mcp (MCP search_memories against gRPC "
-        "SearchMemories), knowledge (ingest and SearchKnowledge), erasure (default: all but "
-        "writes, mcp, knowledge and erasure)",
+        "SearchMemories), knowledge (ingest and SearchKnowledge), erasure, scale "
+        "(client-vector search on a large store; --workers and --server-cpus apply) "
+        "(default: all but "
+        "writes, mcp, knowledge, erasure and scale)",
+    )
+    parser.add_argument(
+        "--server-cpus",
+        default="",
+        help="scale suite: pin the server to these cores (taskset -c list, e.g. 0 or 0,1)",
     )
     parser.add_argument(
         "--memories", type=int, default=100_000, help="memory and writes suites: corpus size"
@@ -112,6 +120,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     for suite in suites:
         if suite in AUTH_SUITES:
             await run_auth(settings, suite, args.seconds, args.concurrency)
+        elif suite == "scale":
+            lines = await scale_suite(
+                settings, args.memories, args.tenants, args.seconds, args.server_cpus
+            )
+            print("\n".join(lines), flush=True)
         elif suite == "memory":
             for line in await memory_suite(settings, args.memories, args.tenants, args.seconds):
                 print(line, flush=True)

@@ -78,9 +78,13 @@ def percentile(values: list[float], q: float) -> float:
 class ServerProcess:
     """`memoryd serve` in a subprocess, on a free port."""
 
-    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, extra_env: dict[str, str] | None = None, cpus: str = ""
+    ) -> None:
         self._settings = settings
         self._env = extra_env or {}
+        # `taskset -c` list for the server (its engine processes included)
+        self.cpus = cpus
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
@@ -110,7 +114,7 @@ class ServerProcess:
         self.env = env
         exe = Path(sys.executable).with_name("memoryd")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not per call
-            [str(exe), "serve"],
+            [*self.command_prefix(), str(exe), "serve"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -132,6 +136,9 @@ class ServerProcess:
         # Keep draining the pipe so the server never blocks on a full one.
         asyncio.get_running_loop().run_in_executor(None, self._drain)
         return self
+
+    def command_prefix(self) -> list[str]:
+        return ["taskset", "-c", self.cpus] if self.cpus else []
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

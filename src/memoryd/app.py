@@ -590,7 +590,16 @@ def _vector_store(
         process=settings.vector_engine_process,
         tuning=tuning,
         sealer=sealer,
+        engine_socket=engine_socket(settings, name),
     )
+
+
+def engine_socket(settings: Settings, name: str) -> str:
+    """The Unix socket of the shared engine of store `name` (a worker of
+    `serve --workers N`), or "" (this process runs its own)."""
+    if not settings.engine_socket_dir:
+        return ""
+    return str(Path(settings.engine_socket_dir) / f"{name}.sock")
 
 
 def qdrant_client(settings: Settings) -> Any:

@@ -270,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings)
     if args.command == "serve":
+        if settings.workers > 1:
+            from memoryd.workers import serve_workers
+
+            return asyncio.run(serve_workers(settings))
         return asyncio.run(_serve(settings))
     if args.command == "bootstrap":
         return asyncio.run(_bootstrap(settings, args.org_name, args.new_owner_key))

@@ -179,6 +179,19 @@ class Settings:
         "answering). Off: the engine runs on a thread of the server (no child process; a hung "
         "disk then freezes the whole server).",
     )
+    workers: int = _setting(
+        1,
+        "Server processes sharing the gRPC port (SO_REUSEPORT), one per core. 1: one process, "
+        "as before. More: a parent supervises N workers (restarting one that dies) and, for "
+        "the embedded store, hosts the Qdrant Edge engine that they share; needs "
+        "MEMORYD_REDIS_URL (rate limits, usage and key revocation must hold across workers). "
+        "Only the first worker serves the MCP and metrics ports.",
+    )
+    engine_socket_dir: str = _setting(
+        "",
+        "Set by `serve --workers N` for its workers, not by hand: the directory of the Unix "
+        "sockets of the shared embedded engines (empty: this process runs its own).",
+    )
     # --- encryption at rest ---
     encryption: bool = _setting(
         True,
@@ -626,6 +639,14 @@ class Settings:
             raise bad("mcp_port", f"must be empty (off) or a port number 0..65535, got {mcp!r}")
         if self.deletion_retention_days > 3650:
             raise bad("deletion_retention_days", "must be at most 3650 days")
+        if not 1 <= self.workers <= 64:
+            raise bad("workers", f"must be 1..64, got {self.workers}")
+        if self.workers > 1 and not self.redis_url:
+            raise bad(
+                "workers",
+                "more than one worker needs MEMORYD_REDIS_URL: rate limits, usage and key "
+                "revocation are per process without it",
+            )
         if self.mcp_add_messages_wait_s > 60:
             raise bad("mcp_add_messages_wait_s", "must be at most 60 seconds")
         for name in _POSITIVE:

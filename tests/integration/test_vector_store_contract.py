@@ -20,12 +20,14 @@ opens, and read exactly as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import random
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -60,6 +62,7 @@ from memoryd.domain.memory import (
 )
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.vectors.edge import SHARD, EdgeVectorStore
+from memoryd.storage.vectors.edge_backends import start_host
 from memoryd.storage.vectors.layout import LAYOUT, NO_EXPIRY, to_micros
 from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.qdrant import QdrantVectorStore, collection_name
@@ -142,9 +145,16 @@ def process(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-@pytest.fixture(params=["edge", "edge-process", "qdrant"])
+@pytest.fixture(params=["edge", "edge-process", "edge-shared", "qdrant"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s: Store
+    if request.param == "edge-shared":  # the engine host of `serve --workers N`
+        async with shared_engine() as socket_path:
+            s = EdgeVectorStore(tmp_path / "vectors", engine_socket=socket_path)
+            await s.open(MODEL, DIM)
+            yield s
+            await s.close()
+        return
     if request.param.startswith("edge"):
         s = EdgeVectorStore(tmp_path / "vectors", process=request.param == "edge-process")
     else:
@@ -152,6 +162,35 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.open(MODEL, DIM)
     yield s
     await s.close()
+
+
+@contextlib.asynccontextmanager
+async def shared_engine() -> AsyncIterator[str]:
+    """A running engine host (`serve --workers N`'s), on a short socket path."""
+    with tempfile.TemporaryDirectory(prefix="mdh-") as d:
+        path = os.path.join(d, "vectors.sock")
+        host = await start_host(path)
+        try:
+            yield path
+        finally:
+            host.terminate()
+            assert await host.wait() == 0
+
+
+async def test_workers_sharing_an_engine_see_each_others_writes(tmp_path: Path) -> None:
+    """Two connections to one host (two workers): a write through one is read
+    through the other, and one closing leaves the engine open for the other."""
+    async with shared_engine() as socket_path:
+        one = await open_edge(tmp_path / "v", engine_socket=socket_path)
+        two = await open_edge(tmp_path / "v", engine_socket=socket_path)
+        rec = record(A_USER1)
+        await one.upsert(A_USER1, [rec])
+        assert ids(await two.get(A_USER1, [rec.id], NOW)) == {rec.id}
+        assert await two.get(OTHER_ORG, [rec.id], NOW) == []  # tenancy still holds
+        await one.close()
+        await two.delete(A_USER1, [rec.id])
+        assert await two.get(A_USER1, [rec.id], NOW) == []
+        await two.close()
 
 
 async def all_pages(store: Store, tenant: Tenant, flt: Filter, size: int) -> list[MemoryRecord]:

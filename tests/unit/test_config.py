@@ -52,7 +52,7 @@ def test_the_setting_names_are_what_the_docs_show() -> None:
         assert f.metadata["help"], f.name
 
 
-@pytest.mark.parametrize("name", [n for n in FIELDS if n not in TLS])
+@pytest.mark.parametrize("name", [n for n in FIELDS if n not in (*TLS, "workers")])
 def test_every_setting_is_read_from_its_variable(name: str) -> None:
     raw, expected = _other_value(FIELDS[name])
     assert expected != FIELDS[name].default
@@ -62,6 +62,15 @@ def test_every_setting_is_read_from_its_variable(name: str) -> None:
     for other, f in FIELDS.items():
         if other != name:
             assert getattr(settings, other) == f.default, other
+
+
+def test_workers_are_read_and_need_redis() -> None:
+    redis = {env_name("redis_url"): "redis://127.0.0.1:6379/0"}
+    assert Settings.load(environ={env_name("workers"): "4", **redis}).workers == 4
+    with pytest.raises(ConfigError, match=r"MEMORYD_WORKERS.*MEMORYD_REDIS_URL"):
+        Settings.load(environ={env_name("workers"): "2"})
+    with pytest.raises(ConfigError, match="MEMORYD_WORKERS"):
+        Settings.load(environ={env_name("workers"): "0", **redis})
 
 
 def test_tls_settings_are_read_together(tmp_path: Path) -> None:

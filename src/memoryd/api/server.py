@@ -54,7 +54,7 @@ def listen(server: aio.Server, settings: Settings) -> int:
     address. The port is tried with a plain socket first: gRPC's own failure
     is a generic RuntimeError plus a log line of its C core on stderr."""
     address = f"{settings.host}:{settings.port}"
-    if settings.port:
+    if settings.port and not settings.engine_socket_dir:  # a worker shares the port
         _check_port_free(settings.host, settings.port)
     try:
         if settings.tls_enabled:
@@ -100,7 +100,9 @@ def _options(s: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ("grpc.so_reuseport", 0),
+        # the workers of `serve --workers N` share the port; one server alone
+        # must not silently share it with another
+        ("grpc.so_reuseport", 1 if s.engine_socket_dir else 0),
     ]
     if s.max_connection_age_s > 0:
         opts.append(("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)))

@@ -75,7 +75,13 @@ from typing import Any, cast
 from memoryd.crypto.sealer import Sealer
 from memoryd.domain.errors import FailedPrecondition, Unavailable
 from memoryd.storage.vectors import ranking as rk
-from memoryd.storage.vectors.edge_backends import Backend, ChildBackend, ThreadBackend, crashed
+from memoryd.storage.vectors.edge_backends import (
+    Backend,
+    ChildBackend,
+    HostBackend,
+    ThreadBackend,
+    crashed,
+)
 from memoryd.storage.vectors.edge_engine import (
     LOCK,
     MARKER,
@@ -109,6 +115,9 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
     bounds the wait for one engine call and `on_change` is told when a call
     gets stuck or comes back. `process`: run the engine in a child process
     that owns the shard rather than on a thread (see the module docstring).
+    `engine_socket`: instead, use the engine that the parent of
+    `memoryd serve --workers N` hosts on this Unix socket, shared with the
+    other workers.
     `tuning`: how searches fuse and how many candidates they weigh.
     """
 
@@ -125,8 +134,14 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         process: bool = False,
         tuning: rk.Tuning | None = None,
         sealer: Sealer | None = None,
+        engine_socket: str = "",
     ) -> None:
         super().__init__(tuning, sealer)
+        # shared with the other workers of `serve --workers N`: the write
+        # lock below no longer covers every writer, so a guarded write is
+        # checked again afterwards, as with a Qdrant server
+        self._engine_socket = engine_socket
+        self._recheck_owners = bool(engine_socket)
         self._path = Path(path)
         self._engine_kwargs: dict[str, Any] = {
             "path": str(self._path),
@@ -180,7 +195,9 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
     async def _started(self, model_id: str, dimension: int) -> Backend:
         """A new backend with the shard open."""
         backend: Backend
-        if self._process:
+        if self._engine_socket:
+            backend = await HostBackend.connect(self._engine_socket, self._engine_kwargs)
+        elif self._process:
             backend = await ChildBackend.start(self._engine_kwargs)
         else:
             backend = ThreadBackend(EdgeEngine(**self._engine_kwargs))

@@ -213,6 +213,110 @@ class ChildBackend:
             await self._reading
 
 
+async def start_host(socket_path: str) -> asyncio.subprocess.Process:
+    """Starts the shared engine host (`edge_child.host`) on `socket_path`
+    and returns once it listens. It exits on SIGTERM (closing the engine)
+    or when this process dies; OSError when it does not start."""
+    level = logging.getLevelName(logging.getLogger("memoryd").getEffectiveLevel())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _BOOT,
+        json.dumps(sys.path),
+        "--host",
+        socket_path,
+        str(os.getpid()),
+        str(level),
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await asyncio.to_thread(os.path.exists, socket_path):
+        if proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise OSError(f"the vector engine host for {socket_path} did not start")
+        await asyncio.sleep(0.02)
+    return proc
+
+
+class HostBackend:
+    """A connection to the engine host that a `memoryd serve --workers N`
+    parent runs for its workers (`edge_child.host`): the same protocol as
+    `ChildBackend`, but the engine outlives this connection and is shared
+    with the other workers. When the host goes away, calls in flight answer
+    UNAVAILABLE and the next call connects again (the parent replaces or
+    stops its workers when its host dies)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._alive = True
+        self._stopping = False
+        self._reading = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def connect(cls, path: str, engine_kwargs: dict[str, Any]) -> HostBackend:
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError as err:
+            raise crashed(f"cannot reach the shared engine at {path}: {err.strerror}") from err
+        backend = cls(reader, writer)
+        writer.write(encode(engine_kwargs))
+        return backend
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._alive:
+            future.set_exception(crashed("the shared engine connection closed"))
+            return future
+        req_id = next(self._ids)
+        self._pending[req_id] = future
+        self._writer.write(encode((req_id, name, args)))
+        return future
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                header = await self._reader.readexactly(HEADER.size)
+                body = await self._reader.readexactly(HEADER.unpack(header)[0])
+                req_id, ok, value = pickle.loads(body)
+                future = self._pending.pop(req_id, None)
+                if future is None or future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("bad answer from the shared vector engine: closing the connection")
+        self._alive = False
+        if not self._stopping:
+            log.error("the shared vector engine closed the connection")
+        err = closed() if self._stopping else crashed("the shared engine connection closed")
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(err)
+
+    async def stop(self, *, kill: bool) -> None:
+        self._stopping = True
+        self._writer.close()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self._reading, _KILLED_EXIT_S if kill else _CHILD_EXIT_S)
+
+
 def crashed(how: str) -> Unavailable:
     return Unavailable(
         f"the vector engine process stopped ({how}); retry: it is restarted on the next call",

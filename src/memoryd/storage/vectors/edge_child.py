@@ -14,6 +14,18 @@ Why a process: the engine holds the GIL for the whole of a call, so a call
 blocked on a hung disk would stop every thread of the server, health checks
 included. Here it stops only this process.
 
+Shared mode (`memoryd serve --workers N`): `host(argv)` with argv
+
+    [program, "--host", SOCKET_PATH, PARENT_PID, LOG_LEVEL]
+
+listens on a Unix socket path instead, for the N worker processes of one
+server. Each connection speaks the protocol above; the first connection's
+kwargs make the engine (later ones are ignored), `open` is idempotent and a
+client's `close` only ends its connection: the engine is closed when the
+supervising parent closes the host (SIGTERM, or the parent's death). One
+thread per connection; every engine call holds one lock, so calls run one
+at a time, as the shard expects.
+
 It lives exactly as long as the server wants it: it exits when the socket
 reaches end-of-file (the server closed it, or died), and on Linux the
 kernel kills it when the server's thread that started it dies
@@ -33,9 +45,10 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from typing import Any
 
-from memoryd.storage.vectors.edge_engine import CALLS, EdgeEngine
+from memoryd.storage.vectors.edge_engine import CALLS, EdgeEngine, closed
 
 log = logging.getLogger("memoryd.storage.edge")
 
@@ -114,7 +127,97 @@ def serve(sock: socket.socket) -> None:
             log.exception("closing the vector store after the server went away")
 
 
+class SharedEngine:
+    """One engine for several connections (the shared mode's host)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engine: EdgeEngine | None = None
+        self._closed = False
+
+    def serve_connection(self, sock: socket.socket) -> None:
+        """Answers one client's requests until it hangs up."""
+        with contextlib.suppress(ConnectionError, EOFError, OSError):
+            kwargs = _recv(sock)
+            if kwargs is None:
+                return
+            with self._lock:
+                if self._engine is None and not self._closed:
+                    self._engine = EdgeEngine(**kwargs)
+            while (request := _recv(sock)) is not None:
+                req_id, call, args = request
+                try:
+                    result = self._call(call, args)
+                except Exception as err:
+                    _answer(sock, req_id, False, err)
+                else:
+                    _answer(sock, req_id, True, result)
+        sock.close()
+
+    def _call(self, call: str, args: tuple[Any, ...]) -> Any:
+        if call not in CALLS:
+            raise ValueError(f"no engine call {call!r}")
+        with self._lock:
+            engine = self._engine
+            if engine is None or self._closed:
+                raise closed()
+            if call == "close":
+                return None  # the host closes the engine, not one of its clients
+            return getattr(engine, call)(*args)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                try:
+                    engine.close(optimize=False)
+                except Exception:
+                    log.exception("closing the shared vector store")
+
+
+def host(argv: list[str]) -> int:
+    """The shared mode: serves every connection to `argv[2]` until SIGTERM
+    or the parent's death, then closes the engine (flush, lock released)."""
+    path, parent_pid, level = argv[2], int(argv[3]), argv[4]
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s",
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _die_with_parent(parent_pid)
+    shared = SharedEngine()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # bound and listening before the path appears: a client never finds it refusing
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path + ".new")
+    listener.bind(path + ".new")
+    listener.listen(64)
+    os.replace(path + ".new", path)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=shared.serve_connection, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    while not stop.wait(0.5):
+        if os.getppid() != parent_pid:
+            break
+    listener.close()
+    shared.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 1 and argv[1] == "--host":
+        return host(argv)
     fd, parent_pid, pdeathsig, level = int(argv[1]), int(argv[2]), argv[3] == "1", argv[4]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,0 +1,162 @@
+"""The `scale` suite: client-vector search on a large embedded store, and
+how the server's throughput grows with cores and workers.
+
+Workload: `--memories` memories over `--tenants` tenants (10 end users per
+environment), each with a random unit vector (`--embedding-dimension`, made
+by the bench process; the server embeds nothing but the content's keyword
+vector), loaded with BatchCreate (batches of 100, 4 clients). Measured, in
+one run, on one server started from the settings (so `--workers N` applies)
+and pinned with `taskset -c` to `--server-cpus` when given:
+
+- load throughput;
+- SearchMemories SEMANTIC with a client vector (top 5, a random tenant and
+  vector per call): p50/p99 with 1 and with 4 calls in flight, and h2load's
+  ceiling (4 connections x 32 streams, one tenant);
+- RSS of the server and every process under it; data-dir size;
+- cold start to SERVING: the server stopped and started on the same data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from grpc import aio
+
+from benchmarks.harness import HIGH_LIMITS, ServerProcess, _children, drive, h2load
+from benchmarks.memory import _rss_kb, _until_serving, create_env_keys, du_mb, tenant_metadata
+from memoryd.config import Settings
+from memoryd.v1 import memory_pb2, memory_pb2_grpc
+
+_BATCH = 100
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray[Any, Any]:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    for child in _children(pid):
+        out += _tree(child)
+    return out
+
+
+async def scale_suite(
+    settings: Settings, memories: int, tenants: int, seconds: float, cpus: str
+) -> list[str]:
+    dim = settings.embedding_dimension
+    n_envs = max(10, tenants // 10)
+    lines = [
+        f"scale: {memories} memories over {tenants} tenants, {dim}-d random unit vectors, "
+        f"workers {settings.workers}, server cpus {cpus or 'all'}"
+    ]
+    rng = np.random.default_rng(11)
+    per = memories // tenants
+    async with ServerProcess(settings, extra_env=HIGH_LIMITS, cpus=cpus) as server:
+        channel = aio.insecure_channel(
+            server.address, options=[("grpc.max_send_message_length", 64 << 20)]
+        )
+        mem = memory_pb2_grpc.MemoryServiceStub(channel)
+        env_keys = await create_env_keys(channel, server.owner_key, n_envs)
+        queue = [(t, i) for t in range(tenants) for i in range(0, per, _BATCH)]
+        loaded = 0
+
+        async def worker() -> None:
+            nonlocal loaded
+            while queue:
+                t, start = queue.pop()
+                n = min(_BATCH, per - start)
+                vectors = _unit(rng, n, dim)
+                req = memory_pb2.BatchCreateMemoriesRequest(
+                    requests=[
+                        memory_pb2.CreateMemoryRequest(
+                            memory=memory_pb2.Memory(
+                                content=f"memory {start + k} of tenant {t}",
+                                embedding=vectors[k].tolist(),
+                            )
+                        )
+                        for k in range(n)
+                    ]
+                )
+                resp = await mem.BatchCreateMemories(
+                    req, metadata=tenant_metadata(env_keys, t), timeout=300
+                )
+                if resp.failed_count:
+                    raise RuntimeError(f"batch had {resp.failed_count} failures")
+                loaded += n
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(4)))
+        took = time.perf_counter() - started
+        lines.append(
+            f"BatchCreate, client vectors: {loaded} in {took:.0f} s, {loaded / took:.0f}/s"
+        )
+
+        queries = _unit(rng, 256, dim).tolist()
+        pick = random.Random(5)
+
+        async def search() -> Any:
+            t = pick.randrange(tenants)
+            return await mem.SearchMemories(
+                memory_pb2.SearchMemoriesRequest(
+                    mode=memory_pb2.SEMANTIC,
+                    top_k=5,
+                    query_embedding=queries[pick.randrange(len(queries))],
+                ),
+                metadata=tenant_metadata(env_keys, t),
+            )
+
+        for flight in (1, 4):
+            result = await drive(
+                f"Search client vector, {flight} in flight", search, seconds, flight
+            )
+            lines.append(result.line())
+        body = memory_pb2.SearchMemoriesRequest(
+            mode=memory_pb2.SEMANTIC, top_k=5, query_embedding=queries[0]
+        ).SerializeToString()
+        ceiling = h2load(
+            server.address,
+            "/memoryd.v1.MemoryService/SearchMemories",
+            body,
+            dict(tenant_metadata(env_keys, 0)),
+            seconds,
+        )
+        if ceiling:
+            lines.append(
+                f"Search client vector, h2load (4 conns x 32 streams): {ceiling:.0f} req/s"
+            )
+        assert server.proc is not None
+        pids = _tree(server.proc.pid)
+        rss = sum(_rss_kb(pid) for pid in pids) / 1024
+        lines.append(
+            f"RSS {rss:.0f} MiB over {len(pids)} processes (server and its children); "
+            f"data dir {du_mb(Path(server.data_dir)):.0f} MiB"
+        )
+        await channel.close(None)
+
+        server.proc.send_signal(15)
+        await asyncio.to_thread(server.proc.wait, 300)
+        env = {**server.env, "MEMORYD_PORT": str(server.port)}
+        started = time.perf_counter()
+        proc = subprocess.Popen(  # noqa: ASYNC220 - measuring the start itself
+            [*server.command_prefix(), str(Path(sys.executable).with_name("memoryd")), "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            cold = await _until_serving(server.address, started)
+        finally:
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 120)
+        lines.append(f"cold start to SERVING with {loaded} memories on disk: {cold:.2f} s")
+    return lines
