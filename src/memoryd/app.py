@@ -718,16 +718,26 @@ def _services(
         Path(settings.data_dir) / "exports", _min_free_bytes(settings), sealer
     )
 
-    async def delete_scope(org_id: str, project_id: str, environment_id: str | None) -> None:
-        await memories.delete_scope(org_id, project_id, environment_id)
-        await chunks.delete_scope(org_id, project_id, environment_id)
-        export_files.remove_scope(org_id, project_id, environment_id)
+    async def delete_scope(
+        org_id: str, project_id: str, environment_id: str | None
+    ) -> dict[str, int]:
+        """Erases a scope's vectors, files and data keys (its rows go after,
+        with their cascades); answers the counts of the purge's receipt."""
+        counts = await store.scope_counts(org_id, project_id, environment_id)
+        counts["memories"] = await memories.delete_scope(org_id, project_id, environment_id)
+        counts["chunks"] = await chunks.delete_scope(org_id, project_id, environment_id)
+        counts["export_files"] = export_files.remove_scope(org_id, project_id, environment_id)
         # crypto-shredding, last: whatever copy of the scope's sealed content
         # is left (a backup, a write-ahead log) can no longer be opened. The
         # environments' rows cascade to their data keys already; this also
         # covers a store that keeps the rows (and drops cached keys).
-        await store.drop_data_keys(org_id, project_id, environment_id)
+        counts["data_keys"] = await store.drop_data_keys(org_id, project_id, environment_id)
         sealer.forget(org_id, project_id, environment_id)
+        # verification: nothing of the scope is left in either vector store
+        left = await memories.delete_scope(org_id, project_id, environment_id)
+        left += await chunks.delete_scope(org_id, project_id, environment_id)
+        counts["left"] = left
+        return counts
 
     projects = ProjectManager(
         control,

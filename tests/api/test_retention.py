@@ -10,6 +10,8 @@ delete and keeps a purge waiting; another organization sees nothing."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -363,6 +365,21 @@ async def test_force_erases_at_once_with_an_audited_purge(server: RunningServer)
     events = await actions(o)
     assert ("project.purge", project.id, "OK") in events
     assert ("project.delete", project.id, "OK") in events
+
+    # the purge's receipt: counts per store of what the test made, verified, digested
+    listed = await o.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(page_size=200), metadata=o.md()
+    )
+    receipt = dict(next(e for e in listed.events if e.action == "project.purge").details)
+    assert receipt["scope"] == "project" and receipt["project_id"] == project.id
+    assert receipt["memories"] == "4"  # two per environment
+    assert receipt["documents"] == "2" and int(receipt["chunks"]) >= 2
+    assert receipt["operations"] == "2"  # the two ingests
+    assert receipt["data_keys"] == "2"  # crypto-shredded: one per environment
+    assert receipt["keys"] == "2" and receipt["verified"] == "true"
+    digest = receipt.pop("digest")
+    canonical = json.dumps(receipt, sort_keys=True, separators=(",", ":"))
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # --- legal holds ------------------------------------------------------------------------------

@@ -473,13 +473,15 @@ class FakeVectorStore:
 
     async def delete_scope(
         self, org_id: str, project_id: str, environment_id: str | None = None
-    ) -> None:
+    ) -> int:
         def inside(t: Tenant) -> bool:
             return (t.org_id, t.project_id) == (org_id, project_id) and (
                 environment_id is None or t.environment_id == environment_id
             )
 
+        before = len(self.records)
         self.records = {i: r for i, r in self.records.items() if not inside(r.tenant)}
+        return before - len(self.records)
 
     async def sweep_expired(
         self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None

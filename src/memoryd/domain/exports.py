@@ -168,7 +168,7 @@ class ExportFiles(Protocol):
 
     def remove(self, tenant: Tenant, export_id: str) -> None: ...
 
-    def remove_scope(self, org_id: str, project_id: str, environment_id: str | None) -> None:
+    def remove_scope(self, org_id: str, project_id: str, environment_id: str | None) -> int:
         """Deletes every file of a project (or one of its environments)."""
         ...
 

@@ -311,8 +311,9 @@ class VectorStore(Protocol):
 
     async def delete_scope(
         self, org_id: str, project_id: str, environment_id: str | None = None
-    ) -> None:
-        """Deletes every record of a project (or one of its environments)."""
+    ) -> int:
+        """Deletes every record of a project (or one of its environments);
+        answers how many there were."""
         ...
 
     async def sweep_expired(

@@ -18,12 +18,14 @@ held meanwhile waits (skipped and counted) until the hold is released.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from memoryd.domain import paging
 from memoryd.domain.audit import Auditor
@@ -53,8 +55,10 @@ MAX_DELETION_RETENTION_DAYS = 3650
 
 log = logging.getLogger(__name__)
 
-# Deletes the memories of a project, or of one of its environments.
-MemoryScopeDeleter = Callable[[str, str, str | None], Awaitable[None]]
+# Erases what a project (or one of its environments) keeps outside its rows
+# (vectors, files, data keys); answers the counts of the purge's receipt by
+# store, "left" being what a second pass still found (0: verified).
+MemoryScopeDeleter = Callable[[str, str, str | None], Awaitable[Mapping[str, int] | None]]
 
 # The paths UpdateProject accepts, and the sub-fields of each group.
 _GROUPS: dict[str, type] = {
@@ -368,10 +372,12 @@ class ProjectManager:
                 )
                 return False
         key_ids = await self._key_ids(org_id, project_id, environment_id or "")
+        start = self._clock.now()
         # The vectors and files first, the rows last: a purge cut short is
         # still due, and the next sweep finishes it (every step is idempotent).
+        counts: dict[str, int] = {}
         if self._delete_memories is not None:
-            await self._delete_memories(org_id, project_id, environment_id)
+            counts.update(await self._delete_memories(org_id, project_id, environment_id) or {})
         if environment_id is None:
             await self._store.delete_project(org_id, project_id)
         else:
@@ -385,10 +391,9 @@ class ProjectManager:
             target=environment_id or project_id,
             project_id=project_id,
             environment_id=environment_id or "",
-            details={
-                "scope": "environment" if environment_id else "project",
-                "keys": str(len(key_ids)),
-            },
+            details=_receipt(
+                org_id, project_id, environment_id, len(key_ids), counts, start, self._clock.now()
+            ),
         )
         return True
 
@@ -419,6 +424,36 @@ class ProjectManager:
             if page.next_after is None:
                 return out
             after = page.next_after
+
+
+def _receipt(
+    org_id: str,
+    project_id: str,
+    environment_id: str | None,
+    keys: int,
+    counts: Mapping[str, int],
+    start: datetime,
+    finish: datetime,
+) -> dict[str, str]:
+    """The receipt of a purge (its audit event's details): what was erased
+    per store, when, whether a second pass found nothing left, and a
+    SHA-256 digest over the canonical JSON of all of it (sorted keys, no
+    spaces; the digest itself left out)."""
+    left = int(counts.get("left", 0))
+    out = {
+        "scope": "environment" if environment_id else "project",
+        "org_id": org_id,
+        "project_id": project_id,
+        "environment_id": environment_id or "",
+        "keys": str(keys),
+        **{k: str(v) for k, v in sorted(counts.items()) if k != "left"},
+        "verified": "true" if left == 0 else f"false ({left} left)",
+        "start_time": start.isoformat(),
+        "finish_time": finish.isoformat(),
+    }
+    canonical = json.dumps(out, sort_keys=True, separators=(",", ":"))
+    out["digest"] = hashlib.sha256(canonical.encode()).hexdigest()
+    return out
 
 
 def _check_name(v: Violations, field: str, name: str) -> None:

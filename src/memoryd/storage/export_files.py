@@ -104,8 +104,12 @@ class LocalExportFiles:
         for suffix in (_DONE, _PART):
             self._path(tenant, export_id, suffix).unlink(missing_ok=True)
 
-    def remove_scope(self, org_id: str, project_id: str, environment_id: str | None) -> None:
-        shutil.rmtree(self._dir(org_id, project_id, environment_id), ignore_errors=True)
+    def remove_scope(self, org_id: str, project_id: str, environment_id: str | None) -> int:
+        """Removes the scope's export files; answers how many there were."""
+        root = self._dir(org_id, project_id, environment_id)
+        there = sum(1 for _ in root.rglob("*.jsonl*")) if root.is_dir() else 0
+        shutil.rmtree(root, ignore_errors=True)
+        return there
 
     def sweep(self, written_before: datetime) -> int:
         """Complete files last written before the time, and parts left by a

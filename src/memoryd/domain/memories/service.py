@@ -492,8 +492,8 @@ class MemoryService:
             log.info("kept %d expired memories under legal hold", self.sweep_held)
         return swept
 
-    async def delete_scope(self, org_id: str, project_id: str, environment_id: str | None) -> None:
-        await self._store.delete_scope(org_id, project_id, environment_id)
+    async def delete_scope(self, org_id: str, project_id: str, environment_id: str | None) -> int:
+        return await self._store.delete_scope(org_id, project_id, environment_id)
 
 
 def _cause(caller: Caller) -> Cause:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from memoryd.domain.tenancy import Tenant
 from memoryd.storage.sql.changes import change_events
 from memoryd.storage.sql.idempotency import idempotency_keys
+from memoryd.storage.sql.knowledge import knowledge_documents
 from memoryd.storage.sql.operations import conversation_messages, operations
 from memoryd.storage.sql.tx import Transacting
 from memoryd.storage.sql.webhooks import webhook_attempts, webhook_deliveries
@@ -82,6 +83,39 @@ async def _count(conn: Any, table: sa.Table, *where: sa.ColumnElement[bool]) -> 
 class ErasureTables(Transacting):
     """The erasure calls of `SqlControlStore`: per store, what the end user
     has (`*_count`) and its deletion (`erase_*`), each in one transaction."""
+
+    async def scope_counts(
+        self, org_id: str, project_id: str, environment_id: str | None
+    ) -> dict[str, int]:
+        """What a project (or one of its environments) holds in the control
+        store, by table: the counts of a purge's receipt, read before its
+        rows go."""
+        tables = {
+            "operations": operations,
+            "change_events": change_events,
+            "documents": knowledge_documents,
+            "webhook_deliveries": webhook_deliveries,
+        }
+        out: dict[str, int] = {}
+        async with self._begin() as conn:
+            for name, table in tables.items():
+                where = [table.c.org_id == org_id, table.c.project_id == project_id]
+                if environment_id is not None:
+                    where.append(table.c.environment_id == environment_id)
+                q = sa.select(sa.func.count()).select_from(table).where(*where)
+                out[name] = int((await conn.execute(q)).scalar() or 0)
+            ops = sa.select(operations.c.id).where(
+                operations.c.org_id == org_id,
+                operations.c.project_id == project_id,
+                *([operations.c.environment_id == environment_id] if environment_id else []),
+            )
+            q = (
+                sa.select(sa.func.count())
+                .select_from(conversation_messages)
+                .where(conversation_messages.c.operation_id.in_(ops))
+            )
+            out["conversation_messages"] = int((await conn.execute(q)).scalar() or 0)
+        return out
 
     async def operations_count(self, tenant: Tenant) -> dict[str, int]:
         async with self._begin() as conn:

@@ -112,10 +112,10 @@ class LazyVectorStore:
 
     async def delete_scope(
         self, org_id: str, project_id: str, environment_id: str | None = None
-    ) -> None:
+    ) -> int:
         if self._store is None and not self._exists():
-            return
-        await (await self._opened()).delete_scope(org_id, project_id, environment_id)
+            return 0
+        return await (await self._opened()).delete_scope(org_id, project_id, environment_id)
 
     async def sweep_expired(
         self,

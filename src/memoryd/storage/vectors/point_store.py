@@ -338,12 +338,16 @@ class PointStore(abc.ABC, Generic[C, F]):
 
     async def delete_scope(
         self, org_id: str, project_id: str, environment_id: str | None = None
-    ) -> None:
-        """Deletes every record of a project, or of one of its environments."""
+    ) -> int:
+        """Deletes every record of a project, or of one of its environments;
+        answers how many there were."""
         must = [self._c.match(p.ORG_ID, org_id), self._c.match(p.PROJECT_ID, project_id)]
         if environment_id is not None:
             must.append(self._c.match(p.ENVIRONMENT_ID, environment_id))
-        await self._purge(self._c.filter(must=must))
+        flt = self._c.filter(must=must)
+        there = await self._count(flt)
+        await self._purge(flt)
+        return there
 
     async def sweep_expired(
         self,
