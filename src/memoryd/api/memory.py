@@ -553,9 +553,14 @@ def memory(r: MemoryRecord, *, with_vector: bool = False) -> memory_pb2.Memory:
         out.metadata.update(dict(r.metadata))
     if with_vector and r.vector is not None:
         out.embedding.extend(r.vector)
-    if r.origin != Origin():
+    if r.origin != _NO_ORIGIN:
         out.origin.CopyFrom(origin(r.origin))
     return out
+
+
+# Compared with, not built, per converted memory (a frozen dataclass costs
+# more to build than to compare).
+_NO_ORIGIN = Origin()
 
 
 def origin(o: Origin) -> memory_pb2.MemoryOrigin:
