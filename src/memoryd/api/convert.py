@@ -34,14 +34,22 @@ _KEY_STATE_TO_PB = {
     "expired": keys_pb2.KEY_STATE_EXPIRED,
 }
 MAX_TIMESTAMP = datetime(9999, 12, 31, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """The Timestamp of `value` (a naive datetime is taken as UTC, as
+    `Timestamp.FromDatetime` does). Computed from the difference to the
+    epoch: FromDatetime (pure Python in protobuf) cost ~4x as much, and a
+    search answer carries five timestamps per result (issue 16)."""
     if value is None:
         return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    since = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def from_ts(msg: timestamp_pb2.Timestamp, field: str) -> datetime:

@@ -435,9 +435,17 @@ def _request(flt: qe.Filter, plan: rk.Plan[Cond]) -> qe.QueryRequest:
         filter=flt,
         params=params,
         score_threshold=threshold,
-        with_payload=True,
+        with_payload=_HIT_PAYLOAD,
         with_vector=False,
     )
+
+
+# A query's hits become records without their revision history (a search
+# never shows it) nor the filter-only copy of the metadata's booleans: the
+# engine leaves both out, so they are neither converted to Python nor
+# pickled back to the server (a memory updated many times carries a long
+# history).
+_HIT_PAYLOAD = qe.PayloadSelector.Exclude([p.REVISIONS, p.METADATA_BOOLS])
 
 
 def _prefetch(flt: qe.Filter, plan: rk.Plan[Cond]) -> qe.Prefetch:
