@@ -8,41 +8,18 @@ operation's messages stored sealed in its row."""
 
 from __future__ import annotations
 
-import itertools
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from memoryd.crypto.kek import KekProviders, LocalKeyFile
 from memoryd.crypto.sealer import Sealer
-from memoryd.domain.control import (
-    Environment,
-    Organization,
-    Project,
-    ProjectSettings,
-    Quotas,
-    RateLimits,
-)
 from memoryd.domain.encryption import LOCAL, OrgKey, WrappedKey
-from memoryd.domain.tenancy import EnvironmentKind, Tenant
+from memoryd.domain.tenancy import Tenant
 from memoryd.storage.sql import SqlControlStore
 
-T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-_n = itertools.count()
-
-
-async def _environment(store: SqlControlStore, org_id: str = "") -> Tenant:
-    i = next(_n)
-    if not org_id:
-        org_id = f"org_{i:06d}"
-        await store.create_org(Organization(org_id, f"org{i}", T0))
-    project = Project(
-        f"prj_{i:06d}", org_id, f"p{i}", "", ProjectSettings(), RateLimits(), Quotas(), T0, T0
-    )
-    env = Environment(f"env_{i:06d}", org_id, project.id, "production", EnvironmentKind.LIVE, T0)
-    await store.create_project(project, [env])
-    return Tenant(org_id, project.id, env.id)
+# an organization, project and environment of their own per call
+from tests.integration.test_legal_hold_store import T0, _environment
 
 
 def _ref(t: Tenant) -> tuple[str, str, str]:
