@@ -148,7 +148,17 @@ async def test_kill_9_mid_operation_the_job_completes_after_restart_with_its_eff
 async def test_two_servers_on_one_postgresql_do_every_operation_once(
     tmp_path: Path, pg_url: str
 ) -> None:
-    common = ("--database-url", pg_url, "--job-poll-interval-s", "0.2", "--job-workers", "2")
+    # replicas of one deployment share the key-encryption key file
+    common = (
+        "--database-url",
+        pg_url,
+        "--job-poll-interval-s",
+        "0.2",
+        "--job-workers",
+        "2",
+        "--kek-file",
+        str(tmp_path / "kek.key"),
+    )
     a = Served(tmp_path / "a", tmp_path, 0, *common)
     b = Served(tmp_path / "b", tmp_path, 1, *common, "--bootstrap", "false")
     try:

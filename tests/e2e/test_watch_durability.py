@@ -76,7 +76,8 @@ async def test_kill_9_after_acknowledged_writes_a_resumed_watcher_gets_them(
 async def test_a_watcher_on_one_server_sees_writes_on_another_of_the_same_database(
     tmp_path: Path, pg_url: str
 ) -> None:
-    common = ("--database-url", pg_url)
+    # replicas of one deployment share the key-encryption key file
+    common = ("--database-url", pg_url, "--kek-file", str(tmp_path / "kek.key"))
     a = Served(tmp_path / "a", tmp_path, 0, *common)
     b = Served(tmp_path / "b", tmp_path, 1, *common, "--bootstrap", "false")
     try:

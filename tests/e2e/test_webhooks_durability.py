@@ -152,7 +152,16 @@ async def test_a_change_not_yet_fanned_out_is_delivered_after_kill_9(tmp_path: P
 async def test_two_servers_on_one_postgresql_deliver_every_change_once(
     tmp_path: Path, pg_url: str
 ) -> None:
-    common = (*OPTIONS, "--database-url", pg_url, "--webhook-poll-interval-s", "0.1")
+    # replicas of one deployment share the key-encryption key file
+    common = (
+        *OPTIONS,
+        "--database-url",
+        pg_url,
+        "--webhook-poll-interval-s",
+        "0.1",
+        "--kek-file",
+        str(tmp_path / "kek.key"),
+    )
     with Receiver() as hook:
         a = Served(tmp_path / "a", tmp_path, 0, *common)
         b = Served(tmp_path / "b", tmp_path, 1, *common, "--bootstrap", "false")
