@@ -138,12 +138,7 @@ class TenancyTables(Transacting):
         delete_time: datetime,
         purge_time: datetime,
     ) -> bool:
-        table = projects if environment_id is None else environments
-        cond = (
-            [projects.c.id == project_id]
-            if environment_id is None
-            else [environments.c.id == environment_id, environments.c.project_id == project_id]
-        )
+        table, cond = _scope_row(project_id, environment_id)
         async with self._begin() as conn:
             result = await conn.execute(
                 table.update()
@@ -153,12 +148,7 @@ class TenancyTables(Transacting):
         return bool(result.rowcount == 1)
 
     async def undelete(self, org_id: str, project_id: str, environment_id: str | None) -> bool:
-        table = projects if environment_id is None else environments
-        cond = (
-            [projects.c.id == project_id]
-            if environment_id is None
-            else [environments.c.id == environment_id, environments.c.project_id == project_id]
-        )
+        table, cond = _scope_row(project_id, environment_id)
         async with self._begin() as conn:
             result = await conn.execute(
                 table.update()
@@ -369,3 +359,16 @@ def _settings_from_json(raw: str) -> ProjectSettings:
         default_ttl=timedelta(seconds=ttl) if ttl is not None else None,
         deletion_retention_days=d.get("deletion_retention_days"),
     )
+
+
+def _scope_row(
+    project_id: str, environment_id: str | None
+) -> tuple[sa.Table, list[sa.ColumnElement[bool]]]:
+    """The table and conditions of a project's row, or of one of its
+    environments' (soft delete and undelete mark either)."""
+    if environment_id is None:
+        return projects, [projects.c.id == project_id]
+    return environments, [
+        environments.c.id == environment_id,
+        environments.c.project_id == project_id,
+    ]
