@@ -171,3 +171,52 @@ async def test_cost_is_charged_by_the_script(redis: Redis, prefix: str) -> None:
     assert not denied.allowed
     assert denied.remaining == 3
     assert 2.0 - elapsed <= denied.retry_after_s <= 2.0
+
+
+async def test_concurrent_checks_share_round_trips_and_decide_as_separate_calls(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    shared = (project_bucket("p"), Limit(rate_per_s=0.01, burst=50))  # refills nothing here
+    checks = [[(api_key_bucket("p", f"k{i % 3}"), Limit(0.01, 1000)), shared] for i in range(200)]
+
+    decisions = await asyncio.gather(*(limiter.check(c) for c in checks))
+
+    admitted = [d for d in decisions if d.allowed]
+    assert len(admitted) == 50
+    # each admitted check saw the bucket as a call of its own would: one unit less each time
+    assert sorted(d.remaining for d in admitted) == list(range(50))
+    assert all(d.limit == 50 and d.retry_after_s > 0 for d in decisions if not d.allowed)
+    assert limiter.round_trips < len(checks) / 4
+
+
+async def test_a_flushed_script_is_loaded_again_once_for_a_whole_batch(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    check = [(project_bucket("p"), Limit(rate_per_s=0.01, burst=100))]
+    await limiter.check(check)  # the script is in Redis now
+    loads = limiter.script_loads
+    await redis.script_flush()
+
+    decisions = await asyncio.gather(*(limiter.check(check) for _ in range(40)))
+
+    assert all(d.allowed for d in decisions)
+    assert sorted(d.remaining for d in decisions) == list(range(59, 99))
+    assert limiter.script_loads == loads + 1
+
+
+async def test_checks_made_during_a_round_trip_go_out_together_after_it(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    check = [(project_bucket("p"), Limit(rate_per_s=0.01, burst=100))]
+    first = asyncio.create_task(limiter.check(check))
+    while limiter.round_trips == 0:  # the lone check is on its way
+        await asyncio.sleep(0)
+
+    later = await asyncio.gather(*(limiter.check(check) for _ in range(30)))
+
+    assert (await first).remaining == 99
+    assert sorted(d.remaining for d in later) == list(range(69, 99))
+    assert limiter.round_trips == 2

@@ -1,7 +1,16 @@
 """The Redis rate-limiter backend: GCRA in one Lua script, shared by replicas.
 
-One check is one round trip: EVALSHA of a script that reads every bucket,
-decides, and writes all of them or none (Redis runs a script atomically).
+One check is one EVALSHA of a script that reads every bucket, decides, and
+writes all of them or none (Redis runs a script atomically). Concurrent
+checks share round trips: a check made while another round trip is in
+flight waits for it to end, and `coalesce_s` (1 ms) more, then goes out
+with every other check that arrived meanwhile, as one pipeline of EVALSHAs
+in arrival order (each still atomic on its own, so the decisions are
+exactly those of separate calls). A lone check, with nothing in flight,
+goes out at once. redis-py's own per-command work is most of a check's CPU
+(~130 µs alone, ~25-40 µs in a pipeline of 8 to 64), so under load this
+lifted authenticated calls with the Redis limiter from 1,910 to 2,600
+req/s (docs/performance.md).
 The script is loaded lazily: its SHA1 is computed here, so the first call is
 already an EVALSHA, and a NOSCRIPT reply (Redis restarted, SCRIPT FLUSH,
 failover to a replica that never saw it) loads it again and retries once.
@@ -89,6 +98,9 @@ return {pick_allowed and 1 or 0, pick, pick_remaining,
 
 GCRA_SHA = hashlib.sha1(GCRA_LUA.encode()).hexdigest()
 
+# one check waiting for its round trip: its keys, its arguments, its reply
+_Pending = tuple[list[str], list[str | int], "asyncio.Future[list[bytes | int]]"]
+
 
 class RedisRateLimiter:
     """GCRA buckets in Redis, shared by every replica that uses the same Redis.
@@ -107,6 +119,7 @@ class RedisRateLimiter:
         *,
         timeout_s: float = 0.05,
         key_prefix: str = "memoryd:rl:",
+        coalesce_s: float = 0.001,
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must not contain a hash tag: bucket names carry it")
@@ -115,6 +128,12 @@ class RedisRateLimiter:
         self._redis = redis
         self._timeout_s = timeout_s
         self._prefix = key_prefix
+        self._coalesce_s = coalesce_s
+        self._pending: list[_Pending] = []
+        self._sending = False  # a round trip is scheduled or in flight
+        self._round_trips: set[asyncio.Task[None]] = set()
+        self.round_trips = 0
+        """How many round trips the checks took (fewer than checks under load)."""
         self.script_loads = 0
         """How many times the script was (re)loaded after NOSCRIPT (exported as
         `memoryd_rate_limit_script_loads`)."""
@@ -134,16 +153,20 @@ class RedisRateLimiter:
         for _, limit in checks:
             args.append(repr(limit.emission_interval_s))
             args.append(limit.burst)
+        reply = asyncio.get_running_loop().create_future()
+        self._pending.append((keys, args, reply))
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().call_soon(self._send_pending)
         try:
             async with asyncio.timeout(self._timeout_s):
-                reply = await self._run(keys, args)
+                allowed, index, remaining, reset_after, retry_after = await reply
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(
                 f"the rate-limit backend (Redis) did not answer: {type(exc).__name__}; "
                 "retry shortly",
                 reason="RATE_LIMITER_UNAVAILABLE",
             ) from exc
-        allowed, index, remaining, reset_after, retry_after = reply
         return Decision(
             allowed=bool(int(allowed)),
             limit=checks[int(index) - 1][1].burst,
@@ -152,12 +175,78 @@ class RedisRateLimiter:
             retry_after_s=max(0.0, float(retry_after)),
         )
 
-    async def _run(self, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+    def _send_pending(self) -> None:
+        """Sends every pending check in one round trip, in a task; when it
+        ends, the checks that arrived meanwhile go out the same way."""
+        # checks whose callers gave up waiting (timed out) are not sent
+        batch = [p for p in self._pending if not p[2].done()]
+        self._pending = []
+        if not batch:
+            self._sending = False
+            return
+        self.round_trips += 1
+        task = asyncio.get_running_loop().create_task(self._round_trip(batch))
+        self._round_trips.add(task)
+        task.add_done_callback(self._round_trip_done)
+
+    def _round_trip_done(self, task: asyncio.Task[None]) -> None:
+        self._round_trips.discard(task)
+        if self._pending:
+            # Under load: the next round trip waits a little for more checks
+            # to go with it (a lone check, when nothing is in flight, goes at once).
+            asyncio.get_running_loop().call_later(self._coalesce_s, self._send_pending)
+        else:
+            self._sending = False
+
+    async def _round_trip(self, batch: list[_Pending]) -> None:
+        """Runs `batch` (bounded by the timeout as a whole, a NOSCRIPT reload
+        included) and settles each check's future with its reply or error."""
         try:
-            reply: list[bytes | int] = await self._redis.evalsha(GCRA_SHA, len(keys), *keys, *args)
-        except NoScriptError:
-            # Redis lost its script cache; load it and try exactly once more.
+            async with asyncio.timeout(self._timeout_s):
+                replies = await self._run(batch)
+        except (RedisError, OSError, TimeoutError) as exc:
+            replies = [exc] * len(batch)
+        except BaseException as exc:  # cancelled (the server stopping): no check hangs
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(RedisError(f"the round trip ended: {exc!r}"))
+            raise
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _run(self, batch: list[_Pending]) -> list[list[bytes | int] | BaseException]:
+        replies: list[list[bytes | int] | BaseException]
+        if len(batch) == 1:  # a lone check: no pipeline to build
+            keys, args, _ = batch[0]
+            try:
+                replies = [await self._evalsha(keys, args)]
+            except NoScriptError as exc:
+                replies = [exc]
+        else:
+            replies = await self._pipeline(batch)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # Redis lost its script cache: load it and send exactly those
+            # checks once more (the others ran and must not be charged twice).
             await self._redis.script_load(GCRA_LUA)
             self.script_loads += 1
-            reply = await self._redis.evalsha(GCRA_SHA, len(keys), *keys, *args)
+            again = await self._pipeline([batch[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _evalsha(self, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+        reply: list[bytes | int] = await self._redis.evalsha(GCRA_SHA, len(keys), *keys, *args)
         return reply
+
+    async def _pipeline(self, batch: list[_Pending]) -> list[list[bytes | int] | BaseException]:
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(GCRA_SHA, len(keys), *keys, *args)
+        replies: list[list[bytes | int] | BaseException] = await pipe.execute(raise_on_error=False)
+        return replies
