@@ -212,8 +212,9 @@ async def test_checks_made_during_a_round_trip_go_out_together_after_it(
     limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
     check = [(project_bucket("p"), Limit(rate_per_s=0.01, burst=100))]
     first = asyncio.create_task(limiter.check(check))
-    while limiter.round_trips == 0:  # the lone check is on its way
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the check is made, its round trip scheduled
+    await asyncio.sleep(0)  # the lone check is on its way
+    assert limiter.round_trips == 1
 
     later = await asyncio.gather(*(limiter.check(check) for _ in range(30)))
 
