@@ -255,10 +255,65 @@ async def test_the_cache_expires_after_its_ttl(
     await auth.authenticate(raw)
     clock.advance(9)
     await auth.authenticate(raw)
-    assert hasher.verifies == 1
+    assert (store.reads, hasher.verifies) == (1, 1)
     clock.advance(2)
     await auth.authenticate(raw)
+    # the record is read again; the secret, verified against the hash the
+    # record still holds, is not hashed again
+    assert (store.reads, hasher.verifies) == (2, 1)
+    assert auth.cache_misses == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("revoke_time", "API_KEY_REVOKED"),
+        ("expire_time", "API_KEY_EXPIRED"),
+    ],
+)
+async def test_after_the_ttl_the_record_decides_without_an_eviction(
+    change: str, reason: str, store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, cache_ttl_s=10)
+    await auth.authenticate(raw)
+    # changed by another replica, whose revocation message this one missed
+    store.keys[record.id] = replace(record, **{change: clock.now()})
+    clock.advance(11)
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(raw)
+    assert info.value.reason == reason
+    assert hasher.verifies == 1
+
+
+async def test_a_rotated_secret_is_hashed_again_after_the_ttl(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, old_raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, cache_ttl_s=10)
+    await auth.authenticate(old_raw)
+    new_part = new_secret()
+    store.keys[record.id] = replace(record, secret_hash=await hasher.hash(new_part))
+    clock.advance(11)
+    with pytest.raises(Unauthenticated) as info:  # the old secret against the new hash
+        await auth.authenticate(old_raw)
+    assert info.value.reason == "API_KEY_INVALID"
     assert hasher.verifies == 2
+    await auth.authenticate(format_key("live", record.id, new_part))
+    assert hasher.verifies == 3
+
+
+async def test_an_evicted_key_is_hashed_again(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    await auth.authenticate(raw)
+    auth.evict(record.id)
+    await auth.authenticate(raw)
+    auth.clear()
+    await auth.authenticate(raw)
+    assert hasher.verifies == 3
 
 
 async def test_evict_forces_a_fresh_lookup(
@@ -343,8 +398,21 @@ async def test_the_cache_is_bounded(
     auth = _auth(store, hasher, clock, cache_size=2)
     for raw in keys:
         await auth.authenticate(raw)
+    assert (store.reads, hasher.verifies) == (3, 3)
+    await auth.authenticate(keys[0])  # the oldest entry was dropped: read again
+    assert (store.reads, hasher.verifies) == (4, 3)  # its secret still noted as verified
+
+
+async def test_the_verified_secrets_are_bounded(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    keys = [(await _add_key(store, hasher, clock))[1] for _ in range(3)]
+    auth = _auth(store, hasher, clock, cache_size=1)  # two secrets noted at most
+    for raw in keys:
+        await auth.authenticate(raw)
+    await auth.authenticate(keys[2])
     assert hasher.verifies == 3
-    await auth.authenticate(keys[0])  # the oldest entry was dropped
+    await auth.authenticate(keys[0])  # dropped from both: hashed again
     assert hasher.verifies == 4
 
 

@@ -12,7 +12,12 @@ Order of checks for one call:
    verified against a dummy hash, so it costs the same), then revoked and
    expired; one client address runs one such verification at a time (a
    short queue, then RESOURCE_EXHAUSTED), so no address can take the hasher
-   pool from the others.
+   pool from the others. A secret this process verified before against
+   the very hash the record still holds (its sha256 noted with that hash)
+   is not hashed again: when a cache entry's TTL ends, the key costs one
+   store read, not an argon2 verification (~25 ms of CPU, and a latency
+   spike every TTL per key); revocation, expiry and deletion are read from
+   the record as always, and a rotated or changed hash is verified anew.
 
 Concurrent first uses of one key share one verification (single flight).
 
@@ -176,6 +181,8 @@ class Authenticator:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()  # by key id
         self._negative: OrderedDict[bytes, tuple[float, Unauthenticated]] = OrderedDict()
         self._inflight: dict[bytes, _Flight] = {}
+        # sha256 of a verified secret → the stored hash it was verified against
+        self._verified: OrderedDict[bytes, str] = OrderedDict()
         # Eviction generations: a counter bumped by every evict/clear, and the
         # generation in which each key id (or the whole cache) was last evicted.
         self._generation = 0
@@ -224,7 +231,9 @@ class Authenticator:
         self._generation += 1
         self.evictions += 1
         self._evicted_at[key_id] = self._generation
-        self._cache.pop(key_id, None)
+        entry = self._cache.pop(key_id, None)
+        for secret in entry.secrets if entry is not None else ():
+            self._verified.pop(secret.digest, None)
         if len(self._evicted_at) > self._size:
             self._prune_generations()
 
@@ -235,6 +244,7 @@ class Authenticator:
         self._cleared_at = self._generation
         self._evicted_at.clear()  # `_cleared_at` covers them all
         self._cache.clear()
+        self._verified.clear()
 
     async def close(self) -> None:
         """Stops the background last-used writes, before the store closes (a
@@ -296,8 +306,26 @@ class Authenticator:
             if refused[1].reason == "API_KEY_INVALID":
                 self._failures.failed(subject)
             raise refused[1]
+        if digest in self._verified:
+            # A secret verified before (so not a guess): outside the gate,
+            # which bounds hashing per address; no hash if the record still
+            # holds the hash it was verified against.
+            record = await self._store.get_key(parsed.key_id)
+            if record is not None and self._known(digest, record.secret_hash):
+                return self._check_state(record, digest, self._ttl)
         async with self._gate.slot(peer):
             return await self._check_stored(parsed, digest, subject)
+
+    def _known(self, digest: bytes, stored_hash: str) -> bool:
+        """Whether this secret was verified against `stored_hash` before."""
+        hashed = self._verified.get(digest)
+        return hashed is not None and hmac.compare_digest(hashed, stored_hash)
+
+    def _note_verified(self, digest: bytes, stored_hash: str) -> None:
+        self._verified[digest] = stored_hash
+        self._verified.move_to_end(digest)
+        while len(self._verified) > self._size * _SECRETS_PER_KEY:
+            self._verified.popitem(last=False)
 
     async def _check_stored(
         self, parsed: ParsedKey, digest: bytes, subject: str
@@ -312,7 +340,7 @@ class Authenticator:
         # The secret first: a key's state is told only to who holds its secret.
         valid_until = self._ttl
         if await self._hasher.verify(parsed.secret, record.secret_hash):
-            pass
+            self._note_verified(digest, record.secret_hash)
         elif (
             record.previous_secret_hash
             and record.previous_secret_expire_time is not None
@@ -323,6 +351,14 @@ class Authenticator:
         else:
             self._failures.failed(subject)
             raise self._remember_refusal(digest, _unknown_key())
+        return self._check_state(record, digest, valid_until)
+
+    def _check_state(
+        self, record: ApiKeyRecord, digest: bytes, valid_until: float
+    ) -> tuple[Principal, float]:
+        """The principal of a key whose secret was verified, unless the key is
+        revoked, expired or of a deleted scope; and how long it may be cached."""
+        now = self._clock.now()
         if record.revoke_time is not None:
             raise self._remember_refusal(
                 digest,
