@@ -8,6 +8,7 @@ store decides how long to wait for it.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -83,11 +84,82 @@ class ThreadBackend:
         self._executor.shutdown(wait=not kill)
 
 
-class ChildBackend:
+class _Connection(abc.ABC):
+    """The request/answer protocol of `edge_child` over one socket:
+    requests are written without waiting (asyncio buffers them), and one
+    reader task matches answers to calls by id, so no thread of this
+    process ever waits on the engine. Subclasses say what a lost
+    connection means (`_lost`, `_dead`) and what to do about a garbled
+    answer (`_bad_answer`)."""
+
+    _peer = "the vector engine"
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._alive = True
+        self._stopping = False
+        self._reading = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._alive:
+            future.set_exception(self._dead())
+            return future
+        req_id = next(self._ids)
+        frame = encode((req_id, name, args))
+        self._pending[req_id] = future
+        self._writer.write(frame)
+        return future
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                header = await self._reader.readexactly(HEADER.size)
+                body = await self._reader.readexactly(HEADER.unpack(header)[0])
+                req_id, ok, value = pickle.loads(body)
+                future = self._pending.pop(req_id, None)
+                if future is None or future.done():
+                    continue  # its caller has gone (cancelled)
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the other side has gone
+        except Exception:
+            log.exception("bad answer from %s: closing the connection", self._peer)
+            self._bad_answer()
+        self._alive = False
+        pending, self._pending = self._pending, {}
+        err = closed() if self._stopping else await self._lost()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(err)
+
+    @abc.abstractmethod
+    def _dead(self) -> Unavailable:
+        """The error of a call made after the connection was lost."""
+
+    @abc.abstractmethod
+    def _bad_answer(self) -> None:
+        """After an answer that does not decode (the connection ends)."""
+
+    @abc.abstractmethod
+    async def _lost(self) -> Unavailable:
+        """The error of the calls in flight when the connection was lost
+        (not by `stop`); logs the loss."""
+
+
+class ChildBackend(_Connection):
     """The engine in a child process (`memoryd.storage.edge_child`), over a
-    Unix socket: requests are written without waiting (asyncio buffers
-    them), and one reader task matches answers to calls by id, so no thread
-    of this process ever waits on the engine."""
+    Unix socket pair (see `_Connection`)."""
 
     def __init__(
         self,
@@ -96,13 +168,7 @@ class ChildBackend:
         writer: asyncio.StreamWriter,
     ) -> None:
         self._proc = proc
-        self._reader = reader
-        self._writer = writer
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._ids = itertools.count()
-        self._alive = True
-        self._stopping = False
-        self._reading = asyncio.get_running_loop().create_task(self._read())
+        super().__init__(reader, writer)
 
     @classmethod
     async def start(cls, engine_kwargs: dict[str, Any]) -> ChildBackend:
@@ -135,59 +201,25 @@ class ChildBackend:
         return child
 
     @property
-    def alive(self) -> bool:
-        return self._alive
-
-    @property
     def pid(self) -> int | None:
         return self._proc.pid
 
-    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._alive:
-            future.set_exception(crashed(_exit(self._proc.returncode)))
-            return future
-        req_id = next(self._ids)
-        frame = encode((req_id, name, args))
-        self._pending[req_id] = future
-        self._writer.write(frame)
-        return future
+    def _dead(self) -> Unavailable:
+        return crashed(_exit(self._proc.returncode))
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                header = await self._reader.readexactly(HEADER.size)
-                body = await self._reader.readexactly(HEADER.unpack(header)[0])
-                req_id, ok, value = pickle.loads(body)
-                future = self._pending.pop(req_id, None)
-                if future is None or future.done():
-                    continue  # its caller has gone (cancelled)
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the child has gone
-        except Exception:
-            log.exception("bad answer from the vector engine process: stopping it")
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-        self._alive = False
-        pending, self._pending = self._pending, {}
-        if self._stopping:
-            err = closed()
-        else:
-            code = await self._proc.wait()
-            log.error(
-                "the vector engine process %d died (%s): its calls answer UNAVAILABLE and "
-                "the next call starts a new one; acknowledged writes are in its write-ahead log",
-                self._proc.pid,
-                _exit(code),
-            )
-            err = crashed(_exit(code))
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(err)
+    def _bad_answer(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+
+    async def _lost(self) -> Unavailable:
+        code = await self._proc.wait()
+        log.error(
+            "the vector engine process %d died (%s): its calls answer UNAVAILABLE and "
+            "the next call starts a new one; acknowledged writes are in its write-ahead log",
+            self._proc.pid,
+            _exit(code),
+        )
+        return crashed(_exit(code))
 
     async def stop(self, *, kill: bool) -> None:
         self._stopping = True
@@ -239,7 +271,7 @@ async def start_host(socket_path: str) -> asyncio.subprocess.Process:
     return proc
 
 
-class HostBackend:
+class HostBackend(_Connection):
     """A connection to the engine host that a `memoryd serve --workers N`
     parent runs for its workers (`edge_child.host`): the same protocol as
     `ChildBackend`, but the engine outlives this connection and is shared
@@ -247,14 +279,7 @@ class HostBackend:
     UNAVAILABLE and the next call connects again (the parent replaces or
     stops its workers when its host dies)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._ids = itertools.count()
-        self._alive = True
-        self._stopping = False
-        self._reading = asyncio.get_running_loop().create_task(self._read())
+    _peer = "the shared vector engine"
 
     @classmethod
     async def connect(cls, path: str, engine_kwargs: dict[str, Any]) -> HostBackend:
@@ -267,48 +292,18 @@ class HostBackend:
         return backend
 
     @property
-    def alive(self) -> bool:
-        return self._alive
-
-    @property
     def pid(self) -> int | None:
         return None
 
-    def call(self, name: str, *args: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._alive:
-            future.set_exception(crashed("the shared engine connection closed"))
-            return future
-        req_id = next(self._ids)
-        self._pending[req_id] = future
-        self._writer.write(encode((req_id, name, args)))
-        return future
+    def _dead(self) -> Unavailable:
+        return crashed("the shared engine connection closed")
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                header = await self._reader.readexactly(HEADER.size)
-                body = await self._reader.readexactly(HEADER.unpack(header)[0])
-                req_id, ok, value = pickle.loads(body)
-                future = self._pending.pop(req_id, None)
-                if future is None or future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("bad answer from the shared vector engine: closing the connection")
-        self._alive = False
-        if not self._stopping:
-            log.error("the shared vector engine closed the connection")
-        err = closed() if self._stopping else crashed("the shared engine connection closed")
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(err)
+    def _bad_answer(self) -> None:
+        pass  # the host is the parent's to replace
+
+    async def _lost(self) -> Unavailable:
+        log.error("the shared vector engine closed the connection")
+        return crashed("the shared engine connection closed")
 
     async def stop(self, *, kill: bool) -> None:
         self._stopping = True
