@@ -734,8 +734,8 @@ def _services(
         counts["data_keys"] = await store.drop_data_keys(org_id, project_id, environment_id)
         sealer.forget(org_id, project_id, environment_id)
         # verification: nothing of the scope is left in either vector store
-        left = await memories.delete_scope(org_id, project_id, environment_id)
-        left += await chunks.delete_scope(org_id, project_id, environment_id)
+        left = await memories.count_scope(org_id, project_id, environment_id)
+        left += await chunks.count_scope(org_id, project_id, environment_id)
         counts["left"] = left
         return counts
 

@@ -483,6 +483,15 @@ class FakeVectorStore:
         self.records = {i: r for i, r in self.records.items() if not inside(r.tenant)}
         return before - len(self.records)
 
+    async def count_scope(
+        self, org_id: str, project_id: str, environment_id: str | None = None
+    ) -> int:
+        return sum(
+            (r.tenant.org_id, r.tenant.project_id) == (org_id, project_id)
+            and (environment_id is None or r.tenant.environment_id == environment_id)
+            for r in self.records.values()
+        )
+
     async def sweep_expired(
         self, now: datetime, limit: int = 10_000, on_deleted: OnDeleted | None = None
     ) -> int:

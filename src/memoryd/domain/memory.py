@@ -316,6 +316,13 @@ class VectorStore(Protocol):
         answers how many there were."""
         ...
 
+    async def count_scope(
+        self, org_id: str, project_id: str, environment_id: str | None = None
+    ) -> int:
+        """How many records a project (or one of its environments) has, of
+        any tenant within it, expired or not (a purge's verification)."""
+        ...
+
     async def sweep_expired(
         self,
         now: datetime,

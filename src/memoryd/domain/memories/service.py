@@ -495,6 +495,9 @@ class MemoryService:
     async def delete_scope(self, org_id: str, project_id: str, environment_id: str | None) -> int:
         return await self._store.delete_scope(org_id, project_id, environment_id)
 
+    async def count_scope(self, org_id: str, project_id: str, environment_id: str | None) -> int:
+        return await self._store.count_scope(org_id, project_id, environment_id)
+
 
 def _cause(caller: Caller) -> Cause:
     return Cause(request_id=caller.request_id)

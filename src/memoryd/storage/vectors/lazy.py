@@ -117,6 +117,13 @@ class LazyVectorStore:
             return 0
         return await (await self._opened()).delete_scope(org_id, project_id, environment_id)
 
+    async def count_scope(
+        self, org_id: str, project_id: str, environment_id: str | None = None
+    ) -> int:
+        if self._store is None and not self._exists():
+            return 0
+        return await (await self._opened()).count_scope(org_id, project_id, environment_id)
+
     async def sweep_expired(
         self,
         now: datetime,

@@ -341,13 +341,21 @@ class PointStore(abc.ABC, Generic[C, F]):
     ) -> int:
         """Deletes every record of a project, or of one of its environments;
         answers how many there were."""
-        must = [self._c.match(p.ORG_ID, org_id), self._c.match(p.PROJECT_ID, project_id)]
-        if environment_id is not None:
-            must.append(self._c.match(p.ENVIRONMENT_ID, environment_id))
-        flt = self._c.filter(must=must)
+        flt = self._scope_filter(org_id, project_id, environment_id)
         there = await self._count(flt)
         await self._purge(flt)
         return there
+
+    async def count_scope(
+        self, org_id: str, project_id: str, environment_id: str | None = None
+    ) -> int:
+        return await self._count(self._scope_filter(org_id, project_id, environment_id))
+
+    def _scope_filter(self, org_id: str, project_id: str, environment_id: str | None) -> Any:
+        must = [self._c.match(p.ORG_ID, org_id), self._c.match(p.PROJECT_ID, project_id)]
+        if environment_id is not None:
+            must.append(self._c.match(p.ENVIRONMENT_ID, environment_id))
+        return self._c.filter(must=must)
 
     async def sweep_expired(
         self,
