@@ -221,3 +221,16 @@ async def test_checks_made_during_a_round_trip_go_out_together_after_it(
     assert (await first).remaining == 99
     assert sorted(d.remaining for d in later) == list(range(69, 99))
     assert limiter.round_trips == 2
+
+
+async def test_a_callers_next_check_never_waits_for_coalescing(redis: Redis, prefix: str) -> None:
+    # An hour of coalescing would time every delayed check out (TIMEOUT_S):
+    # a caller checking again right after its answer starts a round trip of
+    # its own at once, whatever the rate.
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix, coalesce_s=3600.0)
+    check = [(project_bucket("p"), Limit(rate_per_s=0.01, burst=100))]
+
+    decisions = [await limiter.check(check) for _ in range(50)]
+
+    assert [d.remaining for d in decisions] == list(range(99, 49, -1))
+    assert limiter.round_trips == 50
