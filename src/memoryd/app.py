@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from grpc import aio
 
@@ -32,9 +32,6 @@ from memoryd.api.exports import ExportEndpoints, ExportView, export_line
 from memoryd.api.health import Check, Health, store_checks
 from memoryd.api.keys import KeyServicer
 from memoryd.api.knowledge import IngestView, KnowledgeServicer
-from memoryd.api.mcp.endpoint import GrpcSideChannel, McpEndpoint, Tls
-from memoryd.api.mcp.knowledge import knowledge_tools
-from memoryd.api.mcp.tools import memory_tools
 from memoryd.api.memory import MemoryServicer
 from memoryd.api.memory import memory as memory_pb
 from memoryd.api.observe import CallbackCounters, CallLogger, Metrics
@@ -129,6 +126,9 @@ from memoryd.v1 import (
     webhooks_pb2,
     webhooks_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from memoryd.api.mcp.endpoint import McpEndpoint
 
 log = logging.getLogger("memoryd")
 
@@ -1153,6 +1153,12 @@ def _mcp_endpoint(
     over a private socket, so they run the gRPC pipeline (endpoint.py)."""
     if settings.mcp_port_number is None:
         return None
+    # Imported here: the MCP SDK takes ~0.5 s to import, a third of a
+    # server's start, and the endpoint is off unless configured.
+    from memoryd.api.mcp.endpoint import GrpcSideChannel, McpEndpoint, Tls
+    from memoryd.api.mcp.knowledge import knowledge_tools
+    from memoryd.api.mcp.tools import memory_tools
+
     side = GrpcSideChannel()
     _on_close(stack, side.close)
     side.add_to(server)
