@@ -164,7 +164,9 @@ class RedisRateLimiter:
             args.append(limit.burst)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._gap += (now - self._last_check - self._gap) * _GAP_WEIGHT
+        # (a gap counts as 1 s at most: after an idle spell, or at the first
+        # check, the average comes back down within tens of checks)
+        self._gap += (min(now - self._last_check, 1.0) - self._gap) * _GAP_WEIGHT
         self._last_check = now
         reply = loop.create_future()
         self._pending.append((keys, args, reply))
