@@ -311,7 +311,11 @@ class Authenticator:
             # which bounds hashing per address; no hash if the record still
             # holds the hash it was verified against.
             record = await self._store.get_key(parsed.key_id)
-            if record is not None and self._known(digest, record.secret_hash):
+            if (
+                record is not None
+                and record.prefix_kind == parsed.kind
+                and self._known(digest, record.secret_hash)
+            ):
                 return self._check_state(record, digest, self._ttl)
         async with self._gate.slot(peer):
             return await self._check_stored(parsed, digest, subject)
