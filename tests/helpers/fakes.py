@@ -474,22 +474,19 @@ class FakeVectorStore:
     async def delete_scope(
         self, org_id: str, project_id: str, environment_id: str | None = None
     ) -> int:
-        def inside(t: Tenant) -> bool:
-            return (t.org_id, t.project_id) == (org_id, project_id) and (
-                environment_id is None or t.environment_id == environment_id
-            )
-
         before = len(self.records)
-        self.records = {i: r for i, r in self.records.items() if not inside(r.tenant)}
+        self.records = {
+            i: r
+            for i, r in self.records.items()
+            if not _in_scope(r.tenant, org_id, project_id, environment_id)
+        }
         return before - len(self.records)
 
     async def count_scope(
         self, org_id: str, project_id: str, environment_id: str | None = None
     ) -> int:
         return sum(
-            (r.tenant.org_id, r.tenant.project_id) == (org_id, project_id)
-            and (environment_id is None or r.tenant.environment_id == environment_id)
-            for r in self.records.values()
+            _in_scope(r.tenant, org_id, project_id, environment_id) for r in self.records.values()
         )
 
     async def sweep_expired(
@@ -681,3 +678,10 @@ class Domain:
         # keys made in one test sort by creation: one microsecond apart
         self.clock.advance(1e-6)
         return record, Caller(Principal(key_id, KeyKind.ORG, org_id, frozenset(scopes)))
+
+
+def _in_scope(tenant: Tenant, org_id: str, project_id: str, environment_id: str | None) -> bool:
+    """Whether `tenant` is within a project, or one of its environments."""
+    return (tenant.org_id, tenant.project_id) == (org_id, project_id) and (
+        environment_id is None or tenant.environment_id == environment_id
+    )

@@ -140,7 +140,7 @@ class RedisRateLimiter:
         self._last_check = 0.0
         self._pending: list[_Pending] = []
         self._sending = False  # a round trip is scheduled or in flight
-        self._round_trips: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()  # kept until done
         self.round_trips = 0
         """How many round trips the checks took (fewer than checks under load)."""
         self.script_loads = 0
@@ -201,8 +201,8 @@ class RedisRateLimiter:
             return
         self.round_trips += 1
         task = asyncio.get_running_loop().create_task(self._round_trip(batch))
-        self._round_trips.add(task)
-        task.add_done_callback(self._round_trips.discard)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     def _send_next(self) -> None:
         """After a round trip's answers came in (before its callers resume,

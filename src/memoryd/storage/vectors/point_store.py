@@ -351,7 +351,7 @@ class PointStore(abc.ABC, Generic[C, F]):
     ) -> int:
         return await self._count(self._scope_filter(org_id, project_id, environment_id))
 
-    def _scope_filter(self, org_id: str, project_id: str, environment_id: str | None) -> Any:
+    def _scope_filter(self, org_id: str, project_id: str, environment_id: str | None) -> F:
         must = [self._c.match(p.ORG_ID, org_id), self._c.match(p.PROJECT_ID, project_id)]
         if environment_id is not None:
             must.append(self._c.match(p.ENVIRONMENT_ID, environment_id))
