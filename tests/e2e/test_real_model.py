@@ -110,3 +110,19 @@ def test_the_model_loads_and_runs_without_the_network(monkeypatch: pytest.Monkey
         assert len(vectors[0]) == 384
     finally:
         asyncio.run(offline.close())
+
+
+def test_small_calls_run_on_one_thread_and_agree_with_batches(
+    embedder: FastEmbedEmbedder,
+) -> None:
+    def threads_of_last_call() -> int:
+        session = embedder._model.model.model
+        return int(session.get_session_options().intra_op_num_threads)
+
+    texts = [ANSWER, *DISTRACTORS]
+    alone = [embedder.embed_sync([t])[0] for t in texts]
+    assert threads_of_last_call() == 1
+    together = embedder.embed_sync(texts)
+    assert threads_of_last_call() == 2
+    for single, batched in zip(alone, together, strict=True):
+        assert batched == pytest.approx(single, abs=1e-5)

@@ -16,6 +16,8 @@ log = logging.getLogger("memoryd.embeddings")
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DIMENSION = 384
+# Model calls of this many texts or fewer run on one inference thread.
+LONE_MAX_TEXTS = 2
 # What `make models` puts in the directory and fastembed reads from it.
 MODEL_FILES = (
     "model.onnx",
@@ -66,8 +68,10 @@ class FastEmbedEmbedder:
     ~30% lower median latency with batching (no window) than without, while a
     2 ms window is slower than none (it only adds latency), hence the default
     `batch_wait_s=0.0`.
-    - onnxruntime uses `threads` threads (intra- and inter-op) for one call;
-      texts are sorted by length into model batches of `model_batch_size`
+    - onnxruntime uses `threads` threads (intra- and inter-op) for a model
+      call of more than `LONE_MAX_TEXTS` texts and one thread for a smaller
+      one (a lone query: a second thread there costs a third more CPU and
+      saves no time; see `_sessions`); texts are sorted by length into model batches of `model_batch_size`
       (2.5x faster on mixed lengths than padding short texts to long ones).
     - Inputs longer than 512 tokens are truncated (fastembed takes the limit
       from tokenizer_config.json; sentence-transformers would cut at 256).
@@ -103,7 +107,9 @@ class FastEmbedEmbedder:
             local_files_only=True,
             providers=["CPUExecutionProvider"],
         )
-        _stop_spinning(self._model, threads)
+        # The session for model calls of `LONE_MAX_TEXTS` texts or fewer, and
+        # the one for larger batches (the same one when `threads` is 1).
+        self._sessions = _sessions(self._model, threads)
         actual = int(self._model.embedding_size)
         if actual != dimension:
             raise ValueError(
@@ -143,6 +149,10 @@ class FastEmbedEmbedder:
         """Blocking inference; texts are sorted by length so that a model batch
         pads little, then the vectors are put back in order."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        if self._sessions is not None:
+            # One inference thread at a time runs this, so the swap is safe.
+            lone, batch = self._sessions
+            self._model.model.model = lone if len(texts) <= LONE_MAX_TEXTS else batch
         sorted_vectors = self._model.embed(
             [texts[i] for i in order], batch_size=self._model_batch_size
         )
@@ -162,16 +172,26 @@ class FastEmbedEmbedder:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _stop_spinning(model: Any, threads: int) -> None:
-    """Rebuilds the model's onnxruntime session with its thread pools'
-    spinning turned off. By default onnxruntime keeps its intra-op worker
-    threads busy-waiting between calls, which on a small box costs as much
-    CPU as the inference itself (measured on 2 cores: 10 short texts every
-    20 ms cost 129 ms of CPU per call spinning, 74 ms not; a server's
-    AddMessages loop did a third more work). fastembed exposes no option for
-    it, so the session it built is replaced by one with the same model,
-    providers and thread counts. If fastembed's internals ever differ, the
-    session is kept as it is and a warning says so."""
+def _sessions(model: Any, threads: int) -> tuple[Any, Any] | None:
+    """Replaces the model's onnxruntime session with two built to our
+    options: (one thread, `threads` threads), the same one twice when
+    `threads` is 1. None (the session kept as fastembed built it, and a
+    warning) if fastembed's internals ever differ.
+
+    Why two: a small call gains nothing from a second intra-op thread, which
+    only adds synchronisation. Measured on a 2-core box, int8 model, short
+    texts, CPU per text / wall per call, one thread vs two: a lone text
+    7.3-7.6 vs 9.8-10.3 ms / 7.5-7.7 vs 7.4-8.4 ms; 2 texts 6.5-6.8 vs
+    8.6-9.0 / 13.4-14.5 vs 11.5-14.1 ms; 4 texts 5.7-5.9 vs 7.2-7.4 /
+    23.9 vs 18.0-18.3 ms (so from there on, two threads).
+
+    Both sessions have their thread pools' spinning turned off. By default
+    onnxruntime keeps its intra-op worker threads busy-waiting between
+    calls, which on a small box costs as much CPU as the inference itself
+    (measured on 2 cores: 10 short texts every 20 ms cost 129 ms of CPU per
+    call spinning, 74 ms not; a server's AddMessages loop did a third more
+    work). fastembed exposes no option for it, hence our own sessions, with
+    the same model and providers."""
     import onnxruntime as ort  # with fastembed only
 
     inner: Any = getattr(model, "model", None)
@@ -179,13 +199,19 @@ def _stop_spinning(model: Any, threads: int) -> None:
     path = getattr(session, "_model_path", None)
     if not isinstance(session, ort.InferenceSession) or not isinstance(path, str):
         log.warning("fastembed's onnxruntime session not found; its threads keep spinning")
-        return
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    inner.model = ort.InferenceSession(
-        path, providers=session.get_providers(), sess_options=options
-    )
+        return None
+    providers = session.get_providers()
+
+    def build(n: int) -> Any:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = n
+        options.inter_op_num_threads = n
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return ort.InferenceSession(path, providers=providers, sess_options=options)
+
+    batch = build(threads)
+    lone = batch if threads == 1 else build(1)
+    inner.model = batch
+    return lone, batch
