@@ -71,8 +71,9 @@ class FastEmbedEmbedder:
     - onnxruntime uses `threads` threads (intra- and inter-op) for a model
       call of more than `LONE_MAX_TEXTS` texts and one thread for a smaller
       one (a lone query: a second thread there costs a third more CPU and
-      saves no time; see `_sessions`); texts are sorted by length into model batches of `model_batch_size`
-      (2.5x faster on mixed lengths than padding short texts to long ones).
+      saves no time; see `_sessions`); texts are sorted by length into
+      model batches of `model_batch_size` (2.5x faster on mixed lengths
+      than padding short texts to long ones).
     - Inputs longer than 512 tokens are truncated (fastembed takes the limit
       from tokenizer_config.json; sentence-transformers would cut at 256).
     - After `close`, `embed` raises `Unavailable`.
