@@ -526,8 +526,17 @@ def _pooled(name: str, results: list[Result]) -> Result:
     )
 
 
+# Reconnect at once while the server is not listening yet: gRPC's default
+# backoff (1 s, growing by 1.6x) added up to 5 s to a measured cold start.
+_PROMPT_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 50),
+]
+
+
 async def _until_serving(address: str, started: float) -> float:
-    async with aio.insecure_channel(address) as channel:
+    async with aio.insecure_channel(address, options=_PROMPT_RECONNECT) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.perf_counter() - started < 120:
             try:
