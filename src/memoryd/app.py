@@ -12,6 +12,7 @@ hand (an owner key made before a step that then failed would never be shown).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -84,6 +85,7 @@ from memoryd.domain.usage import UsageReporter
 from memoryd.domain.watch import WatchHub, WatchService
 from memoryd.domain.webhooks import Courier, Dispatcher, RetryPolicy, WebhookManager
 from memoryd.embeddings import build_embedder
+from memoryd.embeddings import model_identity as model_identity_of
 from memoryd.extraction.llm import LlmExtractor
 from memoryd.extraction.verbatim import VerbatimExtractor
 from memoryd.fetch import UrlFetcher
@@ -108,6 +110,7 @@ from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, R
 from memoryd.storage.spool import LocalSpool
 from memoryd.storage.sql import SqlControlStore
 from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.edge_engine import MARKER as EDGE_MARKER
 from memoryd.storage.vectors.lazy import LazyVectorStore
 from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.ranking import Fusion, Tuning
@@ -246,15 +249,25 @@ async def _build(
     health = Health(SERVICE_NAMES)
     store = await _control_plane(stack, settings, on_change=health.recheck)
     control: ControlStore = metrics.timed("sql", store)
+    sealer = _sealer(settings, store)
+    store.seal_with(sealer)
+    early = _open_vectors_early(stack, settings, embedder, sealer, health.recheck)
     limits = _limits(stack, settings, clock)
     watchers = _watch_hub(settings, metrics, store)
     authenticator = await _authenticator(
         stack, settings, control, hasher, clock, limits.bus, watchers
     )
     embedder = await _embedder(stack, settings, embedder)
-    sealer = _sealer(settings, store)
-    store.seal_with(sealer)
-    vectors = await _vectors(stack, settings, embedder, sealer, on_change=health.recheck)
+    if early is None:
+        vectors = await _vectors(stack, settings, embedder, sealer, on_change=health.recheck)
+    else:
+        opening, identity = early
+        vectors = await opening
+        if (embedder.model_id, embedder.dimension) != identity:
+            raise RuntimeError(
+                f"the embedder is {embedder.model_id} ({embedder.dimension}-d), but the "
+                f"vector store was opened for {identity[0]} ({identity[1]}-d)"
+            )
     chunks = await _vectors(stack, settings, embedder, sealer, health.recheck, "knowledge")
     domain = _services(
         settings,
@@ -523,17 +536,68 @@ def _sealer(settings: Settings, store: SqlControlStore) -> Sealer:
     )
 
 
+def _open_vectors_early(
+    stack: AsyncExitStack,
+    settings: Settings,
+    injected: Embedder | None,
+    sealer: Sealer,
+    on_change: Callable[[], None],
+) -> tuple[asyncio.Task[VectorStore], tuple[str, int]] | None:
+    """Starts opening an existing embedded vector store while the rest of
+    the server (the embedding model above all) is built, and answers the
+    opening and the model identity it was opened for; None when there is
+    nothing to gain or something to risk (see below).
+
+    The engine loads a shard in its own process, and a large one takes
+    seconds (1M memories: ~9 s on a 2-core box), so the two overlap. Only an
+    existing store (its model marker present): opening one only checks the
+    marker, whereas a new store would be marked for the model before the
+    model had loaded, and a model that then failed to load would leave the
+    store marked for it. A Qdrant server is opened in turn, as before."""
+    if settings.qdrant_url:
+        return None
+    if not (Path(settings.data_dir) / "vectors" / EDGE_MARKER).is_file():
+        return None
+    identity = (
+        (injected.model_id, injected.dimension)
+        if injected is not None
+        else model_identity_of(
+            settings.embedding_provider,
+            dimension=settings.embedding_dimension,
+            openai_model=settings.openai_model,
+        )
+    )
+    opening = asyncio.create_task(
+        _vectors(stack, settings, identity, sealer, on_change), name="memoryd-open-vectors"
+    )
+
+    async def settle() -> None:
+        # a start that failed meanwhile: stop the opening (it closes what it
+        # started); one that finished has put its own close on the stack
+        if not opening.done():
+            opening.cancel()
+        with contextlib.suppress(BaseException):
+            await opening
+
+    stack.push_async_callback(settle)
+    return opening, identity
+
+
 async def _vectors(
     stack: AsyncExitStack,
     settings: Settings,
-    embedder: Embedder,
+    embedder: Embedder | tuple[str, int],
     sealer: Sealer,
     on_change: Callable[[], None],
     name: str = "vectors",
 ) -> VectorStore:
     """The memories' vector store, or (`name` "knowledge") the documents'
     chunks' own, made at its first use (an embedded server that never
-    ingests a document has none: no directory, no engine process)."""
+    ingests a document has none: no directory, no engine process). Opened
+    for `embedder`'s model (or a (model id, dimension) pair)."""
+    model_id, dimension = (
+        embedder if isinstance(embedder, tuple) else (embedder.model_id, embedder.dimension)
+    )
     path = Path(settings.data_dir) / name
     vectors: VectorStore = (
         _vector_store(settings, on_change, sealer=sealer)
@@ -543,7 +607,7 @@ async def _vectors(
             lambda: bool(settings.qdrant_url) or path.exists(),
         )
     )
-    await vectors.open(embedder.model_id, embedder.dimension)
+    await vectors.open(model_id, dimension)
     _on_close(stack, vectors.close)
     return vectors
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from memoryd.embeddings import FastEmbedEmbedder, build_embedder
+from memoryd.embeddings import FastEmbedEmbedder, build_embedder, model_identity
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +80,10 @@ async def test_vectors_are_unit_norm_384_floats_of_the_named_model(
 ) -> None:
     assert embedder.model_id == "fastembed:sentence-transformers/all-MiniLM-L6-v2"
     assert embedder.dimension == 384
+    assert model_identity("fastembed", dimension=384, openai_model="") == (
+        embedder.model_id,
+        embedder.dimension,
+    )
     vectors = await embedder.embed(["", "short", "a much longer sentence " * 200])
     for vector in vectors:
         assert len(vector) == 384

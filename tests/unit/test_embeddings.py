@@ -22,6 +22,7 @@ from memoryd.embeddings import (
     NoEmbedder,
     OpenAIEmbedder,
     build_embedder,
+    model_identity,
 )
 from memoryd.embeddings._vectors import unit_normalize
 
@@ -138,6 +139,26 @@ async def test_factory_builds_each_provider_without_a_model() -> None:
     assert isinstance(openai, OpenAIEmbedder)
     assert openai.model_id == "openai:text-embedding-3-small"
     await openai.close()
+
+
+@pytest.mark.parametrize(
+    ("provider", "dimension"), [("hashing", 64), ("none", 8), ("OpenAI", 1536), ("hashing", 3)]
+)
+async def test_the_model_identity_is_that_of_the_embedder_the_settings_make(
+    provider: str, dimension: int
+) -> None:
+    embedder = build(provider, dimension=dimension)
+    try:
+        assert model_identity(
+            provider, dimension=dimension, openai_model="text-embedding-3-small"
+        ) == (embedder.model_id, embedder.dimension)
+    finally:
+        await embedder.close()
+
+
+def test_the_model_identity_of_an_unknown_provider_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown embedding provider 'sbert'.*fastembed"):
+        model_identity("sbert", dimension=8, openai_model="")
 
 
 def test_factory_names_the_choices_for_an_unknown_provider() -> None:

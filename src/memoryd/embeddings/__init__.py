@@ -38,7 +38,31 @@ __all__ = [
     "NoEmbedder",
     "OpenAIEmbedder",
     "build_embedder",
+    "model_identity",
 ]
+
+
+def model_identity(provider: str, *, dimension: int, openai_model: str) -> tuple[str, int]:
+    """The (model id, dimension) of the embedder that `build_embedder` makes
+    with these settings, without making it (no model is loaded): the server
+    opens its vector store, which is made for one model, while the model
+    loads. Raises `ValueError` for an unknown provider, as `build_embedder`
+    does. (A fastembed model that does not make `dimension`-d vectors is
+    refused when it loads.)"""
+    name = provider.strip().lower()
+    if name == "fastembed":
+        return f"fastembed:{DEFAULT_MODEL}", dimension
+    if name == "openai":
+        return f"openai:{openai_model}", dimension
+    if name in ("none", "hashing"):
+        return f"{name}:{dimension}", dimension
+    raise _unknown(provider)
+
+
+def _unknown(provider: str) -> ValueError:
+    return ValueError(
+        f"unknown embedding provider {provider!r}: choose one of {', '.join(PROVIDERS)}"
+    )
 
 
 def build_embedder(
@@ -126,6 +150,4 @@ def _provider(
         return NoEmbedder(dimension)
     if name == "hashing":
         return HashingEmbedder(dimension)
-    raise ValueError(
-        f"unknown embedding provider {provider!r}: choose one of {', '.join(PROVIDERS)}"
-    )
+    raise _unknown(provider)

@@ -1,0 +1,146 @@
+"""Start-up over an existing vector store: the store opens while the rest of
+the server (the embedding model above all) is built, and a start that fails
+on either side leaves nothing behind: no engine process, no lock, no store
+marked for a model that never loaded.
+
+The engine runs in its own process here, as in the server's default.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers.servers import MakeServer, start_server
+
+from memoryd.domain.errors import FailedPrecondition
+from memoryd.v1 import memory_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def model_dir() -> Path:
+    path = Path(os.environ.get("MEMORYD_TEST_MODEL_DIR") or "models/all-MiniLM-L6-v2")
+    path = path if path.is_absolute() else ROOT / path
+    if not (path / "model.onnx").is_file():
+        pytest.fail(f"no embedding model in {path}: run `make models` first")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too
+    return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def _engines() -> list[int]:
+    """This process's engine processes that are still alive."""
+    me = str(os.getpid())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"\nPPid:\t{me}\n" in status and b"edge_child" in cmdline and _alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+async def _remember(make_server: MakeServer, data_dir: Path, **settings: object) -> tuple[int, str]:
+    """Starts a server on `data_dir`, stores one memory, stops it; answers
+    its engine's process id and the key that stored the memory."""
+    server = await make_server(str(data_dir), vector_engine_process=True, **settings)
+    project = await server.project()
+    client = server.client(await server.data_key(project))
+    await client.memory.CreateMemory(
+        memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="Ana drinks tea")),
+        metadata=client.md(),
+    )
+    pid = server.app.vectors.engine_pid  # type: ignore[attr-defined]
+    assert pid is not None
+    await server.stop()
+    return int(pid), client.key
+
+
+async def test_a_restart_opens_the_store_for_its_model_and_finds_its_memories(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    first_engine, key = await _remember(make_server, data_dir)
+    assert not _alive(first_engine)
+    assert _engines() == []
+
+    again = await make_server(str(data_dir), vector_engine_process=True)
+    client = again.client(key)
+    listed = await client.memory.ListMemories(
+        memory_pb2.ListMemoriesRequest(), metadata=client.md()
+    )
+    assert [m.content for m in listed.memories] == ["Ana drinks tea"]
+
+
+async def test_a_restart_for_another_model_is_refused_and_releases_the_store(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    await _remember(make_server, data_dir)
+
+    with pytest.raises(FailedPrecondition) as refused:
+        await start_server(str(data_dir), vector_engine_process=True, embedding_dimension=32)
+    assert refused.value.reason == "EMBEDDING_MODEL_MISMATCH"
+    assert _engines() == []
+
+    # nothing held the directory: the right model opens it at once
+    again = await make_server(str(data_dir), vector_engine_process=True)
+    assert again.app.vectors.engine_pid is not None  # type: ignore[attr-defined]
+
+
+async def test_a_model_that_fails_to_load_stops_the_store_opening_beside_it(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    real = {"embedding_provider": "fastembed", "embedding_dimension": 384}
+    await _remember(make_server, data_dir, embedding_model_dir=str(model_dir()), **real)
+
+    # the store (made for this model) starts opening, then the model fails
+    # to load: its files are all there, but model.onnx is damaged
+    damaged = tmp_path / "damaged-model"
+    shutil.copytree(model_dir(), damaged)
+    (damaged / "model.onnx").write_bytes(b"not a model" * 1000)
+    with pytest.raises(Exception, match="INVALID_PROTOBUF"):
+        await start_server(
+            str(data_dir), vector_engine_process=True, embedding_model_dir=str(damaged), **real
+        )
+    # its engine was stopped and let go of the directory
+    assert _engines() == []
+    again = await make_server(
+        str(data_dir), vector_engine_process=True, embedding_model_dir=str(model_dir()), **real
+    )
+    assert again.app.vectors.engine_pid is not None  # type: ignore[attr-defined]
+
+
+async def test_a_model_that_fails_to_load_leaves_a_new_data_dir_unmarked(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    # the model loads (a while), then is refused: it makes 384-d vectors
+    with pytest.raises(ValueError, match="384-d vectors, but the configured dimension is 128"):
+        await start_server(
+            str(data_dir),
+            vector_engine_process=True,
+            embedding_provider="fastembed",
+            embedding_dimension=128,
+            embedding_model_dir=str(model_dir()),
+        )
+    # no store was made for a model that never loaded: the next start may
+    # choose any model
+    assert not (data_dir / "vectors" / "memoryd.json").exists()
+    assert _engines() == []
