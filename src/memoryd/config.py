@@ -262,7 +262,9 @@ class Settings:
         "models/all-MiniLM-L6-v2", "Directory of the local model (made by `make models`)."
     )
     embedding_dimension: int = _setting(384, "Vector dimension (must match the model).")
-    embedding_threads: int = _setting(2, "Threads of the local model.")
+    embedding_threads: int = _setting(
+        2, "Threads of the local model for a batch of 3 texts or more (fewer run on one)."
+    )
     embedding_cache_size: int = _setting(
         4096,
         "Search query vectors kept per server (LRU, about 3 KiB each), keyed by organization "
