@@ -195,7 +195,17 @@ class ChildBackend(_Connection):
             raise
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        except BaseException:
+            # cancelled (a start that failed meanwhile): no one else knows of
+            # the child, so it goes now rather than when the socket is collected
+            ours.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(proc.wait())
+            raise
         child = cls(proc, reader, writer)
         writer.write(encode(engine_kwargs))
         return child
