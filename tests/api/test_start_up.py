@@ -13,20 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers.real_model import real_model_dir as model_dir
 from helpers.servers import MakeServer, start_server
 
 from memoryd.domain.errors import FailedPrecondition
 from memoryd.v1 import memory_pb2
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def model_dir() -> Path:
-    path = Path(os.environ.get("MEMORYD_TEST_MODEL_DIR") or "models/all-MiniLM-L6-v2")
-    path = path if path.is_absolute() else ROOT / path
-    if not (path / "model.onnx").is_file():
-        pytest.fail(f"no embedding model in {path}: run `make models` first")
-    return path
 
 
 def _alive(pid: int) -> bool:

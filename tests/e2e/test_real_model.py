@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import socket
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.real_model import real_model_dir as model_dir
 
 from memoryd.embeddings import FastEmbedEmbedder, build_embedder, model_identity
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 QUERY = "what does Ana like to drink"
 ANSWER = "Ana prefers green tea over coffee"
 DISTRACTORS = [
@@ -33,14 +31,6 @@ DISTRACTORS = [
     "Water the plants on the balcony twice a week",
     "The team meeting moved to Tuesday",
 ]
-
-
-def model_dir() -> Path:
-    path = Path(os.environ.get("MEMORYD_TEST_MODEL_DIR") or "models/all-MiniLM-L6-v2")
-    path = path if path.is_absolute() else ROOT / path
-    if not (path / "model.onnx").is_file():
-        pytest.fail(f"no embedding model in {path}: run `make models` first")
-    return path
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:

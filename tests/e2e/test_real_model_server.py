@@ -10,17 +10,15 @@ The directory is `MEMORYD_TEST_MODEL_DIR`, else `models/all-MiniLM-L6-v2`
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
+from helpers.real_model import real_model_dir
 from helpers.servers import MakeServer
 
 from memoryd.v1 import memory_pb2
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 ANSWER = "Ana prefers green tea over coffee"
 DISTRACTORS = [
     "Ana's favourite colour is blue",
@@ -40,11 +38,7 @@ PARAPHRASES = {
 
 
 def model_dir() -> str:
-    path = Path(os.environ.get("MEMORYD_TEST_MODEL_DIR") or "models/all-MiniLM-L6-v2")
-    path = path if path.is_absolute() else ROOT / path
-    if not (path / "model.onnx").is_file():
-        pytest.fail(f"no embedding model in {path}: run make models")
-    return str(path)
+    return str(real_model_dir())
 
 
 async def test_a_paraphrase_finds_its_memory_through_the_server(make_server: MakeServer) -> None:
