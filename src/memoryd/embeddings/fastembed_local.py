@@ -151,7 +151,9 @@ class FastEmbedEmbedder:
         pads little, then the vectors are put back in order."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         if self._sessions is not None:
-            # One inference thread at a time runs this, so the swap is safe.
+            # The server calls this from its one inference thread; a script's
+            # concurrent `embed_sync` could only change which of the two
+            # sessions, both answering the same vectors, runs a call.
             lone, batch = self._sessions
             self._model.model.model = lone if len(texts) <= LONE_MAX_TEXTS else batch
         sorted_vectors = self._model.embed(
