@@ -25,8 +25,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # a zombie is dead too
-    return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    try:  # a zombie is dead too
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:  # reaped meanwhile
+        return False
 
 
 def _engines() -> list[int]:
