@@ -109,8 +109,8 @@ from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.spool import LocalSpool
 from memoryd.storage.sql import SqlControlStore
+from memoryd.storage.vectors.edge import MARKER as EDGE_MARKER
 from memoryd.storage.vectors.edge import EdgeVectorStore
-from memoryd.storage.vectors.edge_engine import MARKER as EDGE_MARKER
 from memoryd.storage.vectors.lazy import LazyVectorStore
 from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.ranking import Fusion, Tuning
@@ -259,16 +259,18 @@ async def _build(
     )
     embedder = await _embedder(stack, settings, embedder)
     if early is None:
-        vectors = await _vectors(stack, settings, embedder, sealer, on_change=health.recheck)
+        vectors = await _vectors(stack, settings, _identity(embedder), sealer, health.recheck)
     else:
         opening, identity = early
         vectors = await opening
-        if (embedder.model_id, embedder.dimension) != identity:
+        if _identity(embedder) != identity:
             raise RuntimeError(
                 f"the embedder is {embedder.model_id} ({embedder.dimension}-d), but the "
                 f"vector store was opened for {identity[0]} ({identity[1]}-d)"
             )
-    chunks = await _vectors(stack, settings, embedder, sealer, health.recheck, "knowledge")
+    chunks = await _vectors(
+        stack, settings, _identity(embedder), sealer, health.recheck, "knowledge"
+    )
     domain = _services(
         settings,
         store,
@@ -559,7 +561,7 @@ def _open_vectors_early(
     if not (Path(settings.data_dir) / "vectors" / EDGE_MARKER).is_file():
         return None
     identity = (
-        (injected.model_id, injected.dimension)
+        _identity(injected)
         if injected is not None
         else model_identity_of(
             settings.embedding_provider,
@@ -583,10 +585,15 @@ def _open_vectors_early(
     return opening, identity
 
 
+def _identity(embedder: Embedder) -> tuple[str, int]:
+    """The (model id, dimension) a vector store is opened for."""
+    return embedder.model_id, embedder.dimension
+
+
 async def _vectors(
     stack: AsyncExitStack,
     settings: Settings,
-    embedder: Embedder | tuple[str, int],
+    identity: tuple[str, int],
     sealer: Sealer,
     on_change: Callable[[], None],
     name: str = "vectors",
@@ -594,10 +601,7 @@ async def _vectors(
     """The memories' vector store, or (`name` "knowledge") the documents'
     chunks' own, made at its first use (an embedded server that never
     ingests a document has none: no directory, no engine process). Opened
-    for `embedder`'s model (or a (model id, dimension) pair)."""
-    model_id, dimension = (
-        embedder if isinstance(embedder, tuple) else (embedder.model_id, embedder.dimension)
-    )
+    for the model `identity` (model id, dimension)."""
     path = Path(settings.data_dir) / name
     vectors: VectorStore = (
         _vector_store(settings, on_change, sealer=sealer)
@@ -607,7 +611,7 @@ async def _vectors(
             lambda: bool(settings.qdrant_url) or path.exists(),
         )
     )
-    await vectors.open(model_id, dimension)
+    await vectors.open(*identity)
     _on_close(stack, vectors.close)
     return vectors
 
