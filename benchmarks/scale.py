@@ -13,7 +13,9 @@ and pinned with `taskset -c` to `--server-cpus` when given:
   vector per call): p50/p99 with 1 and with 4 calls in flight, and h2load's
   ceiling (4 connections x 32 streams, one tenant);
 - RSS of the server and every process under it; data-dir size;
-- cold start to SERVING: the server stopped and started on the same data dir.
+- cold start to SERVING: the server stopped and started on the same data
+  dir, then searches with 1 in flight and its RSS; then again after
+  `memoryd compact-vectors` (timed) sealed the store.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,15 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray[Any, Any]:
     v = rng.standard_normal((n, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v
+
+
+_MEMORYD = Path(sys.executable).with_name("memoryd")
+
+
+def _rss(pid: int) -> str:
+    pids = _tree(pid)
+    rss = sum(_rss_kb(p) for p in pids) / 1024
+    return f"RSS {rss:.0f} MiB over {len(pids)} processes (server and its children)"
 
 
 def _tree(pid: int) -> list[int]:
@@ -104,20 +116,23 @@ async def scale_suite(
         queries = _unit(rng, 256, dim).tolist()
         pick = random.Random(5)
 
-        async def search() -> Any:
-            t = pick.randrange(tenants)
-            return await mem.SearchMemories(
-                memory_pb2.SearchMemoriesRequest(
-                    mode=memory_pb2.SEMANTIC,
-                    top_k=5,
-                    query_embedding=queries[pick.randrange(len(queries))],
-                ),
-                metadata=tenant_metadata(env_keys, t),
-            )
+        def searcher(stub: Any) -> Callable[[], Awaitable[Any]]:
+            async def search() -> Any:
+                t = pick.randrange(tenants)
+                return await stub.SearchMemories(
+                    memory_pb2.SearchMemoriesRequest(
+                        mode=memory_pb2.SEMANTIC,
+                        top_k=5,
+                        query_embedding=queries[pick.randrange(len(queries))],
+                    ),
+                    metadata=tenant_metadata(env_keys, t),
+                )
+
+            return search
 
         for flight in (1, 4):
             result = await drive(
-                f"Search client vector, {flight} in flight", search, seconds, flight
+                f"Search client vector, {flight} in flight", searcher(mem), seconds, flight
             )
             lines.append(result.line())
         body = memory_pb2.SearchMemoriesRequest(
@@ -135,28 +150,55 @@ async def scale_suite(
                 f"Search client vector, h2load (4 conns x 32 streams): {ceiling:.0f} req/s"
             )
         assert server.proc is not None
-        pids = _tree(server.proc.pid)
-        rss = sum(_rss_kb(pid) for pid in pids) / 1024
-        lines.append(
-            f"RSS {rss:.0f} MiB over {len(pids)} processes (server and its children); "
-            f"data dir {du_mb(Path(server.data_dir)):.0f} MiB"
-        )
+        lines.append(f"{_rss(server.proc.pid)}; data dir {du_mb(Path(server.data_dir)):.0f} MiB")
         await channel.close(None)
 
         server.proc.send_signal(15)
-        await asyncio.to_thread(server.proc.wait, 300)
+        await asyncio.to_thread(server.proc.wait, 600)
         env = {**server.env, "MEMORYD_PORT": str(server.port)}
+
+        async def restarted(label: str) -> None:
+            """A cold start on the data dir, then searches with 1 in flight."""
+            started = time.perf_counter()
+            proc = subprocess.Popen(  # noqa: ASYNC220 - measuring the start itself
+                [*server.command_prefix(), str(_MEMORYD), "serve"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                cold = await _until_serving(server.address, started)
+                lines.append(
+                    f"{label}: cold start to SERVING with {loaded} memories on disk: {cold:.2f} s"
+                )
+                again = aio.insecure_channel(server.address)
+                stub = memory_pb2_grpc.MemoryServiceStub(again)
+                result = await drive(
+                    f"{label}: Search client vector, 1 in flight", searcher(stub), seconds, 1
+                )
+                lines.append(result.line())
+                lines.append(f"{label}: {_rss(proc.pid)}")
+                await again.close(None)
+            finally:
+                proc.terminate()
+                await asyncio.to_thread(proc.wait, 600)
+
+        await restarted("as written")
         started = time.perf_counter()
-        proc = subprocess.Popen(  # noqa: ASYNC220 - measuring the start itself
-            [*server.command_prefix(), str(Path(sys.executable).with_name("memoryd")), "serve"],
+        compacted = await asyncio.to_thread(
+            subprocess.run,
+            [*server.command_prefix(), str(_MEMORYD), "compact-vectors"],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        try:
-            cold = await _until_serving(server.address, started)
-        finally:
-            proc.terminate()
-            await asyncio.to_thread(proc.wait, 120)
-        lines.append(f"cold start to SERVING with {loaded} memories on disk: {cold:.2f} s")
+        if compacted.returncode != 0:
+            raise RuntimeError(f"compact-vectors failed: {compacted.stderr.strip()}")
+        lines.append(
+            f"memoryd compact-vectors: {time.perf_counter() - started:.1f} s "
+            f"({compacted.stdout.strip().splitlines()[-1]}); "
+            f"data dir {du_mb(Path(server.data_dir)):.0f} MiB"
+        )
+        await restarted("compacted")
     return lines

@@ -1,4 +1,5 @@
-"""`memoryd serve | bootstrap` (the benchmarks live in `benchmarks/`, outside the package).
+"""`memoryd serve | bootstrap | upgrade-vectors | compact-vectors` (the benchmarks
+live in `benchmarks/`, outside the package).
 
 Every setting is an option here and an environment variable `MEMORYD_<NAME>`
 (the option wins). See `memoryd serve --help`.
@@ -81,6 +82,20 @@ def _parser() -> argparse.ArgumentParser:
         "stopped. Safe to run again after an interruption.",
     )
     add_settings_options(upgrade)
+
+    compact = sub.add_parser(
+        "compact-vectors",
+        help="seal the embedded vector stores so that they open fast",
+        description="Seal what was written to the embedded vector stores (memories and "
+        "knowledge chunks) since their last compaction into immutable segments whose payload "
+        "indexes are mapped from files, so that the next start opens them instead of "
+        "rebuilding them: with 1M memories the store opens in ~1.5 s instead of ~9 s and holds "
+        "about half the memory. Run it with the server stopped, after a large import or from "
+        "time to time; it costs ~200 us per memory sealed (a few minutes at 1M) and room on "
+        "disk for a copy of the store. Safe to stop at any point. A Qdrant server optimizes "
+        "its collections by itself.",
+    )
+    add_settings_options(compact)
     return parser
 
 
@@ -193,6 +208,41 @@ async def _upgrade_vectors(settings: Settings) -> int:
     return 0
 
 
+def _compact_vectors(settings: Settings) -> int:
+    """Compacts the embedded vector stores of `settings.data_dir` (see the
+    command's description); 0 when done or when there is nothing to do."""
+    from pathlib import Path
+
+    from memoryd.storage.disk import MIB
+    from memoryd.storage.vectors.edge_engine import compact_store
+
+    if settings.qdrant_url:
+        print("nothing to do: a Qdrant server optimizes its collections by itself", flush=True)
+        return 0
+    found = False
+    for name in ("vectors", "knowledge"):
+        path = Path(settings.data_dir) / name
+
+        def say(line: str, name: str = name) -> None:
+            print(f"{name}: {line}", flush=True)
+
+        try:
+            done = compact_store(path, min_free_bytes=settings.min_free_disk_mb * MIB, say=say)
+        except Exception as err:  # one line naming the cause, like a failed start
+            return _cannot_start(err)
+        if done is None:
+            continue
+        found = True
+        say(
+            f"{done.points} points in {done.segments_after} segments (were "
+            f"{done.segments_before}), {done.indexes_rebuilt} payload indexes rebuilt, "
+            f"{done.seconds:.1f} s"
+        )
+    if not found:
+        print(f"nothing to do: no embedded vector store in {settings.data_dir}", flush=True)
+    return 0
+
+
 async def _bootstrap(settings: Settings, org_name: str, new_owner_key: str) -> int:
     from memoryd.auth.hashing import Argon2Hasher
     from memoryd.domain.bootstrap import Bootstrapped, bootstrap_org, mint_owner_key
@@ -279,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_bootstrap(settings, args.org_name, args.new_owner_key))
     if args.command == "upgrade-vectors":
         return asyncio.run(_upgrade_vectors(settings))
+    if args.command == "compact-vectors":
+        return _compact_vectors(settings)
     return 2
 
 

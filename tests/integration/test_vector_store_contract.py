@@ -145,9 +145,38 @@ def process(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-@pytest.fixture(params=["edge", "edge-process", "edge-shared", "qdrant"])
+class SealingEdgeStore(EdgeVectorStore):
+    """Edge whose every write is sealed at once into an immutable segment
+    with its payload indexes in files, as `memoryd compact-vectors` leaves a
+    store: the contract then holds for points in sealed segments, and for
+    the writes that replace, change or delete them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._engine_kwargs["sealing"] = True  # what `compact_store` opens with
+
+    async def _upsert(self, points: Any, guard: Any) -> None:
+        await super()._upsert(points, guard)
+        await self._call("optimize")
+
+    async def _delete(self, flt: Any) -> None:
+        await super()._delete(flt)
+        await self._call("optimize")
+
+    async def _set_payloads(self, changes: Any) -> None:
+        await super()._set_payloads(changes)
+        await self._call("optimize")
+
+
+@pytest.fixture(params=["edge", "edge-process", "edge-shared", "edge-sealed", "qdrant"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s: Store
+    if request.param == "edge-sealed":
+        s = SealingEdgeStore(tmp_path / "vectors")
+        await s.open(MODEL, DIM)
+        yield s
+        await s.close()
+        return
     if request.param == "edge-shared":  # the engine host of `serve --workers N`
         async with shared_engine() as socket_path:
             s = EdgeVectorStore(tmp_path / "vectors", engine_socket=socket_path)

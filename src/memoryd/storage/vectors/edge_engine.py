@@ -24,7 +24,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +46,14 @@ NEXT_SHARD = "shard.next"
 OLD_SHARD = "shard.old"
 EDGE_CONFIG = "edge_config.json"
 LOCK_WAIT_S = 1.0
+# Segments: the optimizer merges the smallest segments while there are more
+# than SEGMENTS, and only segments under MAX_SEGMENT_KB of vectors, so a
+# close or a vacuum never rewrites a large sealed segment to merge it.
+SEGMENTS = 8
+MAX_SEGMENT_KB = 200_000
+# No HNSW graph, ever (m=0): a search stays an exact scan of the points its
+# filter selects, in sealed segments too.
+_NO_GRAPH = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000)
 
 # A condition or filter as plain tuples:
 #   ("match", key, value)            ("any", key, [values])
@@ -126,7 +135,9 @@ class EdgeEngine:
 
     Every method is synchronous and may block on the disk. `min_free_bytes`:
     writes (and `open`) are refused with ResourceExhausted (DISK_FULL) while
-    less is free; see `memoryd.storage.disk`.
+    less is free; see `memoryd.storage.disk`. `sealing`: open the shard for
+    `compact` (its optimizer then seals the appendable segment); a server's
+    engine never seals, since sealing blocks the engine for minutes at 1M.
     """
 
     def __init__(
@@ -137,8 +148,10 @@ class EdgeEngine:
         optimize_on_close: bool = True,
         search_threads: int | None = None,
         min_free_bytes: int = 0,
+        sealing: bool = False,
     ) -> None:
         self._path = Path(path)
+        self._sealing = sealing
         self._sync_writes = sync_writes
         self._optimize_on_close = optimize_on_close
         self._search_threads = search_threads
@@ -193,7 +206,14 @@ class EdgeEngine:
             sparse_vectors={rk.KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
             if keywords
             else None,
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+            hnsw_config=_NO_GRAPH,
+            optimizers=qe.EdgeOptimizersConfig(
+                # in KB of vectors: 0 never seals; 1 seals any segment that
+                # holds a point
+                indexing_threshold=1 if self._sealing else 0,
+                default_segment_number=SEGMENTS,
+                max_segment_size=MAX_SEGMENT_KB,
+            ),
             max_search_threads=self._search_threads,
         )
 
@@ -320,6 +340,35 @@ class EdgeEngine:
             self._path, self._min_free_bytes + _allocated_bytes(self._path), what="optimizations"
         )
         return shard.optimize()
+
+    def compact(self, say: Callable[[str], None]) -> Compacted:
+        """Seals the shard's appendable segment into an immutable one whose
+        payload indexes live in files that are mapped, not rebuilt, when the
+        shard opens (see `compact_store`). Needs an engine opened with
+        `sealing`; blocks it for as long as it runs (~200 µs a point)."""
+        if not self._sealing:
+            raise RuntimeError("compact needs an engine opened with sealing=True")
+        shard = self.shard
+        started = time.monotonic()
+        before = shard.info().segments_count
+        stale = _stale_indexes(shard)
+        for n, key in enumerate(stale, 1):
+            say(f"rebuilding the payload index {key!r} in files ({n} of {len(stale)})")
+            self._write(
+                shard,
+                qe.UpdateOperation.create_field_index(key, _index_params(p.INDEXES[key])),
+            )
+        say("sealing the appendable segment")
+        self._optimize(shard)
+        shard.flush()
+        info = shard.info()
+        return Compacted(
+            points=int(info.points_count),
+            segments_before=int(before),
+            segments_after=int(info.segments_count),
+            indexes_rebuilt=len(stale),
+            seconds=time.monotonic() - started,
+        )
 
     def upsert(self, points: list[PointTuple], guard: Cond) -> None:
         shard = self.shard
@@ -579,14 +628,29 @@ def _ensure_indexes(shard: qe.EdgeShard) -> None:
             shard.update(qe.UpdateOperation.create_field_index(key, _index_params(kind)))
 
 
+def _stale_indexes(shard: qe.EdgeShard) -> list[str]:
+    """The payload indexes made before they were kept in files (`Cold`):
+    a sealed segment would hold them in memory, rebuilt at every open.
+    Recreating one rebuilds it over every point (~14 s at 1M)."""
+    have = shard.info().payload_schema
+    return [
+        key
+        for key in p.INDEXES
+        if key in have and getattr(have[key].params, "memory", None) != qe.Memory.Cold
+    ]
+
+
 def _index_params(kind: p.IndexKind) -> qe.PayloadSchemaParams:
+    # Cold: in a sealed segment the index is a mapped file, opened in no
+    # time; the appendable segment keeps its indexes in memory either way.
+    cold = qe.Memory.Cold
     match kind:
         case p.IndexKind.TENANT:
-            return qe.KeywordIndexParams(is_tenant=True)
+            return qe.KeywordIndexParams(is_tenant=True, memory=cold)
         case p.IndexKind.KEYWORD:
-            return qe.KeywordIndexParams(enable_hnsw=False)
+            return qe.KeywordIndexParams(enable_hnsw=False, memory=cold)
         case p.IndexKind.INTEGER:
-            return qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False)
+            return qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False, memory=cold)
 
 
 def _allocated_bytes(path: Path) -> int:
@@ -604,3 +668,50 @@ def closed() -> Unavailable:
         "the vector store is not open (the server is starting or shutting down); retry",
         reason="VECTOR_STORE_CLOSED",
     )
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """What `compact_store` did."""
+
+    points: int
+    segments_before: int
+    segments_after: int
+    indexes_rebuilt: int
+    seconds: float
+
+
+def marked_model(path: str | os.PathLike[str]) -> tuple[str, int] | None:
+    """The (model id, dimension) the store in `path` was made for; None
+    when there is no store there."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return None
+    made = json.loads(marker.read_text())
+    return str(made["model_id"]), int(made["dimension"])
+
+
+def compact_store(
+    path: str | os.PathLike[str], *, min_free_bytes: int = 0, say: Callable[[str], None]
+) -> Compacted | None:
+    """Compacts the store in `path` while no server has it open: seals its
+    appendable segment (every point written since the last compaction) into
+    an immutable segment whose payload indexes are mapped files, so the
+    next open maps them instead of rebuilding them (1M memories on a 2-core
+    machine: the shard opens in ~1.5 s instead of ~9 s) and holds about
+    half the memory. Costs ~200 µs a point sealed and room for a copy of
+    the shard. None when there is no store in `path`.
+
+    Safe to stop at any point: the engine writes a sealed segment beside
+    the one it replaces and swaps them at the end, so a compaction cut
+    short leaves the shard as it was (and the next one starts over).
+    Raises FailedPrecondition while a server has the store open."""
+    identity = marked_model(path)
+    if identity is None:
+        return None
+    engine = EdgeEngine(path, sealing=True, optimize_on_close=False, min_free_bytes=min_free_bytes)
+    engine.open(*identity)
+    try:
+        return engine.compact(say)
+    finally:
+        engine.close(optimize=False)
