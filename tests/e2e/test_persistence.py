@@ -248,3 +248,83 @@ async def test_a_failed_first_start_keeps_the_owner_key_for_the_next_start(
     finally:
         await served.channel.close()
         served.kill()
+
+
+async def test_a_compacted_data_directory_keeps_everything_and_takes_writes(
+    servers: Any, tmp_path: Path
+) -> None:
+    """`memoryd compact-vectors` between two runs: it refuses while the server
+    runs, seals the stopped server's store, and the next start reads every
+    memory, revision and search as before, and keeps what it writes next
+    (to sealed memories too) across kill -9."""
+    first = servers()
+    owner = Api(first, first.owner_key() or "")
+    project = await owner.admin.CreateProject(
+        admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name="compact")),
+        metadata=owner.md,
+    )
+    key = await owner.keys.CreateApiKey(
+        keys_pb2.CreateApiKeyRequest(
+            name="writer",
+            project_id=project.id,
+            environment_id=project.environments[0].id,
+            scopes=["memory:*"],
+        ),
+        metadata=owner.md,
+    )
+    api = Api(first, key.secret)
+    ids = await write_some(api, "before")
+    state = await export_all(api)
+    data_dir = tmp_path / "data"
+    compact = [
+        str(MEMORYD),
+        "compact-vectors",
+        "--data-dir",
+        str(data_dir),
+        *("--embedding-provider", "hashing", "--embedding-dimension", "64"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORYD_")}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            compact, capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+
+    busy = await asyncio.to_thread(run)
+    assert busy.returncode == 1, busy.stdout
+    assert "open in another process" in busy.stderr and "Traceback" not in busy.stderr
+
+    assert await first.stop(signal.SIGTERM) == 0
+    done = await asyncio.to_thread(run)
+    assert done.returncode == 0, done.stderr
+    assert f"vectors: {len(state)} points in" in done.stdout, done.stdout
+
+    second = servers()
+    api = Api(second, key.secret)
+    assert await export_all(api) == state
+    assert await revisions(api, ids["single-0"]) == [(1, "before single 0")]
+    found = await api.memory.SearchMemories(
+        memory_pb2.SearchMemoriesRequest(query="before batch 7", top_k=3),
+        metadata=api.md,
+    )
+    assert found.results[0].memory.id == ids["batch-7"]
+    more = await write_some(api, "after")  # updates and deletes sealed memories too
+    req = memory_pb2.UpdateMemoryRequest(
+        memory=memory_pb2.Memory(id=ids["batch-0"], content="before batch 0, edited")
+    )
+    req.update_mask.paths.append("content")
+    await api.memory.UpdateMemory(req, metadata=api.md)
+    await api.memory.DeleteMemory(
+        memory_pb2.DeleteMemoryRequest(id=ids.pop("batch-1")), metadata=api.md
+    )
+    acknowledged = await export_all(api)
+    assert len(acknowledged) == len(ids) + len(more)
+    second.proc.kill()
+    assert second.proc.wait(10) == -signal.SIGKILL
+
+    third = servers()
+    api = Api(third, key.secret)
+    assert await export_all(api) == acknowledged
+    assert await revisions(api, ids["batch-0"]) == [(1, "before batch 0")]  # the one before
+    assert "before batch 0, edited" in {m[1] for m in acknowledged}
+    assert await third.stop(signal.SIGTERM) == 0
