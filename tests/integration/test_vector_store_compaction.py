@@ -91,9 +91,7 @@ async def answers(store: EdgeVectorStore, data: dict[Tenant, list[MemoryRecord]]
         for n, q in enumerate(queries):
             for name, flt in (("all", Filter()), ("red", red), ("agent", agent)):
                 hits = await store.search([t], q, flt, 10, NOW)
-                out[f"{t} search {name} {n}"] = [
-                    (h.record.id, round(h.score, 5)) for h in hits
-                ]
+                out[f"{t} search {name} {n}"] = [(h.record.id, round(h.score, 5)) for h in hits]
         listed, cursor = [], None
         while True:
             page = await store.scroll(t, Filter(), 7, NOW, cursor)
