@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,7 @@ from typing import Any
 
 import pytest
 import qdrant_edge as qe
+from helpers.polling import wait_for
 
 from memoryd.domain.errors import FailedPrecondition
 from memoryd.domain.memory import Filter, Match, MemoryRecord
@@ -48,33 +52,35 @@ def vector(rng: random.Random) -> tuple[float, ...]:
     return tuple(x / norm for x in v)
 
 
-def written(rng: random.Random, per_tenant: int = 40) -> dict[Tenant, list[MemoryRecord]]:
-    """Records of every tenant: tags, agents and times vary; some expired."""
-    out: dict[Tenant, list[MemoryRecord]] = {}
-    for t in TENANTS:
-        recs = []
-        for i in range(per_tenant):
-            at = NOW - timedelta(minutes=i)
-            recs.append(
-                MemoryRecord(
-                    id=str(uuid.uuid4()),
-                    tenant=t,
-                    content=f"fact {i} of {t}",
-                    metadata={"i": i},
-                    agent_id=f"agent-{i % 3}",
-                    thread_id="",
-                    source="chat",
-                    tags=("red",) if i % 2 else ("blue",),
-                    create_time=at,
-                    update_time=at,
-                    expire_time=NOW - timedelta(seconds=1) if i % 10 == 9 else None,
-                    revision=1,
-                    vector=vector(rng),
-                    valid_time=at,
-                )
+def records_of(t: Tenant, rng: random.Random, n: int) -> list[MemoryRecord]:
+    """`n` records of `t`: tags, agents and times vary; some expired."""
+    recs = []
+    for i in range(n):
+        at = NOW - timedelta(minutes=i)
+        recs.append(
+            MemoryRecord(
+                id=str(uuid.uuid4()),
+                tenant=t,
+                content=f"fact {i} of {t.key}",
+                metadata={"i": i},
+                agent_id=f"agent-{i % 3}",
+                thread_id="",
+                source="chat",
+                tags=("red",) if i % 2 else ("blue",),
+                create_time=at,
+                update_time=at,
+                expire_time=NOW - timedelta(seconds=1) if i % 10 == 9 else None,
+                revision=1,
+                vector=vector(rng),
+                valid_time=at,
             )
-        out[t] = recs
-    return out
+        )
+    return recs
+
+
+def written(rng: random.Random, per_tenant: int = 40) -> dict[Tenant, list[MemoryRecord]]:
+    """Records of every tenant of TENANTS."""
+    return {t: records_of(t, rng, per_tenant) for t in TENANTS}
 
 
 async def answers(store: EdgeVectorStore, data: dict[Tenant, list[MemoryRecord]]) -> Any:
@@ -221,3 +227,47 @@ async def test_compaction_waits_for_no_server_and_needs_a_store(tmp_path: Path) 
         await store.close()
     assert marked_model(path) == (MODEL, DIM)
     assert sealed_segments(path) == 0
+
+
+async def test_a_compaction_killed_midway_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    """kill -9 while the engine writes the sealed segment (seen as its
+    temporary directory appearing): the store opens with every record, and
+    the next compaction completes."""
+    path = tmp_path / "vectors"
+    rng = random.Random(4)
+    data = written(rng, per_tenant=10)
+    bulk = Tenant("org_c", "prj_c", "env_c")
+    data[bulk] = records_of(bulk, rng, 3000)  # enough that sealing takes a while
+    store = await opened(path)
+    for t, recs in data.items():
+        for i in range(0, len(recs), 200):
+            await store.upsert(t, recs[i : i + 200])
+    before = await answers(store, data)
+    await store.close()
+
+    temp = path / SHARD / "temp_segments"
+    compaction = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled
+        [
+            sys.executable,
+            "-c",
+            "import sys; from memoryd.storage.vectors.edge_engine import compact_store; "
+            "compact_store(sys.argv[1], say=print)",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: temp.is_dir() and any(temp.iterdir()), within=120)
+    finally:
+        compaction.kill()
+        compaction.wait(10)
+    assert compaction.returncode == -signal.SIGKILL, "the compaction ended before the kill"
+
+    store = await opened(path)
+    assert await answers(store, data) == before
+    await store.close()
+    done = compact_store(path, say=lambda line: None)
+    assert done is not None and done.points == sum(len(r) for r in data.values())
+    store = await opened(path)
+    assert await answers(store, data) == before
+    await store.close()
