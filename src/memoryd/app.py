@@ -111,6 +111,7 @@ from memoryd.storage.spool import LocalSpool
 from memoryd.storage.sql import SqlControlStore
 from memoryd.storage.vectors.edge import MARKER as EDGE_MARKER
 from memoryd.storage.vectors.edge import EdgeVectorStore
+from memoryd.storage.vectors.edge_backends import HeadStart
 from memoryd.storage.vectors.lazy import LazyVectorStore
 from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.ranking import Fusion, Tuning
@@ -215,10 +216,13 @@ async def build_app(
     bootstrap_if_empty: bool = True,
     embedder: Embedder | None = None,
     tracer_provider: Any = None,
+    engine_head_start: HeadStart | None = None,
 ) -> App:
     """Builds the whole server from settings. Tests may inject a clock, a
     faster hasher, an embedder or a tracer provider; everything else comes
-    from `settings`."""
+    from `settings`. `engine_head_start`: the memories' store's engine,
+    already opening (`memoryd serve` begins it before importing this
+    module); the caller discards it if the build does not adopt it."""
     # before anything writes there: an unwritable or full disk is one clear error
     await _check_disk(settings)
     async with AsyncExitStack() as stack:
@@ -230,6 +234,7 @@ async def build_app(
             embedder,
             tracer_provider,
             bootstrap_if_empty,
+            engine_head_start,
         )
 
 
@@ -241,6 +246,7 @@ async def _build(
     embedder: Embedder | None,
     tracer_provider: Any,
     bootstrap_if_empty: bool,
+    head_start: HeadStart | None = None,
 ) -> App:
     """Everything opened registers its close on `stack`; the returned App
     takes what is left on it."""
@@ -251,7 +257,7 @@ async def _build(
     control: ControlStore = metrics.timed("sql", store)
     sealer = _sealer(settings, store)
     store.seal_with(sealer)
-    early = _open_vectors_early(stack, settings, embedder, sealer, health.recheck)
+    early = _open_vectors_early(stack, settings, embedder, sealer, health.recheck, head_start)
     limits = _limits(stack, settings, clock)
     watchers = _watch_hub(settings, metrics, store)
     authenticator = await _authenticator(
@@ -544,6 +550,7 @@ def _open_vectors_early(
     injected: Embedder | None,
     sealer: Sealer,
     on_change: Callable[[], None],
+    head_start: HeadStart | None = None,
 ) -> tuple[asyncio.Task[VectorStore], tuple[str, int]] | None:
     """Starts opening an existing embedded vector store while the rest of
     the server (the embedding model above all) is built, and answers the
@@ -570,7 +577,8 @@ def _open_vectors_early(
         )
     )
     opening = asyncio.create_task(
-        _vectors(stack, settings, identity, sealer, on_change), name="memoryd-open-vectors"
+        _vectors(stack, settings, identity, sealer, on_change, head_start=head_start),
+        name="memoryd-open-vectors",
     )
 
     async def settle() -> None:
@@ -597,14 +605,16 @@ async def _vectors(
     sealer: Sealer,
     on_change: Callable[[], None],
     name: str = "vectors",
+    head_start: HeadStart | None = None,
 ) -> VectorStore:
     """The memories' vector store, or (`name` "knowledge") the documents'
     chunks' own, made at its first use (an embedded server that never
     ingests a document has none: no directory, no engine process). Opened
-    for the model `identity` (model id, dimension)."""
+    for the model `identity` (model id, dimension); the memories' store
+    adopts `head_start` when it matches."""
     path = Path(settings.data_dir) / name
     vectors: VectorStore = (
-        _vector_store(settings, on_change, sealer=sealer)
+        _vector_store(settings, on_change, sealer=sealer, head_start=head_start)
         if name == "vectors"
         else LazyVectorStore(
             lambda: _vector_store(settings, on_change, name, sealer),
@@ -637,6 +647,7 @@ def _vector_store(
     on_change: Callable[[], None],
     name: str = "vectors",
     sealer: Sealer | None = None,
+    head_start: HeadStart | None = None,
 ) -> VectorStore:
     """The memories' vector store ("vectors"), or another of the same
     engine: the knowledge chunks' ("knowledge", a directory or a collection
@@ -659,6 +670,7 @@ def _vector_store(
         tuning=tuning,
         sealer=sealer,
         engine_socket=engine_socket(settings, name),
+        head_start=head_start,
     )
 
 

@@ -154,12 +154,18 @@ def _cannot_start(err: Exception) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    from memoryd.app import build_app
+    head_start = await _engine_head_start(settings)
+    from memoryd.app import build_app  # ~1.5 s, while the engine opens the store
 
     try:
-        app = await build_app(settings, bootstrap_if_empty=settings.bootstrap)
+        app = await build_app(
+            settings, bootstrap_if_empty=settings.bootstrap, engine_head_start=head_start
+        )
     except Exception as err:
         return _cannot_start(err)
+    finally:
+        if head_start is not None:
+            await head_start.discard()  # nothing to do once the store adopted it
     if app.bootstrapped is not None:
         _print_owner_key(
             app.bootstrapped.org.name, app.bootstrapped.org.id, app.bootstrapped.plaintext
@@ -179,6 +185,44 @@ async def _serve(settings: Settings) -> int:
     )
     await app.stop()
     return 0
+
+
+async def _engine_head_start(settings: Settings) -> Any:
+    """The embedded memories' store's engine process, started and told to
+    open the store before the server is imported (`HeadStart`), when there
+    is an existing store to open; None otherwise, or when it cannot start
+    (the build then opens the store as usual, and reports what is wrong)."""
+    from pathlib import Path
+
+    from memoryd.storage.vectors.edge_engine import MARKER
+
+    path = Path(settings.data_dir) / "vectors"
+    if (
+        settings.qdrant_url
+        or settings.engine_socket_dir
+        or not settings.vector_engine_process
+        or not (path / MARKER).is_file()
+    ):
+        return None
+    from memoryd.embeddings import model_identity
+    from memoryd.storage.disk import MIB
+    from memoryd.storage.vectors.edge_backends import HeadStart, engine_options
+
+    try:
+        identity = model_identity(
+            settings.embedding_provider,
+            dimension=settings.embedding_dimension,
+            openai_model=settings.openai_model,
+        )
+        options = engine_options(
+            path,
+            sync_writes=settings.vector_sync_writes,
+            min_free_bytes=settings.min_free_disk_mb * MIB,
+        )
+        return await HeadStart.begin(options, *identity)
+    except Exception:
+        logging.getLogger("memoryd").debug("no head start for the vector engine", exc_info=True)
+        return None
 
 
 async def _upgrade_vectors(settings: Settings) -> int:

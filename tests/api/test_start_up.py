@@ -1,7 +1,9 @@
 """Start-up over an existing vector store: the store opens while the rest of
 the server (the embedding model above all) is built, and a start that fails
 on either side leaves nothing behind: no engine process, no lock, no store
-marked for a model that never loaded.
+marked for a model that never loaded. `memoryd serve` begins that engine
+even before it imports the server (`HeadStart`): the store adopts it when
+it matches, and a start that does not leaves no engine either.
 
 The engine runs in its own process here, as in the server's default.
 """
@@ -14,9 +16,11 @@ from pathlib import Path
 
 import pytest
 from helpers.real_model import real_model_dir as model_dir
-from helpers.servers import MakeServer, start_server
+from helpers.servers import MakeServer, server_settings, start_server
 
+from memoryd import cli
 from memoryd.domain.errors import FailedPrecondition
+from memoryd.storage.vectors.edge_backends import HeadStart
 from memoryd.v1 import memory_pb2
 
 
@@ -137,3 +141,84 @@ async def test_a_model_that_fails_to_load_leaves_a_new_data_dir_unmarked(
     # choose any model
     assert not (data_dir / "vectors" / "memoryd.json").exists()
     assert _engines() == []
+
+
+# --- the head start of `memoryd serve` ----------------------------------------------------
+
+
+async def _head_start(data_dir: Path, tmp_path: Path, **overrides: object) -> HeadStart:
+    """What `memoryd serve` begins before importing the server."""
+    settings = server_settings(
+        str(data_dir), vector_engine_process=True, kek_file=str(tmp_path / "kek.key"), **overrides
+    )
+    head = await cli._engine_head_start(settings)
+    assert head is not None and head.pid is not None and _alive(head.pid)
+    return head
+
+
+async def test_the_store_adopts_the_engine_begun_before_the_server_was_built(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    _, key = await _remember(make_server, data_dir)
+    head = await _head_start(data_dir, tmp_path)
+    pid = head.pid
+
+    server = await make_server(str(data_dir), vector_engine_process=True, engine_head_start=head)
+    assert server.app.vectors.engine_pid == pid  # type: ignore[attr-defined]
+    await head.discard()  # what `serve` does after the build: the store has it
+    assert pid is not None and _alive(pid)
+    client = server.client(key)
+    listed = await client.memory.ListMemories(
+        memory_pb2.ListMemoriesRequest(), metadata=client.md()
+    )
+    assert [m.content for m in listed.memories] == ["Ana drinks tea"]
+
+
+async def test_an_engine_begun_for_another_model_fails_the_start_and_is_gone(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    await _remember(make_server, data_dir)
+    head = await _head_start(data_dir, tmp_path, embedding_dimension=32)
+
+    with pytest.raises(FailedPrecondition) as refused:
+        await start_server(
+            str(data_dir),
+            vector_engine_process=True,
+            embedding_dimension=32,
+            engine_head_start=head,
+        )
+    assert refused.value.reason == "EMBEDDING_MODEL_MISMATCH"
+    await head.discard()
+    assert _engines() == []
+    again = await make_server(str(data_dir), vector_engine_process=True)
+    assert again.app.vectors.engine_pid is not None  # type: ignore[attr-defined]
+
+
+async def test_an_engine_begun_with_other_options_is_discarded_for_a_new_one(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    await _remember(make_server, data_dir)
+    head = await _head_start(data_dir, tmp_path, vector_sync_writes=True)
+    pid = head.pid
+    assert pid is not None
+
+    server = await make_server(str(data_dir), vector_engine_process=True, engine_head_start=head)
+    assert server.app.vectors.engine_pid not in (None, pid)  # type: ignore[attr-defined]
+    assert not _alive(pid)
+
+
+async def test_an_engine_no_build_adopts_is_stopped(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = server_settings(str(data_dir), vector_engine_process=True)
+    assert await cli._engine_head_start(settings) is None  # no store yet: nothing to open
+    await (await start_server(str(data_dir), vector_engine_process=True)).stop()
+    head = await _head_start(data_dir, tmp_path)
+    pid = head.pid
+    assert pid is not None
+    await head.discard()
+    assert not _alive(pid) and _engines() == []
+    threaded = server_settings(str(data_dir), vector_engine_process=False)
+    assert await cli._engine_head_start(threaded) is None

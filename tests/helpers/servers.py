@@ -128,9 +128,33 @@ async def start_server(
     bootstrap_if_empty: bool = True,
     tracer_provider: Any = None,
     embedder: Any = None,
+    engine_head_start: Any = None,
     **overrides: Any,
 ) -> RunningServer:
     """A started server with test defaults; `overrides` are Settings fields."""
+    settings = server_settings(data_dir, **overrides)
+    clock = clock or SystemClock()
+    app = await build_app(
+        settings,
+        clock=clock,
+        hasher=fast_hasher(),
+        bootstrap_if_empty=bootstrap_if_empty,
+        tracer_provider=tracer_provider,
+        embedder=embedder,
+        engine_head_start=engine_head_start,
+    )
+    await app.start()
+    address = f"127.0.0.1:{app.port}"
+    channel = aio.insecure_channel(address)
+    if app.bootstrapped is not None:
+        owner, org_id = app.bootstrapped.plaintext, app.bootstrapped.org.id
+    else:
+        owner, org_id = "", ""
+    return RunningServer(app, address, owner, org_id, channel, clock)
+
+
+def server_settings(data_dir: str, **overrides: Any) -> Settings:
+    """The settings `start_server` starts a server with."""
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -150,20 +174,4 @@ async def start_server(
     values.update(overrides)
     settings = Settings(**values)
     settings.validate()
-    clock = clock or SystemClock()
-    app = await build_app(
-        settings,
-        clock=clock,
-        hasher=fast_hasher(),
-        bootstrap_if_empty=bootstrap_if_empty,
-        tracer_provider=tracer_provider,
-        embedder=embedder,
-    )
-    await app.start()
-    address = f"127.0.0.1:{app.port}"
-    channel = aio.insecure_channel(address)
-    if app.bootstrapped is not None:
-        owner, org_id = app.bootstrapped.plaintext, app.bootstrapped.org.id
-    else:
-        owner, org_id = "", ""
-    return RunningServer(app, address, owner, org_id, channel, clock)
+    return settings

@@ -78,9 +78,11 @@ from memoryd.storage.vectors import ranking as rk
 from memoryd.storage.vectors.edge_backends import (
     Backend,
     ChildBackend,
+    HeadStart,
     HostBackend,
     ThreadBackend,
     crashed,
+    engine_options,
 )
 from memoryd.storage.vectors.edge_engine import (
     LOCK,
@@ -119,6 +121,8 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
     `memoryd serve --workers N` hosts on this Unix socket, shared with the
     other workers.
     `tuning`: how searches fuse and how many candidates they weigh.
+    `head_start`: a child engine already opening this store (process mode),
+    adopted by the first `open` when it matches (see `HeadStart`).
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         tuning: rk.Tuning | None = None,
         sealer: Sealer | None = None,
         engine_socket: str = "",
+        head_start: HeadStart | None = None,
     ) -> None:
         super().__init__(tuning, sealer)
         # shared with the other workers of `serve --workers N`: the write
@@ -143,13 +148,14 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
         self._engine_socket = engine_socket
         self._recheck_owners = bool(engine_socket)
         self._path = Path(path)
-        self._engine_kwargs: dict[str, Any] = {
-            "path": str(self._path),
-            "sync_writes": sync_writes,
-            "optimize_on_close": optimize_on_close,
-            "search_threads": search_threads,
-            "min_free_bytes": min_free_bytes,
-        }
+        self._engine_kwargs = engine_options(
+            self._path,
+            sync_writes=sync_writes,
+            optimize_on_close=optimize_on_close,
+            search_threads=search_threads,
+            min_free_bytes=min_free_bytes,
+        )
+        self._head_start = head_start
         self._process = process
         self._timeout_s = timeout_s
         self._on_change = on_change
@@ -194,6 +200,14 @@ class EdgeVectorStore(PointStore[Cond, Cond]):
 
     async def _started(self, model_id: str, dimension: int) -> Backend:
         """A new backend with the shard open."""
+        head, self._head_start = self._head_start, None
+        if head is not None:
+            if self._process and not self._engine_socket:
+                adopted = await head.adopt(self._engine_kwargs, (model_id, dimension))
+                if adopted is not None:
+                    return adopted
+            else:
+                await head.discard()
         backend: Backend
         if self._engine_socket:
             backend = await HostBackend.connect(self._engine_socket, self._engine_kwargs)

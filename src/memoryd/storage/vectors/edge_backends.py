@@ -41,6 +41,25 @@ _BOOT = (
 )
 
 
+def engine_options(
+    path: str | os.PathLike[str],
+    *,
+    sync_writes: bool = False,
+    optimize_on_close: bool = True,
+    search_threads: int | None = None,
+    min_free_bytes: int = 0,
+) -> dict[str, Any]:
+    """The keyword arguments of an `EdgeEngine` (the first thing a child
+    engine process receives)."""
+    return {
+        "path": str(path),
+        "sync_writes": sync_writes,
+        "optimize_on_close": optimize_on_close,
+        "search_threads": search_threads,
+        "min_free_bytes": min_free_bytes,
+    }
+
+
 class Backend(Protocol):
     """Runs `EdgeEngine` calls one at a time, in order."""
 
@@ -253,6 +272,77 @@ class ChildBackend(_Connection):
             self._reading.cancel()
         with contextlib.suppress(BaseException):
             await self._reading
+
+
+class HeadStart:
+    """A child engine process already opening an existing store, begun
+    before the rest of the server is imported and built (`memoryd serve`):
+    importing the server takes ~1.5 s and opening a large store seconds
+    more, and the child does the second while the parent does the first.
+
+    The store made with the same engine options, opened for the same model,
+    adopts it (`EdgeVectorStore(head_start=...)`) and gets what the open
+    answered, errors included; anything else discards it (the child is
+    killed; an open cut short loses nothing, see `edge_engine`)."""
+
+    def __init__(
+        self,
+        backend: ChildBackend,
+        opening: asyncio.Future[Any],
+        options: dict[str, Any],
+        identity: tuple[str, int],
+    ) -> None:
+        self._backend: ChildBackend | None = backend
+        self._opening = opening
+        self._options = options
+        self._identity = identity
+
+    @classmethod
+    async def begin(cls, options: dict[str, Any], model_id: str, dimension: int) -> HeadStart:
+        """Starts the child and sends it the open; returns at once (the
+        request is in the socket, so the child goes on while this process
+        imports, even with its event loop blocked)."""
+        backend = await ChildBackend.start(options)
+        return cls(
+            backend, backend.call("open", model_id, dimension), options, (model_id, dimension)
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None once adopted or discarded)."""
+        return None if self._backend is None else self._backend.pid
+
+    async def adopt(self, options: dict[str, Any], identity: tuple[str, int]) -> Backend | None:
+        """The backend with the store open, when `options` and `identity`
+        are those it was begun with (raising what the open raised, the
+        child stopped); None, the child stopped, when they are not; None
+        once adopted or discarded."""
+        backend, self._backend = self._backend, None
+        if backend is None:
+            return None
+        if (options, identity) != (self._options, self._identity):
+            log.debug("the vector engine's head start does not match the store: discarded")
+            await self._stop(backend)
+            return None
+        try:
+            await self._opening
+        except BaseException:
+            await backend.stop(kill=True)
+            raise
+        return backend
+
+    async def discard(self) -> None:
+        """Stops the child unless a store adopted it. Idempotent."""
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await self._stop(backend)
+
+    async def _stop(self, backend: ChildBackend) -> None:
+        if not self._opening.done():
+            self._opening.cancel()
+        elif not self._opening.cancelled():
+            self._opening.exception()  # retrieved: nobody will read it
+        await backend.stop(kill=True)
 
 
 async def start_host(socket_path: str) -> asyncio.subprocess.Process:
