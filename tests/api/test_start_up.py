@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers.real_model import real_model_dir as model_dir
-from helpers.servers import MakeServer, server_settings, start_server
+from helpers.servers import MakeServer, RunningServer, server_settings, start_server
 
 from memoryd import cli
 from memoryd.domain.errors import FailedPrecondition
@@ -68,6 +68,25 @@ async def _remember(make_server: MakeServer, data_dir: Path, **settings: object)
     return int(pid), client.key
 
 
+async def _finds_anas_memory(server: RunningServer, key: str) -> None:
+    client = server.client(key)
+    listed = await client.memory.ListMemories(
+        memory_pb2.ListMemoriesRequest(), metadata=client.md()
+    )
+    assert [m.content for m in listed.memories] == ["Ana drinks tea"]
+
+
+async def _refused_and_released(
+    make_server: MakeServer, data_dir: Path, refused: FailedPrecondition
+) -> None:
+    """The start was refused for another model and left no engine: the
+    right model opens the store at once."""
+    assert refused.reason == "EMBEDDING_MODEL_MISMATCH"
+    assert _engines() == []
+    again = await make_server(str(data_dir), vector_engine_process=True)
+    assert again.app.vectors.engine_pid is not None  # type: ignore[attr-defined]
+
+
 async def test_a_restart_opens_the_store_for_its_model_and_finds_its_memories(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
@@ -77,11 +96,7 @@ async def test_a_restart_opens_the_store_for_its_model_and_finds_its_memories(
     assert _engines() == []
 
     again = await make_server(str(data_dir), vector_engine_process=True)
-    client = again.client(key)
-    listed = await client.memory.ListMemories(
-        memory_pb2.ListMemoriesRequest(), metadata=client.md()
-    )
-    assert [m.content for m in listed.memories] == ["Ana drinks tea"]
+    await _finds_anas_memory(again, key)
 
 
 async def test_a_restart_for_another_model_is_refused_and_releases_the_store(
@@ -92,12 +107,7 @@ async def test_a_restart_for_another_model_is_refused_and_releases_the_store(
 
     with pytest.raises(FailedPrecondition) as refused:
         await start_server(str(data_dir), vector_engine_process=True, embedding_dimension=32)
-    assert refused.value.reason == "EMBEDDING_MODEL_MISMATCH"
-    assert _engines() == []
-
-    # nothing held the directory: the right model opens it at once
-    again = await make_server(str(data_dir), vector_engine_process=True)
-    assert again.app.vectors.engine_pid is not None  # type: ignore[attr-defined]
+    await _refused_and_released(make_server, data_dir, refused.value)
 
 
 async def test_a_model_that_fails_to_load_stops_the_store_opening_beside_it(
@@ -168,11 +178,7 @@ async def test_the_store_adopts_the_engine_begun_before_the_server_was_built(
     assert server.app.vectors.engine_pid == pid  # type: ignore[attr-defined]
     await head.discard()  # what `serve` does after the build: the store has it
     assert pid is not None and _alive(pid)
-    client = server.client(key)
-    listed = await client.memory.ListMemories(
-        memory_pb2.ListMemoriesRequest(), metadata=client.md()
-    )
-    assert [m.content for m in listed.memories] == ["Ana drinks tea"]
+    await _finds_anas_memory(server, key)
 
 
 async def test_an_engine_begun_for_another_model_fails_the_start_and_is_gone(
@@ -189,11 +195,8 @@ async def test_an_engine_begun_for_another_model_fails_the_start_and_is_gone(
             embedding_dimension=32,
             engine_head_start=head,
         )
-    assert refused.value.reason == "EMBEDDING_MODEL_MISMATCH"
-    await head.discard()
-    assert _engines() == []
-    again = await make_server(str(data_dir), vector_engine_process=True)
-    assert again.app.vectors.engine_pid is not None  # type: ignore[attr-defined]
+    await head.discard()  # what `serve` does after a failed build
+    await _refused_and_released(make_server, data_dir, refused.value)
 
 
 async def test_an_engine_begun_with_other_options_is_discarded_for_a_new_one(

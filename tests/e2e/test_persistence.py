@@ -85,6 +85,24 @@ async def revisions(api: Api, mid: str) -> list[tuple[int, str]]:
     return [(r.revision, r.content) for r in resp.revisions]
 
 
+async def writer_key(owner: Api, project_name: str) -> str:
+    """The secret of a new `memory:*` key for a new project's first environment."""
+    project = await owner.admin.CreateProject(
+        admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name=project_name)),
+        metadata=owner.md,
+    )
+    made = await owner.keys.CreateApiKey(
+        keys_pb2.CreateApiKeyRequest(
+            name="writer",
+            project_id=project.id,
+            environment_id=project.environments[0].id,
+            scopes=["memory:*"],
+        ),
+        metadata=owner.md,
+    )
+    return made.secret
+
+
 async def write_some(api: Api, tag: str) -> dict[str, str]:
     """A mix of every kind of write; answers the ids of what it left behind."""
     created: dict[str, str] = {}
@@ -137,23 +155,10 @@ async def test_everything_survives_a_clean_stop_and_acknowledged_writes_survive_
     first = servers()
     owner_key = first.owner_key()
     assert owner_key, "the first start prints the owner key"
-    owner = Api(first, owner_key)
-    project = await owner.admin.CreateProject(
-        admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name="persist")),
-        metadata=owner.md,
-    )
-    key = await owner.keys.CreateApiKey(
-        keys_pb2.CreateApiKeyRequest(
-            name="writer",
-            project_id=project.id,
-            environment_id=project.environments[0].id,
-            scopes=["memory:*"],
-        ),
-        metadata=owner.md,
-    )
-    api = Api(first, key.secret)
+    key = await writer_key(Api(first, owner_key), "persist")
+    api = Api(first, key)
     ids = await write_some(api, "before")
-    ana = Api(first, key.secret, "ana")
+    ana = Api(first, key, "ana")
     ana_id = (
         await ana.memory.CreateMemory(
             memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="ana's own")),
@@ -172,7 +177,7 @@ async def test_everything_survives_a_clean_stop_and_acknowledged_writes_survive_
     assert await first.stop(signal.SIGTERM) == 0
     second = servers()
     assert second.owner_key() is None, "an existing data directory is not bootstrapped again"
-    api, ana = Api(second, key.secret), Api(second, key.secret, "ana")
+    api, ana = Api(second, key), Api(second, key, "ana")
     assert await export_all(api) == state
     assert await revisions(api, ids["single-0"]) == history
     page = await ana.memory.ListMemories(memory_pb2.ListMemoriesRequest(), metadata=ana.md)
@@ -205,7 +210,7 @@ async def test_everything_survives_a_clean_stop_and_acknowledged_writes_survive_
     assert second.proc.wait(10) == -signal.SIGKILL
 
     third = servers()
-    api = Api(third, key.secret)
+    api = Api(third, key)
     assert await export_all(api) == acknowledged
     assert await revisions(api, more["single-0"]) == [(1, "after single 0")]
     assert await revisions(api, ids["batch-0"]) == [(1, "before batch 0")]
@@ -258,21 +263,8 @@ async def test_a_compacted_data_directory_keeps_everything_and_takes_writes(
     memory, revision and search as before, and keeps what it writes next
     (to sealed memories too) across kill -9."""
     first = servers()
-    owner = Api(first, first.owner_key() or "")
-    project = await owner.admin.CreateProject(
-        admin_pb2.CreateProjectRequest(project=admin_pb2.Project(name="compact")),
-        metadata=owner.md,
-    )
-    key = await owner.keys.CreateApiKey(
-        keys_pb2.CreateApiKeyRequest(
-            name="writer",
-            project_id=project.id,
-            environment_id=project.environments[0].id,
-            scopes=["memory:*"],
-        ),
-        metadata=owner.md,
-    )
-    api = Api(first, key.secret)
+    key = await writer_key(Api(first, first.owner_key() or ""), "compact")
+    api = Api(first, key)
     ids = await write_some(api, "before")
     state = await export_all(api)
     data_dir = tmp_path / "data"
@@ -300,7 +292,7 @@ async def test_a_compacted_data_directory_keeps_everything_and_takes_writes(
     assert f"vectors: {len(state)} points in" in done.stdout, done.stdout
 
     second = servers()
-    api = Api(second, key.secret)
+    api = Api(second, key)
     assert await export_all(api) == state
     assert await revisions(api, ids["single-0"]) == [(1, "before single 0")]
     found = await api.memory.SearchMemories(
@@ -323,7 +315,7 @@ async def test_a_compacted_data_directory_keeps_everything_and_takes_writes(
     assert second.proc.wait(10) == -signal.SIGKILL
 
     third = servers()
-    api = Api(third, key.secret)
+    api = Api(third, key)
     assert await export_all(api) == acknowledged
     assert await revisions(api, ids["batch-0"]) == [(1, "before batch 0")]  # the one before
     assert "before batch 0, edited" in {m[1] for m in acknowledged}
