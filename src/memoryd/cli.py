@@ -14,10 +14,13 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memoryd import __version__
 from memoryd.config import ConfigError, Settings, env_name, setting_fields
+
+if TYPE_CHECKING:
+    from memoryd.storage.vectors.edge_backends import HeadStart
 
 _BANNER = "=" * 72
 
@@ -187,7 +190,7 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-async def _engine_head_start(settings: Settings) -> Any:
+async def _engine_head_start(settings: Settings) -> HeadStart | None:
     """The embedded memories' store's engine process, started and told to
     open the store before the server is imported (`HeadStart`), when there
     is an existing store to open; None otherwise, or when it cannot start

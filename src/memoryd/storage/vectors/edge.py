@@ -38,6 +38,11 @@ How the engine is used, and why:
   single-record upserts/s without, 40/s with), hence off by default.
 - Segments are optimized (deleted points vacuumed, small segments merged)
   only when asked (`optimize`) and on `close`, never behind a call.
+- The server never seals the appendable segment, which holds its payload
+  indexes in memory and rebuilds them at every open (~9 s at 1M points).
+  `memoryd compact-vectors` does, offline (`edge_engine.compact_store`):
+  a sealed segment maps its payload indexes from files, so it opens in
+  no time; sealing costs ~200 µs a point and would block every call.
 - A shard made before keyword vectors existed is copied, when the store
   opens, into `shard.next` with them, and the directories swapped: the
   engine cannot add a vector to an existing shard
