@@ -103,7 +103,7 @@ from memoryd.ratelimit import (
 from memoryd.ratelimit.admission import COSTS, STREAM_COSTS, RateLimitAdmission
 from memoryd.storage import erasables
 from memoryd.storage.audit_file import JsonLinesAuditFile
-from memoryd.storage.disk import MIB, check_free_space, check_writable
+from memoryd.storage.disk import check_free_space, check_writable
 from memoryd.storage.export_files import LocalExportFiles
 from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
@@ -354,17 +354,13 @@ async def _check_disk(settings: Settings) -> None:
     await asyncio.to_thread(check_writable, Path(settings.data_dir))
     if _uses_data_dir(settings):
         await asyncio.to_thread(
-            check_free_space, settings.data_dir, _min_free_bytes(settings), what="start-up"
+            check_free_space, settings.data_dir, settings.min_free_bytes, what="start-up"
         )
 
 
 def _uses_data_dir(settings: Settings) -> bool:
     """Whether an embedded store (Qdrant Edge, SQLite) keeps its files there."""
     return not settings.qdrant_url or not settings.database_url
-
-
-def _min_free_bytes(settings: Settings) -> int:
-    return settings.min_free_disk_mb * MIB
 
 
 # --- control plane, limits, keys ------------------------------------------------------
@@ -663,7 +659,7 @@ def _vector_store(
     return EdgeVectorStore(
         Path(settings.data_dir) / name,
         sync_writes=settings.vector_sync_writes,
-        min_free_bytes=_min_free_bytes(settings),
+        min_free_bytes=settings.min_free_bytes,
         timeout_s=settings.storage_timeout_s,
         on_change=on_change,
         process=settings.vector_engine_process,
@@ -795,7 +791,7 @@ def _services(
     )
     keys = KeyManager(control, hasher, auditor, clock, limits.bus.publish)
     export_files = LocalExportFiles(
-        Path(settings.data_dir) / "exports", _min_free_bytes(settings), sealer
+        Path(settings.data_dir) / "exports", settings.min_free_bytes, sealer
     )
 
     async def delete_scope(
@@ -923,7 +919,7 @@ def _knowledge(
     splitter = splitter_for(
         model_dir, settings.knowledge_chunk_tokens, settings.knowledge_chunk_overlap
     )
-    spool = LocalSpool(data / "uploads", _min_free_bytes(settings))
+    spool = LocalSpool(data / "uploads", settings.min_free_bytes)
     limits = KnowledgeLimits(
         max_upload_bytes=settings.knowledge_max_upload_bytes,
         max_documents=settings.knowledge_max_documents_per_environment,
@@ -1280,7 +1276,7 @@ def _metrics_endpoint(
 def _health_checks(settings: Settings, store: SqlControlStore, vectors: VectorStore) -> list[Check]:
     if not _uses_data_dir(settings):
         return store_checks(store, vectors)
-    floor = _min_free_bytes(settings)
+    floor = settings.min_free_bytes
     return store_checks(store, vectors, lambda: check_free_space(settings.data_dir, floor))
 
 

@@ -208,7 +208,6 @@ async def _engine_head_start(settings: Settings) -> HeadStart | None:
     ):
         return None
     from memoryd.embeddings import model_identity
-    from memoryd.storage.disk import MIB
     from memoryd.storage.vectors.edge_backends import HeadStart, engine_options
 
     try:
@@ -220,7 +219,7 @@ async def _engine_head_start(settings: Settings) -> HeadStart | None:
         options = engine_options(
             path,
             sync_writes=settings.vector_sync_writes,
-            min_free_bytes=settings.min_free_disk_mb * MIB,
+            min_free_bytes=settings.min_free_bytes,
         )
         return await HeadStart.begin(options, *identity)
     except Exception:
@@ -260,7 +259,6 @@ def _compact_vectors(settings: Settings) -> int:
     command's description); 0 when done or when there is nothing to do."""
     from pathlib import Path
 
-    from memoryd.storage.disk import MIB
     from memoryd.storage.vectors.edge_engine import compact_store
 
     if settings.qdrant_url:
@@ -274,7 +272,7 @@ def _compact_vectors(settings: Settings) -> int:
             print(f"{name}: {line}", flush=True)
 
         try:
-            done = compact_store(path, min_free_bytes=settings.min_free_disk_mb * MIB, say=say)
+            done = compact_store(path, min_free_bytes=settings.min_free_bytes, say=say)
         except Exception as err:  # one line naming the cause, like a failed start
             return _cannot_start(err)
         if done is None:

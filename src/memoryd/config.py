@@ -584,6 +584,11 @@ class Settings:
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert)
 
+    @property
+    def min_free_bytes(self) -> int:
+        """The free-space floor of the data dir's file system, in bytes."""
+        return self.min_free_disk_mb * 1024 * 1024
+
     def redacted(self) -> dict[str, Any]:
         """The settings with secrets masked, for logs."""
         out: dict[str, Any] = {}
