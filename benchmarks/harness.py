@@ -75,6 +75,10 @@ def percentile(values: list[float], q: float) -> float:
     return data[min(len(data) - 1, int(q * len(data)))]
 
 
+# the installed command of the venv the bench runs in
+MEMORYD = Path(sys.executable).with_name("memoryd")
+
+
 class ServerProcess:
     """`memoryd serve` in a subprocess, on a free port."""
 
@@ -112,7 +116,7 @@ class ServerProcess:
             if name not in ("data_dir", "port", "log_level"):
                 env.setdefault(f"MEMORYD_{name.upper()}", str(value))
         self.env = env
-        exe = Path(sys.executable).with_name("memoryd")
+        exe = MEMORYD
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - start-up only, not per call
             [*self.command_prefix(), str(exe), "serve"],
             env=env,

@@ -26,7 +26,6 @@ import dataclasses
 import itertools
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.harness import HIGH_LIMITS, Result, ServerProcess, drive, h2load
+from benchmarks.harness import HIGH_LIMITS, MEMORYD, Result, ServerProcess, drive, h2load
 from memoryd.config import Settings
 from memoryd.embeddings import build_embedder
 from memoryd.v1 import (
@@ -489,7 +488,7 @@ async def memory_suite(
         }
         started = time.perf_counter()
         proc = subprocess.Popen(  # noqa: ASYNC220 - measuring the start itself
-            [str(Path(sys.executable).with_name("memoryd")), "serve"],
+            [str(MEMORYD), "serve"],
             env=child_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

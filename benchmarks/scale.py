@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 from grpc import aio
 
-from benchmarks.harness import HIGH_LIMITS, ServerProcess, _children, drive, h2load
+from benchmarks.harness import HIGH_LIMITS, MEMORYD, ServerProcess, _children, drive, h2load
 from benchmarks.memory import _rss_kb, _until_serving, create_env_keys, du_mb, tenant_metadata
 from memoryd.config import Settings
 from memoryd.v1 import memory_pb2, memory_pb2_grpc
@@ -44,9 +43,6 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray[Any, Any]:
     v = rng.standard_normal((n, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v
-
-
-_MEMORYD = Path(sys.executable).with_name("memoryd")
 
 
 def _rss(pid: int) -> str:
@@ -161,7 +157,7 @@ async def scale_suite(
             """A cold start on the data dir, then searches with 1 in flight."""
             started = time.perf_counter()
             proc = subprocess.Popen(  # noqa: ASYNC220 - measuring the start itself
-                [*server.command_prefix(), str(_MEMORYD), "serve"],
+                [*server.command_prefix(), str(MEMORYD), "serve"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -201,7 +197,7 @@ async def scale_suite(
         started = time.perf_counter()
         compacted = await asyncio.to_thread(
             subprocess.run,
-            [*server.command_prefix(), str(_MEMORYD), "compact-vectors"],
+            [*server.command_prefix(), str(MEMORYD), "compact-vectors"],
             env=env,
             capture_output=True,
             text=True,
