@@ -91,6 +91,8 @@ class Metrics:
         self.rate_limited = Counter(
             "memoryd_rate_limit_decisions", "rate-limit decisions", ["decision"], registry=r
         )
+        self._allowed = self.rate_limited.labels("allowed")
+        self._denied = self.rate_limited.labels("denied")
         self.backend_latency = Histogram(
             "memoryd_backend_duration_seconds",
             "latency of backend operations",
@@ -143,9 +145,9 @@ class Metrics:
         if call.code == "UNAUTHENTICATED":
             self.auth_failures.labels(call.reason or "UNKNOWN").inc()
         if call.reason == "RATE_LIMITED":
-            self.rate_limited.labels("denied").inc()
+            self._denied.inc()
         elif call.principal is not None and call.trailers:
-            self.rate_limited.labels("allowed").inc()
+            self._allowed.inc()
 
     def timed(self, backend: str, target: Any) -> Any:
         """A proxy of `target` whose coroutine methods are timed."""

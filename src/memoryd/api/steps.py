@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -98,6 +98,11 @@ class RequestLimits:
         return self.per_method.get(method, self.default)
 
 
+def new_request_id() -> str:
+    """32 random hex digits (as uuid4().hex, at a third of its cost)."""
+    return secrets.token_hex(16)
+
+
 class RequestId:
     """Begins the call: reads its headers (the one scan of the metadata),
     takes its request id from `x-request-id` (or makes one when absent or
@@ -109,7 +114,7 @@ class RequestId:
         headers = read_headers(context)
         rid = headers.request_id
         if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
-            rid = uuid.uuid4().hex
+            rid = new_request_id()
         call = CallState(
             method=method,
             request_id=rid,
@@ -122,7 +127,7 @@ class RequestId:
 
     def anonymous(self, method: str, context: aio.ServicerContext[Any, Any]) -> CallState:
         """The state of a call that failed before it began (to answer it)."""
-        return CallState(method=method, request_id=uuid.uuid4().hex, peer=peer_host(context.peer()))
+        return CallState(method=method, request_id=new_request_id(), peer=peer_host(context.peer()))
 
 
 class SizeCheck:

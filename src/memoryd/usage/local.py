@@ -10,6 +10,7 @@ from memoryd.domain.control import UsageRecord
 from memoryd.usage.counters import (
     DEFAULT_RETENTION_DAYS,
     CounterKey,
+    add_to,
     check_range,
     increments,
     sort_key,
@@ -45,7 +46,10 @@ class LocalUsageMeter:
         if self._pruned_through != today:
             self._prune(today)
         key = (org_id, project_id, environment_id, today)
-        self._counters.setdefault(key, Counter()).update(delta)
+        counters = self._counters.get(key)
+        if counters is None:
+            counters = self._counters[key] = Counter()
+        add_to(counters, delta)
 
     async def read(
         self,

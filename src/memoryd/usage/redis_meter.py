@@ -19,6 +19,7 @@ from memoryd.domain.errors import Unavailable
 from memoryd.usage.counters import (
     DEFAULT_RETENTION_DAYS,
     CounterKey,
+    add_to,
     check_range,
     increments,
     sort_key,
@@ -118,7 +119,7 @@ class RedisUsageMeter:
                 self._drop(1)
                 return
             pending = self._pending[key] = Counter()
-        pending.update(delta)
+        add_to(pending, delta)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._flush_loop(), name="memoryd-usage-flush"
