@@ -85,7 +85,6 @@ from memoryd.domain.usage import UsageReporter
 from memoryd.domain.watch import WatchHub, WatchService
 from memoryd.domain.webhooks import Courier, Dispatcher, RetryPolicy, WebhookManager
 from memoryd.embeddings import build_embedder
-from memoryd.embeddings import model_identity as model_identity_of
 from memoryd.extraction.llm import LlmExtractor
 from memoryd.extraction.verbatim import VerbatimExtractor
 from memoryd.fetch import UrlFetcher
@@ -109,9 +108,16 @@ from memoryd.storage.redis import make_redis
 from memoryd.storage.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from memoryd.storage.spool import LocalSpool
 from memoryd.storage.sql import SqlControlStore
-from memoryd.storage.vectors.edge import MARKER as EDGE_MARKER
 from memoryd.storage.vectors.edge import EdgeVectorStore
 from memoryd.storage.vectors.edge_backends import HeadStart
+from memoryd.storage.vectors.embedded import (
+    KNOWLEDGE,
+    MEMORIES,
+    configured_identity,
+    existing_store,
+    store_options,
+    store_path,
+)
 from memoryd.storage.vectors.lazy import LazyVectorStore
 from memoryd.storage.vectors.point_store import PointStore
 from memoryd.storage.vectors.ranking import Fusion, Tuning
@@ -274,9 +280,7 @@ async def _build(
                 f"the embedder is {embedder.model_id} ({embedder.dimension}-d), but the "
                 f"vector store was opened for {identity[0]} ({identity[1]}-d)"
             )
-    chunks = await _vectors(
-        stack, settings, _identity(embedder), sealer, health.recheck, "knowledge"
-    )
+    chunks = await _vectors(stack, settings, _identity(embedder), sealer, health.recheck, KNOWLEDGE)
     domain = _services(
         settings,
         store,
@@ -559,19 +563,9 @@ def _open_vectors_early(
     marker, whereas a new store would be marked for the model before the
     model had loaded, and a model that then failed to load would leave the
     store marked for it. A Qdrant server is opened in turn, as before."""
-    if settings.qdrant_url:
+    if existing_store(settings) is None:
         return None
-    if not (Path(settings.data_dir) / "vectors" / EDGE_MARKER).is_file():
-        return None
-    identity = (
-        _identity(injected)
-        if injected is not None
-        else model_identity_of(
-            settings.embedding_provider,
-            dimension=settings.embedding_dimension,
-            openai_model=settings.openai_model,
-        )
-    )
+    identity = _identity(injected) if injected is not None else configured_identity(settings)
     opening = asyncio.create_task(
         _vectors(stack, settings, identity, sealer, on_change, head_start=head_start),
         name="memoryd-open-vectors",
@@ -600,7 +594,7 @@ async def _vectors(
     identity: tuple[str, int],
     sealer: Sealer,
     on_change: Callable[[], None],
-    name: str = "vectors",
+    name: str = MEMORIES,
     head_start: HeadStart | None = None,
 ) -> VectorStore:
     """The memories' vector store, or (`name` "knowledge") the documents'
@@ -608,10 +602,10 @@ async def _vectors(
     ingests a document has none: no directory, no engine process). Opened
     for the model `identity` (model id, dimension); the memories' store
     adopts `head_start` when it matches."""
-    path = Path(settings.data_dir) / name
+    path = store_path(settings, name)
     vectors: VectorStore = (
         _vector_store(settings, on_change, sealer=sealer, head_start=head_start)
-        if name == "vectors"
+        if name == MEMORIES
         else LazyVectorStore(
             lambda: _vector_store(settings, on_change, name, sealer),
             lambda: bool(settings.qdrant_url) or path.exists(),
@@ -641,7 +635,7 @@ async def open_vector_store(settings: Settings) -> VectorStore:
 def _vector_store(
     settings: Settings,
     on_change: Callable[[], None],
-    name: str = "vectors",
+    name: str = MEMORIES,
     sealer: Sealer | None = None,
     head_start: HeadStart | None = None,
 ) -> VectorStore:
@@ -652,14 +646,13 @@ def _vector_store(
     if settings.qdrant_url:
         from memoryd.storage.vectors.qdrant import QdrantVectorStore
 
-        prefix = "memoryd" if name == "vectors" else f"memoryd_{name}"
+        prefix = "memoryd" if name == MEMORIES else f"memoryd_{name}"
         return QdrantVectorStore(
             qdrant_client(settings), collection_prefix=prefix, tuning=tuning, sealer=sealer
         )
     return EdgeVectorStore(
-        Path(settings.data_dir) / name,
-        sync_writes=settings.vector_sync_writes,
-        min_free_bytes=settings.min_free_bytes,
+        store_path(settings, name),
+        **store_options(settings),
         timeout_s=settings.storage_timeout_s,
         on_change=on_change,
         process=settings.vector_engine_process,

@@ -195,32 +195,20 @@ async def _engine_head_start(settings: Settings) -> HeadStart | None:
     open the store before the server is imported (`HeadStart`), when there
     is an existing store to open; None otherwise, or when it cannot start
     (the build then opens the store as usual, and reports what is wrong)."""
-    from pathlib import Path
+    from memoryd.storage.vectors.embedded import (
+        configured_identity,
+        head_start_store,
+        store_options,
+    )
 
-    from memoryd.storage.vectors.edge_engine import MARKER
-
-    path = Path(settings.data_dir) / "vectors"
-    if (
-        settings.qdrant_url
-        or settings.engine_socket_dir
-        or not settings.vector_engine_process
-        or not (path / MARKER).is_file()
-    ):
+    path = head_start_store(settings)
+    if path is None:
         return None
-    from memoryd.embeddings import model_identity
     from memoryd.storage.vectors.edge_backends import HeadStart, engine_options
 
     try:
-        identity = model_identity(
-            settings.embedding_provider,
-            dimension=settings.embedding_dimension,
-            openai_model=settings.openai_model,
-        )
-        options = engine_options(
-            path,
-            sync_writes=settings.vector_sync_writes,
-            min_free_bytes=settings.min_free_bytes,
-        )
+        identity = configured_identity(settings)
+        options = engine_options(path, **store_options(settings))
         return await HeadStart.begin(options, *identity)
     except Exception:
         logging.getLogger("memoryd").debug("no head start for the vector engine", exc_info=True)
@@ -257,16 +245,15 @@ async def _upgrade_vectors(settings: Settings) -> int:
 def _compact_vectors(settings: Settings) -> int:
     """Compacts the embedded vector stores of `settings.data_dir` (see the
     command's description); 0 when done or when there is nothing to do."""
-    from pathlib import Path
-
     from memoryd.storage.vectors.edge_engine import compact_store
+    from memoryd.storage.vectors.embedded import STORES, store_path
 
     if settings.qdrant_url:
         print("nothing to do: a Qdrant server optimizes its collections by itself", flush=True)
         return 0
     found = False
-    for name in ("vectors", "knowledge"):
-        path = Path(settings.data_dir) / name
+    for name in STORES:
+        path = store_path(settings, name)
 
         def say(line: str, name: str = name) -> None:
             print(f"{name}: {line}", flush=True)

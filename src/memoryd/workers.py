@@ -41,6 +41,7 @@ from pathlib import Path
 
 from memoryd.config import Settings, env_name, setting_fields
 from memoryd.storage.vectors.edge_backends import start_host
+from memoryd.storage.vectors.embedded import STORES
 
 log = logging.getLogger("memoryd.workers")
 
@@ -50,7 +51,6 @@ _WORKER_BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
     "from memoryd.cli import main; sys.exit(main(['serve']))"
 )
-_STORES = ("vectors", "knowledge")
 
 
 def _die_with_parent() -> None:
@@ -96,7 +96,7 @@ class Supervisor:
     # --- start ----------------------------------------------------------------
 
     async def _start_hosts(self) -> None:
-        for name in _STORES:
+        for name in STORES:
             self._hosts.append(await start_host(str(self._dir / f"{name}.sock")))
 
     def _reserve_port(self) -> None:
