@@ -32,6 +32,7 @@ from typing import IO, Any
 import qdrant_edge as qe
 
 from memoryd.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from memoryd.storage import read_ahead
 from memoryd.storage.disk import check_free_space
 from memoryd.storage.vectors import layout as p
 from memoryd.storage.vectors import ranking as rk
@@ -45,6 +46,7 @@ SHARD = "shard"
 NEXT_SHARD = "shard.next"
 OLD_SHARD = "shard.old"
 EDGE_CONFIG = "edge_config.json"
+SEGMENT_DIR = "segments"  # the shard's segments, one directory each
 LOCK_WAIT_S = 1.0
 # Segments: the optimizer merges the smallest segments while there are more
 # than SEGMENTS, and only segments under MAX_SEGMENT_KB of vectors, so a
@@ -158,6 +160,7 @@ class EdgeEngine:
         self._min_free_bytes = min_free_bytes
         self._shard: qe.EdgeShard | None = None
         self._lock_file: IO[str] | None = None
+        self.read_ahead: read_ahead.ReadAhead | None = None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -199,6 +202,10 @@ class EdgeEngine:
             raise
         self._shard = shard
         self._lock_file = lock_file
+        if not self._sealing:
+            # the sealed segments' mapped files, toward the page cache while
+            # the server finishes starting (storage/read_ahead.py)
+            self.read_ahead = read_ahead.start(shard_dir / SEGMENT_DIR)
 
     def _config(self, dimension: int, *, keywords: bool = True) -> qe.EdgeConfig:
         return qe.EdgeConfig(
