@@ -16,6 +16,7 @@ from benchmarks.auth import SUITES as AUTH_SUITES
 from benchmarks.auth import run_auth
 from benchmarks.conversations import run_conversations
 from benchmarks.erasure import run_erasure
+from benchmarks.first_pass import first_pass_suite
 from benchmarks.knowledge import knowledge_suite
 from benchmarks.mcp import mcp_suite
 from benchmarks.memory import memory_suite
@@ -45,9 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated suites: auth (in-process limiter), auth-redis, memory, "
         "conversations, watch, webhooks, writes, mcp (MCP search_memories against gRPC "
         "SearchMemories), knowledge (ingest and SearchKnowledge), erasure, scale "
-        "(client-vector search on a large store; --workers and --server-cpus apply) "
+        "(client-vector search on a large store; --workers and --server-cpus apply), "
+        "first-pass (each tenant's first search after the store in --data-dir opens, "
+        "with its files out of the page cache; at most --tenants tenants) "
         "(default: all but "
-        "writes, mcp, knowledge, erasure and scale)",
+        "writes, mcp, knowledge, erasure, scale and first-pass)",
     )
     parser.add_argument(
         "--server-cpus",
@@ -125,6 +128,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 settings, args.memories, args.tenants, args.seconds, args.server_cpus
             )
             print("\n".join(lines), flush=True)
+        elif suite == "first-pass":
+            await first_pass_suite(settings.data_dir, args.tenants)
         elif suite == "memory":
             for line in await memory_suite(settings, args.memories, args.tenants, args.seconds):
                 print(line, flush=True)
