@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,38 @@ async def scale_suite(
         )
         mem = memory_pb2_grpc.MemoryServiceStub(channel)
         env_keys = await create_env_keys(channel, server.owner_key, n_envs)
+        queries = _unit(rng, 256, dim).tolist()
+        pick = random.Random(5)
+
+        def searcher(stub: Any) -> Callable[[], Awaitable[Any]]:
+            async def search() -> Any:
+                t = pick.randrange(tenants)
+                return await stub.SearchMemories(
+                    memory_pb2.SearchMemoriesRequest(
+                        mode=memory_pb2.SEMANTIC,
+                        top_k=5,
+                        query_embedding=queries[pick.randrange(len(queries))],
+                    ),
+                    metadata=tenant_metadata(env_keys, t),
+                )
+
+            return search
+
+        async def verify_keys(stub: Any) -> float:
+            """One search per key, ms per key: a new process verifies each
+            key once (argon2) at its first use, so searches timed after
+            this measure the store."""
+            first = time.perf_counter()
+            for k in range(len(env_keys)):  # tenant 10k: the first of key k
+                await stub.SearchMemories(
+                    memory_pb2.SearchMemoriesRequest(
+                        mode=memory_pb2.SEMANTIC, top_k=5, query_embedding=queries[0]
+                    ),
+                    metadata=tenant_metadata(env_keys, 10 * k),
+                )
+            return (time.perf_counter() - first) / len(env_keys) * 1e3
+
+        await verify_keys(mem)
         queue = [(t, i) for t in range(tenants) for i in range(0, per, _BATCH)]
         loaded = 0
 
@@ -102,29 +135,31 @@ async def scale_suite(
                     raise RuntimeError(f"batch had {resp.failed_count} failures")
                 loaded += n
 
+        # reads while the store grows: one search at a time beside the load
+        during: list[float] = []
+        loading = True
+
+        async def reader() -> None:
+            search = searcher(mem)
+            while loading:
+                began = time.perf_counter()
+                await search()
+                during.append((time.perf_counter() - began) * 1e3)
+
         started = time.perf_counter()
+        reading = asyncio.create_task(reader())
         await asyncio.gather(*(worker() for _ in range(4)))
         took = time.perf_counter() - started
+        loading = False
+        await reading
         lines.append(
             f"BatchCreate, client vectors: {loaded} in {took:.0f} s, {loaded / took:.0f}/s"
         )
-
-        queries = _unit(rng, 256, dim).tolist()
-        pick = random.Random(5)
-
-        def searcher(stub: Any) -> Callable[[], Awaitable[Any]]:
-            async def search() -> Any:
-                t = pick.randrange(tenants)
-                return await stub.SearchMemories(
-                    memory_pb2.SearchMemoriesRequest(
-                        mode=memory_pb2.SEMANTIC,
-                        top_k=5,
-                        query_embedding=queries[pick.randrange(len(queries))],
-                    ),
-                    metadata=tenant_metadata(env_keys, t),
-                )
-
-            return search
+        lines.append(
+            f"Search client vector, 1 in flight during the load: {len(during)} calls, "
+            f"p50 {statistics.median(during):.2f} ms, p99 {np.percentile(during, 99):.2f} ms, "
+            f"max {max(during):.1f} ms"
+        )
 
         for flight in (1, 4):
             result = await drive(
@@ -169,19 +204,9 @@ async def scale_suite(
                 )
                 again = aio.insecure_channel(server.address)
                 stub = memory_pb2_grpc.MemoryServiceStub(again)
-                # a new process verifies each key once (argon2) at its first
-                # use: done first, so the searches below measure the store
-                first = time.perf_counter()
-                for k in range(len(env_keys)):  # tenant 10k: the first of key k
-                    await stub.SearchMemories(
-                        memory_pb2.SearchMemoriesRequest(
-                            mode=memory_pb2.SEMANTIC, top_k=5, query_embedding=queries[0]
-                        ),
-                        metadata=tenant_metadata(env_keys, 10 * k),
-                    )
+                per_key = await verify_keys(stub)
                 lines.append(
-                    f"{label}: first call of each of {len(env_keys)} keys: "
-                    f"{(time.perf_counter() - first) / len(env_keys) * 1e3:.1f} ms per key"
+                    f"{label}: first call of each of {len(env_keys)} keys: {per_key:.1f} ms per key"
                 )
                 result = await drive(
                     f"{label}: Search client vector, 1 in flight", searcher(stub), seconds, 1
