@@ -203,8 +203,9 @@ class EdgeEngine:
         self._shard = shard
         self._lock_file = lock_file
         if not self._sealing:
-            # the sealed segments' mapped files, toward the page cache while
-            # the server finishes starting (storage/read_ahead.py)
+            # the segments' files (a sealed segment maps its indexes and
+            # payloads), toward the page cache while the server finishes
+            # starting (storage/read_ahead.py)
             self.read_ahead = read_ahead.start(shard_dir / SEGMENT_DIR)
 
     def _config(self, dimension: int, *, keywords: bool = True) -> qe.EdgeConfig:
