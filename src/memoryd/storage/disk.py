@@ -112,3 +112,22 @@ def write_error(err: OSError, path: Path, floor_bytes: int, what: str) -> Domain
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return disk_full(disk_space(path.parent), floor_bytes, what=what)
     return Unavailable(f"cannot write a file of {what}: {os.strerror(err.errno or 0)}")
+
+
+def allocated_files(root: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """The files under `root` that hold data, with the bytes each occupies
+    on disk (a sparse file counts what is allocated, not its length)."""
+    out: list[tuple[str, int]] = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                size = os.lstat(path).st_blocks * 512
+                if size:
+                    out.append((path, size))
+    return out
+
+
+def allocated_bytes(root: str | os.PathLike[str]) -> int:
+    """Bytes the files under `root` occupy on disk."""
+    return sum(size for _, size in allocated_files(root))

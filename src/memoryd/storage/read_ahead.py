@@ -18,12 +18,13 @@ without `posix_fadvise` or `/proc/meminfo`."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from memoryd.storage.disk import allocated_files
 
 log = logging.getLogger("memoryd.storage")
 
@@ -72,7 +73,7 @@ def start(root: Path, *, budget_bytes: int | None = None) -> ReadAhead | None:
     budget = budget_bytes if budget_bytes is not None else _default_budget()
     if budget is None or budget <= 0:
         return None
-    files = _files(root)
+    files = allocated_files(root)
     chosen: list[tuple[str, int]] = []
     total = skipped = 0
     for path, size in sorted(files, key=lambda f: f[1]):
@@ -93,20 +94,6 @@ def start(root: Path, *, budget_bytes: int | None = None) -> ReadAhead | None:
         skipped >> 20,
     )
     return ahead
-
-
-def _files(root: Path) -> list[tuple[str, int]]:
-    """The regular files under `root` that hold data, with the bytes they
-    occupy on disk (sparse files count what is allocated)."""
-    out: list[tuple[str, int]] = []
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with contextlib.suppress(OSError):
-                size = os.lstat(path).st_blocks * 512
-                if size:
-                    out.append((path, size))
-    return out
 
 
 def _default_budget() -> int | None:

@@ -17,7 +17,6 @@ Layout of the directory:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -33,7 +32,7 @@ import qdrant_edge as qe
 
 from memoryd.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from memoryd.storage import read_ahead
-from memoryd.storage.disk import check_free_space
+from memoryd.storage.disk import allocated_bytes, check_free_space
 from memoryd.storage.vectors import layout as p
 from memoryd.storage.vectors import ranking as rk
 
@@ -237,7 +236,7 @@ class EdgeEngine:
         """
         old_dir, new_dir = self._path / SHARD, self._path / NEXT_SHARD
         check_free_space(
-            self._path, self._min_free_bytes + _allocated_bytes(old_dir), what="the upgrade"
+            self._path, self._min_free_bytes + allocated_bytes(old_dir), what="the upgrade"
         )
         if new_dir.exists():
             shutil.rmtree(new_dir)
@@ -345,7 +344,7 @@ class EdgeEngine:
 
     def _optimize(self, shard: qe.EdgeShard) -> bool:
         check_free_space(
-            self._path, self._min_free_bytes + _allocated_bytes(self._path), what="optimizations"
+            self._path, self._min_free_bytes + allocated_bytes(self._path), what="optimizations"
         )
         return shard.optimize()
 
@@ -659,16 +658,6 @@ def _index_params(kind: p.IndexKind) -> qe.PayloadSchemaParams:
             return qe.KeywordIndexParams(enable_hnsw=False, memory=cold)
         case p.IndexKind.INTEGER:
             return qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False, memory=cold)
-
-
-def _allocated_bytes(path: Path) -> int:
-    """Bytes the files under `path` occupy on disk (not their sparse length)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-    return total
 
 
 def closed() -> Unavailable:
