@@ -2,8 +2,10 @@
 thread of this process (`ThreadBackend`), or in a child process that owns
 the shard (`ChildBackend`, the server's default; see
 `memoryd.storage.vectors.edge_child` for its side). Either runs the
-engine's calls one at a time, in order, and answers each with a future; the
-store decides how long to wait for it.
+engine's calls one at a time and answers each with a future; the store
+decides how long to wait for it. The thread runs them in order; the child
+answers the reads that arrive while an upsert is being prepared before it
+(`edge_child.serve`).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ Started by `EdgeVectorStore` (process mode, through
 
 FD is its end of a Unix socket pair. Frames both ways are a 4-byte
 big-endian length and a pickle. The first frame is the engine's keyword
-arguments; then each request is `(id, call, args)` and is answered, in
-order, by `(id, True, result)` or `(id, False, exception)`.
+arguments; then each request is `(id, call, args)` and is answered by
+`(id, True, result)` or `(id, False, exception)`, in order except for the
+reads `serve` answers while an upsert is prepared.
 
 Why a process: the engine holds the GIL for the whole of a call, so a call
 blocked on a hung disk would stop every thread of the server, health checks
@@ -24,7 +25,8 @@ kwargs make the engine (later ones are ignored), `open` is idempotent and a
 client's `close` only ends its connection: the engine is closed when the
 supervising parent closes the host (SIGTERM, or the parent's death). One
 thread per connection; every engine call holds one lock, so calls run one
-at a time, as the shard expects.
+at a time, as the shard expects (an upsert's points are built before it
+takes the lock).
 
 It lives exactly as long as the server wants it: it exits when the socket
 reaches end-of-file (the server closed it, or died), and on Linux the
@@ -41,14 +43,16 @@ import ctypes
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from memoryd.storage.vectors.edge_engine import CALLS, EdgeEngine, closed
+from memoryd.storage.vectors.edge_engine import CALLS, READS, EdgeEngine, closed, upsert_operation
 
 log = logging.getLogger("memoryd.storage.edge")
 
@@ -101,23 +105,62 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+def _run(
+    engine: EdgeEngine,
+    sock: socket.socket,
+    request: Any,
+    between: Callable[[], None] | None = None,
+) -> None:
+    """Runs one request and answers it; an upsert's points are built with
+    `between` called between slices (see `serve`)."""
+    req_id, call, args = request
+    try:
+        if call not in CALLS:
+            raise ValueError(f"no engine call {call!r}")
+        if call == "upsert":
+            points, guard = args
+            engine.write(upsert_operation(points, guard, between))
+            result = None
+        else:
+            result = getattr(engine, call)(*args)
+    except Exception as err:
+        _answer(sock, req_id, False, err)
+    else:
+        _answer(sock, req_id, True, result)
+
+
 def serve(sock: socket.socket) -> None:
-    """Answers requests until end-of-file, then closes the engine."""
+    """Answers requests until end-of-file, then closes the engine.
+
+    One at a time and in order, with one exception: the reads that arrive
+    while an upsert's points are being built (half of its time, before it
+    touches the shard) are answered between slices of that work, so a
+    search does not wait for all of it. Nothing is written before the
+    upsert answers, so such a read sees the shard as if it had come
+    first, which it may: the write is not acknowledged yet. Any other
+    request arriving then waits, and so does every request after it."""
     kwargs = _recv(sock)
     if kwargs is None:
         return
     engine = EdgeEngine(**kwargs)
-    try:
-        while (request := _recv(sock)) is not None:
-            req_id, call, args = request
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    held: list[Any] = []  # a request read early but not run yet (None: end-of-file)
+
+    def between() -> None:
+        while not held and poll.poll(0):
             try:
-                if call not in CALLS:
-                    raise ValueError(f"no engine call {call!r}")
-                result = getattr(engine, call)(*args)
-            except Exception as err:
-                _answer(sock, req_id, False, err)
+                request = _recv(sock)
+            except (OSError, EOFError):
+                request = None
+            if request is None or request[1] not in READS:
+                held.append(request)
             else:
-                _answer(sock, req_id, True, result)
+                _run(engine, sock, request)
+
+    try:
+        while (request := held.pop() if held else _recv(sock)) is not None:
+            _run(engine, sock, request, between)
     finally:
         # The server is gone without closing us (or has closed us): the WAL
         # holds every acknowledged write; flush and let go of the lock.
@@ -157,13 +200,19 @@ class SharedEngine:
     def _call(self, call: str, args: tuple[Any, ...]) -> Any:
         if call not in CALLS:
             raise ValueError(f"no engine call {call!r}")
+        # an upsert's points are built outside the lock: the other
+        # connections' calls run meanwhile (see `upsert_operation`)
+        op = upsert_operation(*args) if call == "upsert" else None
         with self._lock:
             engine = self._engine
             if engine is None or self._closed:
                 raise closed()
             if call == "close":
                 return None  # the host closes the engine, not one of its clients
-            return getattr(engine, call)(*args)
+            if op is None:
+                return getattr(engine, call)(*args)
+            engine.write(op)
+            return None
 
     def close(self) -> None:
         with self._lock:

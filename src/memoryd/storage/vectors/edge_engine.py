@@ -378,15 +378,11 @@ class EdgeEngine:
         )
 
     def upsert(self, points: list[PointTuple], guard: Cond) -> None:
-        shard = self.shard
-        op = qe.UpdateOperation.upsert_points(
-            [
-                qe.Point(pid, _vectors(vector, words), payload)
-                for pid, vector, payload, words in points
-            ],
-            condition=to_filter(guard),
-        )
-        self._write(shard, op)
+        self.write(upsert_operation(points, guard))
+
+    def write(self, op: qe.UpdateOperation) -> None:
+        """Applies an operation built beforehand (`upsert_operation`)."""
+        self._write(self.shard, op)
 
     def delete(self, flt: Cond) -> None:
         shard = self.shard
@@ -447,6 +443,29 @@ class EdgeEngine:
         return int(self.shard.count(qe.CountRequest(exact=True, filter=to_filter(flt))))
 
 
+def upsert_operation(
+    points: list[PointTuple], guard: Cond, between: Callable[[], None] | None = None
+) -> qe.UpdateOperation:
+    """The operation that writes `points` unless `guard` excludes them, built
+    apart from the write: the binding turns a payload into the engine's at
+    ~4.5 µs a key (~90 µs a point of ours, about half of a 100-point
+    upsert), and none of that touches the shard. `between`, when given, is
+    called between slices of UPSERT_SLICE points (the child answers the
+    reads that arrived meanwhile)."""
+    built: list[qe.Point] = []
+    for start in range(0, len(points), UPSERT_SLICE):
+        if start and between is not None:
+            between()
+        built.extend(
+            qe.Point(pid, _vectors(vector, words), payload)
+            for pid, vector, payload, words in points[start : start + UPSERT_SLICE]
+        )
+    return qe.UpdateOperation.upsert_points(built, condition=to_filter(guard))
+
+
+# Points built per slice of `upsert_operation` (~1.5 ms of a busy core).
+UPSERT_SLICE = 16
+
 # The calls a client of the engine may make by name (the child's protocol).
 CALLS = frozenset(
     {
@@ -462,6 +481,8 @@ CALLS = frozenset(
         "count",
     }
 )
+# Those of them that only read the shard.
+READS = frozenset({"owners", "scroll", "query", "count"})
 
 
 def _vectors(vector: list[float], words: tuple[tuple[int, ...], tuple[float, ...]] | None) -> Any:
