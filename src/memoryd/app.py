@@ -501,6 +501,7 @@ def _key_cache(authenticator: Authenticator) -> Readers:
     return {
         "memoryd_key_cache_hits": lambda: authenticator.cache_hits,
         "memoryd_key_cache_misses": lambda: authenticator.cache_misses,
+        "memoryd_key_cache_refreshes": lambda: authenticator.refreshes,
     }
 
 

@@ -264,6 +264,69 @@ async def test_the_cache_expires_after_its_ttl(
     assert auth.cache_misses == 2
 
 
+async def _settled(auth: Authenticator) -> None:
+    """Until the authenticator's background work (refreshes, last-use
+    writes) is done."""
+    while auth._background:
+        await asyncio.gather(*auth._background)
+
+
+async def test_a_key_used_near_its_ttl_is_verified_again_in_the_background(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, cache_ttl_s=10)
+    await auth.authenticate(raw)
+    clock.advance(7.9)  # before the last fifth of the TTL: nothing
+    await auth.authenticate(raw)
+    await _settled(auth)
+    assert (store.reads, auth.refreshes) == (1, 0)
+    clock.advance(0.2)  # in it: answered from the cache, refreshed behind it, once
+    for _ in range(3):
+        await auth.authenticate(raw)
+    await _settled(auth)
+    assert (store.reads, hasher.verifies, auth.refreshes) == (2, 1, 1)
+    clock.advance(5)  # past the first deadline, within the refreshed one: no wait
+    await auth.authenticate(raw)
+    assert (store.reads, auth.cache_misses) == (2, 1)
+
+
+async def test_a_refresh_that_finds_the_key_revoked_drops_it_before_its_ttl(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, cache_ttl_s=10)
+    await auth.authenticate(raw)
+    # revoked by another replica, whose revocation message this one missed
+    store.keys[record.id] = replace(record, revoke_time=clock.now())
+    clock.advance(9)
+    await auth.authenticate(raw)  # cached until its TTL, as without a refresh
+    await _settled(auth)
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(raw)  # 1 s before the TTL
+    assert info.value.reason == "API_KEY_REVOKED"
+
+
+async def test_a_failed_refresh_is_not_retried_by_every_call(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock, cache_ttl_s=10)
+    await auth.authenticate(raw)
+    store.keys.clear()  # stands in for a store that cannot answer
+
+    async def unavailable(key_id: str) -> None:
+        store.reads += 1
+        raise ConnectionError("the database is down")
+
+    store.get_key = unavailable  # type: ignore[method-assign]
+    clock.advance(9)
+    for _ in range(5):
+        assert (await auth.authenticate(raw)).key_id == record.id
+        await _settled(auth)
+    assert (store.reads, auth.refreshes) == (2, 1)  # the first verification, one refresh
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

@@ -192,6 +192,7 @@ async def _time(aw: Awaitable[Any], hist: Any, errors: Any) -> Any:
 COUNTERS: dict[str, str] = {
     "memoryd_key_cache_hits": "verified-key cache hits",
     "memoryd_key_cache_misses": "verified-key cache misses",
+    "memoryd_key_cache_refreshes": "cached keys verified again ahead of their TTL",
     "memoryd_rate_limit_backend_failures": (
         "rate-limit checks that Redis failed (answered by the fallback or refused)"
     ),

@@ -20,6 +20,10 @@ Order of checks for one call:
    the record as always, and a rotated or changed hash is verified anew.
 
 Concurrent first uses of one key share one verification (single flight).
+A key used in the last fifth of its cache TTL is verified again in the
+background (once per cached secret), so a key in steady use does not make
+one call wait for the store every TTL; the cached entry still answers only
+until its TTL.
 
 Revocation, rotation and deletion call `evict(key_id)` (here and, through
 the revocation bus, on every replica). Eviction wins over a verification
@@ -61,6 +65,9 @@ log = logging.getLogger("memoryd.auth")
 MAX_END_USER_ID_LEN = 128
 _TOUCH_INTERVAL_S = 60.0
 _NEGATIVE_TTL_S = 60.0
+# A cached key used in the last this share of its TTL is verified again in
+# the background (`Authenticator._refresh`).
+_REFRESH_AHEAD = 0.2
 _FAILURE_WINDOW_S = 60.0
 # Key verifications (store read + argon2) one client address may run at once,
 # and how many more may wait: one address gets at most this share of the
@@ -83,12 +90,14 @@ class _Entry:
     principal: Principal
     secrets: tuple[_Secret, ...]
 
-    def valid(self, digest: bytes, now: float) -> bool:
-        # every stored digest is compared, in constant time each
-        ok = False
+    def deadline(self, digest: bytes, now: float) -> float | None:
+        """Until when the secret of `digest` is cached (None: it is not, or
+        no longer). Every stored digest is compared, in constant time each."""
+        found = None
         for s in self.secrets:
-            ok |= hmac.compare_digest(s.digest, digest) and s.deadline > now
-        return ok
+            if hmac.compare_digest(s.digest, digest) and s.deadline > now:
+                found = s.deadline
+        return found
 
 
 class _FailureLimiter:
@@ -193,9 +202,13 @@ class Authenticator:
         self._gate = _PeerGate()
         self._touched: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # the deadline of the cached secret each refresh-ahead was begun for
+        self._refreshed: dict[bytes, float] = {}
+        self._refresh_ahead_s = cache_ttl_s * _REFRESH_AHEAD
         self.cache_hits = 0
         self.cache_misses = 0
         self.evictions = 0  # evict() and clear() calls, from this replica or the bus
+        self.refreshes = 0  # verifications begun ahead of a cached key's TTL
 
     async def authenticate(
         self, raw: str | None, *, end_user_id: str = "", peer: str = ""
@@ -215,15 +228,42 @@ class Authenticator:
         # `raw` is now the one canonical ASCII spelling of the key.
         digest = hashlib.sha256(raw.encode("ascii")).digest()
         entry = self._cache.get(parsed.key_id)
-        if entry is not None and entry.valid(digest, self._clock.monotonic()):
+        now = self._clock.monotonic()
+        deadline = None if entry is None else entry.deadline(digest, now)
+        if entry is not None and deadline is not None:
             self.cache_hits += 1
             principal = entry.principal
+            if deadline - now < self._refresh_ahead_s:
+                self._refresh(parsed, digest, peer, deadline)
         else:
             self.cache_misses += 1
             principal = await self._verify_once(parsed, digest, peer)
         if end_user_id:
             return replace(principal, end_user_id=end_user_id)
         return principal
+
+    def _refresh(self, parsed: ParsedKey, digest: bytes, peer: str, deadline: float) -> None:
+        """Verifies a cached key again in the background, once per cached
+        secret, as its TTL nears its end: a key in steady use never waits
+        for the store at its TTL. The entry answers until its deadline as
+        before; a refusal drops it at once."""
+        if self._refreshed.get(digest) == deadline or digest in self._inflight:
+            return
+        if len(self._refreshed) >= self._size * _SECRETS_PER_KEY:
+            self._refreshed.clear()  # old deadlines only: at worst one more refresh each
+        self._refreshed[digest] = deadline
+        self.refreshes += 1
+        task = asyncio.get_running_loop().create_task(self._refresh_now(parsed, digest, peer))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh_now(self, parsed: ParsedKey, digest: bytes, peer: str) -> None:
+        try:
+            await self._verify_once(parsed, digest, peer)
+        except (Unauthenticated, NotFound):
+            self._cache.pop(parsed.key_id, None)  # revoked, expired or deleted meanwhile
+        except Exception:  # e.g. the store is down: the calls at the deadline will say so
+            log.debug("refreshing key %s ahead of its TTL failed", parsed.key_id, exc_info=True)
 
     def evict(self, key_id: str) -> None:
         """Forgets every cached verification of `key_id` (revoke, rotate, delete),
