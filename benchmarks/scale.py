@@ -8,7 +8,8 @@ vector), loaded with BatchCreate (batches of 100, 4 clients). Measured, in
 one run, on one server started from the settings (so `--workers N` applies)
 and pinned with `taskset -c` to `--server-cpus` when given:
 
-- load throughput;
+- load throughput, and searches (one at a time, from another process:
+  `benchmarks.reader`) while it runs;
 - SearchMemories SEMANTIC with a client vector (top 5, a random tenant and
   vector per call): p50/p99 with 1 and with 4 calls in flight, and h2load's
   ceiling (4 connections x 32 streams, one tenant);
@@ -21,9 +22,11 @@ and pinned with `taskset -c` to `--server-cpus` when given:
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,6 +41,37 @@ from memoryd.config import Settings
 from memoryd.v1 import memory_pb2, memory_pb2_grpc
 
 _BATCH = 100
+
+
+async def start_reader(
+    address: str, keys: list[str], tenants: int, dimension: int
+) -> asyncio.subprocess.Process:
+    """`benchmarks.reader` searching `address` until `stop_reader`."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.reader",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    config = {"address": address, "keys": keys, "tenants": tenants, "dimension": dimension}
+    proc.stdin.write(json.dumps(config).encode() + b"\n")
+    await proc.stdin.drain()
+    return proc
+
+
+async def stop_reader(proc: asyncio.subprocess.Process) -> list[float]:
+    """The latencies (ms) of a reader's searches, once it is stopped."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the reader process failed (exit code {proc.returncode})")
+    took: list[float] = json.loads(out)
+    if not took:
+        raise RuntimeError("the reader process made no search")
+    return took
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray[Any, Any]:
@@ -135,23 +169,13 @@ async def scale_suite(
                     raise RuntimeError(f"batch had {resp.failed_count} failures")
                 loaded += n
 
-        # reads while the store grows: one search at a time beside the load
-        during: list[float] = []
-        loading = True
-
-        async def reader() -> None:
-            search = searcher(mem)
-            while loading:
-                began = time.perf_counter()
-                await search()
-                during.append((time.perf_counter() - began) * 1e3)
-
+        # reads while the store grows: one search at a time beside the load,
+        # from a process of its own (benchmarks/reader.py)
+        reader = await start_reader(server.address, env_keys, tenants, dim)
         started = time.perf_counter()
-        reading = asyncio.create_task(reader())
         await asyncio.gather(*(worker() for _ in range(4)))
         took = time.perf_counter() - started
-        loading = False
-        await reading
+        during = await stop_reader(reader)
         lines.append(
             f"BatchCreate, client vectors: {loaded} in {took:.0f} s, {loaded / took:.0f}/s"
         )
