@@ -2,7 +2,7 @@
 for searches timed while the benchmark's own process loads the server: in
 that process they would also wait for its event loop, busy building and
 sending batches, and the figure would be partly the client's (measured
-once at 100k: p50 14.7 ms in the loading process against 13.0–13.5 ms
+once at 100k: p50 14.7 ms in the loading process against 13.0 to 13.5 ms
 here, the same server and load).
 
 Reads one JSON line from stdin, `{"address", "keys", "tenants",
