@@ -5,6 +5,8 @@ alone, not by timing."""
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import socket
 import threading
 import uuid
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memoryd.storage.vectors.edge_backends import engine_options
-from memoryd.storage.vectors.edge_child import _recv, encode, serve
+from memoryd.storage.vectors.edge_child import HEADER, _recv, encode, serve
 from memoryd.storage.vectors.edge_engine import UPSERT_SLICE, PlainConditions, PointTuple
 
 DIM = 4
@@ -28,17 +30,24 @@ def points(n: int) -> list[PointTuple]:
     ]
 
 
-def served(path: Path, *requests: tuple[int, str, tuple[Any, ...]]) -> list[Any]:
-    """The answers of `serve` to `requests` (sent at once, then end-of-file),
-    in the order it wrote them."""
+def served(
+    path: Path, *requests: tuple[int, str, tuple[Any, ...]] | bytes, raised: list[Any] | None = None
+) -> list[Any]:
+    """The answers of `serve` to `requests` (sent at once, then end-of-file;
+    bytes are sent as they are), in the order it wrote them; what `serve`
+    raised goes in `raised`."""
     ours, theirs = socket.socketpair()
     for frame in (engine_options(path), *requests):
-        ours.sendall(encode(frame))
+        ours.sendall(frame if isinstance(frame, bytes) else encode(frame))
     ours.shutdown(socket.SHUT_WR)
 
     def run() -> None:
         try:
             serve(theirs)
+        except Exception as err:
+            if raised is None:
+                raise
+            raised.append(err)
         finally:
             theirs.close()  # end-of-file for the reader below
 
@@ -46,7 +55,7 @@ def served(path: Path, *requests: tuple[int, str, tuple[Any, ...]]) -> list[Any]
     server.start()
     ours.settimeout(60)  # a hang fails the test instead
     answers = []
-    with ours:
+    with ours, contextlib.suppress(ConnectionResetError):  # closed with requests unread
         while (answer := _recv(ours)) is not None:
             answers.append(answer)
     server.join(timeout=60)
@@ -104,3 +113,24 @@ def test_a_small_upsert_is_one_slice(tmp_path: Path) -> None:
         (2, "count", (ALL,)),
     )
     assert answers == [(0, True, None), (1, True, None), (2, True, len(few))]
+
+
+def test_a_frame_that_does_not_decode_during_an_upsert_ends_serve_after_it(
+    tmp_path: Path,
+) -> None:
+    """As a garbled frame anywhere does (the process exits and the server
+    restarts it): not answered as the upsert's error, and nothing after it
+    runs."""
+    many = points(4 * UPSERT_SLICE)
+    garbled = HEADER.pack(5) + b"oops!"
+    raised: list[Any] = []
+    answers = served(
+        tmp_path / "store",
+        (0, "open", ("model", DIM)),
+        (1, "upsert", (many, GUARD)),
+        garbled,
+        (2, "count", (ALL,)),
+        raised=raised,
+    )
+    assert answers == [(0, True, None), (1, True, None)]
+    assert len(raised) == 1 and isinstance(raised[0], pickle.UnpicklingError)

@@ -145,7 +145,9 @@ def serve(sock: socket.socket) -> None:
     engine = EdgeEngine(**kwargs)
     poll = select.poll()
     poll.register(sock, select.POLLIN)
-    held: list[Any] = []  # a request read early but not run yet (None: end-of-file)
+    # what was read early but not run yet: a request, None (end-of-file) or
+    # the error of a frame that did not decode (raised in its turn, as here)
+    held: list[Any] = []
 
     def between() -> None:
         while not held and poll.poll(0):
@@ -153,13 +155,17 @@ def serve(sock: socket.socket) -> None:
                 request = _recv(sock)
             except (OSError, EOFError):
                 request = None
-            if request is None or request[1] not in READS:
+            except Exception as err:
+                request = err
+            if request is None or isinstance(request, Exception) or request[1] not in READS:
                 held.append(request)
             else:
                 _run(engine, sock, request)
 
     try:
         while (request := held.pop() if held else _recv(sock)) is not None:
+            if isinstance(request, Exception):
+                raise request
             _run(engine, sock, request, between)
     finally:
         # The server is gone without closing us (or has closed us): the WAL
