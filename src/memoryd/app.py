@@ -295,6 +295,7 @@ async def _build(
         chunks,
         sealer,
     )
+    _on_close(stack, domain.projects_cache.close)
     idempotency = Idempotency(metrics.timed("sql", store), clock)
     pipeline = _pipeline(settings, authenticator, domain, limits, metrics, clock)
     server = _server(stack, settings, pipeline, domain, idempotency, health, clock, tracer_provider)

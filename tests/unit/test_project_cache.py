@@ -3,6 +3,7 @@ unavailable, the last known project for a bounded stale window."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,18 +32,25 @@ def _project(display_name: str) -> Project:
 
 
 class _Store:
-    """A control store whose database can be switched off."""
+    """A control store whose database can be switched off, and whose reads
+    can be held (`gate`) after they have taken the project."""
 
     def __init__(self) -> None:
         self.project = _project("v1")
         self.down = False
         self.reads = 0
+        self.gate: asyncio.Event | None = None
+        self.held = asyncio.Event()  # set once a read waits at the gate
 
     async def get_project(self, org_id: str, project_id: str) -> Project | None:
         self.reads += 1
         if self.down:
             raise Unavailable("down", reason="DATABASE_UNAVAILABLE")
-        return self.project
+        project = self.project
+        if self.gate is not None:
+            self.held.set()
+            await self.gate.wait()
+        return project
 
 
 def _cache(store: _Store, clock: ManualClock, stale_s: float = 300.0) -> ProjectCache:
@@ -109,3 +117,73 @@ async def test_without_a_cached_project_or_with_no_window_unavailable_passes_thr
     clock.advance(5.1)
     with pytest.raises(Unavailable):
         await cache.get_project("org_1", "prj_1")
+
+
+async def _settled(cache: ProjectCache) -> None:
+    while cache._refreshing:
+        await asyncio.gather(*cache._refreshing.values())
+
+
+async def test_a_project_used_near_its_ttl_is_read_again_behind_the_call() -> None:
+    store, clock = _Store(), ManualClock()
+    cache = _cache(store, clock)
+    await cache.get_project("org_1", "prj_1")
+    store.project = _project("v2")
+    clock.advance(3.9)  # before the last fifth of the TTL: nothing
+    assert (await cache.get_project("org_1", "prj_1")) == _project("v1")
+    await _settled(cache)
+    assert store.reads == 1
+    clock.advance(0.2)  # in it: the cached project answers, read again behind it, once
+    for _ in range(3):
+        assert (await cache.get_project("org_1", "prj_1")) == _project("v1")
+    await _settled(cache)
+    assert store.reads == 2
+    clock.advance(1)  # past the first TTL, within the refreshed one: no read
+    assert (await cache.get_project("org_1", "prj_1")) == _project("v2")
+    assert store.reads == 2
+
+
+async def test_a_refresh_read_before_a_forget_does_not_fill_the_cache() -> None:
+    store, clock = _Store(), ManualClock()
+    cache = _cache(store, clock)
+    await cache.get_project("org_1", "prj_1")
+    clock.advance(4.5)
+    store.gate = asyncio.Event()
+    await cache.get_project("org_1", "prj_1")  # starts a refresh, which reads v1 and waits
+    await store.held.wait()
+    store.project = _project("v2")  # changed on this replica: it forgets the project
+    cache.forget("org_1", "prj_1")
+    store.gate.set()
+    await _settled(cache)
+    store.gate = None
+    assert (await cache.get_project("org_1", "prj_1")) == _project("v2")
+    assert store.reads == 3
+
+
+async def test_a_failed_refresh_leaves_the_project_until_its_ttl() -> None:
+    store, clock = _Store(), ManualClock()
+    cache = _cache(store, clock, stale_s=0.0)
+    await cache.get_project("org_1", "prj_1")
+    store.down = True
+    clock.advance(4.5)
+    assert (await cache.get_project("org_1", "prj_1")) == _project("v1")
+    await _settled(cache)
+    for _ in range(3):  # still within its TTL; the failed read is not tried again per call
+        assert (await cache.get_project("org_1", "prj_1")) == _project("v1")
+        await _settled(cache)
+    assert store.reads == 2
+    clock.advance(0.6)
+    with pytest.raises(Unavailable):
+        await cache.get_project("org_1", "prj_1")
+
+
+async def test_close_stops_a_refresh_in_flight() -> None:
+    store, clock = _Store(), ManualClock()
+    cache = _cache(store, clock)
+    await cache.get_project("org_1", "prj_1")
+    clock.advance(4.5)
+    store.gate = asyncio.Event()  # never set: the refresh waits for ever
+    await cache.get_project("org_1", "prj_1")
+    await store.held.wait()
+    await cache.close()
+    assert not cache._refreshing

@@ -9,10 +9,19 @@ While the control-plane database is unavailable, a project read at most
 calls keep working through a short database outage; past that the call
 answers UNAVAILABLE. A failed refresh is retried at most once per `ttl_s`
 per project, not on every call.
+
+A project read in the last fifth of its TTL is read again in the
+background (one read at a time per project), so a call never waits for
+the store to refresh a project in steady use; an entry still answers only
+until its TTL. Measured before: under a BatchCreate load, one search in a
+thousand waited 50-90 ms in the rate limiter for its project's refresh,
+queued behind the writes' SQL transactions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from memoryd.domain.clock import Clock
@@ -28,6 +37,10 @@ class _Entry:
     refresh_at: float  # monotonic time from which the store is asked again
 
 
+# Share of the TTL at its end in which a used project is read again behind the call.
+_REFRESH_AHEAD = 0.2
+
+
 class ProjectCache:
     def __init__(
         self, store: ControlStore, clock: Clock, ttl_s: float = 5.0, stale_s: float = 0.0
@@ -37,24 +50,64 @@ class ProjectCache:
         self._ttl = ttl_s
         self._stale = stale_s
         self._items: dict[tuple[str, str], _Entry] = {}
+        self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._refreshed_for: dict[tuple[str, str], float] = {}  # the entry's refresh_at
+        # bumped by `forget`: a read begun before it does not fill the cache
+        self._generation = 0
 
     async def get_project(self, org_id: str, project_id: str) -> Project | None:
         key = (org_id, project_id)
         now = self._clock.monotonic()
         cached = self._items.get(key)
         if cached is not None and cached.refresh_at > now:
+            if cached.refresh_at - now < self._ttl * _REFRESH_AHEAD:
+                self._refresh(key, cached)
             return cached.project
+        return await self._read(key, cached, now)
+
+    async def _read(
+        self, key: tuple[str, str], cached: _Entry | None, now: float
+    ) -> Project | None:
+        generation = self._generation
         try:
-            project = await self._store.get_project(org_id, project_id)
+            project = await self._store.get_project(*key)
         except Unavailable:
             if cached is None or now - cached.read_at > self._stale:
                 raise
-            self._items[key] = _Entry(cached.project, cached.read_at, now + self._ttl)
+            if generation == self._generation:
+                self._items[key] = _Entry(cached.project, cached.read_at, now + self._ttl)
             return cached.project
-        if len(self._items) > 10_000:
-            self._items.clear()
-        self._items[key] = _Entry(project, now, now + self._ttl)
+        if generation == self._generation:
+            if len(self._items) > 10_000:
+                self._items.clear()
+            self._items[key] = _Entry(project, now, now + self._ttl)
         return project
+
+    def _refresh(self, key: tuple[str, str], cached: _Entry) -> None:
+        """Reads the project behind the call, once per cached entry (a failed
+        read is not tried again by every call until the TTL)."""
+        if key in self._refreshing or self._refreshed_for.get(key) == cached.refresh_at:
+            return
+        if len(self._refreshed_for) > 10_000:
+            self._refreshed_for.clear()
+        self._refreshed_for[key] = cached.refresh_at
+        task = asyncio.get_running_loop().create_task(self._refresh_now(key))
+        self._refreshing[key] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+
+    async def _refresh_now(self, key: tuple[str, str]) -> None:
+        # a failure changes nothing here: the entry answers until its TTL,
+        # and the calls after it read (and fail) as without a refresh
+        with contextlib.suppress(Exception):
+            await self._read(key, self._items.get(key), self._clock.monotonic())
+
+    async def close(self) -> None:
+        """Stops the refreshes in flight (before the store closes)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
 
     async def list_environments_of_kind(
         self, org_id: str, kind: EnvironmentKind
@@ -62,4 +115,5 @@ class ProjectCache:
         return await self._store.list_environments_of_kind(org_id, kind)
 
     def forget(self, org_id: str, project_id: str) -> None:
+        self._generation += 1
         self._items.pop((org_id, project_id), None)
