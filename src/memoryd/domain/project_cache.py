@@ -96,8 +96,10 @@ class ProjectCache:
         task.add_done_callback(lambda _: self._refreshing.pop(key, None))
 
     async def _refresh_now(self, key: tuple[str, str]) -> None:
-        # a failure changes nothing here: the entry answers until its TTL,
-        # and the calls after it read (and fail) as without a refresh
+        # a failed read does what it does on a call's path (within the stale
+        # window the last known project is kept; past it nothing changes, the
+        # entry answers until its TTL and the calls after it fail), but no
+        # call sees its error
         with contextlib.suppress(Exception):
             await self._read(key, self._items.get(key), self._clock.monotonic())
 
