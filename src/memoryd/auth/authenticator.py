@@ -58,6 +58,7 @@ from memoryd.domain.errors import (
 )
 from memoryd.domain.key_format import ParsedKey, new_secret, parse_key
 from memoryd.domain.ports import SecretHasher
+from memoryd.domain.refresh_ahead import RefreshAhead
 from memoryd.domain.tenancy import Principal
 
 log = logging.getLogger("memoryd.auth")
@@ -65,9 +66,6 @@ log = logging.getLogger("memoryd.auth")
 MAX_END_USER_ID_LEN = 128
 _TOUCH_INTERVAL_S = 60.0
 _NEGATIVE_TTL_S = 60.0
-# A cached key used in the last this share of its TTL is verified again in
-# the background (`Authenticator._refresh`).
-_REFRESH_AHEAD = 0.2
 _FAILURE_WINDOW_S = 60.0
 # Key verifications (store read + argon2) one client address may run at once,
 # and how many more may wait: one address gets at most this share of the
@@ -202,9 +200,7 @@ class Authenticator:
         self._gate = _PeerGate()
         self._touched: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
-        # the deadline of the cached secret each refresh-ahead was begun for
-        self._refreshed: dict[bytes, float] = {}
-        self._refresh_ahead_s = cache_ttl_s * _REFRESH_AHEAD
+        self._ahead: RefreshAhead[bytes] = RefreshAhead(cache_ttl_s, cache_size * _SECRETS_PER_KEY)
         self.cache_hits = 0
         self.cache_misses = 0
         self.evictions = 0  # evict() and clear() calls, from this replica or the bus
@@ -233,8 +229,8 @@ class Authenticator:
         if entry is not None and deadline is not None:
             self.cache_hits += 1
             principal = entry.principal
-            if deadline - now < self._refresh_ahead_s:
-                self._refresh(parsed, digest, peer, deadline)
+            if digest not in self._inflight and self._ahead.due(digest, deadline, now):
+                self._refresh(parsed, digest, peer)
         else:
             self.cache_misses += 1
             principal = await self._verify_once(parsed, digest, peer)
@@ -242,16 +238,11 @@ class Authenticator:
             return replace(principal, end_user_id=end_user_id)
         return principal
 
-    def _refresh(self, parsed: ParsedKey, digest: bytes, peer: str, deadline: float) -> None:
-        """Verifies a cached key again in the background, once per cached
-        secret, as its TTL nears its end: a key in steady use never waits
-        for the store at its TTL. The entry answers until its deadline as
-        before; a refusal drops it at once."""
-        if self._refreshed.get(digest) == deadline or digest in self._inflight:
-            return
-        if len(self._refreshed) >= self._size * _SECRETS_PER_KEY:
-            self._refreshed.clear()  # old deadlines only: at worst one more refresh each
-        self._refreshed[digest] = deadline
+    def _refresh(self, parsed: ParsedKey, digest: bytes, peer: str) -> None:
+        """Verifies a cached key again in the background, as its TTL nears
+        its end (`RefreshAhead`): a key in steady use never waits for the
+        store at its TTL. The entry answers until its deadline as before; a
+        refusal drops it at once."""
         self.refreshes += 1
         task = asyncio.get_running_loop().create_task(self._refresh_now(parsed, digest, peer))
         self._background.add(task)

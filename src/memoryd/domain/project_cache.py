@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from memoryd.domain.clock import Clock
 from memoryd.domain.control import ControlStore, Environment, Project
 from memoryd.domain.errors import Unavailable
+from memoryd.domain.refresh_ahead import RefreshAhead
 from memoryd.domain.tenancy import EnvironmentKind
+
+_MAX_ITEMS = 10_000
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,6 @@ class _Entry:
     project: Project | None
     read_at: float  # monotonic time of the last successful read
     refresh_at: float  # monotonic time from which the store is asked again
-
-
-# Share of the TTL at its end in which a used project is read again behind the call.
-_REFRESH_AHEAD = 0.2
 
 
 class ProjectCache:
@@ -51,7 +50,7 @@ class ProjectCache:
         self._stale = stale_s
         self._items: dict[tuple[str, str], _Entry] = {}
         self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._refreshed_for: dict[tuple[str, str], float] = {}  # the entry's refresh_at
+        self._ahead: RefreshAhead[tuple[str, str]] = RefreshAhead(ttl_s, _MAX_ITEMS)
         # bumped by `forget`: a read begun before it does not fill the cache
         self._generation = 0
 
@@ -60,8 +59,8 @@ class ProjectCache:
         now = self._clock.monotonic()
         cached = self._items.get(key)
         if cached is not None and cached.refresh_at > now:
-            if cached.refresh_at - now < self._ttl * _REFRESH_AHEAD:
-                self._refresh(key, cached)
+            if key not in self._refreshing and self._ahead.due(key, cached.refresh_at, now):
+                self._refresh(key)
             return cached.project
         return await self._read(key, cached, now)
 
@@ -78,19 +77,13 @@ class ProjectCache:
                 self._items[key] = _Entry(cached.project, cached.read_at, now + self._ttl)
             return cached.project
         if generation == self._generation:
-            if len(self._items) > 10_000:
+            if len(self._items) > _MAX_ITEMS:
                 self._items.clear()
             self._items[key] = _Entry(project, now, now + self._ttl)
         return project
 
-    def _refresh(self, key: tuple[str, str], cached: _Entry) -> None:
-        """Reads the project behind the call, once per cached entry (a failed
-        read is not tried again by every call until the TTL)."""
-        if key in self._refreshing or self._refreshed_for.get(key) == cached.refresh_at:
-            return
-        if len(self._refreshed_for) > 10_000:
-            self._refreshed_for.clear()
-        self._refreshed_for[key] = cached.refresh_at
+    def _refresh(self, key: tuple[str, str]) -> None:
+        """Reads the project behind the call (when, see `RefreshAhead`)."""
         task = asyncio.get_running_loop().create_task(self._refresh_now(key))
         self._refreshing[key] = task
         task.add_done_callback(lambda _: self._refreshing.pop(key, None))
