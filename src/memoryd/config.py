@@ -158,6 +158,14 @@ class Settings:
         "writes survive a power loss too (about 20 ms per write). Without it they survive a "
         "crash of the process (kill -9), not of the machine.",
     )
+    vector_search_threads: int = _setting(
+        1,
+        "Embedded Qdrant Edge: threads one search may spread over the store's segments (0: the "
+        "engine's default, one per segment up to its pool). A search of a tenant's points is "
+        "sub-millisecond work, so each extra thread costs more CPU in wake-ups than it saves; "
+        "raise it only for tenants of hundreds of thousands of memories in a compacted store "
+        "on a machine with idle cores.",
+    )
     min_free_disk_mb: int = _setting(
         256,
         "Embedded stores: writes are refused (RESOURCE_EXHAUSTED, reason DISK_FULL) and health "

@@ -50,6 +50,7 @@ def store_options(settings: Settings) -> dict[str, Any]:
     return {
         "sync_writes": settings.vector_sync_writes,
         "min_free_bytes": settings.min_free_bytes,
+        "search_threads": settings.vector_search_threads or None,
     }
 
 
