@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from memoryd.domain.errors import Unavailable
+from memoryd.embeddings import fusion
 from memoryd.embeddings.batcher import MicroBatcher
 
 log = logging.getLogger("memoryd.embeddings")
@@ -205,16 +207,44 @@ def _sessions(model: Any, threads: int) -> tuple[Any, Any] | None:
         return None
     providers = session.get_providers()
 
-    def build(n: int) -> Any:
+    def build(n: int, graph: str | bytes) -> Any:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = n
         options.inter_op_num_threads = n
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return ort.InferenceSession(path, providers=providers, sess_options=options)
+        return ort.InferenceSession(graph, providers=providers, sess_options=options)
 
-    batch = build(threads)
-    lone = batch if threads == 1 else build(1)
+    # each layer's attention and GELU as fused operators (embeddings/fusion.py),
+    # when the graph is the export that rewrite knows and answers alike
+    graph: str | bytes = path
+    lone: Any = None
+    rewritten = fusion.fused(path, _attention_heads(Path(path).parent))
+    if rewritten is not None:
+        try:
+            candidate = build(1, rewritten)
+        except Exception:  # an onnxruntime without the fused operators
+            log.warning(
+                "the fused embedding model does not load; running it unfused", exc_info=True
+            )
+        else:
+            if fusion.agrees(session, candidate):
+                graph, lone = rewritten, candidate
+            else:
+                log.warning("the fused embedding model answers differently; running it unfused")
+    batch = build(threads, graph)
+    if threads == 1:
+        lone = batch
+    elif lone is None:
+        lone = build(1, graph)
     inner.model = batch
     return lone, batch
+
+
+def _attention_heads(model_dir: Path) -> int:
+    """The model's attention heads, from its config.json (12 for MiniLM)."""
+    try:
+        return int(json.loads((model_dir / "config.json").read_text())["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 12
