@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import json
 import logging
@@ -166,8 +167,24 @@ def settle_heap() -> None:
     Frozen objects are still freed by reference counting; only a cycle
     among them would stay, and start-up's objects live as long as the
     server anyway. No collection first: start-up's own full collections
-    found nothing to free, and one more would add ~0.1 s to the start."""
+    found nothing to free, and one more would add ~0.1 s to the start.
+
+    Then gives back to the kernel the heap pages start-up freed (glibc's
+    `malloc_trim`): loading the embedding model and the store frees ~100 MB
+    in pieces that malloc keeps, and the server's RSS stays that much above
+    what it uses (measured on an embedder alone: 426 → 310 MiB). Nothing
+    where the C library has no such call."""
     gc.freeze()
+    trim = getattr(_c_library(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def _c_library() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)  # the C library this process runs on
+    except OSError:  # pragma: no cover - a platform without dlopen(NULL)
+        return None
 
 
 async def _serve(settings: Settings) -> int:
