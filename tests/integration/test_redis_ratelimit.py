@@ -234,3 +234,72 @@ async def test_a_callers_next_check_never_waits_for_coalescing(redis: Redis, pre
 
     assert [d.remaining for d in decisions] == list(range(99, 49, -1))
     assert limiter.round_trips == 50
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_one_projects_checks_of_a_round_trip_are_one_script_call(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    checks = [
+        [
+            (api_key_bucket("p", f"k{i % 4}"), Limit(0.01, 1000)),
+            (project_bucket("p"), Limit(0.01, 30)),
+        ]
+        for i in range(60)
+    ]
+    before = await _evalsha_calls(redis)
+
+    decisions = await asyncio.gather(*(limiter.check(c) for c in checks))
+
+    assert sorted(d.remaining for d in decisions if d.allowed) == list(range(30))
+    assert sum(not d.allowed for d in decisions) == 30
+    assert limiter.round_trips < len(checks) / 4
+    assert await _evalsha_calls(redis) - before == limiter.round_trips
+
+
+async def test_checks_of_several_projects_share_a_round_trip_one_script_call_each(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    projects = ["a", "b", "c"]
+    checks = [
+        [
+            (api_key_bucket(projects[i % 3], "k"), Limit(0.01, 1000)),
+            (project_bucket(projects[i % 3]), Limit(0.01, 10 * (i % 3 + 1))),
+        ]
+        for i in range(90)
+    ]
+    before = await _evalsha_calls(redis)
+
+    decisions = await asyncio.gather(*(limiter.check(c) for c in checks))
+
+    for p, burst in enumerate((10, 20, 30)):
+        mine = decisions[p::3]
+        # each project's bucket decided as separate calls would, whatever the others did
+        assert sorted(d.remaining for d in mine if d.allowed) == list(range(burst))
+        assert all(d.limit == burst for d in mine if not d.allowed)
+    calls = await _evalsha_calls(redis) - before
+    assert limiter.round_trips < len(checks) / 4
+    assert limiter.round_trips <= calls <= 3 * limiter.round_trips
+
+
+async def test_a_flushed_script_is_loaded_once_for_every_project_of_a_batch(
+    redis: Redis, prefix: str
+) -> None:
+    limiter = RedisRateLimiter(redis, timeout_s=TIMEOUT_S, key_prefix=prefix)
+    await limiter.check([(project_bucket("a"), Limit(0.01, 100))])
+    loads = limiter.script_loads
+    await redis.script_flush()
+
+    decisions = await asyncio.gather(
+        *(limiter.check([(project_bucket("ab"[i % 2]), Limit(0.01, 100))]) for i in range(40))
+    )
+
+    assert sorted(d.remaining for d in decisions[0::2]) == list(range(79, 99))
+    assert sorted(d.remaining for d in decisions[1::2]) == list(range(80, 100))
+    assert limiter.script_loads == loads + 1

@@ -1,18 +1,21 @@
 """The Redis rate-limiter backend: GCRA in one Lua script, shared by replicas.
 
-One check is one EVALSHA of a script that reads every bucket, decides, and
-writes all of them or none (Redis runs a script atomically). Concurrent
-checks share round trips: a check made while another round trip is in
-flight waits for it to end, then goes out with every other check that
-arrived meanwhile, as one pipeline of EVALSHAs in arrival order (each
-still atomic on its own, so the decisions are exactly those of separate
-calls). When checks come more often than one per `coalesce_s` (1 ms, a
+A check reads every one of its buckets, decides, and writes all of them or
+none, inside a script (Redis runs a script atomically). Concurrent checks
+share round trips: a check made while another round trip is in flight
+waits for it to end, then goes out with every other check that arrived
+meanwhile, in arrival order. The checks of one round trip whose buckets
+live in one Redis Cluster slot (one project's) go as one EVALSHA that runs
+them one after the other, so the decisions are exactly those of separate
+calls; checks of other slots go as EVALSHAs of their own in the same
+pipeline. When checks come more often than one per `coalesce_s` (1 ms, a
 moving average), that batch waits `coalesce_s` more for the ones that
 follow; a lone check, with nothing in flight, goes out at once, and a
 caller's next check never waits for its previous round trip. redis-py's
 own per-command work is most of a check's CPU (~130 µs alone, ~25-40 µs
-in a pipeline of 8 to 64), so under load this lifted authenticated calls
-with the Redis limiter from 1,910 to 2,600 req/s (docs/performance.md).
+in a pipeline of 8 to 64, 22-31 µs in one EVALSHA of 8 to 32), so under
+load this lifted authenticated calls with the Redis limiter from 1,910 to
+2,600 req/s (docs/performance.md).
 
 The script is loaded lazily: its SHA1 is computed here, so the first call is
 already an EVALSHA, and a NOSCRIPT reply (Redis restarted, SCRIPT FLUSH,
@@ -41,62 +44,77 @@ from redis.exceptions import NoScriptError, RedisError
 from memoryd.domain.errors import Unavailable
 from memoryd.ratelimit.gcra import Decision, Limit, validate_checks
 
-# KEYS: the buckets. ARGV[1]: cost; ARGV[2i], ARGV[2i+1]: emission interval (s)
-# and burst of KEYS[i]. Returns {allowed 0|1, index of the deciding bucket,
-# remaining, reset_after_s, retry_after_s}; the two durations are strings
-# because Redis truncates Lua numbers to integers in replies.
+# Every check of one round trip that lives in one Redis Cluster slot goes
+# to Redis as one EVALSHA of this script, which runs them in order.
+# ARGV[1]: how many checks; then for each check: its number of buckets n,
+# its cost, and the emission interval (s) and burst of each of its n
+# buckets. KEYS: every check's buckets, in the same order. Returns one reply
+# per check: {allowed 0|1, index of the deciding bucket, remaining,
+# reset_after_s, retry_after_s}; the two durations are strings because Redis
+# truncates Lua numbers to integers in replies. The checks share one TIME
+# and each sees the buckets as the checks before it left them, as separate
+# calls made at that instant would.
 # Mirrors memoryd.ratelimit.gcra.gcra and most_restrictive exactly.
 GCRA_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
-local cost = tonumber(ARGV[1])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local eps = 1e-9
-local new_tats = {}
-local all_allowed = true
-local pick, pick_allowed, pick_remaining, pick_reset, pick_retry
-for i = 1, #KEYS do
-  local t = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local tau = burst * t
-  local base = now
-  local tat = tonumber(redis.call('GET', KEYS[i]))
-  if tat and tat > now then base = tat end
-  local allow_at = base + math.min(cost, burst) * t - tau
-  local allowed, remaining, reset, retry
-  if allow_at <= now + eps then
-    local new_tat = base + cost * t
-    new_tats[i] = new_tat
-    allowed, reset, retry = true, new_tat - now, 0
-    remaining = math.floor((tau - (new_tat - now)) / t + 1e-6)
-  else
-    all_allowed = false
-    allowed, reset, retry = false, base - now, allow_at - now
-    remaining = math.floor((tau - (base - now)) / t + 1e-6)
+local replies = {}
+local k, a = 0, 2
+for c = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  local cost = tonumber(ARGV[a + 1])
+  local new_tats = {}
+  local all_allowed = true
+  local pick, pick_allowed, pick_remaining, pick_reset, pick_retry
+  for i = 1, n do
+    local t = tonumber(ARGV[a + 2 * i])
+    local burst = tonumber(ARGV[a + 2 * i + 1])
+    local tau = burst * t
+    local base = now
+    local tat = tonumber(redis.call('GET', KEYS[k + i]))
+    if tat and tat > now then base = tat end
+    local allow_at = base + math.min(cost, burst) * t - tau
+    local allowed, remaining, reset, retry
+    if allow_at <= now + eps then
+      local new_tat = base + cost * t
+      new_tats[i] = new_tat
+      allowed, reset, retry = true, new_tat - now, 0
+      remaining = math.floor((tau - (new_tat - now)) / t + 1e-6)
+    else
+      all_allowed = false
+      allowed, reset, retry = false, base - now, allow_at - now
+      remaining = math.floor((tau - (base - now)) / t + 1e-6)
+    end
+    if remaining < 0 then remaining = 0 end
+    local better
+    if pick == nil then
+      better = true
+    elseif allowed ~= pick_allowed then
+      better = not allowed
+    elseif not allowed then
+      better = retry > pick_retry
+    else
+      better = remaining < pick_remaining or (remaining == pick_remaining and reset > pick_reset)
+    end
+    if better then
+      pick, pick_allowed, pick_remaining = i, allowed, remaining
+      pick_reset, pick_retry = reset, retry
+    end
   end
-  if remaining < 0 then remaining = 0 end
-  local better
-  if pick == nil then
-    better = true
-  elseif allowed ~= pick_allowed then
-    better = not allowed
-  elseif not allowed then
-    better = retry > pick_retry
-  else
-    better = remaining < pick_remaining or (remaining == pick_remaining and reset > pick_reset)
+  if all_allowed then
+    for i = 1, n do
+      local ttl_ms = math.ceil((new_tats[i] - now) * 1000) + 1
+      redis.call('SET', KEYS[k + i], string.format('%.17g', new_tats[i]), 'PX', ttl_ms)
+    end
   end
-  if better then
-    pick, pick_allowed, pick_remaining, pick_reset, pick_retry = i, allowed, remaining, reset, retry
-  end
+  replies[c] = {pick_allowed and 1 or 0, pick, pick_remaining,
+                string.format('%.17g', pick_reset), string.format('%.17g', pick_retry)}
+  k = k + n
+  a = a + 2 + 2 * n
 end
-if all_allowed then
-  for i = 1, #KEYS do
-    local ttl_ms = math.ceil((new_tats[i] - now) * 1000) + 1
-    redis.call('SET', KEYS[i], string.format('%.17g', new_tats[i]), 'PX', ttl_ms)
-  end
-end
-return {pick_allowed and 1 or 0, pick, pick_remaining,
-        string.format('%.17g', pick_reset), string.format('%.17g', pick_retry)}
+return replies
 """
 
 GCRA_SHA = hashlib.sha1(GCRA_LUA.encode()).hexdigest()
@@ -104,8 +122,10 @@ GCRA_SHA = hashlib.sha1(GCRA_LUA.encode()).hexdigest()
 # weight of the latest gap between two checks in their moving average
 _GAP_WEIGHT = 0.1
 
+# the script's reply to one check
+_Reply = list[bytes | int]
 # one check waiting for its round trip: its keys, its arguments, its reply
-_Pending = tuple[list[str], list[str | int], "asyncio.Future[list[bytes | int]]"]
+_Pending = tuple[list[str], list[str | int], "asyncio.Future[_Reply]"]
 
 
 class RedisRateLimiter:
@@ -158,7 +178,7 @@ class RedisRateLimiter:
     async def check(self, checks: Sequence[tuple[str, Limit]], cost: int = 1) -> Decision:
         validate_checks(checks, cost)
         keys = [self._prefix + name for name, _ in checks]
-        args: list[str | int] = [cost]
+        args: list[str | int] = [len(checks), cost]
         for _, limit in checks:
             args.append(repr(limit.emission_interval_s))
             args.append(limit.burst)
@@ -240,34 +260,75 @@ class RedisRateLimiter:
             else:
                 future.set_result(reply)
 
-    async def _run(self, batch: list[_Pending]) -> list[list[bytes | int] | BaseException]:
-        replies: list[list[bytes | int] | BaseException]
-        if len(batch) == 1:  # a lone check: no pipeline to build
-            keys, args, _ = batch[0]
-            try:
-                replies = [await self._evalsha(keys, args)]
-            except NoScriptError as exc:
-                replies = [exc]
-        else:
-            replies = await self._pipeline(batch)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    async def _run(self, batch: list[_Pending]) -> list[_Reply | BaseException]:
+        """One reply (or error) per check of `batch`, in order: one EVALSHA
+        per Redis Cluster slot, all of them in one round trip."""
+        groups = _slot_groups(batch)
+        calls = [_script_call(batch, group) for group in groups]
+        answers = await self._send(calls)
+        missing = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
         if missing:
             # Redis lost its script cache: load it and send exactly those
-            # checks once more (the others ran and must not be charged twice).
+            # calls once more (the others ran and must not be charged twice).
             await self._redis.script_load(GCRA_LUA)
             self.script_loads += 1
-            again = await self._pipeline([batch[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
+            again = await self._send([calls[i] for i in missing])
+            for i, answer in zip(missing, again, strict=True):
+                answers[i] = answer
+        replies: list[_Reply | BaseException] = [RedisError("no reply")] * len(batch)
+        for group, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, BaseException):
+                for index in group:
+                    replies[index] = answer
+            else:
+                for index, reply in zip(group, answer, strict=True):
+                    replies[index] = reply
         return replies
 
-    async def _evalsha(self, keys: list[str], args: list[str | int]) -> list[bytes | int]:
-        reply: list[bytes | int] = await self._redis.evalsha(GCRA_SHA, len(keys), *keys, *args)
-        return reply
-
-    async def _pipeline(self, batch: list[_Pending]) -> list[list[bytes | int] | BaseException]:
+    async def _send(
+        self, calls: list[tuple[list[str], list[str | int]]]
+    ) -> list[list[_Reply] | BaseException]:
+        """The script's answer (or error) to each call, in one round trip."""
+        if len(calls) == 1:  # one slot: no pipeline to build
+            keys, args = calls[0]
+            try:
+                answer: list[_Reply] = await self._redis.evalsha(GCRA_SHA, len(keys), *keys, *args)
+            except NoScriptError as exc:
+                return [exc]
+            return [answer]
         pipe = self._redis.pipeline(transaction=False)
-        for keys, args, _ in batch:
+        for keys, args in calls:
             pipe.evalsha(GCRA_SHA, len(keys), *keys, *args)
-        replies: list[list[bytes | int] | BaseException] = await pipe.execute(raise_on_error=False)
-        return replies
+        answers: list[list[_Reply] | BaseException] = await pipe.execute(raise_on_error=False)
+        return answers
+
+
+def _slot_groups(batch: list[_Pending]) -> list[list[int]]:
+    """The positions of `batch`'s checks, grouped by the Redis Cluster slot
+    of their buckets (every bucket of one check shares its hash tag), each
+    group in arrival order."""
+    groups: dict[str, list[int]] = {}
+    for i, (keys, _, _) in enumerate(batch):
+        groups.setdefault(_hash_tag(keys[0]), []).append(i)
+    return list(groups.values())
+
+
+def _hash_tag(key: str) -> str:
+    """What Redis Cluster hashes `key` by: the text of its first non-empty
+    `{...}`, else the whole key."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def _script_call(batch: list[_Pending], group: list[int]) -> tuple[list[str], list[str | int]]:
+    """The keys and arguments of one EVALSHA that runs `group`'s checks."""
+    keys: list[str] = []
+    args: list[str | int] = [len(group)]
+    for i in group:
+        keys += batch[i][0]
+        args += batch[i][1]
+    return keys, args
