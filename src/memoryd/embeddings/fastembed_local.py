@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,9 @@ def _sessions(model: Any, threads: int) -> tuple[Any, Any] | None:
     8.6-9.0 / 13.4-14.5 vs 11.5-14.1 ms; 4 texts 5.7-5.9 vs 7.2-7.4 /
     23.9 vs 18.0-18.3 ms (so from there on, two threads).
 
+    Both run the model with each layer's attention and GELU fused when
+    that answers as the file does (`_fused`, embeddings/fusion.py).
+
     Both sessions have their thread pools' spinning turned off. By default
     onnxruntime keeps its intra-op worker threads busy-waiting between
     calls, which on a small box costs as much CPU as the inference itself
@@ -216,30 +219,33 @@ def _sessions(model: Any, threads: int) -> tuple[Any, Any] | None:
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return ort.InferenceSession(graph, providers=providers, sess_options=options)
 
-    # each layer's attention and GELU as fused operators (embeddings/fusion.py),
-    # when the graph is the export that rewrite knows and answers alike
-    graph: str | bytes = path
-    lone: Any = None
-    rewritten = fusion.fused(path, _attention_heads(Path(path).parent))
-    if rewritten is not None:
-        try:
-            candidate = build(1, rewritten)
-        except Exception:  # an onnxruntime without the fused operators
-            log.warning(
-                "the fused embedding model does not load; running it unfused", exc_info=True
-            )
-        else:
-            if fusion.agrees(session, candidate):
-                graph, lone = rewritten, candidate
-            else:
-                log.warning("the fused embedding model answers differently; running it unfused")
-    batch = build(threads, graph)
-    if threads == 1:
-        lone = batch
-    elif lone is None:
-        lone = build(1, graph)
+    # each layer's attention and GELU as fused operators, when it can be
+    fused = _fused(session, path, build)
+    graph: str | bytes = path if fused is None else fused[0]
+    lone: Any = None if fused is None else fused[1]
+    batch = lone if threads == 1 and lone is not None else build(threads, graph)
+    if lone is None:
+        lone = batch if threads == 1 else build(1, graph)
     inner.model = batch
     return lone, batch
+
+
+def _fused(session: Any, path: str, build: Callable[[int, bytes], Any]) -> tuple[bytes, Any] | None:
+    """The model at `path` rewritten with fused attention and GELU
+    (embeddings/fusion.py) and a one-thread session of it, when the graph is
+    the export that rewrite knows and the session answers as `session` (the
+    file's) does; else None, and the file runs as it is."""
+    try:
+        rewritten = fusion.fused(path, _attention_heads(Path(path).parent))
+        if rewritten is None:
+            return None
+        candidate = build(1, rewritten)
+        if fusion.agrees(session, candidate):
+            return rewritten, candidate
+        log.warning("the fused embedding model answers differently; running it unfused")
+    except Exception:  # an unexpected graph, an onnxruntime without the operators
+        log.warning("the embedding model could not be fused; running it unfused", exc_info=True)
+    return None
 
 
 def _attention_heads(model_dir: Path) -> int:
