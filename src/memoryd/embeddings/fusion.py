@@ -20,12 +20,9 @@ rewritten model's answers against the original's before using it
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
-
-log = logging.getLogger("memoryd.embeddings")
 
 _MS = "com.microsoft"
 _KEY_MASK = "memoryd_key_mask"
