@@ -52,7 +52,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from memoryd.storage.vectors.edge_engine import CALLS, READS, EdgeEngine, closed, upsert_operation
+from memoryd.storage.vectors.edge_engine import READS, EdgeEngine, closed, prepare
 
 log = logging.getLogger("memoryd.storage.edge")
 
@@ -115,14 +115,7 @@ def _run(
     `between` called between slices (see `serve`)."""
     req_id, call, args = request
     try:
-        if call not in CALLS:
-            raise ValueError(f"no engine call {call!r}")
-        if call == "upsert":
-            points, guard = args
-            engine.write(upsert_operation(points, guard, between))
-            result = None
-        else:
-            result = getattr(engine, call)(*args)
+        result = prepare(call, args, between)(engine)
     except Exception as err:
         _answer(sock, req_id, False, err)
     else:
@@ -204,21 +197,16 @@ class SharedEngine:
         sock.close()
 
     def _call(self, call: str, args: tuple[Any, ...]) -> Any:
-        if call not in CALLS:
-            raise ValueError(f"no engine call {call!r}")
         # an upsert's points are built outside the lock: the other
-        # connections' calls run meanwhile (see `upsert_operation`)
-        op = upsert_operation(*args) if call == "upsert" else None
+        # connections' calls run meanwhile (see `prepare`)
+        run = prepare(call, args)
         with self._lock:
             engine = self._engine
             if engine is None or self._closed:
                 raise closed()
             if call == "close":
                 return None  # the host closes the engine, not one of its clients
-            if op is None:
-                return getattr(engine, call)(*args)
-            engine.write(op)
-            return None
+            return run(engine)
 
     def close(self) -> None:
         with self._lock:

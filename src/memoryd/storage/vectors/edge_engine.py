@@ -485,6 +485,23 @@ CALLS = frozenset(
 READS = frozenset({"owners", "scroll", "query", "count"})
 
 
+def prepare(
+    call: str, args: tuple[Any, ...], between: Callable[[], None] | None = None
+) -> Callable[[EdgeEngine], Any]:
+    """Engine call `call(*args)` (one of CALLS, else ValueError), as a
+    function of the engine, with what does not touch the shard done now: an
+    upsert's points are built here (`upsert_operation`, calling `between`
+    between slices), so the child can answer reads meanwhile and the shared
+    host can build them before it takes its lock."""
+    if call not in CALLS:
+        raise ValueError(f"no engine call {call!r}")
+    if call == "upsert":
+        points, guard = args
+        op = upsert_operation(points, guard, between)
+        return lambda engine: engine.write(op)
+    return lambda engine: getattr(engine, call)(*args)
+
+
 def _vectors(vector: list[float], words: tuple[tuple[int, ...], tuple[float, ...]] | None) -> Any:
     if words is None:
         return {"": vector}
