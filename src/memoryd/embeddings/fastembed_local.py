@@ -220,12 +220,10 @@ def _sessions(model: Any, threads: int) -> tuple[Any, Any] | None:
         return ort.InferenceSession(graph, providers=providers, sess_options=options)
 
     # each layer's attention and GELU as fused operators, when it can be
-    fused = _fused(session, path, build)
-    graph: str | bytes = path if fused is None else fused[0]
-    lone: Any = None if fused is None else fused[1]
-    batch = lone if threads == 1 and lone is not None else build(threads, graph)
+    graph, lone = _fused(session, path, build) or (path, None)
     if lone is None:
-        lone = batch if threads == 1 else build(1, graph)
+        lone = build(1, graph)
+    batch = lone if threads == 1 else build(threads, graph)
     inner.model = batch
     return lone, batch
 
