@@ -8,14 +8,17 @@ sets: service, method, code, reason, backend, operation; no tenant labels.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from memoryd.api.call import CallState
 
@@ -37,6 +40,7 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+_BUCKET_NAMES = (*(floatToGoString(b) for b in _LATENCY_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
 
 
 class CallLogger:
@@ -66,33 +70,104 @@ class CallLogger:
         )
 
 
+class _Latency:
+    """One (service, method)'s latency histogram: a count per bucket of
+    `_LATENCY_BUCKETS` and one past the last (+Inf), and their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+
+class _Line:
+    """One (method, code)'s count and its method's histogram."""
+
+    __slots__ = ("count", "labels", "latency")
+
+    def __init__(self, labels: tuple[str, str, str], latency: _Latency) -> None:
+        self.labels = labels  # service, method, code
+        self.latency = latency
+        self.count = 0
+
+
+class CallFamilies(Collector):
+    """`memoryd_requests`, `memoryd_request_duration_seconds` and
+    `memoryd_rate_limit_decisions`: counted in plain attributes on the event
+    loop and turned into samples when scraped. prometheus-client's own
+    metrics take a lock per increment, four per call; on a cheap call that
+    was a measurable share (docs/performance.md). Only the loop writes; a
+    scrape (another thread) copies each dict and list whole under the GIL,
+    and a histogram's count is the sum of its buckets, so it is consistent
+    (its sum may lag one call behind)."""
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[str, str], _Line] = {}  # (method, code)
+        self._latency: dict[tuple[str, str], _Latency] = {}  # (service, method)
+        self.allowed = 0
+        self.denied = 0
+
+    def count(self, call: CallState, duration_s: float) -> None:
+        line = self._lines.get((call.method, call.code))
+        if line is None:
+            line = self._line(call.method, call.code)
+        line.count += 1
+        latency = line.latency
+        latency.counts[bisect.bisect_left(_LATENCY_BUCKETS, duration_s)] += 1
+        latency.sum += duration_s
+        if call.reason == "RATE_LIMITED":
+            self.denied += 1
+        elif call.principal is not None and call.trailers:
+            self.allowed += 1
+
+    def _line(self, full_method: str, code: str) -> _Line:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        service = service.rsplit(".", 1)[-1]
+        latency = self._latency.setdefault((service, method), _Latency())
+        line = self._lines[(full_method, code)] = _Line((service, method, code), latency)
+        return line
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "memoryd_requests",
+            "gRPC calls by service, method and status code",
+            labels=["service", "method", "code"],
+        )
+        for line in list(self._lines.values()):
+            requests.add_metric(list(line.labels), line.count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "memoryd_request_duration_seconds", "gRPC call latency", labels=["service", "method"]
+        )
+        for (service, method), histogram in list(self._latency.items()):
+            counts, total = list(histogram.counts), histogram.sum
+            latency.add_metric(
+                [service, method],
+                list(zip(_BUCKET_NAMES, itertools.accumulate(counts), strict=True)),
+                total,
+            )
+        yield latency
+        decisions = CounterMetricFamily(
+            "memoryd_rate_limit_decisions", "rate-limit decisions", labels=["decision"]
+        )
+        decisions.add_metric(["allowed"], self.allowed)
+        decisions.add_metric(["denied"], self.denied)
+        yield decisions
+
+
 class Metrics:
     """The metric families of one server, in their own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "memoryd_requests",
-            "gRPC calls by service, method and status code",
-            ["service", "method", "code"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "memoryd_request_duration_seconds",
-            "gRPC call latency",
-            ["service", "method"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        # requests, their latency and rate-limit decisions: counted per call
+        self._calls = CallFamilies()
+        r.register(self._calls)
         self.auth_failures = Counter(
             "memoryd_auth_failures", "refused authentications by reason", ["reason"], registry=r
         )
-        self.rate_limited = Counter(
-            "memoryd_rate_limit_decisions", "rate-limit decisions", ["decision"], registry=r
-        )
-        self._allowed = self.rate_limited.labels("allowed")
-        self._denied = self.rate_limited.labels("denied")
         self.backend_latency = Histogram(
             "memoryd_backend_duration_seconds",
             "latency of backend operations",
@@ -114,8 +189,6 @@ class Metrics:
             registry=r,
         )
         self._server: Any = None
-        # labelled children by (method, code): `labels()` takes a lock per call
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def serve(self, host: str, port: int) -> None:
         self._server = start_http_server(port, addr=host, registry=self.registry)
@@ -131,23 +204,9 @@ class Metrics:
         self.registry.register(collector)
 
     def call_finished(self, call: CallState, duration_s: float) -> None:
-        children = self._children.get((call.method, call.code))
-        if children is None:
-            service, _, method = call.method.lstrip("/").rpartition("/")
-            service = service.rsplit(".", 1)[-1]
-            children = (
-                self.requests.labels(service, method, call.code),
-                self.latency.labels(service, method),
-            )
-            self._children[(call.method, call.code)] = children
-        children[0].inc()
-        children[1].observe(duration_s)
+        self._calls.count(call, duration_s)
         if call.code == "UNAUTHENTICATED":
             self.auth_failures.labels(call.reason or "UNKNOWN").inc()
-        if call.reason == "RATE_LIMITED":
-            self._denied.inc()
-        elif call.principal is not None and call.trailers:
-            self._allowed.inc()
 
     def timed(self, backend: str, target: Any) -> Any:
         """A proxy of `target` whose coroutine methods are timed."""
