@@ -28,7 +28,7 @@ from memoryd.auth.hashing import Argon2Hasher
 from memoryd.config import Settings
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.memories import MemoryService
-from memoryd.domain.project_cache import ProjectCache
+from memoryd.domain.project_cache import ProjectCache, Unknown
 from memoryd.v1 import keys_pb2, memory_pb2
 
 MEMORY = "/memoryd.v1.MemoryService/"
@@ -478,16 +478,24 @@ async def test_a_memory_call_reads_its_project_once(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rate limiter (the project's limits) and the memory rules (its
-    settings and quotas) see the project of one read of the cache."""
+    settings and quotas) see the project of one read of the cache: a read
+    (`get_project`) or a look at a fresh entry (`peek`) that found it."""
     client = await reader(server)
     reads: list[tuple[str, str]] = []
-    original = ProjectCache.get_project
+    original, original_peek = ProjectCache.get_project, ProjectCache.peek
 
     async def counting(self: ProjectCache, org_id: str, project_id: str) -> Any:
         reads.append((org_id, project_id))
         return await original(self, org_id, project_id)
 
+    def counting_peek(self: ProjectCache, org_id: str, project_id: str) -> Any:
+        project = original_peek(self, org_id, project_id)
+        if project is not Unknown.UNKNOWN:
+            reads.append((org_id, project_id))
+        return project
+
     monkeypatch.setattr(ProjectCache, "get_project", counting)
+    monkeypatch.setattr(ProjectCache, "peek", counting_peek)
     create = memory_pb2.CreateMemoryRequest(memory=memory_pb2.Memory(content="once"))
     await client.memory.CreateMemory(create, metadata=client.md())
     assert len(reads) == 1

@@ -210,11 +210,11 @@ async def test_usage_counts_survive_an_outage(server: RedisServer) -> None:
     meter = RedisUsageMeter(redis, ManualClock(datetime(2026, 5, 1, 12, tzinfo=UTC)))
     day = datetime(2026, 5, 1).date()
     try:
-        await meter.record("org", "p", "e", method="/m/A")
+        meter.record("org", "p", "e", method="/m/A")
         await meter.flush()
         server.kill()
-        await meter.record("org", "p", "e", method="/m/A")
-        await meter.record("org", "p", "e", memories_written=1, bytes_stored=10)
+        meter.record("org", "p", "e", method="/m/A")
+        meter.record("org", "p", "e", memories_written=1, bytes_stored=10)
         with pytest.raises(Unavailable):
             await meter.flush()
         assert meter.pending_keys == 1

@@ -56,15 +56,15 @@ def _clock() -> ManualClock:
 async def test_counters_round_trip_per_environment_and_day(redis: Redis, prefix: str) -> None:
     clock = _clock()
     meter = RedisUsageMeter(redis, clock, key_prefix=prefix)
-    await meter.record("org", "p1", "prod", method=SEARCH)
-    await meter.record("org", "p1", "prod", method=SEARCH)
-    await meter.record("org", "p1", "prod", method=CREATE)
-    await meter.record("org", "p1", "prod", memories_written=2, bytes_stored=300)
-    await meter.record("org", "p1", "prod", method=SEARCH, rate_limited=True)
-    await meter.record("org", "p:2", "dev:x", method=SEARCH)  # ids with separators
-    await meter.record("other", "p1", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=CREATE)
+    meter.record("org", "p1", "prod", memories_written=2, bytes_stored=300)
+    meter.record("org", "p1", "prod", method=SEARCH, rate_limited=True)
+    meter.record("org", "p:2", "dev:x", method=SEARCH)  # ids with separators
+    meter.record("other", "p1", "prod", method=SEARCH)
     clock.advance(1)
-    await meter.record("org", "p1", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=SEARCH)
     await meter.close()
 
     reader = RedisUsageMeter(redis, clock, key_prefix=prefix)  # another replica
@@ -89,7 +89,7 @@ async def test_replicas_add_up_and_keys_expire_after_the_retention(
 
     async def traffic(meter: RedisUsageMeter) -> None:
         for _ in range(200):
-            await meter.record("org", "p", "e", method=SEARCH)
+            meter.record("org", "p", "e", method=SEARCH)
             await asyncio.sleep(0)
 
     await asyncio.gather(*(traffic(meter) for meter in replicas))
@@ -111,7 +111,7 @@ async def test_record_writes_in_the_background(redis: Redis, prefix: str) -> Non
     meter = RedisUsageMeter(redis, clock, key_prefix=prefix, flush_interval_s=0.05)
     reader = RedisUsageMeter(redis, clock, key_prefix=prefix)
     try:
-        await meter.record("org", "p", "e", method=SEARCH)
+        meter.record("org", "p", "e", method=SEARCH)
         for _ in range(500):  # no flush was asked for: wait for the background one
             if meter.pending_keys == 0:
                 break

@@ -685,3 +685,57 @@ async def test_no_error_message_contains_the_secret(
         assert err.code == "UNAUTHENTICATED"
         assert secret not in str(err) and secret[:16] not in str(err)
         assert wrong[20:] not in str(err)
+
+
+# --- the cached answer without a coroutine (the call pipeline's steady state) -------------
+
+
+async def test_cached_answers_only_a_key_verified_within_its_ttl(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    record, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    assert auth.cached(raw) is None  # never verified: only `authenticate` can tell
+    assert (store.reads, hasher.verifies, auth.cache_hits) == (0, 0, 0)
+    verified = await auth.authenticate(raw)
+    p = auth.cached(raw, end_user_id="user-7")
+    assert p is not None
+    assert (p.key_id, p.end_user_id) == (record.id, "user-7")
+    assert auth.cached(raw) is verified
+    assert (store.reads, hasher.verifies, auth.cache_hits) == (1, 1, 2)
+    clock.advance(31)  # past the TTL
+    assert auth.cached(raw) is None
+
+
+async def test_cached_refuses_what_authenticate_refuses_before_the_cache(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    await auth.authenticate(raw)
+    with pytest.raises(Unauthenticated) as missing:
+        auth.cached("")
+    assert missing.value.reason == "API_KEY_MISSING"
+    with pytest.raises(Unauthenticated) as malformed:
+        auth.cached(" " + raw)
+    assert malformed.value.reason == "API_KEY_MALFORMED"
+    with pytest.raises(InvalidArgument):
+        auth.cached(raw, end_user_id="x" * 1000)
+
+
+async def test_a_key_with_a_bad_checksum_is_refused_by_its_checksum_not_the_cache(
+    store: FakeStore, hasher: CountingHasher, clock: ManualClock
+) -> None:
+    # The cache is looked up before the checksum is computed: a wrong
+    # checksum can never match a verified key, and on the miss `authenticate`
+    # checks it before any storage access or slow hash.
+    _, raw, _ = await _add_key(store, hasher, clock)
+    auth = _auth(store, hasher, clock)
+    await auth.authenticate(raw)
+    last = "A" if raw[-1] != "A" else "B"
+    bad = raw[:-1] + last
+    assert auth.cached(bad) is None
+    with pytest.raises(Unauthenticated) as err:
+        await auth.authenticate(bad)
+    assert err.value.reason == "API_KEY_CHECKSUM"
+    assert (store.reads, hasher.verifies) == (1, 1)

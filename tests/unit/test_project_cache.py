@@ -12,7 +12,7 @@ import pytest
 from memoryd.domain.clock import ManualClock
 from memoryd.domain.control import Project, ProjectSettings, Quotas, RateLimits
 from memoryd.domain.errors import Unavailable
-from memoryd.domain.project_cache import ProjectCache
+from memoryd.domain.project_cache import ProjectCache, Unknown
 
 _T = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -187,3 +187,24 @@ async def test_close_stops_a_refresh_in_flight() -> None:
     await store.held.wait()
     await cache.close()
     assert not cache._refreshing
+
+
+async def test_peek_answers_a_fresh_entry_without_a_read_and_nothing_else() -> None:
+    store, clock = _Store(), ManualClock()
+    cache = _cache(store, clock)
+    assert cache.peek("org_1", "prj_1") is Unknown.UNKNOWN  # never read
+    assert store.reads == 0
+    project = await cache.get_project("org_1", "prj_1")
+    assert cache.peek("org_1", "prj_1") is project
+    assert store.reads == 1
+    clock.advance(5.1)  # past the TTL: only a read can tell
+    assert cache.peek("org_1", "prj_1") is Unknown.UNKNOWN
+    assert store.reads == 1
+
+
+async def test_peek_knows_a_project_that_does_not_exist() -> None:
+    store, clock = _Store(), ManualClock()
+    cache = _cache(store, clock)
+    store.project = None  # type: ignore[assignment]
+    assert await cache.get_project("org_1", "prj_1") is None
+    assert cache.peek("org_1", "prj_1") is None

@@ -23,15 +23,15 @@ def _meter() -> tuple[LocalUsageMeter, ManualClock]:
 
 async def test_counts_calls_writes_and_refusals_per_environment_and_day() -> None:
     meter, clock = _meter()
-    await meter.record("org", "p1", "prod", method=SEARCH)
-    await meter.record("org", "p1", "prod", method=SEARCH)
-    await meter.record("org", "p1", "prod", method=CREATE)
-    await meter.record("org", "p1", "prod", memories_written=2, bytes_stored=300)
-    await meter.record("org", "p1", "prod", method=SEARCH, rate_limited=True)
-    await meter.record("org", "p1", "dev", method=SEARCH)
-    await meter.record("other", "p9", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=CREATE)
+    meter.record("org", "p1", "prod", memories_written=2, bytes_stored=300)
+    meter.record("org", "p1", "prod", method=SEARCH, rate_limited=True)
+    meter.record("org", "p1", "dev", method=SEARCH)
+    meter.record("other", "p9", "prod", method=SEARCH)
     clock.advance(1)  # past midnight UTC
-    await meter.record("org", "p1", "prod", method=SEARCH)
+    meter.record("org", "p1", "prod", method=SEARCH)
 
     records = await meter.read("org", None, None, DAY, date(2026, 3, 15))
 
@@ -44,9 +44,9 @@ async def test_counts_calls_writes_and_refusals_per_environment_and_day() -> Non
 
 async def test_read_filters_by_project_environment_and_dates() -> None:
     meter, _ = _meter()
-    await meter.record("org", "p1", "prod", method=SEARCH)
-    await meter.record("org", "p2", "prod", method=SEARCH)
-    await meter.record("org", "p2", "dev", method=SEARCH)
+    meter.record("org", "p1", "prod", method=SEARCH)
+    meter.record("org", "p2", "prod", method=SEARCH)
+    meter.record("org", "p2", "dev", method=SEARCH)
 
     assert [
         (r.project_id, r.environment_id) for r in await meter.read("org", "p2", None, DAY, DAY)
@@ -69,13 +69,13 @@ async def test_bad_date_ranges_are_invalid_arguments() -> None:
 async def test_old_days_are_forgotten_after_the_retention() -> None:
     clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
     meter = LocalUsageMeter(clock, retention_days=3)
-    await meter.record("org", "p", "e", method=SEARCH)
+    meter.record("org", "p", "e", method=SEARCH)
     clock.advance(2 * 86_400)
-    await meter.record("org", "p", "e", method=SEARCH)
+    meter.record("org", "p", "e", method=SEARCH)
     assert len(await meter.read("org", None, None, date(2026, 1, 1), date(2026, 1, 3))) == 2
 
     clock.advance(2 * 86_400)
-    await meter.record("org", "p", "e", method=SEARCH)
+    meter.record("org", "p", "e", method=SEARCH)
     days = [r.date for r in await meter.read("org", None, None, date(2026, 1, 3), date(2026, 1, 5))]
     assert days == [date(2026, 1, 3), date(2026, 1, 5)]
     assert meter._counters.keys().isdisjoint({("org", "p", "e", date(2026, 1, 1))})

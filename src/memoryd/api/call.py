@@ -9,19 +9,20 @@ scan (`read_headers`), and the caller's project in one read (`CallProjects`).
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from grpc import aio
 
 from memoryd.domain.control import Environment, Project
-from memoryd.domain.project_cache import ProjectCache
+from memoryd.domain.project_cache import ProjectCache, Unknown
 from memoryd.domain.tenancy import Caller, EnvironmentKind, Principal
 
 CROSS_PROJECT_HEADER = "x-allow-cross-project"
 
 
-@dataclass
+@dataclass(slots=True)
 class CallState:
     method: str
     request_id: str
@@ -29,7 +30,8 @@ class CallState:
     # x-allow-cross-project: true (a search across the org's projects)
     allow_cross_project: bool = False
     principal: Principal | None = None
-    trailers: list[tuple[str, str]] = field(default_factory=list)
+    # the rate limiter's trailers (x-ratelimit-*), set by admission
+    trailers: Sequence[tuple[str, str]] = ()
     code: str = "OK"
     reason: str = ""
     request_bytes: int = 0  # size of the (unary) request body
@@ -67,8 +69,7 @@ def ongoing_call() -> CallState | None:
     return _CALL.get(None)
 
 
-@dataclass(frozen=True)
-class Headers:
+class Headers(NamedTuple):
     """The request headers the pipeline reads (binary headers are skipped)."""
 
     request_id: str = ""
@@ -136,6 +137,17 @@ class CallProjects:
         if key not in call.projects:
             call.projects[key] = await self._projects.get_project(org_id, project_id)
         return call.projects[key]
+
+    def peek(self, org_id: str, project_id: str) -> Project | Unknown | None:
+        """`get_project` without a read: `Unknown.UNKNOWN` when one is needed."""
+        call = _CALL.get(None)
+        key = (org_id, project_id)
+        if call is not None and key in call.projects:
+            return call.projects[key]
+        project = self._projects.peek(org_id, project_id)
+        if call is not None and project is not Unknown.UNKNOWN:
+            call.projects[key] = project
+        return project
 
     async def list_environments_of_kind(
         self, org_id: str, kind: EnvironmentKind

@@ -105,9 +105,17 @@ class Pipeline:
         call, headers = self._request_id.begin(context, method)
         call.request_bytes = len(raw)
         self._size.check(call, len(raw))
-        await self._authenticate.run(call, headers)
-        request = await self._decode.run(call, deserializer, raw)
-        await self._admit.request(call, request)
+        # The steady state waits for nothing: a cached key, a small body and
+        # an in-process decision are taken without a coroutine each.
+        if not self._authenticate.cached(call, headers):
+            await self._authenticate.run(call, headers)
+        if self._decode.offloads(raw):
+            request = await self._decode.run(call, deserializer, raw)
+        else:
+            request = self._decode.now(call, deserializer, raw)
+        cost = self._admit.cost(call, request)
+        if not self._admit.charge_now(call, cost):
+            await self._admit.charge(call, cost)
         return call, request
 
     async def _client_stream(
@@ -199,7 +207,7 @@ class Pipeline:
                 self._answer.cancelled(call or ongoing_call(), context)
                 raise
             finally:
-                await self._record.run(call or ongoing_call(), started)
+                self._record.run(call or ongoing_call(), started)
 
         return run
 
@@ -223,7 +231,7 @@ class Pipeline:
                 self._answer.cancelled(call or ongoing_call(), context)
                 raise
             finally:
-                await self._record.run(call or ongoing_call(), started)
+                self._record.run(call or ongoing_call(), started)
 
         return run
 

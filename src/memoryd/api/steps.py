@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,11 +59,17 @@ class Admission(Protocol):
         self, principal: Principal, method: str, cost: int
     ) -> Sequence[tuple[str, str]]: ...
 
+    def admit_now(
+        self, principal: Principal, method: str, cost: int
+    ) -> Sequence[tuple[str, str]] | None:
+        """`admit` when it needs no waiting (else None: await `admit`)."""
+        ...
+
 
 class UsageRecorder(Protocol):
     """Counts authenticated calls (and rate-limit refusals) for usage reports."""
 
-    async def record_call(self, principal: Principal, method: str, rate_limited: bool) -> None: ...
+    def record_call(self, principal: Principal, method: str, rate_limited: bool) -> None: ...
 
 
 class CallObserver(Protocol):
@@ -99,8 +105,10 @@ class RequestLimits:
 
 
 def new_request_id() -> str:
-    """32 random hex digits (as uuid4().hex, at a third of its cost)."""
-    return secrets.token_hex(16)
+    """32 random hex digits. A request id names a call in logs and answers
+    and guards nothing, so it comes from `random` (reseeded in each forked
+    child), not the OS: about half of `secrets.token_hex`'s cost."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestId:
@@ -157,7 +165,22 @@ class Authenticate:
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
 
+    def cached(self, call: CallState, headers: Headers) -> bool:
+        """Sets `call.principal` if the key was verified within its cache
+        TTL (no waiting); False when `run` must verify it."""
+        principal = self._auth.cached(
+            self._credential(headers), end_user_id=headers.end_user_id, peer=call.peer
+        )
+        call.principal = principal
+        return principal is not None
+
     async def run(self, call: CallState, headers: Headers) -> None:
+        call.principal = await self._auth.authenticate(
+            self._credential(headers), end_user_id=headers.end_user_id, peer=call.peer
+        )
+
+    @staticmethod
+    def _credential(headers: Headers) -> str:
         if len(headers.credentials) > 1:
             # Refused before any verification: which one would be meant?
             raise Unauthenticated(
@@ -165,10 +188,7 @@ class Authenticate:
                 "or in authorization: Bearer, not both and not twice",
                 reason="API_KEY_AMBIGUOUS",
             )
-        raw = headers.credentials[0] if headers.credentials else ""
-        call.principal = await self._auth.authenticate(
-            raw, end_user_id=headers.end_user_id, peer=call.peer
-        )
+        return headers.credentials[0] if headers.credentials else ""
 
 
 def _parse(deserializer: Callable[[bytes], Any], raw: bytes) -> Any:
@@ -184,19 +204,34 @@ class Decode:
     def __init__(self, clock: Clock) -> None:
         self._malformed_log = PeerLogLimiter(clock, MALFORMED_LOG_INTERVAL_S)
 
-    async def run(self, call: CallState, deserializer: Any, raw: bytes) -> Any:
+    @staticmethod
+    def offloads(raw: bytes) -> bool:
+        """True when `raw` is decoded in a worker thread (`run`), not by `now`."""
+        return len(raw) > OFFLOAD_DECODE_BYTES
+
+    def now(self, call: CallState, deserializer: Any, raw: bytes) -> Any:
+        """Decodes a body that `offloads` does not, on the loop."""
         if deserializer is None:
             return raw
         try:
-            if len(raw) > OFFLOAD_DECODE_BYTES:
-                return await asyncio.to_thread(_parse, deserializer, raw)
             return _parse(deserializer, raw)
         except (DecodeError, ValueError, RecursionError) as err:
-            self._log_malformed(call, err)
-            raise InvalidArgument(
-                f"the request body is not a valid message of {call.method}: {clip(str(err))}",
-                reason="MALFORMED_REQUEST",
-            ) from None
+            raise self._malformed(call, err) from None
+
+    async def run(self, call: CallState, deserializer: Any, raw: bytes) -> Any:
+        if deserializer is None or not self.offloads(raw):
+            return self.now(call, deserializer, raw)
+        try:
+            return await asyncio.to_thread(_parse, deserializer, raw)
+        except (DecodeError, ValueError, RecursionError) as err:
+            raise self._malformed(call, err) from None
+
+    def _malformed(self, call: CallState, err: Exception) -> InvalidArgument:
+        self._log_malformed(call, err)
+        return InvalidArgument(
+            f"the request body is not a valid message of {call.method}: {clip(str(err))}",
+            reason="MALFORMED_REQUEST",
+        )
 
     def _log_malformed(self, call: CallState, err: Exception) -> None:
         held = self._malformed_log.allow(call.peer)
@@ -228,14 +263,31 @@ class Admit:
         self._costs = costs
         self._stream_costs = stream_costs
 
-    async def request(self, call: CallState, request: Any) -> None:
+    def cost(self, call: CallState, request: Any) -> int:
+        """What a unary request costs (its `costs` entry, default 1)."""
         cost = self._costs.get(call.method)
-        await self.charge(call, cost(request) if cost is not None else 1)
+        return cost(request) if cost is not None else 1
 
     def meter(self, method: str) -> StreamMeter | None:
         """A new meter for a client stream of `method`, if it has one."""
         factory = self._stream_costs.get(method)
         return factory() if factory is not None else None
+
+    def charge_now(self, call: CallState, cost: int) -> bool:
+        """`charge` when the admission decides without waiting; False when
+        `charge` must be awaited instead."""
+        if self._admission is None:
+            return True
+        assert call.principal is not None
+        try:
+            trailers = self._admission.admit_now(call.principal, call.method, max(cost, 1))
+        except DomainError:
+            call.trailers = []  # a refusal carries its own
+            raise
+        if trailers is None:
+            return False
+        call.trailers = trailers
+        return True
 
     async def charge(self, call: CallState, cost: int) -> None:
         if self._admission is None:
@@ -244,9 +296,9 @@ class Admit:
         try:
             trailers = await self._admission.admit(call.principal, call.method, max(cost, 1))
         except DomainError:
-            call.trailers.clear()  # a refusal carries its own
+            call.trailers = []  # a refusal carries its own
             raise
-        call.trailers[:] = trailers
+        call.trailers = trailers
 
 
 class Answer:
@@ -297,11 +349,11 @@ class Record:
         self._usage = usage
         self._observers = tuple(observers)
 
-    async def run(self, call: CallState | None, started: float) -> None:
+    def run(self, call: CallState | None, started: float) -> None:
         if call is None:
             return
         if self._usage is not None and call.principal is not None:
-            await self._usage.record_call(
+            self._usage.record_call(
                 call.principal, call.method, rate_limited=call.reason == "RATE_LIMITED"
             )
         duration = time.perf_counter() - started

@@ -1,14 +1,17 @@
 """API key → Principal, with the slow hash kept off the hot path.
 
 Order of checks for one call:
-1. format and checksum, strictly (no storage access, no hash): a key has
-   one spelling, so no variant can bypass the cache or cost a hash;
+1. format, strictly (no storage access, no hash): a key has one spelling,
+   so no variant can bypass the cache or cost a hash;
 2. the verified-key cache, by key id, holding the sha256 of the verified
-   secret(s) (a dict lookup and a constant-time compare: the steady state);
-3. failure limits per (client address, key id): guessing a key is slow for
+   secret(s) (a dict lookup and a constant-time compare: the steady state,
+   answered without a coroutine by `cached`); a hit is this very key,
+   verified before, so its checksum is not computed again;
+3. on a miss, the checksum (no storage access, no slow hash);
+4. failure limits per (client address, key id): guessing a key is slow for
    the guesser, and nobody else is locked out;
-4. the negative cache of recently refused key+secret pairs (no hash);
-5. the stored key, then the argon2 hash in a thread (an unknown key id is
+5. the negative cache of recently refused key+secret pairs (no hash);
+6. the stored key, then the argon2 hash in a thread (an unknown key id is
    verified against a dummy hash, so it costs the same), then revoked and
    expired; one client address runs one such verification at a time (a
    short queue, then RESOURCE_EXHAUSTED), so no address can take the hasher
@@ -209,6 +212,22 @@ class Authenticator:
     async def authenticate(
         self, raw: str | None, *, end_user_id: str = "", peer: str = ""
     ) -> Principal:
+        principal = self.cached(raw, end_user_id=end_user_id, peer=peer)
+        if principal is not None:
+            return principal
+        assert raw  # `cached` refused a missing key
+        parsed = parse_key(raw)  # the checksum too, before any verification
+        digest = hashlib.sha256(raw.encode("ascii")).digest()
+        self.cache_misses += 1
+        principal = await self._verify_once(parsed, digest, peer)
+        if end_user_id:
+            return replace(principal, end_user_id=end_user_id)
+        return principal
+
+    def cached(self, raw: str | None, *, end_user_id: str = "", peer: str = "") -> Principal | None:
+        """The principal of a key verified within its cache TTL, without
+        waiting; None when only `authenticate` can tell. Refuses a missing
+        or malformed key, or a malformed end-user id, as `authenticate` does."""
         if not raw:
             raise Unauthenticated(
                 "missing API key: send it in the x-api-key header (or authorization: Bearer <key>)",
@@ -220,23 +239,22 @@ class Authenticator:
             raise InvalidArgument.field(
                 "x-end-user-id", f"must be 1 to {MAX_END_USER_ID_LEN} printable characters"
             )
-        parsed = parse_key(raw)  # strict: before the cache, any lookup or hash
+        parsed = parse_key(raw, checksum=False)  # strict: before the cache, any lookup or hash
         # `raw` is now the one canonical ASCII spelling of the key.
         digest = hashlib.sha256(raw.encode("ascii")).digest()
         entry = self._cache.get(parsed.key_id)
+        if entry is None:
+            return None
         now = self._clock.monotonic()
-        deadline = None if entry is None else entry.deadline(digest, now)
-        if entry is not None and deadline is not None:
-            self.cache_hits += 1
-            principal = entry.principal
-            if digest not in self._inflight and self._ahead.due(digest, deadline, now):
-                self._refresh(parsed, digest, peer)
-        else:
-            self.cache_misses += 1
-            principal = await self._verify_once(parsed, digest, peer)
+        deadline = entry.deadline(digest, now)
+        if deadline is None:
+            return None
+        self.cache_hits += 1
+        if digest not in self._inflight and self._ahead.due(digest, deadline, now):
+            self._refresh(parsed, digest, peer)
         if end_user_id:
-            return replace(principal, end_user_id=end_user_id)
-        return principal
+            return replace(entry.principal, end_user_id=end_user_id)
+        return entry.principal
 
     def _refresh(self, parsed: ParsedKey, digest: bytes, peer: str) -> None:
         """Verifies a cached key again in the background, as its TTL nears

@@ -80,8 +80,12 @@ def format_key(kind: str, key_id: str, secret: str) -> str:
 _HELP = "pass a key made by KeyService.CreateApiKey in the x-api-key header"
 
 
-def parse_key(raw: str) -> ParsedKey:
+def parse_key(raw: str, *, checksum: bool = True) -> ParsedKey:
     """Checks the format and checksum, without any storage access.
+
+    `checksum=False` skips the checksum alone: for a look-up in the
+    verified-key cache, where a hit means this very key was verified
+    before, checksum included (the authenticator checks it on a miss).
 
     Strict: only the canonical form is accepted. Surrounding whitespace (space,
     tab, NBSP...), any character outside the key alphabet and any other
@@ -112,7 +116,9 @@ def parse_key(raw: str) -> ParsedKey:
             f"malformed API key: wrong length or characters (was it cut off?); {_HELP}",
             reason="API_KEY_MALFORMED",
         )
-    if not secrets.compare_digest(_checksum(raw[:-CHECKSUM_LEN]), body[-CHECKSUM_LEN:]):
+    if checksum and not secrets.compare_digest(
+        _checksum(raw[:-CHECKSUM_LEN]), body[-CHECKSUM_LEN:]
+    ):
         raise Unauthenticated(
             f"malformed API key: checksum mismatch (mistyped or truncated?); {_HELP}",
             reason="API_KEY_CHECKSUM",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from dataclasses import dataclass
 
 from memoryd.domain.clock import Clock
@@ -31,6 +32,12 @@ from memoryd.domain.refresh_ahead import RefreshAhead
 from memoryd.domain.tenancy import EnvironmentKind
 
 _MAX_ITEMS = 10_000
+
+
+class Unknown(enum.Enum):
+    """What `ProjectCache.peek` answers when only a read of the store can tell."""
+
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,25 @@ class ProjectCache:
 
     async def get_project(self, org_id: str, project_id: str) -> Project | None:
         key = (org_id, project_id)
+        project = self._fresh(key)
+        if project is not Unknown.UNKNOWN:
+            return project
+        return await self._read(key, self._items.get(key), self._clock.monotonic())
+
+    def peek(self, org_id: str, project_id: str) -> Project | Unknown | None:
+        """The project (None: there is none) while its entry is fresh, else
+        `Unknown.UNKNOWN`: only `get_project` can tell then. Like
+        `get_project`, begins the read ahead of a fresh entry's TTL."""
+        return self._fresh((org_id, project_id))
+
+    def _fresh(self, key: tuple[str, str]) -> Project | Unknown | None:
         now = self._clock.monotonic()
         cached = self._items.get(key)
-        if cached is not None and cached.refresh_at > now:
-            if key not in self._refreshing and self._ahead.due(key, cached.refresh_at, now):
-                self._refresh(key)
-            return cached.project
-        return await self._read(key, cached, now)
+        if cached is None or cached.refresh_at <= now:
+            return Unknown.UNKNOWN
+        if key not in self._refreshing and self._ahead.due(key, cached.refresh_at, now):
+            self._refresh(key)
+        return cached.project
 
     async def _read(
         self, key: tuple[str, str], cached: _Entry | None, now: float

@@ -14,14 +14,23 @@ from typing import Any, Protocol
 
 from memoryd.domain.control import Project
 from memoryd.domain.errors import QuotaViolation, ResourceExhausted
+from memoryd.domain.project_cache import Unknown
 from memoryd.domain.tenancy import KeyKind, Principal, Tenant
-from memoryd.ratelimit.gcra import Limit, api_key_bucket, org_key_bucket, project_bucket
-from memoryd.ratelimit.limiter import RateLimiter
+from memoryd.ratelimit.gcra import (
+    Decision,
+    Limit,
+    api_key_bucket,
+    org_key_bucket,
+    project_bucket,
+)
+from memoryd.ratelimit.limiter import LocalRateLimiter, RateLimiter
 from memoryd.v1 import memory_pb2
 
 _MEMORY = "/memoryd.v1.MemoryService/"
 _KNOWLEDGE = "/memoryd.v1.KnowledgeService/"
 _MIB = 1024 * 1024
+# projects whose limits `RateLimitAdmission` keeps made (cleared when full)
+_MAX_KNOWN_LIMITS = 10_000
 
 # One unit of rate limit buys this much work: ten memories written, or 16 KiB
 # of their text (embedding time grows with the text), whichever is more.
@@ -138,6 +147,10 @@ class ProjectReader(Protocol):
 
     async def get_project(self, org_id: str, project_id: str) -> Project | None: ...
 
+    def peek(self, org_id: str, project_id: str) -> Project | Unknown | None:
+        """The project if it is known without a read, else `Unknown.UNKNOWN`."""
+        ...
+
 
 class RateLimitAdmission:
     def __init__(
@@ -156,23 +169,55 @@ class RateLimitAdmission:
         (rate-limit alerts; it must be cheap and never raise)."""
         self._on_refused = on_refused
         self._limiter = limiter
+        # the in-process limiter never waits: `admit_now` decides with it
+        self._local = limiter if isinstance(limiter, LocalRateLimiter) else None
         self._projects = projects
         self._key_limit = key_limit
         self._project_limit = project_limit
         self._ceiling = ceiling
+        # (org, project) → (the project read, its limits): a project's
+        # overrides are turned into limits once per read of it
+        self._limits_of: dict[tuple[str, str], tuple[Project, tuple[Limit, Limit]]] = {}
 
     async def admit(
         self, principal: Principal, method: str, cost: int
     ) -> Sequence[tuple[str, str]]:
         if principal.kind is KeyKind.DATA:
-            key_limit, project_limit = await self._limits(principal)
-            checks = [
-                (api_key_bucket(principal.project_id, principal.key_id), key_limit),
-                (project_bucket(principal.project_id), project_limit),
-            ]
+            project = await self._projects.get_project(principal.org_id, principal.project_id)
+            checks = self._data_checks(principal, project)
         else:
-            checks = [(org_key_bucket(principal.org_id, principal.key_id), self._key_limit)]
-        decision = await self._limiter.check(checks, cost)
+            checks = self._org_checks(principal)
+        return self._answer(principal, await self._limiter.check(checks, cost))
+
+    def admit_now(
+        self, principal: Principal, method: str, cost: int
+    ) -> Sequence[tuple[str, str]] | None:
+        """`admit` without waiting, when nothing needs to be waited for (the
+        in-process limiter, and a data key's project already read); None
+        when only `admit` can decide."""
+        if self._local is None:
+            return None
+        if principal.kind is KeyKind.DATA:
+            project = self._projects.peek(principal.org_id, principal.project_id)
+            if project is Unknown.UNKNOWN:
+                return None
+            checks = self._data_checks(principal, project)
+        else:
+            checks = self._org_checks(principal)
+        return self._answer(principal, self._local.decide(checks, cost))
+
+    def _org_checks(self, p: Principal) -> list[tuple[str, Limit]]:
+        return [(org_key_bucket(p.org_id, p.key_id), self._key_limit)]
+
+    def _data_checks(self, p: Principal, project: Project | None) -> list[tuple[str, Limit]]:
+        key_limit, project_limit = self._limits(p, project)
+        return [
+            (api_key_bucket(p.project_id, p.key_id), key_limit),
+            (project_bucket(p.project_id), project_limit),
+        ]
+
+    def _answer(self, principal: Principal, decision: Decision) -> Sequence[tuple[str, str]]:
+        """The call's trailers, or its refusal."""
         trailers = decision.trailers()
         if not decision.allowed:
             if self._on_refused is not None and principal.kind is KeyKind.DATA:
@@ -195,14 +240,22 @@ class RateLimitAdmission:
             )
         return list(trailers.items())
 
-    async def _limits(self, p: Principal) -> tuple[Limit, Limit]:
-        project = await self._projects.get_project(p.org_id, p.project_id)
+    def _limits(self, p: Principal, project: Project | None) -> tuple[Limit, Limit]:
         if project is None:
             return self._key_limit, self._project_limit
+        key = (p.org_id, p.project_id)
+        known = self._limits_of.get(key)
+        if known is not None and known[0] is project:
+            return known[1]
         r = project.rate_limits
-        key = self._capped(r.key_requests_per_second, r.key_burst, self._key_limit)
-        proj = self._capped(r.project_requests_per_second, r.project_burst, self._project_limit)
-        return key, proj
+        limits = (
+            self._capped(r.key_requests_per_second, r.key_burst, self._key_limit),
+            self._capped(r.project_requests_per_second, r.project_burst, self._project_limit),
+        )
+        if len(self._limits_of) >= _MAX_KNOWN_LIMITS:
+            self._limits_of.clear()
+        self._limits_of[key] = (project, limits)
+        return limits
 
     def _capped(self, rate: float, burst: int, default: Limit) -> Limit:
         """The override (0: the default), at most the ceiling."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Float rounding must not turn an exact boundary ("the bucket refills at
 # exactly now") into a denial; 1 ns is far below any meaningful interval.
@@ -53,14 +54,13 @@ class Limit:
         return 1.0 / self.rate_per_s
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer of one check, for the caller and its response trailers.
 
     `limit` is the burst of the deciding bucket, `remaining` the units it
     could still admit right now, `reset_after_s` the time until it is full
     again, `retry_after_s` the exact wait before the same call would be
-    admitted (0 when allowed).
+    admitted (0 when allowed). A named tuple: every checked call makes one.
     """
 
     allowed: bool
@@ -96,32 +96,17 @@ def gcra(tat: float | None, now: float, limit: Limit, cost: int) -> tuple[Decisi
     Returns the decision and the bucket's new TAT; a denied call leaves the
     bucket as it was, so callers store nothing then.
     """
-    t = limit.emission_interval_s
-    tau = limit.burst * t
+    t = 1.0 / limit.rate_per_s
+    burst = limit.burst
+    tau = burst * t
     base = now if tat is None or tat < now else tat
-    allow_at = base + min(cost, limit.burst) * t - tau
+    allow_at = base + (cost if cost < burst else burst) * t - tau
     if allow_at <= now + _EPSILON_S:
         new_tat = base + cost * t
-        return (
-            Decision(
-                allowed=True,
-                limit=limit.burst,
-                remaining=_remaining(tau, new_tat - now, t),
-                reset_after_s=new_tat - now,
-                retry_after_s=0.0,
-            ),
-            new_tat,
-        )
-    return (
-        Decision(
-            allowed=False,
-            limit=limit.burst,
-            remaining=_remaining(tau, base - now, t),
-            reset_after_s=base - now,
-            retry_after_s=allow_at - now,
-        ),
-        base,
-    )
+        debt = new_tat - now
+        return Decision(True, burst, _remaining(tau, debt, t), debt, 0.0), new_tat
+    debt = base - now
+    return Decision(False, burst, _remaining(tau, debt, t), debt, allow_at - now), base
 
 
 def _remaining(tau: float, debt_s: float, t: float) -> int:
@@ -134,6 +119,8 @@ def most_restrictive(decisions: Sequence[Decision]) -> Decision:
     A denial beats an admission; among denials the longest wait wins; among
     admissions the fewest remaining units (then the longest reset) win.
     """
+    if len(decisions) == 1:
+        return decisions[0]
     if not decisions:
         raise ValueError("no decisions")
     denied = [d for d in decisions if not d.allowed]
@@ -202,6 +189,8 @@ def validate_checks(checks: Sequence[tuple[str, Limit]], cost: int) -> None:
         raise ValueError("a rate-limit check needs at least one bucket")
     if cost < 1:
         raise ValueError(f"cost must be at least 1, got {cost}")
+    if len(checks) == 1:
+        return
     names = [name for name, _ in checks]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate buckets in one check: {names}")

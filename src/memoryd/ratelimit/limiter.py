@@ -75,19 +75,34 @@ class LocalRateLimiter:
         return len(self._tats)
 
     async def check(self, checks: Sequence[tuple[str, Limit]], cost: int = 1) -> Decision:
+        return self.decide(checks, cost)
+
+    def decide(self, checks: Sequence[tuple[str, Limit]], cost: int = 1) -> Decision:
+        """`check` without the coroutine: this backend never waits, so the
+        call pipeline decides here directly (`RateLimitAdmission.admit_now`)."""
         validate_checks(checks, cost)
         now = self._clock.monotonic()
         if now >= self._next_sweep:
             self._sweep(now)
-        results = [gcra(self._tats.get(name), now, limit, cost) for name, limit in checks]
+        tats = self._tats
+        if len(checks) == 1:  # an org key's
+            name, limit = checks[0]
+            decision, new_tat = gcra(tats.get(name), now, limit, cost)
+            if decision.allowed:
+                self._charged(name, new_tat, now)
+            return decision
+        results = [gcra(tats.get(name), now, limit, cost) for name, limit in checks]
         decisions = [decision for decision, _ in results]
         if all(d.allowed for d in decisions):
             for (name, _), (_, new_tat) in zip(checks, results, strict=True):
-                self._tats[name] = new_tat
-                self._tats.move_to_end(name)
-            if len(self._tats) > self._max_buckets:
-                self._shrink(now)
+                self._charged(name, new_tat, now)
         return most_restrictive(decisions)
+
+    def _charged(self, name: str, tat: float, now: float) -> None:
+        self._tats[name] = tat
+        self._tats.move_to_end(name)
+        if len(self._tats) > self._max_buckets:
+            self._shrink(now)
 
     def _sweep(self, now: float) -> None:
         for name in [name for name, tat in self._tats.items() if tat <= now]:

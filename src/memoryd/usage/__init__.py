@@ -2,7 +2,7 @@
 
 `LocalUsageMeter(clock)` (embedded mode: one replica, lost on restart) or
 `RedisUsageMeter(redis, clock)` (summed over every replica); both implement
-`UsageMeter`: `await meter.record(org, project, env, method=...,
+`UsageMeter`: `meter.record(org, project, env, method=...,
 rate_limited=..., memories_written=..., bytes_stored=...)` and `await
 meter.read(org, project|None, env|None, start, end)`; `close()` at shutdown.
 `record` is on the hot path and never does I/O itself: the Redis meter adds

@@ -36,15 +36,16 @@ DEFAULT_RETENTION_DAYS = 400
 class UsageMeter(Protocol):
     """Counts usage per (org, project, environment, UTC day).
 
-    `record` is cheap and never raises for backend trouble (counts wait in
-    memory and are retried). `read` returns one record per project,
+    `record` is cheap, never waits (it runs on every call's path, without a
+    coroutine) and never raises for backend trouble (counts wait in memory
+    and are retried). `read` returns one record per project,
     environment and day with any usage in `[start, end]` (inclusive), ordered
     by date, project, environment; `None` for `project_id`/`environment_id`
     means all. It raises `InvalidArgument` for a bad range and `Unavailable`
     when the backend cannot answer. `close` writes what is pending.
     """
 
-    async def record(
+    def record(
         self,
         org_id: str,
         project_id: str,

@@ -28,7 +28,7 @@ class LocalUsageMeter:
         self._counters: dict[CounterKey, Counter[str]] = {}
         self._pruned_through: date | None = None
 
-    async def record(
+    def record(
         self,
         org_id: str,
         project_id: str,

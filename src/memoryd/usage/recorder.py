@@ -14,8 +14,8 @@ class UsageRecorder:
     def __init__(self, meter: UsageMeter) -> None:
         self._meter = meter
 
-    async def record_call(self, principal: Principal, method: str, rate_limited: bool) -> None:
-        await self._meter.record(
+    def record_call(self, principal: Principal, method: str, rate_limited: bool) -> None:
+        self._meter.record(
             principal.org_id,
             principal.project_id,
             principal.environment_id,
@@ -32,7 +32,7 @@ class WriteRecorder:
         self._meter = meter
 
     async def memories_written(self, tenant: Tenant, count: int, content_bytes: int) -> None:
-        await self._meter.record(
+        self._meter.record(
             tenant.org_id,
             tenant.project_id,
             tenant.environment_id,

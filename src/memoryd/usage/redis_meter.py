@@ -94,7 +94,7 @@ class RedisUsageMeter:
         self.dropped_keys = 0
         self._drop_logged = False
 
-    async def record(
+    def record(
         self,
         org_id: str,
         project_id: str,
