@@ -211,12 +211,12 @@ def test_most_restrictive_prefers_the_longest_wait_then_the_fewest_left() -> Non
 
 
 def test_trailers_say_limit_remaining_reset_and_when_to_retry() -> None:
-    assert Decision(True, 10, 7, 0.3, 0.0).trailers() == {
+    assert dict(Decision(True, 10, 7, 0.3, 0.0).trailers()) == {
         "x-ratelimit-limit": "10",
         "x-ratelimit-remaining": "7",
         "x-ratelimit-reset": "1",
     }
-    denied = Decision(False, 10, 0, 2.5, 1.2345).trailers()
+    denied = dict(Decision(False, 10, 0, 2.5, 1.2345).trailers())
     assert denied["retry-after"] == "2"
     assert denied["grpc-retry-pushback-ms"] == "1235"
     assert denied["x-ratelimit-reset"] == "3"

@@ -18,6 +18,7 @@ from memoryd.domain.key_format import (
     KINDS,
     SECRET_LEN,
     format_key,
+    key_id_of,
     new_key_id,
     new_secret,
     parse_key,
@@ -179,3 +180,44 @@ def test_parse_never_echoes_what_was_sent(kind: str, body: str) -> None:
     with pytest.raises(Unauthenticated) as info:
         parse_key(f"ms_{kind}_{body}")
     assert body not in info.value.message
+
+
+# --- key_id_of: the format alone, for the verified-key cache's look-up ---------------------
+
+_KEYISH = st.one_of(
+    # near-keys: a real key with one character changed, added or removed
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 56), st.characters()).map(
+        lambda t: (lambda k: k[: t[1]] + t[2] + k[t[1] + 1 :])(_key(t[0]))
+    ),
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 57), st.characters()).map(
+        lambda t: (lambda k: k[: t[1]] + t[2] + k[t[1] :])(_key(t[0]))
+    ),
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 56)).map(
+        lambda t: (lambda k: k[: t[1]] + k[t[1] + 1 :])(_key(t[0]))
+    ),
+    st.text(max_size=80),
+)
+
+
+@given(_KEYISH)
+def test_key_id_of_accepts_exactly_the_format_parse_key_accepts(raw: str) -> None:
+    """The one-pattern check agrees with `parse_key`'s format checks on
+    every input: it differs only in leaving the checksum to a cache miss."""
+    try:
+        parsed = parse_key(raw)
+    except Unauthenticated as err:
+        if err.reason == "API_KEY_CHECKSUM":  # the format holds
+            assert key_id_of(raw) == raw.split("_", 2)[2][:KEY_ID_LEN]
+        else:
+            with pytest.raises(Unauthenticated) as again:
+                key_id_of(raw)
+            assert again.value.reason == err.reason
+    else:
+        assert key_id_of(raw) == parsed.key_id
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_key_id_of_leaves_the_checksum_alone(kind: str) -> None:
+    typo = _key(kind)[:-1] + ("A" if _key(kind)[-1] != "A" else "B")
+    assert key_id_of(typo) == KEY_ID
+    assert _refused(typo).reason == "API_KEY_CHECKSUM"

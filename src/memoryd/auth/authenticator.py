@@ -59,7 +59,7 @@ from memoryd.domain.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from memoryd.domain.key_format import ParsedKey, new_secret, parse_key
+from memoryd.domain.key_format import ParsedKey, key_id_of, new_secret, parse_key
 from memoryd.domain.ports import SecretHasher
 from memoryd.domain.refresh_ahead import RefreshAhead
 from memoryd.domain.tenancy import Principal
@@ -239,10 +239,10 @@ class Authenticator:
             raise InvalidArgument.field(
                 "x-end-user-id", f"must be 1 to {MAX_END_USER_ID_LEN} printable characters"
             )
-        parsed = parse_key(raw, checksum=False)  # strict: before the cache, any lookup or hash
+        key_id = key_id_of(raw)  # strict: before the cache, any lookup or hash
         # `raw` is now the one canonical ASCII spelling of the key.
         digest = hashlib.sha256(raw.encode("ascii")).digest()
-        entry = self._cache.get(parsed.key_id)
+        entry = self._cache.get(key_id)
         if entry is None:
             return None
         now = self._clock.monotonic()
@@ -251,7 +251,7 @@ class Authenticator:
             return None
         self.cache_hits += 1
         if digest not in self._inflight and self._ahead.due(digest, deadline, now):
-            self._refresh(parsed, digest, peer)
+            self._refresh(parse_key(raw), digest, peer)
         if end_user_id:
             return replace(entry.principal, end_user_id=end_user_id)
         return entry.principal

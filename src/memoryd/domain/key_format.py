@@ -11,6 +11,7 @@ touching storage, and lets secret scanners recognise a real key.
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 import zlib
@@ -30,6 +31,10 @@ _BODY_LEN = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN
 MAX_KEY_LEN = len("ms_live_") + _BODY_LEN
 _BASE62_SET = frozenset(BASE62)
 _KEY_ID_SET = frozenset(KEY_ID_ALPHABET)
+# The same format as `parse_key` checks, as one pattern (ASCII ranges only).
+_CANONICAL = re.compile(
+    f"ms_(?:{'|'.join(KINDS)})_([0-9a-z]{{{KEY_ID_LEN}}})[0-9A-Za-z]{{{SECRET_LEN + CHECKSUM_LEN}}}"
+)
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,20 @@ def format_key(kind: str, key_id: str, secret: str) -> str:
 _HELP = "pass a key made by KeyService.CreateApiKey in the x-api-key header"
 
 
-def parse_key(raw: str, *, checksum: bool = True) -> ParsedKey:
-    """Checks the format and checksum, without any storage access.
+def key_id_of(raw: str) -> str:
+    """The key id of a key in the one canonical format (`parse_key`'s
+    format checks, in one pattern match), its checksum not computed: for a
+    look-up in the verified-key cache, where a hit is this very key,
+    verified before, checksum included (the authenticator checks it on a
+    miss). Refuses any other spelling as `parse_key` does."""
+    match = _CANONICAL.fullmatch(raw)
+    if match is not None:
+        return match.group(1)
+    return parse_key(raw).key_id  # raises: the format is wrong, and it says how
 
-    `checksum=False` skips the checksum alone: for a look-up in the
-    verified-key cache, where a hit means this very key was verified
-    before, checksum included (the authenticator checks it on a miss).
+
+def parse_key(raw: str) -> ParsedKey:
+    """Checks the format and checksum, without any storage access.
 
     Strict: only the canonical form is accepted. Surrounding whitespace (space,
     tab, NBSP...), any character outside the key alphabet and any other
@@ -116,9 +129,7 @@ def parse_key(raw: str, *, checksum: bool = True) -> ParsedKey:
             f"malformed API key: wrong length or characters (was it cut off?); {_HELP}",
             reason="API_KEY_MALFORMED",
         )
-    if checksum and not secrets.compare_digest(
-        _checksum(raw[:-CHECKSUM_LEN]), body[-CHECKSUM_LEN:]
-    ):
+    if not secrets.compare_digest(_checksum(raw[:-CHECKSUM_LEN]), body[-CHECKSUM_LEN:]):
         raise Unauthenticated(
             f"malformed API key: checksum mismatch (mistyped or truncated?); {_HELP}",
             reason="API_KEY_CHECKSUM",

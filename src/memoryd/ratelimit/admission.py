@@ -236,9 +236,9 @@ class RateLimitAdmission:
                 ],
                 retry_after=decision.retry_after_s,
                 reason="RATE_LIMITED",
-                trailers=trailers,
+                trailers=dict(trailers),
             )
-        return list(trailers.items())
+        return trailers
 
     def _limits(self, p: Principal, project: Project | None) -> tuple[Limit, Limit]:
         if project is None:

@@ -69,22 +69,24 @@ class Decision(NamedTuple):
     reset_after_s: float
     retry_after_s: float
 
-    def trailers(self) -> dict[str, str]:
-        """The rate-limit response metadata for this decision.
+    def trailers(self) -> list[tuple[str, str]]:
+        """The rate-limit response metadata for this decision, in order.
 
         Always `x-ratelimit-limit`, `x-ratelimit-remaining` and
         `x-ratelimit-reset` (whole seconds, rounded up); when denied also
         `retry-after` (whole seconds, rounded up, as HTTP does) and
         `grpc-retry-pushback-ms` (exact, in ms) so gRPC's retry policy waits.
         """
-        out = {
-            "x-ratelimit-limit": str(self.limit),
-            "x-ratelimit-remaining": str(self.remaining),
-            "x-ratelimit-reset": str(math.ceil(self.reset_after_s - _EPSILON_S)),
-        }
+        out = [
+            ("x-ratelimit-limit", str(self.limit)),
+            ("x-ratelimit-remaining", str(self.remaining)),
+            ("x-ratelimit-reset", str(math.ceil(self.reset_after_s - _EPSILON_S))),
+        ]
         if not self.allowed:
-            out["retry-after"] = str(max(1, math.ceil(self.retry_after_s - _EPSILON_S)))
-            out["grpc-retry-pushback-ms"] = str(max(1, math.ceil(self.retry_after_s * 1000)))
+            out.append(("retry-after", str(max(1, math.ceil(self.retry_after_s - _EPSILON_S)))))
+            out.append(
+                ("grpc-retry-pushback-ms", str(max(1, math.ceil(self.retry_after_s * 1000))))
+            )
         return out
 
 
