@@ -72,13 +72,25 @@ class UsageMeter(Protocol):
 CounterKey = tuple[str, str, str, date]  # org, project, environment, day
 
 
+# method → the increments of one call of it (read only; methods are few)
+_CALL_INCREMENTS: dict[str, Mapping[str, int]] = {}
+
+
 def increments(
     method: str | None, rate_limited: bool, memories_written: int, bytes_stored: int
-) -> dict[str, int]:
-    """The counters one `record` adds to (see the module docstring). A plain
-    dict, not a Counter: every authenticated call makes one."""
+) -> Mapping[str, int]:
+    """The counters one `record` adds to (see the module docstring), not to
+    be changed: one call's are made once per method, since every
+    authenticated call counts one."""
     if memories_written < 0 or bytes_stored < 0:
         raise ValueError("usage increments cannot be negative")
+    if method is not None and not (rate_limited or memories_written or bytes_stored):
+        known = _CALL_INCREMENTS.get(method)
+        if known is None:
+            known = {CALLS: 1, _METHOD_PREFIX + method: 1}
+            if len(_CALL_INCREMENTS) < 1_000:  # the methods of the services, with room
+                _CALL_INCREMENTS[method] = known
+        return known
     delta: dict[str, int] = {}
     if rate_limited:
         delta[RATE_LIMITED_CALLS] = 1
