@@ -42,7 +42,10 @@ from typing import Literal
 from memoryd.domain.clock import Clock
 from memoryd.domain.errors import Unavailable
 from memoryd.ratelimit.gcra import Decision, Limit, validate_checks
-from memoryd.ratelimit.limiter import RateLimiter
+from memoryd.ratelimit.limiter import LocalRateLimiter, RateLimiter
+
+# limits whose widened mirror is kept made (cleared when full)
+_MAX_WIDENED = 10_000
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class FailoverRateLimiter:
     def __init__(
         self,
         primary: RateLimiter,
-        fallback: RateLimiter,
+        fallback: LocalRateLimiter,
         *,
         clock: Clock,
         policy: str = "fail-open",
@@ -93,6 +96,8 @@ class FailoverRateLimiter:
         self._backoff_s = probe_interval_s
         self._next_probe_at = 0.0
         self._streak = 0  # consecutive failures while up
+        # each limit → its mirror's, widened by the slack (limits are few)
+        self._slack: dict[Limit, Limit] = {}
         self._last_failure_seen_at = -math.inf
         self.primary_failures = 0
         self.fallback_checks = 0
@@ -122,7 +127,7 @@ class FailoverRateLimiter:
         probe = False
         if self._down:
             if self._probing or self._clock.monotonic() < self._next_probe_at:
-                return await self._without_primary(checks, cost, None)
+                return self._without_primary(checks, cost, None)
             probe = self._probing = True
         started = self._clock.monotonic()
         try:
@@ -130,34 +135,40 @@ class FailoverRateLimiter:
         except Unavailable as exc:
             self._failed(exc, probe, started)
             if not self._down:  # a transient failure: answered locally
-                return await self._local(checks, cost)
-            return await self._without_primary(checks, cost, exc)
+                return self._local(checks, cost)
+            return self._without_primary(checks, cost, exc)
         finally:
             if probe:
                 self._probing = False
         self._streak = 0
         if probe:
             self._recovered()
-        return await self._mirror(checks, cost, decision)
+        return self._mirror(checks, cost, decision)
 
-    async def _mirror(
+    def _mirror(
         self, checks: Sequence[tuple[str, Limit]], cost: int, decision: Decision
     ) -> Decision:
         """Charge a call the primary admitted to the fallback's buckets as well."""
         if not decision.allowed:
             return decision
         mirrored = [(name, self._with_slack(limit)) for name, limit in checks]
-        local = await self._fallback.check(mirrored, cost)
+        local = self._fallback.decide(mirrored, cost)
         if local.allowed:
             return decision
         # Report the configured burst, not the mirror's slack-widened one.
         return Decision(False, decision.limit, 0, local.reset_after_s, local.retry_after_s)
 
     def _with_slack(self, limit: Limit) -> Limit:
-        slack = 1 + math.ceil(limit.rate_per_s * self._skew_tolerance_s)
-        return Limit(limit.rate_per_s, limit.burst + slack)
+        widened = self._slack.get(limit)
+        if widened is None:
+            slack = 1 + math.ceil(limit.rate_per_s * self._skew_tolerance_s)
+            widened = Limit(limit.rate_per_s, limit.burst + slack)
+            if len(self._slack) >= _MAX_WIDENED:
+                self._slack.clear()
+            self._slack[limit] = widened
+        return widened
 
-    async def _without_primary(
+    def _without_primary(
         self, checks: Sequence[tuple[str, Limit]], cost: int, cause: Unavailable | None
     ) -> Decision:
         if self._policy == "fail-closed" and not self._local_always(checks):
@@ -168,15 +179,15 @@ class FailoverRateLimiter:
                 "and the server fails closed; retry shortly",
                 reason="RATE_LIMITER_UNAVAILABLE",
             )
-        return await self._local(checks, cost)
+        return self._local(checks, cost)
 
     def _local_always(self, checks: Sequence[tuple[str, Limit]]) -> bool:
         match = self._local_when_down
         return match is not None and all(match(name) for name, _ in checks)
 
-    async def _local(self, checks: Sequence[tuple[str, Limit]], cost: int) -> Decision:
+    def _local(self, checks: Sequence[tuple[str, Limit]], cost: int) -> Decision:
         self.fallback_checks += 1
-        return await self._fallback.check(checks, cost)
+        return self._fallback.decide(checks, cost)
 
     def _failed(self, exc: Unavailable, probe: bool, started: float) -> None:
         self.primary_failures += 1
