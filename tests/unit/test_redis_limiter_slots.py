@@ -4,20 +4,20 @@ hash to one Redis Cluster slot, by Redis's own hash-tag rule."""
 from __future__ import annotations
 
 from memoryd.ratelimit import api_key_bucket, project_bucket
-from memoryd.ratelimit.redis_limiter import _hash_tag, _script_call, _slot_groups
+from memoryd.ratelimit.redis_limiter import _script_call, _slot_groups, _slot_key
 
 
-def test_the_hash_tag_is_what_redis_cluster_hashes() -> None:
-    assert _hash_tag("memoryd:rl:{p:proj_1}key:k_1") == "p:proj_1"
-    assert _hash_tag("x{a}y{b}") == "a"  # the first tag only
-    assert _hash_tag("x{}y{b}") == "x{}y{b}"  # an empty first tag: the whole key
-    assert _hash_tag("x{a") == "x{a"
-    assert _hash_tag("plain") == "plain"
+def test_the_slot_key_is_what_redis_cluster_hashes() -> None:
+    assert _slot_key("memoryd:rl:{p:proj_1}key:k_1") == "p:proj_1"
+    assert _slot_key("x{a}y{b}") == "a"  # the first tag only
+    assert _slot_key("x{}y{b}") == "x{}y{b}"  # an empty first tag: the whole key
+    assert _slot_key("x{a") == "x{a"
+    assert _slot_key("plain") == "plain"
 
 
 def test_one_projects_buckets_share_a_slot() -> None:
-    assert _hash_tag(api_key_bucket("p1", "k1")) == _hash_tag(project_bucket("p1"))
-    assert _hash_tag(project_bucket("p1")) != _hash_tag(project_bucket("p2"))
+    assert _slot_key(api_key_bucket("p1", "k1")) == _slot_key(project_bucket("p1"))
+    assert _slot_key(project_bucket("p1")) != _slot_key(project_bucket("p2"))
 
 
 def test_checks_are_grouped_by_slot_in_arrival_order() -> None:

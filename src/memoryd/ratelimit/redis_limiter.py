@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from memoryd.domain.errors import Unavailable
-from memoryd.ratelimit.gcra import Decision, Limit, validate_checks
+from memoryd.ratelimit.gcra import Decision, Limit, hash_tag, validate_checks
 
 # Every check of one round trip that lives in one Redis Cluster slot goes
 # to Redis as one EVALSHA of this script, which runs them in order.
@@ -309,19 +309,14 @@ def _slot_groups(batch: list[_Pending]) -> list[list[int]]:
     group in arrival order."""
     groups: dict[str, list[int]] = {}
     for i, (keys, _, _) in enumerate(batch):
-        groups.setdefault(_hash_tag(keys[0]), []).append(i)
+        groups.setdefault(_slot_key(keys[0]), []).append(i)
     return list(groups.values())
 
 
-def _hash_tag(key: str) -> str:
-    """What Redis Cluster hashes `key` by: the text of its first non-empty
-    `{...}`, else the whole key."""
-    start = key.find("{")
-    if start != -1:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return key[start + 1 : end]
-    return key
+def _slot_key(key: str) -> str:
+    """What Redis Cluster hashes `key` by: its hash tag (`gcra.hash_tag`,
+    Redis's own rule), else the whole key."""
+    return hash_tag(key) or key
 
 
 def _script_call(batch: list[_Pending], group: list[int]) -> tuple[list[str], list[str | int]]:
